@@ -1,0 +1,3 @@
+from cangku.cli import main
+
+raise SystemExit(main())

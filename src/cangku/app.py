@@ -1,0 +1,105 @@
+"""The ASGI application: /v2 (the distribution API) and, later, the UI and JSON API.
+
+Built once from the settings; everything it needs is passed down explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cangku.config import Settings
+from cangku.distribution.routes import DistributionApp
+from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.registry import Registry
+from cangku.storage.filesystem import FilesystemStorage
+
+access_log = logging.getLogger("cangku.access")
+
+
+def build_registry(settings: Settings) -> Registry:
+    settings.data.mkdir(parents=True, exist_ok=True)
+    storage = FilesystemStorage(settings.data, fsync=settings.storage.fsync)
+    metadata = MetadataStore.open(settings.database_url or sqlite_url(settings.data))
+    return Registry(storage, metadata)
+
+
+def create_app(settings: Settings, registry: Registry | None = None) -> ASGIApp:
+    registry = registry or build_registry(settings)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await registry.metadata.close()
+
+    site = Starlette(routes=[Route("/healthz", health)], lifespan=lifespan)
+    return AccessLog(RegistryApp(DistributionApp(registry), site))
+
+
+class RegistryApp:
+    """Sends /v2 straight to the distribution API (the hot path) and the rest to the site."""
+
+    def __init__(self, distribution: ASGIApp, site: ASGIApp) -> None:
+        self.distribution = distribution
+        self.site = site
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["path"] == "/v2" or scope["path"].startswith("/v2/")):
+            await self.distribution(scope, receive, send)
+        else:
+            await self.site(scope, receive, send)
+
+
+class AccessLog:
+    """One line per request: method, path, status, bytes, duration, request id, user.
+
+    The query string is left out: it may carry tokens once accounts exist.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex[:16]
+        state: dict[str, Any] = {"status": 0, "bytes": 0}
+
+        async def send_logged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            elif message["type"] == "http.response.body":
+                state["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %d %d %.1fms id=%s user=%s",
+                    scope["method"],
+                    scope["path"],
+                    state["status"],
+                    state["bytes"],
+                    (time.perf_counter() - started) * 1000,
+                    request_id,
+                    scope.get("user_name", "-"),
+                )

@@ -1,0 +1,114 @@
+"""One typed settings object, built once from defaults < YAML file < CANGKU_* env < CLI flags.
+
+Environment variables use `__` for nesting: `CANGKU_STORAGE__FSYNC=true`,
+`CANGKU_AUTH__OPEN=true`. docs/configuration.md lists every option.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class StorageSettings(BaseModel):
+    # Flush blob bytes to disk before recording them (power-loss safety; costs push speed).
+    fsync: bool = False
+
+
+class AuthSettings(BaseModel):
+    # No authentication at all: only for trusted networks.
+    open: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CANGKU_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    listen: str = "127.0.0.1:5000"
+    data: Path = Path("data")
+    # Defaults to the SQLite file in the data directory.
+    database_url: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    def listens_on_loopback(self) -> bool:
+        host = self.host
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT`."""
+    host, separator, port = value.rpartition(":")
+    if not separator or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError(f"listen must be HOST:PORT, not {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Values from the YAML configuration file, below the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.values = values
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.values
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; `overrides` are CLI flags (None means "not given")."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{config_file} must hold a YAML mapping")
+        file_values = loaded or {}
+
+    class _Settings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _FileSource(settings_cls, file_values))
+
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return _Settings(**given)

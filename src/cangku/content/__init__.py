@@ -1,0 +1,1 @@
+"""Pure domain: digests, names, media types and manifests. Imports nothing of ours."""

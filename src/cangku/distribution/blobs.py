@@ -1,0 +1,125 @@
+"""`/v2/<name>/blobs/<digest>`: HEAD, GET (with Range) and DELETE."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from cangku.content.digest import Digest
+from cangku.content.errors import RangeInvalid
+from cangku.registry import Registry
+
+BYTE_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
+SEND_CHUNK = 1024 * 1024
+
+
+async def head_blob(request: Request, registry: Registry, name: str, digest: str) -> Response:
+    parsed, size = await registry.stat_blob(name, digest)
+    return Response(b"", headers=_blob_headers(parsed, size))
+
+
+async def get_blob(request: Request, registry: Registry, name: str, digest: str) -> Response:
+    parsed, size = await registry.stat_blob(name, digest)
+    headers = _blob_headers(parsed, size)
+    start, end = 0, size
+    status = 200
+    byte_range = _requested_range(request.headers.get("range"), size)
+    if byte_range is not None:
+        start, end = byte_range
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        headers["Content-Length"] = str(end - start)
+    return BlobResponse(registry, parsed, start, end, status, headers)
+
+
+async def delete_blob(request: Request, registry: Registry, name: str, digest: str) -> Response:
+    await registry.delete_blob(name, digest)
+    return Response(b"", status_code=202, headers={"Content-Length": "0"})
+
+
+def _blob_headers(digest: Digest, size: int) -> dict[str, str]:
+    return {
+        "Content-Length": str(size),
+        "Content-Type": "application/octet-stream",
+        "Docker-Content-Digest": str(digest),
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{digest}"',
+        # Content-addressed: the bytes behind a digest never change.
+        "Cache-Control": "max-age=31536000",
+    }
+
+
+def _requested_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One `bytes=` range as [start, end); None to send everything (RFC 9110 §14.2)."""
+    if header is None:
+        return None
+    match = BYTE_RANGE.match(header.strip())
+    if not match or (match[1] == "" and match[2] == ""):
+        return None  # Malformed or several ranges: ignore the header, send it all.
+    if match[1] == "":
+        suffix = int(match[2])
+        if suffix == 0:
+            raise RangeInvalid("range not satisfiable", size)
+        return max(size - suffix, 0), size
+    start = int(match[1])
+    end = size if match[2] == "" else min(int(match[2]) + 1, size)
+    if start >= size or end <= start:
+        raise RangeInvalid("range not satisfiable", size)
+    return start, end
+
+
+class BlobResponse(Response):
+    """Streams a blob range: zero-copy (ASGI pathsend) where the server can, else 1 MiB reads."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        digest: Digest,
+        start: int,
+        end: int,
+        status: int,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(status_code=status, headers=headers)
+        self.registry = registry
+        self.digest = digest
+        self.start = start
+        self.end = end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return
+        path = self.registry.blob_path(self.digest)
+        whole = self.start == 0
+        zero_copy = "http.response.pathsend" in scope.get("extensions", {})
+        if path is not None and whole and zero_copy and os.path.getsize(path) == self.end:
+            await send({"type": "http.response.pathsend", "path": str(path)})
+            return
+        if path is not None:
+            await _send_file(path, self.start, self.end, send)
+            return
+        async for chunk in self.registry.read_blob(self.digest, self.start, self.end):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _send_file(path: os.PathLike[str] | str, start: int, end: int, send: Send) -> None:
+    with open(path, "rb") as file:
+        file.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            chunk = await anyio.to_thread.run_sync(file.read, min(SEND_CHUNK, remaining))
+            if not chunk:
+                break  # Shorter than recorded: the client sees a short body, not a hang.
+            remaining -= len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})

@@ -1,0 +1,66 @@
+"""Small request helpers shared by the /v2 handlers: bodies, lengths, ranges, locations."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+from starlette.requests import ClientDisconnect, Request
+
+from cangku.content.errors import BlobUploadInvalid, PaginationNumberInvalid, SizeInvalid
+from cangku.storage.base import UploadAborted
+
+API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d{1,19})-(\d{1,19})$")
+DIGITS = re.compile(r"^\d{1,19}$")
+
+
+async def request_body(request: Request) -> AsyncIterator[bytes]:
+    """The body as it arrives; a client that hangs up mid-body aborts the upload."""
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise UploadAborted("the client disconnected during the upload") from None
+
+
+def content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not DIGITS.match(value.strip()):
+        raise SizeInvalid("invalid Content-Length")
+    return int(value)
+
+
+def content_range(request: Request) -> tuple[int, int] | None:
+    """A chunk's `Content-Range: start-end` (inclusive), as clients send it on PATCH."""
+    value = request.headers.get("content-range")
+    if value is None:
+        return None
+    match = CONTENT_RANGE.match(value.strip())
+    if not match:
+        raise BlobUploadInvalid(f"invalid Content-Range {value[:100]!r}")
+    start, end = int(match[1]), int(match[2])
+    if end < start:
+        raise BlobUploadInvalid(f"invalid Content-Range {value[:100]!r}")
+    return start, end
+
+
+def page_size(request: Request) -> int | None:
+    value = request.query_params.get("n")
+    if value is None or value == "":
+        return None
+    if not DIGITS.match(value):
+        raise PaginationNumberInvalid(f"n must be a non-negative integer, not {value[:50]!r}")
+    return int(value)
+
+
+def upload_location(name: str, upload_id: str) -> str:
+    return f"/v2/{name}/blobs/uploads/{upload_id}"
+
+
+def upload_range(size: int) -> str:
+    # As the reference registry: "0-0" for an empty upload.
+    return f"0-{max(size - 1, 0)}"

@@ -1,0 +1,71 @@
+"""`/v2/<name>/manifests/<reference>`: PUT, GET, HEAD and DELETE by tag or digest."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cangku.content.errors import ManifestUnknown, PayloadTooLarge
+from cangku.content.manifest import MAX_MANIFEST_BYTES
+from cangku.content.mediatypes import is_acceptable, parse_accept
+from cangku.distribution.http import content_length, request_body
+from cangku.registry import Registry
+
+
+async def put_manifest(request: Request, registry: Registry, name: str, reference: str) -> Response:
+    declared = content_length(request)
+    if declared is not None and declared > MAX_MANIFEST_BYTES:
+        raise PayloadTooLarge("manifest is larger than 4 MiB")
+    content = await _read_limited(request, MAX_MANIFEST_BYTES)
+    pushed = await registry.put_manifest(
+        name,
+        reference,
+        content,
+        request.headers.get("content-type"),
+        # OCI dist-spec 1.1.1: PUT by digest may name tags with ?tag=.
+        extra_tags=request.query_params.getlist("tag"),
+    )
+    headers = {
+        "Location": f"/v2/{name}/manifests/{pushed.digest}",
+        "Docker-Content-Digest": pushed.digest,
+        "Content-Length": "0",
+    }
+    if pushed.subject:
+        headers["OCI-Subject"] = pushed.subject
+    response = Response(b"", status_code=201, headers=headers)
+    for tag in pushed.tags:
+        response.headers.append("OCI-Tag", tag)
+    return response
+
+
+async def get_manifest(request: Request, registry: Registry, name: str, reference: str) -> Response:
+    manifest = await registry.get_manifest(name, reference)
+    if not is_acceptable(manifest.media_type, parse_accept(request.headers.get("accept"))):
+        raise ManifestUnknown(
+            f"the manifest is a {manifest.media_type}, which the Accept header does not allow",
+            reference,
+        )
+    headers = {
+        "Docker-Content-Digest": manifest.digest,
+        "Content-Length": str(manifest.size),
+        "ETag": f'"{manifest.digest}"',
+    }
+    body = b"" if request.method == "HEAD" else manifest.content
+    return Response(body, headers=headers, media_type=manifest.media_type)
+
+
+async def delete_manifest(
+    request: Request, registry: Registry, name: str, reference: str
+) -> Response:
+    await registry.delete_manifest(name, reference)
+    return Response(b"", status_code=202, headers={"Content-Length": "0"})
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """Read a small body, refusing it as soon as it grows past `limit` (lying lengths too)."""
+    content = bytearray()
+    async for chunk in request_body(request):
+        content += chunk
+        if len(content) > limit:
+            raise PayloadTooLarge("manifest is larger than 4 MiB")
+    return bytes(content)

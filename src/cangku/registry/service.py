@@ -1,0 +1,537 @@
+"""The registry's use cases: blobs, uploads, manifests, tags, listings, referrers.
+
+Each method validates its inputs, talks to storage (bytes) and metadata (rows), and raises
+`RegistryError`s carrying the OCI error code. A manifest and its tag are written in one
+transaction, so a puller never sees a tag pointing at a manifest that is not there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cangku.content.digest import Digest
+from cangku.content.errors import (
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameUnknown,
+    PayloadTooLarge,
+    UploadOutOfOrder,
+)
+from cangku.content.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from cangku.content.names import parse_reference, validate_repository_name, validate_tag
+from cangku.metadata.schema import (
+    blobs,
+    manifest_references,
+    manifests,
+    repositories,
+    repository_blobs,
+    tags,
+    uploads,
+)
+from cangku.metadata.store import MetadataStore
+from cangku.registry.records import Page, PushedManifest, Referrer, StoredManifest
+from cangku.storage.base import BlobStorage
+from cangku.storage.filesystem import UPLOAD_ID
+
+# Listing pages: the spec lets a registry cap `n`; clients follow the Link header.
+MAX_PAGE_SIZE = 10_000
+
+
+class Registry:
+    def __init__(self, storage: BlobStorage, metadata: MetadataStore) -> None:
+        self.storage = storage
+        self.metadata = metadata
+
+    # -- blobs -----------------------------------------------------------------------------
+    async def stat_blob(self, name: str, digest: str) -> tuple[Digest, int]:
+        """The size of a blob this repository holds (BLOB_UNKNOWN otherwise)."""
+        validate_repository_name(name)
+        parsed = Digest.parse(digest)
+        async with self.metadata.read() as connection:
+            size = await connection.scalar(
+                select(blobs.c.size)
+                .select_from(
+                    repositories.join(
+                        repository_blobs, repository_blobs.c.repository_id == repositories.c.id
+                    ).join(blobs, blobs.c.digest == repository_blobs.c.digest)
+                )
+                .where(repositories.c.name == name, repository_blobs.c.digest == str(parsed))
+            )
+        if size is None:
+            raise BlobUnknown("blob unknown to registry", str(parsed))
+        return parsed, size
+
+    def blob_path(self, digest: Digest) -> Path | None:
+        return self.storage.local_path(digest)
+
+    def read_blob(self, digest: Digest, start: int, end: int) -> AsyncIterator[bytes]:
+        return self.storage.read(digest, start, end)
+
+    async def delete_blob(self, name: str, digest: str) -> None:
+        """Unlink a blob from the repository; garbage collection frees the bytes later."""
+        validate_repository_name(name)
+        parsed = Digest.parse(digest)
+        async with self.metadata.write() as connection:
+            repository_id = await _repository_id(connection, name)
+            deleted = 0
+            if repository_id is not None:
+                result = await connection.execute(
+                    delete(repository_blobs).where(
+                        repository_blobs.c.repository_id == repository_id,
+                        repository_blobs.c.digest == str(parsed),
+                    )
+                )
+                deleted = result.rowcount
+        if not deleted:
+            raise BlobUnknown("blob unknown to registry", str(parsed))
+
+    # -- uploads ---------------------------------------------------------------------------
+    async def start_upload(self, name: str) -> str:
+        validate_repository_name(name)
+        upload_id = uuid.uuid4().hex
+        await self.storage.create_upload(upload_id)
+        async with self.metadata.write() as connection:
+            repository_id = await _ensure_repository(connection, name)
+            await connection.execute(
+                insert(uploads).values(
+                    id=upload_id, repository_id=repository_id, created_at=time.time()
+                )
+            )
+        return upload_id
+
+    async def upload_blob(
+        self, name: str, digest: str, body: AsyncIterable[bytes], length: int | None
+    ) -> Digest:
+        """A monolithic upload: the whole blob in one request, verified before it is kept."""
+        validate_repository_name(name)
+        parsed = Digest.parse(digest)
+        size = await self.storage.write_blob(body, parsed, length)
+        async with self.metadata.write() as connection:
+            repository_id = await _ensure_repository(connection, name)
+            await _record_blob(connection, repository_id, parsed, size)
+        return parsed
+
+    async def mount_blob(self, name: str, digest: str, from_name: str) -> Digest | None:
+        """Link a blob that repository `from_name` holds; None when it cannot be mounted.
+
+        A mount without `from` is never automatic: the client gets a normal upload session,
+        as the OCI conformance suite expects when automatic cross-mounting is off.
+        """
+        validate_repository_name(name)
+        parsed = Digest.parse(digest)
+        validate_repository_name(from_name)
+        async with self.metadata.write() as connection:
+            size = await connection.scalar(
+                select(blobs.c.size)
+                .select_from(
+                    repository_blobs.join(
+                        repositories, repositories.c.id == repository_blobs.c.repository_id
+                    ).join(blobs, blobs.c.digest == repository_blobs.c.digest)
+                )
+                .where(repository_blobs.c.digest == str(parsed), repositories.c.name == from_name)
+            )
+            if size is None or await self.storage.stat(parsed) is None:
+                return None
+            repository_id = await _ensure_repository(connection, name)
+            await _record_blob(connection, repository_id, parsed, size)
+        return parsed
+
+    async def upload_status(self, name: str, upload_id: str) -> int:
+        await self._check_upload(name, upload_id)
+        size = await self.storage.upload_size(upload_id)
+        if size is None:
+            raise BlobUploadUnknown("upload unknown to registry", upload_id)
+        return size
+
+    async def append_upload(
+        self,
+        name: str,
+        upload_id: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        content_range: tuple[int, int] | None,
+    ) -> int:
+        """Append one chunk; with Content-Range it must start where the upload ends."""
+        size = await self.upload_status(name, upload_id)
+        if content_range is not None:
+            start, end = content_range
+            if start != size:
+                raise UploadOutOfOrder(
+                    f"chunk starts at {start} but the upload has {size} bytes", size
+                )
+            if length is not None and end - start + 1 != length:
+                raise BlobUploadInvalid("Content-Range does not match Content-Length")
+            length = end - start + 1
+        return await self.storage.append_upload(upload_id, body, length)
+
+    async def finish_upload(
+        self, name: str, upload_id: str, digest: str, body: AsyncIterable[bytes], length: int | None
+    ) -> Digest:
+        """Take the last chunk (if any), verify the whole upload and keep it as the blob."""
+        parsed = Digest.parse(digest)
+        await self.upload_status(name, upload_id)
+        if length != 0:
+            await self.storage.append_upload(upload_id, body, length)
+        size = await self.storage.commit_upload(upload_id, parsed)
+        async with self.metadata.write() as connection:
+            repository_id = await _ensure_repository(connection, name)
+            await _record_blob(connection, repository_id, parsed, size)
+            await connection.execute(delete(uploads).where(uploads.c.id == upload_id))
+        return parsed
+
+    async def cancel_upload(self, name: str, upload_id: str) -> None:
+        await self._check_upload(name, upload_id)
+        async with self.metadata.write() as connection:
+            await connection.execute(delete(uploads).where(uploads.c.id == upload_id))
+        await self.storage.delete_upload(upload_id)
+
+    async def _check_upload(self, name: str, upload_id: str) -> None:
+        validate_repository_name(name)
+        if not UPLOAD_ID.match(upload_id):
+            raise BlobUploadUnknown("upload unknown to registry", upload_id[:100])
+        async with self.metadata.read() as connection:
+            found = await connection.scalar(
+                select(uploads.c.id)
+                .select_from(
+                    uploads.join(repositories, repositories.c.id == uploads.c.repository_id)
+                )
+                .where(uploads.c.id == upload_id, repositories.c.name == name)
+            )
+        if found is None:
+            raise BlobUploadUnknown("upload unknown to registry", upload_id)
+
+    # -- manifests -------------------------------------------------------------------------
+    async def put_manifest(
+        self,
+        name: str,
+        reference: str,
+        content: bytes,
+        content_type: str | None,
+        extra_tags: list[str] | None = None,
+    ) -> PushedManifest:
+        validate_repository_name(name)
+        if len(content) > MAX_MANIFEST_BYTES:
+            raise PayloadTooLarge("manifest is larger than 4 MiB")
+        target = parse_reference(reference)
+        if isinstance(target, Digest):
+            digest = Digest.of(content, target.algorithm)
+            if digest != target:
+                raise DigestInvalid("the manifest does not match the digest", str(target))
+            tag_names = []
+        else:
+            digest = Digest.of(content)
+            tag_names = [target]
+        tag_names += [validate_tag(tag) for tag in extra_tags or []]
+        manifest = parse_manifest(content, content_type, digest)
+
+        async with self.metadata.write() as connection:
+            repository_id = await _ensure_repository(connection, name)
+            await _check_references(connection, repository_id, manifest)
+            await _insert_manifest(connection, repository_id, manifest, content)
+            now = time.time()
+            for tag in tag_names:
+                await _set_tag(connection, repository_id, tag, str(digest), now)
+        return PushedManifest(
+            digest=str(digest),
+            subject=str(manifest.subject.digest) if manifest.subject else None,
+            tags=tag_names,
+        )
+
+    async def get_manifest(self, name: str, reference: str) -> StoredManifest:
+        validate_repository_name(name)
+        try:
+            target = parse_reference(reference)
+        except ManifestInvalid:
+            raise ManifestUnknown("manifest unknown", reference[:200]) from None
+        columns = (
+            manifests.c.digest,
+            manifests.c.media_type,
+            manifests.c.size,
+            manifests.c.content,
+        )
+        if isinstance(target, Digest):
+            query = (
+                select(*columns)
+                .select_from(
+                    manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
+                )
+                .where(repositories.c.name == name, manifests.c.digest == str(target))
+            )
+        else:
+            query = (
+                select(*columns)
+                .select_from(
+                    tags.join(repositories, repositories.c.id == tags.c.repository_id).join(
+                        manifests,
+                        and_(
+                            manifests.c.repository_id == tags.c.repository_id,
+                            manifests.c.digest == tags.c.manifest_digest,
+                        ),
+                    )
+                )
+                .where(repositories.c.name == name, tags.c.name == target)
+            )
+        async with self.metadata.read() as connection:
+            row = (await connection.execute(query)).first()
+            if row is None:
+                if await _repository_id(connection, name) is None:
+                    raise NameUnknown("repository name not known to registry", name)
+                raise ManifestUnknown("manifest unknown", reference)
+        return StoredManifest(
+            digest=row.digest, media_type=row.media_type, size=row.size, content=row.content
+        )
+
+    async def delete_manifest(self, name: str, reference: str) -> None:
+        """By digest: the manifest and every tag on it. By tag: only that tag."""
+        validate_repository_name(name)
+        target = parse_reference(reference)
+        async with self.metadata.write() as connection:
+            repository_id = await _repository_id(connection, name)
+            if repository_id is None:
+                raise NameUnknown("repository name not known to registry", name)
+            if not isinstance(target, Digest):
+                result = await connection.execute(
+                    delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == target)
+                )
+                if not result.rowcount:
+                    raise ManifestUnknown("manifest unknown", reference)
+                return
+            digest = str(target)
+            result = await connection.execute(
+                delete(manifests).where(
+                    manifests.c.repository_id == repository_id, manifests.c.digest == digest
+                )
+            )
+            if not result.rowcount:
+                raise ManifestUnknown("manifest unknown", reference)
+            await connection.execute(
+                delete(tags).where(
+                    tags.c.repository_id == repository_id, tags.c.manifest_digest == digest
+                )
+            )
+            await connection.execute(
+                delete(manifest_references).where(
+                    manifest_references.c.repository_id == repository_id,
+                    manifest_references.c.manifest_digest == digest,
+                )
+            )
+
+    # -- listings --------------------------------------------------------------------------
+    async def list_tags(self, name: str, limit: int | None, last: str | None) -> Page:
+        validate_repository_name(name)
+        async with self.metadata.read() as connection:
+            repository_id = await _repository_id(connection, name)
+            if repository_id is None:
+                raise NameUnknown("repository name not known to registry", name)
+            query = select(tags.c.name).where(tags.c.repository_id == repository_id)
+            if last:
+                query = query.where(tags.c.name > last)
+            return await _page(connection, query.order_by(tags.c.name), limit)
+
+    async def list_repositories(self, limit: int | None, last: str | None) -> Page:
+        query = select(repositories.c.name).where(
+            select(manifests.c.digest)
+            .where(manifests.c.repository_id == repositories.c.id)
+            .exists()
+        )
+        if last:
+            query = query.where(repositories.c.name > last)
+        async with self.metadata.read() as connection:
+            return await _page(connection, query.order_by(repositories.c.name), limit)
+
+    async def list_referrers(
+        self, name: str, digest: str, artifact_type: str | None
+    ) -> list[Referrer]:
+        validate_repository_name(name)
+        subject = Digest.parse(digest)
+        query = (
+            select(
+                manifests.c.media_type,
+                manifests.c.digest,
+                manifests.c.size,
+                manifests.c.artifact_type,
+                manifests.c.annotations,
+            )
+            .select_from(
+                manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
+            )
+            .where(repositories.c.name == name, manifests.c.subject_digest == str(subject))
+            .order_by(manifests.c.created_at, manifests.c.digest)
+        )
+        if artifact_type is not None:
+            query = query.where(manifests.c.artifact_type == artifact_type)
+        async with self.metadata.read() as connection:
+            rows = (await connection.execute(query)).all()
+        return [
+            Referrer(
+                media_type=row.media_type,
+                digest=row.digest,
+                size=row.size,
+                artifact_type=row.artifact_type,
+                annotations=json.loads(row.annotations) if row.annotations else None,
+            )
+            for row in rows
+        ]
+
+
+# -- row helpers ---------------------------------------------------------------------------
+async def _repository_id(connection: AsyncConnection, name: str) -> int | None:
+    return await connection.scalar(select(repositories.c.id).where(repositories.c.name == name))
+
+
+async def _ensure_repository(connection: AsyncConnection, name: str) -> int:
+    repository_id = await _repository_id(connection, name)
+    if repository_id is None:
+        repository_id = await connection.scalar(
+            insert(repositories)
+            .values(name=name, created_at=time.time())
+            .returning(repositories.c.id)
+        )
+    return int(repository_id)
+
+
+async def _record_blob(
+    connection: AsyncConnection, repository_id: int, digest: Digest, size: int
+) -> None:
+    now = time.time()
+    if await connection.scalar(select(blobs.c.size).where(blobs.c.digest == str(digest))) is None:
+        await connection.execute(
+            insert(blobs).values(digest=str(digest), size=size, created_at=now)
+        )
+    else:
+        # A fresh upload of known content restarts its garbage-collection grace period.
+        await connection.execute(
+            update(blobs).where(blobs.c.digest == str(digest)).values(created_at=now)
+        )
+    linked = await connection.scalar(
+        select(func.count())
+        .select_from(repository_blobs)
+        .where(
+            repository_blobs.c.repository_id == repository_id,
+            repository_blobs.c.digest == str(digest),
+        )
+    )
+    if not linked:
+        await connection.execute(
+            insert(repository_blobs).values(
+                repository_id=repository_id, digest=str(digest), created_at=now
+            )
+        )
+
+
+async def _check_references(
+    connection: AsyncConnection, repository_id: int, manifest: Manifest
+) -> None:
+    """OCI dist-spec "Pushing manifests": everything a manifest references must be here."""
+    wanted_blobs = {str(descriptor.digest) for descriptor in manifest.blobs}
+    if wanted_blobs:
+        present = set(
+            (
+                await connection.scalars(
+                    select(repository_blobs.c.digest).where(
+                        repository_blobs.c.repository_id == repository_id,
+                        repository_blobs.c.digest.in_(wanted_blobs),
+                    )
+                )
+            ).all()
+        )
+        for descriptor in manifest.blobs:
+            if str(descriptor.digest) not in present:
+                raise ManifestBlobUnknown("blob unknown to registry", str(descriptor.digest))
+    wanted_manifests = {str(descriptor.digest) for descriptor in manifest.manifests}
+    if wanted_manifests:
+        present = set(
+            (
+                await connection.scalars(
+                    select(manifests.c.digest).where(
+                        manifests.c.repository_id == repository_id,
+                        manifests.c.digest.in_(wanted_manifests),
+                    )
+                )
+            ).all()
+        )
+        for descriptor in manifest.manifests:
+            if str(descriptor.digest) not in present:
+                # As the reference registry: a missing child is a missing "blob" of the index.
+                raise ManifestBlobUnknown(
+                    "the index references a manifest unknown to this repository",
+                    str(descriptor.digest),
+                )
+
+
+async def _insert_manifest(
+    connection: AsyncConnection, repository_id: int, manifest: Manifest, content: bytes
+) -> None:
+    exists = await connection.scalar(
+        select(manifests.c.size).where(
+            manifests.c.repository_id == repository_id,
+            manifests.c.digest == str(manifest.digest),
+        )
+    )
+    if exists is not None:
+        return  # Same digest, same bytes: pushing it again only (re)tags.
+    await connection.execute(
+        insert(manifests).values(
+            repository_id=repository_id,
+            digest=str(manifest.digest),
+            media_type=manifest.media_type,
+            size=manifest.size,
+            content=content,
+            artifact_type=manifest.artifact_type,
+            subject_digest=str(manifest.subject.digest) if manifest.subject else None,
+            annotations=json.dumps(manifest.annotations) if manifest.annotations else None,
+            created_at=time.time(),
+        )
+    )
+    references = {("blob", str(d.digest)) for d in manifest.blobs} | {
+        ("manifest", str(d.digest)) for d in manifest.manifests
+    }
+    if references:
+        await connection.execute(
+            insert(manifest_references),
+            [
+                {
+                    "repository_id": repository_id,
+                    "manifest_digest": str(manifest.digest),
+                    "kind": kind,
+                    "target_digest": target,
+                }
+                for kind, target in sorted(references)
+            ],
+        )
+
+
+async def _set_tag(
+    connection: AsyncConnection, repository_id: int, tag: str, digest: str, now: float
+) -> None:
+    result = await connection.execute(
+        update(tags)
+        .where(tags.c.repository_id == repository_id, tags.c.name == tag)
+        .values(manifest_digest=digest, updated_at=now)
+    )
+    if not result.rowcount:
+        await connection.execute(
+            insert(tags).values(
+                repository_id=repository_id, name=tag, manifest_digest=digest, updated_at=now
+            )
+        )
+
+
+async def _page(connection: AsyncConnection, query: object, limit: int | None) -> Page:
+    size = MAX_PAGE_SIZE if limit is None else min(limit, MAX_PAGE_SIZE)
+    rows = list((await connection.scalars(query.limit(size + 1))).all())  # type: ignore[attr-defined]
+    if len(rows) > size:
+        return Page(items=rows[:size], next_last=rows[size - 1] if size else None)
+    return Page(items=rows, next_last=None)

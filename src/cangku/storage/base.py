@@ -1,0 +1,57 @@
+"""The storage driver protocol every driver implements (and `tests/storage/` checks).
+
+A blob becomes visible under its digest only after its bytes were verified against that
+digest; upload sessions append to a private staging area until then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+from cangku.content.digest import Digest
+from cangku.content.errors import BlobUploadInvalid
+
+
+class UploadAborted(BlobUploadInvalid):
+    """The request body ended before the promised length; nothing of it was kept."""
+
+
+class BlobStorage(Protocol):
+    async def stat(self, digest: Digest) -> int | None:
+        """The stored blob's size, or None."""
+
+    def local_path(self, digest: Digest) -> Path | None:
+        """A file path for zero-copy sending, where the driver has one."""
+
+    def read(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream bytes [start, end) of a stored blob."""
+
+    async def delete(self, digest: Digest) -> None: ...
+
+    def iterate(self) -> AsyncIterator[tuple[Digest, int, float]]:
+        """Every stored blob as (digest, size, modification time)."""
+
+    async def write_blob(
+        self, chunks: AsyncIterable[bytes], digest: Digest, expected_length: int | None
+    ) -> int:
+        """Store a whole blob in one go, verified against `digest`; returns its size."""
+
+    async def create_upload(self, upload_id: str) -> None: ...
+
+    async def upload_size(self, upload_id: str) -> int | None:
+        """Bytes received so far, or None when there is no such upload."""
+
+    async def append_upload(
+        self, upload_id: str, chunks: AsyncIterable[bytes], expected_length: int | None
+    ) -> int:
+        """Append a chunk; all of it or (UploadAborted, errors) none of it. Returns the new size."""
+
+    async def commit_upload(self, upload_id: str, digest: Digest) -> int:
+        """Verify the upload against `digest` and make it the blob; returns its size."""
+
+    async def delete_upload(self, upload_id: str) -> None: ...
+
+    def iterate_uploads(self) -> AsyncIterator[tuple[str, float]]:
+        """Every upload session as (upload id, modification time)."""

@@ -1,0 +1,256 @@
+"""The filesystem driver: the embedded default.
+
+Layout under the data directory's `root`:
+
+    blobs/<algorithm>/<first two hex digits>/<hex>   verified blobs, content-addressed
+    uploads/<upload id>                              bytes of an upload session so far
+    tmp/<random>                                     one-shot uploads before verification
+
+A blob file appears only by `os.replace` of a fully written and verified file, so a crash
+(even SIGKILL) at any moment leaves either the whole blob or none of it. Upload ids and
+digests are validated before they get here (uuid / hex only), and every path is built from
+those validated parts, so nothing can reach outside `root`.
+
+fsync policy: with `fsync=True` a blob's bytes and its directory entry are flushed before the
+blob is recorded, so a power loss cannot leave a recorded blob with missing bytes. A killed
+process never needs it: the page cache survives the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import anyio.to_thread
+
+from cangku.content.digest import HEX_LENGTHS, Digest
+from cangku.content.errors import BlobUploadUnknown, DigestInvalid, SizeInvalid
+from cangku.storage.base import UploadAborted
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+# Hash and write in batches this large, off the event loop (hashlib releases the GIL).
+WRITE_BATCH = 4 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
+UPLOAD_ID = re.compile(r"^[a-f0-9]{32}$")
+
+
+class FilesystemStorage:
+    def __init__(self, root: Path, *, fsync: bool = False) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.blobs_dir = root / "blobs"
+        self.uploads_dir = root / "uploads"
+        self.tmp_dir = root / "tmp"
+        for directory in (self.blobs_dir, self.uploads_dir, self.tmp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        # Running sha256 per upload session, valid while it matches the file's size. Another
+        # process (or a restart) simply rehashes the file at commit.
+        self._upload_hashers: dict[str, tuple[int, _Hash]] = {}
+
+    # -- paths -----------------------------------------------------------------------------
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def _upload_path(self, upload_id: str) -> Path:
+        if not UPLOAD_ID.match(upload_id):
+            raise BlobUploadUnknown("unknown upload")
+        return self.uploads_dir / upload_id
+
+    # -- blobs -----------------------------------------------------------------------------
+    async def stat(self, digest: Digest) -> int | None:
+        try:
+            return self.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def local_path(self, digest: Digest) -> Path | None:
+        return self.blob_path(digest)
+
+    async def read(
+        self, digest: Digest, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        with open(self.blob_path(digest), "rb") as file:
+            file.seek(start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                size = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+                data = await anyio.to_thread.run_sync(file.read, size)
+                if not data:
+                    break
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
+
+    async def delete(self, digest: Digest) -> None:
+        self.blob_path(digest).unlink(missing_ok=True)
+
+    async def iterate(self) -> AsyncIterator[tuple[Digest, int, float]]:
+        for algorithm in HEX_LENGTHS:
+            base = self.blobs_dir / algorithm
+            if not base.is_dir():
+                continue
+            for prefix in sorted(base.iterdir()):
+                for path in sorted(prefix.iterdir()):
+                    try:
+                        digest = Digest.parse(f"{algorithm}:{path.name}")
+                        info = path.stat()
+                    except (FileNotFoundError, ValueError, DigestInvalid):
+                        continue
+                    yield digest, info.st_size, info.st_mtime
+
+    async def write_blob(
+        self, chunks: AsyncIterable[bytes], digest: Digest, expected_length: int | None
+    ) -> int:
+        temp = self.tmp_dir / uuid.uuid4().hex
+        try:
+            with open(temp, "wb") as file:
+                hasher = digest.hasher()
+                size = await _write_hashed(chunks, file, hasher)
+                _check_length(size, expected_length)
+                if hasher.hexdigest() != digest.hex:
+                    raise DigestInvalid("the content does not match the digest", str(digest))
+                await self._publish(temp, digest, file)
+            return size
+        finally:
+            temp.unlink(missing_ok=True)
+
+    async def _publish(self, source: Path, digest: Digest, file: BinaryIO) -> None:
+        target = self.blob_path(digest)
+        if self.fsync:
+            await anyio.to_thread.run_sync(os.fsync, file.fileno())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        if self.fsync:
+            await anyio.to_thread.run_sync(_fsync_directory, target.parent)
+
+    # -- upload sessions -------------------------------------------------------------------
+    async def create_upload(self, upload_id: str) -> None:
+        self._upload_path(upload_id).touch(exist_ok=False)
+        self._upload_hashers[upload_id] = (0, hashlib.sha256())
+
+    async def upload_size(self, upload_id: str) -> int | None:
+        try:
+            return self._upload_path(upload_id).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    async def append_upload(
+        self, upload_id: str, chunks: AsyncIterable[bytes], expected_length: int | None
+    ) -> int:
+        path = self._upload_path(upload_id)
+        try:
+            file = open(path, "r+b")  # noqa: SIM115 - closed below, after truncation on failure
+        except FileNotFoundError:
+            raise BlobUploadUnknown("unknown upload") from None
+        with file:
+            start = file.seek(0, os.SEEK_END)
+            hashed_size, hasher = self._upload_hashers.get(upload_id, (-1, hashlib.sha256()))
+            running = hasher.copy() if hashed_size == start else _NullHasher()
+            try:
+                written = await _write_hashed(chunks, file, running)
+                _check_length(written, expected_length)
+            except BaseException:
+                # All of the chunk or none of it: the client retries from the old offset.
+                file.truncate(start)
+                raise
+            end = start + written
+            if isinstance(running, _NullHasher):
+                self._upload_hashers.pop(upload_id, None)
+            else:
+                self._upload_hashers[upload_id] = (end, running)
+            return end
+
+    async def commit_upload(self, upload_id: str, digest: Digest) -> int:
+        path = self._upload_path(upload_id)
+        if not path.exists():
+            raise BlobUploadUnknown("unknown upload")
+        size = path.stat().st_size
+        hashed_size, hasher = self._upload_hashers.get(upload_id, (-1, hashlib.sha256()))
+        if hashed_size != size or digest.algorithm != hasher.name:
+            hasher = await anyio.to_thread.run_sync(_hash_file, path, digest.algorithm)
+        if hasher.hexdigest() != digest.hex:
+            raise DigestInvalid("the uploaded content does not match the digest", str(digest))
+        with open(path, "rb") as file:
+            await self._publish(path, digest, file)
+        self._upload_hashers.pop(upload_id, None)
+        return size
+
+    async def delete_upload(self, upload_id: str) -> None:
+        self._upload_hashers.pop(upload_id, None)
+        self._upload_path(upload_id).unlink(missing_ok=True)
+
+    async def iterate_uploads(self) -> AsyncIterator[tuple[str, float]]:
+        for path in self.uploads_dir.iterdir():
+            if UPLOAD_ID.match(path.name):
+                try:
+                    yield path.name, path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+
+
+class _NullHasher:
+    """Stands in when the running hash is unknown (another process wrote); commit rehashes."""
+
+    name = "none"
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def copy(self) -> _NullHasher:
+        return self
+
+    def hexdigest(self) -> str:
+        return ""
+
+
+async def _write_hashed(
+    chunks: AsyncIterable[bytes], file: BinaryIO, hasher: _Hash | _NullHasher
+) -> int:
+    """Stream chunks to `file`, hashing the same buffers, in batches off the event loop."""
+    batch = bytearray()
+    written = 0
+
+    def flush(data: bytes | bytearray) -> None:
+        hasher.update(data)
+        file.write(data)
+
+    async for chunk in chunks:
+        batch += chunk
+        if len(batch) >= WRITE_BATCH:
+            await anyio.to_thread.run_sync(flush, batch)
+            written += len(batch)
+            batch = bytearray()
+    if batch:
+        flush(batch)
+        written += len(batch)
+    return written
+
+
+def _check_length(actual: int, expected: int | None) -> None:
+    if expected is not None and actual != expected:
+        if actual < expected:
+            raise UploadAborted(f"body ended after {actual} of {expected} bytes")
+        raise SizeInvalid(f"body is {actual} bytes, Content-Length said {expected}")
+
+
+def _hash_file(path: Path, algorithm: str) -> _Hash:
+    hasher = hashlib.new(algorithm)
+    with open(path, "rb") as file:
+        while data := file.read(READ_CHUNK * 4):
+            hasher.update(data)
+    return hasher
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
