@@ -1,0 +1,71 @@
+"""In-process API tests: the real app over httpx's ASGI transport, data in a temp dir."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.types import ASGIApp, Message
+
+from cangku.app import create_app
+from cangku.config import Settings
+from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.registry import Registry
+from cangku.storage.filesystem import FilesystemStorage
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+async def registry(data_dir: Path) -> AsyncIterator[Registry]:
+    data_dir.mkdir()
+    metadata = MetadataStore.open(sqlite_url(data_dir))
+    yield Registry(FilesystemStorage(data_dir), metadata)
+    await metadata.close()
+
+
+@pytest.fixture
+def app(registry: Registry, data_dir: Path) -> ASGIApp:
+    return create_app(Settings(data=data_dir), registry)
+
+
+@pytest.fixture
+async def client(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
+        yield client
+
+
+async def raw_request(app: ASGIApp, method: str, path: str) -> tuple[int, bytes]:
+    """Send a path exactly as given (httpx would normalise away `..` segments)."""
+    messages: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"registry.test")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("registry.test", 80),
+    }
+    await app(scope, receive, send)
+    status = next(m["status"] for m in messages if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return status, body

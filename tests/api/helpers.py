@@ -1,0 +1,90 @@
+"""Building blocks for API tests: push blobs and images the way clients do."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import httpx
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def error_code(response: httpx.Response) -> str:
+    code: str = response.json()["errors"][0]["code"]
+    return code
+
+
+async def push_blob(client: httpx.AsyncClient, name: str, data: bytes) -> str:
+    digest = sha256(data)
+    response = await client.post(
+        f"/v2/{name}/blobs/uploads/", params={"digest": digest}, content=data
+    )
+    assert response.status_code == 201, response.text
+    return digest
+
+
+def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": sha256(data), "size": len(data), **extra}
+
+
+async def push_image(
+    client: httpx.AsyncClient,
+    name: str,
+    reference: str | None = None,
+    *,
+    layers: int = 2,
+    media_type: str = OCI_MANIFEST,
+    architecture: str = "amd64",
+    extra: dict[str, Any] | None = None,
+) -> tuple[str, bytes]:
+    """Push config, layers and a manifest; returns (digest, manifest bytes)."""
+    docker = media_type == DOCKER_MANIFEST
+    config = json.dumps(
+        {"architecture": architecture, "os": "linux", "salt": os.urandom(8).hex()}
+    ).encode()
+    await push_blob(client, name, config)
+    layer_descriptors = []
+    for _ in range(layers):
+        layer = os.urandom(512)
+        await push_blob(client, name, layer)
+        layer_descriptors.append(descriptor(DOCKER_LAYER if docker else OCI_LAYER, layer))
+    document = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": descriptor(DOCKER_CONFIG if docker else OCI_CONFIG, config),
+        "layers": layer_descriptors,
+        **(extra or {}),
+    }
+    content = json.dumps(document, indent="\t").encode()
+    digest = sha256(content)
+    response = await client.put(
+        f"/v2/{name}/manifests/{reference or digest}",
+        content=content,
+        headers={"Content-Type": media_type},
+    )
+    assert response.status_code == 201, response.text
+    return digest, content
+
+
+async def put_manifest(
+    client: httpx.AsyncClient, name: str, reference: str, document: dict[str, Any], media_type: str
+) -> httpx.Response:
+    return await client.put(
+        f"/v2/{name}/manifests/{reference}",
+        content=json.dumps(document).encode(),
+        headers={"Content-Type": media_type},
+    )
