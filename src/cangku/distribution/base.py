@@ -6,7 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cangku.distribution.http import API_VERSION_HEADER
+from cangku.registry import Registry
 
 
-async def api_version(request: Request) -> Response:
+async def api_version(request: Request, registry: Registry) -> Response:
     return Response(b"{}", media_type="application/json", headers=API_VERSION_HEADER)

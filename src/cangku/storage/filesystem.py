@@ -18,6 +18,7 @@ process never needs it: the page cache survives the process.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -213,20 +214,33 @@ class _NullHasher:
 async def _write_hashed(
     chunks: AsyncIterable[bytes], file: BinaryIO, hasher: _Hash | _NullHasher
 ) -> int:
-    """Stream chunks to `file`, hashing the same buffers, in batches off the event loop."""
+    """Stream chunks to `file`, hashing the same buffers.
+
+    Batches are hashed and written in a worker thread while the event loop keeps receiving
+    the next batch (hashlib and file writes release the GIL), so the network, the hash and
+    the disk overlap instead of taking turns. At most two batches are in memory.
+    """
     batch = bytearray()
     written = 0
+    pending: asyncio.Future[None] | None = None
 
-    def flush(data: bytes | bytearray) -> None:
+    def flush(data: bytearray) -> None:
         hasher.update(data)
         file.write(data)
 
-    async for chunk in chunks:
-        batch += chunk
-        if len(batch) >= WRITE_BATCH:
-            await anyio.to_thread.run_sync(flush, batch)
-            written += len(batch)
-            batch = bytearray()
+    try:
+        async for chunk in chunks:
+            batch += chunk
+            if len(batch) >= WRITE_BATCH:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(anyio.to_thread.run_sync(flush, batch))
+                written += len(batch)
+                batch = bytearray()
+    finally:
+        # Never leave a write running behind the caller's back (e.g. a truncate on failure).
+        if pending is not None:
+            await asyncio.shield(pending)
     if batch:
         flush(batch)
         written += len(batch)
