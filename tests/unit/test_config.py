@@ -1,0 +1,103 @@
+"""Settings: defaults < YAML file < CANGKU_* environment < command-line flags."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from cangku import cli
+from cangku.config import Settings, load_settings, split_listen
+
+
+def test_defaults_serve_loopback_port_5000_from_data() -> None:
+    settings = load_settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 5000)
+    assert settings.data == Path("data")
+    assert settings.auth.open is False
+    assert settings.storage.fsync is False
+
+
+def test_file_then_environment_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "cangku.yaml"
+    config.write_text("listen: 127.0.0.1:6000\ndata: /srv/file\nstorage:\n  fsync: true\n")
+    assert load_settings(config).listen == "127.0.0.1:6000"
+    assert load_settings(config).storage.fsync is True
+
+    monkeypatch.setenv("CANGKU_LISTEN", "127.0.0.1:7000")
+    monkeypatch.setenv("CANGKU_AUTH__OPEN", "true")
+    from_env = load_settings(config)
+    assert from_env.listen == "127.0.0.1:7000"
+    assert from_env.data == Path("/srv/file")
+    assert from_env.auth.open is True
+    assert from_env.storage.fsync is True  # nested keys merge, not replace
+
+    from_flags = load_settings(config, listen="127.0.0.1:8000", data=Path("/srv/flag"))
+    assert from_flags.listen == "127.0.0.1:8000"
+    assert from_flags.data == Path("/srv/flag")
+
+
+def test_unknown_keys_in_the_file_are_an_error(tmp_path: Path) -> None:
+    config = tmp_path / "cangku.yaml"
+    config.write_text("lisen: 127.0.0.1:6000\n")
+    with pytest.raises(ValueError, match="lisen"):
+        load_settings(config)
+
+
+def test_file_that_is_not_a_mapping_is_an_error(tmp_path: Path) -> None:
+    config = tmp_path / "cangku.yaml"
+    config.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_settings(config)
+
+
+@pytest.mark.parametrize("listen", ["5000", "host", ":5000", "host:0", "host:70000", "host:http"])
+def test_invalid_listen_is_refused(listen: str) -> None:
+    with pytest.raises(ValueError):
+        load_settings(listen=listen)
+
+
+def test_ipv6_listen_address() -> None:
+    assert split_listen("[::1]:5000") == ("::1", 5000)
+    assert Settings(listen="[::1]:5000").listens_on_loopback()
+
+
+@pytest.mark.parametrize(
+    ("listen", "loopback"),
+    [
+        ("127.0.0.1:5000", True),
+        ("localhost:5000", True),
+        ("0.0.0.0:5000", False),
+        ("10.1.2.3:80", False),
+    ],
+)
+def test_loopback_detection(listen: str, loopback: bool) -> None:
+    assert Settings(listen=listen).listens_on_loopback() is loopback
+
+
+def test_serving_beyond_loopback_without_authentication_warns_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    started: list[object] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: started.append(options))
+    with caplog.at_level(logging.WARNING, logger="cangku"):
+        assert (
+            cli.main(["serve", "--listen", "0.0.0.0:5999", "--data", str(tmp_path), "--open"]) == 0
+        )
+    assert started and started[0]["host"] == "0.0.0.0"  # type: ignore[index]
+    assert "WITHOUT AUTHENTICATION" in caplog.text
+
+
+def test_serving_on_loopback_does_not_warn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: None)
+    with caplog.at_level(logging.WARNING, logger="cangku"):
+        assert cli.main(["serve", "--listen", "127.0.0.1:5999", "--data", str(tmp_path)]) == 0
+    assert "WITHOUT AUTHENTICATION" not in caplog.text
+
+
+def test_invalid_configuration_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--listen", "nonsense", "--data", str(tmp_path)]) == 2
+    assert "invalid configuration" in capsys.readouterr().err
