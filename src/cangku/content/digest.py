@@ -30,13 +30,13 @@ class Digest:
     @classmethod
     def parse(cls, value: str) -> Digest:
         """Parse and validate; only sha256 and sha512 digests are ever accepted."""
-        if len(value) > 200 or not DIGEST_GRAMMAR.match(value):
+        if len(value) > 200 or not DIGEST_GRAMMAR.fullmatch(value):
             raise DigestInvalid(f"invalid digest {value[:100]!r}")
         algorithm, _, encoded = value.partition(":")
         expected_length = HEX_LENGTHS.get(algorithm)
         if expected_length is None:
             raise DigestInvalid(f"unsupported digest algorithm {algorithm!r}")
-        if len(encoded) != expected_length or not HEX.match(encoded):
+        if len(encoded) != expected_length or not HEX.fullmatch(encoded):
             raise DigestInvalid(f"invalid {algorithm} digest {value[:100]!r}")
         return cls(algorithm, encoded)
 

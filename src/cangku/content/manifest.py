@@ -54,15 +54,18 @@ def parse_manifest(raw: bytes, content_type: str | None, digest: Digest) -> Mani
         document = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ManifestInvalid(f"manifest is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ManifestInvalid("manifest JSON is nested too deeply") from None
     if not isinstance(document, dict):
         raise ManifestInvalid("manifest must be a JSON object")
 
     media_type = _media_type(document, content_type)
-    if document.get("schemaVersion") != 2:
+    schema_version = document.get("schemaVersion")
+    if type(schema_version) is not int or schema_version != 2:
         raise ManifestInvalid("schemaVersion must be 2")
 
     subject = None
-    if "subject" in document:
+    if document.get("subject") is not None:
         subject = _descriptor(document["subject"], "subject")
     annotations = _annotations(document.get("annotations"), "annotations")
 
@@ -113,10 +116,13 @@ def _media_type(document: dict[str, Any], content_type: str | None) -> str:
                 f"mediaType {declared!r} in the manifest does not match Content-Type {header!r}"
             )
         return header
+    if header not in ("", "application/json", "application/octet-stream"):
+        # OCI dist-spec 1.0.1 (CVE-2021-41190): a specific type must agree with the body.
+        raise ManifestInvalid(f"unsupported manifest media type {header!r}")
     if declared in mediatypes.MANIFEST_MEDIA_TYPES:
         return declared
-    if declared is not None or header not in ("", "application/json", "application/octet-stream"):
-        raise ManifestInvalid(f"unsupported manifest media type {declared or header!r}")
+    if declared is not None:
+        raise ManifestInvalid(f"unsupported manifest media type {declared!r}")
     # No type anywhere: an OCI document is recognisable by its shape.
     if "manifests" in document:
         return mediatypes.OCI_INDEX

@@ -24,7 +24,7 @@ NON_DISTRIBUTABLE_LAYERS = frozenset(
 
 
 def parse_accept(header: str | None) -> list[str]:
-    """Media types from an Accept header, parameters dropped; several headers arrive joined."""
+    """Media types from Accept header values joined by commas, parameters dropped."""
     if not header:
         return []
     types = []

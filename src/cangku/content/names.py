@@ -16,13 +16,13 @@ MAX_NAME_LENGTH = 255
 
 
 def validate_repository_name(name: str) -> str:
-    if len(name) > MAX_NAME_LENGTH or not REPOSITORY_NAME.match(name):
+    if len(name) > MAX_NAME_LENGTH or not REPOSITORY_NAME.fullmatch(name):
         raise NameInvalid(f"invalid repository name {name[:300]!r}")
     return name
 
 
 def is_tag(reference: str) -> bool:
-    return TAG.match(reference) is not None
+    return TAG.fullmatch(reference) is not None
 
 
 def validate_tag(tag: str) -> str:

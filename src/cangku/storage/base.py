@@ -44,9 +44,17 @@ class BlobStorage(Protocol):
         """Bytes received so far, or None when there is no such upload."""
 
     async def append_upload(
-        self, upload_id: str, chunks: AsyncIterable[bytes], expected_length: int | None
+        self,
+        upload_id: str,
+        chunks: AsyncIterable[bytes],
+        expected_length: int | None,
+        expected_offset: int | None = None,
     ) -> int:
-        """Append a chunk; all of it or (UploadAborted, errors) none of it. Returns the new size."""
+        """Append a chunk; all of it or (UploadAborted, errors) none of it. Returns the new size.
+
+        With `expected_offset`, the chunk must start where the upload ends (UploadOutOfOrder).
+        Appends to one upload never interleave.
+        """
 
     async def commit_upload(self, upload_id: str, digest: Digest) -> int:
         """Verify the upload against `digest` and make it the blob; returns its size."""

@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING, BinaryIO
 import anyio.to_thread
 
 from cangku.content.digest import HEX_LENGTHS, Digest
-from cangku.content.errors import BlobUploadUnknown, DigestInvalid, SizeInvalid
+from cangku.content.errors import (
+    BlobUploadUnknown,
+    DigestInvalid,
+    SizeInvalid,
+    UploadOutOfOrder,
+)
 from cangku.storage.base import UploadAborted
 
 if TYPE_CHECKING:
@@ -54,13 +59,15 @@ class FilesystemStorage:
         # Running sha256 per upload session, valid while it matches the file's size. Another
         # process (or a restart) simply rehashes the file at commit.
         self._upload_hashers: dict[str, tuple[int, _Hash]] = {}
+        # One request at a time per upload: two overlapping PATCHes must not interleave bytes.
+        self._upload_locks: dict[str, asyncio.Lock] = {}
 
     # -- paths -----------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
         return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
 
     def _upload_path(self, upload_id: str) -> Path:
-        if not UPLOAD_ID.match(upload_id):
+        if not UPLOAD_ID.fullmatch(upload_id):
             raise BlobUploadUnknown("unknown upload")
         return self.uploads_dir / upload_id
 
@@ -127,6 +134,10 @@ class FilesystemStorage:
         if self.fsync:
             await anyio.to_thread.run_sync(os.fsync, file.fileno())
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            # Already stored (verified when it was written): keep it, never rewrite shared bytes.
+            source.unlink(missing_ok=True)
+            return
         os.replace(source, target)
         if self.fsync:
             await anyio.to_thread.run_sync(_fsync_directory, target.parent)
@@ -143,53 +154,72 @@ class FilesystemStorage:
             return None
 
     async def append_upload(
-        self, upload_id: str, chunks: AsyncIterable[bytes], expected_length: int | None
+        self,
+        upload_id: str,
+        chunks: AsyncIterable[bytes],
+        expected_length: int | None,
+        expected_offset: int | None = None,
     ) -> int:
         path = self._upload_path(upload_id)
-        try:
-            file = open(path, "r+b")  # noqa: SIM115 - closed below, after truncation on failure
-        except FileNotFoundError:
-            raise BlobUploadUnknown("unknown upload") from None
-        with file:
-            start = file.seek(0, os.SEEK_END)
-            hashed_size, hasher = self._upload_hashers.get(upload_id, (-1, hashlib.sha256()))
-            running = hasher.copy() if hashed_size == start else _NullHasher()
+        async with self._upload_lock(upload_id):
             try:
-                written = await _write_hashed(chunks, file, running)
-                _check_length(written, expected_length)
-            except BaseException:
-                # All of the chunk or none of it: the client retries from the old offset.
-                file.truncate(start)
-                raise
-            end = start + written
-            if isinstance(running, _NullHasher):
-                self._upload_hashers.pop(upload_id, None)
-            else:
-                self._upload_hashers[upload_id] = (end, running)
-            return end
+                file = open(path, "r+b")  # noqa: SIM115 - closed below, after a truncation
+            except FileNotFoundError:
+                raise BlobUploadUnknown("unknown upload") from None
+            with file:
+                start = file.seek(0, os.SEEK_END)
+                if expected_offset is not None and expected_offset != start:
+                    raise UploadOutOfOrder(
+                        f"chunk starts at {expected_offset} but the upload has {start} bytes", start
+                    )
+                hashed_size, hasher = self._upload_hashers.get(upload_id, (-1, hashlib.sha256()))
+                running = hasher.copy() if hashed_size == start else _NullHasher()
+                try:
+                    written = await _write_hashed(chunks, file, running)
+                    _check_length(written, expected_length)
+                except BaseException:
+                    # All of the chunk or none of it: the client retries from the old offset.
+                    file.truncate(start)
+                    raise
+                end = start + written
+                if isinstance(running, _NullHasher):
+                    self._upload_hashers.pop(upload_id, None)
+                else:
+                    self._upload_hashers[upload_id] = (end, running)
+                return end
 
     async def commit_upload(self, upload_id: str, digest: Digest) -> int:
         path = self._upload_path(upload_id)
-        if not path.exists():
-            raise BlobUploadUnknown("unknown upload")
-        size = path.stat().st_size
-        hashed_size, hasher = self._upload_hashers.get(upload_id, (-1, hashlib.sha256()))
-        if hashed_size != size or digest.algorithm != hasher.name:
-            hasher = await anyio.to_thread.run_sync(_hash_file, path, digest.algorithm)
-        if hasher.hexdigest() != digest.hex:
-            raise DigestInvalid("the uploaded content does not match the digest", str(digest))
-        with open(path, "rb") as file:
-            await self._publish(path, digest, file)
+        async with self._upload_lock(upload_id):
+            if not path.exists():
+                raise BlobUploadUnknown("unknown upload")
+            size = path.stat().st_size
+            hashed_size, hasher = self._upload_hashers.get(upload_id, (-1, hashlib.sha256()))
+            if hashed_size != size or digest.algorithm != hasher.name:
+                hasher = await anyio.to_thread.run_sync(_hash_file, path, digest.algorithm)
+            if hasher.hexdigest() != digest.hex:
+                raise DigestInvalid("the uploaded content does not match the digest", str(digest))
+            with open(path, "rb") as file:
+                await self._publish(path, digest, file)
+            self._forget_upload(upload_id)
+            return size
+
+    def _upload_lock(self, upload_id: str) -> asyncio.Lock:
+        return self._upload_locks.setdefault(upload_id, asyncio.Lock())
+
+    def _forget_upload(self, upload_id: str) -> None:
         self._upload_hashers.pop(upload_id, None)
-        return size
+        self._upload_locks.pop(upload_id, None)
 
     async def delete_upload(self, upload_id: str) -> None:
-        self._upload_hashers.pop(upload_id, None)
-        self._upload_path(upload_id).unlink(missing_ok=True)
+        path = self._upload_path(upload_id)
+        async with self._upload_lock(upload_id):
+            path.unlink(missing_ok=True)
+            self._forget_upload(upload_id)
 
     async def iterate_uploads(self) -> AsyncIterator[tuple[str, float]]:
         for path in self.uploads_dir.iterdir():
-            if UPLOAD_ID.match(path.name):
+            if UPLOAD_ID.fullmatch(path.name):
                 try:
                     yield path.name, path.stat().st_mtime
                 except FileNotFoundError:

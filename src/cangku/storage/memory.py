@@ -8,7 +8,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
 from cangku.content.digest import Digest
-from cangku.content.errors import BlobUploadUnknown, DigestInvalid, SizeInvalid
+from cangku.content.errors import BlobUploadUnknown, DigestInvalid, SizeInvalid, UploadOutOfOrder
 from cangku.storage.base import UploadAborted
 
 
@@ -53,12 +53,21 @@ class MemoryStorage:
         return None if entry is None else len(entry[0])
 
     async def append_upload(
-        self, upload_id: str, chunks: AsyncIterable[bytes], expected_length: int | None
+        self,
+        upload_id: str,
+        chunks: AsyncIterable[bytes],
+        expected_length: int | None,
+        expected_offset: int | None = None,
     ) -> int:
         if upload_id not in self.uploads:
             raise BlobUploadUnknown("unknown upload")
-        data = await _collect(chunks, expected_length)
         buffer = self.uploads[upload_id][0]
+        if expected_offset is not None and expected_offset != len(buffer):
+            raise UploadOutOfOrder(
+                f"chunk starts at {expected_offset} but the upload has {len(buffer)} bytes",
+                len(buffer),
+            )
+        data = await _collect(chunks, expected_length)
         buffer += data
         self.uploads[upload_id] = (buffer, time.time())
         return len(buffer)
