@@ -324,3 +324,12 @@ async def test_artifact_manifest_with_subject_answers_oci_subject(
     )
     assert response.status_code == 201
     assert response.headers["OCI-Subject"] == subject_digest
+
+
+async def test_accept_sent_as_several_headers_is_read_whole(client: httpx.AsyncClient) -> None:
+    await push_image(client, "jimo/app", "v1", media_type=DOCKER_MANIFEST)
+    # docker and skopeo send one Accept header per media type, in any order.
+    headers = [("Accept", OCI_INDEX), ("Accept", "application/json"), ("Accept", DOCKER_MANIFEST)]
+    for method in ("GET", "HEAD"):
+        response = await client.request(method, "/v2/jimo/app/manifests/v1", headers=headers)
+        assert response.status_code == 200

@@ -58,7 +58,7 @@ def _requested_range(header: str | None, size: int) -> tuple[int, int] | None:
     """One `bytes=` range as [start, end); None to send everything (RFC 9110 §14.2)."""
     if header is None:
         return None
-    match = BYTE_RANGE.match(header.strip())
+    match = BYTE_RANGE.fullmatch(header.strip())
     if not match or (match[1] == "" and match[2] == ""):
         return None  # Malformed or several ranges: ignore the header, send it all.
     if match[1] == "":

@@ -29,7 +29,7 @@ def content_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
         return None
-    if not DIGITS.match(value.strip()):
+    if not DIGITS.fullmatch(value.strip()):
         raise SizeInvalid("invalid Content-Length")
     return int(value)
 
@@ -39,7 +39,7 @@ def content_range(request: Request) -> tuple[int, int] | None:
     value = request.headers.get("content-range")
     if value is None:
         return None
-    match = CONTENT_RANGE.match(value.strip())
+    match = CONTENT_RANGE.fullmatch(value.strip())
     if not match:
         raise BlobUploadInvalid(f"invalid Content-Range {value[:100]!r}")
     start, end = int(match[1]), int(match[2])
@@ -52,7 +52,7 @@ def page_size(request: Request) -> int | None:
     value = request.query_params.get("n")
     if value is None or value == "":
         return None
-    if not DIGITS.match(value):
+    if not DIGITS.fullmatch(value):
         raise PaginationNumberInvalid(f"n must be a non-negative integer, not {value[:50]!r}")
     return int(value)
 

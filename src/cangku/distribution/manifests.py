@@ -40,7 +40,9 @@ async def put_manifest(request: Request, registry: Registry, name: str, referenc
 
 async def get_manifest(request: Request, registry: Registry, name: str, reference: str) -> Response:
     manifest = await registry.get_manifest(name, reference)
-    if not is_acceptable(manifest.media_type, parse_accept(request.headers.get("accept"))):
+    # Clients send one Accept header per media type (docker, skopeo): read them all.
+    accepted = parse_accept(",".join(request.headers.getlist("accept")))
+    if not is_acceptable(manifest.media_type, accepted):
         raise ManifestUnknown(
             f"the manifest is a {manifest.media_type}, which the Accept header does not allow",
             reference,

@@ -1,93 +1,104 @@
 """Connections and transactions on the metadata database.
 
-SQLite (the embedded default) allows one writer at a time: writers in this process queue on
-an asyncio lock and start with BEGIN IMMEDIATE, so a second process (the `cangku` CLI while
-the server runs) waits on the busy timeout instead of failing half-way through.
+Each use case hands the store one function that does all of its SQL on a connection, and
+the store runs it as one unit: one thread hop per transaction instead of one per statement
+(an async driver pays a hop for every execute and fetch, which dominated manifest GETs).
+
+- SQLite reads run inline on the event loop: they are a few microseconds of page-cache
+  work, cheaper than any hop, and in WAL mode they never wait for a writer.
+- SQLite writes run in a worker thread, one at a time (an asyncio lock queues them), and
+  start with BEGIN IMMEDIATE, so a second process (the `cangku` CLI while the server runs)
+  waits on the busy timeout instead of failing half-way through.
+- Other databases (PostgreSQL) run reads and writes in worker threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio.to_thread
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+T = TypeVar("T")
+
 
 def sqlite_url(data_dir: Path) -> str:
-    return f"sqlite+aiosqlite:///{data_dir.resolve() / 'cangku.db'}"
+    return f"sqlite:///{data_dir.resolve() / 'cangku.db'}"
 
 
 class MetadataStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
     @classmethod
     def open(cls, url: str) -> MetadataStore:
-        """Migrate the schema to the newest revision, then open an async engine."""
-        migrate(url)
-        options: dict[str, Any] = {}
-        if make_url(url).get_backend_name() == "sqlite":
-            options["connect_args"] = {"timeout": 30}
-        engine = create_async_engine(url, **options)
-        if engine.dialect.name == "sqlite":
-            _configure_sqlite(engine)
+        """Open the database and migrate its schema to the newest revision."""
+        engine = create_database_engine(url)
+        migrate(engine)
         return cls(engine)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        self.engine.dispose()
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as connection:
-            yield connection
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` on a connection without a write transaction."""
+        if self.is_sqlite:
+            return self.read_now(work)
+        return await anyio.to_thread.run_sync(self.read_now, work)
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction: committed when the block ends, rolled back if it raises."""
+    def read_now(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as connection:
+            return work(connection)
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one transaction: committed when it returns, rolled back if it raises."""
         if self._write_lock is None:
-            async with self.engine.begin() as connection:
-                yield connection
-            return
-        async with self._write_lock, self.engine.connect() as connection:
-            connection = await connection.execution_options(sqlite_immediate=True)
-            async with connection.begin():
-                yield connection
+            return await anyio.to_thread.run_sync(self.write_now, work)
+        async with self._write_lock:
+            return await anyio.to_thread.run_sync(self.write_now, work)
+
+    def write_now(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(sqlite_immediate=True)
+            with connection.begin():
+                return work(connection)
 
 
-def migrate(url: str) -> None:
-    sync_url = make_url(url)
-    if sync_url.drivername == "sqlite+aiosqlite":
-        sync_url = sync_url.set(drivername="sqlite")
-    elif sync_url.drivername in ("postgresql+asyncpg", "postgresql+psycopg_async"):
-        sync_url = sync_url.set(drivername="postgresql+psycopg")
-    engine = create_engine(sync_url)
-    if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
+def create_database_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    engine = create_engine(
+        parsed,
+        # Connections move between the event loop and worker threads (never concurrently).
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=8,
+        max_overflow=16,
+    )
+    _configure_sqlite(engine)
+    return engine
+
+
+def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-    finally:
-        engine.dispose()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
 
 
-def _configure_sqlite(engine: AsyncEngine | Any) -> None:
-    sync_engine = getattr(engine, "sync_engine", engine)
-
-    @event.listens_for(sync_engine, "connect")
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" below decide when transactions start (pysqlite's own
         # implicit transactions would defer BEGIN and break IMMEDIATE).
@@ -99,7 +110,7 @@ def _configure_sqlite(engine: AsyncEngine | Any) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
-    @event.listens_for(sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get("sqlite_immediate", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

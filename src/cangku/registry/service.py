@@ -14,7 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
 from sqlalchemy import and_, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from cangku.content.digest import Digest
 from cangku.content.errors import (
@@ -27,7 +27,6 @@ from cangku.content.errors import (
     ManifestUnknown,
     NameUnknown,
     PayloadTooLarge,
-    UploadOutOfOrder,
 )
 from cangku.content.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from cangku.content.names import parse_reference, validate_repository_name, validate_tag
@@ -59,16 +58,16 @@ class Registry:
         """The size of a blob this repository holds (BLOB_UNKNOWN otherwise)."""
         validate_repository_name(name)
         parsed = Digest.parse(digest)
-        async with self.metadata.read() as connection:
-            size = await connection.scalar(
-                select(blobs.c.size)
-                .select_from(
-                    repositories.join(
-                        repository_blobs, repository_blobs.c.repository_id == repositories.c.id
-                    ).join(blobs, blobs.c.digest == repository_blobs.c.digest)
-                )
-                .where(repositories.c.name == name, repository_blobs.c.digest == str(parsed))
+        query = (
+            select(blobs.c.size)
+            .select_from(
+                repositories.join(
+                    repository_blobs, repository_blobs.c.repository_id == repositories.c.id
+                ).join(blobs, blobs.c.digest == repository_blobs.c.digest)
             )
+            .where(repositories.c.name == name, repository_blobs.c.digest == str(parsed))
+        )
+        size = await self.metadata.read(lambda connection: connection.scalar(query))
         if size is None:
             raise BlobUnknown("blob unknown to registry", str(parsed))
         return parsed, size
@@ -83,18 +82,20 @@ class Registry:
         """Unlink a blob from the repository; garbage collection frees the bytes later."""
         validate_repository_name(name)
         parsed = Digest.parse(digest)
-        async with self.metadata.write() as connection:
-            repository_id = await _repository_id(connection, name)
-            deleted = 0
-            if repository_id is not None:
-                result = await connection.execute(
-                    delete(repository_blobs).where(
-                        repository_blobs.c.repository_id == repository_id,
-                        repository_blobs.c.digest == str(parsed),
-                    )
+
+        def unlink(connection: Connection) -> int:
+            repository_id = _repository_id(connection, name)
+            if repository_id is None:
+                return 0
+            result = connection.execute(
+                delete(repository_blobs).where(
+                    repository_blobs.c.repository_id == repository_id,
+                    repository_blobs.c.digest == str(parsed),
                 )
-                deleted = result.rowcount
-        if not deleted:
+            )
+            return result.rowcount
+
+        if not await self.metadata.write(unlink):
             raise BlobUnknown("blob unknown to registry", str(parsed))
 
     # -- uploads ---------------------------------------------------------------------------
@@ -102,13 +103,16 @@ class Registry:
         validate_repository_name(name)
         upload_id = uuid.uuid4().hex
         await self.storage.create_upload(upload_id)
-        async with self.metadata.write() as connection:
-            repository_id = await _ensure_repository(connection, name)
-            await connection.execute(
+
+        def record(connection: Connection) -> None:
+            repository_id = _ensure_repository(connection, name)
+            connection.execute(
                 insert(uploads).values(
                     id=upload_id, repository_id=repository_id, created_at=time.time()
                 )
             )
+
+        await self.metadata.write(record)
         return upload_id
 
     async def upload_blob(
@@ -118,9 +122,11 @@ class Registry:
         validate_repository_name(name)
         parsed = Digest.parse(digest)
         size = await self.storage.write_blob(body, parsed, length)
-        async with self.metadata.write() as connection:
-            repository_id = await _ensure_repository(connection, name)
-            await _record_blob(connection, repository_id, parsed, size)
+
+        def record(connection: Connection) -> None:
+            _record_blob(connection, _ensure_repository(connection, name), parsed, size)
+
+        await self.metadata.write(record)
         return parsed
 
     async def mount_blob(self, name: str, digest: str, from_name: str) -> Digest | None:
@@ -132,8 +138,11 @@ class Registry:
         validate_repository_name(name)
         parsed = Digest.parse(digest)
         validate_repository_name(from_name)
-        async with self.metadata.write() as connection:
-            size = await connection.scalar(
+        if await self.storage.stat(parsed) is None:
+            return None
+
+        def link(connection: Connection) -> bool:
+            size = connection.scalar(
                 select(blobs.c.size)
                 .select_from(
                     repository_blobs.join(
@@ -142,11 +151,12 @@ class Registry:
                 )
                 .where(repository_blobs.c.digest == str(parsed), repositories.c.name == from_name)
             )
-            if size is None or await self.storage.stat(parsed) is None:
-                return None
-            repository_id = await _ensure_repository(connection, name)
-            await _record_blob(connection, repository_id, parsed, size)
-        return parsed
+            if size is None:
+                return False
+            _record_blob(connection, _ensure_repository(connection, name), parsed, size)
+            return True
+
+        return parsed if await self.metadata.write(link) else None
 
     async def upload_status(self, name: str, upload_id: str) -> int:
         await self._check_upload(name, upload_id)
@@ -164,17 +174,14 @@ class Registry:
         content_range: tuple[int, int] | None,
     ) -> int:
         """Append one chunk; with Content-Range it must start where the upload ends."""
-        size = await self.upload_status(name, upload_id)
+        await self._check_upload(name, upload_id)
+        start = None
         if content_range is not None:
             start, end = content_range
-            if start != size:
-                raise UploadOutOfOrder(
-                    f"chunk starts at {start} but the upload has {size} bytes", size
-                )
             if length is not None and end - start + 1 != length:
                 raise BlobUploadInvalid("Content-Range does not match Content-Length")
             length = end - start + 1
-        return await self.storage.append_upload(upload_id, body, length)
+        return await self.storage.append_upload(upload_id, body, length, start)
 
     async def finish_upload(
         self, name: str, upload_id: str, digest: str, body: AsyncIterable[bytes], length: int | None
@@ -185,31 +192,31 @@ class Registry:
         if length != 0:
             await self.storage.append_upload(upload_id, body, length)
         size = await self.storage.commit_upload(upload_id, parsed)
-        async with self.metadata.write() as connection:
-            repository_id = await _ensure_repository(connection, name)
-            await _record_blob(connection, repository_id, parsed, size)
-            await connection.execute(delete(uploads).where(uploads.c.id == upload_id))
+
+        def record(connection: Connection) -> None:
+            _record_blob(connection, _ensure_repository(connection, name), parsed, size)
+            connection.execute(delete(uploads).where(uploads.c.id == upload_id))
+
+        await self.metadata.write(record)
         return parsed
 
     async def cancel_upload(self, name: str, upload_id: str) -> None:
         await self._check_upload(name, upload_id)
-        async with self.metadata.write() as connection:
-            await connection.execute(delete(uploads).where(uploads.c.id == upload_id))
+        await self.metadata.write(
+            lambda connection: connection.execute(delete(uploads).where(uploads.c.id == upload_id))
+        )
         await self.storage.delete_upload(upload_id)
 
     async def _check_upload(self, name: str, upload_id: str) -> None:
         validate_repository_name(name)
-        if not UPLOAD_ID.match(upload_id):
+        if not UPLOAD_ID.fullmatch(upload_id):
             raise BlobUploadUnknown("upload unknown to registry", upload_id[:100])
-        async with self.metadata.read() as connection:
-            found = await connection.scalar(
-                select(uploads.c.id)
-                .select_from(
-                    uploads.join(repositories, repositories.c.id == uploads.c.repository_id)
-                )
-                .where(uploads.c.id == upload_id, repositories.c.name == name)
-            )
-        if found is None:
+        query = (
+            select(uploads.c.id)
+            .select_from(uploads.join(repositories, repositories.c.id == uploads.c.repository_id))
+            .where(uploads.c.id == upload_id, repositories.c.name == name)
+        )
+        if await self.metadata.read(lambda connection: connection.scalar(query)) is None:
             raise BlobUploadUnknown("upload unknown to registry", upload_id)
 
     # -- manifests -------------------------------------------------------------------------
@@ -236,13 +243,15 @@ class Registry:
         tag_names += [validate_tag(tag) for tag in extra_tags or []]
         manifest = parse_manifest(content, content_type, digest)
 
-        async with self.metadata.write() as connection:
-            repository_id = await _ensure_repository(connection, name)
-            await _check_references(connection, repository_id, manifest)
-            await _insert_manifest(connection, repository_id, manifest, content)
+        def store(connection: Connection) -> None:
+            repository_id = _ensure_repository(connection, name)
+            _check_references(connection, repository_id, manifest)
+            _insert_manifest(connection, repository_id, manifest, content)
             now = time.time()
             for tag in tag_names:
-                await _set_tag(connection, repository_id, tag, str(digest), now)
+                _set_tag(connection, repository_id, tag, str(digest), now)
+
+        await self.metadata.write(store)
         return PushedManifest(
             digest=str(digest),
             subject=str(manifest.subject.digest) if manifest.subject else None,
@@ -283,62 +292,71 @@ class Registry:
                 )
                 .where(repositories.c.name == name, tags.c.name == target)
             )
-        async with self.metadata.read() as connection:
-            row = (await connection.execute(query)).first()
+
+        def find(connection: Connection) -> StoredManifest:
+            row = connection.execute(query).first()
             if row is None:
-                if await _repository_id(connection, name) is None:
+                if _repository_id(connection, name) is None:
                     raise NameUnknown("repository name not known to registry", name)
                 raise ManifestUnknown("manifest unknown", reference)
-        return StoredManifest(
-            digest=row.digest, media_type=row.media_type, size=row.size, content=row.content
-        )
+            return StoredManifest(
+                digest=row.digest, media_type=row.media_type, size=row.size, content=row.content
+            )
+
+        return await self.metadata.read(find)
 
     async def delete_manifest(self, name: str, reference: str) -> None:
         """By digest: the manifest and every tag on it. By tag: only that tag."""
         validate_repository_name(name)
         target = parse_reference(reference)
-        async with self.metadata.write() as connection:
-            repository_id = await _repository_id(connection, name)
+
+        def remove(connection: Connection) -> None:
+            repository_id = _repository_id(connection, name)
             if repository_id is None:
                 raise NameUnknown("repository name not known to registry", name)
             if not isinstance(target, Digest):
-                result = await connection.execute(
+                result = connection.execute(
                     delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == target)
                 )
                 if not result.rowcount:
                     raise ManifestUnknown("manifest unknown", reference)
                 return
             digest = str(target)
-            result = await connection.execute(
+            result = connection.execute(
                 delete(manifests).where(
                     manifests.c.repository_id == repository_id, manifests.c.digest == digest
                 )
             )
             if not result.rowcount:
                 raise ManifestUnknown("manifest unknown", reference)
-            await connection.execute(
+            connection.execute(
                 delete(tags).where(
                     tags.c.repository_id == repository_id, tags.c.manifest_digest == digest
                 )
             )
-            await connection.execute(
+            connection.execute(
                 delete(manifest_references).where(
                     manifest_references.c.repository_id == repository_id,
                     manifest_references.c.manifest_digest == digest,
                 )
             )
 
+        await self.metadata.write(remove)
+
     # -- listings --------------------------------------------------------------------------
     async def list_tags(self, name: str, limit: int | None, last: str | None) -> Page:
         validate_repository_name(name)
-        async with self.metadata.read() as connection:
-            repository_id = await _repository_id(connection, name)
+
+        def page(connection: Connection) -> Page:
+            repository_id = _repository_id(connection, name)
             if repository_id is None:
                 raise NameUnknown("repository name not known to registry", name)
             query = select(tags.c.name).where(tags.c.repository_id == repository_id)
             if last:
                 query = query.where(tags.c.name > last)
-            return await _page(connection, query.order_by(tags.c.name), limit)
+            return _page(connection, query.order_by(tags.c.name), limit)
+
+        return await self.metadata.read(page)
 
     async def list_repositories(self, limit: int | None, last: str | None) -> Page:
         query = select(repositories.c.name).where(
@@ -348,8 +366,8 @@ class Registry:
         )
         if last:
             query = query.where(repositories.c.name > last)
-        async with self.metadata.read() as connection:
-            return await _page(connection, query.order_by(repositories.c.name), limit)
+        ordered = query.order_by(repositories.c.name)
+        return await self.metadata.read(lambda connection: _page(connection, ordered, limit))
 
     async def list_referrers(
         self, name: str, digest: str, artifact_type: str | None
@@ -372,8 +390,7 @@ class Registry:
         )
         if artifact_type is not None:
             query = query.where(manifests.c.artifact_type == artifact_type)
-        async with self.metadata.read() as connection:
-            rows = (await connection.execute(query)).all()
+        rows = await self.metadata.read(lambda connection: connection.execute(query).all())
         return [
             Referrer(
                 media_type=row.media_type,
@@ -387,14 +404,14 @@ class Registry:
 
 
 # -- row helpers ---------------------------------------------------------------------------
-async def _repository_id(connection: AsyncConnection, name: str) -> int | None:
-    return await connection.scalar(select(repositories.c.id).where(repositories.c.name == name))
+def _repository_id(connection: Connection, name: str) -> int | None:
+    return connection.scalar(select(repositories.c.id).where(repositories.c.name == name))
 
 
-async def _ensure_repository(connection: AsyncConnection, name: str) -> int:
-    repository_id = await _repository_id(connection, name)
+def _ensure_repository(connection: Connection, name: str) -> int:
+    repository_id = _repository_id(connection, name)
     if repository_id is None:
-        repository_id = await connection.scalar(
+        repository_id = connection.scalar(
             insert(repositories)
             .values(name=name, created_at=time.time())
             .returning(repositories.c.id)
@@ -402,20 +419,16 @@ async def _ensure_repository(connection: AsyncConnection, name: str) -> int:
     return int(repository_id)
 
 
-async def _record_blob(
-    connection: AsyncConnection, repository_id: int, digest: Digest, size: int
-) -> None:
+def _record_blob(connection: Connection, repository_id: int, digest: Digest, size: int) -> None:
     now = time.time()
-    if await connection.scalar(select(blobs.c.size).where(blobs.c.digest == str(digest))) is None:
-        await connection.execute(
-            insert(blobs).values(digest=str(digest), size=size, created_at=now)
-        )
+    if connection.scalar(select(blobs.c.size).where(blobs.c.digest == str(digest))) is None:
+        connection.execute(insert(blobs).values(digest=str(digest), size=size, created_at=now))
     else:
         # A fresh upload of known content restarts its garbage-collection grace period.
-        await connection.execute(
+        connection.execute(
             update(blobs).where(blobs.c.digest == str(digest)).values(created_at=now)
         )
-    linked = await connection.scalar(
+    linked = connection.scalar(
         select(func.count())
         .select_from(repository_blobs)
         .where(
@@ -424,22 +437,20 @@ async def _record_blob(
         )
     )
     if not linked:
-        await connection.execute(
+        connection.execute(
             insert(repository_blobs).values(
                 repository_id=repository_id, digest=str(digest), created_at=now
             )
         )
 
 
-async def _check_references(
-    connection: AsyncConnection, repository_id: int, manifest: Manifest
-) -> None:
+def _check_references(connection: Connection, repository_id: int, manifest: Manifest) -> None:
     """OCI dist-spec "Pushing manifests": everything a manifest references must be here."""
     wanted_blobs = {str(descriptor.digest) for descriptor in manifest.blobs}
     if wanted_blobs:
         present = set(
             (
-                await connection.scalars(
+                connection.scalars(
                     select(repository_blobs.c.digest).where(
                         repository_blobs.c.repository_id == repository_id,
                         repository_blobs.c.digest.in_(wanted_blobs),
@@ -454,7 +465,7 @@ async def _check_references(
     if wanted_manifests:
         present = set(
             (
-                await connection.scalars(
+                connection.scalars(
                     select(manifests.c.digest).where(
                         manifests.c.repository_id == repository_id,
                         manifests.c.digest.in_(wanted_manifests),
@@ -471,10 +482,10 @@ async def _check_references(
                 )
 
 
-async def _insert_manifest(
-    connection: AsyncConnection, repository_id: int, manifest: Manifest, content: bytes
+def _insert_manifest(
+    connection: Connection, repository_id: int, manifest: Manifest, content: bytes
 ) -> None:
-    exists = await connection.scalar(
+    exists = connection.scalar(
         select(manifests.c.size).where(
             manifests.c.repository_id == repository_id,
             manifests.c.digest == str(manifest.digest),
@@ -482,7 +493,7 @@ async def _insert_manifest(
     )
     if exists is not None:
         return  # Same digest, same bytes: pushing it again only (re)tags.
-    await connection.execute(
+    connection.execute(
         insert(manifests).values(
             repository_id=repository_id,
             digest=str(manifest.digest),
@@ -499,7 +510,7 @@ async def _insert_manifest(
         ("manifest", str(d.digest)) for d in manifest.manifests
     }
     if references:
-        await connection.execute(
+        connection.execute(
             insert(manifest_references),
             [
                 {
@@ -513,25 +524,23 @@ async def _insert_manifest(
         )
 
 
-async def _set_tag(
-    connection: AsyncConnection, repository_id: int, tag: str, digest: str, now: float
-) -> None:
-    result = await connection.execute(
+def _set_tag(connection: Connection, repository_id: int, tag: str, digest: str, now: float) -> None:
+    result = connection.execute(
         update(tags)
         .where(tags.c.repository_id == repository_id, tags.c.name == tag)
         .values(manifest_digest=digest, updated_at=now)
     )
     if not result.rowcount:
-        await connection.execute(
+        connection.execute(
             insert(tags).values(
                 repository_id=repository_id, name=tag, manifest_digest=digest, updated_at=now
             )
         )
 
 
-async def _page(connection: AsyncConnection, query: object, limit: int | None) -> Page:
+def _page(connection: Connection, query: object, limit: int | None) -> Page:
     size = MAX_PAGE_SIZE if limit is None else min(limit, MAX_PAGE_SIZE)
-    rows = list((await connection.scalars(query.limit(size + 1))).all())  # type: ignore[attr-defined]
+    rows = list((connection.scalars(query.limit(size + 1))).all())  # type: ignore[attr-defined]
     if len(rows) > size:
         return Page(items=rows[:size], next_last=rows[size - 1] if size else None)
     return Page(items=rows, next_last=None)
