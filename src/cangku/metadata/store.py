@@ -58,7 +58,7 @@ class MetadataStore:
 
     def read_now(self, work: Callable[[Connection], T]) -> T:
         with self.engine.connect() as connection:
-            return work(connection)
+            return work(connection.execution_options(sqlite_autocommit=True))
 
     async def write(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in one transaction: committed when it returns, rolled back if it raises."""
@@ -112,5 +112,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Connection) -> None:
-        immediate = connection.get_execution_options().get("sqlite_immediate", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = connection.get_execution_options()
+        if options.get("sqlite_autocommit"):
+            return  # Reads: each statement is its own snapshot; no BEGIN/ROLLBACK round.
+        connection.exec_driver_sql(
+            "BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN"
+        )

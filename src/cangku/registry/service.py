@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from cangku.content.digest import Digest
@@ -47,6 +47,44 @@ from cangku.storage.filesystem import UPLOAD_ID
 # Listing pages: the spec lets a registry cap `n`; clients follow the Link header.
 MAX_PAGE_SIZE = 10_000
 
+# The hot read paths, built once: building a statement costs more than running it.
+_MANIFEST_COLUMNS = (
+    manifests.c.digest,
+    manifests.c.media_type,
+    manifests.c.size,
+    manifests.c.content,
+)
+MANIFEST_BY_DIGEST = (
+    select(*_MANIFEST_COLUMNS)
+    .select_from(manifests.join(repositories, repositories.c.id == manifests.c.repository_id))
+    .where(repositories.c.name == bindparam("name"), manifests.c.digest == bindparam("digest"))
+)
+MANIFEST_BY_TAG = (
+    select(*_MANIFEST_COLUMNS)
+    .select_from(
+        tags.join(repositories, repositories.c.id == tags.c.repository_id).join(
+            manifests,
+            and_(
+                manifests.c.repository_id == tags.c.repository_id,
+                manifests.c.digest == tags.c.manifest_digest,
+            ),
+        )
+    )
+    .where(repositories.c.name == bindparam("name"), tags.c.name == bindparam("tag"))
+)
+BLOB_SIZE_IN_REPOSITORY = (
+    select(blobs.c.size)
+    .select_from(
+        repositories.join(
+            repository_blobs, repository_blobs.c.repository_id == repositories.c.id
+        ).join(blobs, blobs.c.digest == repository_blobs.c.digest)
+    )
+    .where(
+        repositories.c.name == bindparam("name"), repository_blobs.c.digest == bindparam("digest")
+    )
+)
+REPOSITORY_ID = select(repositories.c.id).where(repositories.c.name == bindparam("name"))
+
 
 class Registry:
     def __init__(self, storage: BlobStorage, metadata: MetadataStore) -> None:
@@ -58,16 +96,10 @@ class Registry:
         """The size of a blob this repository holds (BLOB_UNKNOWN otherwise)."""
         validate_repository_name(name)
         parsed = Digest.parse(digest)
-        query = (
-            select(blobs.c.size)
-            .select_from(
-                repositories.join(
-                    repository_blobs, repository_blobs.c.repository_id == repositories.c.id
-                ).join(blobs, blobs.c.digest == repository_blobs.c.digest)
-            )
-            .where(repositories.c.name == name, repository_blobs.c.digest == str(parsed))
+        parameters = {"name": name, "digest": str(parsed)}
+        size = await self.metadata.read(
+            lambda connection: connection.scalar(BLOB_SIZE_IN_REPOSITORY, parameters)
         )
-        size = await self.metadata.read(lambda connection: connection.scalar(query))
         if size is None:
             raise BlobUnknown("blob unknown to registry", str(parsed))
         return parsed, size
@@ -264,37 +296,13 @@ class Registry:
             target = parse_reference(reference)
         except ManifestInvalid:
             raise ManifestUnknown("manifest unknown", reference[:200]) from None
-        columns = (
-            manifests.c.digest,
-            manifests.c.media_type,
-            manifests.c.size,
-            manifests.c.content,
-        )
         if isinstance(target, Digest):
-            query = (
-                select(*columns)
-                .select_from(
-                    manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
-                )
-                .where(repositories.c.name == name, manifests.c.digest == str(target))
-            )
+            query, parameters = MANIFEST_BY_DIGEST, {"name": name, "digest": str(target)}
         else:
-            query = (
-                select(*columns)
-                .select_from(
-                    tags.join(repositories, repositories.c.id == tags.c.repository_id).join(
-                        manifests,
-                        and_(
-                            manifests.c.repository_id == tags.c.repository_id,
-                            manifests.c.digest == tags.c.manifest_digest,
-                        ),
-                    )
-                )
-                .where(repositories.c.name == name, tags.c.name == target)
-            )
+            query, parameters = MANIFEST_BY_TAG, {"name": name, "tag": target}
 
         def find(connection: Connection) -> StoredManifest:
-            row = connection.execute(query).first()
+            row = connection.execute(query, parameters).first()
             if row is None:
                 if _repository_id(connection, name) is None:
                     raise NameUnknown("repository name not known to registry", name)
@@ -405,7 +413,7 @@ class Registry:
 
 # -- row helpers ---------------------------------------------------------------------------
 def _repository_id(connection: Connection, name: str) -> int | None:
-    return connection.scalar(select(repositories.c.id).where(repositories.c.name == name))
+    return connection.scalar(REPOSITORY_ID, {"name": name})
 
 
 def _ensure_repository(connection: Connection, name: str) -> int:
