@@ -15,13 +15,15 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cangku.api import api_routes
 from cangku.config import Settings
 from cangku.distribution.routes import DistributionApp
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
+from cangku.registry.tags import TagPolicy
 from cangku.storage.filesystem import FilesystemStorage
 
 access_log = logging.getLogger("cangku.access")
@@ -31,7 +33,10 @@ def build_registry(settings: Settings) -> Registry:
     settings.data.mkdir(parents=True, exist_ok=True)
     storage = FilesystemStorage(settings.data, fsync=settings.storage.fsync)
     metadata = MetadataStore.open(settings.database_url or sqlite_url(settings.data))
-    return Registry(storage, metadata)
+    tag_defaults = TagPolicy(
+        floating=settings.tags.floating, immutable_versions=settings.tags.immutable_versions
+    )
+    return Registry(storage, metadata, tag_defaults)
 
 
 def create_app(settings: Settings, registry: Registry | None = None) -> ASGIApp:
@@ -45,7 +50,10 @@ def create_app(settings: Settings, registry: Registry | None = None) -> ASGIApp:
         yield
         await registry.metadata.close()
 
-    site = Starlette(routes=[Route("/healthz", health)], lifespan=lifespan)
+    site = Starlette(
+        routes=[Route("/healthz", health), Mount("/api/v1", routes=api_routes(registry))],
+        lifespan=lifespan,
+    )
     return AccessLog(RegistryApp(DistributionApp(registry), site))
 
 

@@ -25,6 +25,12 @@ class StorageSettings(BaseModel):
     fsync: bool = False
 
 
+class TagSettings(BaseModel):
+    # Server defaults; namespaces and repositories override them (`cangku repo policy`).
+    floating: bool = True
+    immutable_versions: bool = False
+
+
 class AuthSettings(BaseModel):
     # No authentication at all: only for trusted networks.
     open: bool = False
@@ -42,6 +48,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     storage: StorageSettings = Field(default_factory=StorageSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    tags: TagSettings = Field(default_factory=TagSettings)
 
     @field_validator("listen")
     @classmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -110,4 +111,36 @@ uploads = Table(
         nullable=False,
     ),
     Column("created_at", Float, nullable=False),
+)
+
+# Every move of a tag: by a push, a delete, or the floating-tag policy. new_digest is NULL
+# when the tag was removed. Kept when the repository's tags go, for the audit trail.
+tag_history = Table(
+    "tag_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "repository_id",
+        Integer,
+        ForeignKey("repositories.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("tag", String(128), nullable=False),
+    Column("old_digest", String(200)),
+    Column("new_digest", String(200)),
+    Column("changed_at", Float, nullable=False),
+    Column("actor", String(255)),
+    Column("reason", String(500), nullable=False),
+    Index("ix_tag_history_tag", "repository_id", "tag", "id"),
+)
+
+# Tag policies of a repository or a whole namespace; NULL means "inherit" (namespace, then
+# the server's defaults).
+tag_policies = Table(
+    "tag_policies",
+    metadata,
+    Column("scope", String(16), primary_key=True),  # "repository" or "namespace"
+    Column("name", String(255), primary_key=True),
+    Column("floating", Boolean),
+    Column("immutable_versions", Boolean),
 )

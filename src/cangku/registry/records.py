@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cangku.content.versions import LATEST, highest_release, parse_version
+
+if TYPE_CHECKING:
+    from cangku.registry.tags import TagPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +52,90 @@ class Referrer:
         if self.annotations:
             descriptor["annotations"] = self.annotations
         return descriptor
+
+
+@dataclass(frozen=True, slots=True)
+class TagChange:
+    tag: str
+    old_digest: str | None
+    new_digest: str | None
+    changed_at: float
+    actor: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "old_digest": self.old_digest,
+            "new_digest": self.new_digest,
+            "changed_at": self.changed_at,
+            "actor": self.actor,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class VersionTree:
+    """A repository's versions as major → minor → patch, with the floating tags on them."""
+
+    repository: str
+    policy: dict[str, bool]
+    latest: dict[str, Any] | None
+    majors: list[dict[str, Any]]
+
+    @classmethod
+    def build(cls, repository: str, tag_digests: dict[str, str], policy: TagPolicy) -> VersionTree:
+        versions = sorted(
+            (v for v in map(parse_version, tag_digests) if v is not None), reverse=True
+        )
+
+        def floating(tag: str) -> dict[str, Any] | None:
+            digest = tag_digests.get(tag)
+            if digest is None:
+                return None
+            best = highest_release(versions[::-1], tag)
+            follows = best.tag if best is not None and tag_digests[best.tag] == digest else None
+            return {"tag": tag, "digest": digest, "follows": follows}
+
+        majors: dict[tuple[str, int], dict[str, Any]] = {}
+        for version in versions:
+            major_tag = f"{version.prefix}{version.major}"
+            minor_tag = f"{major_tag}.{version.minor}"
+            major = majors.setdefault(
+                (version.prefix, version.major),
+                {"major": major_tag, "floating": floating(major_tag), "minors": {}},
+            )
+            minor = major["minors"].setdefault(
+                minor_tag, {"minor": minor_tag, "floating": floating(minor_tag), "versions": []}
+            )
+            digest = tag_digests[version.tag]
+            minor["versions"].append(
+                {
+                    "tag": version.tag,
+                    "digest": digest,
+                    "prerelease": not version.is_release,
+                    "floating_tags": [
+                        tag for tag in version.floating_tags() if tag_digests.get(tag) == digest
+                    ]
+                    if version.is_release
+                    else [],
+                }
+            )
+        tree = [{**major, "minors": list(major["minors"].values())} for major in majors.values()]
+        return cls(
+            repository=repository,
+            policy={
+                "floating": policy.floating,
+                "immutable_versions": policy.immutable_versions,
+            },
+            latest=floating(LATEST),
+            majors=tree,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repository": self.repository,
+            "policy": self.policy,
+            "latest": self.latest,
+            "majors": self.majors,
+        }

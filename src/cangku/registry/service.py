@@ -25,6 +25,7 @@ from cangku.content.errors import (
     ManifestBlobUnknown,
     ManifestInvalid,
     ManifestUnknown,
+    NameInvalid,
     NameUnknown,
     PayloadTooLarge,
 )
@@ -36,11 +37,27 @@ from cangku.metadata.schema import (
     manifests,
     repositories,
     repository_blobs,
+    tag_history,
     tags,
     uploads,
 )
 from cangku.metadata.store import MetadataStore
-from cangku.registry.records import Page, PushedManifest, Referrer, StoredManifest
+from cangku.registry.records import (
+    Page,
+    PushedManifest,
+    Referrer,
+    StoredManifest,
+    TagChange,
+    VersionTree,
+)
+from cangku.registry.tags import (
+    TagPolicy,
+    current_digest,
+    push_tag,
+    remove_tags,
+    resolve_policy,
+    set_policy,
+)
 from cangku.storage.base import BlobStorage
 from cangku.storage.filesystem import UPLOAD_ID
 
@@ -87,9 +104,16 @@ REPOSITORY_ID = select(repositories.c.id).where(repositories.c.name == bindparam
 
 
 class Registry:
-    def __init__(self, storage: BlobStorage, metadata: MetadataStore) -> None:
+    def __init__(
+        self,
+        storage: BlobStorage,
+        metadata: MetadataStore,
+        tag_defaults: TagPolicy | None = None,
+    ) -> None:
         self.storage = storage
         self.metadata = metadata
+        # The server-wide tag policy; namespaces and repositories may override it.
+        self.tag_defaults = tag_defaults or TagPolicy()
 
     # -- blobs -----------------------------------------------------------------------------
     async def stat_blob(self, name: str, digest: str) -> tuple[Digest, int]:
@@ -259,6 +283,7 @@ class Registry:
         content: bytes,
         content_type: str | None,
         extra_tags: list[str] | None = None,
+        actor: str | None = None,
     ) -> PushedManifest:
         validate_repository_name(name)
         if len(content) > MAX_MANIFEST_BYTES:
@@ -279,9 +304,9 @@ class Registry:
             repository_id = _ensure_repository(connection, name)
             _check_references(connection, repository_id, manifest)
             _insert_manifest(connection, repository_id, manifest, content)
-            now = time.time()
+            policy = resolve_policy(connection, name, self.tag_defaults)
             for tag in tag_names:
-                _set_tag(connection, repository_id, tag, str(digest), now)
+                push_tag(connection, repository_id, name, tag, str(digest), policy, actor)
 
         await self.metadata.write(store)
         return PushedManifest(
@@ -313,7 +338,7 @@ class Registry:
 
         return await self.metadata.read(find)
 
-    async def delete_manifest(self, name: str, reference: str) -> None:
+    async def delete_manifest(self, name: str, reference: str, actor: str | None = None) -> None:
         """By digest: the manifest and every tag on it. By tag: only that tag."""
         validate_repository_name(name)
         target = parse_reference(reference)
@@ -322,12 +347,12 @@ class Registry:
             repository_id = _repository_id(connection, name)
             if repository_id is None:
                 raise NameUnknown("repository name not known to registry", name)
+            policy = resolve_policy(connection, name, self.tag_defaults)
             if not isinstance(target, Digest):
-                result = connection.execute(
-                    delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == target)
-                )
-                if not result.rowcount:
+                digest = current_digest(connection, repository_id, target)
+                if digest is None:
                     raise ManifestUnknown("manifest unknown", reference)
+                remove_tags(connection, repository_id, {target: digest}, policy, actor)
                 return
             digest = str(target)
             result = connection.execute(
@@ -337,10 +362,13 @@ class Registry:
             )
             if not result.rowcount:
                 raise ManifestUnknown("manifest unknown", reference)
-            connection.execute(
-                delete(tags).where(
+            on_manifest = connection.scalars(
+                select(tags.c.name).where(
                     tags.c.repository_id == repository_id, tags.c.manifest_digest == digest
                 )
+            ).all()
+            remove_tags(
+                connection, repository_id, dict.fromkeys(on_manifest, digest), policy, actor
             )
             connection.execute(
                 delete(manifest_references).where(
@@ -350,6 +378,85 @@ class Registry:
             )
 
         await self.metadata.write(remove)
+
+    # -- tag policy, history and versions --------------------------------------------------
+    async def set_tag_policy(
+        self,
+        scope: str,
+        name: str,
+        *,
+        floating: bool | None = None,
+        immutable_versions: bool | None = None,
+    ) -> TagPolicy:
+        """Set a repository's (or namespace's) floating / immutable-versions switches."""
+        if scope == "repository":
+            validate_repository_name(name)
+        elif scope == "namespace":
+            validate_repository_name(name)
+            if "/" in name:
+                raise NameInvalid(f"a namespace has no '/': {name[:100]!r}")
+        else:
+            raise ValueError(f"unknown policy scope {scope!r}")
+
+        def store(connection: Connection) -> TagPolicy:
+            set_policy(
+                connection, scope, name, floating=floating, immutable_versions=immutable_versions
+            )
+            return resolve_policy(connection, name, self.tag_defaults)
+
+        return await self.metadata.write(store)
+
+    async def tag_policy(self, name: str) -> TagPolicy:
+        validate_repository_name(name)
+        return await self.metadata.read(
+            lambda connection: resolve_policy(connection, name, self.tag_defaults)
+        )
+
+    async def tag_history(self, name: str, tag: str) -> list[TagChange]:
+        """Every move of a tag, newest first."""
+        validate_repository_name(name)
+        validate_tag(tag)
+
+        def history(connection: Connection) -> list[TagChange]:
+            repository_id = _repository_id(connection, name)
+            if repository_id is None:
+                raise NameUnknown("repository name not known to registry", name)
+            rows = connection.execute(
+                select(tag_history)
+                .where(tag_history.c.repository_id == repository_id, tag_history.c.tag == tag)
+                .order_by(tag_history.c.id.desc())
+            ).all()
+            return [
+                TagChange(
+                    tag=row.tag,
+                    old_digest=row.old_digest,
+                    new_digest=row.new_digest,
+                    changed_at=row.changed_at,
+                    actor=row.actor,
+                    reason=row.reason,
+                )
+                for row in rows
+            ]
+
+        return await self.metadata.read(history)
+
+    async def version_tree(self, name: str) -> VersionTree:
+        """Releases and pre-releases grouped major → minor → patch, with the floating tags."""
+        validate_repository_name(name)
+
+        def tree(connection: Connection) -> VersionTree:
+            repository_id = _repository_id(connection, name)
+            if repository_id is None:
+                raise NameUnknown("repository name not known to registry", name)
+            rows = connection.execute(
+                select(tags.c.name, tags.c.manifest_digest).where(
+                    tags.c.repository_id == repository_id
+                )
+            ).all()
+            policy = resolve_policy(connection, name, self.tag_defaults)
+            return VersionTree.build(name, {row.name: row.manifest_digest for row in rows}, policy)
+
+        return await self.metadata.read(tree)
 
     # -- listings --------------------------------------------------------------------------
     async def list_tags(self, name: str, limit: int | None, last: str | None) -> Page:
@@ -529,20 +636,6 @@ def _insert_manifest(
                 }
                 for kind, target in sorted(references)
             ],
-        )
-
-
-def _set_tag(connection: Connection, repository_id: int, tag: str, digest: str, now: float) -> None:
-    result = connection.execute(
-        update(tags)
-        .where(tags.c.repository_id == repository_id, tags.c.name == tag)
-        .values(manifest_digest=digest, updated_at=now)
-    )
-    if not result.rowcount:
-        connection.execute(
-            insert(tags).values(
-                repository_id=repository_id, name=tag, manifest_digest=digest, updated_at=now
-            )
         )
 
 

@@ -1,0 +1,40 @@
+"""Floating tags with the real docker: push only versions, pull 1, 1.9, 2 and latest."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Client, DockerImageBuilder, RegistryServer, server_kind
+
+pytestmark = pytest.mark.e2e
+
+
+def test_docker_pull_of_floating_tags_gives_the_newest_release_of_each_line(
+    registry: RegistryServer, docker: Client, docker_images: DockerImageBuilder
+) -> None:
+    if server_kind() != "cangku":
+        pytest.skip("floating tags are a cangku feature")
+    repository = f"{registry.docker_host}/jimo/floating"
+    image_ids = {}
+    for version in ("1.9.1", "1.9.2", "2.0.0", "1.9.3"):
+        ref = f"{repository}:{version}"
+        image_ids[version] = docker_images.build(ref, layers=1).image_id
+        docker.run("push", ref)
+        docker.run("rmi", ref)
+
+    expected = {"1": "1.9.3", "1.9": "1.9.3", "2": "2.0.0", "2.0": "2.0.0", "latest": "2.0.0"}
+    for floating, version in expected.items():
+        ref = f"{repository}:{floating}"
+        docker_images.tags.append(ref)  # removed again after the test
+        docker.run("pull", ref)
+        pulled = docker.json("image", "inspect", ref)[0]["Id"]
+        assert pulled == image_ids[version], f"{floating} should be {version}"
+        docker.run("rmi", ref)
+
+    # A push to a floating tag that contradicts the policy is refused with a clear message.
+    docker.run("pull", f"{repository}:1.9.1")
+    docker_images.tags.append(f"{repository}:1.9.1")
+    docker.run("tag", f"{repository}:1.9.1", f"{repository}:latest")
+    refused = docker.run("push", f"{repository}:latest", check=False)
+    assert refused.returncode != 0
+    assert "follows the newest release" in refused.out + refused.err
