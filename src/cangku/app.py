@@ -6,6 +6,7 @@ Built once from the settings; everything it needs is passed down explicitly.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,10 +16,14 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cangku.api import api_routes
+from cangku.auth.access import AccessControl
+from cangku.auth.accounts import Accounts
+from cangku.auth.endpoints import token_routes
+from cangku.auth.tokens import TokenService, load_or_create_signing_key
 from cangku.config import Settings
 from cangku.distribution.routes import DistributionApp
 from cangku.metadata.store import MetadataStore, sqlite_url
@@ -26,6 +31,7 @@ from cangku.registry import Registry
 from cangku.registry.tags import TagPolicy
 from cangku.storage.filesystem import FilesystemStorage
 
+log = logging.getLogger("cangku")
 access_log = logging.getLogger("cangku.access")
 
 
@@ -39,22 +45,52 @@ def build_registry(settings: Settings) -> Registry:
     return Registry(storage, metadata, tag_defaults)
 
 
+def build_access_control(settings: Settings, registry: Registry) -> AccessControl | None:
+    """None in the explicit no-authentication mode."""
+    if settings.auth.open:
+        return None
+    accounts = Accounts(registry.metadata, public_by_default=settings.auth.public_by_default)
+    key = load_or_create_signing_key(
+        settings.auth.token_key or settings.data / "token-signing-key.pem"
+    )
+    tokens = TokenService(
+        key, service=settings.auth.service, lifetime=settings.auth.token_lifetime_seconds
+    )
+    return AccessControl(accounts, tokens, trusted_proxies=settings.auth.trusted_proxies)
+
+
+async def create_initial_admin(settings: Settings, access: AccessControl) -> None:
+    """First start of an empty data directory: an `admin` account, its password shown once."""
+    password = os.environ.get("CANGKU_ADMIN_PASSWORD") or None
+    generated = await access.accounts.ensure_initial_admin(settings.data, password)
+    if generated is not None:
+        log.warning(
+            "created the account 'admin' with password %s (also in %s, readable only by you)",
+            generated,
+            settings.data / "initial-admin-password",
+        )
+
+
 def create_app(settings: Settings, registry: Registry | None = None) -> ASGIApp:
     registry = registry or build_registry(settings)
+    access = build_access_control(settings, registry)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if access is not None:
+            await create_initial_admin(settings, access)
         yield
         await registry.metadata.close()
 
-    site = Starlette(
-        routes=[Route("/healthz", health), Mount("/api/v1", routes=api_routes(registry))],
-        lifespan=lifespan,
-    )
-    return AccessLog(RegistryApp(DistributionApp(registry), site))
+    routes: list[BaseRoute] = [Route("/healthz", health)]
+    if access is not None:
+        routes += token_routes(access)
+    routes.append(Mount("/api/v1", routes=api_routes(registry, access)))
+    site = Starlette(routes=routes, lifespan=lifespan)
+    return AccessLog(RegistryApp(DistributionApp(registry, access), site))
 
 
 class RegistryApp:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -34,6 +34,22 @@ class TagSettings(BaseModel):
 class AuthSettings(BaseModel):
     # No authentication at all: only for trusted networks.
     open: bool = False
+    # The token service's name: the `service` of challenges and the audience of tokens.
+    service: str = "cangku"
+    token_lifetime_seconds: float = Field(default=300.0, gt=0, le=86400)
+    # PEM file of the EC P-256 token signing key (default: DATA/token-signing-key.pem).
+    token_key: Path | None = None
+    # Whether a repository without its own setting may be pulled by anyone.
+    public_by_default: bool = False
+    # Proxies whose X-Forwarded-Proto/Host are believed (addresses or networks).
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)
+        return value
 
 
 class Settings(BaseSettings):
@@ -46,6 +62,9 @@ class Settings(BaseSettings):
     # Defaults to the SQLite file in the data directory.
     database_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # HTTPS: both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     storage: StorageSettings = Field(default_factory=StorageSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tags: TagSettings = Field(default_factory=TagSettings)
@@ -55,6 +74,12 @@ class Settings(BaseSettings):
     def _valid_listen(cls, value: str) -> str:
         split_listen(value)
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
     @property
     def host(self) -> str:

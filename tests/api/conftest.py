@@ -31,7 +31,8 @@ async def registry(data_dir: Path) -> AsyncIterator[Registry]:
 
 @pytest.fixture
 def app(registry: Registry, data_dir: Path) -> ASGIApp:
-    return create_app(Settings(data=data_dir), registry)
+    # The registry API without accounts; tests/auth covers authentication.
+    return create_app(Settings(data=data_dir, auth={"open": True}), registry)
 
 
 @pytest.fixture

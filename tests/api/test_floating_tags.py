@@ -260,7 +260,7 @@ def _app(registry: Registry):  # type: ignore[no-untyped-def]
     from cangku.app import create_app
     from cangku.config import Settings
 
-    return create_app(Settings(), registry)
+    return create_app(Settings(auth={"open": True}), registry)
 
 
 async def test_concurrent_pushes_end_with_the_highest_in_every_interleaving(

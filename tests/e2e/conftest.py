@@ -76,6 +76,11 @@ class RegistryServer:
     log_path: Path
     port: int = field(default_factory=free_loopback_port)
     process: subprocess.Popen[bytes] | None = None
+    # Accounts and token authentication on (cangku's default); off runs `serve --open`.
+    auth: bool = False
+    extra_args: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    scheme: str = "http"
 
     @property
     def host(self) -> str:
@@ -89,7 +94,21 @@ class RegistryServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
+
+    def cangku_cli(
+        self, *args: str, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run `cangku ARGS --data DATA` against this server's data directory."""
+        completed = subprocess.run(
+            [*_cangku_program(), *args, "--data", str(self.data_dir)],
+            input=input,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr.decode(errors="replace")
+        return completed
 
     def command(self) -> list[str]:
         if self.kind == "reference":
@@ -102,16 +121,15 @@ class RegistryServer:
                 f"http: {{addr: {self.host}}}\n"
             )
             return ["docker-registry", "serve", str(config)]
-        # The console script next to this interpreter (the project's venv), else the module.
-        script = Path(sys.executable).with_name("cangku")
-        program = [str(script)] if script.exists() else [sys.executable, "-m", "cangku"]
-        return [*program, "serve", "--listen", self.host, "--data", str(self.data_dir)]
+        command = [*_cangku_program(), "serve", "--listen", self.host, "--data", str(self.data_dir)]
+        return command + ([] if self.auth else ["--open"]) + self.extra_args
 
     def start(self) -> None:
         assert self.process is None, "server already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # The command line is the whole configuration: no CANGKU_* from the caller's shell.
         env = {k: v for k, v in os.environ.items() if not k.startswith("CANGKU_")}
+        env.update(self.extra_env)
         command = self.command()
         with self.log_path.open("ab") as log:
             log.write(f"\n--- starting: {' '.join(command)}\n".encode())
@@ -131,7 +149,7 @@ class RegistryServer:
         assert self.process is not None
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         last_error = "no answer yet"
-        with http_client(timeout=1.0) as client:
+        with http_client(timeout=1.0, verify=False) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     code = self.process.returncode
@@ -143,7 +161,7 @@ class RegistryServer:
                     )
                 try:
                     response = client.get(f"{self.url}/v2/")
-                    if response.status_code == 200:
+                    if response.status_code == (401 if self.auth else 200):
                         return
                     last_error = f"GET /v2/ answered {response.status_code}"
                 except httpx.TransportError as error:
@@ -195,6 +213,12 @@ class RegistryServer:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def _cangku_program() -> list[str]:
+    """The console script next to this interpreter (the project's venv), else the module."""
+    script = Path(sys.executable).with_name("cangku")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cangku"]
+
+
 def server_kind() -> str:
     kind = os.environ.get("CANGKU_E2E_SERVER", "cangku")
     if kind not in ("cangku", "reference"):
@@ -209,12 +233,23 @@ class RegistryServerFactory:
         self.base_dir = base_dir
         self.servers: list[RegistryServer] = []
 
-    def start(self) -> RegistryServer:
+    def start(
+        self,
+        *,
+        auth: bool = False,
+        extra_args: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+        scheme: str = "http",
+    ) -> RegistryServer:
         name = f"registry-{len(self.servers)}"
         server = RegistryServer(
             kind=server_kind(),
             data_dir=self.base_dir / f"{name}-data",
             log_path=self.base_dir / f"{name}.log",
+            auth=auth,
+            extra_args=extra_args or [],
+            extra_env=extra_env or {},
+            scheme=scheme,
         )
         self.servers.append(server)
         server.start()

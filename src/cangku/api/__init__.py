@@ -5,8 +5,10 @@ from __future__ import annotations
 from starlette.routing import BaseRoute
 
 from cangku.api import repositories
+from cangku.auth.access import AccessControl
 from cangku.registry import Registry
 
 
-def api_routes(registry: Registry) -> list[BaseRoute]:
-    return repositories.routes(registry)
+def api_routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
+    """`access` None is the no-authentication mode."""
+    return repositories.routes(registry, access)

@@ -59,10 +59,14 @@ def error_response(
 
 
 def registry_error_response(
-    error: RegistryError, *, location: str | None = None, head: bool = False
+    error: RegistryError,
+    *,
+    location: str | None = None,
+    head: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     status = None
-    headers: dict[str, str] = {}
+    headers = dict(headers or {})
     if isinstance(error, UploadOutOfOrder):
         # OCI dist-spec: an out-of-order chunk is 416 with the range received so far.
         status = 416

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from starlette.requests import ClientDisconnect, Request
 
+from cangku.auth.access import AccessControl, Caller
 from cangku.content.errors import BlobUploadInvalid, PaginationNumberInvalid, SizeInvalid
 from cangku.storage.base import UploadAborted
 
@@ -64,3 +65,12 @@ def upload_location(name: str, upload_id: str) -> str:
 def upload_range(size: int) -> str:
     # As the reference registry: "0-0" for an empty upload.
     return f"0-{max(size - 1, 0)}"
+
+
+def caller_of(request: Request) -> tuple[AccessControl, Caller] | None:
+    """The access control and the caller; None in the no-authentication mode."""
+    access: AccessControl | None = request.scope.get("cangku.access")
+    caller: Caller | None = request.scope.get("cangku.caller")
+    if access is None or caller is None:
+        return None
+    return access, caller

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from cangku.content.errors import ManifestUnknown, PayloadTooLarge
 from cangku.content.manifest import MAX_MANIFEST_BYTES
 from cangku.content.mediatypes import is_acceptable, parse_accept
-from cangku.distribution.http import content_length, request_body
+from cangku.distribution.http import caller_of, content_length, request_body
 from cangku.registry import Registry
 
 
@@ -24,6 +24,7 @@ async def put_manifest(request: Request, registry: Registry, name: str, referenc
         request.headers.get("content-type"),
         # OCI dist-spec 1.1.1: PUT by digest may name tags with ?tag=.
         extra_tags=request.query_params.getlist("tag"),
+        actor=_actor(request),
     )
     headers = {
         "Location": f"/v2/{name}/manifests/{pushed.digest}",
@@ -59,8 +60,13 @@ async def get_manifest(request: Request, registry: Registry, name: str, referenc
 async def delete_manifest(
     request: Request, registry: Registry, name: str, reference: str
 ) -> Response:
-    await registry.delete_manifest(name, reference)
+    await registry.delete_manifest(name, reference, actor=_actor(request))
     return Response(b"", status_code=202, headers={"Content-Length": "0"})
+
+
+def _actor(request: Request) -> str | None:
+    checked = caller_of(request)
+    return checked[1].name if checked else None
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

@@ -1,7 +1,8 @@
 """Dispatch of /v2 requests to the handler for each resource and method.
 
 Repository names contain slashes, so each route is a regular expression over the path; the
-more specific routes (uploads) are tried before the general ones (blobs).
+more specific routes (uploads) are tried before the general ones (blobs). Each method names
+the action it needs, which the access control checks before the handler runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from cangku.auth.access import CATALOG, AccessControl, Challenge, RateLimited
+from cangku.auth.permissions import DELETE, PULL, PUSH
 from cangku.content.errors import RegistryError
 from cangku.distribution import base, blobs, catalog, manifests, referrers, tags, uploads
 from cangku.distribution.errors import error_response, registry_error_response
@@ -21,46 +24,53 @@ from cangku.distribution.http import API_VERSION_HEADER, upload_location
 from cangku.registry import Registry
 
 Handler = Callable[..., Awaitable[Response]]
+Methods = dict[str, tuple[Handler, str | None]]
 
-ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-    (re.compile(r"^/v2/?$"), {"GET": base.api_version}),
-    (re.compile(r"^/v2/_catalog$"), {"GET": catalog.list_repositories}),
-    (re.compile(r"^/v2/(?P<name>.+)/tags/list$"), {"GET": tags.list_tags}),
+ROUTES: list[tuple[re.Pattern[str], Methods]] = [
+    (re.compile(r"/v2/?"), {"GET": (base.api_version, None)}),
+    (re.compile(r"/v2/_catalog"), {"GET": (catalog.list_repositories, CATALOG)}),
+    (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": (tags.list_tags, PULL)}),
     (
-        re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$"),
+        re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)"),
         {
-            "GET": manifests.get_manifest,
-            "HEAD": manifests.get_manifest,
-            "PUT": manifests.put_manifest,
-            "DELETE": manifests.delete_manifest,
+            "GET": (manifests.get_manifest, PULL),
+            "HEAD": (manifests.get_manifest, PULL),
+            "PUT": (manifests.put_manifest, PUSH),
+            "DELETE": (manifests.delete_manifest, DELETE),
         },
     ),
-    (re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/?$"), {"POST": uploads.start_upload}),
+    (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": (uploads.start_upload, PUSH)}),
     (
-        re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)$"),
+        re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)"),
         {
-            "GET": uploads.upload_status,
-            "PATCH": uploads.append_chunk,
-            "PUT": uploads.finish_upload,
-            "DELETE": uploads.cancel_upload,
+            "GET": (uploads.upload_status, PUSH),
+            "PATCH": (uploads.append_chunk, PUSH),
+            "PUT": (uploads.finish_upload, PUSH),
+            "DELETE": (uploads.cancel_upload, PUSH),
         },
     ),
     (
-        re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)$"),
-        {"GET": blobs.get_blob, "HEAD": blobs.head_blob, "DELETE": blobs.delete_blob},
+        re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)"),
+        {
+            "GET": (blobs.get_blob, PULL),
+            "HEAD": (blobs.head_blob, PULL),
+            "DELETE": (blobs.delete_blob, DELETE),
+        },
     ),
     (
-        re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)$"),
-        {"GET": referrers.list_referrers},
+        re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)"),
+        {"GET": (referrers.list_referrers, PULL)},
     ),
 ]
 
 
 class DistributionApp:
-    """The ASGI app behind /v2: routes, calls one handler, maps domain errors to OCI errors."""
+    """The ASGI app behind /v2: routes, checks access, calls one handler, maps domain errors
+    to OCI errors. `access` None is the explicit no-authentication mode (`--open`)."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, access: AccessControl | None) -> None:
         self.registry = registry
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -69,14 +79,14 @@ class DistributionApp:
         await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
-        path = request.url.path
+        path = request.scope["path"]
         head = request.method == "HEAD"
         for pattern, methods in ROUTES:
-            match = pattern.match(path)
+            match = pattern.fullmatch(path)
             if match is None:
                 continue
-            handler = methods.get(request.method)
-            if handler is None:
+            route = methods.get(request.method)
+            if route is None:
                 return error_response(
                     "UNSUPPORTED",
                     f"{request.method} is not supported here",
@@ -84,9 +94,22 @@ class DistributionApp:
                     headers={"Allow": ", ".join(methods)},
                     head=head,
                 )
+            handler, action = route
             params: dict[str, Any] = match.groupdict()
             try:
+                if self.access is not None:
+                    caller = await self.access.authorize(request, params.get("name"), action)
+                    request.scope["cangku.access"] = self.access
+                    request.scope["cangku.caller"] = caller
                 return await handler(request, self.registry, **params)
+            except Challenge as error:
+                return registry_error_response(
+                    error, head=head, headers={"WWW-Authenticate": error.header}
+                )
+            except RateLimited as error:
+                return registry_error_response(
+                    error, head=head, headers={"Retry-After": str(error.retry_after)}
+                )
             except RegistryError as error:
                 location = None
                 if "upload_id" in params:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cangku.auth.permissions import PULL
 from cangku.content.errors import DigestInvalid
+from cangku.content.names import validate_repository_name
 from cangku.distribution.http import (
+    caller_of,
     content_length,
     content_range,
     request_body,
@@ -19,6 +22,11 @@ from cangku.registry import Registry
 async def start_upload(request: Request, registry: Registry, name: str) -> Response:
     query = request.query_params
     mount, source = query.get("mount"), query.get("from")
+    checked = caller_of(request)
+    if mount is not None and source is not None and checked is not None:
+        access, caller = checked
+        if not await access.may(caller, validate_repository_name(source), PULL):
+            source = None  # Cross-repository mount only from what the caller may pull.
     if mount is not None and source is not None:
         mounted = await registry.mount_blob(name, mount, source)
         if mounted is not None:

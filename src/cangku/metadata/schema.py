@@ -27,6 +27,8 @@ repositories = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(255), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
+    # Anyone (also anonymous) may pull a public repository; NULL: the server's default.
+    Column("public", Boolean),
 )
 
 # Every verified blob, once, whatever the number of repositories that hold it.
@@ -143,4 +145,52 @@ tag_policies = Table(
     Column("name", String(255), primary_key=True),
     Column("floating", Boolean),
     Column("immutable_versions", Boolean),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("password_hash", String(100), nullable=False),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+    # Tokens issued before this (refresh tokens, cached credentials) stop working.
+    Column("credentials_changed_at", Float, nullable=False),
+)
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+organization_members = Table(
+    "organization_members",
+    metadata,
+    Column(
+        "organization_id",
+        Integer,
+        ForeignKey("organizations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("role", String(16), nullable=False),  # owner, writer or reader
+)
+
+# Personal access tokens: shown once; only a hash of the secret is kept.
+access_tokens = Table(
+    "access_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("scope", String(8), nullable=False),  # read or write
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float),
+    Column("revoked_at", Float),
 )

@@ -34,6 +34,14 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
+class Visibility:
+    """Which repositories a caller may list: those in `namespaces` and the public ones."""
+
+    namespaces: frozenset[str]
+    public_by_default: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Referrer:
     media_type: str
     digest: str

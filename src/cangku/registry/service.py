@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from cangku.content.digest import Digest
@@ -49,6 +49,7 @@ from cangku.registry.records import (
     StoredManifest,
     TagChange,
     VersionTree,
+    Visibility,
 )
 from cangku.registry.tags import (
     TagPolicy,
@@ -473,12 +474,26 @@ class Registry:
 
         return await self.metadata.read(page)
 
-    async def list_repositories(self, limit: int | None, last: str | None) -> Page:
+    async def list_repositories(
+        self, limit: int | None, last: str | None, visible: Visibility | None = None
+    ) -> Page:
+        """Repositories with content, by name; with `visible`, only those the caller may see."""
         query = select(repositories.c.name).where(
             select(manifests.c.digest)
             .where(manifests.c.repository_id == repositories.c.id)
             .exists()
         )
+        if visible is not None:
+            public = (
+                repositories.c.public.is_not(False)
+                if visible.public_by_default
+                else repositories.c.public.is_(True)
+            )
+            owned = [
+                repositories.c.name.startswith(f"{namespace}/", autoescape=True)
+                for namespace in sorted(visible.namespaces)
+            ]
+            query = query.where(or_(public, *owned))
         if last:
             query = query.where(repositories.c.name > last)
         ordered = query.order_by(repositories.c.name)

@@ -1,0 +1,1 @@
+"""Accounts, `docker login` and token authentication, and who may do what."""

@@ -1,0 +1,228 @@
+"""Authentication and authorization of requests.
+
+Every /v2 route names the action it needs (pull, push, delete, or the catalog). A request
+carries Basic credentials (password or access token), a Bearer token from /auth/token, or
+nothing (anonymous). Anonymous callers may pull public repositories; everything else is a
+401 with a Bearer challenge naming the scope the request needs, so docker fetches a token
+and retries. An authenticated caller without the right gets 403 DENIED.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import re
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from cangku.auth.accounts import Accounts
+from cangku.auth.permissions import ANONYMOUS, PULL, PUSH, Principal
+from cangku.auth.ratelimit import FailureLimiter
+from cangku.auth.tokens import AccessToken, TokenService
+from cangku.content.errors import Denied, TooManyRequests, Unauthorized
+from cangku.registry.records import Visibility
+
+CATALOG = "catalog"
+# A verified password is remembered this long (keyed by an HMAC, never the password itself);
+# each use still re-reads the account, so a changed password or a disabled user ends it.
+CREDENTIAL_CACHE_SECONDS = 60.0
+CREDENTIAL_CACHE_SIZE = 1024
+SAFE_HOST = re.compile(r"[A-Za-z0-9.\-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
+
+
+class Challenge(Unauthorized):
+    """401 with a WWW-Authenticate header telling the client where to get a token."""
+
+    def __init__(self, message: str, header: str) -> None:
+        super().__init__(message)
+        self.header = header
+
+
+class RateLimited(TooManyRequests):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made a request, and what they may do."""
+
+    principal: Principal
+    token: AccessToken | None = None
+
+    @property
+    def name(self) -> str | None:
+        return self.principal.name
+
+
+class AccessControl:
+    def __init__(
+        self,
+        accounts: Accounts,
+        tokens: TokenService,
+        *,
+        trusted_proxies: list[str] | None = None,
+    ) -> None:
+        self.accounts = accounts
+        self.tokens = tokens
+        self.trusted_proxies = [
+            ipaddress.ip_network(p, strict=False) for p in trusted_proxies or []
+        ]
+        self.account_failures = FailureLimiter(max_failures=10, window=300)
+        self.address_failures = FailureLimiter(max_failures=50, window=300)
+        self._cache_key = secrets.token_bytes(32)
+        self._credentials: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+
+    # -- per request -----------------------------------------------------------------------
+    async def authorize(
+        self, request: Request, repository: str | None, action: str | None
+    ) -> Caller:
+        """The caller, if they may do `action` on `repository`; raise Challenge/Denied if not."""
+        caller = await self.authenticate(request)
+        if action is None or action == CATALOG:
+            # The version check and the catalog: any authenticated caller, and the catalog
+            # also anonymously (it lists only what the caller may see).
+            if action is None and caller.principal.is_anonymous and caller.token is None:
+                raise self.challenge(request, None, "authentication required")
+            return caller
+        assert repository is not None
+        if await self.may(caller, repository, action):
+            return caller
+        if caller.principal.is_anonymous and caller.token is None:
+            raise self.challenge(request, _scope(repository, action), "authentication required")
+        if caller.token is not None and caller.principal.name is not None:
+            # The token lacks the scope; if the account itself has it, send the client for
+            # a wider token instead of refusing.
+            current = await self.accounts.principal(caller.principal.name)
+            if current is not None and action in current.actions(
+                repository, await self.accounts.is_public(repository)
+            ):
+                raise self.challenge(
+                    request, _scope(repository, action), "insufficient scope", insufficient=True
+                )
+        raise Denied("requested access to the resource is denied", {"repository": repository})
+
+    async def may(self, caller: Caller, repository: str, action: str) -> bool:
+        if caller.token is not None:
+            return caller.token.allows("repository", repository, action)
+        public = await self.accounts.is_public(repository) if action == PULL else False
+        return action in caller.principal.actions(repository, public)
+
+    async def visibility(self, caller: Caller) -> Visibility | None:
+        """What the caller may list in the catalog (None: everything)."""
+        principal = caller.principal
+        if caller.token is not None and principal.name is not None:
+            principal = await self.accounts.principal(principal.name) or ANONYMOUS
+        if principal.is_admin:
+            return None
+        return Visibility(
+            namespaces=frozenset(
+                namespace for namespace, actions in principal.namespaces.items() if PULL in actions
+            )
+            if PULL in principal.limit
+            else frozenset(),
+            public_by_default=self.accounts.public_by_default,
+        )
+
+    async def authenticate(self, request: Request) -> Caller:
+        header = request.headers.get("authorization")
+        if not header:
+            return Caller(ANONYMOUS)
+        kind, _, credentials = header.partition(" ")
+        kind = kind.lower()
+        if kind == "bearer":
+            token = self.tokens.verify(credentials.strip())
+            return Caller(Principal(name=token.subject), token)
+        if kind == "basic":
+            name, secret = parse_basic(credentials)
+            principal = await self.check_credentials(request, name, secret)
+            return Caller(principal)
+        raise Unauthorized("unsupported Authorization scheme")
+
+    async def check_credentials(self, request: Request, name: str, secret: str) -> Principal:
+        """A password or access token, rate-limited per account and client address."""
+        address = self.client_address(request)
+        for limiter, key in ((self.account_failures, name), (self.address_failures, address)):
+            wait = limiter.retry_after(key)
+            if wait is not None:
+                raise RateLimited("too many failed logins; try again later", wait)
+        cache_key = hmac.digest(self._cache_key, f"{name}\0{secret}".encode(), hashlib.sha256)
+        cached = self._credentials.get(cache_key)
+        if cached is not None and time.monotonic() - cached[0] < CREDENTIAL_CACHE_SECONDS:
+            principal = await self.accounts.principal(name)
+            if principal is not None and principal.credentials_changed_at == cached[1]:
+                return principal
+        self._credentials.pop(cache_key, None)
+        principal = await self.accounts.authenticate(name, secret)
+        if principal is None:
+            self.account_failures.record_failure(name)
+            self.address_failures.record_failure(address)
+            raise Unauthorized("incorrect username or password")
+        if principal.token_id is None:
+            self._credentials[cache_key] = (time.monotonic(), principal.credentials_changed_at)
+            if len(self._credentials) > CREDENTIAL_CACHE_SIZE:
+                self._credentials.popitem(last=False)
+        return principal
+
+    # -- the client's view of us -----------------------------------------------------------
+    def client_address(self, request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    def base_url(self, request: Request) -> str:
+        """scheme://host as the client used it (X-Forwarded-* only from trusted proxies)."""
+        scheme = request.url.scheme
+        host = request.headers.get("host", "")
+        if self._from_trusted_proxy(request):
+            scheme = request.headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
+            host = request.headers.get("x-forwarded-host", host).split(",")[0].strip()
+        if scheme not in ("http", "https"):
+            scheme = request.url.scheme
+        if not SAFE_HOST.fullmatch(host):
+            server = request.scope.get("server") or ("localhost", None)
+            host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
+        return f"{scheme}://{host}"
+
+    def challenge(
+        self, request: Request, scope: str | None, message: str, *, insufficient: bool = False
+    ) -> Challenge:
+        header = (
+            f'Bearer realm="{self.base_url(request)}/auth/token",service="{self.tokens.service}"'
+        )
+        if scope:
+            header += f',scope="{scope}"'
+        if insufficient:
+            header += ',error="insufficient_scope"'
+        return Challenge(message, header)
+
+    def _from_trusted_proxy(self, request: Request) -> bool:
+        if not self.trusted_proxies or request.client is None:
+            return False
+        try:
+            address = ipaddress.ip_address(request.client.host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
+
+
+def parse_basic(credentials: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Unauthorized("malformed Basic credentials") from None
+    name, separator, secret = decoded.partition(":")
+    if not separator or not name:
+        raise Unauthorized("malformed Basic credentials")
+    return name, secret
+
+
+def _scope(repository: str, action: str) -> str:
+    actions = "pull,push" if action == PUSH else action
+    return f"repository:{repository}:{actions}"

@@ -1,0 +1,465 @@
+"""Accounts: users, organizations, access tokens, repository visibility.
+
+All of it lives in the metadata database, so the CLI can change accounts while the server
+runs and every replica sees the change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection
+
+from cangku.auth.passwords import (
+    DUMMY_HASH,
+    check_new_password,
+    generate_password,
+    hash_password,
+    verify_password,
+)
+from cangku.auth.permissions import ALL_ACTIONS, ROLES, TOKEN_SCOPES, Principal
+from cangku.content.names import validate_repository_name
+from cangku.metadata.schema import (
+    access_tokens,
+    organization_members,
+    organizations,
+    repositories,
+    users,
+)
+from cangku.metadata.store import MetadataStore
+
+# An account or organization name is one repository-name component: it is a namespace.
+ACCOUNT_NAME = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+MAX_ACCOUNT_NAME = 64
+# Personal access tokens look like `ckt_<id>_<secret>`; only sha256(secret) is stored
+# (the secret is 32 random bytes, so a slow hash adds nothing).
+TOKEN_PATTERN = re.compile(r"ckt_([a-f0-9]{32})_([A-Za-z0-9_-]{43})")
+# How often a token's last-used time is written (not on every request).
+LAST_USED_RESOLUTION = 60.0
+
+
+class AccountError(ValueError):
+    """A refused account change, with a message for the person who asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    name: str
+    is_admin: bool
+    disabled: bool
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    id: str
+    name: str
+    scope: str
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+
+def validate_account_name(name: str) -> str:
+    if len(name) > MAX_ACCOUNT_NAME or not ACCOUNT_NAME.fullmatch(name):
+        raise AccountError(
+            f"invalid name {name[:80]!r}: lowercase letters, digits and . _ - separators"
+        )
+    return name
+
+
+class Accounts:
+    def __init__(self, metadata: MetadataStore, *, public_by_default: bool = False) -> None:
+        self.metadata = metadata
+        self.public_by_default = public_by_default
+
+    # -- users -----------------------------------------------------------------------------
+    async def add_user(self, name: str, password: str, *, admin: bool = False) -> None:
+        validate_account_name(name)
+        check_new_password(password)
+        password_hash = await anyio.to_thread.run_sync(hash_password, password)
+
+        def add(connection: Connection) -> None:
+            _refuse_taken_namespace(connection, name)
+            now = time.time()
+            connection.execute(
+                insert(users).values(
+                    name=name,
+                    password_hash=password_hash,
+                    is_admin=admin,
+                    disabled=False,
+                    created_at=now,
+                    credentials_changed_at=now,
+                )
+            )
+
+        await self.metadata.write(add)
+
+    async def set_password(self, name: str, password: str) -> None:
+        check_new_password(password)
+        password_hash = await anyio.to_thread.run_sync(hash_password, password)
+        await self._update_user(
+            name, password_hash=password_hash, credentials_changed_at=time.time()
+        )
+
+    async def set_disabled(self, name: str, disabled: bool) -> None:
+        await self._update_user(name, disabled=disabled, credentials_changed_at=time.time())
+
+    async def _update_user(self, name: str, **values: object) -> None:
+        def change(connection: Connection) -> int:
+            return connection.execute(
+                update(users).where(users.c.name == name).values(**values)
+            ).rowcount
+
+        if not await self.metadata.write(change):
+            raise AccountError(f"no user {name!r}")
+
+    async def delete_user(self, name: str) -> None:
+        def remove(connection: Connection) -> int:
+            return connection.execute(delete(users).where(users.c.name == name)).rowcount
+
+        if not await self.metadata.write(remove):
+            raise AccountError(f"no user {name!r}")
+
+    async def list_users(self) -> list[UserInfo]:
+        def rows(connection: Connection) -> list[UserInfo]:
+            return [
+                UserInfo(row.name, row.is_admin, row.disabled, row.created_at)
+                for row in connection.execute(select(users).order_by(users.c.name))
+            ]
+
+        return await self.metadata.read(rows)
+
+    async def import_htpasswd(self, text: str) -> tuple[list[str], list[str]]:
+        """Add the bcrypt entries of an htpasswd file; returns (added, skipped with reason)."""
+        added: list[str] = []
+        skipped: list[str] = []
+        entries: list[tuple[str, str]] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, password_hash = line.partition(":")
+            if not password_hash.startswith(("$2y$", "$2b$", "$2a$")):
+                skipped.append(f"line {number} ({name}): not a bcrypt hash")
+                continue
+            try:
+                validate_account_name(name)
+            except AccountError as error:
+                skipped.append(f"line {number}: {error}")
+                continue
+            entries.append((name, password_hash.replace("$2y$", "$2b$", 1)))
+
+        def add(connection: Connection) -> None:
+            now = time.time()
+            for name, password_hash in entries:
+                try:
+                    _refuse_taken_namespace(connection, name)
+                except AccountError as error:
+                    skipped.append(str(error))
+                    continue
+                connection.execute(
+                    insert(users).values(
+                        name=name,
+                        password_hash=password_hash,
+                        is_admin=False,
+                        disabled=False,
+                        created_at=now,
+                        credentials_changed_at=now,
+                    )
+                )
+                added.append(name)
+
+        await self.metadata.write(add)
+        return added, skipped
+
+    async def ensure_initial_admin(self, data_dir: Path, password: str | None) -> str | None:
+        """On an empty user table, create `admin`; returns a generated password to show once."""
+        if await self.metadata.read(lambda c: c.scalar(select(users.c.id).limit(1))) is not None:
+            return None
+        generated = password is None
+        password = password or generate_password()
+        try:
+            await self.add_user("admin", password, admin=True)
+        except AccountError:
+            return None  # Another process was first.
+        if not generated:
+            return None
+        secret_file = data_dir / "initial-admin-password"
+        descriptor = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(password + "\n")
+        return password
+
+    # -- organizations ---------------------------------------------------------------------
+    async def add_organization(self, name: str) -> None:
+        validate_account_name(name)
+
+        def add(connection: Connection) -> None:
+            _refuse_taken_namespace(connection, name)
+            connection.execute(insert(organizations).values(name=name, created_at=time.time()))
+
+        await self.metadata.write(add)
+
+    async def delete_organization(self, name: str) -> None:
+        def remove(connection: Connection) -> int:
+            return connection.execute(
+                delete(organizations).where(organizations.c.name == name)
+            ).rowcount
+
+        if not await self.metadata.write(remove):
+            raise AccountError(f"no organization {name!r}")
+
+    async def set_member(self, organization: str, user: str, role: str | None) -> None:
+        """Add or change a member's role; role None removes the member."""
+        if role is not None and role not in ROLES:
+            raise AccountError(f"role must be one of {', '.join(ROLES)}")
+
+        def change(connection: Connection) -> None:
+            organization_id = connection.scalar(
+                select(organizations.c.id).where(organizations.c.name == organization)
+            )
+            if organization_id is None:
+                raise AccountError(f"no organization {organization!r}")
+            user_id = connection.scalar(select(users.c.id).where(users.c.name == user))
+            if user_id is None:
+                raise AccountError(f"no user {user!r}")
+            member = (organization_members.c.organization_id == organization_id) & (
+                organization_members.c.user_id == user_id
+            )
+            connection.execute(delete(organization_members).where(member))
+            if role is not None:
+                connection.execute(
+                    insert(organization_members).values(
+                        organization_id=organization_id, user_id=user_id, role=role
+                    )
+                )
+
+        await self.metadata.write(change)
+
+    async def list_organizations(self) -> dict[str, dict[str, str]]:
+        """Organization → {member: role}."""
+
+        def rows(connection: Connection) -> dict[str, dict[str, str]]:
+            result: dict[str, dict[str, str]] = {
+                name: {} for name in connection.scalars(select(organizations.c.name))
+            }
+            query = select(
+                organizations.c.name, users.c.name.label("user"), organization_members.c.role
+            ).select_from(
+                organization_members.join(
+                    organizations, organizations.c.id == organization_members.c.organization_id
+                ).join(users, users.c.id == organization_members.c.user_id)
+            )
+            for row in connection.execute(query):
+                result[row.name][row.user] = row.role
+            return dict(sorted(result.items()))
+
+        return await self.metadata.read(rows)
+
+    # -- access tokens ---------------------------------------------------------------------
+    async def create_token(self, user: str, name: str, scope: str) -> str:
+        """A new personal access token; the returned secret is never shown again."""
+        if scope not in TOKEN_SCOPES:
+            raise AccountError("scope must be read or write")
+        if not name or len(name) > 64 or not name.isprintable():
+            raise AccountError("a token needs a printable name of at most 64 characters")
+        token_id = secrets.token_hex(16)
+        secret = secrets.token_urlsafe(32)
+
+        def add(connection: Connection) -> None:
+            user_id = connection.scalar(select(users.c.id).where(users.c.name == user))
+            if user_id is None:
+                raise AccountError(f"no user {user!r}")
+            taken = connection.scalar(
+                select(access_tokens.c.id).where(
+                    access_tokens.c.user_id == user_id,
+                    access_tokens.c.name == name,
+                    access_tokens.c.revoked_at.is_(None),
+                )
+            )
+            if taken is not None:
+                raise AccountError(f"{user} already has a token named {name!r}")
+            connection.execute(
+                insert(access_tokens).values(
+                    id=token_id,
+                    user_id=user_id,
+                    name=name,
+                    secret_hash=_secret_hash(secret),
+                    scope=scope,
+                    created_at=time.time(),
+                )
+            )
+
+        await self.metadata.write(add)
+        return f"ckt_{token_id}_{secret}"
+
+    async def list_tokens(self, user: str) -> list[TokenInfo]:
+        def rows(connection: Connection) -> list[TokenInfo]:
+            query = (
+                select(access_tokens)
+                .select_from(access_tokens.join(users, users.c.id == access_tokens.c.user_id))
+                .where(users.c.name == user)
+                .order_by(access_tokens.c.created_at)
+            )
+            return [
+                TokenInfo(
+                    row.id, row.name, row.scope, row.created_at, row.last_used_at, row.revoked_at
+                )
+                for row in connection.execute(query)
+            ]
+
+        return await self.metadata.read(rows)
+
+    async def revoke_token(self, user: str, name_or_id: str) -> None:
+        def revoke(connection: Connection) -> int:
+            user_id = connection.scalar(select(users.c.id).where(users.c.name == user))
+            return connection.execute(
+                update(access_tokens)
+                .where(
+                    access_tokens.c.user_id == user_id,
+                    (access_tokens.c.name == name_or_id) | (access_tokens.c.id == name_or_id),
+                    access_tokens.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=time.time())
+            ).rowcount
+
+        if not await self.metadata.write(revoke):
+            raise AccountError(f"{user} has no active token {name_or_id!r}")
+
+    # -- authentication --------------------------------------------------------------------
+    async def authenticate(self, name: str, secret: str) -> Principal | None:
+        """A password or a personal access token of `name`; None when they do not match."""
+        token = TOKEN_PATTERN.fullmatch(secret)
+        if token is not None:
+            return await self._authenticate_token(name, token[1], token[2])
+        row = await self.metadata.read(
+            lambda c: c.execute(
+                select(users.c.password_hash, users.c.disabled).where(users.c.name == name)
+            ).first()
+        )
+        stored = row.password_hash if row is not None else DUMMY_HASH
+        matches = await anyio.to_thread.run_sync(verify_password, secret, stored)
+        if row is None or row.disabled or not matches:
+            return None
+        return await self.principal(name)
+
+    async def _authenticate_token(self, name: str, token_id: str, secret: str) -> Principal | None:
+        query = (
+            select(access_tokens.c.secret_hash, access_tokens.c.scope, access_tokens.c.last_used_at)
+            .select_from(access_tokens.join(users, users.c.id == access_tokens.c.user_id))
+            .where(
+                access_tokens.c.id == token_id,
+                users.c.name == name,
+                access_tokens.c.revoked_at.is_(None),
+            )
+        )
+        row = await self.metadata.read(lambda c: c.execute(query).first())
+        if row is None or not hmac.compare_digest(row.secret_hash, _secret_hash(secret)):
+            return None
+        now = time.time()
+        if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+            await self.metadata.write(
+                lambda c: c.execute(
+                    update(access_tokens)
+                    .where(access_tokens.c.id == token_id)
+                    .values(last_used_at=now)
+                )
+            )
+        return await self.principal(name, token_id=token_id)
+
+    async def principal(self, name: str, *, token_id: str | None = None) -> Principal | None:
+        """What an enabled account may do now (None if it does not exist or is disabled)."""
+
+        def load(connection: Connection) -> Principal | None:
+            user = connection.execute(
+                select(
+                    users.c.id, users.c.is_admin, users.c.disabled, users.c.credentials_changed_at
+                ).where(users.c.name == name)
+            ).first()
+            if user is None or user.disabled:
+                return None
+            limit = ALL_ACTIONS
+            if token_id is not None:
+                scope = connection.scalar(
+                    select(access_tokens.c.scope).where(
+                        access_tokens.c.id == token_id,
+                        access_tokens.c.user_id == user.id,
+                        access_tokens.c.revoked_at.is_(None),
+                    )
+                )
+                if scope is None:
+                    return None
+                limit = TOKEN_SCOPES[scope]
+            namespaces = {name: ALL_ACTIONS}
+            memberships = connection.execute(
+                select(organizations.c.name, organization_members.c.role)
+                .select_from(
+                    organization_members.join(
+                        organizations,
+                        organizations.c.id == organization_members.c.organization_id,
+                    )
+                )
+                .where(organization_members.c.user_id == user.id)
+            )
+            for membership in memberships:
+                namespaces[membership.name] = ROLES[membership.role]
+            return Principal(
+                name=name,
+                is_admin=user.is_admin,
+                namespaces=namespaces,
+                limit=limit,
+                credentials_changed_at=user.credentials_changed_at,
+                token_id=token_id,
+            )
+
+        return await self.metadata.read(load)
+
+    # -- visibility ------------------------------------------------------------------------
+    async def is_public(self, repository: str) -> bool:
+        public = await self.metadata.read(
+            lambda c: c.scalar(
+                select(repositories.c.public).where(repositories.c.name == repository)
+            )
+        )
+        return self.public_by_default if public is None else bool(public)
+
+    async def set_public(self, repository: str, public: bool) -> None:
+        validate_repository_name(repository)
+
+        def change(connection: Connection) -> None:
+            result = connection.execute(
+                update(repositories).where(repositories.c.name == repository).values(public=public)
+            )
+            if not result.rowcount:
+                connection.execute(
+                    insert(repositories).values(
+                        name=repository, created_at=time.time(), public=public
+                    )
+                )
+
+        await self.metadata.write(change)
+
+
+def _refuse_taken_namespace(connection: Connection, name: str) -> None:
+    """Users and organizations share one namespace space."""
+    if connection.scalar(select(users.c.id).where(users.c.name == name)) is not None:
+        raise AccountError(f"the name {name!r} is already a user")
+    if (
+        connection.scalar(select(organizations.c.id).where(organizations.c.name == name))
+        is not None
+    ):
+        raise AccountError(f"the name {name!r} is already an organization")
+
+
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
