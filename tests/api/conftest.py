@@ -42,7 +42,7 @@ async def client(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def raw_request(app: ASGIApp, method: str, path: str) -> tuple[int, bytes]:
+async def raw_request(app: ASGIApp, method: str, path: str, query: bytes = b"") -> tuple[int, bytes]:
     """Send a path exactly as given (httpx would normalise away `..` segments)."""
     messages: list[Message] = []
 
@@ -60,7 +60,7 @@ async def raw_request(app: ASGIApp, method: str, path: str) -> tuple[int, bytes]
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query,
         "root_path": "",
         "headers": [(b"host", b"registry.test")],
         "client": ("127.0.0.1", 1234),

@@ -1,0 +1,1340 @@
+"""Benchmark cangku against the reference registry (CNCF Distribution 2.8.2) in one run.
+
+Run from the repository root:
+
+    .venv/bin/python benchmarks/registry_benchmark.py            # full run (~10 minutes)
+    .venv/bin/python benchmarks/registry_benchmark.py --quick    # smoke run (~1-2 minutes)
+    .venv/bin/python benchmarks/registry_benchmark.py --only mono,manifest-get,docker
+
+The script starts both registries itself on free loopback ports, each with a fresh temporary
+data directory, runs the same workload against each (interleaved row by row, so both see the
+same machine state), prints a markdown table to stdout (progress goes to stderr) and stops
+every process it started and removes its temporary files at the end, also on Ctrl-C.
+
+Every number is a throughput, so higher is better; the docker rows are times in seconds and
+their ratio is reference/cangku so that higher still means cangku is faster.
+
+`--cangku-cmd TEMPLATE` (or env CANGKU_BENCH_CMD) replaces the cangku command line;
+`{port}` and `{data}` are substituted. The value `reference` starts a second copy of the
+reference registry in cangku's place, which is how the script itself is validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import multiprocessing.synchronize
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+MiB = 1 << 20
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CANGKU_CMD = (
+    f"{REPO_ROOT}/.venv/bin/cangku serve --listen 127.0.0.1:{{port}} --data {{data}} --open"
+)
+REFERENCE_BINARY = "/usr/bin/docker-registry"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+HTTP_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
+SUBPROCESS_TIMEOUT = 900.0  # upper bound for any single docker / wrk invocation
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    small_blob: int  # bytes
+    big_blob: int
+    patch_chunk: int
+    blob_repetitions: int
+    wrk_seconds: int
+    load_repetitions: int  # for the time-bounded rows (manifests, listings)
+    listing_seconds: float
+    tag_count: int
+    catalog_repos: int
+    image_clients: int
+    images_per_client: int
+    layers_per_image: int
+    layer_size: int
+    docker_layers: int
+    docker_layer_size: int
+
+    @staticmethod
+    def build(quick: bool) -> Settings:
+        if quick:
+            return Settings(
+                quick=True,
+                small_blob=16 * MiB,
+                big_blob=64 * MiB,
+                patch_chunk=8 * MiB,
+                blob_repetitions=1,
+                wrk_seconds=1,
+                load_repetitions=1,
+                listing_seconds=1.0,
+                tag_count=250,
+                catalog_repos=60,
+                image_clients=8,
+                images_per_client=2,
+                layers_per_image=10,
+                layer_size=MiB,
+                docker_layers=5,
+                docker_layer_size=4 * 1000 * 1000,
+            )
+        return Settings(
+            quick=False,
+            small_blob=64 * MiB,
+            big_blob=512 * MiB,
+            patch_chunk=8 * MiB,
+            blob_repetitions=3,
+            wrk_seconds=4,
+            load_repetitions=3,
+            listing_seconds=4.0,
+            tag_count=1000,
+            catalog_repos=200,
+            image_clients=8,
+            images_per_client=8,
+            layers_per_image=10,
+            layer_size=MiB,
+            docker_layers=5,
+            docker_layer_size=40 * 1000 * 1000,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry processes
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_reference_config(path: Path, data_dir: Path, port: int) -> None:
+    path.write_text(
+        "version: 0.1\n"
+        "log:\n"
+        "  level: warn\n"
+        "storage:\n"
+        "  filesystem:\n"
+        f"    rootdirectory: {data_dir}\n"
+        "  delete:\n"
+        "    enabled: true\n"
+        "http:\n"
+        f"  addr: 127.0.0.1:{port}\n"
+    )
+
+
+@dataclass
+class Registry:
+    name: str  # "reference" or "cangku"
+    argv: list[str]
+    port: int
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    prepared: dict[str, Any] = field(default_factory=dict)  # per-registry fixtures
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log_path = self.workdir / "server.log"
+        log_file = self.log_path.open("wb")
+        log(f"starting {self.name}: {shlex.join(self.argv)}")
+        # Own session: Ctrl-C in the terminal reaches only us; we stop the server by its PID.
+        self.process = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log_file.close()
+        deadline = time.monotonic() + 60
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    status = client.get(f"{self.base}/v2/").status_code
+                    if status == 200:
+                        log(f"{self.name} ready on {self.base} (pid {self.process.pid})")
+                        return
+                    if status == 401:
+                        raise RuntimeError(
+                            f"{self.name} wants authentication; the benchmark needs an open "
+                            "registry (pass --cangku-cmd with the server's no-auth option)"
+                        )
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not answer GET /v2/ in 60 s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def pids(self) -> list[int]:
+        """The server PID and its descendants (e.g. worker processes)."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        found: list[int] = []
+        pending = [self.process.pid]
+        while pending and len(found) < 1000:
+            pid = pending.pop()
+            found.append(pid)
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                with contextlib.suppress(OSError):
+                    pending.extend(int(c) for c in children.read_text().split())
+        return found
+
+    def rss_peak_kib(self) -> tuple[int, int]:
+        """(VmHWM of the main process, sum of VmHWM over it and its descendants) in KiB."""
+        values: list[int] = []
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        values.append(int(line.split()[1]))
+        return (values[0] if values else 0), sum(values)
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        log(f"stopping {self.name} (pid {process.pid})")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)  # the group is the one we created
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+def make_registries(root: Path, cangku_cmd: str) -> list[Registry]:
+    registries: list[Registry] = []
+    for name in ("reference", "cangku"):
+        workdir = root / name
+        data = workdir / "data"
+        data.mkdir(parents=True)
+        port = free_loopback_port()
+        if name == "reference" or cangku_cmd == "reference":
+            config = workdir / "config.yml"
+            write_reference_config(config, data, port)
+            argv = [REFERENCE_BINARY, "serve", str(config)]
+        else:
+            argv = shlex.split(cangku_cmd.format(port=port, data=data))
+        registries.append(Registry(name=name, argv=argv, port=port, workdir=workdir))
+    return registries
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP helpers (httpx, sync)
+
+
+def new_client() -> httpx.Client:
+    return httpx.Client(trust_env=False, timeout=HTTP_TIMEOUT, follow_redirects=False)
+
+
+def expect(response: httpx.Response, *statuses: int) -> httpx.Response:
+    if response.status_code not in statuses:
+        body = response.read()[:300].decode(errors="replace")
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url.path} -> "
+            f"{response.status_code} (wanted {statuses}): {body}"
+        )
+    return response
+
+
+def location(response: httpx.Response) -> httpx.URL:
+    return response.request.url.join(response.headers["Location"])
+
+
+def with_digest(url: httpx.URL, digest: str) -> httpx.URL:
+    return url.copy_merge_params({"digest": digest})
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def push_small_blob(client: httpx.Client, base: str, repo: str, data: bytes) -> str:
+    """POST + PUT ?digest= (the reference 2.8 has no single-POST monolithic upload)."""
+    digest = sha256_digest(data)
+    started = expect(client.post(f"{base}/v2/{repo}/blobs/uploads/"), 202)
+    expect(
+        client.put(
+            with_digest(location(started), digest),
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        ),
+        201,
+    )
+    return digest
+
+
+def image_manifest(config: bytes, layers: list[bytes]) -> bytes:
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+        "layers": [
+            {"mediaType": OCI_LAYER, "digest": sha256_digest(layer), "size": len(layer)}
+            for layer in layers
+        ],
+    }
+    return json.dumps(manifest, separators=(",", ":")).encode()
+
+
+def image_config(layers: list[bytes], label: str) -> bytes:
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": {"bench": label}},
+        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(layer) for layer in layers]},
+    }
+    return json.dumps(config, separators=(",", ":")).encode()
+
+
+def push_image(
+    client: httpx.Client, base: str, repo: str, tag: str, config: bytes, layers: list[bytes]
+) -> bytes:
+    for blob in [config, *layers]:
+        push_small_blob(client, base, repo, blob)
+    manifest = image_manifest(config, layers)
+    expect(
+        client.put(
+            f"{base}/v2/{repo}/manifests/{tag}",
+            content=manifest,
+            headers={"Content-Type": OCI_MANIFEST},
+        ),
+        201,
+    )
+    return manifest
+
+
+def small_image(label: str) -> tuple[bytes, list[bytes]]:
+    layers = [os.urandom(2048)]
+    return image_config(layers, label), layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Large blobs: generated once to a file, streamed from it, never held whole in memory.
+
+
+@dataclass
+class BlobFile:
+    path: Path
+    size: int
+    sha256_state: Any  # hashlib sha256 object after hashing the file
+
+    @staticmethod
+    def create(path: Path, size: int) -> BlobFile:
+        hasher = hashlib.sha256()
+        with path.open("wb") as out:
+            remaining = size
+            while remaining > 0:
+                chunk = os.urandom(min(8 * MiB, remaining))
+                hasher.update(chunk)
+                out.write(chunk)
+                remaining -= len(chunk)
+        return BlobFile(path=path, size=size, sha256_state=hasher)
+
+    def variant(self, suffix: bytes) -> tuple[str, int]:
+        """Digest and size of file+suffix: a distinct blob per upload, hashed for free."""
+        hasher = self.sha256_state.copy()
+        hasher.update(suffix)
+        return "sha256:" + hasher.hexdigest(), self.size + len(suffix)
+
+    def stream(self, suffix: bytes, chunk_size: int = MiB) -> Iterator[bytes]:
+        with self.path.open("rb") as source:
+            while chunk := source.read(chunk_size):
+                yield chunk
+        yield suffix
+
+
+def unique_suffix(tag: str) -> bytes:
+    return f"|{tag}|{time.time_ns()}|{os.urandom(8).hex()}".encode()
+
+
+def push_blob_monolithic(
+    client: httpx.Client, base: str, repo: str, blob: BlobFile
+) -> tuple[str, int]:
+    suffix = unique_suffix("mono")
+    digest, size = blob.variant(suffix)
+    started = expect(client.post(f"{base}/v2/{repo}/blobs/uploads/"), 202)
+    expect(
+        client.put(
+            with_digest(location(started), digest),
+            content=blob.stream(suffix),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        ),
+        201,
+    )
+    return digest, size
+
+
+def push_blob_chunked(
+    client: httpx.Client, base: str, repo: str, blob: BlobFile, chunk_size: int
+) -> str:
+    suffix = unique_suffix("chunked")
+    digest, size = blob.variant(suffix)
+    upload = location(expect(client.post(f"{base}/v2/{repo}/blobs/uploads/"), 202))
+    offset = 0
+    with blob.path.open("rb") as source:
+        for _ in range(size // max(chunk_size, 1) + 2):  # bounded: one pass over the file
+            data = source.read(chunk_size)
+            if not data:
+                break
+            if offset + len(data) >= blob.size:
+                data += suffix  # the last chunk carries the distinguishing suffix
+            response = client.patch(
+                upload,
+                content=data,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{offset}-{offset + len(data) - 1}",
+                },
+            )
+            upload = location(expect(response, 202))
+            offset += len(data)
+    if offset != size:
+        raise RuntimeError(f"chunked upload sent {offset} bytes, expected {size}")
+    expect(client.put(with_digest(upload, digest), content=b""), 201)
+    return digest
+
+
+def curl_pull(url: str, clients: int, expected: int) -> float:
+    """Seconds for `clients` concurrent curl GETs of url (body discarded) to all finish.
+
+    curl, not httpx: on loopback httpx's response parsing tops out near 300 MB/s on one core,
+    curl near 1 GB/s, so curl keeps the client from being the bottleneck.
+    """
+    argv = [
+        "curl",
+        "--silent",
+        "--show-error",
+        "--location",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "600",
+        "--output",
+        "/dev/null",
+        "--write-out",
+        "%{http_code} %{size_download}",
+        url,
+    ]
+    started = time.monotonic()
+    processes = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(clients)
+    ]
+    try:
+        outputs = [process.communicate(timeout=660) for process in processes]
+        elapsed = time.monotonic() - started
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    for (stdout, stderr), process in zip(outputs, processes, strict=True):
+        if process.returncode != 0 or stdout.split() != ["200", str(expected)]:
+            raise RuntimeError(f"curl GET: rc {process.returncode}, {stdout!r} {stderr[-200:]}")
+    return elapsed
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel clients in separate processes (fork): the GIL never limits the load generator.
+
+
+def _parallel_entry(
+    target: Callable[[Any, Callable[[], None]], Any],
+    argument: Any,
+    ready: multiprocessing.Queue[Any],
+    go: multiprocessing.synchronize.Event,
+    results: multiprocessing.Queue[Any],
+) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler is for the parent
+
+    def wait_for_start() -> None:
+        ready.put(os.getpid())
+        if not go.wait(timeout=300):
+            raise RuntimeError("start signal never came")
+
+    try:
+        results.put(("ok", target(argument, wait_for_start)))
+    except BaseException as error:  # report anything, including KeyboardInterrupt
+        results.put(("error", f"{type(error).__name__}: {error}"))
+
+
+def run_parallel(
+    target: Callable[[Any, Callable[[], None]], Any], arguments: list[Any], timeout: float
+) -> tuple[float, list[Any]]:
+    """Run target(arg, wait_for_start) in one process per argument; time from the common start.
+
+    Each worker prepares its data, calls wait_for_start() and then does the timed work.
+    Returns (wall seconds from start signal until the last result, results).
+    """
+    context = multiprocessing.get_context("fork")
+    ready: multiprocessing.Queue[Any] = context.Queue()
+    results: multiprocessing.Queue[Any] = context.Queue()
+    go = context.Event()
+    processes = [
+        context.Process(target=_parallel_entry, args=(target, arg, ready, go, results))
+        for arg in arguments
+    ]
+    try:
+        for process in processes:
+            process.start()
+        for _ in processes:
+            ready.get(timeout=300)
+        started = time.monotonic()
+        go.set()
+        collected: list[Any] = []
+        for _ in processes:
+            status, value = results.get(timeout=timeout)
+            if status != "ok":
+                raise RuntimeError(f"worker failed: {value}")
+            collected.append(value)
+        elapsed = time.monotonic() - started
+        return elapsed, collected
+    finally:
+        deadline = time.monotonic() + 30
+        for process in processes:
+            process.join(timeout=max(0.1, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
+
+
+def _image_push_worker(
+    argument: tuple[str, str, int, int, int, float], wait_for_start: Callable[[], None]
+) -> int:
+    base, repo, images, layers_per_image, layer_size, time_limit = argument
+    prepared: list[tuple[bytes, list[bytes]]] = []
+    for index in range(images):
+        layers = [os.urandom(layer_size) for _ in range(layers_per_image)]
+        prepared.append((image_config(layers, f"{repo}-{index}-{time.time_ns()}"), layers))
+    pushed = 0
+    with new_client() as client:
+        wait_for_start()
+        deadline = time.monotonic() + time_limit
+        for index, (config, layers) in enumerate(prepared):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"time limit reached after {pushed} images")
+            push_image(client, base, repo, f"img-{index}", config, layers)
+            pushed += 1
+    return pushed
+
+
+# ---------------------------------------------------------------------------------------------
+# wrk (C, epoll) for the manifest request rates
+
+
+WRK_DONE = """
+function done(summary, latency, requests)
+  io.write(string.format("WRKRESULT %d %d %d %d %d %d %d %d\\n",
+    summary.requests, summary.duration, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.status, summary.errors.timeout,
+    latency:percentile(99)))
+end
+"""
+
+
+def wrk_fetch_script(method: str) -> str:
+    return f'wrk.method = "{method}"\nwrk.headers["Accept"] = "{OCI_MANIFEST}"\n' + WRK_DONE
+
+
+def wrk_put_script(repo: str, prefix: str, manifest: bytes) -> str:
+    body = manifest.decode()
+    assert "]==]" not in body
+    return (
+        f"""
+local body = [==[{body}]==]
+local headers = {{["Content-Type"] = "{OCI_MANIFEST}"}}
+local counter = 0
+local thread_count = 0
+thread_id = 0
+function setup(thread)
+  thread:set("thread_id", thread_count)
+  thread_count = thread_count + 1
+end
+function request()
+  counter = counter + 1
+  local path = "/v2/{repo}/manifests/{prefix}-" .. thread_id .. "-" .. counter
+  return wrk.format("PUT", path, headers, body)
+end
+"""
+        + WRK_DONE
+    )
+
+
+@dataclass
+class WrkResult:
+    requests_per_second: float
+    requests: int
+    errors: int
+    p99_ms: float
+
+
+def run_wrk(script: str, url: str, connections: int, seconds: int, workdir: Path) -> WrkResult:
+    script_path = workdir / f"wrk-{time.time_ns()}.lua"
+    script_path.write_text(script)
+    threads = max(1, min(connections, len(os.sched_getaffinity(0))))
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script_path),
+        url,
+    ]
+    completed = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    match = re.search(r"WRKRESULT ([\d ]+)", completed.stdout)
+    if completed.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr[-500:]}")
+    requests, duration_us, *errors, p99_us = (int(v) for v in match.group(1).split())
+    return WrkResult(
+        requests_per_second=requests / (duration_us / 1e6),
+        requests=requests,
+        errors=sum(errors),
+        p99_ms=p99_us / 1000,
+    )
+
+
+def run_hey(url: str, method: str, connections: int, seconds: int, accept: str) -> WrkResult:
+    """hey (Go, Debian package) for HEAD: wrk 4.1's parser waits for a HEAD response's body."""
+    argv = [
+        "hey",
+        "-z",
+        f"{seconds}s",
+        "-c",
+        str(connections),
+        "-m",
+        method,
+        "-A",
+        accept,
+        "-t",
+        "10",
+        url,
+    ]
+    completed = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    output = completed.stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if completed.returncode != 0 or rate is None:
+        raise RuntimeError(f"hey failed ({completed.returncode}): {completed.stderr[-500:]}")
+    statuses = {
+        int(code): int(n) for code, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", output)
+    }
+    errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+\D", output, re.MULTILINE))
+    errors += sum(n for code, n in statuses.items() if code >= 400)
+    p99 = re.search(r"99%+ in ([\d.]+) secs", output)
+    return WrkResult(
+        requests_per_second=float(rate.group(1)),
+        requests=sum(statuses.values()) + errors,
+        errors=errors,
+        p99_ms=float(p99.group(1)) * 1000 if p99 else float("nan"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Listings
+
+
+def next_link(response: httpx.Response) -> httpx.URL | None:
+    header = response.headers.get("Link")
+    if not header:
+        return None
+    match = re.search(r"<([^>]+)>\s*;\s*rel=\"?next\"?", header)
+    return response.request.url.join(match.group(1)) if match else None
+
+
+def full_listing(client: httpx.Client, first_url: str, key: str, max_pages: int) -> int:
+    url: httpx.URL | None = httpx.URL(first_url)
+    count = 0
+    for _ in range(max_pages):
+        if url is None:
+            return count
+        response = expect(client.get(url), 200)
+        count += len(response.json().get(key) or [])
+        url = next_link(response)
+    if url is not None:
+        raise RuntimeError(f"listing did not end after {max_pages} pages")
+    return count
+
+
+def listings_per_second(
+    client: httpx.Client, first_url: str, key: str, expected: int, page: int, seconds: float
+) -> float:
+    max_pages = expected // page + 3
+    if (found := full_listing(client, first_url, key, max_pages)) != expected:
+        raise RuntimeError(f"listing returned {found} entries, expected {expected}")
+    done = 0
+    started = time.monotonic()
+    for _ in range(1_000_000):
+        full_listing(client, first_url, key, max_pages)
+        done += 1
+        if time.monotonic() - started >= seconds:
+            break
+    return done / (time.monotonic() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    lower_is_better: bool = False
+    values: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # per registry: errors, details
+
+
+@dataclass
+class Bench:
+    settings: Settings
+    registries: list[Registry]
+    workdir: Path
+    only: list[str] | None
+    rows: list[Row] = field(default_factory=list)
+    small_file: BlobFile | None = None
+    big_file: BlobFile | None = None
+    docker_refs: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # workloads that stopped early
+
+    def selected(self, key: str) -> bool:
+        if not self.only:
+            return True
+        return any(key == token or key.startswith(token + "-") for token in self.only)
+
+    def add_row(self, key: str, label: str, *, lower_is_better: bool = False) -> Row:
+        row = Row(key=key, label=label, lower_is_better=lower_is_better)
+        self.rows.append(row)
+        return row
+
+    def measure(self, row: Row, repetitions: int, measure: Callable[[Registry], float]) -> None:
+        """Median over repetitions, interleaving registries so both see the same machine state."""
+        samples: dict[str, list[float]] = {r.name: [] for r in self.registries}
+        for repetition in range(repetitions):
+            for registry in self.in_turn(repetition):
+                if registry.name in row.notes:
+                    continue  # it already failed this row
+                try:
+                    samples[registry.name].append(measure(registry))
+                except Exception as error:
+                    row.notes[registry.name] = f"error: {error}"[:200]
+                    log(f"{row.label} / {registry.name}: {row.notes[registry.name]}")
+                    traceback.print_exc(file=sys.stderr)
+                    self.check_alive(registry)
+            log(
+                f"{row.label} rep {repetition + 1}: "
+                + ", ".join(
+                    f"{name}={values[-1]:.2f}" for name, values in samples.items() if values
+                )
+            )
+        for name, values in samples.items():
+            if values:
+                row.values[name] = statistics.median(values)
+
+    def in_turn(self, repetition: int) -> list[Registry]:
+        """The registries in alternating order, so neither always goes first."""
+        return self.registries if repetition % 2 == 0 else self.registries[::-1]
+
+    def check_alive(self, registry: Registry) -> None:
+        if registry.process is not None and registry.process.poll() is not None:
+            raise RuntimeError(f"{registry.name} died:\n{registry.log_tail()}")
+
+    # -- fixtures ---------------------------------------------------------------------------
+
+    def blob_files(self) -> tuple[BlobFile, BlobFile]:
+        if self.small_file is None or self.big_file is None:
+            log("generating random blob files")
+            self.small_file = BlobFile.create(self.workdir / "small.bin", self.settings.small_blob)
+            self.big_file = BlobFile.create(self.workdir / "big.bin", self.settings.big_blob)
+        return self.small_file, self.big_file
+
+    # -- workloads --------------------------------------------------------------------------
+
+    def blob_push_rows(self) -> None:
+        small, big = self.blob_files()
+        reps = self.settings.blob_repetitions
+        for mode in ("mono", "chunked"):
+            for blob in (small, big):
+                size_mib = blob.size // MiB
+                key = f"{mode}-{size_mib}"
+                if not self.selected(key):
+                    continue
+                if mode == "mono":
+                    label = f"monolithic blob push {size_mib} MiB (MiB/s)"
+                else:
+                    label = (
+                        f"chunked blob push {size_mib} MiB, "
+                        f"{self.settings.patch_chunk // MiB} MiB PATCHes (MiB/s)"
+                    )
+                row = self.add_row(key, label)
+
+                def measure(registry: Registry, blob: BlobFile = blob, mode: str = mode) -> float:
+                    with new_client() as client:
+                        started = time.monotonic()
+                        if mode == "mono":
+                            push_blob_monolithic(client, registry.base, "bench/blobs", blob)
+                        else:
+                            push_blob_chunked(
+                                client,
+                                registry.base,
+                                "bench/blobs",
+                                blob,
+                                self.settings.patch_chunk,
+                            )
+                        return blob.size / MiB / (time.monotonic() - started)
+
+                self.measure(row, reps, measure)
+
+    def blob_pull_rows(self) -> None:
+        _, big = self.blob_files()
+        for clients in (1, 4):
+            key = f"pull-{clients}"
+            if not self.selected(key):
+                continue
+            row = self.add_row(
+                key, f"blob pull {big.size // MiB} MiB, {clients} concurrent client(s) (MiB/s)"
+            )
+
+            def measure(registry: Registry, clients: int = clients) -> float:
+                if "pull_blob" not in registry.prepared:
+                    with new_client() as client:
+                        pushed = push_blob_monolithic(client, registry.base, "bench/blobs", big)
+                    registry.prepared["pull_blob"] = pushed
+                digest, size = registry.prepared["pull_blob"]
+                url = f"{registry.base}/v2/bench/blobs/blobs/{digest}"
+                elapsed = curl_pull(url, clients, size)
+                return float(clients * size) / MiB / elapsed
+
+            self.measure(row, max(2, self.settings.blob_repetitions), measure)
+
+    def manifest_rows(self) -> None:
+        wanted = [
+            (method, c)
+            for method in ("PUT", "GET", "HEAD")
+            for c in (1, 16, 64)
+            if self.selected(f"manifest-{method.lower()}-{c}")
+        ]
+        if not wanted:
+            return
+        for method, connections in wanted:
+            row = self.add_row(
+                f"manifest-{method.lower()}-{connections}",
+                f"manifest {method} c={connections} "
+                f"(req/s, {'hey' if method == 'HEAD' else 'wrk'})",
+            )
+
+            def measure(
+                registry: Registry, method: str = method, c: int = connections, row: Row = row
+            ) -> float:
+                manifest = self.prepare_manifests(registry)
+                seconds = self.settings.wrk_seconds
+                url = f"{registry.base}/v2/bench/manifests/manifests/v1"
+                if method == "PUT":
+                    prefix = f"c{c}-{time.time_ns()}"  # a distinct tag for every request
+                    script = wrk_put_script("bench/manifest-put", prefix, manifest)
+                    put_url = f"{registry.base}/v2/bench/manifest-put/manifests/x"
+                    result = run_wrk(script, put_url, c, seconds, self.workdir)
+                elif method == "GET":
+                    result = run_wrk(wrk_fetch_script("GET"), url, c, seconds, self.workdir)
+                else:
+                    result = run_hey(url, "HEAD", c, seconds, OCI_MANIFEST)
+                detail = f"p99 {result.p99_ms:.1f} ms"
+                if result.errors:
+                    detail += f", {result.errors} errors of {result.requests}"
+                    row.notes[registry.name] = detail
+                log(f"{row.label} / {registry.name}: {result.requests_per_second:.0f} ({detail})")
+                if result.errors > result.requests // 100:
+                    raise RuntimeError(detail)
+                return result.requests_per_second
+
+            self.measure(row, self.settings.load_repetitions, measure)
+
+    def prepare_manifests(self, registry: Registry) -> bytes:
+        if "manifest" not in registry.prepared:
+            config, layers = small_image("manifests")
+            with new_client() as client:
+                pushed = push_image(client, registry.base, "bench/manifests", "v1", config, layers)
+                push_image(client, registry.base, "bench/manifest-put", "v0", config, layers)
+                base = f"{registry.base}/v2/bench/manifests/manifests/v1"
+                got = expect(client.get(base, headers={"Accept": OCI_MANIFEST}), 200)
+                if got.content != pushed:
+                    raise RuntimeError("GET returned a different manifest than was PUT")
+                expect(client.head(base, headers={"Accept": OCI_MANIFEST}), 200)
+            registry.prepared["manifest"] = pushed
+        manifest: bytes = registry.prepared["manifest"]
+        return manifest
+
+    def image_push_row(self) -> None:
+        s = self.settings
+        key = f"images-{s.image_clients}"
+        if not self.selected(key):
+            return
+        row = self.add_row(
+            key,
+            f"{s.image_clients} clients pushing images of {s.layers_per_image} x "
+            f"{s.layer_size // MiB} MiB layers (images/s)",
+        )
+
+        def measure(registry: Registry) -> float:
+            arguments = [
+                (
+                    registry.base,
+                    f"bench/push-{i}",
+                    s.images_per_client,
+                    s.layers_per_image,
+                    s.layer_size,
+                    600.0,
+                )
+                for i in range(s.image_clients)
+            ]
+            elapsed, pushed = run_parallel(_image_push_worker, arguments, timeout=900)
+            return float(sum(pushed)) / elapsed
+
+        self.measure(row, 1, measure)
+
+    def tags_row(self) -> None:
+        s = self.settings
+        if not self.selected("tags"):
+            return
+        row = self.add_row("tags", f"tags list, {s.tag_count} tags, n=100 pages (listings/s)")
+
+        def measure(registry: Registry) -> float:
+            repo = "bench/tags"
+            with new_client() as client:
+                if "tags" not in registry.prepared:
+                    config, layers = small_image("tags")
+                    manifest = push_image(client, registry.base, repo, "tag-00000", config, layers)
+
+                    def put_tag(index: int) -> None:
+                        expect(
+                            client.put(
+                                f"{registry.base}/v2/{repo}/manifests/tag-{index:05d}",
+                                content=manifest,
+                                headers={"Content-Type": OCI_MANIFEST},
+                            ),
+                            201,
+                        )
+
+                    with ThreadPoolExecutor(max_workers=8) as pool:
+                        list(pool.map(put_tag, range(1, s.tag_count)))
+                    registry.prepared["tags"] = True
+                return listings_per_second(
+                    client,
+                    f"{registry.base}/v2/{repo}/tags/list?n=100",
+                    "tags",
+                    s.tag_count,
+                    100,
+                    s.listing_seconds,
+                )
+
+        self.measure(row, s.load_repetitions, measure)
+
+    def catalog_row(self) -> None:
+        s = self.settings
+        if not self.selected("catalog"):
+            return
+        row = self.add_row(
+            "catalog", f"catalog, {s.catalog_repos} repositories, n=50 pages (listings/s)"
+        )
+
+        def measure(registry: Registry) -> float:
+            with new_client() as client:
+                first = f"{registry.base}/v2/_catalog?n=50"
+                existing = full_listing(client, first, "repositories", 10_000)
+                missing = s.catalog_repos - existing
+                if missing < 0:
+                    raise RuntimeError(f"already {existing} repositories")
+                config, layers = small_image("catalog")
+
+                def create(index: int) -> None:
+                    push_image(client, registry.base, f"bench/cat-{index:04d}", "1", config, layers)
+
+                with ThreadPoolExecutor(max_workers=8) as pool:
+                    list(pool.map(create, range(missing)))
+                return listings_per_second(
+                    client, first, "repositories", s.catalog_repos, 50, s.listing_seconds
+                )
+
+        self.measure(row, s.load_repetitions, measure)
+
+    def docker_rows(self) -> None:
+        if not (self.selected("docker-push") or self.selected("docker-pull")):
+            return
+        s = self.settings
+        size_mb = s.docker_layers * s.docker_layer_size // 1_000_000
+        what = f"{s.docker_layers}-layer {size_mb} MB image"
+        push_row = self.add_row("docker-push", f"docker push {what} (s)", lower_is_better=True)
+        pull_row = self.add_row("docker-pull", f"docker pull {what} (s)", lower_is_better=True)
+        if docker(["info"], timeout=30).returncode != 0:
+            for row in (push_row, pull_row):
+                for registry in self.registries:
+                    row.notes[registry.name] = "skipped: no docker engine"
+            return
+        # A registry that already has a layer is not sent it again, so every repetition pushes
+        # a freshly built image with new random layers.
+        base = self.docker_import_base()
+        refs: list[dict[str, str]] = []
+        pushes: dict[str, list[float]] = {r.name: [] for r in self.registries}
+        for repetition in range(s.blob_repetitions):
+            built = self.docker_build(base, repetition)
+            refs.append({})
+            for registry in self.in_turn(repetition):
+                ref = f"localhost:{registry.port}/bench/img:{repetition}"
+                self.docker_refs.append(ref)
+                docker_ok(["tag", built, ref])
+                refs[repetition][registry.name] = ref
+                if registry.name in push_row.notes:
+                    continue
+                try:
+                    pushes[registry.name].append(timed_docker(["push", ref]))
+                    log(f"docker push {registry.name}: {pushes[registry.name][-1]:.2f} s")
+                except Exception as error:
+                    push_row.notes[registry.name] = f"error: {error}"[:200]
+                    log(f"docker push {registry.name}: {error}")
+        for name, values in pushes.items():
+            if values:
+                push_row.values[name] = statistics.median(values)
+        # Remove every local copy so that the pulls really transfer every layer.
+        for ref in reversed(self.docker_refs):
+            docker(["rmi", ref], timeout=120)
+        for ref in self.docker_refs:
+            if docker(["image", "inspect", ref], timeout=30).returncode == 0:
+                raise RuntimeError(f"{ref} still present after docker rmi")
+        pulls: dict[str, list[float]] = {r.name: [] for r in self.registries}
+        for repetition in range(s.blob_repetitions):
+            for registry in self.in_turn(repetition):
+                if registry.name in push_row.notes:
+                    pull_row.notes[registry.name] = "skipped: push failed"
+                    continue
+                if registry.name in pull_row.notes:
+                    continue
+                ref = refs[repetition][registry.name]
+                try:
+                    pulls[registry.name].append(timed_docker(["pull", ref]))
+                    log(f"docker pull {registry.name}: {pulls[registry.name][-1]:.2f} s")
+                except Exception as error:
+                    pull_row.notes[registry.name] = f"error: {error}"[:200]
+                    log(f"docker pull {registry.name}: {error}")
+                finally:
+                    docker(["rmi", ref], timeout=120)  # the next pull starts from nothing
+        for name, values in pulls.items():
+            if values:
+                pull_row.values[name] = statistics.median(values)
+
+    def docker_import_base(self) -> str:
+        base_tar = self.workdir / "base.tar"
+        hello = self.workdir / "hello.txt"
+        hello.write_text("cangku benchmark base layer\n")
+        with tarfile.open(base_tar, "w") as tar:
+            tar.add(hello, arcname="hello.txt")
+        base = f"cangku-bench-base:{os.getpid()}-{time.time_ns()}"
+        self.docker_refs.append(base)
+        docker_ok(["import", str(base_tar), base])
+        return base
+
+    def docker_build(self, base: str, repetition: int) -> str:
+        s = self.settings
+        context = self.workdir / f"docker-context-{repetition}"
+        context.mkdir()
+        dockerfile = [f"FROM {base}"]
+        for index in range(s.docker_layers):
+            BlobFile.create(context / f"layer{index}.bin", s.docker_layer_size)
+            dockerfile.append(f"COPY layer{index}.bin /layer{index}.bin")
+        (context / "Dockerfile").write_text("\n".join(dockerfile) + "\n")
+        built = f"cangku-bench-img:{os.getpid()}-{time.time_ns()}"
+        self.docker_refs.append(built)
+        log(f"docker build {built}")
+        docker_ok(["build", "-q", "-t", built, str(context)], env={"DOCKER_BUILDKIT": "0"})
+        shutil.rmtree(context)
+        return built
+
+    def docker_cleanup(self) -> None:
+        for ref in self.docker_refs:
+            with contextlib.suppress(Exception):
+                if docker(["image", "inspect", ref], timeout=30).returncode == 0:
+                    docker(["rmi", "-f", ref], timeout=120)
+
+
+def docker(
+    args: list[str], *, timeout: float = SUBPROCESS_TIMEOUT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def docker_ok(args: list[str], *, env: dict[str, str] | None = None) -> str:
+    completed = docker(args, env=env)
+    if completed.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)} failed: {completed.stderr[-500:]}")
+    return completed.stdout
+
+
+def timed_docker(args: list[str]) -> float:
+    started = time.monotonic()
+    docker_ok(args)
+    return time.monotonic() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_info(registries: list[Registry]) -> list[str]:
+    def command_output(argv: list[str]) -> str:
+        try:
+            completed = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            return (completed.stdout or completed.stderr).strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            return "unavailable"
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = "unknown"
+    with contextlib.suppress(OSError, IndexError):
+        kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+        memory = f"{kib / 1024 / 1024:.1f} GiB"
+    cangku_version = "unknown"
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        cangku_version = version("cangku")
+    return [
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        f"- nproc: {len(os.sched_getaffinity(0))} (CPU: {cpu}), memory: {memory}, "
+        f"kernel: {platform.release()}",
+        f"- python: {platform.python_version()} ({sys.executable})",
+        f"- wrk: {command_output(['wrk', '--version'])}",
+        f"- docker engine: {command_output(['docker', 'version', '-f', '{{.Server.Version}}'])}",
+        f"- reference: {command_output([REFERENCE_BINARY, '--version'])}",
+        f"- cangku: {cangku_version}; command: `{shlex.join(registries[1].argv)}`",
+        f"- load average before the run (1/5/15 min): {load_average()}",
+    ]
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def format_value(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> str:
+    s = bench.settings
+    lines = ["# cangku vs CNCF Distribution 2.8.2", ""]
+    lines += info
+    lines += [
+        f"- load average after the run: {load_average()} (other work on the machine skews "
+        "both columns; rows interleave the registries to share the disturbance)",
+        f"- mode: {'--quick (smoke run)' if s.quick else 'full'}",
+        "",
+    ]
+    lines += [
+        "| workload | reference | cangku | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    footnotes: list[str] = []
+    for row in bench.rows:
+        ref = row.values.get("reference")
+        can = row.values.get("cangku")
+        cells = []
+        for name, value in (("reference", ref), ("cangku", can)):
+            cell = format_value(value)
+            if name in row.notes:
+                footnotes.append(f"{row.label} / {name}: {row.notes[name]}")
+                cell += f" [{len(footnotes)}]"
+            cells.append(cell)
+        ratio = "n/a"
+        if ref and can:
+            ratio = f"{(ref / can if row.lower_is_better else can / ref):.2f}"
+        lines.append(f"| {row.label} | {cells[0]} | {cells[1]} | {ratio} |")
+    lines += ["", "Server RSS peak (VmHWM; main process + descendants):", ""]
+    for name, (main, total) in rss.items():
+        lines.append(f"- {name}: {main / 1024:.0f} MiB (with descendants: {total / 1024:.0f} MiB)")
+    lines += [
+        "",
+        "Notes:",
+        "- ratio = cangku/reference for throughputs, reference/cangku for the docker times; "
+        "higher is better for cangku in every row.",
+        "- every row runs the registries interleaved, alternating which goes first, and "
+        "reports the median of the repetitions.",
+        f"- blob push: httpx in the benchmark process, {s.blob_repetitions} uploads per "
+        "registry, each a distinct blob (the random file + a unique suffix); monolithic = "
+        "POST + PUT ?digest= with the body, chunked = POST + PATCHes with Content-Range + "
+        "PUT ?digest=.",
+        f"- blob pull: {max(2, s.blob_repetitions)} runs; one curl process per client (httpx "
+        "parsing would be the bottleneck), aggregate MiB/s from a common start.",
+        f"- manifest rows: {s.load_repetitions} x {s.wrk_seconds} s runs per registry, "
+        "keep-alive, small OCI image manifest; PUT and GET with wrk (C, lua scripts; PUT uses "
+        "a distinct tag per request), HEAD with hey (Go; wrk 4.1 cannot parse HEAD responses); "
+        "Accept header on GET/HEAD. The load generator runs on the same cores as the server.",
+        f"- image push: {s.image_clients} processes (httpx), {s.images_per_client} images each, "
+        "each image = distinct random layers + config blobs (POST + PUT) + manifest PUT; "
+        "data generated before the clock starts.",
+        "- listings: one sequential httpx client following Link headers, "
+        f"{s.load_repetitions} x {s.listing_seconds:g} s runs; every listing is checked "
+        "complete once.",
+        "- docker rows: `docker push`/`docker pull` wall time via the local engine "
+        f"(dockerd gzips layers on push); {s.blob_repetitions} pushes of freshly built images "
+        "(new random layers each) and as many pulls, all local copies removed before each "
+        "pull.",
+        "- reference config: filesystem storage, delete enabled, log level warn, no blob "
+        "descriptor cache.",
+    ]
+    if bench.failures:
+        lines += ["", "Workloads that stopped early:"]
+        lines += [f"- {text}" for text in bench.failures]
+    if footnotes:
+        lines += ["", "Footnotes:"]
+        lines += [f"{i}. {text}" for i, text in enumerate(footnotes, start=1)]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+ROW_KEYS = (
+    "mono-<MiB>, chunked-<MiB>, pull-1, pull-4, manifest-{put,get,head}-{1,16,64}, "
+    "images-8, tags, catalog, docker-push, docker-pull"
+)
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, short durations")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated row keys or prefixes (mono, manifest, ...): {ROW_KEYS}",
+    )
+    parser.add_argument(
+        "--cangku-cmd",
+        default=os.environ.get("CANGKU_BENCH_CMD", DEFAULT_CANGKU_CMD),
+        help="command template with {port} and {data}; 'reference' runs a second reference",
+    )
+    parser.add_argument("--output", type=Path, help="also write the report to this file")
+    return parser.parse_args()
+
+
+def main() -> int:
+    arguments = parse_arguments()
+    settings = Settings.build(arguments.quick)
+    only = [t.strip() for t in arguments.only.split(",") if t.strip()] if arguments.only else None
+
+    def terminate(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+    if shutil.which("wrk") is None:
+        log("wrk not found: install it with `apt-get install -y wrk` (manifest rows will fail)")
+    root = Path(tempfile.mkdtemp(prefix="cangku-bench-"))
+    registries = make_registries(root, arguments.cangku_cmd)
+    bench = Bench(settings=settings, registries=registries, workdir=root, only=only)
+    try:
+        for registry in registries:
+            registry.start()
+        info = machine_info(registries)
+        print("\n".join(info), file=sys.stderr)
+        for step in (
+            bench.blob_push_rows,
+            bench.blob_pull_rows,
+            bench.manifest_rows,
+            bench.image_push_row,
+            bench.tags_row,
+            bench.catalog_row,
+            bench.docker_rows,
+        ):
+            try:
+                step()
+            except Exception as error:  # keep going: the other workloads still tell something
+                traceback.print_exc(file=sys.stderr)
+                bench.failures.append(f"{step.__name__}: {error}"[:300])
+                for registry in registries:
+                    bench.check_alive(registry)
+        rss = {r.name: r.rss_peak_kib() for r in registries}
+        report = render(bench, info, rss)
+        print(report)
+        if arguments.output:
+            arguments.output.write_text(report)
+        return 0
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        bench.docker_cleanup()
+        for registry in registries:
+            registry.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        log(f"removed {root}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""/v2 with authentication on: challenges, Basic, Bearer, denials, visibility."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from cangku.auth.accounts import Accounts
+from tests.api.helpers import error_code, push_blob, push_image
+from tests.auth.conftest import As, basic, bearer, token_for
+
+
+async def test_anonymous_version_check_gets_a_bearer_challenge(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v2/")
+    assert response.status_code == 401
+    assert error_code(response) == "UNAUTHORIZED"
+    assert (
+        response.headers["WWW-Authenticate"]
+        == 'Bearer realm="http://registry.test/auth/token",service="cangku"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scope"),
+    [
+        ("GET", "/v2/jimo/app/tags/list", "repository:jimo/app:pull"),
+        ("HEAD", "/v2/jimo/app/manifests/v1", "repository:jimo/app:pull"),
+        ("POST", "/v2/jimo/app/blobs/uploads/", "repository:jimo/app:pull,push"),
+        ("PUT", "/v2/jimo/app/manifests/v1", "repository:jimo/app:pull,push"),
+        ("DELETE", "/v2/jimo/app/manifests/v1", "repository:jimo/app:delete"),
+    ],
+)
+async def test_challenge_names_the_scope_the_request_needs(
+    client: httpx.AsyncClient, method: str, path: str, scope: str
+) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].endswith(f',scope="{scope}"')
+
+
+async def test_basic_credentials_work_directly_on_v2(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v2/", headers=basic("jimo"))).status_code == 200
+    with As(client, basic("jimo")):
+        digest, _ = await push_image(client, "jimo/app", "v1")
+        assert (await client.get("/v2/jimo/app/manifests/v1")).headers[
+            "Docker-Content-Digest"
+        ] == digest
+
+
+async def test_wrong_password_is_401_unauthorized(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v2/", headers=basic("jimo", "wrong-password"))
+    assert response.status_code == 401
+    assert error_code(response) == "UNAUTHORIZED"
+    response = await client.get("/v2/", headers=basic("nobody", "whatever-password"))
+    assert response.status_code == 401
+
+
+async def test_push_to_another_users_namespace_is_denied(client: httpx.AsyncClient) -> None:
+    with As(client, basic("jimo")):
+        response = await client.post("/v2/lee/app/blobs/uploads/")
+    assert response.status_code == 403
+    assert error_code(response) == "DENIED"
+    assert response.json()["errors"][0]["message"] == "requested access to the resource is denied"
+
+
+async def test_token_grants_only_what_the_account_may_do(client: httpx.AsyncClient) -> None:
+    token = await token_for(
+        client, "jimo", "repository:jimo/app:pull,push", "repository:lee/app:pull,push"
+    )
+    with As(client, bearer(token)):
+        await push_image(client, "jimo/app", "v1")
+        assert (await client.post("/v2/lee/app/blobs/uploads/")).status_code == 403
+
+
+async def test_token_without_a_scope_the_account_has_gets_insufficient_scope(
+    client: httpx.AsyncClient,
+) -> None:
+    token = await token_for(client, "jimo", "repository:jimo/app:pull")
+    response = await client.post("/v2/jimo/app/blobs/uploads/", headers=bearer(token))
+    assert response.status_code == 401
+    challenge = response.headers["WWW-Authenticate"]
+    assert 'scope="repository:jimo/app:pull,push"' in challenge
+    assert 'error="insufficient_scope"' in challenge
+
+
+async def test_admin_may_do_everything(client: httpx.AsyncClient) -> None:
+    with As(client, basic("admin")):
+        await push_image(client, "lee/app", "v1")
+        assert (await client.delete("/v2/lee/app/manifests/v1")).status_code == 202
+
+
+async def test_private_repository_is_refused_to_anonymous_and_others(
+    client: httpx.AsyncClient,
+) -> None:
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo/private", "v1")
+    assert (await client.get("/v2/jimo/private/manifests/v1")).status_code == 401
+    anonymous = await token_for(client, None, "repository:jimo/private:pull")
+    assert (
+        await client.get("/v2/jimo/private/manifests/v1", headers=bearer(anonymous))
+    ).status_code == 403
+    assert (
+        await client.get("/v2/jimo/private/manifests/v1", headers=basic("lee"))
+    ).status_code == 403
+
+
+async def test_public_repository_may_be_pulled_anonymously_but_not_pushed(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    with As(client, basic("jimo")):
+        digest, _ = await push_image(client, "jimo/public", "v1")
+    await accounts.set_public("jimo/public", True)
+    assert (await client.get("/v2/jimo/public/manifests/v1")).headers[
+        "Docker-Content-Digest"
+    ] == digest
+    anonymous = await token_for(client, None, "repository:jimo/public:pull,push")
+    assert (
+        await client.get("/v2/jimo/public/manifests/v1", headers=bearer(anonymous))
+    ).status_code == 200
+    assert (
+        await client.post("/v2/jimo/public/blobs/uploads/", headers=bearer(anonymous))
+    ).status_code == 403
+    assert (
+        await client.post("/v2/jimo/public/blobs/uploads/", headers=basic("lee"))
+    ).status_code == 403
+
+
+async def test_catalog_lists_only_what_the_caller_may_see(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    for user, name in (
+        ("jimo", "jimo/a"),
+        ("jimo", "jimo/b"),
+        ("lee", "lee/a"),
+        ("lee", "lee/pub"),
+    ):
+        with As(client, basic(user)):
+            await push_image(client, name, "v1", layers=0)
+    await accounts.set_public("lee/pub", True)
+    listed = lambda r: r.json()["repositories"]  # noqa: E731
+    assert listed(await client.get("/v2/_catalog", headers=basic("jimo"))) == [
+        "jimo/a",
+        "jimo/b",
+        "lee/pub",
+    ]
+    assert listed(await client.get("/v2/_catalog")) == ["lee/pub"]
+    assert listed(await client.get("/v2/_catalog", headers=basic("admin"))) == [
+        "jimo/a",
+        "jimo/b",
+        "lee/a",
+        "lee/pub",
+    ]
+    token = await token_for(client, "lee", "registry:catalog:*")
+    assert listed(await client.get("/v2/_catalog", headers=bearer(token))) == ["lee/a", "lee/pub"]
+
+
+async def test_mount_only_from_a_repository_the_caller_may_pull(client: httpx.AsyncClient) -> None:
+    with As(client, basic("lee")):
+        digest = await push_blob(client, "lee/secret", b"lee's private layer")
+    with As(client, basic("jimo")):
+        response = await client.post(
+            "/v2/jimo/app/blobs/uploads/", params={"mount": digest, "from": "lee/secret"}
+        )
+        assert response.status_code == 202  # a normal upload session, not a mount
+        assert (await client.head(f"/v2/jimo/app/blobs/{digest}")).status_code == 404
+        own = await push_blob(client, "jimo/base", b"jimo's layer")
+        mounted = await client.post(
+            "/v2/jimo/app/blobs/uploads/", params={"mount": own, "from": "jimo/base"}
+        )
+        assert mounted.status_code == 201
+
+
+async def test_organization_roles(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    await accounts.add_organization("acme")
+    await accounts.add_user("wendy", "wendy-password")
+    await accounts.add_user("reed", "reed-password")
+    await accounts.set_member("acme", "jimo", "owner")
+    await accounts.set_member("acme", "wendy", "writer")
+    await accounts.set_member("acme", "reed", "reader")
+    with As(client, basic("wendy", "wendy-password")):
+        await push_image(client, "acme/app", "v1")
+        assert (await client.delete("/v2/acme/app/manifests/v1")).status_code == 403
+    with As(client, basic("reed", "reed-password")):
+        assert (await client.get("/v2/acme/app/tags/list")).status_code == 200
+        assert (await client.post("/v2/acme/app/blobs/uploads/")).status_code == 403
+    with As(client, basic("jimo")):
+        assert (await client.delete("/v2/acme/app/manifests/v1")).status_code == 202
+    with As(client, basic("lee")):
+        assert (await client.get("/v2/acme/app/tags/list")).status_code == 403
+
+
+async def test_json_api_follows_the_same_rules(client: httpx.AsyncClient) -> None:
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo/app", "1.0.0")
+    assert (await client.get("/api/v1/repositories/jimo/app/versions")).status_code == 401
+    assert (
+        await client.get("/api/v1/repositories/jimo/app/versions", headers=basic("lee"))
+    ).status_code == 403
+    assert (
+        await client.get("/api/v1/repositories/jimo/app/versions", headers=basic("jimo"))
+    ).status_code == 200
+
+
+async def test_tag_history_records_who_moved_a_tag(client: httpx.AsyncClient) -> None:
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo/app", "1.0.0")
+        history = (await client.get("/api/v1/repositories/jimo/app/tags/latest/history")).json()[
+            "history"
+        ]
+    assert [(change["actor"], change["reason"]) for change in history] == [
+        ("jimo", "follows 1.0.0")
+    ]
+
+
+async def test_disabled_user_cannot_log_in(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    assert (await client.get("/v2/", headers=basic("lee"))).status_code == 200
+    await accounts.set_disabled("lee", True)
+    assert (await client.get("/v2/", headers=basic("lee"))).status_code == 401

@@ -1,0 +1,198 @@
+"""The account commands, run as a person would, against a data directory."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from cangku import cli
+from cangku.auth.accounts import Accounts
+from cangku.metadata.store import MetadataStore, sqlite_url
+
+
+def run(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    data: Path,
+    *args: str,
+    stdin: str = "",
+) -> tuple[int, str, str]:
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    code = cli.main([*args, "--data", str(data)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def authenticate(data: Path, name: str, secret: str) -> bool:
+    async def check() -> bool:
+        store = MetadataStore.open(sqlite_url(data))
+        try:
+            return await Accounts(store).authenticate(name, secret) is not None
+        finally:
+            await store.close()
+
+    return asyncio.run(check())
+
+
+def test_user_lifecycle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (
+        run(
+            capsys,
+            monkeypatch,
+            tmp_path,
+            "user",
+            "add",
+            "jimo",
+            "--password-stdin",
+            stdin="first-password\n",
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            capsys,
+            monkeypatch,
+            tmp_path,
+            "user",
+            "add",
+            "boss",
+            "--admin",
+            "--password-stdin",
+            stdin="boss-password\n",
+        )[0]
+        == 0
+    )
+    assert run(capsys, monkeypatch, tmp_path, "user", "list")[1] == "boss  (admin)\njimo\n"
+    assert authenticate(tmp_path, "jimo", "first-password")
+    assert (
+        run(
+            capsys,
+            monkeypatch,
+            tmp_path,
+            "user",
+            "passwd",
+            "jimo",
+            "--password-stdin",
+            stdin="second-password\n",
+        )[0]
+        == 0
+    )
+    assert not authenticate(tmp_path, "jimo", "first-password")
+    assert authenticate(tmp_path, "jimo", "second-password")
+    assert run(capsys, monkeypatch, tmp_path, "user", "disable", "jimo")[0] == 0
+    assert not authenticate(tmp_path, "jimo", "second-password")
+    assert run(capsys, monkeypatch, tmp_path, "user", "enable", "jimo")[0] == 0
+    assert run(capsys, monkeypatch, tmp_path, "user", "del", "jimo")[0] == 0
+    code, _, err = run(capsys, monkeypatch, tmp_path, "user", "del", "jimo")
+    assert code == 1 and "no user 'jimo'" in err
+
+
+def test_refusals_are_clear(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = run(
+        capsys, monkeypatch, tmp_path, "user", "add", "jimo", "--password-stdin", stdin="short\n"
+    )
+    assert code == 1 and "at least 8 characters" in err
+    code, _, err = run(
+        capsys,
+        monkeypatch,
+        tmp_path,
+        "user",
+        "add",
+        "Jimo",
+        "--password-stdin",
+        stdin="long-enough-1\n",
+    )
+    assert code == 1 and "invalid name" in err
+    code, _, err = run(
+        capsys, monkeypatch, tmp_path, "user", "add", "jimo", "--password-stdin", stdin=""
+    )
+    assert code == 1 and "no password" in err
+
+
+def test_import_htpasswd_takes_bcrypt_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed = (
+        bcrypt.hashpw(b"imported-password", bcrypt.gensalt(rounds=4))
+        .decode()
+        .replace("$2b$", "$2y$")
+    )
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"# users\nalice:{hashed}\nbob:{{SHA}}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n")
+    code, out, err = run(
+        capsys, monkeypatch, tmp_path / "data", "user", "import-htpasswd", str(htpasswd)
+    )
+    assert code == 1  # one entry skipped
+    assert out == "added user alice\n"
+    assert "bob" in err and "not a bcrypt hash" in err
+    assert authenticate(tmp_path / "data", "alice", "imported-password")
+
+
+def test_organizations_tokens_and_visibility(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(
+        capsys,
+        monkeypatch,
+        tmp_path,
+        "user",
+        "add",
+        "jimo",
+        "--password-stdin",
+        stdin="jimo-password\n",
+    )
+    assert run(capsys, monkeypatch, tmp_path, "org", "add", "acme")[0] == 0
+    assert (
+        run(
+            capsys,
+            monkeypatch,
+            tmp_path,
+            "org",
+            "member",
+            "add",
+            "acme",
+            "jimo",
+            "--role",
+            "writer",
+        )[0]
+        == 0
+    )
+    assert run(capsys, monkeypatch, tmp_path, "org", "list")[1] == "acme\n  jimo  writer\n"
+    assert run(capsys, monkeypatch, tmp_path, "org", "member", "remove", "acme", "jimo")[0] == 0
+    assert run(capsys, monkeypatch, tmp_path, "org", "list")[1] == "acme\n"
+
+    code, out, err = run(
+        capsys, monkeypatch, tmp_path, "token", "create", "jimo", "--name", "ci", "--scope", "write"
+    )
+    token = out.strip()
+    assert code == 0 and token.startswith("ckt_") and "shown only this once" in err
+    assert authenticate(tmp_path, "jimo", token)
+    listing = run(capsys, monkeypatch, tmp_path, "token", "list", "jimo")[1]
+    assert " ci  write " in listing and "active" in listing and token not in listing
+    assert run(capsys, monkeypatch, tmp_path, "token", "revoke", "jimo", "ci")[0] == 0
+    assert not authenticate(tmp_path, "jimo", token)
+    assert "revoked" in run(capsys, monkeypatch, tmp_path, "token", "list", "jimo")[1]
+
+    assert (
+        run(capsys, monkeypatch, tmp_path, "repo", "set", "jimo/app", "--public")[1]
+        == "jimo/app is now public\n"
+    )
+
+    async def public() -> bool:
+        store = MetadataStore.open(sqlite_url(tmp_path))
+        try:
+            return await Accounts(store).is_public("jimo/app")
+        finally:
+            await store.close()
+
+    assert asyncio.run(public())
+    run(capsys, monkeypatch, tmp_path, "repo", "set", "jimo/app", "--private")
+    assert not asyncio.run(public())

@@ -1,0 +1,198 @@
+"""Passwords, personal access tokens, rate limits and the credential cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cangku.auth import accounts as accounts_module
+from cangku.auth.access import AccessControl
+from cangku.auth.accounts import AccountError, Accounts
+from cangku.auth.ratelimit import FailureLimiter
+from tests.api.helpers import error_code, push_image
+from tests.auth.conftest import As, basic
+
+
+async def test_access_token_works_as_a_password_and_respects_its_scope(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    write = await accounts.create_token("jimo", "ci", "write")
+    read = await accounts.create_token("jimo", "dashboards", "read")
+    assert write.startswith("ckt_")
+    with As(client, basic("jimo", write)):
+        await push_image(client, "jimo/app", "v1")
+    with As(client, basic("jimo", read)):
+        assert (await client.get("/v2/jimo/app/tags/list")).status_code == 200
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 403
+    listed = {token.name: token for token in await accounts.list_tokens("jimo")}
+    assert listed["ci"].last_used_at is not None
+    assert listed["dashboards"].scope == "read"
+
+
+async def test_revoked_token_is_refused(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    token = await accounts.create_token("jimo", "ci", "write")
+    assert (await client.get("/v2/", headers=basic("jimo", token))).status_code == 200
+    await accounts.revoke_token("jimo", "ci")
+    assert (await client.get("/v2/", headers=basic("jimo", token))).status_code == 401
+    with pytest.raises(AccountError):
+        await accounts.revoke_token("jimo", "ci")
+
+
+async def test_a_token_is_only_good_for_its_owner(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    token = await accounts.create_token("jimo", "ci", "write")
+    assert (await client.get("/v2/", headers=basic("lee", token))).status_code == 401
+    tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert (await client.get("/v2/", headers=basic("jimo", tampered))).status_code == 401
+
+
+async def test_tokens_are_stored_hashed(accounts: Accounts, registry: object) -> None:
+    token = await accounts.create_token("jimo", "ci", "write")
+    secret = token.rsplit("_", 1)[1]
+    database = Path(str(accounts.metadata.engine.url.database)).read_bytes()
+    assert secret.encode() not in database
+
+
+async def test_failed_logins_are_rate_limited_per_account(client: httpx.AsyncClient) -> None:
+    for _ in range(10):
+        assert (await client.get("/v2/", headers=basic("jimo", "wrong-guess"))).status_code == 401
+    limited = await client.get("/v2/", headers=basic("jimo", "jimo-password"))
+    assert limited.status_code == 429
+    assert error_code(limited) == "TOOMANYREQUESTS"
+    assert int(limited.headers["Retry-After"]) > 0
+    token_endpoint = await client.get("/auth/token", headers=basic("jimo"))
+    assert token_endpoint.status_code == 429
+    # Another account from the same address is not locked out yet.
+    assert (await client.get("/v2/", headers=basic("lee"))).status_code == 200
+
+
+def test_failure_limiter_window() -> None:
+    limiter = FailureLimiter(max_failures=3, window=60)
+    for moment in (0, 1, 2):
+        assert limiter.retry_after("k", now=moment) is None
+        limiter.record_failure("k", now=moment)
+    assert limiter.retry_after("k", now=3) == pytest.approx(57)
+    assert limiter.retry_after("k", now=61) is None  # the first failure left the window
+
+
+def test_failure_limiter_memory_is_bounded() -> None:
+    limiter = FailureLimiter(max_failures=3, window=60, max_keys=100)
+    for index in range(1000):
+        limiter.record_failure(f"address-{index}", now=0)
+    assert len(limiter._failures) == 100
+
+
+async def test_verified_password_is_cached_and_a_new_password_ends_it(
+    client: httpx.AsyncClient, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks = []
+    real = accounts_module.verify_password
+
+    def counting(password: str, password_hash: str) -> bool:
+        checks.append(password)
+        return real(password, password_hash)
+
+    monkeypatch.setattr(accounts_module, "verify_password", counting)
+    for _ in range(5):
+        assert (await client.get("/v2/", headers=basic("jimo"))).status_code == 200
+    assert len(checks) == 1
+    await accounts.set_password("jimo", "changed-password")
+    assert (await client.get("/v2/", headers=basic("jimo"))).status_code == 401
+    assert (await client.get("/v2/", headers=basic("jimo", "changed-password"))).status_code == 200
+
+
+async def test_no_secret_reaches_the_log(
+    client: httpx.AsyncClient, accounts: Accounts, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = await accounts.create_token("jimo", "ci", "write")
+    with caplog.at_level(logging.DEBUG):
+        await client.get("/v2/", headers=basic("jimo"))
+        await client.get("/v2/", headers=basic("jimo", token))
+        await client.get(
+            "/auth/token", params={"scope": "repository:jimo/a:pull"}, headers=basic("jimo")
+        )
+        await client.get("/v2/", headers=basic("jimo", "wrong-password-here"))
+    text = caplog.text
+    assert "GET /v2/" in text  # the access log did log the requests
+    for secret in ("jimo-password", token, "wrong-password-here", "Authorization", "Basic "):
+        assert secret not in text
+
+
+async def test_realm_follows_forwarded_headers_only_from_trusted_proxies(
+    access: AccessControl, client: httpx.AsyncClient
+) -> None:
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "registry.example.com"}
+    response = await client.get("/v2/", headers=forwarded)
+    assert 'realm="http://registry.test/auth/token"' in response.headers["WWW-Authenticate"]
+    from starlette.requests import Request
+
+    trusted = Request(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/v2/",
+            "scheme": "http",
+            "headers": [
+                (b"host", b"10.0.0.5:5000"),
+                (b"x-forwarded-proto", b"https"),
+                (b"x-forwarded-host", b"registry.example.com"),
+            ],
+            "client": ("10.0.0.1", 5555),
+            "server": ("10.0.0.5", 5000),
+            "query_string": b"",
+        }
+    )
+    assert access.base_url(trusted) == "https://registry.example.com"
+
+
+async def test_hostile_host_header_does_not_reach_the_challenge(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v2/", headers={"Host": 'evil",error="x'})
+    challenge = response.headers["WWW-Authenticate"]
+    assert "evil" not in challenge
+    assert challenge.count('"') == 4
+
+
+async def test_initial_admin_with_generated_password(registry: object, tmp_path: Path) -> None:
+    accounts = Accounts(registry.metadata)  # type: ignore[attr-defined]
+    data = tmp_path / "fresh"
+    data.mkdir()
+    password = await accounts.ensure_initial_admin(data, None)
+    assert password is not None
+    secret_file = data / "initial-admin-password"
+    assert secret_file.read_text().strip() == password
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    assert await accounts.authenticate("admin", password) is not None
+    assert (await accounts.principal("admin")).is_admin  # type: ignore[union-attr]
+    # Only on an empty account table.
+    assert await accounts.ensure_initial_admin(data, None) is None
+
+
+async def test_initial_admin_with_configured_password(registry: object, tmp_path: Path) -> None:
+    accounts = Accounts(registry.metadata)  # type: ignore[attr-defined]
+    assert await accounts.ensure_initial_admin(tmp_path, "configured-secret") is None
+    assert not (tmp_path / "initial-admin-password").exists()
+    assert await accounts.authenticate("admin", "configured-secret") is not None
+
+
+@pytest.mark.parametrize("name", ["Jimo", "a/b", "", "x" * 65, "-lee", "lee_"])
+async def test_account_names_must_be_namespaces(accounts: Accounts, name: str) -> None:
+    with pytest.raises(AccountError):
+        await accounts.add_user(name, "long-enough-password")
+
+
+async def test_users_and_organizations_share_names(accounts: Accounts) -> None:
+    with pytest.raises(AccountError, match="already a user"):
+        await accounts.add_organization("jimo")
+    await accounts.add_organization("acme")
+    with pytest.raises(AccountError, match="already an organization"):
+        await accounts.add_user("acme", "long-enough-password")
+
+
+@pytest.mark.parametrize("password", ["short", "x" * 73, "bad\npassword"])
+async def test_weak_or_unusable_passwords_are_refused(accounts: Accounts, password: str) -> None:
+    with pytest.raises(ValueError):
+        await accounts.add_user("newuser", password)
