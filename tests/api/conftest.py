@@ -42,7 +42,9 @@ async def client(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def raw_request(app: ASGIApp, method: str, path: str, query: bytes = b"") -> tuple[int, bytes]:
+async def raw_request(
+    app: ASGIApp, method: str, path: str, query: bytes = b""
+) -> tuple[int, bytes]:
     """Send a path exactly as given (httpx would normalise away `..` segments)."""
     messages: list[Message] = []
 
