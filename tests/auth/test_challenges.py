@@ -216,3 +216,15 @@ async def test_disabled_user_cannot_log_in(client: httpx.AsyncClient, accounts: 
     assert (await client.get("/v2/", headers=basic("lee"))).status_code == 200
     await accounts.set_disabled("lee", True)
     assert (await client.get("/v2/", headers=basic("lee"))).status_code == 401
+
+
+async def test_access_log_names_the_user_of_basic_and_bearer_requests(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = await token_for(client, "jimo", "repository:jimo/app:pull")
+    with caplog.at_level("INFO", logger="cangku.access"):
+        await client.get("/v2/jimo/app/tags/list", headers=bearer(token))
+        await client.get("/v2/lee/app/tags/list", headers=basic("jimo"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "cangku.access"]
+    assert any("/v2/jimo/app/tags/list" in line and "user=jimo" in line for line in lines)
+    assert any("/v2/lee/app/tags/list 403" in line and "user=jimo" in line for line in lines)

@@ -217,3 +217,25 @@ async def test_anonymous_token_grants_only_public_pulls(
 def test_access_claim_round_trip() -> None:
     grant = Access("repository", "a/b", frozenset({"push", "pull"}))
     assert grant.to_claim() == {"type": "repository", "name": "a/b", "actions": ["pull", "push"]}
+
+
+async def test_token_from_a_read_only_access_token_is_denied_push_not_rechallenged(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    read = await accounts.create_token("jimo", "dashboards", "read")
+    response = await client.get(
+        "/auth/token",
+        params={"service": "cangku", "scope": "repository:jimo/x:pull,push"},
+        headers=basic("jimo", read),
+    )
+    token = response.json()["token"]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["access"] == [{"type": "repository", "name": "jimo/x", "actions": ["pull"]}]
+    pushed = await client.post("/v2/jimo/x/blobs/uploads/", headers=bearer(token))
+    assert pushed.status_code == 403
+    assert error_code(pushed) == "DENIED"
+    await accounts.revoke_token("jimo", "dashboards")
+    # Revoked: the account's own rights no longer stand behind the token either.
+    assert (
+        await client.post("/v2/jimo/x/blobs/uploads/", headers=bearer(token))
+    ).status_code == 403

@@ -87,6 +87,7 @@ class AccessControl:
     ) -> Caller:
         """The caller, if they may do `action` on `repository`; raise Challenge/Denied if not."""
         caller = await self.authenticate(request)
+        request.scope["user_name"] = caller.name or "-"  # the access log's, also on refusal
         if action is None or action == CATALOG:
             # The version check and the catalog: any authenticated caller, and the catalog
             # also anonymously (it lists only what the caller may see).
@@ -101,7 +102,9 @@ class AccessControl:
         if caller.token is not None and caller.principal.name is not None:
             # The token lacks the scope; if the account itself has it, send the client for
             # a wider token instead of refusing.
-            current = await self.accounts.principal(caller.principal.name)
+            current = await self.accounts.principal(
+                caller.principal.name, token_id=caller.token.token_id
+            )
             if current is not None and action in current.actions(
                 repository, await self.accounts.is_public(repository)
             ):

@@ -77,7 +77,7 @@ async def _token_response(
 ) -> Response:
     grants = await _grants(access, principal, scopes)
     request.scope["user_name"] = principal.name or "-"
-    token, lifetime = access.tokens.issue(principal.name, grants)
+    token, lifetime = access.tokens.issue(principal.name, grants, principal.token_id)
     issued_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     body: dict[str, object] = {
         "access_token": token,

@@ -46,6 +46,8 @@ class AccessToken:
     subject: str | None
     access: tuple[Access, ...]
     expires_at: float
+    # The personal access token it was issued for, whose scope limits any wider token.
+    token_id: str | None = None
 
     def allows(self, resource_type: str, name: str, action: str) -> bool:
         return any(
@@ -98,10 +100,12 @@ class TokenService:
         # Verified tokens by their text: verifying an ES256 signature costs more than a GET.
         self._verified: OrderedDict[str, AccessToken] = OrderedDict()
 
-    def issue(self, subject: str | None, access: list[Access]) -> tuple[str, float]:
+    def issue(
+        self, subject: str | None, access: list[Access], token_id: str | None = None
+    ) -> tuple[str, float]:
         """A signed access token and its lifetime in seconds."""
         now = time.time()
-        claims = {
+        claims: dict[str, Any] = {
             "iss": ISSUER,
             "sub": subject or "",
             "aud": self.service,
@@ -111,6 +115,8 @@ class TokenService:
             "jti": secrets.token_urlsafe(16),
             "access": [grant.to_claim() for grant in access],
         }
+        if token_id is not None:
+            claims["tid"] = token_id
         token = jwt.encode(claims, self.key, algorithm=ALGORITHM, headers={"kid": self.kid})
         return token, self.lifetime
 
@@ -145,7 +151,13 @@ class TokenService:
             )
         except (KeyError, TypeError) as error:
             raise Unauthorized(f"invalid token: malformed access claim ({error})") from None
-        verified = AccessToken(claims.get("sub") or None, access, float(claims["exp"]))
+        token_id = claims.get("tid")
+        verified = AccessToken(
+            claims.get("sub") or None,
+            access,
+            float(claims["exp"]),
+            token_id if isinstance(token_id, str) else None,
+        )
         self._verified[token] = verified
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
