@@ -422,14 +422,15 @@ class Accounts:
                 token_id=token_id,
             )
 
-        return await self.metadata.read(load)
+        return await self.metadata.read_cached(("principal", name, token_id), load)
 
     # -- visibility ------------------------------------------------------------------------
     async def is_public(self, repository: str) -> bool:
-        public = await self.metadata.read(
+        public = await self.metadata.read_cached(
+            ("public", repository),
             lambda c: c.scalar(
                 select(repositories.c.public).where(repositories.c.name == repository)
-            )
+            ),
         )
         return self.public_by_default if public is None else bool(public)
 

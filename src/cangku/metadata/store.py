@@ -10,12 +10,19 @@ the store runs it as one unit: one thread hop per transaction instead of one per
   start with BEGIN IMMEDIATE, so a second process (the `cangku` CLI while the server runs)
   waits on the busy timeout instead of failing half-way through.
 - Other databases (PostgreSQL) run reads and writes in worker threads.
+
+Read cache (SQLite): results of hot reads are kept in memory and thrown away as soon as any
+connection — of this process or another one, the CLI included — commits to the database.
+SQLite tells: `PRAGMA data_version` on a connection of our own changes whenever another
+connection has committed. So a cached answer is never older than the last commit.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +35,8 @@ from sqlalchemy.engine import Connection, make_url
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 T = TypeVar("T")
+READ_CACHE_ENTRIES = 4096
+_MISSING = object()
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -39,6 +48,12 @@ class MetadataStore:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._cache: OrderedDict[Hashable, object] = OrderedDict()
+        self._cache_version: int | None = None
+        self._watch: sqlite3.Connection | None = None
+        if self.is_sqlite and engine.url.database not in (None, "", ":memory:"):
+            # Used only on the event loop thread, only for PRAGMA data_version.
+            self._watch = sqlite3.connect(engine.url.database, check_same_thread=False)
 
     @classmethod
     def open(cls, url: str) -> MetadataStore:
@@ -48,6 +63,9 @@ class MetadataStore:
         return cls(engine)
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         self.engine.dispose()
 
     async def read(self, work: Callable[[Connection], T]) -> T:
@@ -55,6 +73,26 @@ class MetadataStore:
         if self.is_sqlite:
             return self.read_now(work)
         return await anyio.to_thread.run_sync(self.read_now, work)
+
+    async def read_cached(self, key: Hashable, work: Callable[[Connection], T]) -> T:
+        """`read`, remembered under `key` until anything commits to the database.
+
+        Only for results that are immutable values; errors are not remembered."""
+        if self._watch is None:
+            return await self.read(work)
+        version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._cache_version:
+            self._cache.clear()
+            self._cache_version = version
+        cached = self._cache.get(key, _MISSING)
+        if cached is not _MISSING:
+            self._cache.move_to_end(key)
+            return cached  # type: ignore[return-value]
+        value = self.read_now(work)
+        self._cache[key] = value
+        if len(self._cache) > READ_CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return value
 
     def read_now(self, work: Callable[[Connection], T]) -> T:
         with self.engine.connect() as connection:

@@ -122,8 +122,9 @@ class Registry:
         validate_repository_name(name)
         parsed = Digest.parse(digest)
         parameters = {"name": name, "digest": str(parsed)}
-        size = await self.metadata.read(
-            lambda connection: connection.scalar(BLOB_SIZE_IN_REPOSITORY, parameters)
+        size = await self.metadata.read_cached(
+            ("blob", name, str(parsed)),
+            lambda connection: connection.scalar(BLOB_SIZE_IN_REPOSITORY, parameters),
         )
         if size is None:
             raise BlobUnknown("blob unknown to registry", str(parsed))
@@ -337,7 +338,7 @@ class Registry:
                 digest=row.digest, media_type=row.media_type, size=row.size, content=row.content
             )
 
-        return await self.metadata.read(find)
+        return await self.metadata.read_cached(("manifest", name, reference), find)
 
     async def delete_manifest(self, name: str, reference: str, actor: str | None = None) -> None:
         """By digest: the manifest and every tag on it. By tag: only that tag."""
@@ -472,7 +473,7 @@ class Registry:
                 query = query.where(tags.c.name > last)
             return _page(connection, query.order_by(tags.c.name), limit)
 
-        return await self.metadata.read(page)
+        return await self.metadata.read_cached(("tags", name, limit, last), page)
 
     async def list_repositories(
         self, limit: int | None, last: str | None, visible: Visibility | None = None
@@ -497,7 +498,10 @@ class Registry:
         if last:
             query = query.where(repositories.c.name > last)
         ordered = query.order_by(repositories.c.name)
-        return await self.metadata.read(lambda connection: _page(connection, ordered, limit))
+        return await self.metadata.read_cached(
+            ("catalog", limit, last, visible),
+            lambda connection: _page(connection, ordered, limit),
+        )
 
     async def list_referrers(
         self, name: str, digest: str, artifact_type: str | None
