@@ -10,12 +10,38 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from cangku.content.errors import Denied
 from cangku.content.versions import Version, highest_release, is_floating_tag, parse_version
 from cangku.metadata.schema import tag_history, tag_policies, tags
+
+# Statements built once (building one costs more than running it on SQLite).
+_POLICY_ROWS = select(
+    tag_policies.c.scope, tag_policies.c.floating, tag_policies.c.immutable_versions
+).where(
+    ((tag_policies.c.scope == "repository") & (tag_policies.c.name == bindparam("repository")))
+    | ((tag_policies.c.scope == "namespace") & (tag_policies.c.name == bindparam("namespace")))
+)
+_TAG_DIGEST = select(tags.c.manifest_digest).where(
+    tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
+)
+_REPOSITORY_TAGS = (
+    select(tags.c.name, tags.c.manifest_digest)
+    .where(tags.c.repository_id == bindparam("repository_id"))
+    .order_by(tags.c.updated_at, tags.c.name)
+)
+_INSERT_TAG = insert(tags)
+_UPDATE_TAG = (
+    update(tags)
+    .where(tags.c.repository_id == bindparam("b_repository_id"), tags.c.name == bindparam("b_tag"))
+    .values(manifest_digest=bindparam("digest"), updated_at=bindparam("now"))
+)
+_DELETE_TAG = delete(tags).where(
+    tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
+)
+_INSERT_HISTORY = insert(tag_history)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +59,7 @@ class VersionTag:
 def resolve_policy(connection: Connection, name: str, defaults: TagPolicy) -> TagPolicy:
     """The repository's own setting, else its namespace's, else the server's default."""
     rows = connection.execute(
-        select(
-            tag_policies.c.scope, tag_policies.c.floating, tag_policies.c.immutable_versions
-        ).where(
-            ((tag_policies.c.scope == "repository") & (tag_policies.c.name == name))
-            | ((tag_policies.c.scope == "namespace") & (tag_policies.c.name == name.split("/")[0]))
-        )
+        _POLICY_ROWS, {"repository": name, "namespace": name.split("/")[0]}
     ).all()
     by_scope = {row.scope: row for row in rows}
     floating, immutable = defaults.floating, defaults.immutable_versions
@@ -74,11 +95,7 @@ def set_policy(
 
 def version_tags(connection: Connection, repository_id: int) -> list[VersionTag]:
     """The repository's version tags, oldest change first (so the newest wins a tie)."""
-    rows = connection.execute(
-        select(tags.c.name, tags.c.manifest_digest)
-        .where(tags.c.repository_id == repository_id)
-        .order_by(tags.c.updated_at, tags.c.name)
-    ).all()
+    rows = connection.execute(_REPOSITORY_TAGS, {"repository_id": repository_id}).all()
     found = []
     for row in rows:
         version = parse_version(row.name)
@@ -88,11 +105,7 @@ def version_tags(connection: Connection, repository_id: int) -> list[VersionTag]
 
 
 def current_digest(connection: Connection, repository_id: int, tag: str) -> str | None:
-    return connection.scalar(
-        select(tags.c.manifest_digest).where(
-            tags.c.repository_id == repository_id, tags.c.name == tag
-        )
-    )
+    return connection.scalar(_TAG_DIGEST, {"repository_id": repository_id, "tag": tag})
 
 
 def push_tag(
@@ -142,9 +155,7 @@ def remove_tags(
 ) -> None:
     """Tags were deleted (tag → the digest it had): record it, fall floating tags back."""
     for tag, digest in removed.items():
-        connection.execute(
-            delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == tag)
-        )
+        connection.execute(_DELETE_TAG, {"repository_id": repository_id, "tag": tag})
         _record(connection, repository_id, tag, digest, None, actor, "deleted")
     if not policy.floating:
         return
@@ -167,11 +178,7 @@ def remove_tags(
         previous = current_digest(connection, repository_id, floating)
         if best is None:
             if previous is not None:
-                connection.execute(
-                    delete(tags).where(
-                        tags.c.repository_id == repository_id, tags.c.name == floating
-                    )
-                )
+                connection.execute(_DELETE_TAG, {"repository_id": repository_id, "tag": floating})
                 _record(
                     connection,
                     repository_id,
@@ -225,15 +232,18 @@ def _move(
     now = time.time()
     if previous is None:
         connection.execute(
-            insert(tags).values(
-                repository_id=repository_id, name=tag, manifest_digest=digest, updated_at=now
-            )
+            _INSERT_TAG,
+            {
+                "repository_id": repository_id,
+                "name": tag,
+                "manifest_digest": digest,
+                "updated_at": now,
+            },
         )
     else:
         connection.execute(
-            update(tags)
-            .where(tags.c.repository_id == repository_id, tags.c.name == tag)
-            .values(manifest_digest=digest, updated_at=now)
+            _UPDATE_TAG,
+            {"b_repository_id": repository_id, "b_tag": tag, "digest": digest, "now": now},
         )
     if previous != digest:
         _record(connection, repository_id, tag, previous, digest, actor, reason)
@@ -249,13 +259,14 @@ def _record(
     reason: str,
 ) -> None:
     connection.execute(
-        insert(tag_history).values(
-            repository_id=repository_id,
-            tag=tag,
-            old_digest=old,
-            new_digest=new,
-            changed_at=time.time(),
-            actor=actor,
-            reason=reason,
-        )
+        _INSERT_HISTORY,
+        {
+            "repository_id": repository_id,
+            "tag": tag,
+            "old_digest": old,
+            "new_digest": new,
+            "changed_at": time.time(),
+            "actor": actor,
+            "reason": reason,
+        },
     )
