@@ -88,3 +88,21 @@ async def put_manifest(
         content=json.dumps(document).encode(),
         headers={"Content-Type": media_type},
     )
+
+
+async def pull_image(client: httpx.AsyncClient, name: str, reference: str) -> dict[str, Any]:
+    """GET a manifest (or index) and every blob under it, verifying each digest."""
+    response = await client.get(
+        f"/v2/{name}/manifests/{reference}",
+        headers={"Accept": ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])},
+    )
+    assert response.status_code == 200, f"{name}:{reference}: {response.text}"
+    assert sha256(response.content) == response.headers["Docker-Content-Digest"]
+    document: dict[str, Any] = json.loads(response.content)
+    for child in document.get("manifests", []):
+        await pull_image(client, name, child["digest"])
+    for blob in [document["config"], *document["layers"]] if "config" in document else []:
+        got = await client.get(f"/v2/{name}/blobs/{blob['digest']}")
+        assert got.status_code == 200, f"{name}@{blob['digest']}: {got.text}"
+        assert sha256(got.content) == blob["digest"]
+    return document
