@@ -1,10 +1,13 @@
-"""The ASGI application: /v2 (the distribution API) and, later, the UI and JSON API.
+"""The ASGI application: /v2 (the distribution API), the JSON API and, later, the UI.
 
-Built once from the settings; everything it needs is passed down explicitly.
+Built once from the settings; everything it needs is passed down explicitly. The lifespan
+also runs the garbage-collection schedule (`gc.interval`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -15,13 +18,15 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cangku.api import api_routes
 from cangku.config import Settings
 from cangku.distribution.routes import DistributionApp
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
+from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
 from cangku.storage.filesystem import FilesystemStorage
 
 access_log = logging.getLogger("cangku.access")
@@ -34,6 +39,15 @@ def build_registry(settings: Settings) -> Registry:
     return Registry(storage, metadata)
 
 
+def build_collector(settings: Settings, registry: Registry) -> GarbageCollector:
+    policy = CollectionPolicy(
+        grace=settings.gc.grace,
+        delete_untagged_after=settings.gc.delete_untagged_after,
+        upload_expiry=settings.uploads.expire,
+    )
+    return GarbageCollector(registry.storage, registry.metadata, policy)
+
+
 def create_app(settings: Settings, registry: Registry | None = None) -> ASGIApp:
     registry = registry or build_registry(settings)
 
@@ -42,10 +56,22 @@ def create_app(settings: Settings, registry: Registry | None = None) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        collecting = None
+        if settings.gc.interval > 0:
+            collecting = asyncio.create_task(
+                collect_periodically(build_collector(settings, registry), settings.gc.interval)
+            )
         yield
+        if collecting is not None:
+            collecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collecting
         await registry.metadata.close()
 
-    site = Starlette(routes=[Route("/healthz", health)], lifespan=lifespan)
+    site = Starlette(
+        routes=[Route("/healthz", health), Mount("/api/v1", routes=api_routes(registry))],
+        lifespan=lifespan,
+    )
     return AccessLog(RegistryApp(DistributionApp(registry), site))
 
 

@@ -230,6 +230,9 @@ def usage_report(connection: Connection, repository_ids: list[int] | None = None
             )
         )
     limits = dict(connection.execute(select(quotas.c.namespace, quotas.c.limit_bytes)).all())
+    if repository_ids is None:
+        for namespace in limits:
+            by_namespace.setdefault(namespace, [])  # a quota set ahead of the first push
     namespaces = [
         NamespaceUsage(
             namespace=namespace,

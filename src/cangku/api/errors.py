@@ -1,0 +1,26 @@
+"""Domain errors as JSON for the /api/v1 endpoints: `{"error": {"code", "message"}}`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cangku.content.errors import RegistryError
+from cangku.distribution.errors import STATUS_BY_CODE
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_errors(handler: Handler) -> Handler:
+    async def handle(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except RegistryError as error:
+            return JSONResponse(
+                {"error": {"code": error.code, "message": error.message}},
+                status_code=STATUS_BY_CODE.get(error.code, 400),
+            )
+
+    return handle
