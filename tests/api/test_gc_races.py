@@ -333,3 +333,24 @@ async def test_a_pull_by_tag_is_never_broken_by_a_collection(
             await asyncio.sleep(0)
 
     await asyncio.gather(pulls(), collections())
+
+
+async def test_a_blob_collected_between_lookup_and_read_answers_404_not_a_broken_body(
+    client: httpx.AsyncClient,
+    registry: Registry,
+    collector: GarbageCollector,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    digest = await push_blob(client, "jimo/app", os.urandom(900))  # unreferenced
+    original = registry.stat_blob
+
+    async def stat_then_collect(name: str, wanted: str) -> tuple[Digest, int]:
+        found = await original(name, wanted)
+        await collector.collect()
+        return found
+
+    monkeypatch.setattr(registry, "stat_blob", stat_then_collect)
+    response = await client.get(f"/v2/jimo/app/blobs/{digest}")
+
+    assert response.status_code == 404
+    assert error_code(response) == "BLOB_UNKNOWN"
