@@ -16,14 +16,15 @@ from cangku.metadata.schema import blobs, manifests, uploads
 from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector
 from tests.api.helpers import (
-    OCI_CONFIG,
     OCI_INDEX,
-    OCI_LAYER,
     OCI_MANIFEST,
-    descriptor,
+    blob_files,
     pull_image,
     push_blob,
+    push_manifest_of,
     put_manifest,
+    random_config,
+    recorded_blobs,
     sha256,
 )
 
@@ -35,40 +36,6 @@ def with_policy(collector: GarbageCollector, **changes: Any) -> GarbageCollector
     return GarbageCollector(
         collector.storage, collector.metadata, replace(collector.policy, **changes)
     )
-
-
-def blob_files(data_dir: Path) -> set[str]:
-    return {f"sha256:{path.name}" for path in (data_dir / "blobs" / "sha256").glob("*/*")}
-
-
-async def recorded_blobs(registry: Registry) -> set[str]:
-    return set(await registry.metadata.read(lambda c: c.scalars(select(blobs.c.digest)).all()))
-
-
-async def push_manifest_of(
-    client: httpx.AsyncClient,
-    name: str,
-    reference: str | None,
-    config: bytes,
-    layers: list[bytes],
-    **extra: Any,
-) -> str:
-    """Upload config and layers (already present ones too) and put their manifest."""
-    for blob in [config, *layers]:
-        await push_blob(client, name, blob)
-    document = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(OCI_LAYER, layer) for layer in layers],
-        **extra,
-    }
-    content = json.dumps(document).encode()
-    response = await put_manifest(
-        client, name, reference or sha256(content), document, OCI_MANIFEST
-    )
-    assert response.status_code == 201, response.text
-    return sha256(content)
 
 
 async def put_index(
@@ -91,12 +58,6 @@ async def manifest_exists(client: httpx.AsyncClient, name: str, digest: str) -> 
         f"/v2/{name}/manifests/{digest}", headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
     )
     return response.status_code == 200
-
-
-def random_config() -> bytes:
-    return json.dumps(
-        {"architecture": "amd64", "os": "linux", "salt": os.urandom(8).hex()}
-    ).encode()
 
 
 # -- blobs -------------------------------------------------------------------------------------

@@ -31,14 +31,15 @@ from tests.api.helpers import (
     OCI_INDEX,
     OCI_LAYER,
     OCI_MANIFEST,
+    blob_files,
     descriptor,
     error_code,
     pull_image,
     push_blob,
     put_manifest,
+    recorded_blobs,
     sha256,
 )
-from tests.api.test_garbage_collection import blob_files, recorded_blobs
 
 
 class Pause:

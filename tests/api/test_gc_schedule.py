@@ -12,8 +12,10 @@ from starlette.types import Message
 from cangku.app import create_app
 from cangku.config import Settings
 from cangku.registry import Registry
-from tests.api.helpers import push_blob
-from tests.api.test_garbage_collection import blob_files
+from tests.api.helpers import (
+    blob_files,
+    push_blob,
+)
 
 
 async def serve_for(settings: Settings, registry: Registry, seconds: float) -> None:

@@ -30,8 +30,16 @@ from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
 from cangku.registry.gc import GarbageCollector
 from cangku.storage.filesystem import FilesystemStorage
-from tests.api.helpers import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, descriptor, pull_image, sha256
-from tests.api.test_garbage_collection import blob_files, recorded_blobs
+from tests.api.helpers import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    blob_files,
+    descriptor,
+    pull_image,
+    recorded_blobs,
+    sha256,
+)
 
 STRESS_SECONDS = 5.0
 CLIENTS = 4

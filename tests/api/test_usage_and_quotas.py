@@ -12,12 +12,15 @@ import pytest
 
 from cangku.registry import Registry
 from cangku.registry.gc import GarbageCollector
-from tests.api.helpers import OCI_MANIFEST, error_code, push_blob, sha256
-from tests.api.test_garbage_collection import (
+from tests.api.helpers import (
+    OCI_MANIFEST,
     blob_files,
+    error_code,
+    push_blob,
     push_manifest_of,
     random_config,
     recorded_blobs,
+    sha256,
 )
 
 
