@@ -1,10 +1,13 @@
-"""The ASGI application: /v2 (the distribution API) and, later, the UI and JSON API.
+"""The ASGI application: /v2 (the distribution API), the JSON API and, later, the UI.
 
-Built once from the settings; everything it needs is passed down explicitly.
+Built once from the settings; everything it needs is passed down explicitly. The lifespan
+also runs the garbage-collection schedule (`gc.interval`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -28,6 +31,7 @@ from cangku.config import Settings
 from cangku.distribution.routes import DistributionApp
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
+from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
 from cangku.registry.tags import TagPolicy
 from cangku.storage.filesystem import FilesystemStorage
 
@@ -71,6 +75,15 @@ async def create_initial_admin(settings: Settings, access: AccessControl) -> Non
         )
 
 
+def build_collector(settings: Settings, registry: Registry) -> GarbageCollector:
+    policy = CollectionPolicy(
+        grace=settings.gc.grace,
+        delete_untagged_after=settings.gc.delete_untagged_after,
+        upload_expiry=settings.uploads.expire,
+    )
+    return GarbageCollector(registry.storage, registry.metadata, policy)
+
+
 def create_app(settings: Settings, registry: Registry | None = None) -> ASGIApp:
     registry = registry or build_registry(settings)
     access = build_access_control(settings, registry)
@@ -80,9 +93,18 @@ def create_app(settings: Settings, registry: Registry | None = None) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        collecting = None
+        if settings.gc.interval > 0:
+            collecting = asyncio.create_task(
+                collect_periodically(build_collector(settings, registry), settings.gc.interval)
+            )
         if access is not None:
             await create_initial_admin(settings, access)
         yield
+        if collecting is not None:
+            collecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collecting
         await registry.metadata.close()
 
     routes: list[BaseRoute] = [Route("/healthz", health)]

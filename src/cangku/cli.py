@@ -1,18 +1,24 @@
-"""The `cangku` command: `serve`, and the administration commands that work on the same
-data directory (`--data`/`--config`), also while the server runs."""
+"""The `cangku` command: `serve`, and the administration commands (accounts, policies, `gc`,
+`usage`, `quota`) that work on the same data directory (`--data`/`--config`).
+
+They load the settings exactly as `serve` does and are safe while the server runs: they meet
+it in the database's transactions.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cangku import __version__
 from cangku.config import Settings, load_settings
+from cangku.content.units import format_duration, format_size, parse_duration, parse_size
 
 log = logging.getLogger("cangku")
 T = TypeVar("T")
@@ -139,7 +145,52 @@ def build_parser() -> argparse.ArgumentParser:
     namespace_policy.add_argument("name", help="namespace, e.g. jimo")
     _add_policy_switches(namespace_policy)
     namespace_policy.set_defaults(scope="namespace")
+
+    gc = _command(commands, "gc", "collect garbage now (safe while the server runs)", run=gc_run)
+    gc.description = GC_HELP
+    gc.add_argument(
+        "--dry-run", action="store_true", help="print what would be deleted; delete nothing"
+    )
+    gc.add_argument(
+        "--grace",
+        type=_duration,
+        help="keep unreferenced blobs younger than this (default: gc.grace, 1h)",
+    )
+    usage = _command(
+        commands, "usage", "bytes stored per namespace and repository, and quotas", run=usage_run
+    )
+    usage.add_argument("--json", action="store_true", help="print the JSON of /api/v1/usage")
+    quota = commands.add_parser("quota", help="storage quotas per namespace").add_subparsers(
+        dest="action", required=True
+    )
+    quota_set = _command(
+        quota, "set", "cap a namespace's deduplicated usage (e.g. 10GiB, 500MB)", run=quota_run
+    )
+    quota_set.add_argument("namespace")
+    quota_set.add_argument("size", type=_size)
+    _command(quota, "unset", "remove a namespace's quota", run=quota_run).add_argument("namespace")
+    _command(quota, "list", "every quota with its usage", run=quota_run)
     return parser
+
+
+GC_HELP = """\
+Delete what no tag needs any more: blobs no manifest references (older than the grace
+period), untagged manifests if gc.untagged says so, idle upload sessions (uploads.expire).
+Runs beside the server on the same data directory; see docs/garbage-collection.md."""
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 Run = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
@@ -329,6 +380,143 @@ async def tag_policy_run(settings: Settings, args: argparse.Namespace) -> int:
     print(f"  floating tags:      {'on' if policy.floating else 'off'}")
     print(f"  immutable versions: {'on' if policy.immutable_versions else 'off'}")
     return 0
+
+
+async def gc_run(settings: Settings, args: argparse.Namespace) -> int:
+    dry_run, grace = args.dry_run, args.grace
+    from cangku.app import build_collector, build_registry
+
+    if grace is not None:
+        settings = settings.model_copy(
+            update={"gc": settings.gc.model_copy(update={"grace": grace})}
+        )
+    registry = build_registry(settings)
+    try:
+        report = await build_collector(settings, registry).collect(dry_run=dry_run)
+    finally:
+        await registry.metadata.close()
+    if dry_run:
+        for manifest in report.manifests:
+            print(f"manifest  {manifest.repository}@{manifest.digest}  {manifest.size} bytes")
+        for blob in report.blobs:
+            kind = "file" if blob.orphan else "blob"
+            print(f"{kind}      {blob.digest}  {blob.size} bytes")
+        for upload_id in report.uploads:
+            print(f"upload    {upload_id}")
+    print(f"grace period {format_duration(settings.gc.grace)}: {report.summary()}")
+    if dry_run:
+        print(f"would free {report.freed_bytes} bytes ({format_size(report.freed_bytes)})")
+    return 0
+
+
+async def usage_run(settings: Settings, args: argparse.Namespace) -> int:
+    as_json = args.json
+    from cangku.app import build_registry
+
+    registry = build_registry(settings)
+    try:
+        report = await registry.usage()
+    finally:
+        await registry.metadata.close()
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    header = ("NAMESPACE / REPOSITORY", "MANIFESTS", "TAGS", "BLOBS", "DEDUPLICATED", "APPARENT")
+    rows = [(*header, "QUOTA")]
+    for namespace in report.namespaces:
+        quota = "-"
+        if namespace.quota_bytes is not None:
+            used = namespace.deduplicated_bytes / max(namespace.quota_bytes, 1) * 100
+            quota = f"{format_size(namespace.quota_bytes)} ({used:.0f}% used)"
+        rows.append(
+            (
+                namespace.namespace,
+                str(sum(r.manifests for r in namespace.repositories)),
+                str(sum(r.tags for r in namespace.repositories)),
+                "",
+                format_size(namespace.deduplicated_bytes),
+                format_size(namespace.apparent_bytes),
+                quota,
+            )
+        )
+        for repository in namespace.repositories:
+            rows.append(
+                (
+                    f"  {repository.repository}",
+                    str(repository.manifests),
+                    str(repository.tags),
+                    str(repository.blobs),
+                    format_size(repository.deduplicated_bytes),
+                    format_size(repository.apparent_bytes),
+                    "",
+                )
+            )
+    rows.append(
+        (
+            "total",
+            "",
+            "",
+            "",
+            format_size(report.deduplicated_bytes),
+            format_size(report.apparent_bytes),
+            f"blob store {format_size(report.blob_store_bytes)}",
+        )
+    )
+    _print_table(rows)
+    return 0
+
+
+async def quota_run(settings: Settings, args: argparse.Namespace) -> int:
+    action = args.action
+    namespace: str | None = getattr(args, "namespace", None)
+    size: int | None = getattr(args, "size", None)
+    from cangku.app import build_registry
+    from cangku.content.errors import RegistryError
+
+    registry = build_registry(settings)
+    try:
+        if action == "set":
+            assert namespace is not None and size is not None
+            quota = await registry.set_quota(namespace, size)
+            print(
+                f"quota of {quota.namespace}: {format_size(quota.limit_bytes)} "
+                f"({quota.limit_bytes} bytes); {format_size(quota.usage_bytes)} used"
+            )
+        elif action == "unset":
+            assert namespace is not None
+            if not await registry.unset_quota(namespace):
+                print(f"cangku: {namespace} has no quota", file=sys.stderr)
+                return 1
+            print(f"quota of {namespace} removed")
+        else:
+            rows = [("NAMESPACE", "QUOTA", "USED", "QUOTA BYTES", "USED BYTES")]
+            for quota in await registry.quotas():
+                rows.append(
+                    (
+                        quota.namespace,
+                        format_size(quota.limit_bytes),
+                        format_size(quota.usage_bytes),
+                        str(quota.limit_bytes),
+                        str(quota.usage_bytes),
+                    )
+                )
+            _print_table(rows)
+    except RegistryError as error:
+        print(f"cangku: {error.message}", file=sys.stderr)
+        return 2
+    finally:
+        await registry.metadata.close()
+    return 0
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            cell.ljust(width) if column == 0 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
 
 
 def serve_forever(settings: Settings) -> int:

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from cangku.content.units import format_duration, parse_duration
 
 
 class StorageSettings(BaseModel):
@@ -29,6 +38,51 @@ class TagSettings(BaseModel):
     # Server defaults; namespaces and repositories override them (`cangku repo policy`).
     floating: bool = True
     immutable_versions: bool = False
+
+
+# Seconds, written in the configuration as "1h", "30m", "24h" or "0" (or a number of seconds).
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+class GcSettings(BaseModel):
+    """Online garbage collection (docs/garbage-collection.md)."""
+
+    # How often the server collects; 0 turns the schedule off (`cangku gc` still works).
+    interval: Duration = 3600.0
+    # Unreferenced blobs (and untagged manifests) younger than this are never collected.
+    grace: Duration = 3600.0
+    # "keep", or "delete-after DURATION": untagged, unreferenced manifests are deleted once
+    # they have been so for DURATION.
+    untagged: str = "keep"
+
+    @field_validator("untagged")
+    @classmethod
+    def _valid_untagged(cls, value: str) -> str:
+        parse_untagged_policy(value)
+        return value
+
+    @property
+    def delete_untagged_after(self) -> float | None:
+        """None to keep untagged manifests, else the seconds after which they go."""
+        return parse_untagged_policy(self.untagged)
+
+
+def parse_untagged_policy(value: str) -> float | None:
+    words = value.split()
+    if words == ["keep"]:
+        return None
+    if len(words) == 2 and words[0] == "delete-after":
+        return parse_duration(words[1])
+    raise ValueError(f"gc.untagged must be 'keep' or 'delete-after DURATION', not {value!r}")
+
+
+class UploadSettings(BaseModel):
+    # Upload sessions without activity for this long are purged by garbage collection.
+    expire: Duration = 86400.0
 
 
 class AuthSettings(BaseModel):
@@ -68,6 +122,8 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tags: TagSettings = Field(default_factory=TagSettings)
+    gc: GcSettings = Field(default_factory=GcSettings)
+    uploads: UploadSettings = Field(default_factory=UploadSettings)
 
     @field_validator("listen")
     @classmethod

@@ -13,6 +13,7 @@ from cangku.app import create_app
 from cangku.config import Settings
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
+from cangku.registry.gc import CollectionPolicy, GarbageCollector
 from cangku.storage.filesystem import FilesystemStorage
 
 
@@ -72,3 +73,9 @@ async def raw_request(
     status = next(m["status"] for m in messages if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
     return status, body
+
+
+@pytest.fixture
+def collector(registry: Registry) -> GarbageCollector:
+    """A collector with no grace period: everything unreferenced is garbage at once."""
+    return GarbageCollector(registry.storage, registry.metadata, CollectionPolicy(grace=0))

@@ -5,9 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import select
+
+from cangku.metadata.schema import blobs
+from cangku.registry import Registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -88,3 +93,61 @@ async def put_manifest(
         content=json.dumps(document).encode(),
         headers={"Content-Type": media_type},
     )
+
+
+async def pull_image(client: httpx.AsyncClient, name: str, reference: str) -> dict[str, Any]:
+    """GET a manifest (or index) and every blob under it, verifying each digest."""
+    response = await client.get(
+        f"/v2/{name}/manifests/{reference}",
+        headers={"Accept": ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])},
+    )
+    assert response.status_code == 200, f"{name}:{reference}: {response.text}"
+    assert sha256(response.content) == response.headers["Docker-Content-Digest"]
+    document: dict[str, Any] = json.loads(response.content)
+    for child in document.get("manifests", []):
+        await pull_image(client, name, child["digest"])
+    for blob in [document["config"], *document["layers"]] if "config" in document else []:
+        got = await client.get(f"/v2/{name}/blobs/{blob['digest']}")
+        assert got.status_code == 200, f"{name}@{blob['digest']}: {got.text}"
+        assert sha256(got.content) == blob["digest"]
+    return document
+
+
+def blob_files(data_dir: Path) -> set[str]:
+    return {f"sha256:{path.name}" for path in (data_dir / "blobs" / "sha256").glob("*/*")}
+
+
+async def recorded_blobs(registry: Registry) -> set[str]:
+    return set(await registry.metadata.read(lambda c: c.scalars(select(blobs.c.digest)).all()))
+
+
+async def push_manifest_of(
+    client: httpx.AsyncClient,
+    name: str,
+    reference: str | None,
+    config: bytes,
+    layers: list[bytes],
+    **extra: Any,
+) -> str:
+    """Upload config and layers (already present ones too) and put their manifest."""
+    for blob in [config, *layers]:
+        await push_blob(client, name, blob)
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [descriptor(OCI_LAYER, layer) for layer in layers],
+        **extra,
+    }
+    content = json.dumps(document).encode()
+    response = await put_manifest(
+        client, name, reference or sha256(content), document, OCI_MANIFEST
+    )
+    assert response.status_code == 201, response.text
+    return sha256(content)
+
+
+def random_config() -> bytes:
+    return json.dumps(
+        {"architecture": "amd64", "os": "linux", "salt": os.urandom(8).hex()}
+    ).encode()

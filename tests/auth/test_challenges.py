@@ -228,3 +228,18 @@ async def test_access_log_names_the_user_of_basic_and_bearer_requests(
     lines = [r.getMessage() for r in caplog.records if r.name == "cangku.access"]
     assert any("/v2/jimo/app/tags/list" in line and "user=jimo" in line for line in lines)
     assert any("/v2/lee/app/tags/list 403" in line and "user=jimo" in line for line in lines)
+
+
+async def test_usage_api_is_for_admins_and_repository_usage_for_pullers(
+    client: httpx.AsyncClient,
+) -> None:
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo/app", "v1")
+    assert (await client.get("/api/v1/usage")).status_code == 401
+    assert (await client.get("/api/v1/usage", headers=basic("jimo"))).status_code == 403
+    assert (await client.get("/api/v1/quotas", headers=basic("jimo"))).status_code == 403
+    assert (await client.get("/api/v1/usage", headers=basic("admin"))).status_code == 200
+    own = await client.get("/api/v1/repositories/jimo/app/usage", headers=basic("jimo"))
+    assert own.status_code == 200
+    other = await client.get("/api/v1/repositories/jimo/app/usage", headers=basic("lee"))
+    assert other.status_code == 403

@@ -101,3 +101,46 @@ def test_serving_on_loopback_does_not_warn(
 def test_invalid_configuration_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--listen", "nonsense", "--data", str(tmp_path)]) == 2
     assert "invalid configuration" in capsys.readouterr().err
+
+
+def test_garbage_collection_and_upload_defaults() -> None:
+    settings = load_settings()
+    assert settings.gc.interval == 3600.0
+    assert settings.gc.grace == 3600.0
+    assert settings.gc.untagged == "keep"
+    assert settings.gc.delete_untagged_after is None
+    assert settings.uploads.expire == 86400.0
+
+
+def test_durations_are_read_from_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "cangku.yaml"
+    config.write_text("gc:\n  interval: 30m\n  untagged: delete-after 7d\nuploads:\n  expire: 2h\n")
+    monkeypatch.setenv("CANGKU_GC__GRACE", "0")
+    settings = load_settings(config)
+    assert settings.gc.interval == 1800.0
+    assert settings.gc.grace == 0.0
+    assert settings.gc.delete_untagged_after == 7 * 86400.0
+    assert settings.uploads.expire == 7200.0
+    assert settings.model_dump()["gc"] == {
+        "interval": "30m",
+        "grace": "0",
+        "untagged": "delete-after 7d",
+    }
+
+
+@pytest.mark.parametrize(
+    "gc",
+    [
+        {"interval": "soon"},
+        {"grace": "-1h"},
+        {"untagged": "delete"},
+        {"untagged": "delete-after"},
+        {"untagged": "delete-after forever"},
+        {"untagged": "keep 1h"},
+    ],
+)
+def test_invalid_garbage_collection_settings_are_refused(gc: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        load_settings(gc=gc)

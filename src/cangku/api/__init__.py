@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from cangku.api import repositories
+from cangku.api import repositories, usage
 from cangku.auth.access import AccessControl
 from cangku.registry import Registry
 
 
 def api_routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
     """`access` None is the no-authentication mode."""
-    return repositories.routes(registry, access)
+    return repositories.routes(registry, access) + usage.routes(registry, access)

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from cangku.auth.access import AccessControl, Challenge
+from cangku.api.errors import json_errors
+from cangku.auth.access import AccessControl
 from cangku.auth.permissions import PULL
-from cangku.content.errors import (
-    Denied,
-    ManifestInvalid,
-    NameInvalid,
-    NameUnknown,
-    RegistryError,
-    TooManyRequests,
-    Unauthorized,
-)
 from cangku.registry import Registry
-
-STATUS = {
-    NameUnknown: 404,
-    NameInvalid: 400,
-    ManifestInvalid: 400,
-    Unauthorized: 401,
-    Denied: 403,
-    TooManyRequests: 429,
-}
 
 
 def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
@@ -53,28 +34,8 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
     return [
         Route(
             "/repositories/{name:path}/tags/{tag}/history",
-            _json_errors(tag_history),
+            json_errors(tag_history),
             methods=["GET"],
         ),
-        Route("/repositories/{name:path}/versions", _json_errors(versions), methods=["GET"]),
+        Route("/repositories/{name:path}/versions", json_errors(versions), methods=["GET"]),
     ]
-
-
-def _json_errors(
-    handler: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
-    """Domain errors as `{"error": {"code", "message"}}` with a fitting status."""
-
-    async def handle(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except RegistryError as error:
-            status = next((s for kind, s in STATUS.items() if isinstance(error, kind)), 400)
-            headers = {"WWW-Authenticate": error.header} if isinstance(error, Challenge) else None
-            return JSONResponse(
-                {"error": {"code": error.code, "message": error.message}},
-                status_code=status,
-                headers=headers,
-            )
-
-    return handle

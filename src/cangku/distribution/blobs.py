@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import BinaryIO
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -12,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from cangku.content.digest import Digest
 from cangku.content.errors import RangeInvalid
+from cangku.distribution.errors import error_response
 from cangku.registry import Registry
 
 BYTE_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
@@ -92,28 +94,41 @@ class BlobResponse(Response):
         self.end = end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = self.registry.blob_path(self.digest)
+        file = None
+        if path is not None and scope["method"] != "HEAD":
+            try:
+                # Opened before answering: once open, the bytes stay readable even if garbage
+                # collection deletes the (then unreferenced) blob meanwhile.
+                file = open(path, "rb")  # noqa: SIM115 - closed in _send_file or below
+            except FileNotFoundError:
+                response = error_response(
+                    "BLOB_UNKNOWN", "blob unknown to registry", detail=str(self.digest)
+                )
+                await response(scope, receive, send)
+                return
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return
-        path = self.registry.blob_path(self.digest)
-        whole = self.start == 0
-        zero_copy = "http.response.pathsend" in scope.get("extensions", {})
-        if path is not None and whole and zero_copy and os.path.getsize(path) == self.end:
-            await send({"type": "http.response.pathsend", "path": str(path)})
-            return
-        if path is not None:
-            await _send_file(path, self.start, self.end, send)
+        if file is not None:
+            whole = self.start == 0
+            zero_copy = "http.response.pathsend" in scope.get("extensions", {})
+            if whole and zero_copy and os.fstat(file.fileno()).st_size == self.end:
+                file.close()
+                await send({"type": "http.response.pathsend", "path": str(path)})
+                return
+            await _send_file(file, self.start, self.end, send)
             return
         async for chunk in self.registry.read_blob(self.digest, self.start, self.end):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
 
-async def _send_file(path: os.PathLike[str] | str, start: int, end: int, send: Send) -> None:
-    with open(path, "rb") as file:
+async def _send_file(file: BinaryIO, start: int, end: int, send: Send) -> None:
+    with file:
         file.seek(start)
         remaining = end - start
         while remaining > 0:

@@ -37,7 +37,9 @@ blobs = Table(
     metadata,
     Column("digest", String(200), primary_key=True),
     Column("size", BigInteger, nullable=False),
+    # Refreshed whenever the blob is uploaded or mounted again: the start of its GC grace period.
     Column("created_at", Float, nullable=False),
+    Index("ix_blobs_created_at", "created_at"),
 )
 
 # Which repository may serve which blob: the result of an upload or a mount.
@@ -52,6 +54,7 @@ repository_blobs = Table(
     ),
     Column("digest", String(200), ForeignKey("blobs.digest"), primary_key=True),
     Column("created_at", Float, nullable=False),
+    Index("ix_repository_blobs_digest", "digest"),
 )
 
 manifests = Table(
@@ -72,6 +75,9 @@ manifests = Table(
     Column("subject_digest", String(200)),
     Column("annotations", String),
     Column("created_at", Float, nullable=False),
+    # When garbage collection first found it neither tagged nor needed by a kept manifest;
+    # NULL while it is kept. The `gc.untagged: delete-after` policy counts from here.
+    Column("untagged_since", Float),
     Index("ix_manifests_subject", "repository_id", "subject_digest"),
 )
 
@@ -193,4 +199,14 @@ access_tokens = Table(
     Column("created_at", Float, nullable=False),
     Column("last_used_at", Float),
     Column("revoked_at", Float),
+)
+
+# Storage quotas per namespace (the first component of repository names): pushes that would
+# take the namespace's deduplicated usage above `limit_bytes` are refused.
+quotas = Table(
+    "quotas",
+    metadata,
+    Column("namespace", String(255), primary_key=True),
+    Column("limit_bytes", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )

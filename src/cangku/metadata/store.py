@@ -111,6 +111,22 @@ class MetadataStore:
             with connection.begin():
                 return work(connection)
 
+    async def rehearse(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in a write transaction and roll it back: what it would do (dry runs)."""
+        if self._write_lock is None:
+            return await anyio.to_thread.run_sync(self._rehearse_now, work)
+        async with self._write_lock:
+            return await anyio.to_thread.run_sync(self._rehearse_now, work)
+
+    def _rehearse_now(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(sqlite_immediate=True)
+            transaction = connection.begin()
+            try:
+                return work(connection)
+            finally:
+                transaction.rollback()
+
 
 def create_database_engine(url: str) -> Engine:
     parsed = make_url(url)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from cangku.content.digest import Digest
@@ -21,6 +21,7 @@ from cangku.content.errors import (
     BlobUnknown,
     BlobUploadInvalid,
     BlobUploadUnknown,
+    Denied,
     DigestInvalid,
     ManifestBlobUnknown,
     ManifestInvalid,
@@ -28,6 +29,7 @@ from cangku.content.errors import (
     NameInvalid,
     NameUnknown,
     PayloadTooLarge,
+    RegistryError,
 )
 from cangku.content.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from cangku.content.names import parse_reference, validate_repository_name, validate_tag
@@ -42,6 +44,8 @@ from cangku.metadata.schema import (
     uploads,
 )
 from cangku.metadata.store import MetadataStore
+from cangku.registry import usage
+from cangku.registry.files import TransactionFiles
 from cangku.registry.records import (
     Page,
     PushedManifest,
@@ -59,6 +63,7 @@ from cangku.registry.tags import (
     resolve_policy,
     set_policy,
 )
+from cangku.registry.usage import Quota, RepositoryUsage, UsageReport
 from cangku.storage.base import BlobStorage
 from cangku.storage.filesystem import UPLOAD_ID
 
@@ -115,6 +120,7 @@ class Registry:
         self.metadata = metadata
         # The server-wide tag policy; namespaces and repositories may override it.
         self.tag_defaults = tag_defaults or TagPolicy()
+        self.files = TransactionFiles(storage)
 
     # -- blobs -----------------------------------------------------------------------------
     async def stat_blob(self, name: str, digest: str) -> tuple[Digest, int]:
@@ -179,12 +185,19 @@ class Registry:
         """A monolithic upload: the whole blob in one request, verified before it is kept."""
         validate_repository_name(name)
         parsed = Digest.parse(digest)
+        if length is not None:
+            # Refuse before receiving the bytes; the check that counts is the one in `record`.
+            refusal = await self.metadata.read(
+                lambda connection: usage.check_blob_quota(connection, name, parsed, length)
+            )
+            if refusal is not None:
+                raise refusal
         size = await self.storage.write_blob(body, parsed, length)
 
-        def record(connection: Connection) -> None:
-            _record_blob(connection, _ensure_repository(connection, name), parsed, size)
+        def record(connection: Connection) -> RegistryError | None:
+            return _record_blob(connection, self.files, name, parsed, size)
 
-        await self.metadata.write(record)
+        _raise_if_refused(await self.metadata.write(record))
         return parsed
 
     async def mount_blob(self, name: str, digest: str, from_name: str) -> Digest | None:
@@ -199,7 +212,7 @@ class Registry:
         if await self.storage.stat(parsed) is None:
             return None
 
-        def link(connection: Connection) -> bool:
+        def link(connection: Connection) -> RegistryError | bool:
             size = connection.scalar(
                 select(blobs.c.size)
                 .select_from(
@@ -211,10 +224,14 @@ class Registry:
             )
             if size is None:
                 return False
-            _record_blob(connection, _ensure_repository(connection, name), parsed, size)
-            return True
+            return _record_blob(connection, self.files, name, parsed, size) or True
 
-        return parsed if await self.metadata.write(link) else None
+        outcome = await self.metadata.write(link)
+        if isinstance(outcome, RegistryError):
+            if isinstance(outcome, Denied):
+                raise outcome
+            return None  # Collected meanwhile: the client uploads it instead.
+        return parsed if outcome else None
 
     async def upload_status(self, name: str, upload_id: str) -> int:
         await self._check_upload(name, upload_id)
@@ -251,11 +268,12 @@ class Registry:
             await self.storage.append_upload(upload_id, body, length)
         size = await self.storage.commit_upload(upload_id, parsed)
 
-        def record(connection: Connection) -> None:
-            _record_blob(connection, _ensure_repository(connection, name), parsed, size)
+        def record(connection: Connection) -> RegistryError | None:
+            # The session is over either way: its bytes became the blob (or were refused).
             connection.execute(delete(uploads).where(uploads.c.id == upload_id))
+            return _record_blob(connection, self.files, name, parsed, size)
 
-        await self.metadata.write(record)
+        _raise_if_refused(await self.metadata.write(record))
         return parsed
 
     async def cancel_upload(self, name: str, upload_id: str) -> None:
@@ -305,10 +323,16 @@ class Registry:
         def store(connection: Connection) -> None:
             repository_id = _ensure_repository(connection, name)
             _check_references(connection, repository_id, manifest)
+            if not _manifest_exists(connection, repository_id, digest):
+                refusal = usage.check_manifest_quota(connection, name, manifest.size)
+                if refusal is not None:
+                    raise refusal
             _insert_manifest(connection, repository_id, manifest, content)
             policy = resolve_policy(connection, name, self.tag_defaults)
             for tag in tag_names:
                 push_tag(connection, repository_id, name, tag, str(digest), policy, actor)
+            if tag_names:
+                _clear_untagged_since(connection, repository_id, digest)
 
         await self.metadata.write(store)
         return PushedManifest(
@@ -536,6 +560,44 @@ class Registry:
             for row in rows
         ]
 
+    # -- usage and quotas ------------------------------------------------------------------
+    async def usage(self) -> UsageReport:
+        """Bytes held by every repository and namespace, deduplicated and apparent."""
+        return await self.metadata.read(usage.usage_report)
+
+    async def repository_usage(self, name: str) -> RepositoryUsage:
+        validate_repository_name(name)
+
+        def measure(connection: Connection) -> RepositoryUsage:
+            repository_id = _repository_id(connection, name)
+            if repository_id is None:
+                raise NameUnknown("repository name not known to registry", name)
+            report = usage.usage_report(connection, [repository_id])
+            return report.namespaces[0].repositories[0]
+
+        return await self.metadata.read(measure)
+
+    async def set_quota(self, namespace: str, limit_bytes: int) -> Quota:
+        """Cap a namespace's deduplicated usage; pushes beyond it are refused with DENIED."""
+        _validate_namespace(namespace)
+        if limit_bytes < 0:
+            raise ValueError("a quota cannot be negative")
+
+        def store(connection: Connection) -> Quota:
+            usage.set_quota(connection, namespace, limit_bytes)
+            return Quota(namespace, limit_bytes, usage.namespace_usage(connection, namespace))
+
+        return await self.metadata.write(store)
+
+    async def unset_quota(self, namespace: str) -> bool:
+        _validate_namespace(namespace)
+        return await self.metadata.write(
+            lambda connection: usage.unset_quota(connection, namespace)
+        )
+
+    async def quotas(self) -> list[Quota]:
+        return await self.metadata.read(usage.list_quotas)
+
 
 # -- row helpers ---------------------------------------------------------------------------
 def _repository_id(connection: Connection, name: str) -> int | None:
@@ -553,29 +615,86 @@ def _ensure_repository(connection: Connection, name: str) -> int:
     return int(repository_id)
 
 
-def _record_blob(connection: Connection, repository_id: int, digest: Digest, size: int) -> None:
+def _record_blob(
+    connection: Connection, files: TransactionFiles, name: str, digest: Digest, size: int
+) -> RegistryError | None:
+    """Record a blob that storage holds and link it into repository `name`.
+
+    Returns the refusal instead of raising it, so that the caller's transaction still commits
+    its own clean-up (an upload session's row); the caller raises it afterwards.
+    """
+    recorded = connection.scalar(select(blobs.c.size).where(blobs.c.digest == str(digest)))
+    # Garbage collection deletes a file only inside a transaction that removed its row; this
+    # one runs before or after such a transaction, never during: the file seen here stays.
+    if not files.exists(digest):
+        return BlobUploadInvalid(
+            "the blob was garbage-collected while this upload finished; upload it again",
+            str(digest),
+        )
+    refusal = usage.check_blob_quota(connection, name, digest, size)
+    if refusal is not None:
+        if recorded is None:
+            files.delete([digest])  # Nothing half-written: unrecorded, so nobody else needs it.
+        return refusal
     now = time.time()
-    if connection.scalar(select(blobs.c.size).where(blobs.c.digest == str(digest))) is None:
+    if recorded is None:
         connection.execute(insert(blobs).values(digest=str(digest), size=size, created_at=now))
     else:
         # A fresh upload of known content restarts its garbage-collection grace period.
         connection.execute(
             update(blobs).where(blobs.c.digest == str(digest)).values(created_at=now)
         )
-    linked = connection.scalar(
-        select(func.count())
-        .select_from(repository_blobs)
+    repository_id = _ensure_repository(connection, name)
+    linked = connection.execute(
+        update(repository_blobs)
         .where(
             repository_blobs.c.repository_id == repository_id,
             repository_blobs.c.digest == str(digest),
         )
+        .values(created_at=now)
     )
-    if not linked:
+    if not linked.rowcount:
         connection.execute(
             insert(repository_blobs).values(
                 repository_id=repository_id, digest=str(digest), created_at=now
             )
         )
+    return None
+
+
+def _raise_if_refused(refusal: RegistryError | None) -> None:
+    if refusal is not None:
+        raise refusal
+
+
+def _validate_namespace(namespace: str) -> None:
+    validate_repository_name(namespace)
+    if "/" in namespace:
+        raise NameInvalid(f"a namespace is one path component, not {namespace[:100]!r}")
+
+
+def _manifest_exists(connection: Connection, repository_id: int, digest: Digest) -> bool:
+    return (
+        connection.scalar(
+            select(manifests.c.size).where(
+                manifests.c.repository_id == repository_id, manifests.c.digest == str(digest)
+            )
+        )
+        is not None
+    )
+
+
+def _clear_untagged_since(connection: Connection, repository_id: int, digest: Digest) -> None:
+    """A tagged manifest is kept: the `gc.untagged` clock starts again if it loses the tag."""
+    connection.execute(
+        update(manifests)
+        .where(
+            manifests.c.repository_id == repository_id,
+            manifests.c.digest == str(digest),
+            manifests.c.untagged_since.is_not(None),
+        )
+        .values(untagged_since=None)
+    )
 
 
 def _check_references(connection: Connection, repository_id: int, manifest: Manifest) -> None:

@@ -134,10 +134,14 @@ class FilesystemStorage:
         if self.fsync:
             await anyio.to_thread.run_sync(os.fsync, file.fileno())
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            # Already stored (verified when it was written): keep it, never rewrite shared bytes.
+        try:
+            # Already stored (verified when it was written): keep it, never rewrite shared
+            # bytes, but restart its age, which garbage collection reads for unrecorded files.
+            os.utime(target)
             source.unlink(missing_ok=True)
             return
+        except FileNotFoundError:
+            pass  # Not stored, or garbage collection deleted it a moment ago.
         os.replace(source, target)
         if self.fsync:
             await anyio.to_thread.run_sync(_fsync_directory, target.parent)

@@ -1,0 +1,413 @@
+"""Online garbage collection: mark and sweep over the metadata while the registry serves.
+
+One collection, in phases, each a short write transaction (or a few):
+
+1. manifests (only with `gc.untagged: delete-after D`): per repository, a manifest is kept
+   when it is tagged, is a child of a kept index, is the subject of a kept manifest, or has
+   a kept subject (referrers follow what they describe). The others are stamped
+   `untagged_since` when first seen and deleted once that is D old (and older than the
+   grace period).
+2. links: a repository stops holding a blob that none of its manifests references, once the
+   link and the blob are older than the grace period (this is what gives quota back).
+3. blobs: a blob that no manifest of any repository references and that is older than the
+   grace period loses its row, its links and its file, in one transaction per batch.
+4. orphan files: files in storage without a row (a refused or interrupted upload), older
+   than the grace period.
+5. upload sessions without activity for `uploads.expire`: rows first, then files.
+
+Why this cannot delete a byte that a tag needs, nor leave a recorded blob without its file,
+while pushes continue: see registry/files.py and docs/garbage-collection.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from sqlalchemy import bindparam, delete, literal, select, update
+from sqlalchemy.engine import Connection
+
+from cangku.content.digest import Digest
+from cangku.content.units import format_size
+from cangku.metadata.schema import (
+    blobs,
+    manifest_references,
+    manifests,
+    repositories,
+    repository_blobs,
+    tags,
+    uploads,
+)
+from cangku.metadata.store import MetadataStore
+from cangku.registry.files import TransactionFiles
+from cangku.storage.base import BlobStorage
+
+log = logging.getLogger("cangku.gc")
+
+# Rows (and files) per sweep transaction: keeps each hold on the writer lock short.
+BATCH = 500
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionPolicy:
+    # Unreferenced blobs and untagged manifests younger than this are never collected.
+    grace: float = 3600.0
+    # None keeps untagged manifests; else seconds after which an untagged one is deleted.
+    delete_untagged_after: float | None = None
+    # Upload sessions without activity for this long are purged.
+    upload_expiry: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class CollectedManifest:
+    repository: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CollectedBlob:
+    digest: str
+    size: int
+    # A file without a row (never recorded), rather than a recorded blob.
+    orphan: bool = False
+
+
+@dataclass(slots=True)
+class CollectionReport:
+    dry_run: bool
+    manifests: list[CollectedManifest] = field(default_factory=list)
+    blobs: list[CollectedBlob] = field(default_factory=list)
+    # Links removed: blobs that repositories stopped holding (the blobs may live on elsewhere).
+    unlinked: int = 0
+    uploads: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def freed_bytes(self) -> int:
+        """Blob bytes deleted from storage (manifests live in the database)."""
+        return sum(blob.size for blob in self.blobs)
+
+    def summary(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        return (
+            f"{verb} {len(self.manifests)} manifests, {len(self.blobs)} blobs "
+            f"({format_size(self.freed_bytes)}, {self.freed_bytes} bytes), "
+            f"{self.unlinked} repository links and {len(self.uploads)} upload sessions "
+            f"in {self.seconds:.2f}s"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "manifests": [
+                {"repository": m.repository, "digest": m.digest, "size": m.size}
+                for m in self.manifests
+            ],
+            "blobs": [{"digest": b.digest, "size": b.size, "orphan": b.orphan} for b in self.blobs],
+            "unlinked": self.unlinked,
+            "uploads": self.uploads,
+            "freed_bytes": self.freed_bytes,
+            "seconds": self.seconds,
+        }
+
+
+class GarbageCollector:
+    def __init__(
+        self, storage: BlobStorage, metadata: MetadataStore, policy: CollectionPolicy
+    ) -> None:
+        self.storage = storage
+        self.metadata = metadata
+        self.policy = policy
+        self.files = TransactionFiles(storage)
+
+    async def collect(self, *, dry_run: bool = False, now: float | None = None) -> CollectionReport:
+        """Collect everything that is garbage at `now` (default: the current time).
+
+        A dry run goes through the same steps in one transaction that is rolled back, and
+        deletes no file: its report is exactly what a collection would have done then.
+        """
+        started = time.perf_counter()
+        now = time.time() if now is None else now
+        report = CollectionReport(dry_run=dry_run)
+        if dry_run:
+            stored = [entry async for entry in self.storage.iterate()]
+            upload_files = {upload_id: mtime async for upload_id, mtime in self._uploads()}
+
+            def rehearse(connection: Connection) -> None:
+                report.manifests = self._sweep_manifests(connection, now)
+                report.unlinked = self._unlink_unreferenced(connection, now)
+                while batch := self._sweep_blobs(connection, now, delete_files=False):
+                    report.blobs += batch
+                collected = {blob.digest for blob in report.blobs}
+                candidates = [entry for entry in stored if str(entry[0]) not in collected]
+                report.blobs += self._sweep_orphans(connection, now, candidates, False)
+                report.uploads = self._expire_uploads(connection, now, upload_files)
+
+            await self.metadata.rehearse(rehearse)
+        else:
+            report.manifests = await self.metadata.write(
+                lambda connection: self._sweep_manifests(connection, now)
+            )
+            report.unlinked = await self.metadata.write(
+                lambda connection: self._unlink_unreferenced(connection, now)
+            )
+            while True:
+                batch = await self.metadata.write(
+                    lambda connection: self._sweep_blobs(connection, now, delete_files=True)
+                )
+                report.blobs += batch
+                if len(batch) < BATCH:
+                    break
+            report.blobs += await self._collect_orphans(now)
+            report.uploads = await self._collect_uploads(now)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # -- 1. manifests ------------------------------------------------------------------------
+    def _sweep_manifests(self, connection: Connection, now: float) -> list[CollectedManifest]:
+        after = self.policy.delete_untagged_after
+        if after is None:
+            # Keeping them all; forget old stamps so that a later delete-after starts afresh.
+            connection.execute(
+                update(manifests)
+                .where(manifests.c.untagged_since.is_not(None))
+                .values(untagged_since=None)
+            )
+            return []
+        kept = mark_manifests(connection)
+        rows = connection.execute(
+            select(
+                manifests.c.repository_id,
+                manifests.c.digest,
+                manifests.c.size,
+                manifests.c.created_at,
+                manifests.c.untagged_since,
+                repositories.c.name,
+            ).select_from(
+                manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
+            )
+        ).all()
+        unstamp, stamp, doomed = [], [], []
+        for row in rows:
+            key = (row.repository_id, row.digest)
+            if key in kept:
+                if row.untagged_since is not None:
+                    unstamp.append({"r": row.repository_id, "d": row.digest, "since": None})
+                continue
+            since = row.untagged_since
+            if since is None:
+                since = now
+                stamp.append({"r": row.repository_id, "d": row.digest, "since": now})
+            if since <= now - after and row.created_at <= now - self.policy.grace:
+                doomed.append(row)
+        where = (manifests.c.repository_id == bindparam("r")) & (
+            manifests.c.digest == bindparam("d")
+        )
+        for changes in (unstamp, stamp):
+            if changes:
+                connection.execute(
+                    update(manifests).where(where).values(untagged_since=bindparam("since")),
+                    changes,
+                )
+        if doomed:
+            keys = [{"r": row.repository_id, "d": row.digest} for row in doomed]
+            connection.execute(delete(manifests).where(where), keys)
+            connection.execute(
+                delete(manifest_references).where(
+                    (manifest_references.c.repository_id == bindparam("r"))
+                    & (manifest_references.c.manifest_digest == bindparam("d"))
+                ),
+                keys,
+            )
+        return [CollectedManifest(row.name, row.digest, row.size) for row in doomed]
+
+    # -- 2. links ----------------------------------------------------------------------------
+    def _unlink_unreferenced(self, connection: Connection, now: float) -> int:
+        cutoff = now - self.policy.grace
+        referenced_here = (
+            select(literal(1))
+            .where(
+                manifest_references.c.repository_id == repository_blobs.c.repository_id,
+                manifest_references.c.target_digest == repository_blobs.c.digest,
+            )
+            .exists()
+        )
+        recent_blob = (
+            select(literal(1))
+            .where(blobs.c.digest == repository_blobs.c.digest, blobs.c.created_at >= cutoff)
+            .exists()
+        )
+        result = connection.execute(
+            delete(repository_blobs).where(
+                repository_blobs.c.created_at < cutoff, ~referenced_here, ~recent_blob
+            )
+        )
+        return int(result.rowcount)
+
+    # -- 3. blobs ----------------------------------------------------------------------------
+    def _sweep_blobs(
+        self, connection: Connection, now: float, *, delete_files: bool
+    ) -> list[CollectedBlob]:
+        """One batch of unreferenced, old blobs: rows, links, then files, in this transaction."""
+        referenced = (
+            select(literal(1)).where(manifest_references.c.target_digest == blobs.c.digest).exists()
+        )
+        rows = connection.execute(
+            select(blobs.c.digest, blobs.c.size)
+            .where(blobs.c.created_at < now - self.policy.grace, ~referenced)
+            .order_by(blobs.c.digest)
+            .limit(BATCH)
+        ).all()
+        if not rows:
+            return []
+        digests = [row.digest for row in rows]
+        connection.execute(delete(repository_blobs).where(repository_blobs.c.digest.in_(digests)))
+        connection.execute(delete(blobs).where(blobs.c.digest.in_(digests)))
+        if delete_files:
+            # Inside the transaction that removed the rows: no upload can record one of these
+            # blobs between our decision and the file going away (registry/files.py).
+            self.files.delete([Digest.parse(digest) for digest in digests])
+        return [CollectedBlob(row.digest, row.size) for row in rows]
+
+    # -- 4. orphan files ---------------------------------------------------------------------
+    async def _collect_orphans(self, now: float) -> list[CollectedBlob]:
+        collected: list[CollectedBlob] = []
+        cutoff = now - self.policy.grace
+        async for chunk in _chunks(self.storage.iterate(), BATCH):
+            old = [entry for entry in chunk if entry[2] < cutoff]
+            if not old:
+                continue
+            recorded = await self.metadata.read(partial(_recorded, stored=old))
+            if all(str(digest) in recorded for digest, _, _ in old):
+                continue
+            collected += await self.metadata.write(
+                partial(self._sweep_orphans, now=now, stored=old, delete_files=True)
+            )
+        return collected
+
+    def _sweep_orphans(
+        self,
+        connection: Connection,
+        now: float,
+        stored: Sequence[tuple[Digest, int, float]],
+        delete_files: bool,
+    ) -> list[CollectedBlob]:
+        cutoff = now - self.policy.grace
+        old = [entry for entry in stored if entry[2] < cutoff]
+        recorded = _recorded(connection, old)
+        orphans = [(digest, size) for digest, size, _ in old if str(digest) not in recorded]
+        if delete_files:
+            # Checked and deleted in one transaction: a recording transaction comes wholly
+            # before (we see its row and keep the file) or after (it sees no file and refuses).
+            self.files.delete([digest for digest, _ in orphans])
+        return [CollectedBlob(str(digest), size, orphan=True) for digest, size in orphans]
+
+    # -- 5. upload sessions ------------------------------------------------------------------
+    async def _collect_uploads(self, now: float) -> list[str]:
+        files = {upload_id: mtime async for upload_id, mtime in self._uploads()}
+        expired = await self.metadata.write(
+            lambda connection: self._expire_uploads(connection, now, files)
+        )
+        for upload_id in expired:
+            await self.storage.delete_upload(upload_id)
+        return expired
+
+    def _expire_uploads(
+        self, connection: Connection, now: float, files: dict[str, float]
+    ) -> list[str]:
+        """Rows of sessions idle since the cutoff go now; their files (and rowless old files)
+        go after the transaction (a late PATCH then finds no session: BLOB_UPLOAD_UNKNOWN)."""
+        cutoff = now - self.policy.upload_expiry
+        rows = connection.scalars(select(uploads.c.id).where(uploads.c.created_at < cutoff)).all()
+        # The file's modification time is the session's last activity.
+        idle = [upload_id for upload_id in rows if files.get(upload_id, 0.0) < cutoff]
+        if idle:
+            connection.execute(delete(uploads).where(uploads.c.id.in_(idle)))
+        old_files = [upload_id for upload_id, mtime in files.items() if mtime < cutoff]
+        with_rows = set(
+            connection.scalars(select(uploads.c.id).where(uploads.c.id.in_(old_files))).all()
+        )
+        rowless = [upload_id for upload_id in old_files if upload_id not in with_rows]
+        return sorted(set(idle) | set(rowless))
+
+    async def _uploads(self) -> AsyncIterator[tuple[str, float]]:
+        async for entry in self.storage.iterate_uploads():
+            yield entry
+
+
+def mark_manifests(connection: Connection) -> set[tuple[int, str]]:
+    """(repository id, digest) of every manifest kept by a tag, directly or through others.
+
+    Kept: tagged manifests; the children of a kept index; the subject of a kept manifest;
+    the manifests whose subject is kept (its signatures, SBOMs and other referrers).
+    """
+    edges: dict[tuple[int, str], set[str]] = defaultdict(set)
+    for row in connection.execute(
+        select(
+            manifest_references.c.repository_id,
+            manifest_references.c.manifest_digest,
+            manifest_references.c.target_digest,
+        ).where(manifest_references.c.kind == "manifest")
+    ):
+        edges[(row.repository_id, row.manifest_digest)].add(row.target_digest)
+    for row in connection.execute(
+        select(manifests.c.repository_id, manifests.c.digest, manifests.c.subject_digest).where(
+            manifests.c.subject_digest.is_not(None)
+        )
+    ):
+        edges[(row.repository_id, row.digest)].add(row.subject_digest)
+        edges[(row.repository_id, row.subject_digest)].add(row.digest)
+    existing = {
+        (row.repository_id, row.digest)
+        for row in connection.execute(select(manifests.c.repository_id, manifests.c.digest))
+    }
+    roots = connection.execute(select(tags.c.repository_id, tags.c.manifest_digest).distinct())
+    kept: set[tuple[int, str]] = set()
+    pending = [(repository_id, digest) for repository_id, digest in roots]
+    while pending:
+        key = pending.pop()
+        if key in kept or key not in existing:
+            continue
+        kept.add(key)
+        repository_id, _ = key
+        pending.extend((repository_id, target) for target in edges.get(key, ()))
+    return kept
+
+
+async def collect_periodically(collector: GarbageCollector, interval: float) -> None:
+    """The server's schedule: a collection every `interval` seconds, the first after one."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            report = await collector.collect()
+        except Exception:
+            log.exception("garbage collection failed; retrying in %.0fs", interval)
+            continue
+        log.info("garbage collection: %s", report.summary())
+
+
+def _recorded(connection: Connection, stored: Sequence[tuple[Digest, int, float]]) -> set[str]:
+    if not stored:
+        return set()
+    wanted = [str(digest) for digest, _, _ in stored]
+    return set(connection.scalars(select(blobs.c.digest).where(blobs.c.digest.in_(wanted))).all())
+
+
+async def _chunks(entries: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
+    chunk: list[T] = []
+    async for entry in entries:
+        chunk.append(entry)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
