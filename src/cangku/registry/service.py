@@ -107,6 +107,52 @@ BLOB_SIZE_IN_REPOSITORY = (
     )
 )
 REPOSITORY_ID = select(repositories.c.id).where(repositories.c.name == bindparam("name"))
+UPLOAD_OF_REPOSITORY = (
+    select(uploads.c.id)
+    .select_from(uploads.join(repositories, repositories.c.id == uploads.c.repository_id))
+    .where(uploads.c.id == bindparam("upload_id"), repositories.c.name == bindparam("name"))
+)
+# The write paths' statements (pushes are many small transactions).
+_INSERT_REPOSITORY = insert(repositories).returning(repositories.c.id)
+_INSERT_UPLOAD = insert(uploads)
+_DELETE_UPLOAD = delete(uploads).where(uploads.c.id == bindparam("upload_id"))
+_BLOB_SIZE = select(blobs.c.size).where(blobs.c.digest == bindparam("digest"))
+_INSERT_BLOB = insert(blobs)
+_TOUCH_BLOB = (
+    update(blobs).where(blobs.c.digest == bindparam("b_digest")).values(created_at=bindparam("now"))
+)
+_TOUCH_LINK = (
+    update(repository_blobs)
+    .where(
+        repository_blobs.c.repository_id == bindparam("b_repository_id"),
+        repository_blobs.c.digest == bindparam("b_digest"),
+    )
+    .values(created_at=bindparam("now"))
+)
+_INSERT_LINK = insert(repository_blobs)
+_LINKED_BLOBS = select(repository_blobs.c.digest).where(
+    repository_blobs.c.repository_id == bindparam("repository_id"),
+    repository_blobs.c.digest.in_(bindparam("digests", expanding=True)),
+)
+_PRESENT_MANIFESTS = select(manifests.c.digest).where(
+    manifests.c.repository_id == bindparam("repository_id"),
+    manifests.c.digest.in_(bindparam("digests", expanding=True)),
+)
+_MANIFEST_SIZE = select(manifests.c.size).where(
+    manifests.c.repository_id == bindparam("repository_id"),
+    manifests.c.digest == bindparam("digest"),
+)
+_INSERT_MANIFEST = insert(manifests)
+_INSERT_REFERENCES = insert(manifest_references)
+_CLEAR_UNTAGGED = (
+    update(manifests)
+    .where(
+        manifests.c.repository_id == bindparam("b_repository_id"),
+        manifests.c.digest == bindparam("b_digest"),
+        manifests.c.untagged_since.is_not(None),
+    )
+    .values(untagged_since=None)
+)
 
 
 class Registry:
@@ -171,9 +217,8 @@ class Registry:
         def record(connection: Connection) -> None:
             repository_id = _ensure_repository(connection, name)
             connection.execute(
-                insert(uploads).values(
-                    id=upload_id, repository_id=repository_id, created_at=time.time()
-                )
+                _INSERT_UPLOAD,
+                {"id": upload_id, "repository_id": repository_id, "created_at": time.time()},
             )
 
         await self.metadata.write(record)
@@ -270,7 +315,7 @@ class Registry:
 
         def record(connection: Connection) -> RegistryError | None:
             # The session is over either way: its bytes became the blob (or were refused).
-            connection.execute(delete(uploads).where(uploads.c.id == upload_id))
+            connection.execute(_DELETE_UPLOAD, {"upload_id": upload_id})
             return _record_blob(connection, self.files, name, parsed, size)
 
         _raise_if_refused(await self.metadata.write(record))
@@ -287,12 +332,11 @@ class Registry:
         validate_repository_name(name)
         if not UPLOAD_ID.fullmatch(upload_id):
             raise BlobUploadUnknown("upload unknown to registry", upload_id[:100])
-        query = (
-            select(uploads.c.id)
-            .select_from(uploads.join(repositories, repositories.c.id == uploads.c.repository_id))
-            .where(uploads.c.id == upload_id, repositories.c.name == name)
+        parameters = {"upload_id": upload_id, "name": name}
+        found = await self.metadata.read(
+            lambda connection: connection.scalar(UPLOAD_OF_REPOSITORY, parameters)
         )
-        if await self.metadata.read(lambda connection: connection.scalar(query)) is None:
+        if found is None:
             raise BlobUploadUnknown("upload unknown to registry", upload_id)
 
     # -- manifests -------------------------------------------------------------------------
@@ -327,7 +371,7 @@ class Registry:
                 refusal = usage.check_manifest_quota(connection, name, manifest.size)
                 if refusal is not None:
                     raise refusal
-            _insert_manifest(connection, repository_id, manifest, content)
+                _insert_manifest(connection, repository_id, manifest, content)
             policy = resolve_policy(connection, name, self.tag_defaults)
             for tag in tag_names:
                 push_tag(connection, repository_id, name, tag, str(digest), policy, actor)
@@ -608,9 +652,7 @@ def _ensure_repository(connection: Connection, name: str) -> int:
     repository_id = _repository_id(connection, name)
     if repository_id is None:
         repository_id = connection.scalar(
-            insert(repositories)
-            .values(name=name, created_at=time.time())
-            .returning(repositories.c.id)
+            _INSERT_REPOSITORY, {"name": name, "created_at": time.time()}
         )
     return int(repository_id)
 
@@ -623,7 +665,7 @@ def _record_blob(
     Returns the refusal instead of raising it, so that the caller's transaction still commits
     its own clean-up (an upload session's row); the caller raises it afterwards.
     """
-    recorded = connection.scalar(select(blobs.c.size).where(blobs.c.digest == str(digest)))
+    recorded = connection.scalar(_BLOB_SIZE, {"digest": str(digest)})
     # Garbage collection deletes a file only inside a transaction that removed its row; this
     # one runs before or after such a transaction, never during: the file seen here stays.
     if not files.exists(digest):
@@ -638,26 +680,18 @@ def _record_blob(
         return refusal
     now = time.time()
     if recorded is None:
-        connection.execute(insert(blobs).values(digest=str(digest), size=size, created_at=now))
+        connection.execute(_INSERT_BLOB, {"digest": str(digest), "size": size, "created_at": now})
     else:
         # A fresh upload of known content restarts its garbage-collection grace period.
-        connection.execute(
-            update(blobs).where(blobs.c.digest == str(digest)).values(created_at=now)
-        )
+        connection.execute(_TOUCH_BLOB, {"b_digest": str(digest), "now": now})
     repository_id = _ensure_repository(connection, name)
     linked = connection.execute(
-        update(repository_blobs)
-        .where(
-            repository_blobs.c.repository_id == repository_id,
-            repository_blobs.c.digest == str(digest),
-        )
-        .values(created_at=now)
+        _TOUCH_LINK, {"b_repository_id": repository_id, "b_digest": str(digest), "now": now}
     )
     if not linked.rowcount:
         connection.execute(
-            insert(repository_blobs).values(
-                repository_id=repository_id, digest=str(digest), created_at=now
-            )
+            _INSERT_LINK,
+            {"repository_id": repository_id, "digest": str(digest), "created_at": now},
         )
     return None
 
@@ -674,27 +708,13 @@ def _validate_namespace(namespace: str) -> None:
 
 
 def _manifest_exists(connection: Connection, repository_id: int, digest: Digest) -> bool:
-    return (
-        connection.scalar(
-            select(manifests.c.size).where(
-                manifests.c.repository_id == repository_id, manifests.c.digest == str(digest)
-            )
-        )
-        is not None
-    )
+    parameters = {"repository_id": repository_id, "digest": str(digest)}
+    return connection.scalar(_MANIFEST_SIZE, parameters) is not None
 
 
 def _clear_untagged_since(connection: Connection, repository_id: int, digest: Digest) -> None:
     """A tagged manifest is kept: the `gc.untagged` clock starts again if it loses the tag."""
-    connection.execute(
-        update(manifests)
-        .where(
-            manifests.c.repository_id == repository_id,
-            manifests.c.digest == str(digest),
-            manifests.c.untagged_since.is_not(None),
-        )
-        .values(untagged_since=None)
-    )
+    connection.execute(_CLEAR_UNTAGGED, {"b_repository_id": repository_id, "b_digest": str(digest)})
 
 
 def _check_references(connection: Connection, repository_id: int, manifest: Manifest) -> None:
@@ -702,13 +722,8 @@ def _check_references(connection: Connection, repository_id: int, manifest: Mani
     wanted_blobs = {str(descriptor.digest) for descriptor in manifest.blobs}
     if wanted_blobs:
         present = set(
-            (
-                connection.scalars(
-                    select(repository_blobs.c.digest).where(
-                        repository_blobs.c.repository_id == repository_id,
-                        repository_blobs.c.digest.in_(wanted_blobs),
-                    )
-                )
+            connection.scalars(
+                _LINKED_BLOBS, {"repository_id": repository_id, "digests": sorted(wanted_blobs)}
             ).all()
         )
         for descriptor in manifest.blobs:
@@ -717,13 +732,9 @@ def _check_references(connection: Connection, repository_id: int, manifest: Mani
     wanted_manifests = {str(descriptor.digest) for descriptor in manifest.manifests}
     if wanted_manifests:
         present = set(
-            (
-                connection.scalars(
-                    select(manifests.c.digest).where(
-                        manifests.c.repository_id == repository_id,
-                        manifests.c.digest.in_(wanted_manifests),
-                    )
-                )
+            connection.scalars(
+                _PRESENT_MANIFESTS,
+                {"repository_id": repository_id, "digests": sorted(wanted_manifests)},
             ).all()
         )
         for descriptor in manifest.manifests:
@@ -738,33 +749,29 @@ def _check_references(connection: Connection, repository_id: int, manifest: Mani
 def _insert_manifest(
     connection: Connection, repository_id: int, manifest: Manifest, content: bytes
 ) -> None:
-    exists = connection.scalar(
-        select(manifests.c.size).where(
-            manifests.c.repository_id == repository_id,
-            manifests.c.digest == str(manifest.digest),
-        )
-    )
-    if exists is not None:
-        return  # Same digest, same bytes: pushing it again only (re)tags.
+    """A new manifest and what it references (the caller checked it is not there yet: the
+    same digest means the same bytes, so pushing it again only (re)tags)."""
     connection.execute(
-        insert(manifests).values(
-            repository_id=repository_id,
-            digest=str(manifest.digest),
-            media_type=manifest.media_type,
-            size=manifest.size,
-            content=content,
-            artifact_type=manifest.artifact_type,
-            subject_digest=str(manifest.subject.digest) if manifest.subject else None,
-            annotations=json.dumps(manifest.annotations) if manifest.annotations else None,
-            created_at=time.time(),
-        )
+        _INSERT_MANIFEST,
+        {
+            "repository_id": repository_id,
+            "digest": str(manifest.digest),
+            "media_type": manifest.media_type,
+            "size": manifest.size,
+            "content": content,
+            "artifact_type": manifest.artifact_type,
+            "subject_digest": str(manifest.subject.digest) if manifest.subject else None,
+            "annotations": json.dumps(manifest.annotations) if manifest.annotations else None,
+            "created_at": time.time(),
+            "untagged_since": None,
+        },
     )
     references = {("blob", str(d.digest)) for d in manifest.blobs} | {
         ("manifest", str(d.digest)) for d in manifest.manifests
     }
     if references:
         connection.execute(
-            insert(manifest_references),
+            _INSERT_REFERENCES,
             [
                 {
                     "repository_id": repository_id,
