@@ -90,17 +90,7 @@ class Accounts:
 
         def add(connection: Connection) -> None:
             _refuse_taken_namespace(connection, name)
-            now = time.time()
-            connection.execute(
-                insert(users).values(
-                    name=name,
-                    password_hash=password_hash,
-                    is_admin=admin,
-                    disabled=False,
-                    created_at=now,
-                    credentials_changed_at=now,
-                )
-            )
+            _insert_user(connection, name, password_hash, admin=admin)
 
         await self.metadata.write(add)
 
@@ -160,23 +150,13 @@ class Accounts:
             entries.append((name, password_hash.replace("$2y$", "$2b$", 1)))
 
         def add(connection: Connection) -> None:
-            now = time.time()
             for name, password_hash in entries:
                 try:
                     _refuse_taken_namespace(connection, name)
                 except AccountError as error:
                     skipped.append(str(error))
                     continue
-                connection.execute(
-                    insert(users).values(
-                        name=name,
-                        password_hash=password_hash,
-                        is_admin=False,
-                        disabled=False,
-                        created_at=now,
-                        credentials_changed_at=now,
-                    )
-                )
+                _insert_user(connection, name, password_hash, admin=False)
                 added.append(name)
 
         await self.metadata.write(add)
@@ -449,6 +429,20 @@ class Accounts:
                 )
 
         await self.metadata.write(change)
+
+
+def _insert_user(connection: Connection, name: str, password_hash: str, *, admin: bool) -> None:
+    now = time.time()
+    connection.execute(
+        insert(users).values(
+            name=name,
+            password_hash=password_hash,
+            is_admin=admin,
+            disabled=False,
+            created_at=now,
+            credentials_changed_at=now,
+        )
+    )
 
 
 def _refuse_taken_namespace(connection: Connection, name: str) -> None:

@@ -414,9 +414,7 @@ class Registry:
         target = parse_reference(reference)
 
         def remove(connection: Connection) -> None:
-            repository_id = _repository_id(connection, name)
-            if repository_id is None:
-                raise NameUnknown("repository name not known to registry", name)
+            repository_id = _known_repository_id(connection, name)
             policy = resolve_policy(connection, name, self.tag_defaults)
             if not isinstance(target, Digest):
                 digest = current_digest(connection, repository_id, target)
@@ -488,9 +486,7 @@ class Registry:
         validate_tag(tag)
 
         def history(connection: Connection) -> list[TagChange]:
-            repository_id = _repository_id(connection, name)
-            if repository_id is None:
-                raise NameUnknown("repository name not known to registry", name)
+            repository_id = _known_repository_id(connection, name)
             rows = connection.execute(
                 select(tag_history)
                 .where(tag_history.c.repository_id == repository_id, tag_history.c.tag == tag)
@@ -515,9 +511,7 @@ class Registry:
         validate_repository_name(name)
 
         def tree(connection: Connection) -> VersionTree:
-            repository_id = _repository_id(connection, name)
-            if repository_id is None:
-                raise NameUnknown("repository name not known to registry", name)
+            repository_id = _known_repository_id(connection, name)
             rows = connection.execute(
                 select(tags.c.name, tags.c.manifest_digest).where(
                     tags.c.repository_id == repository_id
@@ -533,9 +527,7 @@ class Registry:
         validate_repository_name(name)
 
         def page(connection: Connection) -> Page:
-            repository_id = _repository_id(connection, name)
-            if repository_id is None:
-                raise NameUnknown("repository name not known to registry", name)
+            repository_id = _known_repository_id(connection, name)
             query = select(tags.c.name).where(tags.c.repository_id == repository_id)
             if last:
                 query = query.where(tags.c.name > last)
@@ -613,9 +605,7 @@ class Registry:
         validate_repository_name(name)
 
         def measure(connection: Connection) -> RepositoryUsage:
-            repository_id = _repository_id(connection, name)
-            if repository_id is None:
-                raise NameUnknown("repository name not known to registry", name)
+            repository_id = _known_repository_id(connection, name)
             report = usage.usage_report(connection, [repository_id])
             return report.namespaces[0].repositories[0]
 
@@ -646,6 +636,14 @@ class Registry:
 # -- row helpers ---------------------------------------------------------------------------
 def _repository_id(connection: Connection, name: str) -> int | None:
     return connection.scalar(REPOSITORY_ID, {"name": name})
+
+
+def _known_repository_id(connection: Connection, name: str) -> int:
+    """The repository's id; NAME_UNKNOWN when there is no such repository."""
+    repository_id = _repository_id(connection, name)
+    if repository_id is None:
+        raise NameUnknown("repository name not known to registry", name)
+    return repository_id
 
 
 def _ensure_repository(connection: Connection, name: str) -> int:
