@@ -1,0 +1,57 @@
+"""MetadataStore: concurrent writes are committed together, each refused one alone."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from cangku.metadata.schema import repositories
+from cangku.metadata.store import MetadataStore, sqlite_url
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> MetadataStore:
+    opened = MetadataStore.open(sqlite_url(tmp_path))
+    yield opened  # type: ignore[misc]
+    await opened.close()
+
+
+def add(name: str) -> object:
+    def work(connection: Connection) -> str:
+        connection.execute(insert(repositories).values(name=name, created_at=0.0))
+        return name
+
+    return work
+
+
+async def test_concurrent_writes_each_get_their_own_outcome(store: MetadataStore) -> None:
+    await store.write(add("taken"))
+    names = [f"repo{i}" for i in range(40)]
+    outcomes = await asyncio.gather(
+        *(store.write(add(name)) for name in [*names[:20], "taken", *names[20:]]),  # type: ignore[arg-type]
+        return_exceptions=True,
+    )
+    assert [o for o in outcomes if isinstance(o, Exception)] and isinstance(
+        outcomes[20], IntegrityError
+    )
+    assert [o for o in outcomes if not isinstance(o, Exception)] == names
+    count = await store.read(lambda c: c.scalar(select(func.count()).select_from(repositories)))
+    assert count == 41  # every write but the refused one, and nothing of that one
+
+
+async def test_a_refused_write_leaves_nothing_half_written(store: MetadataStore) -> None:
+    def half(connection: Connection) -> None:
+        connection.execute(insert(repositories).values(name="first-half", created_at=0.0))
+        raise ValueError("refused after the first insert")
+
+    results = await asyncio.gather(
+        store.write(half), store.write(add("other")), return_exceptions=True
+    )  # type: ignore[arg-type]
+    assert isinstance(results[0], ValueError) and results[1] == "other"
+    names = await store.read(lambda c: c.scalars(select(repositories.c.name)).all())
+    assert names == ["other"]
