@@ -97,15 +97,21 @@ def routes(site: Site) -> list[BaseRoute]:
         actions = await site.require_visible(viewer, name)
         page = await registry.list_tags(name, MAX_TAGS_SHOWN, None)
         rows = []
+        # Floating tags share their release's image: read each config once.
+        platforms_by_digest: dict[str, list[str]] = {}
         for tag in page.items:
             try:
                 manifest = await registry.get_manifest(name, tag)
             except ManifestUnknown:
                 continue  # Deleted meanwhile.
             facts = image_facts(manifest)
-            platforms = [platform.name for platform in facts.platforms]
-            if not facts.is_index:
-                platforms = [config_view(await read_config(registry, name, facts))["platform"]]
+            platforms = platforms_by_digest.get(manifest.digest)
+            if platforms is None:
+                platforms = [platform.name for platform in facts.platforms]
+                if not facts.is_index:
+                    config = await read_config(registry, name, facts)
+                    platforms = [config_view(config)["platform"]]
+                platforms_by_digest[manifest.digest] = platforms
             pushed = _newest_push(await registry.tag_history(name, tag), manifest.digest)
             rows.append(
                 {
