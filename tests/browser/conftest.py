@@ -55,9 +55,13 @@ def _unavailable(message: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """A headless Chromium browser (Playwright's Browser)."""
+    """A headless Chromium browser (Playwright's Browser).
+
+    Module-scoped: Playwright's sync API keeps an event loop running while it is started,
+    which would break the async tests of other modules if it outlived this one.
+    """
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
