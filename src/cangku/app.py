@@ -1,4 +1,4 @@
-"""The ASGI application: /v2 (the distribution API), the JSON API and, later, the UI.
+"""The ASGI application: /v2 (the distribution API), the JSON API and the web UI at `/`.
 
 Built once from the settings; everything it needs is passed down explicitly. The lifespan
 also runs the garbage-collection schedule (`gc.interval`).
@@ -34,6 +34,8 @@ from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
 from cangku.registry.tags import TagPolicy
 from cangku.storage.filesystem import FilesystemStorage
+from cangku.web import web_app
+from cangku.web.sessions import load_or_create_session_key
 
 log = logging.getLogger("cangku")
 access_log = logging.getLogger("cangku.access")
@@ -111,6 +113,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> ASGIApp:
     if access is not None:
         routes += token_routes(access)
     routes.append(Mount("/api/v1", routes=api_routes(registry, access)))
+    session_key = load_or_create_session_key(settings.data / "web-session-key")
+    routes.append(Mount("/", app=web_app(registry, access, session_key)))
     site = Starlette(routes=routes, lifespan=lifespan)
     return AccessLog(RegistryApp(DistributionApp(registry, access), site))
 

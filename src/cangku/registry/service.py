@@ -44,7 +44,7 @@ from cangku.metadata.schema import (
     uploads,
 )
 from cangku.metadata.store import MetadataStore
-from cangku.registry import usage
+from cangku.registry import browse, usage
 from cangku.registry.files import TransactionFiles
 from cangku.registry.records import (
     Page,
@@ -631,6 +631,40 @@ class Registry:
 
     async def quotas(self) -> list[Quota]:
         return await self.metadata.read(usage.list_quotas)
+
+    # -- browsing and removing whole repositories (the web UI) -----------------------------
+    async def browse_repositories(
+        self,
+        visible: Visibility | None,
+        search: str = "",
+        sort: str = "name",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> browse.RepositoryListing:
+        """A page of repositories with their size and last push; sort "name" or "pushed"."""
+        if sort not in browse.SORTS:
+            raise ValueError(f"sort must be one of {browse.SORTS}")
+        return await self.metadata.read(
+            lambda connection: browse.list_summaries(
+                connection, visible, search, sort, max(offset, 0), min(limit, MAX_PAGE_SIZE)
+            )
+        )
+
+    async def delete_repository(self, name: str, actor: str | None = None) -> None:
+        """Every tag, manifest, blob link and upload of a repository, in one transaction.
+
+        Pulls fail from then on; garbage collection frees the bytes nothing else holds.
+        """
+        validate_repository_name(name)
+
+        def remove(connection: Connection) -> list[str]:
+            repository_id = _repository_id(connection, name)
+            if repository_id is None:
+                raise NameUnknown("repository name not known to registry", name)
+            return browse.remove_repository(connection, repository_id, actor)
+
+        for upload_id in await self.metadata.write(remove):
+            await self.storage.delete_upload(upload_id)
 
 
 # -- row helpers ---------------------------------------------------------------------------

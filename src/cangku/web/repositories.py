@@ -1,0 +1,314 @@
+"""Repository pages: the list, one repository, one image, deletes and settings."""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from cangku.auth.permissions import DELETE
+from cangku.content.digest import Digest
+from cangku.content.errors import ManifestUnknown, RegistryError
+from cangku.content.names import validate_repository_name, validate_tag
+from cangku.registry.records import TagChange
+from cangku.web.images import config_view, image_facts, read_config
+from cangku.web.site import Site, Viewer, not_found
+
+PAGE_SIZE = 25
+# The repository page shows this many tags (newest pushes are not special: by name).
+MAX_TAGS_SHOWN = 500
+
+
+def repository_url(name: str, *rest: str) -> str:
+    suffix = "/".join(quote(part, safe=":") for part in rest)
+    return f"/r/{quote(name, safe='/')}" + (f"/-/{suffix}" if rest else "")
+
+
+def pull_host(site: Site, request: Request) -> str:
+    if site.access is not None:
+        return site.access.base_url(request).split("://", 1)[1]
+    return request.headers.get("host", request.url.netloc)
+
+
+def routes(site: Site) -> list[BaseRoute]:
+    registry = site.registry
+
+    def repository_name(request: Request) -> str:
+        name: str = request.path_params["name"]
+        try:
+            validate_repository_name(name)
+        except RegistryError:
+            raise not_found(f"{name[:200]!r} is not a repository name.") from None
+        return name
+
+    def tag_name(request: Request) -> str:
+        tag: str = request.path_params["tag"]
+        try:
+            return validate_tag(tag)
+        except RegistryError:
+            raise not_found(f"{tag[:200]!r} is not a tag name.") from None
+
+    def digest_of(request: Request) -> str:
+        try:
+            return str(Digest.parse(request.path_params["digest"]))
+        except RegistryError:
+            raise not_found("That is not a digest.") from None
+
+    # -- the list --------------------------------------------------------------------------
+    async def repository_list(request: Request, viewer: Viewer) -> Response:
+        search = request.query_params.get("q", "").strip()[:255]
+        sort = request.query_params.get("sort", "name")
+        sort = sort if sort in ("name", "pushed") else "name"
+        try:
+            page = max(1, int(request.query_params.get("page", "1")))
+        except ValueError:
+            page = 1
+        listing = await registry.browse_repositories(
+            await site.visibility(viewer), search, sort, (page - 1) * PAGE_SIZE, PAGE_SIZE
+        )
+        pages = max(1, math.ceil(listing.total / PAGE_SIZE))
+
+        def page_url(number: int) -> str:
+            return "/?" + urlencode({"q": search, "sort": sort, "page": number})
+
+        return site.render(
+            request,
+            viewer,
+            "repositories.html",
+            {
+                "listing": listing,
+                "search": search,
+                "sort": sort,
+                "page": page,
+                "pages": pages,
+                "previous_url": page_url(page - 1) if page > 1 else None,
+                "next_url": page_url(page + 1) if page < pages else None,
+                "host": pull_host(site, request),
+                "repository_url": repository_url,
+            },
+        )
+
+    # -- one repository --------------------------------------------------------------------
+    async def repository_page(request: Request, viewer: Viewer) -> Response:
+        name = repository_name(request)
+        actions = await site.require_visible(viewer, name)
+        page = await registry.list_tags(name, MAX_TAGS_SHOWN, None)
+        rows = []
+        # Floating tags share their release's image: read each config once.
+        platforms_by_digest: dict[str, list[str]] = {}
+        for tag in page.items:
+            try:
+                manifest = await registry.get_manifest(name, tag)
+            except ManifestUnknown:
+                continue  # Deleted meanwhile.
+            facts = image_facts(manifest)
+            platforms = platforms_by_digest.get(manifest.digest)
+            if platforms is None:
+                platforms = [platform.name for platform in facts.platforms]
+                if not facts.is_index:
+                    config = await read_config(registry, name, facts)
+                    platforms = [config_view(config)["platform"]]
+                platforms_by_digest[manifest.digest] = platforms
+            pushed = _newest_push(await registry.tag_history(name, tag), manifest.digest)
+            rows.append(
+                {
+                    "tag": tag,
+                    "digest": manifest.digest,
+                    "platforms": platforms,
+                    "size": facts.compressed_size,
+                    "pushed_at": pushed.changed_at if pushed else None,
+                    "pushed_by": (pushed.actor if pushed else None) or "",
+                }
+            )
+        policy = await registry.tag_policy(name)
+        host = pull_host(site, request)
+        first_tag = "latest" if "latest" in page.items else (page.items[0] if page.items else "")
+        return site.render(
+            request,
+            viewer,
+            "repository.html",
+            {
+                "name": name,
+                "rows": rows,
+                "more_tags": page.next_last is not None,
+                "tree": await registry.version_tree(name),
+                "pull": f"docker pull {host}/{name}:{first_tag}" if first_tag else "",
+                "host": host,
+                "public": await site.is_public(name),
+                "policy": policy,
+                "may_change": DELETE in actions,
+                "repository_url": repository_url,
+                "usage": await registry.repository_usage(name),
+            },
+        )
+
+    # -- one image -------------------------------------------------------------------------
+    async def image_page(
+        request: Request, viewer: Viewer, reference: str, tag: str | None
+    ) -> Response:
+        name = repository_name(request)
+        actions = await site.require_visible(viewer, name)
+        manifest = await registry.get_manifest(name, reference)
+        facts = image_facts(manifest)
+        config = (
+            config_view(await read_config(registry, name, facts)) if not facts.is_index else None
+        )
+        referrers = await registry.list_referrers(name, manifest.digest, None)
+        tags_here = await _tags_on(site, name, manifest.digest)
+        host = pull_host(site, request)
+        return site.render(
+            request,
+            viewer,
+            "image.html",
+            {
+                "name": name,
+                "tag": tag,
+                "facts": facts,
+                "config": config,
+                "referrers": referrers,
+                "tags_here": tags_here,
+                "pull": f"docker pull {host}/{name}"
+                + (f":{tag}" if tag else f"@{manifest.digest}"),
+                "may_delete": DELETE in actions,
+                "repository_url": repository_url,
+            },
+        )
+
+    async def tag_page(request: Request, viewer: Viewer) -> Response:
+        tag = tag_name(request)
+        return await image_page(request, viewer, tag, tag)
+
+    async def manifest_page(request: Request, viewer: Viewer) -> Response:
+        return await image_page(request, viewer, digest_of(request), None)
+
+    # -- deletes: a confirmation page (GET), then the change (POST) ------------------------
+    async def confirm(
+        request: Request, viewer: Viewer, what: str, goes: list[str], back: str
+    ) -> Response:
+        return site.render(
+            request,
+            viewer,
+            "confirm_delete.html",
+            {"what": what, "goes": goes, "back": back, "action": request.url.path},
+        )
+
+    async def delete_tag(request: Request, viewer: Viewer) -> Response:
+        name, tag = repository_name(request), tag_name(request)
+        if request.method == "POST":
+            await site.checked_form(request, viewer)
+            await site.require(viewer, name, DELETE)
+            await registry.delete_manifest(name, tag, actor=viewer.name)
+            return site.redirect(request, viewer, repository_url(name))
+        await site.require_visible(viewer, name)
+        await site.require(viewer, name, DELETE)
+        manifest = await registry.get_manifest(name, tag)
+        return await confirm(
+            request,
+            viewer,
+            f"the tag {name}:{tag}",
+            [
+                f"The tag {tag} (it points at {manifest.digest}).",
+                "The image itself stays while other tags or its digest reference it.",
+            ],
+            repository_url(name, "tags", tag),
+        )
+
+    async def delete_manifest(request: Request, viewer: Viewer) -> Response:
+        name, digest = repository_name(request), digest_of(request)
+        if request.method == "POST":
+            await site.checked_form(request, viewer)
+            await site.require(viewer, name, DELETE)
+            await registry.delete_manifest(name, digest, actor=viewer.name)
+            return site.redirect(request, viewer, repository_url(name))
+        await site.require_visible(viewer, name)
+        await site.require(viewer, name, DELETE)
+        await registry.get_manifest(name, digest)
+        tags_here = await _tags_on(site, name, digest)
+        return await confirm(
+            request,
+            viewer,
+            f"the image {name}@{digest}",
+            [f"The image {digest}."]
+            + [f"Its tag {tag}." for tag in tags_here]
+            + ["Its layers, once garbage collection finds nothing else uses them."],
+            repository_url(name, "manifests", digest),
+        )
+
+    async def delete_repository(request: Request, viewer: Viewer) -> Response:
+        name = repository_name(request)
+        if request.method == "POST":
+            await site.checked_form(request, viewer)
+            await site.require(viewer, name, DELETE)
+            await registry.delete_repository(name, actor=viewer.name)
+            return site.redirect(request, viewer, "/")
+        await site.require_visible(viewer, name)
+        await site.require(viewer, name, DELETE)
+        page = await registry.list_tags(name, MAX_TAGS_SHOWN, None)
+        usage = await registry.repository_usage(name)
+        return await confirm(
+            request,
+            viewer,
+            f"the repository {name}",
+            [
+                f"All {usage.tags} tags"
+                + (f": {', '.join(page.items)}" if page.items else "")
+                + f", and all {usage.manifests} images.",
+                "Unfinished uploads to it.",
+                "Its layers, once garbage collection finds nothing else uses them.",
+            ],
+            repository_url(name),
+        )
+
+    # -- settings --------------------------------------------------------------------------
+    async def settings(request: Request, viewer: Viewer) -> Response:
+        name = repository_name(request)
+        form = await site.checked_form(request, viewer)
+        await site.require(viewer, name, DELETE)
+        if site.access is not None:
+            await site.access.accounts.set_public(name, form.get("public") == "on")
+        await registry.set_tag_policy(
+            "repository",
+            name,
+            floating=form.get("floating") == "on",
+            immutable_versions=form.get("immutable_versions") == "on",
+        )
+        return site.redirect(request, viewer, repository_url(name))
+
+    page = site.page
+    return [
+        Route("/", page(repository_list), methods=["GET"]),
+        Route("/r/{name:path}/-/tags/{tag}/delete", page(delete_tag), methods=["GET", "POST"]),
+        Route("/r/{name:path}/-/tags/{tag}", page(tag_page), methods=["GET"]),
+        Route(
+            "/r/{name:path}/-/manifests/{digest}/delete",
+            page(delete_manifest),
+            methods=["GET", "POST"],
+        ),
+        Route("/r/{name:path}/-/manifests/{digest}", page(manifest_page), methods=["GET"]),
+        Route("/r/{name:path}/-/delete", page(delete_repository), methods=["GET", "POST"]),
+        Route("/r/{name:path}/-/settings", page(settings), methods=["POST"]),
+        Route("/r/{name:path}", page(repository_page), methods=["GET"]),
+    ]
+
+
+def _newest_push(history: list[TagChange], digest: str) -> TagChange | None:
+    """The newest move of a tag onto the digest it has now (history is newest first)."""
+    for change in history:
+        if change.new_digest == digest:
+            return change
+    return None
+
+
+async def _tags_on(site: Site, name: str, digest: str) -> list[str]:
+    tree = await site.registry.list_tags(name, MAX_TAGS_SHOWN, None)
+    found = []
+    for tag in tree.items:
+        try:
+            if (await site.registry.get_manifest(name, tag)).digest == digest:
+                found.append(tag)
+        except ManifestUnknown:
+            continue
+    return found

@@ -1,0 +1,92 @@
+"""The browser session: a signed cookie naming the user, and the CSRF token of its forms.
+
+The cookie holds no secret of the account, only its name, the time its credentials last
+changed (a changed password or a disabled account ends every session) and a random CSRF
+token that every state-changing form must send back. Signed with a key kept in the data
+directory, so every replica sharing it accepts the same sessions.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import Request
+from starlette.responses import Response
+
+COOKIE = "cangku_session"
+MAX_AGE_SECONDS = 12 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    csrf: str
+    user: str | None = None
+    credentials_changed_at: float = 0.0
+
+    def signed_in(self, user: str, credentials_changed_at: float) -> Session:
+        # A fresh CSRF token at sign-in: one learnt before it is worthless after.
+        return Session(secrets.token_urlsafe(32), user, credentials_changed_at)
+
+    def signed_out(self) -> Session:
+        return Session(secrets.token_urlsafe(32))
+
+    def csrf_matches(self, sent: str | None) -> bool:
+        return sent is not None and hmac.compare_digest(sent.encode(), self.csrf.encode())
+
+
+def load_or_create_session_key(path: Path) -> bytes:
+    """32 random bytes in a file readable only by the server's user, made on first start."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()  # Another process was first.
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(key)
+    return key
+
+
+class SessionCookies:
+    def __init__(self, key: bytes) -> None:
+        self.serializer = URLSafeTimedSerializer(key, salt="cangku-web-session")
+
+    def read(self, request: Request) -> Session | None:
+        value = request.cookies.get(COOKIE)
+        if not value:
+            return None
+        try:
+            data: Any = self.serializer.loads(value, max_age=MAX_AGE_SECONDS)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("csrf"), str):
+            return None
+        user = data.get("user")
+        changed = data.get("changed", 0.0)
+        if (user is not None and not isinstance(user, str)) or not isinstance(changed, int | float):
+            return None
+        return Session(data["csrf"], user, float(changed))
+
+    def write(self, request: Request, response: Response, session: Session) -> None:
+        value = self.serializer.dumps(
+            {"csrf": session.csrf, "user": session.user, "changed": session.credentials_changed_at}
+        )
+        response.set_cookie(
+            COOKIE,
+            value,
+            max_age=MAX_AGE_SECONDS,
+            path="/",
+            httponly=True,
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )

@@ -1,0 +1,272 @@
+"""What every page shares: who is looking, templates, the CSRF check, error pages.
+
+Pages are rendered on the server with Jinja2 (autoescape on: every name, tag, label and
+history line from a client is text, never markup). Every change is a POST whose form carries
+the session's CSRF token; permissions are checked here, on the server, whatever the page shows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from cangku.auth.access import AccessControl, Caller
+from cangku.auth.permissions import ALL_ACTIONS, ANONYMOUS, PULL, Principal
+from cangku.content.errors import (
+    Denied,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    RegistryError,
+    TooManyRequests,
+)
+from cangku.content.units import format_size
+from cangku.registry import Registry
+from cangku.registry.records import Visibility
+from cangku.web.sessions import Session, SessionCookies
+
+# Everything allowed: no inline script or style, nothing from another origin.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+# In open mode (no authentication) everyone may do everything.
+OPEN_PRINCIPAL = Principal(name=None, is_admin=True)
+
+
+class PageError(Exception):
+    """Stop and show an error page with this status."""
+
+    def __init__(self, status: int, title: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.title = title
+        self.message = message
+
+
+class SignInRequired(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """The person looking at a page."""
+
+    session: Session
+    principal: Principal
+    # No valid cookie came with the request: the response sets one.
+    new_session: bool
+    open_mode: bool
+
+    @property
+    def name(self) -> str | None:
+        return self.principal.name
+
+    @property
+    def signed_in(self) -> bool:
+        return self.principal.name is not None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.principal.is_admin
+
+
+def format_time(seconds: float | None) -> str:
+    if not seconds:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
+def short_digest(digest: str | None) -> str:
+    if not digest:
+        return ""
+    algorithm, _, encoded = digest.partition(":")
+    return f"{algorithm}:{encoded[:12]}"
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path on this site: never `//host` or `https://host`, which leave it."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def build_templates() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("cangku.web", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["size"] = format_size
+    environment.filters["time"] = format_time
+    environment.filters["short"] = short_digest
+    environment.filters["path"] = lambda value: quote(str(value), safe="/:@")
+    return environment
+
+
+class Site:
+    def __init__(
+        self,
+        registry: Registry,
+        access: AccessControl | None,
+        cookies: SessionCookies,
+        templates: jinja2.Environment | None = None,
+    ) -> None:
+        self.registry = registry
+        self.access = access
+        self.cookies = cookies
+        self.templates = templates or build_templates()
+
+    # -- who is looking --------------------------------------------------------------------
+    async def viewer(self, request: Request) -> Viewer:
+        session = self.cookies.read(request)
+        new_session = session is None
+        if session is None:
+            session = Session("").signed_out()
+        if self.access is None:
+            return Viewer(session, OPEN_PRINCIPAL, new_session, open_mode=True)
+        principal = ANONYMOUS
+        if session.user is not None:
+            loaded = await self.access.accounts.principal(session.user)
+            # A changed password, a disabled or deleted account: the session is over.
+            if (
+                loaded is not None
+                and loaded.credentials_changed_at == session.credentials_changed_at
+            ):
+                principal = loaded
+        request.scope["user_name"] = principal.name or "-"
+        return Viewer(session, principal, new_session, open_mode=False)
+
+    async def actions(self, viewer: Viewer, repository: str) -> frozenset[str]:
+        if self.access is None:
+            return ALL_ACTIONS
+        public = await self.access.accounts.is_public(repository)
+        return viewer.principal.actions(repository, public)
+
+    async def is_public(self, repository: str) -> bool:
+        return True if self.access is None else await self.access.accounts.is_public(repository)
+
+    async def visibility(self, viewer: Viewer) -> Visibility | None:
+        if self.access is None:
+            return None
+        return await self.access.visibility(Caller(viewer.principal))
+
+    async def require_visible(self, viewer: Viewer, repository: str) -> frozenset[str]:
+        """The viewer's actions on a repository they may see; otherwise sign in, or 404."""
+        actions = await self.actions(viewer, repository)
+        if PULL in actions:
+            return actions
+        if not viewer.signed_in:
+            raise SignInRequired()
+        # The same answer as for a repository that does not exist: nothing leaks.
+        raise not_found(f"There is no repository {repository!r} that you may see.")
+
+    async def require(self, viewer: Viewer, repository: str, action: str) -> None:
+        """For changes: refuse (403) unless the viewer may do `action` on the repository."""
+        if action not in await self.actions(viewer, repository):
+            raise PageError(
+                403, "Not allowed", f"You may not {action} in the repository {repository!r}."
+            )
+
+    async def checked_form(self, request: Request, viewer: Viewer) -> FormData:
+        """The posted form, if it carries this session's CSRF token (else 403)."""
+        form = await request.form()
+        sent = form.get("csrf")
+        if viewer.new_session or not viewer.session.csrf_matches(
+            sent if isinstance(sent, str) else None
+        ):
+            raise PageError(
+                403,
+                "Form expired",
+                "The form did not come from this page, or your session changed. "
+                "Go back, reload the page and try again.",
+            )
+        return form
+
+    # -- responses -------------------------------------------------------------------------
+    def render(
+        self,
+        request: Request,
+        viewer: Viewer,
+        template: str,
+        context: dict[str, Any],
+        status: int = 200,
+    ) -> Response:
+        body = self.templates.get_template(template).render(
+            viewer=viewer, csrf=viewer.session.csrf, request_path=request.url.path, **context
+        )
+        response = HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+        if viewer.new_session:
+            self.cookies.write(request, response, viewer.session)
+        return response
+
+    def redirect(self, request: Request, viewer: Viewer, target: str) -> Response:
+        response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
+        if viewer.new_session:
+            self.cookies.write(request, response, viewer.session)
+        return response
+
+    def error_page(
+        self, request: Request, viewer: Viewer | None, status: int, title: str, message: str
+    ) -> Response:
+        if viewer is None:
+            viewer = Viewer(Session("").signed_out(), ANONYMOUS, True, self.access is None)
+        return self.render(
+            request, viewer, "error.html", {"title": title, "message": message}, status
+        )
+
+    def page(self, handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
+        """A route: finds the viewer, runs the handler, turns errors into pages."""
+
+        async def run(request: Request) -> Response:
+            viewer = None
+            try:
+                viewer = await self.viewer(request)
+                return await handler(request, viewer)
+            except SignInRequired:
+                target = quote(request.url.path, safe="/")
+                return self.redirect(
+                    request, viewer or await self.viewer(request), f"/signin?next={target}"
+                )
+            except PageError as error:
+                return self.error_page(request, viewer, error.status, error.title, error.message)
+            except RegistryError as error:
+                status, title = _status_of(error)
+                return self.error_page(request, viewer, status, title, error.message)
+
+        return run
+
+
+PageHandler = Callable[[Request, Viewer], Awaitable[Response]]
+
+
+def not_found(message: str) -> PageError:
+    return PageError(404, "Not found", message)
+
+
+def _status_of(error: RegistryError) -> tuple[int, str]:
+    if isinstance(error, NameUnknown | ManifestUnknown):
+        return 404, "Not found"
+    if isinstance(error, NameInvalid):
+        return 404, "Not found"
+    if isinstance(error, Denied):
+        return 403, "Not allowed"
+    if isinstance(error, TooManyRequests):
+        return 429, "Too many attempts"
+    return 400, "Cannot do that"

@@ -1,0 +1,330 @@
+"""The web UI's routes: sign-in, what each person sees, deletes, CSRF, escaping, errors."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from cangku.auth.accounts import Accounts
+from cangku.registry import Registry
+
+from .conftest import Browser, csrf_of, store_image
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def test_sign_in_with_the_docker_login_password_shows_own_repositories(
+    browser: Browser, registry: Registry
+) -> None:
+    await store_image(registry, "jimo/app", "1.0.0")
+    before = await browser.client.get("/")
+    assert "jimo/app" not in before.text
+    signed_in = await browser.sign_in("jimo")
+    assert signed_in.status_code == 303
+    page = await browser.client.get("/")
+    assert "jimo/app" in page.text
+    assert "Sign out jimo" in page.text
+
+
+async def test_session_cookie_is_httponly_and_samesite_lax(browser: Browser) -> None:
+    response = await browser.client.get("/signin")
+    cookie = response.headers["set-cookie"].lower()
+    assert "httponly" in cookie
+    assert "samesite=lax" in cookie
+    assert "secure" not in cookie  # plain HTTP here; Secure under TLS
+
+
+async def test_wrong_password_shows_an_error_and_signs_nobody_in(browser: Browser) -> None:
+    response = await browser.sign_in("jimo", "not-the-password")
+    assert response.status_code == 401
+    assert "Incorrect username or password" in response.text
+    assert "Sign out" not in (await browser.client.get("/")).text
+
+
+async def test_sign_in_never_redirects_off_the_site(browser: Browser) -> None:
+    form = await browser.client.get("/signin")
+    response = await browser.client.post(
+        "/signin",
+        data={
+            "csrf": csrf_of(form),
+            "username": "jimo",
+            "password": "jimo-password",
+            "next": "//evil.example/",
+        },
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == "/"
+
+
+async def test_list_shows_own_and_public_repositories_but_not_another_users_private_one(
+    browser: Browser, registry: Registry, accounts: Accounts
+) -> None:
+    await store_image(registry, "jimo/mine", "1")
+    await store_image(registry, "lee/secret", "1", actor="lee")
+    await store_image(registry, "lee/shared", "1", actor="lee")
+    await accounts.set_public("lee/shared", True)
+    await browser.sign_in("jimo")
+    page = (await browser.client.get("/")).text
+    assert "jimo/mine" in page
+    assert "lee/shared" in page
+    assert "lee/secret" not in page
+    searched = (await browser.client.get("/", params={"q": "shar"})).text
+    assert "lee/shared" in searched and "jimo/mine" not in searched
+
+
+async def test_repository_list_sorts_by_last_push_and_pages(
+    browser: Browser, registry: Registry
+) -> None:
+    for index in range(27):
+        await store_image(registry, f"jimo/app{index:02d}", "1")
+    await browser.sign_in("jimo")
+    first = (await browser.client.get("/")).text
+    assert "jimo/app00" in first and "jimo/app26" not in first
+    assert "Page 1 of 2" in first
+    second = (await browser.client.get("/", params={"page": "2"})).text
+    assert "jimo/app26" in second
+    newest = (await browser.client.get("/", params={"sort": "pushed"})).text
+    assert newest.index("jimo/app26") < newest.index("jimo/app25")
+
+
+async def test_repository_page_shows_tags_versions_pull_command_and_switches(
+    browser: Browser, registry: Registry
+) -> None:
+    digest = await store_image(registry, "jimo/app", "2.0.0")
+    await browser.sign_in("jimo")
+    page = await browser.client.get("/r/jimo/app")
+    assert page.status_code == 200
+    text = page.text
+    assert "2.0.0" in text and digest[:19] in text
+    assert "docker pull registry.test/jimo/app:latest" in text
+    assert "linux/amd64" in text
+    assert "Floating tags" in text and "Immutable versions" in text
+    assert "Delete" in text
+
+
+async def test_reader_sees_no_switches_and_may_not_post_them(
+    browser: Browser, registry: Registry, accounts: Accounts
+) -> None:
+    await store_image(registry, "lee/shared", "1", actor="lee")
+    await accounts.set_public("lee/shared", True)
+    await browser.sign_in("jimo")
+    page = (await browser.client.get("/r/lee/shared")).text
+    assert "Save settings" not in page
+    refused = await browser.post("/r/lee/shared/-/settings", {"floating": "on"})
+    assert refused.status_code == 403
+    assert not (await registry.tag_policy("lee/shared")).immutable_versions
+
+
+async def test_owner_makes_a_repository_public(
+    browser: Browser, registry: Registry, accounts: Accounts
+) -> None:
+    await store_image(registry, "jimo/app", "1")
+    await browser.sign_in("jimo")
+    response = await browser.post(
+        "/r/jimo/app/-/settings", {"public": "on", "immutable_versions": "on"}
+    )
+    assert response.status_code == 303
+    assert await accounts.is_public("jimo/app")
+    policy = await registry.tag_policy("jimo/app")
+    assert policy.immutable_versions and not policy.floating
+
+
+async def test_image_page_shows_config_layers_and_history(
+    browser: Browser, registry: Registry
+) -> None:
+    await store_image(registry, "jimo/app", "1.0.0", labels={"org.example.team": "core"})
+    await browser.sign_in("jimo")
+    page = await browser.client.get("/r/jimo/app/-/tags/1.0.0")
+    assert page.status_code == 200
+    for expected in ("org.example.team", "core", "/bin/app --serve", "8080/tcp", "PATH=/usr/bin"):
+        assert expected in page.text
+    assert "COPY app /bin/app" in page.text
+    assert "application/vnd.oci.image.layer.v1.tar+gzip" in page.text
+
+
+async def test_label_with_a_script_is_shown_as_text(browser: Browser, registry: Registry) -> None:
+    await store_image(
+        registry,
+        "jimo/xss",
+        "1",
+        labels={"<script>alert(1)</script>": "<script>alert(1)</script>"},
+        history=["<img src=x onerror=alert(1)>"],
+    )
+    await browser.sign_in("jimo")
+    page = await browser.client.get("/r/jimo/xss/-/tags/1")
+    assert "<script>alert(1)</script>" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "<img src=x" not in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+async def test_delete_tag_asks_first_then_the_registry_no_longer_serves_it(
+    browser: Browser, registry: Registry
+) -> None:
+    await store_image(registry, "jimo/app", "1.0.0")
+    await browser.sign_in("jimo")
+    confirmation = await browser.client.get("/r/jimo/app/-/tags/1.0.0/delete")
+    assert confirmation.status_code == 200
+    assert "jimo/app:1.0.0" in confirmation.text and ">Delete</button>" in confirmation.text
+    response = await browser.client.post(
+        "/r/jimo/app/-/tags/1.0.0/delete", data={"csrf": csrf_of(confirmation)}
+    )
+    assert response.status_code == 303
+    gone = await browser.client.head(
+        "/v2/jimo/app/manifests/1.0.0", headers=basic("jimo", "jimo-password")
+    )
+    assert gone.status_code == 404
+
+
+async def test_delete_manifest_removes_all_its_tags(browser: Browser, registry: Registry) -> None:
+    digest = await store_image(registry, "jimo/app", "1.0.0")  # also 1.0, 1 and latest
+    await browser.sign_in("jimo")
+    confirmation = await browser.client.get(f"/r/jimo/app/-/manifests/{digest}/delete")
+    assert "Its tag 1.0.0." in confirmation.text and "Its tag latest." in confirmation.text
+    response = await browser.post(f"/r/jimo/app/-/manifests/{digest}/delete")
+    assert response.status_code == 303
+    assert (await registry.list_tags("jimo/app", None, None)).items == []
+
+
+async def test_delete_repository_removes_every_tag_and_image(
+    browser: Browser, registry: Registry
+) -> None:
+    await store_image(registry, "jimo/app", "1.0.0")
+    await store_image(registry, "jimo/app", "2.0.0")
+    await browser.sign_in("jimo")
+    confirmation = await browser.client.get("/r/jimo/app/-/delete")
+    assert "the repository jimo/app" in confirmation.text
+    response = await browser.post("/r/jimo/app/-/delete")
+    assert response.status_code == 303
+    assert (await registry.list_tags("jimo/app", None, None)).items == []
+    assert "jimo/app" not in (await browser.client.get("/")).text
+    assert (await browser.client.get("/r/jimo/app")).status_code in (200, 404)
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+async def test_post_without_a_valid_csrf_token_is_refused_and_deletes_nothing(
+    browser: Browser, registry: Registry, token: str | None
+) -> None:
+    await store_image(registry, "jimo/app", "1.0.0")
+    await browser.sign_in("jimo")
+    data = {} if token is None else {"csrf": token}
+    response = await browser.client.post("/r/jimo/app/-/tags/1.0.0/delete", data=data)
+    assert response.status_code == 403
+    assert "Form expired" in response.text
+    assert "1.0.0" in (await registry.list_tags("jimo/app", None, None)).items
+
+
+async def test_csrf_token_of_another_session_is_refused(
+    browser: Browser, other_browser: Browser, registry: Registry
+) -> None:
+    await store_image(registry, "jimo/app", "1.0.0")
+    await browser.sign_in("jimo")
+    stolen = await other_browser.csrf()
+    response = await browser.client.post("/r/jimo/app/-/tags/1.0.0/delete", data={"csrf": stolen})
+    assert response.status_code == 403
+    assert "1.0.0" in (await registry.list_tags("jimo/app", None, None)).items
+
+
+async def test_another_users_private_repository_is_hidden_and_its_delete_refused(
+    browser: Browser, registry: Registry
+) -> None:
+    await store_image(registry, "lee/secret", "1", actor="lee")
+    await browser.sign_in("jimo")
+    page = await browser.client.get("/r/lee/secret")
+    assert page.status_code == 404
+    assert "secret" not in (await browser.client.get("/")).text
+    for path in ("/r/lee/secret/-/tags/1/delete", "/r/lee/secret/-/delete"):
+        response = await browser.post(path)
+        assert response.status_code == 403, path
+    assert (await registry.list_tags("lee/secret", None, None)).items == ["1"]
+
+
+async def test_anonymous_visitor_of_a_private_repository_is_sent_to_sign_in(
+    browser: Browser, registry: Registry
+) -> None:
+    await store_image(registry, "jimo/app", "1")
+    response = await browser.client.get("/r/jimo/app")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/signin?next=/r/jimo/app"
+
+
+async def test_unknown_pages_and_images_get_html_404_without_a_trace(
+    browser: Browser, registry: Registry
+) -> None:
+    await store_image(registry, "jimo/app", "1")
+    await browser.sign_in("jimo")
+    for path in ("/no/such/page", "/r/jimo/app/-/tags/9.9.9", "/r/jimo/app/-/manifests/sha256:00"):
+        response = await browser.client.get(path)
+        assert response.status_code == 404, path
+        assert response.headers["content-type"].startswith("text/html")
+        assert "Traceback" not in response.text and "Not found" in response.text
+
+
+async def test_empty_registry_says_how_to_push_the_first_image(browser: Browser) -> None:
+    await browser.sign_in("jimo")
+    page = (await browser.client.get("/")).text
+    assert "Push your first image" in page
+    assert "docker push registry.test/jimo/my-image:1.0.0" in page
+
+
+async def test_account_creates_a_token_shown_once_and_revokes_it(
+    browser: Browser, accounts: Accounts
+) -> None:
+    await browser.sign_in("jimo")
+    created = await browser.post("/account/tokens", {"name": "ci", "scope": "read"})
+    assert created.status_code == 200
+    assert "ckt_" in created.text
+    listed = await browser.client.get("/account")
+    assert "ci" in listed.text and "ckt_" not in listed.text
+    [token] = await accounts.list_tokens("jimo")
+    revoked = await browser.post(f"/account/tokens/{token.id}/revoke")
+    assert "The token was revoked" in revoked.text
+    assert (await accounts.list_tokens("jimo"))[0].revoked_at is not None
+
+
+async def test_changing_the_password_keeps_this_session_and_the_new_one_works(
+    browser: Browser, accounts: Accounts
+) -> None:
+    await browser.sign_in("jimo")
+    changed = await browser.post(
+        "/account/password",
+        {
+            "current_password": "jimo-password",
+            "new_password": "a-new-long-password",
+            "repeat_password": "a-new-long-password",
+        },
+    )
+    assert "Your password was changed" in changed.text
+    assert "Sign out jimo" in (await browser.client.get("/account")).text
+    assert await accounts.authenticate("jimo", "a-new-long-password") is not None
+
+
+async def test_admin_pages_are_for_administrators_only(browser: Browser) -> None:
+    await browser.sign_in("jimo")
+    assert (await browser.client.get("/admin")).status_code == 403
+    refused = await browser.post("/admin/users", {"name": "mallory", "password": "x" * 20})
+    assert refused.status_code == 403
+
+
+async def test_admin_creates_a_user_and_an_organization_with_a_member(
+    browser: Browser, accounts: Accounts
+) -> None:
+    await browser.sign_in("admin")
+    await browser.post("/admin/users", {"name": "mei", "password": "mei-long-password"})
+    await browser.post("/admin/organizations", {"name": "team"})
+    page = await browser.post(
+        "/admin/organizations/team/members", {"user": "mei", "role": "writer"}
+    )
+    assert "mei is now writer of team" in page.text
+    assert (await accounts.list_organizations())["team"] == {"mei": "writer"}
+    await browser.post("/admin/users/mei/disable")
+    assert [user.disabled for user in await accounts.list_users() if user.name == "mei"] == [True]
+
+
+async def test_disabled_account_loses_its_session(browser: Browser, accounts: Accounts) -> None:
+    await browser.sign_in("jimo")
+    await accounts.set_disabled("jimo", True)
+    assert "Sign out" not in (await browser.client.get("/")).text
