@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
 import time
 from collections import OrderedDict
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cangku.content.errors import Unauthorized
+from cangku.keyfiles import read_or_create
 
 ALGORITHM = "ES256"
 ISSUER = "cangku"
@@ -58,24 +58,16 @@ class AccessToken:
 
 def load_or_create_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """The P-256 key in `path`, created (mode 0600) when missing."""
-    if not path.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
+
+    def new_key() -> bytes:
+        return ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(pem)
-        try:
-            os.link(temporary, path)  # Fails if another process created it first: use theirs.
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink()
-    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+
+    pem = read_or_create(path, new_key)
+    loaded = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(loaded, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{path} must hold an EC P-256 private key")
     return loaded

@@ -9,7 +9,6 @@ directory, so every replica sharing it accepts the same sessions.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
+
+from cangku.keyfiles import read_or_create
 
 COOKIE = "cangku_session"
 MAX_AGE_SECONDS = 12 * 3600
@@ -42,18 +43,9 @@ class Session:
 
 def load_or_create_session_key(path: Path) -> bytes:
     """32 random bytes in a file readable only by the server's user, made on first start."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    key = secrets.token_bytes(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()  # Another process was first.
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(key)
+    key = read_or_create(path, lambda: secrets.token_bytes(32))
+    if len(key) < 32:
+        raise ValueError(f"{path} must hold at least 32 bytes")
     return key
 
 
