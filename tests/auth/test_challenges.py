@@ -243,3 +243,25 @@ async def test_usage_api_is_for_admins_and_repository_usage_for_pullers(
     assert own.status_code == 200
     other = await client.get("/api/v1/repositories/jimo/app/usage", headers=basic("lee"))
     assert other.status_code == 403
+
+
+async def test_visibility_json_api_is_for_owners(client: httpx.AsyncClient) -> None:
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo/app", "v1")
+    url = "/api/v1/repositories/jimo/app/visibility"
+    assert (await client.get(url, headers=basic("jimo"))).json() == {
+        "repository": "jimo/app",
+        "public": False,
+    }
+    assert (await client.put(url, json={"public": True}, headers=basic("lee"))).status_code == 403
+    assert (await client.put(url, json={"public": True})).status_code == 401
+    changed = await client.put(url, json={"public": True}, headers=basic("jimo"))
+    assert changed.json() == {"repository": "jimo/app", "public": True}
+    # Now anyone may pull it, also anonymously.
+    assert (await client.get("/v2/jimo/app/manifests/v1")).status_code == 200
+    for body in (b"not json", b'{"public": "yes"}', b"[true]", b"{" * 10_000):
+        refused = await client.put(url, content=body, headers=basic("jimo"))
+        assert refused.status_code in (400, 413) and refused.json()["error"]["code"] in (
+            "REQUEST_INVALID",
+            "SIZE_INVALID",
+        )

@@ -87,6 +87,12 @@ class TooManyRequests(RegistryError):
     code = "TOOMANYREQUESTS"
 
 
+class RequestInvalid(RegistryError):
+    """A malformed body for the JSON API (/api/v1), answered with 400."""
+
+    code = "REQUEST_INVALID"
+
+
 class PaginationNumberInvalid(RegistryError):
     """An `n` that is not a non-negative integer (the reference registry's code)."""
 
