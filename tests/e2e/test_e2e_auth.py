@@ -13,7 +13,6 @@ import datetime
 import ipaddress
 import os
 import shutil
-import socket
 import ssl
 import uuid
 from collections.abc import Callable, Iterator
@@ -443,59 +442,17 @@ def docker_trusts(host: str, ca: Path) -> Iterator[Path]:
                 DOCKER_CERTS_DIR.rmdir()  # only if nothing else was put there meanwhile
 
 
-def start_tls_server(
-    factory: RegistryServerFactory, tls: TlsFiles, *, address: str = "127.0.0.1"
-) -> RegistryServer:
+def start_tls_server(factory: RegistryServerFactory, tls: TlsFiles) -> RegistryServer:
     if server_kind() != "cangku":
         pytest.skip("accounts are cangku's: the reference registry runs without them here")
-    extra_args = ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
-    extra_env = {"CANGKU_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    if address == "127.0.0.1":
-        server = factory.start(
-            auth=True, extra_args=extra_args, extra_env=extra_env, scheme="https"
-        )
-    else:
-        name = f"registry-{len(factory.servers)}"
-        server = AddressedRegistryServer(
-            kind="cangku",
-            data_dir=factory.base_dir / f"{name}-data",
-            log_path=factory.base_dir / f"{name}.log",
-            auth=True,
-            extra_args=extra_args,
-            extra_env=extra_env,
-            scheme="https",
-            address=address,
-        )
-        factory.servers.append(server)
-        server.start()
+    server = factory.start(
+        auth=True,
+        extra_args=["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)],
+        extra_env={"CANGKU_ADMIN_PASSWORD": ADMIN_PASSWORD},
+        scheme="https",
+    )
     add_user(server, "jimo", PASSWORDS["jimo"])
     return server
-
-
-@dataclass
-class AddressedRegistryServer(RegistryServer):
-    """A registry listening on another address than 127.0.0.1 (for docker and skopeo too)."""
-
-    address: str = "127.0.0.1"
-
-    @property
-    def host(self) -> str:
-        return f"{self.address}:{self.port}"
-
-    @property
-    def docker_host(self) -> str:
-        return self.host
-
-
-def non_loopback_address() -> str | None:
-    """This machine's address on its default route, if it has one."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.254", 9))  # no packet is sent: this only picks a route
-        except OSError:
-            return None
-        address: str = probe.getsockname()[0]
-    return None if ipaddress.ip_address(address).is_loopback else address
 
 
 def docker_push_pull_round_trip(
@@ -584,30 +541,3 @@ def test_https_with_a_self_signed_ca(
             reference,
         )
         assert inspected.out.strip() == descriptor["digest"]
-
-
-def test_docker_verifies_the_server_certificate_against_certs_d(
-    registry_factory: RegistryServerFactory,
-    docker_cli: Client,
-    docker_images: DockerImageBuilder,
-    tmp_path: Path,
-) -> None:
-    """dockerd skips certificate checks for loopback registries (they are "insecure" by
-    default), so /etc/docker/certs.d only matters on another address: serve on this
-    machine's own address, where docker refuses our certificate until it trusts the CA."""
-    address = non_loopback_address()
-    if address is None:
-        pytest.skip("no non-loopback address to serve on")
-    tls = make_tls_files(tmp_path / "tls", [address])
-    server = start_tls_server(registry_factory, tls, address=address)
-    host = server.docker_host
-
-    untrusted = login(docker_cli, host, "jimo", PASSWORDS["jimo"], check=False)
-    assert untrusted.returncode != 0, combined(untrusted)
-    assert "certificate signed by unknown authority" in combined(untrusted), combined(untrusted)
-
-    with docker_trusts(host, tls.ca):
-        docker_push_pull_round_trip(docker_cli, docker_images, host, PASSWORDS["jimo"])
-        with http_client(verify=tls.context()) as client:
-            challenge = client.get(f"https://{host}/v2/").headers["www-authenticate"]
-            assert challenge.startswith(f'Bearer realm="https://{host}/auth/token"'), challenge
