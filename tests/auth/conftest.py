@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -64,6 +65,20 @@ async def client(
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4321))
     async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
         yield client
+
+
+@pytest.fixture
+def app_for_address(settings: Settings, registry: Registry, accounts: Accounts) -> object:
+    """A client of the same app as `client`, calling from another address."""
+    app = create_app(settings, registry)
+
+    @contextlib.asynccontextmanager
+    async def open_client(address: str) -> AsyncIterator[httpx.AsyncClient]:
+        transport = httpx.ASGITransport(app=app, client=(address, 4321))
+        async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as c:
+            yield c
+
+    return open_client
 
 
 def basic(user: str, password: str | None = None) -> dict[str, str]:

@@ -265,3 +265,14 @@ async def test_visibility_json_api_is_for_owners(client: httpx.AsyncClient) -> N
             "REQUEST_INVALID",
             "SIZE_INVALID",
         )
+
+
+async def test_a_repository_named_like_its_namespace_is_listed_for_its_owner(
+    client: httpx.AsyncClient,
+) -> None:
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo", "v1", layers=0)
+        await push_image(client, "jimo/app", "v1", layers=0)
+    listed = (await client.get("/v2/_catalog", headers=basic("jimo"))).json()["repositories"]
+    assert listed == ["jimo", "jimo/app"]
+    assert (await client.get("/v2/_catalog", headers=basic("lee"))).json()["repositories"] == []

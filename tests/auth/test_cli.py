@@ -196,3 +196,31 @@ def test_organizations_tokens_and_visibility(
     assert asyncio.run(public())
     run(capsys, monkeypatch, tmp_path, "repo", "set", "jimo/app", "--private")
     assert not asyncio.run(public())
+
+
+def test_imported_cheap_hashes_are_upgraded_at_the_first_login(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cangku.auth import passwords
+
+    monkeypatch.setattr(passwords, "BCRYPT_ROUNDS", 6)
+    cheap = bcrypt.hashpw(b"imported-password", bcrypt.gensalt(rounds=4)).decode()
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"alice:{cheap}\n")
+    run(capsys, monkeypatch, tmp_path / "data", "user", "import-htpasswd", str(htpasswd))
+    assert authenticate(tmp_path / "data", "alice", "imported-password")
+
+    async def stored_cost() -> int:
+        store = MetadataStore.open(sqlite_url(tmp_path / "data"))
+        try:
+            from cangku.metadata.schema import users
+
+            stored = await store.read(
+                lambda c: c.scalar(users.select().with_only_columns(users.c.password_hash))
+            )
+            return passwords.bcrypt_cost(stored)
+        finally:
+            await store.close()
+
+    assert asyncio.run(stored_cost()) == 6
+    assert authenticate(tmp_path / "data", "alice", "imported-password")

@@ -196,3 +196,29 @@ async def test_users_and_organizations_share_names(accounts: Accounts) -> None:
 async def test_weak_or_unusable_passwords_are_refused(accounts: Accounts, password: str) -> None:
     with pytest.raises(ValueError):
         await accounts.add_user("newuser", password)
+
+
+async def test_failures_from_a_stranger_do_not_lock_the_owner_out(
+    client: httpx.AsyncClient, app_for_address: object
+) -> None:
+    for _ in range(11):
+        await client.get("/v2/", headers=basic("admin", "guessing-wrong"))
+    assert (await client.get("/v2/", headers=basic("admin"))).status_code == 429
+    async with app_for_address("192.0.2.44") as owner:  # type: ignore[operator]
+        assert (await owner.get("/v2/", headers=basic("admin"))).status_code == 200
+
+
+async def test_a_user_or_organization_with_repositories_cannot_be_deleted(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo/app", "v1")
+    with pytest.raises(AccountError, match="still owns repositories"):
+        await accounts.delete_user("jimo")
+    # Otherwise whoever took the name next would own jimo/app.
+    digest = (await client.get("/v2/jimo/app/manifests/v1", headers=basic("jimo"))).headers[
+        "Docker-Content-Digest"
+    ]
+    await client.delete(f"/v2/jimo/app/manifests/{digest}", headers=basic("jimo"))
+    await accounts.delete_user("jimo")
+    assert await accounts.principal("jimo") is None

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 
+import httpx
 import pytest
 
+from cangku.app import create_app
 from cangku.auth.accounts import Accounts
+from cangku.config import Settings
 from cangku.registry import Registry
 
 from .conftest import Browser, csrf_of, store_image
@@ -328,3 +331,35 @@ async def test_disabled_account_loses_its_session(browser: Browser, accounts: Ac
     await browser.sign_in("jimo")
     await accounts.set_disabled("jimo", True)
     assert "Sign out" not in (await browser.client.get("/")).text
+
+
+async def test_forms_on_the_page_after_a_password_change_still_work(browser: Browser) -> None:
+    await browser.sign_in("jimo")
+    changed = await browser.post(
+        "/account/password",
+        {
+            "current_password": "jimo-password",
+            "new_password": "a-new-long-password",
+            "repeat_password": "a-new-long-password",
+        },
+    )
+    # Submit a form of the page the change returned, with the token that page carries.
+    created = await browser.client.post(
+        "/account/tokens", data={"csrf": csrf_of(changed), "name": "ci", "scope": "read"}
+    )
+    assert created.status_code == 200, created.text
+
+
+async def test_session_cookie_is_secure_behind_a_trusted_tls_proxy(
+    settings: Settings, registry: Registry, accounts: Accounts
+) -> None:
+    app = create_app(settings, registry)
+    # settings trust 10.0.0.1 as a proxy (tests/auth/conftest.py).
+    transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 4321))
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
+        response = await client.get("/signin", headers={"X-Forwarded-Proto": "https"})
+        assert "secure" in response.headers["set-cookie"].lower()
+        untrusted = httpx.ASGITransport(app=app, client=("10.9.9.9", 4321))
+        async with httpx.AsyncClient(transport=untrusted, base_url="http://registry.test") as other:
+            plain = await other.get("/signin", headers={"X-Forwarded-Proto": "https"})
+            assert "secure" not in plain.headers["set-cookie"].lower()

@@ -123,7 +123,11 @@ class AccessControl:
         """What the caller may list in the catalog (None: everything)."""
         principal = caller.principal
         if caller.token is not None and principal.name is not None:
-            principal = await self.accounts.principal(principal.name) or ANONYMOUS
+            # The account as it is now, within the access token's scope (or revocation).
+            principal = (
+                await self.accounts.principal(principal.name, token_id=caller.token.token_id)
+                or ANONYMOUS
+            )
         if principal.is_admin:
             return None
         return Visibility(
@@ -153,7 +157,12 @@ class AccessControl:
     async def check_credentials(self, request: Request, name: str, secret: str) -> Principal:
         """A password or access token, rate-limited per account and client address."""
         address = self.client_address(request)
-        for limiter, key in ((self.account_failures, name), (self.address_failures, address)):
+        # Per account *and* address: a stranger's failures must not lock the owner out.
+        account_key = f"{name}\0{address}"
+        for limiter, key in (
+            (self.account_failures, account_key),
+            (self.address_failures, address),
+        ):
             wait = limiter.retry_after(key)
             if wait is not None:
                 raise RateLimited("too many failed logins; try again later", wait)
@@ -166,7 +175,7 @@ class AccessControl:
         self._credentials.pop(cache_key, None)
         principal = await self.accounts.authenticate(name, secret)
         if principal is None:
-            self.account_failures.record_failure(name)
+            self.account_failures.record_failure(account_key)
             self.address_failures.record_failure(address)
             raise Unauthorized("incorrect username or password")
         if principal.token_id is None:

@@ -19,8 +19,10 @@ import anyio.to_thread
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
+from cangku.auth import passwords
 from cangku.auth.passwords import (
     DUMMY_HASH,
+    bcrypt_cost,
     check_new_password,
     generate_password,
     hash_password,
@@ -30,6 +32,7 @@ from cangku.auth.permissions import ALL_ACTIONS, ROLES, TOKEN_SCOPES, Principal
 from cangku.content.names import validate_repository_name
 from cangku.metadata.schema import (
     access_tokens,
+    manifests,
     organization_members,
     organizations,
     repositories,
@@ -115,6 +118,7 @@ class Accounts:
 
     async def delete_user(self, name: str) -> None:
         def remove(connection: Connection) -> int:
+            _refuse_owned_repositories(connection, name)
             return connection.execute(delete(users).where(users.c.name == name)).rowcount
 
         if not await self.metadata.write(remove):
@@ -192,6 +196,7 @@ class Accounts:
 
     async def delete_organization(self, name: str) -> None:
         def remove(connection: Connection) -> int:
+            _refuse_owned_repositories(connection, name)
             return connection.execute(
                 delete(organizations).where(organizations.c.name == name)
             ).rowcount
@@ -331,6 +336,15 @@ class Accounts:
         matches = await anyio.to_thread.run_sync(verify_password, secret, stored)
         if row is None or row.disabled or not matches:
             return None
+        if bcrypt_cost(stored) < passwords.BCRYPT_ROUNDS:
+            # Imported (htpasswd) hashes are often cheaper; a cheap hash would also make
+            # this account's failures faster than an unknown name's. Upgrade it now.
+            upgraded = await anyio.to_thread.run_sync(hash_password, secret)
+            await self.metadata.write(
+                lambda c: c.execute(
+                    update(users).where(users.c.name == name).values(password_hash=upgraded)
+                )
+            )
         return await self.principal(name)
 
     async def _authenticate_token(self, name: str, token_id: str, secret: str) -> Principal | None:
@@ -443,6 +457,27 @@ def _insert_user(connection: Connection, name: str, password_hash: str, *, admin
             credentials_changed_at=now,
         )
     )
+
+
+def _refuse_owned_repositories(connection: Connection, namespace: str) -> None:
+    """A namespace's repositories must go first: whoever took the name next would own them."""
+    held = connection.scalars(
+        select(repositories.c.name)
+        .where(
+            repositories.c.name.startswith(f"{namespace}/", autoescape=True)
+            | (repositories.c.name == namespace),
+            select(manifests.c.digest)
+            .where(manifests.c.repository_id == repositories.c.id)
+            .exists(),
+        )
+        .order_by(repositories.c.name)
+        .limit(4)
+    ).all()
+    if held:
+        shown = ", ".join(held[:3]) + (", …" if len(held) > 3 else "")
+        raise AccountError(
+            f"{namespace} still owns repositories with images ({shown}); delete them first"
+        )
 
 
 def _refuse_taken_namespace(connection: Connection, name: str) -> None:

@@ -28,6 +28,12 @@ def verify_password(password: str, password_hash: str) -> bool:
         return False
 
 
+def bcrypt_cost(password_hash: str) -> int:
+    """The cost factor of a `$2b$12$...` hash (0 when it is not one)."""
+    parts = password_hash.split("$")
+    return int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 0
+
+
 def check_new_password(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")

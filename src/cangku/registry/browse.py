@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.schema import (
@@ -71,16 +71,7 @@ def list_summaries(
         select(manifests.c.digest).where(manifests.c.repository_id == repositories.c.id).exists()
     )
     if visible is not None:
-        public = (
-            repositories.c.public.is_not(False)
-            if visible.public_by_default
-            else repositories.c.public.is_(True)
-        )
-        owned = [
-            repositories.c.name.startswith(f"{namespace}/", autoescape=True)
-            for namespace in sorted(visible.namespaces)
-        ]
-        query = query.where(or_(public, *owned))
+        query = query.where(visible_to(visible))
     if search:
         query = query.where(repositories.c.name.contains(search.lower(), autoescape=True))
     total = connection.scalar(select(func.count()).select_from(query.subquery())) or 0
@@ -127,3 +118,19 @@ def remove_repository(connection: Connection, repository_id: int, actor: str | N
     )
     connection.execute(delete(uploads).where(uploads.c.repository_id == repository_id))
     return upload_ids
+
+
+def visible_to(visible: Visibility) -> ColumnElement[bool]:
+    """Repositories the caller may pull: public ones and those of their namespaces (a
+    namespace owns `ns/...` and a repository named just `ns`)."""
+    public = (
+        repositories.c.public.is_not(False)
+        if visible.public_by_default
+        else repositories.c.public.is_(True)
+    )
+    owned = [
+        repositories.c.name.startswith(f"{namespace}/", autoescape=True)
+        | (repositories.c.name == namespace)
+        for namespace in sorted(visible.namespaces)
+    ]
+    return or_(public, *owned)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from cangku.content.digest import Digest
@@ -545,16 +545,7 @@ class Registry:
             .exists()
         )
         if visible is not None:
-            public = (
-                repositories.c.public.is_not(False)
-                if visible.public_by_default
-                else repositories.c.public.is_(True)
-            )
-            owned = [
-                repositories.c.name.startswith(f"{namespace}/", autoescape=True)
-                for namespace in sorted(visible.namespaces)
-            ]
-            query = query.where(or_(public, *owned))
+            query = query.where(browse.visible_to(visible))
         if last:
             query = query.where(repositories.c.name > last)
         ordered = query.order_by(repositories.c.name)

@@ -22,7 +22,8 @@ STATIC = Path(__file__).parent / "static"
 
 def web_app(registry: Registry, access: AccessControl | None, session_key: bytes) -> Starlette:
     """`access` None is the no-authentication mode: everyone may do everything."""
-    site = Site(registry, access, SessionCookies(session_key))
+    scheme_of = (lambda request: access.base_url(request).split(":", 1)[0]) if access else None
+    site = Site(registry, access, SessionCookies(session_key, scheme_of))
     routes: list[BaseRoute] = [
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         *signin.routes(site),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -71,12 +73,11 @@ def routes(site: Site) -> list[BaseRoute]:
         # Other sessions end (their credentials time is older); this one continues.
         changed = await site.access.accounts.principal(viewer.name)
         assert changed is not None
+        session = viewer.session.signed_in(viewer.name, changed.credentials_changed_at)
+        # The page's forms must carry the new session's CSRF token, not the old one.
+        viewer = dataclasses.replace(viewer, session=session)
         response = await render(request, viewer, message="Your password was changed.")
-        site.cookies.write(
-            request,
-            response,
-            viewer.session.signed_in(viewer.name, changed.credentials_changed_at),
-        )
+        site.cookies.write(request, response, session)
         return response
 
     async def create_token(request: Request, viewer: Viewer) -> Response:

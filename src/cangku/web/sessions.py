@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,10 @@ def load_or_create_session_key(path: Path) -> bytes:
 
 
 class SessionCookies:
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, scheme_of: Callable[[Request], str] | None = None) -> None:
         self.serializer = URLSafeTimedSerializer(key, salt="cangku-web-session")
+        # The scheme the browser used (behind a trusted TLS proxy: https, as it reports).
+        self.scheme_of = scheme_of or (lambda request: request.url.scheme)
 
     def read(self, request: Request) -> Session | None:
         value = request.cookies.get(COOKIE)
@@ -80,5 +83,5 @@ class SessionCookies:
             path="/",
             httponly=True,
             samesite="lax",
-            secure=request.url.scheme == "https",
+            secure=self.scheme_of(request) == "https",
         )

@@ -186,7 +186,8 @@ class Site:
 
     async def checked_form(self, request: Request, viewer: Viewer) -> FormData:
         """The posted form, if it carries this session's CSRF token (else 403)."""
-        form = await request.form()
+        # Small forms only: no file parts, few fields, short values.
+        form = await request.form(max_files=0, max_fields=50, max_part_size=64 * 1024)
         sent = form.get("csrf")
         if viewer.new_session or not viewer.session.csrf_matches(
             sent if isinstance(sent, str) else None
