@@ -21,9 +21,9 @@ from sqlalchemy.engine import Connection
 
 from cangku.auth import passwords
 from cangku.auth.passwords import (
-    DUMMY_HASH,
     bcrypt_cost,
     check_new_password,
+    dummy_hash,
     generate_password,
     hash_password,
     verify_password,
@@ -332,7 +332,7 @@ class Accounts:
                 select(users.c.password_hash, users.c.disabled).where(users.c.name == name)
             ).first()
         )
-        stored = row.password_hash if row is not None else DUMMY_HASH
+        stored = row.password_hash if row is not None else dummy_hash(passwords.BCRYPT_ROUNDS)
         matches = await anyio.to_thread.run_sync(verify_password, secret, stored)
         if row is None or row.disabled or not matches:
             return None

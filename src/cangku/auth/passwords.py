@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 import bcrypt
@@ -47,6 +48,8 @@ def generate_password() -> str:
     return secrets.token_urlsafe(18)
 
 
-# A dummy hash to verify against when the account does not exist, so that a wrong user name
-# takes as long as a wrong password.
-DUMMY_HASH = bcrypt.hashpw(b"not a real password", bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
+@functools.cache
+def dummy_hash(rounds: int) -> str:
+    """A hash to verify against when the account does not exist, so that a wrong user name
+    takes as long as a wrong password. Made on first use (0.3 s), not at every start."""
+    return bcrypt.hashpw(b"not a real password", bcrypt.gensalt(rounds=rounds)).decode()
