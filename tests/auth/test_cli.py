@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import bcrypt
 import pytest
+from sqlalchemy import select
 
 from cangku import cli
 from cangku.auth.accounts import Accounts
+from cangku.metadata.schema import users
 from cangku.metadata.store import MetadataStore, sqlite_url
+
+T = TypeVar("T")
 
 
 def run(
@@ -27,15 +33,24 @@ def run(
     return code, captured.out, captured.err
 
 
-def authenticate(data: Path, name: str, secret: str) -> bool:
-    async def check() -> bool:
+def with_accounts(data: Path, work: Callable[[Accounts], Awaitable[T]]) -> T:
+    """Look at the data directory as the server would, after a command ran."""
+
+    async def look() -> T:
         store = MetadataStore.open(sqlite_url(data))
         try:
-            return await Accounts(store).authenticate(name, secret) is not None
+            return await work(Accounts(store))
         finally:
             await store.close()
 
-    return asyncio.run(check())
+    return asyncio.run(look())
+
+
+def authenticate(data: Path, name: str, secret: str) -> bool:
+    async def check(accounts: Accounts) -> bool:
+        return await accounts.authenticate(name, secret) is not None
+
+    return with_accounts(data, check)
 
 
 def test_user_lifecycle(
@@ -186,16 +201,12 @@ def test_organizations_tokens_and_visibility(
         == "jimo/app is now public\n"
     )
 
-    async def public() -> bool:
-        store = MetadataStore.open(sqlite_url(tmp_path))
-        try:
-            return await Accounts(store).is_public("jimo/app")
-        finally:
-            await store.close()
+    def public() -> bool:
+        return with_accounts(tmp_path, lambda accounts: accounts.is_public("jimo/app"))
 
-    assert asyncio.run(public())
+    assert public()
     run(capsys, monkeypatch, tmp_path, "repo", "set", "jimo/app", "--private")
-    assert not asyncio.run(public())
+    assert not public()
 
 
 def test_imported_cheap_hashes_are_upgraded_at_the_first_login(
@@ -210,17 +221,11 @@ def test_imported_cheap_hashes_are_upgraded_at_the_first_login(
     run(capsys, monkeypatch, tmp_path / "data", "user", "import-htpasswd", str(htpasswd))
     assert authenticate(tmp_path / "data", "alice", "imported-password")
 
-    async def stored_cost() -> int:
-        store = MetadataStore.open(sqlite_url(tmp_path / "data"))
-        try:
-            from cangku.metadata.schema import users
+    async def stored_cost(accounts: Accounts) -> int:
+        stored = await accounts.metadata.read(
+            lambda c: c.scalar(select(users.c.password_hash).where(users.c.name == "alice"))
+        )
+        return passwords.bcrypt_cost(stored)
 
-            stored = await store.read(
-                lambda c: c.scalar(users.select().with_only_columns(users.c.password_hash))
-            )
-            return passwords.bcrypt_cost(stored)
-        finally:
-            await store.close()
-
-    assert asyncio.run(stored_cost()) == 6
+    assert with_accounts(tmp_path / "data", stored_cost) == 6
     assert authenticate(tmp_path / "data", "alice", "imported-password")
