@@ -233,3 +233,26 @@ async def test_zero_byte_blob_can_be_pushed_and_pulled(client: httpx.AsyncClient
     response = await client.get(f"/v2/jimo/app/blobs/{sha256(b'')}")
     assert response.status_code == 200
     assert response.content == b""
+
+
+async def test_final_chunk_out_of_order_with_the_put_is_416(client: httpx.AsyncClient) -> None:
+    data = os.urandom(100)
+    location = await start(client)
+    await client.patch(location, content=data[:60], headers={"Content-Range": "0-59"})
+    response = await client.put(
+        location,
+        params={"digest": sha256(data)},
+        content=data[70:],
+        headers={"Content-Range": "70-99"},
+    )
+    assert response.status_code == 416
+    assert response.headers["Range"] == "0-59"
+    assert (await client.head(f"/v2/jimo/app/blobs/{sha256(data)}")).status_code == 404
+    # The session is intact: the right final chunk still completes it.
+    done = await client.put(
+        location,
+        params={"digest": sha256(data)},
+        content=data[60:],
+        headers={"Content-Range": "60-99"},
+    )
+    assert done.status_code == 201

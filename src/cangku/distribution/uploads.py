@@ -63,7 +63,12 @@ async def finish_upload(
     if digest is None:
         raise DigestInvalid("the digest query parameter is required to finish an upload")
     stored = await registry.finish_upload(
-        name, upload_id, digest, request_body(request), content_length(request)
+        name,
+        upload_id,
+        digest,
+        request_body(request),
+        content_length(request),
+        content_range(request),
     )
     return _created(name, str(stored))
 

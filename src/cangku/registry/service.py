@@ -304,13 +304,21 @@ class Registry:
         return await self.storage.append_upload(upload_id, body, length, start)
 
     async def finish_upload(
-        self, name: str, upload_id: str, digest: str, body: AsyncIterable[bytes], length: int | None
+        self,
+        name: str,
+        upload_id: str,
+        digest: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        content_range: tuple[int, int] | None = None,
     ) -> Digest:
         """Take the last chunk (if any), verify the whole upload and keep it as the blob."""
         parsed = Digest.parse(digest)
-        await self.upload_status(name, upload_id)
         if length != 0:
-            await self.storage.append_upload(upload_id, body, length)
+            # The same rules as a PATCH: a final chunk out of order is refused (416).
+            await self.append_upload(name, upload_id, body, length, content_range)
+        else:
+            await self._check_upload(name, upload_id)
         size = await self.storage.commit_upload(upload_id, parsed)
 
         def record(connection: Connection) -> RegistryError | None:
