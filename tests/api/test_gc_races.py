@@ -10,6 +10,7 @@ succeeds. Never a recorded blob without its file.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import time
@@ -123,24 +124,23 @@ async def test_manifest_put_waiting_for_the_sweep_transaction_sees_its_outcome(
     layer, config = os.urandom(700), b'{"architecture":"s390x","os":"linux"}'
     await push_blob(client, "jimo/app", layer)
     await push_blob(client, "jimo/app", config)
-    put_started: list[asyncio.Task[httpx.Response]] = []
-    original_delete = registry.storage.delete
+    loop = asyncio.get_running_loop()
+    put_started: list[concurrent.futures.Future[httpx.Response]] = []
+    original_delete = registry.storage.delete_blocking
 
-    async def delete_while_a_put_arrives(digest: Digest) -> None:
+    def delete_while_a_put_arrives(digest: Digest) -> None:
+        # Runs in the database's writer thread, inside the sweep's transaction.
         if not put_started:
-            put_started.append(
-                asyncio.create_task(
-                    put_manifest(client, "jimo/app", "v1", image(layer, config), OCI_MANIFEST)
-                )
-            )
-            await asyncio.sleep(0.05)  # the PUT runs up to the write lock and waits there
+            put = put_manifest(client, "jimo/app", "v1", image(layer, config), OCI_MANIFEST)
+            put_started.append(asyncio.run_coroutine_threadsafe(put, loop))
+            time.sleep(0.05)  # the PUT runs up to its write transaction and waits there
             assert not put_started[0].done()
-        await original_delete(digest)
+        original_delete(digest)
 
-    monkeypatch.setattr(registry.storage, "delete", delete_while_a_put_arrives)
+    monkeypatch.setattr(registry.storage, "delete_blocking", delete_while_a_put_arrives)
     await collector.collect()
 
-    response = await put_started[0]
+    response = await asyncio.wrap_future(put_started[0])
     assert error_code(response) == "MANIFEST_BLOB_UNKNOWN"
     await assert_every_recorded_blob_has_its_file(registry, data_dir)
 
@@ -278,15 +278,17 @@ async def test_collection_in_another_process_serializes_with_the_recording_trans
         client.post("/v2/jimo/app/blobs/uploads/", params={"digest": digest}, content=data)
     )
     await pause.reached.wait()
-    original_delete = other_storage.delete
+    original_delete = other_storage.delete_blocking
+    loop = asyncio.get_running_loop()
 
-    async def delete_while_the_upload_records(target: Digest) -> None:
-        pause.go.set()
-        await asyncio.sleep(0.2)  # the upload reaches BEGIN IMMEDIATE and waits for us
+    def delete_while_the_upload_records(target: Digest) -> None:
+        # Runs in the other store's writer thread, inside its sweep transaction.
+        loop.call_soon_threadsafe(pause.go.set)
+        time.sleep(0.2)  # the upload reaches BEGIN IMMEDIATE and waits for us
         assert not upload.done()
-        await original_delete(target)
+        original_delete(target)
 
-    monkeypatch.setattr(other_storage, "delete", delete_while_the_upload_records)
+    monkeypatch.setattr(other_storage, "delete_blocking", delete_while_the_upload_records)
     try:
         report = await other.collect()
     finally:

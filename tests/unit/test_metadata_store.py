@@ -55,3 +55,25 @@ async def test_a_refused_write_leaves_nothing_half_written(store: MetadataStore)
     assert isinstance(results[0], ValueError) and results[1] == "other"
     names = await store.read(lambda c: c.scalars(select(repositories.c.name)).all())
     assert names == ["other"]
+
+
+async def test_a_refused_lone_write_rolls_back_and_the_writer_goes_on(
+    store: MetadataStore,
+) -> None:
+    def half(connection: Connection) -> None:
+        connection.execute(insert(repositories).values(name="first-half", created_at=0.0))
+        raise ValueError("refused after the first insert")
+
+    with pytest.raises(ValueError):
+        await store.write(half)
+    assert await store.write(add("next")) == "next"
+    names = await store.read(lambda c: c.scalars(select(repositories.c.name)).all())
+    assert names == ["next"]
+
+
+async def test_writes_after_close_open_a_new_writer(store: MetadataStore) -> None:
+    await store.write(add("before"))
+    await store.close()
+    await store.write(add("after"))
+    names = await store.read(lambda c: c.scalars(select(repositories.c.name)).all())
+    assert names == ["before", "after"]

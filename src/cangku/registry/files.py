@@ -7,16 +7,14 @@ database runs one at a time, across processes too):
   no row (and that no row can appear before it commits);
 - a blob's row is written only in a transaction that has just seen its file in storage.
 
-So a recorded blob always has its file (docs/garbage-collection.md). Transactions run in a
-worker thread (`MetadataStore.write`) while storage drivers are async and live on the event
-loop: each call here hops to the loop and waits for the answer.
+So a recorded blob always has its file (docs/garbage-collection.md). Transactions run in the
+metadata store's writer thread, so these calls use the drivers' blocking methods: hopping to
+the event loop instead would hold the single writer up while the loop is busy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import anyio.from_thread
 
 from cangku.content.digest import Digest
 from cangku.storage.base import BlobStorage
@@ -27,12 +25,8 @@ class TransactionFiles:
         self.storage = storage
 
     def exists(self, digest: Digest) -> bool:
-        return anyio.from_thread.run(self.storage.stat, digest) is not None
+        return self.storage.stat_blocking(digest) is not None
 
     def delete(self, digests: Sequence[Digest]) -> None:
-        if digests:
-            anyio.from_thread.run(self._delete_all, digests)
-
-    async def _delete_all(self, digests: Sequence[Digest]) -> None:
         for digest in digests:
-            await self.storage.delete(digest)
+            self.storage.delete_blocking(digest)

@@ -30,6 +30,14 @@ class BlobStorage(Protocol):
 
     async def delete(self, digest: Digest) -> None: ...
 
+    # Metadata write transactions run in a worker thread and must see and delete blob files
+    # from there, without waiting for the event loop (which may be busy with request bodies).
+    def stat_blocking(self, digest: Digest) -> int | None:
+        """`stat`, for a worker thread."""
+
+    def delete_blocking(self, digest: Digest) -> None:
+        """`delete`, for a worker thread."""
+
     def iterate(self) -> AsyncIterator[tuple[Digest, int, float]]:
         """Every stored blob as (digest, size, modification time)."""
 

@@ -73,6 +73,9 @@ class FilesystemStorage:
 
     # -- blobs -----------------------------------------------------------------------------
     async def stat(self, digest: Digest) -> int | None:
+        return self.stat_blocking(digest)
+
+    def stat_blocking(self, digest: Digest) -> int | None:
         try:
             return self.blob_path(digest).stat().st_size
         except FileNotFoundError:
@@ -97,6 +100,9 @@ class FilesystemStorage:
                 yield data
 
     async def delete(self, digest: Digest) -> None:
+        self.delete_blocking(digest)
+
+    def delete_blocking(self, digest: Digest) -> None:
         self.blob_path(digest).unlink(missing_ok=True)
 
     async def iterate(self) -> AsyncIterator[tuple[Digest, int, float]]:

@@ -18,6 +18,9 @@ class MemoryStorage:
         self.uploads: dict[str, tuple[bytearray, float]] = {}
 
     async def stat(self, digest: Digest) -> int | None:
+        return self.stat_blocking(digest)
+
+    def stat_blocking(self, digest: Digest) -> int | None:
         entry = self.blobs.get(digest)
         return None if entry is None else len(entry[0])
 
@@ -30,6 +33,9 @@ class MemoryStorage:
         yield self.blobs[digest][0][start:end]
 
     async def delete(self, digest: Digest) -> None:
+        self.delete_blocking(digest)
+
+    def delete_blocking(self, digest: Digest) -> None:
         self.blobs.pop(digest, None)
 
     async def iterate(self) -> AsyncIterator[tuple[Digest, int, float]]:
