@@ -21,6 +21,7 @@ from cangku.content.errors import (
     RegistryError,
     SizeInvalid,
 )
+from cangku.registry.sessions import session_name
 from cangku.storage import filesystem
 from cangku.storage.base import BlobStorage, UploadAborted
 from cangku.storage.filesystem import FilesystemStorage
@@ -63,7 +64,8 @@ async def upload_ids(storage: BlobStorage) -> set[str]:
 
 
 def new_upload_id() -> str:
-    return uuid.uuid4().hex
+    """A session name as the registry makes them: upload id + repository key, 64 hex."""
+    return session_name("jimo/app", uuid.uuid4().hex)
 
 
 async def new_upload(storage: BlobStorage, *chunks: bytes) -> str:
@@ -451,12 +453,13 @@ MALICIOUS_UPLOAD_IDS = [
     "../../etc/passwd",
     "../blobs/sha256/x",
     "/etc/passwd",
-    "0" * 32 + "/../../escape",
+    "0" * 64 + "/../../escape",
     "..",
     "",
-    "0" * 31,
-    "A" * 32,
-    "0" * 32 + "\n",
+    "0" * 32,
+    "0" * 63,
+    "A" * 64,
+    "0" * 64 + "\n",
 ]
 
 

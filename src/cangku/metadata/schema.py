@@ -108,19 +108,6 @@ tags = Table(
     Index("ix_tags_manifest", "repository_id", "manifest_digest"),
 )
 
-uploads = Table(
-    "uploads",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column(
-        "repository_id",
-        Integer,
-        ForeignKey("repositories.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    Column("created_at", Float, nullable=False),
-)
-
 # Every move of a tag: by a push, a delete, or the floating-tag policy. new_digest is NULL
 # when the tag was removed. Kept when the repository's tags go, for the audit trail.
 tag_history = Table(

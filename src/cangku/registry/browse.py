@@ -16,7 +16,6 @@ from cangku.metadata.schema import (
     repositories,
     repository_blobs,
     tags,
-    uploads,
 )
 from cangku.registry import usage
 from cangku.registry.records import Visibility
@@ -98,8 +97,8 @@ def list_summaries(
     return RepositoryListing(summaries, int(total))
 
 
-def remove_repository(connection: Connection, repository_id: int, actor: str | None) -> list[str]:
-    """Every tag, manifest, blob link and upload row of a repository; returns the upload ids.
+def remove_repository(connection: Connection, repository_id: int, actor: str | None) -> None:
+    """Every tag, manifest and blob link of a repository (its upload sessions live in storage).
 
     The repository row stays (its visibility and the tag history, the audit trail); with no
     manifest left it is no longer listed, and garbage collection frees the unshared bytes.
@@ -113,11 +112,6 @@ def remove_repository(connection: Connection, repository_id: int, actor: str | N
     remove_tags(connection, repository_id, tag_digests, TagPolicy(floating=False), actor)
     for table in (manifest_references, manifests, repository_blobs):
         connection.execute(delete(table).where(table.c.repository_id == repository_id))
-    upload_ids = list(
-        connection.scalars(select(uploads.c.id).where(uploads.c.repository_id == repository_id))
-    )
-    connection.execute(delete(uploads).where(uploads.c.repository_id == repository_id))
-    return upload_ids
 
 
 def visible_to(visible: Visibility) -> ColumnElement[bool]:

@@ -13,7 +13,7 @@ One collection, in phases, each a short write transaction (or a few):
    grace period loses its row, its links and its file, in one transaction per batch.
 4. orphan files: files in storage without a row (a refused or interrupted upload), older
    than the grace period.
-5. upload sessions without activity for `uploads.expire`: rows first, then files.
+5. upload sessions without activity for `uploads.expire` (they live in storage only).
 
 Why this cannot delete a byte that a tag needs, nor leave a recorded blob without its file,
 while pushes continue: see registry/files.py and docs/garbage-collection.md.
@@ -42,10 +42,10 @@ from cangku.metadata.schema import (
     repositories,
     repository_blobs,
     tags,
-    uploads,
 )
 from cangku.metadata.store import MetadataStore
 from cangku.registry.files import TransactionFiles
+from cangku.registry.sessions import upload_id_of
 from cangku.storage.base import BlobStorage
 
 log = logging.getLogger("cangku.gc")
@@ -140,7 +140,7 @@ class GarbageCollector:
         report = CollectionReport(dry_run=dry_run)
         if dry_run:
             stored = [entry async for entry in self.storage.iterate()]
-            upload_files = {upload_id: mtime async for upload_id, mtime in self._uploads()}
+            idle_sessions = await self._idle_sessions(now)
 
             def rehearse(connection: Connection) -> None:
                 report.manifests = self._sweep_manifests(connection, now)
@@ -150,7 +150,7 @@ class GarbageCollector:
                 collected = {blob.digest for blob in report.blobs}
                 candidates = [entry for entry in stored if str(entry[0]) not in collected]
                 report.blobs += self._sweep_orphans(connection, now, candidates, False)
-                report.uploads = self._expire_uploads(connection, now, upload_files)
+                report.uploads = [upload_id_of(session) for session in idle_sessions]
 
             await self.metadata.rehearse(rehearse)
         else:
@@ -313,35 +313,18 @@ class GarbageCollector:
 
     # -- 5. upload sessions ------------------------------------------------------------------
     async def _collect_uploads(self, now: float) -> list[str]:
-        files = {upload_id: mtime async for upload_id, mtime in self._uploads()}
-        expired = await self.metadata.write(
-            lambda connection: self._expire_uploads(connection, now, files)
-        )
-        for upload_id in expired:
-            await self.storage.delete_upload(upload_id)
-        return expired
+        """Sessions idle since the cutoff go (a late PATCH then gets BLOB_UPLOAD_UNKNOWN)."""
+        idle = await self._idle_sessions(now)
+        for session in idle:
+            await self.storage.delete_upload(session)
+        return [upload_id_of(session) for session in idle]
 
-    def _expire_uploads(
-        self, connection: Connection, now: float, files: dict[str, float]
-    ) -> list[str]:
-        """Rows of sessions idle since the cutoff go now; their files (and rowless old files)
-        go after the transaction (a late PATCH then finds no session: BLOB_UPLOAD_UNKNOWN)."""
-        cutoff = now - self.policy.upload_expiry
-        rows = connection.scalars(select(uploads.c.id).where(uploads.c.created_at < cutoff)).all()
+    async def _idle_sessions(self, now: float) -> list[str]:
         # The file's modification time is the session's last activity.
-        idle = [upload_id for upload_id in rows if files.get(upload_id, 0.0) < cutoff]
-        if idle:
-            connection.execute(delete(uploads).where(uploads.c.id.in_(idle)))
-        old_files = [upload_id for upload_id, mtime in files.items() if mtime < cutoff]
-        with_rows = set(
-            connection.scalars(select(uploads.c.id).where(uploads.c.id.in_(old_files))).all()
+        cutoff = now - self.policy.upload_expiry
+        return sorted(
+            [session async for session, mtime in self.storage.iterate_uploads() if mtime < cutoff]
         )
-        rowless = [upload_id for upload_id in old_files if upload_id not in with_rows]
-        return sorted(set(idle) | set(rowless))
-
-    async def _uploads(self) -> AsyncIterator[tuple[str, float]]:
-        async for entry in self.storage.iterate_uploads():
-            yield entry
 
 
 def mark_manifests(connection: Connection) -> set[tuple[int, str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
@@ -41,7 +40,6 @@ from cangku.metadata.schema import (
     repository_blobs,
     tag_history,
     tags,
-    uploads,
 )
 from cangku.metadata.store import MetadataStore
 from cangku.registry import browse, usage
@@ -55,6 +53,7 @@ from cangku.registry.records import (
     VersionTree,
     Visibility,
 )
+from cangku.registry.sessions import belongs_to, new_upload_id, session_name
 from cangku.registry.tags import (
     TagPolicy,
     current_digest,
@@ -65,7 +64,6 @@ from cangku.registry.tags import (
 )
 from cangku.registry.usage import Quota, RepositoryUsage, UsageReport
 from cangku.storage.base import BlobStorage
-from cangku.storage.filesystem import UPLOAD_ID
 
 # Listing pages: the spec lets a registry cap `n`; clients follow the Link header.
 MAX_PAGE_SIZE = 10_000
@@ -107,15 +105,8 @@ BLOB_SIZE_IN_REPOSITORY = (
     )
 )
 REPOSITORY_ID = select(repositories.c.id).where(repositories.c.name == bindparam("name"))
-UPLOAD_OF_REPOSITORY = (
-    select(uploads.c.id)
-    .select_from(uploads.join(repositories, repositories.c.id == uploads.c.repository_id))
-    .where(uploads.c.id == bindparam("upload_id"), repositories.c.name == bindparam("name"))
-)
 # The write paths' statements (pushes are many small transactions).
 _INSERT_REPOSITORY = insert(repositories).returning(repositories.c.id)
-_INSERT_UPLOAD = insert(uploads)
-_DELETE_UPLOAD = delete(uploads).where(uploads.c.id == bindparam("upload_id"))
 _BLOB_SIZE = select(blobs.c.size).where(blobs.c.digest == bindparam("digest"))
 _INSERT_BLOB = insert(blobs)
 _TOUCH_BLOB = (
@@ -211,17 +202,8 @@ class Registry:
     # -- uploads ---------------------------------------------------------------------------
     async def start_upload(self, name: str) -> str:
         validate_repository_name(name)
-        upload_id = uuid.uuid4().hex
-        await self.storage.create_upload(upload_id)
-
-        def record(connection: Connection) -> None:
-            repository_id = _ensure_repository(connection, name)
-            connection.execute(
-                _INSERT_UPLOAD,
-                {"id": upload_id, "repository_id": repository_id, "created_at": time.time()},
-            )
-
-        await self.metadata.write(record)
+        upload_id = new_upload_id()
+        await self.storage.create_upload(session_name(name, upload_id))
         return upload_id
 
     async def upload_blob(
@@ -279,8 +261,8 @@ class Registry:
         return parsed if outcome else None
 
     async def upload_status(self, name: str, upload_id: str) -> int:
-        await self._check_upload(name, upload_id)
-        size = await self.storage.upload_size(upload_id)
+        validate_repository_name(name)
+        size = await self.storage.upload_size(session_name(name, upload_id))
         if size is None:
             raise BlobUploadUnknown("upload unknown to registry", upload_id)
         return size
@@ -294,14 +276,18 @@ class Registry:
         content_range: tuple[int, int] | None,
     ) -> int:
         """Append one chunk; with Content-Range it must start where the upload ends."""
-        await self._check_upload(name, upload_id)
+        validate_repository_name(name)
+        session = session_name(name, upload_id)
         start = None
         if content_range is not None:
             start, end = content_range
             if length is not None and end - start + 1 != length:
                 raise BlobUploadInvalid("Content-Range does not match Content-Length")
             length = end - start + 1
-        return await self.storage.append_upload(upload_id, body, length, start)
+        try:
+            return await self.storage.append_upload(session, body, length, start)
+        except BlobUploadUnknown:
+            raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
 
     async def finish_upload(
         self,
@@ -317,35 +303,25 @@ class Registry:
         if length != 0:
             # The same rules as a PATCH: a final chunk out of order is refused (416).
             await self.append_upload(name, upload_id, body, length, content_range)
-        else:
-            await self._check_upload(name, upload_id)
-        size = await self.storage.commit_upload(upload_id, parsed)
+        validate_repository_name(name)
+        try:
+            # The session ends here: its bytes become the blob (unless a quota refuses it).
+            size = await self.storage.commit_upload(session_name(name, upload_id), parsed)
+        except BlobUploadUnknown:
+            raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
 
         def record(connection: Connection) -> RegistryError | None:
-            # The session is over either way: its bytes became the blob (or were refused).
-            connection.execute(_DELETE_UPLOAD, {"upload_id": upload_id})
             return _record_blob(connection, self.files, name, parsed, size)
 
         _raise_if_refused(await self.metadata.write(record))
         return parsed
 
     async def cancel_upload(self, name: str, upload_id: str) -> None:
-        await self._check_upload(name, upload_id)
-        await self.metadata.write(
-            lambda connection: connection.execute(delete(uploads).where(uploads.c.id == upload_id))
-        )
-        await self.storage.delete_upload(upload_id)
-
-    async def _check_upload(self, name: str, upload_id: str) -> None:
         validate_repository_name(name)
-        if not UPLOAD_ID.fullmatch(upload_id):
-            raise BlobUploadUnknown("upload unknown to registry", upload_id[:100])
-        parameters = {"upload_id": upload_id, "name": name}
-        found = await self.metadata.read(
-            lambda connection: connection.scalar(UPLOAD_OF_REPOSITORY, parameters)
-        )
-        if found is None:
+        session = session_name(name, upload_id)
+        if await self.storage.upload_size(session) is None:
             raise BlobUploadUnknown("upload unknown to registry", upload_id)
+        await self.storage.delete_upload(session)
 
     # -- manifests -------------------------------------------------------------------------
     async def put_manifest(
@@ -656,14 +632,17 @@ class Registry:
         """
         validate_repository_name(name)
 
-        def remove(connection: Connection) -> list[str]:
+        def remove(connection: Connection) -> None:
             repository_id = _repository_id(connection, name)
             if repository_id is None:
                 raise NameUnknown("repository name not known to registry", name)
-            return browse.remove_repository(connection, repository_id, actor)
+            browse.remove_repository(connection, repository_id, actor)
 
-        for upload_id in await self.metadata.write(remove):
-            await self.storage.delete_upload(upload_id)
+        await self.metadata.write(remove)
+        sessions = [session async for session, _ in self.storage.iterate_uploads()]
+        for session in sessions:
+            if belongs_to(session, name):
+                await self.storage.delete_upload(session)
 
 
 # -- row helpers ---------------------------------------------------------------------------

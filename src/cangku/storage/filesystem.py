@@ -3,13 +3,13 @@
 Layout under the data directory's `root`:
 
     blobs/<algorithm>/<first two hex digits>/<hex>   verified blobs, content-addressed
-    uploads/<upload id>                              bytes of an upload session so far
+    uploads/<session name>                           bytes of an upload session so far
     tmp/<random>                                     one-shot uploads before verification
 
 A blob file appears only by `os.replace` of a fully written and verified file, so a crash
-(even SIGKILL) at any moment leaves either the whole blob or none of it. Upload ids and
-digests are validated before they get here (uuid / hex only), and every path is built from
-those validated parts, so nothing can reach outside `root`.
+(even SIGKILL) at any moment leaves either the whole blob or none of it. Session names and
+digests are validated here (hex only), and every path is built from those validated parts,
+so nothing can reach outside `root`.
 
 fsync policy: with `fsync=True` a blob's bytes and its directory entry are flushed before the
 blob is recorded, so a power loss cannot leave a recorded blob with missing bytes. A killed
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 # Hash and write in batches this large, off the event loop (hashlib releases the GIL).
 WRITE_BATCH = 4 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
-UPLOAD_ID = re.compile(r"^[a-f0-9]{32}$")
+SESSION_NAME = re.compile(r"[a-f0-9]{64}")  # registry/sessions.py: upload id + repository key
 
 
 class FilesystemStorage:
@@ -67,7 +67,7 @@ class FilesystemStorage:
         return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
 
     def _upload_path(self, upload_id: str) -> Path:
-        if not UPLOAD_ID.fullmatch(upload_id):
+        if not SESSION_NAME.fullmatch(upload_id):
             raise BlobUploadUnknown("unknown upload")
         return self.uploads_dir / upload_id
 
@@ -229,7 +229,7 @@ class FilesystemStorage:
 
     async def iterate_uploads(self) -> AsyncIterator[tuple[str, float]]:
         for path in self.uploads_dir.iterdir():
-            if UPLOAD_ID.fullmatch(path.name):
+            if SESSION_NAME.fullmatch(path.name):
                 try:
                     yield path.name, path.stat().st_mtime
                 except FileNotFoundError:
