@@ -185,9 +185,18 @@ async def test_unknown_or_hostile_upload_id_is_404(
 async def test_upload_of_another_repository_is_unknown_here(client: httpx.AsyncClient) -> None:
     location = await start(client, "jimo/app")
     upload_id = location.rsplit("/", 1)[1]
-    response = await client.patch(f"/v2/other/app/blobs/uploads/{upload_id}", content=b"x")
-    assert response.status_code == 404
-    assert error_code(response) == "BLOB_UPLOAD_UNKNOWN"
+    for method in ("GET", "PATCH", "PUT", "DELETE"):
+        response = await client.request(
+            method,
+            f"/v2/other/app/blobs/uploads/{upload_id}",
+            params={"digest": sha256(b"x")},
+            content=b"x",
+        )
+        assert response.status_code == 404, method
+        assert error_code(response) == "BLOB_UPLOAD_UNKNOWN"
+    # Untouched in its own repository: exactly these bytes make the blob.
+    finished = await client.put(location, params={"digest": sha256(b"x")}, content=b"x")
+    assert finished.status_code == 201
 
 
 async def test_cancelled_upload_is_gone(client: httpx.AsyncClient, data_dir: Path) -> None:
