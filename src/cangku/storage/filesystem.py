@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from hashlib import _Hash
 
 # Hash and write in batches this large, off the event loop (hashlib releases the GIL).
-WRITE_BATCH = 4 * 1024 * 1024
+WRITE_BATCH = 1024 * 1024
 READ_CHUNK = 1024 * 1024
 SESSION_NAME = re.compile(r"[a-f0-9]{64}")  # registry/sessions.py: upload id + repository key
 
