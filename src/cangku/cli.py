@@ -552,6 +552,9 @@ def serve_forever(settings: Settings) -> int:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        # X-Forwarded-* are ours to judge (auth/access.py, `trusted_proxies`); uvicorn's own
+        # handling would trust any loopback peer's headers and rewrite the client address.
+        proxy_headers=False,
         log_level=settings.log_level,
         lifespan="on",
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,

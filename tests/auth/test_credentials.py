@@ -149,6 +149,44 @@ async def test_realm_follows_forwarded_headers_only_from_trusted_proxies(
     assert access.base_url(trusted) == "https://registry.example.com"
 
 
+def request_from(peer: str, forwarded_for: str | None) -> object:
+    from starlette.requests import Request
+
+    headers = [(b"host", b"10.0.0.5:5000")]
+    if forwarded_for is not None:
+        headers.append((b"x-forwarded-for", forwarded_for.encode()))
+    return Request(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/v2/",
+            "scheme": "http",
+            "headers": headers,
+            "client": (peer, 5555),
+            "server": ("10.0.0.5", 5000),
+            "query_string": b"",
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "client"),
+    [
+        ("10.0.0.1", "203.0.113.7", "203.0.113.7"),  # through the trusted proxy
+        ("10.0.0.1", "198.51.100.1, 203.0.113.7", "203.0.113.7"),  # left part: the client's
+        ("10.0.0.1", "203.0.113.7, 10.0.0.1", "203.0.113.7"),  # the proxy twice
+        ("10.0.0.1", "not-an-address", "10.0.0.1"),
+        ("10.0.0.1", "", "10.0.0.1"),
+        ("10.0.0.1", None, "10.0.0.1"),
+        ("192.0.2.9", "203.0.113.7", "192.0.2.9"),  # not a trusted proxy: header ignored
+    ],
+)
+def test_rate_limits_see_the_client_behind_trusted_proxies_only(
+    access: AccessControl, peer: str, forwarded_for: str | None, client: str
+) -> None:
+    assert access.client_address(request_from(peer, forwarded_for)) == client  # type: ignore[arg-type]
+
+
 async def test_hostile_host_header_does_not_reach_the_challenge(client: httpx.AsyncClient) -> None:
     response = await client.get("/v2/", headers={"Host": 'evil",error="x'})
     challenge = response.headers["WWW-Authenticate"]

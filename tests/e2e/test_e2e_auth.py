@@ -125,6 +125,23 @@ def docker_cli(docker: Client, tmp_path: Path) -> Client:
 # --------------------------------------------------------------------------- docker login
 
 
+def test_forwarded_headers_from_a_loopback_peer_are_not_trusted_by_default(
+    auth_server: RegistryServer,
+) -> None:
+    """No `trusted_proxies` configured: a local process cannot pick the scheme or host of the
+    token realm (nor, through X-Forwarded-For, the address its rate limits count)."""
+    forwarded = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "registry.example.com",
+        "X-Forwarded-For": "203.0.113.7",
+    }
+    with http_client() as client:
+        response = client.get(f"{auth_server.url}/v2/", headers=forwarded)
+    assert response.status_code == 401
+    challenge = response.headers["WWW-Authenticate"]
+    assert f'realm="http://{auth_server.host}/auth/token"' in challenge, challenge
+
+
 def test_docker_login_succeeds_and_a_wrong_password_is_refused(
     auth_server: RegistryServer, docker_cli: Client
 ) -> None:

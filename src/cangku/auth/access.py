@@ -186,7 +186,22 @@ class AccessControl:
 
     # -- the client's view of us -----------------------------------------------------------
     def client_address(self, request: Request) -> str:
-        return request.client.host if request.client else "unknown"
+        """The peer, or behind trusted proxies the nearest address they forwarded for."""
+        peer = request.client.host if request.client else "unknown"
+        if not self._from_trusted_proxy(request):
+            return peer
+        hops = [hop.strip() for hop in request.headers.get("x-forwarded-for", "").split(",")]
+        client = peer
+        # Right to left: each trusted proxy appended the address it received from.
+        for hop in reversed(hops):
+            try:
+                address = ipaddress.ip_address(hop)
+            except ValueError:
+                break  # A garbled entry: trust nothing left of it.
+            client = str(address)
+            if not self._trusted(address):
+                break
+        return client
 
     def base_url(self, request: Request) -> str:
         """scheme://host as the client used it (X-Forwarded-* only from trusted proxies)."""
@@ -221,6 +236,9 @@ class AccessControl:
             address = ipaddress.ip_address(request.client.host)
         except ValueError:
             return False
+        return self._trusted(address)
+
+    def _trusted(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(address in network for network in self.trusted_proxies)
 
 
