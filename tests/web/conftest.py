@@ -110,7 +110,7 @@ class Browser:
         return await self.client.post(path, data={"csrf": await self.csrf(), **(data or {})})
 
 
-async def _client(settings: Settings, registry: Registry) -> AsyncIterator[httpx.AsyncClient]:
+async def site_client(settings: Settings, registry: Registry) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings, registry)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4321))
     async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
@@ -123,7 +123,7 @@ async def browser(
     registry: Registry,
     accounts: Any,
 ) -> AsyncIterator[Browser]:
-    async for client in _client(settings, registry):
+    async for client in site_client(settings, registry):
         yield Browser(client)
 
 
@@ -134,5 +134,5 @@ async def other_browser(
     accounts: Any,
 ) -> AsyncIterator[Browser]:
     """A second person with a cookie jar of their own."""
-    async for client in _client(settings, registry):
+    async for client in site_client(settings, registry):
         yield Browser(client)

@@ -12,7 +12,7 @@ from cangku.auth.accounts import Accounts
 from cangku.config import Settings
 from cangku.registry import Registry
 
-from .conftest import Browser, csrf_of, store_image
+from .conftest import Browser, csrf_of, site_client, store_image
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -30,6 +30,25 @@ async def test_sign_in_with_the_docker_login_password_shows_own_repositories(
     page = await browser.client.get("/")
     assert "jimo/app" in page.text
     assert "Sign out jimo" in page.text
+
+
+async def test_a_copy_of_the_session_cookie_is_worthless_after_signing_out(
+    browser: Browser, settings: Settings, registry: Registry
+) -> None:
+    await store_image(registry, "jimo/app", "1.0.0")
+    await browser.sign_in("jimo")
+    copied = browser.client.cookies["cangku_session"]
+    async for other in site_client(settings, registry):
+        other.cookies.set("cangku_session", copied)
+        assert "Sign out jimo" in (await other.get("/")).text  # the copy works...
+
+        assert (await browser.post("/signout")).status_code == 303
+        page = await other.get("/")  # ...until the session is signed out
+        assert "jimo/app" not in page.text and "Sign out jimo" not in page.text
+        assert (await other.get("/account")).status_code in (302, 303)
+    # Signing in again starts a new session that works.
+    await browser.sign_in("jimo")
+    assert "Sign out jimo" in (await browser.client.get("/")).text
 
 
 async def test_session_cookie_is_httponly_and_samesite_lax(browser: Browser) -> None:

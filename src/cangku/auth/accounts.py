@@ -37,6 +37,7 @@ from cangku.metadata.schema import (
     organizations,
     repositories,
     users,
+    web_sessions,
 )
 from cangku.metadata.store import MetadataStore
 
@@ -443,6 +444,48 @@ class Accounts:
                 )
 
         await self.metadata.write(change)
+
+    # -- browser sessions ------------------------------------------------------------------
+    async def start_web_session(self, user: str, max_age: float) -> str:
+        """Record a signed-in browser session of `user`; returns the id its cookie carries."""
+        session_id = secrets.token_urlsafe(32)
+        now = time.time()
+
+        def add(connection: Connection) -> None:
+            user_id = connection.scalar(select(users.c.id).where(users.c.name == user))
+            if user_id is None:
+                raise AccountError(f"no user named {user!r}")
+            # Sign-ins are rare: sweeping everyone's expired sessions here keeps the table small.
+            expired = web_sessions.c.created_at < now - max_age
+            connection.execute(delete(web_sessions).where(expired))
+            connection.execute(
+                insert(web_sessions).values(
+                    id=_secret_hash(session_id), user_id=user_id, created_at=now
+                )
+            )
+
+        await self.metadata.write(add)
+        return session_id
+
+    async def web_session_active(self, user: str, session_id: str) -> bool:
+        key = _secret_hash(session_id)
+        owner = await self.metadata.read_cached(
+            ("web-session", key),
+            lambda connection: connection.scalar(
+                select(users.c.name)
+                .select_from(web_sessions.join(users, users.c.id == web_sessions.c.user_id))
+                .where(web_sessions.c.id == key)
+            ),
+        )
+        return owner == user
+
+    async def end_web_session(self, session_id: str) -> None:
+        key = _secret_hash(session_id)
+        await self.metadata.write(
+            lambda connection: connection.execute(
+                delete(web_sessions).where(web_sessions.c.id == key)
+            )
+        )
 
 
 def _insert_user(connection: Connection, name: str, password_hash: str, *, admin: bool) -> None:

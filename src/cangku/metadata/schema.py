@@ -188,6 +188,16 @@ access_tokens = Table(
     Column("revoked_at", Float),
 )
 
+# Signed-in browser sessions: the cookie names one, and signing out deletes it, so a copy of
+# the cookie stops working too. Only a hash of the cookie's session id is kept.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 # Storage quotas per namespace (the first component of repository names): pushes that would
 # take the namespace's deduplicated usage above `limit_bytes` are refused.
 quotas = Table(

@@ -72,8 +72,10 @@ def routes(site: Site) -> list[BaseRoute]:
             return await render(request, viewer, error=str(error), status=400)
         # Other sessions end (their credentials time is older); this one continues.
         changed = await site.access.accounts.principal(viewer.name)
-        assert changed is not None
-        session = viewer.session.signed_in(viewer.name, changed.credentials_changed_at)
+        assert changed is not None and viewer.session.session_id is not None
+        session = viewer.session.signed_in(
+            viewer.name, changed.credentials_changed_at, viewer.session.session_id
+        )
         # The page's forms must carry the new session's CSRF token, not the old one.
         viewer = dataclasses.replace(viewer, session=session)
         response = await render(request, viewer, message="Your password was changed.")

@@ -1,9 +1,11 @@
 """The browser session: a signed cookie naming the user, and the CSRF token of its forms.
 
 The cookie holds no secret of the account, only its name, the time its credentials last
-changed (a changed password or a disabled account ends every session) and a random CSRF
-token that every state-changing form must send back. Signed with a key kept in the data
-directory, so every replica sharing it accepts the same sessions.
+changed (a changed password or a disabled account ends every session), the id of the
+session the server recorded at sign-in (signing out deletes that record, so a copy of the
+cookie is worthless afterwards) and a random CSRF token that every state-changing form must
+send back. Signed with a key kept in the data directory, so every replica sharing it and
+the database accepts the same sessions.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ class Session:
     csrf: str
     user: str | None = None
     credentials_changed_at: float = 0.0
+    session_id: str | None = None  # the server's record (Accounts.start_web_session)
 
-    def signed_in(self, user: str, credentials_changed_at: float) -> Session:
+    def signed_in(self, user: str, credentials_changed_at: float, session_id: str) -> Session:
         # A fresh CSRF token at sign-in: one learnt before it is worthless after.
-        return Session(secrets.token_urlsafe(32), user, credentials_changed_at)
+        return Session(secrets.token_urlsafe(32), user, credentials_changed_at, session_id)
 
     def signed_out(self) -> Session:
         return Session(secrets.token_urlsafe(32))
@@ -68,13 +71,23 @@ class SessionCookies:
             return None
         user = data.get("user")
         changed = data.get("changed", 0.0)
-        if (user is not None and not isinstance(user, str)) or not isinstance(changed, int | float):
+        session_id = data.get("sid")
+        if (
+            (user is not None and not isinstance(user, str))
+            or not isinstance(changed, int | float)
+            or (session_id is not None and not isinstance(session_id, str))
+        ):
             return None
-        return Session(data["csrf"], user, float(changed))
+        return Session(data["csrf"], user, float(changed), session_id)
 
     def write(self, request: Request, response: Response, session: Session) -> None:
         value = self.serializer.dumps(
-            {"csrf": session.csrf, "user": session.user, "changed": session.credentials_changed_at}
+            {
+                "csrf": session.csrf,
+                "user": session.user,
+                "changed": session.credentials_changed_at,
+                "sid": session.session_id,
+            }
         )
         response.set_cookie(
             COOKIE,

@@ -8,6 +8,7 @@ from starlette.routing import BaseRoute, Route
 
 from cangku.auth.access import RateLimited
 from cangku.content.errors import Unauthorized
+from cangku.web.sessions import MAX_AGE_SECONDS
 from cangku.web.site import Site, Viewer, safe_next
 
 
@@ -46,13 +47,18 @@ def routes(site: Site) -> list[BaseRoute]:
         # Access tokens are for clients; the UI wants the password itself.
         if principal is None or principal.name is None or principal.token_id is not None:
             return form_page(request, viewer, next_url, "Incorrect username or password.", 401)
+        session_id = await site.access.accounts.start_web_session(principal.name, MAX_AGE_SECONDS)
         response = site.redirect(request, viewer, next_url)
-        session = viewer.session.signed_in(principal.name, principal.credentials_changed_at)
+        session = viewer.session.signed_in(
+            principal.name, principal.credentials_changed_at, session_id
+        )
         site.cookies.write(request, response, session)
         return response
 
     async def sign_out(request: Request, viewer: Viewer) -> Response:
         await site.checked_form(request, viewer)
+        if site.access is not None and viewer.session.session_id is not None:
+            await site.access.accounts.end_web_session(viewer.session.session_id)
         response = site.redirect(request, viewer, "/")
         site.cookies.write(request, response, viewer.session.signed_out())
         return response

@@ -142,9 +142,15 @@ class Site:
         if self.access is None:
             return Viewer(session, OPEN_PRINCIPAL, new_session, open_mode=True)
         principal = ANONYMOUS
-        if session.user is not None:
-            loaded = await self.access.accounts.principal(session.user)
-            # A changed password, a disabled or deleted account: the session is over.
+        accounts = self.access.accounts
+        if (
+            session.user is not None
+            and session.session_id is not None
+            # Signed out (from this cookie or a copy of it): the session is over.
+            and await accounts.web_session_active(session.user, session.session_id)
+        ):
+            loaded = await accounts.principal(session.user)
+            # A changed password, a disabled or deleted account: the session is over too.
             if (
                 loaded is not None
                 and loaded.credentials_changed_at == session.credentials_changed_at
