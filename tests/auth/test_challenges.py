@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
+
 import httpx
 import pytest
 
@@ -216,6 +220,36 @@ async def test_disabled_user_cannot_log_in(client: httpx.AsyncClient, accounts: 
     assert (await client.get("/v2/", headers=basic("lee"))).status_code == 200
     await accounts.set_disabled("lee", True)
     assert (await client.get("/v2/", headers=basic("lee"))).status_code == 401
+
+
+async def test_bearer_tokens_end_when_the_account_is_disabled(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    token = await token_for(client, "lee", "repository:lee/app:pull")
+    assert (await client.get("/v2/lee/app/tags/list", headers=bearer(token))).status_code == 404
+    await accounts.set_disabled("lee", True)
+    response = await client.get("/v2/lee/app/tags/list", headers=bearer(token))
+    assert response.status_code == 401
+    assert error_code(response) == "UNAUTHORIZED"
+
+
+async def test_bearer_tokens_end_when_the_password_changes(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    token = await token_for(client, "lee", "repository:lee/app:pull")
+    assert (await client.get("/v2/lee/app/tags/list", headers=bearer(token))).status_code == 404
+    # `iat` has whole seconds: a change counts for tokens issued in an earlier second.
+    await asyncio.sleep(math.ceil(time.time()) - time.time() + 0.01)
+    await accounts.set_password("lee", "a-new-password-for-lee")
+    response = await client.get("/v2/lee/app/tags/list", headers=bearer(token))
+    assert response.status_code == 401
+    renewed = await client.get(
+        "/auth/token",
+        params={"service": "cangku", "scope": "repository:lee/app:pull"},
+        headers=basic("lee", "a-new-password-for-lee"),
+    )
+    fresh = renewed.json()["token"]
+    assert (await client.get("/v2/lee/app/tags/list", headers=bearer(fresh))).status_code == 404
 
 
 async def test_access_log_names_the_user_of_basic_and_bearer_requests(

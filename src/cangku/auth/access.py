@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import math
 import re
 import secrets
 import time
@@ -147,6 +148,12 @@ class AccessControl:
         kind = kind.lower()
         if kind == "bearer":
             token = self.tokens.verify(credentials.strip())
+            if token.subject is not None:
+                # A disabled or deleted account, a revoked access token or a changed password
+                # ends its bearer tokens now, not when they expire (`iat` has whole seconds).
+                current = await self.accounts.principal(token.subject, token_id=token.token_id)
+                if current is None or token.issued_at < math.floor(current.credentials_changed_at):
+                    raise Unauthorized("the token's account or credentials changed; log in again")
             return Caller(Principal(name=token.subject), token)
         if kind == "basic":
             name, secret = parse_basic(credentials)

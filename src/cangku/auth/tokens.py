@@ -48,6 +48,7 @@ class AccessToken:
     expires_at: float
     # The personal access token it was issued for, whose scope limits any wider token.
     token_id: str | None = None
+    issued_at: float = 0.0
 
     def allows(self, resource_type: str, name: str, action: str) -> bool:
         return any(
@@ -149,6 +150,7 @@ class TokenService:
             access,
             float(claims["exp"]),
             token_id if isinstance(token_id, str) else None,
+            float(claims["iat"]),
         )
         self._verified[token] = verified
         if len(self._verified) > VERIFIED_CACHE_SIZE:
