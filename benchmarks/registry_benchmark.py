@@ -838,6 +838,9 @@ class Bench:
             for registry in self.in_turn(repetition):
                 if registry.name in row.notes:
                     continue  # it already failed this row
+                # Start from clean page cache state: the kernel writing back an earlier run's
+                # gigabytes would otherwise slow whichever server runs next.
+                os.sync()
                 try:
                     samples[registry.name].append(measure(registry))
                 except Exception as error:
@@ -1320,7 +1323,8 @@ def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> st
         "Notes:",
         "- ratio = cangku/reference for throughputs, reference/cangku for the docker times; "
         "higher is better for cangku in every row.",
-        "- every row runs the registries interleaved, alternating which goes first, and "
+        "- every row runs the registries interleaved, alternating which goes first (each run "
+        "after a `sync`, so no run pays for an earlier one's writeback), and "
         "reports the median of the repetitions.",
         f"- blob push: httpx in the benchmark process, {s.blob_repetitions} uploads per "
         "registry, each a distinct blob (the random file + a unique suffix); monolithic = "
