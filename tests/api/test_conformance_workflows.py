@@ -173,12 +173,15 @@ async def test_push_workflow(client: httpx.AsyncClient, layer: bytes) -> None:
     ).status_code == 416
     status = await client.get(location)
     assert (status.status_code, status.headers["Range"]) == (204, "0-21")
+    assert status.headers["Location"]
     second = await client.patch(
         status.headers["Location"], content=blob_b[22:], headers={"Content-Range": "22-41"}
     )
     assert (second.status_code, second.headers["Range"]) == (202, "0-41")
+    assert second.headers["Location"]
     done = await client.put(second.headers["Location"], params={"digest": sha256(blob_b)})
     assert done.status_code == 201
+    assert done.headers["Location"]
 
     no_from = await client.post(f"/v2/{XNS}/blobs/uploads/", params={"mount": DUMMY})
     assert no_from.status_code == 202
@@ -200,7 +203,8 @@ async def test_push_workflow(client: httpx.AsyncClient, layer: bytes) -> None:
         assert response.status_code == 201
         assert response.headers["Location"]
     empty_layer = image(config, layer, with_media_type=False, layers=False)
-    assert (await put(client, "emptylayer", empty_layer)).status_code == 201
+    empty_put = await put(client, "emptylayer", empty_layer)
+    assert (empty_put.status_code, bool(empty_put.headers["Location"])) == (201, True)
     assert (
         await client.get(f"/v2/{NS}/manifests/{sha256(manifest)}", headers={"Accept": OCI_MANIFEST})
     ).status_code == 200
@@ -335,20 +339,30 @@ async def test_content_discovery_workflow(client: httpx.AsyncClient, layer: byte
     unknown = await client.get(f"/v2/{NS}/referrers/{DUMMY}")
     assert (unknown.status_code, unknown.headers["Content-Type"]) == (200, OCI_INDEX)
     assert unknown.json()["manifests"] == []
-    listed = (await client.get(f"/v2/{NS}/referrers/{sha256(subject)}")).json()["manifests"]
+    referrers = await client.get(f"/v2/{NS}/referrers/{sha256(subject)}")
+    assert referrers.headers["Content-Type"] == OCI_INDEX
+    listed = referrers.json()["manifests"]
     assert sorted(d["digest"] for d in listed) == sorted(
         sha256(c) for c in (a_config, a_layer, index, b_config, b_layer)
     )
-    assert all(len(d["annotations"]) == 1 for d in listed)
+    assert sorted(d["annotations"]["org.opencontainers.conformance.test"] for d in listed) == [
+        "test config a",
+        "test config b",
+        "test index",
+        "test layer a",
+        "test layer b",
+    ]
     filtered = await client.get(
         f"/v2/{NS}/referrers/{sha256(subject)}", params={"artifactType": type_a}
     )
     assert filtered.headers["OCI-Filters-Applied"] == "artifactType"
+    assert filtered.headers["Content-Type"] == OCI_INDEX
     assert sorted(d["digest"] for d in filtered.json()["manifests"]) == sorted(
         sha256(c) for c in (a_config, a_layer)
     )
-    dangling = (await client.get(f"/v2/{NS}/referrers/{sha256(never_pushed)}")).json()["manifests"]
-    assert [d["digest"] for d in dangling] == [sha256(c_layer)]
+    dangling = await client.get(f"/v2/{NS}/referrers/{sha256(never_pushed)}")
+    assert dangling.headers["Content-Type"] == OCI_INDEX
+    assert [d["digest"] for d in dangling.json()["manifests"]] == [sha256(c_layer)]
 
     for content in (index, manifest2, subject, a_config, a_layer):
         assert (await client.delete(f"/v2/{NS}/manifests/{sha256(content)}")).status_code == 202
