@@ -456,7 +456,7 @@ MALICIOUS_UPLOAD_IDS = [
     "0" * 64 + "/../../escape",
     "..",
     "",
-    "0" * 32,
+    "0" * 31,
     "0" * 63,
     "A" * 64,
     "0" * 64 + "\n",
@@ -680,3 +680,27 @@ async def test_concurrent_appends_cannot_commit_bytes_that_do_not_match_the_dige
         assert Digest.of(await read_all(storage, claimed)) == claimed, (
             f"stored {on_disk[:1]!r}…{on_disk[-1:]!r} under the digest of 'A' * {2 * batch}"
         )
+
+
+async def test_requests_for_unknown_sessions_leave_no_state_behind(
+    filesystem_storage: FilesystemStorage,
+) -> None:
+    storage = filesystem_storage
+    for _ in range(50):
+        with pytest.raises(BlobUploadUnknown):
+            await storage.append_upload(new_upload_id(), stream(b"abc"), 3)
+        with pytest.raises(BlobUploadUnknown):
+            await storage.commit_upload(new_upload_id(), Digest.of(b""))
+    finished = await new_upload(storage, DATA)
+    await storage.commit_upload(finished, Digest.of(DATA))
+    assert storage._upload_locks == {} and storage._upload_hashers == {}
+
+
+async def test_sessions_from_before_their_repository_key_are_listed_for_expiry(
+    filesystem_storage: FilesystemStorage, data_root: Path
+) -> None:
+    legacy = "e" * 32  # an upload id as a file name, before migration 0005
+    (data_root / "uploads" / legacy).write_bytes(b"partial layer")
+    assert await upload_ids(filesystem_storage) == {legacy}
+    await filesystem_storage.delete_upload(legacy)
+    assert await upload_ids(filesystem_storage) == set()

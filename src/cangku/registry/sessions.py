@@ -31,7 +31,7 @@ def session_name(repository: str, upload_id: str) -> str:
 
 
 def upload_id_of(session: str) -> str:
-    return session[: len(session) - _KEY_LENGTH]
+    return session[:32]
 
 
 def belongs_to(session: str, repository: str) -> bool:

@@ -46,8 +46,8 @@ class BlobStorage(Protocol):
     ) -> int:
         """Store a whole blob in one go, verified against `digest`; returns its size."""
 
-    # Upload sessions are named by the registry (`registry/sessions.py`); drivers refuse
-    # names that are not 64 hex digits with BlobUploadUnknown.
+    # Upload sessions are named by the registry (`registry/sessions.py`); the filesystem
+    # driver refuses names that are not hex digits (BlobUploadUnknown): they become paths.
     async def create_upload(self, upload_id: str) -> None: ...
 
     async def upload_size(self, upload_id: str) -> int | None:

@@ -19,6 +19,7 @@ process never needs it: the page cache survives the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -44,7 +45,9 @@ if TYPE_CHECKING:
 # Hash and write in batches this large, off the event loop (hashlib releases the GIL).
 WRITE_BATCH = 1024 * 1024
 READ_CHUNK = 1024 * 1024
-SESSION_NAME = re.compile(r"[a-f0-9]{64}")  # registry/sessions.py: upload id + repository key
+# registry/sessions.py: upload id + repository key. Bare 32-digit ids are sessions from
+# before migration 0005; they are still listed so that garbage collection expires them.
+SESSION_NAME = re.compile(r"[a-f0-9]{32}(?:[a-f0-9]{32})?")
 
 
 class FilesystemStorage:
@@ -171,7 +174,7 @@ class FilesystemStorage:
         expected_offset: int | None = None,
     ) -> int:
         path = self._upload_path(upload_id)
-        async with self._upload_lock(upload_id):
+        async with self._session_locked(upload_id, path):
             try:
                 file = open(path, "r+b")  # noqa: SIM115 - closed below, after a truncation
             except FileNotFoundError:
@@ -200,9 +203,7 @@ class FilesystemStorage:
 
     async def commit_upload(self, upload_id: str, digest: Digest) -> int:
         path = self._upload_path(upload_id)
-        async with self._upload_lock(upload_id):
-            if not path.exists():
-                raise BlobUploadUnknown("unknown upload")
+        async with self._session_locked(upload_id, path):
             size = path.stat().st_size
             hashed_size, hasher = self._upload_hashers.get(upload_id, (-1, hashlib.sha256()))
             if hashed_size != size or digest.algorithm != hasher.name:
@@ -216,6 +217,18 @@ class FilesystemStorage:
 
     def _upload_lock(self, upload_id: str) -> asyncio.Lock:
         return self._upload_locks.setdefault(upload_id, asyncio.Lock())
+
+    @contextlib.asynccontextmanager
+    async def _session_locked(self, upload_id: str, path: Path) -> AsyncIterator[None]:
+        """Hold the session's lock; BlobUploadUnknown, leaving no lock behind, if there is
+        no such session (else every request with a made-up id would leave one)."""
+        if not path.exists():
+            raise BlobUploadUnknown("unknown upload")
+        async with self._upload_lock(upload_id):
+            if not path.exists():  # Finished or cancelled while we waited.
+                self._forget_upload(upload_id)
+                raise BlobUploadUnknown("unknown upload")
+            yield
 
     def _forget_upload(self, upload_id: str) -> None:
         self._upload_hashers.pop(upload_id, None)
