@@ -77,3 +77,12 @@ async def test_writes_after_close_open_a_new_writer(store: MetadataStore) -> Non
     await store.write(add("after"))
     names = await store.read(lambda c: c.scalars(select(repositories.c.name)).all())
     assert names == ["before", "after"]
+
+
+async def test_close_lets_queued_writes_commit_first(store: MetadataStore) -> None:
+    queued = [asyncio.ensure_future(store.write(add(f"queued{i}"))) for i in range(5)]
+    await asyncio.sleep(0)  # queued, perhaps running
+    await store.close()
+    assert all(task.done() for task in queued)
+    names = await store.read(lambda c: c.scalars(select(repositories.c.name)).all())
+    assert sorted(names) == [f"queued{i}" for i in range(5)]

@@ -72,10 +72,12 @@ class MetadataStore:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
+        if self._write_task is not None and not self._write_task.done():
+            await asyncio.shield(self._write_task)  # Writes queued before the close commit.
         if self._writer_thread is not None:
-            # Queued writes still run; a later write starts a new thread and connection.
             await self._in_writer_thread(self._close_writer_connection)
-            self._writer_thread.shutdown()
+            # Idle now; a write after the close starts a new thread and connection.
+            self._writer_thread.shutdown(wait=False)
             self._writer_thread = None
         self.engine.dispose()
 
