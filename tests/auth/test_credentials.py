@@ -149,12 +149,12 @@ async def test_realm_follows_forwarded_headers_only_from_trusted_proxies(
     assert access.base_url(trusted) == "https://registry.example.com"
 
 
-def request_from(peer: str, forwarded_for: str | None) -> object:
+def request_from(peer: str, forwarded_for: str | list[str] | None) -> object:
     from starlette.requests import Request
 
     headers = [(b"host", b"10.0.0.5:5000")]
-    if forwarded_for is not None:
-        headers.append((b"x-forwarded-for", forwarded_for.encode()))
+    lines = [forwarded_for] if isinstance(forwarded_for, str) else forwarded_for or []
+    headers += [(b"x-forwarded-for", line.encode()) for line in lines]
     return Request(
         {
             "type": "http",
@@ -175,6 +175,10 @@ def request_from(peer: str, forwarded_for: str | None) -> object:
         ("10.0.0.1", "203.0.113.7", "203.0.113.7"),  # through the trusted proxy
         ("10.0.0.1", "198.51.100.1, 203.0.113.7", "203.0.113.7"),  # left part: the client's
         ("10.0.0.1", "203.0.113.7, 10.0.0.1", "203.0.113.7"),  # the proxy twice
+        ("10.0.0.1", ["6.6.6.6", "203.0.113.7"], "203.0.113.7"),  # the proxy's own line
+        ("10.0.0.1", "203.0.113.7:5555", "203.0.113.7"),
+        ("10.0.0.1", "[2001:db8::1]:443", "2001:db8::1"),
+        ("10.0.0.1", "2001:db8::1", "2001:db8::1"),
         ("10.0.0.1", "not-an-address", "10.0.0.1"),
         ("10.0.0.1", "", "10.0.0.1"),
         ("10.0.0.1", None, "10.0.0.1"),
@@ -182,7 +186,7 @@ def request_from(peer: str, forwarded_for: str | None) -> object:
     ],
 )
 def test_rate_limits_see_the_client_behind_trusted_proxies_only(
-    access: AccessControl, peer: str, forwarded_for: str | None, client: str
+    access: AccessControl, peer: str, forwarded_for: str | list[str] | None, client: str
 ) -> None:
     assert access.client_address(request_from(peer, forwarded_for)) == client  # type: ignore[arg-type]
 

@@ -140,6 +140,8 @@ def test_forwarded_headers_from_a_loopback_peer_are_not_trusted_by_default(
     assert response.status_code == 401
     challenge = response.headers["WWW-Authenticate"]
     assert f'realm="http://{auth_server.host}/auth/token"' in challenge, challenge
+    # The operator is told, once, how to trust a proxy that is really theirs.
+    assert "ignoring X-Forwarded-* from 127.0.0.1" in auth_server.log_tail(100_000)
 
 
 def test_docker_login_succeeds_and_a_wrong_password_is_refused(

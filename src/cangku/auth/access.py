@@ -14,7 +14,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-import math
+import logging
 import re
 import secrets
 import time
@@ -29,6 +29,8 @@ from cangku.auth.ratelimit import FailureLimiter
 from cangku.auth.tokens import AccessToken, TokenService
 from cangku.content.errors import Denied, TooManyRequests, Unauthorized
 from cangku.registry.records import Visibility
+
+log = logging.getLogger("cangku")
 
 CATALOG = "catalog"
 # A verified password is remembered this long (keyed by an HMAC, never the password itself);
@@ -77,6 +79,7 @@ class AccessControl:
         self.trusted_proxies = [
             ipaddress.ip_network(p, strict=False) for p in trusted_proxies or []
         ]
+        self._warned_of_untrusted_proxy = False
         self.account_failures = FailureLimiter(max_failures=10, window=300)
         self.address_failures = FailureLimiter(max_failures=50, window=300)
         self._cache_key = secrets.token_bytes(32)
@@ -150,9 +153,9 @@ class AccessControl:
             token = self.tokens.verify(credentials.strip())
             if token.subject is not None:
                 # A disabled or deleted account, a revoked access token or a changed password
-                # ends its bearer tokens now, not when they expire (`iat` has whole seconds).
+                # ends its bearer tokens now, not when they expire.
                 current = await self.accounts.principal(token.subject, token_id=token.token_id)
-                if current is None or token.issued_at < math.floor(current.credentials_changed_at):
+                if current is None or token.credentials_version != current.credentials_changed_at:
                     raise Unauthorized("the token's account or credentials changed; log in again")
             return Caller(Principal(name=token.subject), token)
         if kind == "basic":
@@ -197,13 +200,13 @@ class AccessControl:
         peer = request.client.host if request.client else "unknown"
         if not self._from_trusted_proxy(request):
             return peer
-        hops = [hop.strip() for hop in request.headers.get("x-forwarded-for", "").split(",")]
+        # Every X-Forwarded-For line counts: a proxy may add its own instead of appending.
+        hops = ",".join(request.headers.getlist("x-forwarded-for")).split(",")
         client = peer
         # Right to left: each trusted proxy appended the address it received from.
         for hop in reversed(hops):
-            try:
-                address = ipaddress.ip_address(hop)
-            except ValueError:
+            address = _forwarded_address(hop)
+            if address is None:
                 break  # A garbled entry: trust nothing left of it.
             client = str(address)
             if not self._trusted(address):
@@ -217,6 +220,14 @@ class AccessControl:
         if self._from_trusted_proxy(request):
             scheme = request.headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
             host = request.headers.get("x-forwarded-host", host).split(",")[0].strip()
+        elif "x-forwarded-proto" in request.headers and not self._warned_of_untrusted_proxy:
+            self._warned_of_untrusted_proxy = True  # Once: every request would say the same.
+            log.warning(
+                "ignoring X-Forwarded-* from %s, which is not in auth.trusted_proxies; if it "
+                "is your reverse proxy, list it there so that token realms and secure cookies "
+                "follow the scheme and host the clients use",
+                self.client_address(request),
+            )
         if scheme not in ("http", "https"):
             scheme = request.url.scheme
         if not SAFE_HOST.fullmatch(host):
@@ -247,6 +258,19 @@ class AccessControl:
 
     def _trusted(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(address in network for network in self.trusted_proxies)
+
+
+def _forwarded_address(hop: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An X-Forwarded-For entry: `1.2.3.4`, `1.2.3.4:5555`, `2001:db8::1`, `[2001:db8::1]:80`."""
+    hop = hop.strip()
+    if hop.startswith("["):
+        hop = hop[1 : hop.find("]")] if "]" in hop else ""
+    elif hop.count(":") == 1:
+        hop = hop.partition(":")[0]
+    try:
+        return ipaddress.ip_address(hop)
+    except ValueError:
+        return None
 
 
 def parse_basic(credentials: str) -> tuple[str, str]:

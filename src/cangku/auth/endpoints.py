@@ -77,7 +77,9 @@ async def _token_response(
 ) -> Response:
     grants = await _grants(access, principal, scopes)
     request.scope["user_name"] = principal.name or "-"
-    token, lifetime = access.tokens.issue(principal.name, grants, principal.token_id)
+    token, lifetime = access.tokens.issue(
+        principal.name, grants, principal.token_id, principal.credentials_changed_at
+    )
     issued_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     body: dict[str, object] = {
         "access_token": token,

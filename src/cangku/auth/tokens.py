@@ -48,7 +48,8 @@ class AccessToken:
     expires_at: float
     # The personal access token it was issued for, whose scope limits any wider token.
     token_id: str | None = None
-    issued_at: float = 0.0
+    # The account's credentials_changed_at when it was issued (None: anonymous, or no claim).
+    credentials_version: float | None = None
 
     def allows(self, resource_type: str, name: str, action: str) -> bool:
         return any(
@@ -94,9 +95,16 @@ class TokenService:
         self._verified: OrderedDict[str, AccessToken] = OrderedDict()
 
     def issue(
-        self, subject: str | None, access: list[Access], token_id: str | None = None
+        self,
+        subject: str | None,
+        access: list[Access],
+        token_id: str | None = None,
+        credentials_changed_at: float | None = None,
     ) -> tuple[str, float]:
-        """A signed access token and its lifetime in seconds."""
+        """A signed access token and its lifetime in seconds.
+
+        `credentials_changed_at` (claim `cv`) ties it to the account's credentials as they
+        are now: a later password change ends it (auth/access.py)."""
         now = time.time()
         claims: dict[str, Any] = {
             "iss": ISSUER,
@@ -110,6 +118,8 @@ class TokenService:
         }
         if token_id is not None:
             claims["tid"] = token_id
+        if credentials_changed_at is not None:
+            claims["cv"] = credentials_changed_at
         token = jwt.encode(claims, self.key, algorithm=ALGORITHM, headers={"kid": self.kid})
         return token, self.lifetime
 
@@ -150,7 +160,7 @@ class TokenService:
             access,
             float(claims["exp"]),
             token_id if isinstance(token_id, str) else None,
-            float(claims["iat"]),
+            float(version) if isinstance(version := claims.get("cv"), int | float) else None,
         )
         self._verified[token] = verified
         if len(self._verified) > VERIFIED_CACHE_SIZE:
