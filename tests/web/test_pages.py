@@ -46,8 +46,15 @@ async def test_a_copy_of_the_session_cookie_is_worthless_after_signing_out(
         page = await other.get("/")  # ...until the session is signed out
         assert "jimo/app" not in page.text and "Sign out jimo" not in page.text
         assert (await other.get("/account")).status_code in (302, 303)
-    # Signing in again starts a new session that works.
+    # Signing in again starts a new session that works...
     await browser.sign_in("jimo")
+    assert "Sign out jimo" in (await browser.client.get("/")).text
+    # ...and signing in once more, without signing out, ends that one.
+    copied = browser.client.cookies["cangku_session"]
+    await browser.sign_in("jimo")
+    async for other in site_client(settings, registry):
+        other.cookies.set("cangku_session", copied)
+        assert "Sign out jimo" not in (await other.get("/")).text
     assert "Sign out jimo" in (await browser.client.get("/")).text
 
 

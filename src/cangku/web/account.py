@@ -10,6 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from cangku.auth.accounts import AccountError
 from cangku.content.errors import RegistryError
+from cangku.web.sessions import MAX_AGE_SECONDS
 from cangku.web.site import PageError, SignInRequired, Site, Viewer
 
 
@@ -73,9 +74,10 @@ def routes(site: Site) -> list[BaseRoute]:
         # Other sessions end (their credentials time is older); this one continues.
         changed = await site.access.accounts.principal(viewer.name)
         assert changed is not None and viewer.session.session_id is not None
-        session = viewer.session.signed_in(
-            viewer.name, changed.credentials_changed_at, viewer.session.session_id
-        )
+        # A new session record as well, for the cookie's new 12 hours.
+        await site.access.accounts.end_web_session(viewer.session.session_id)
+        session_id = await site.access.accounts.start_web_session(viewer.name, MAX_AGE_SECONDS)
+        session = viewer.session.signed_in(viewer.name, changed.credentials_changed_at, session_id)
         # The page's forms must carry the new session's CSRF token, not the old one.
         viewer = dataclasses.replace(viewer, session=session)
         response = await render(request, viewer, message="Your password was changed.")
