@@ -381,6 +381,9 @@ def require_client(docker_config_dir: Path) -> RequireClient:
         if binary is None:
             problems[name] = f"{name} is not installed"
             return None
+        if name == "ctr" and containerd_socket() is None:
+            problems[name] = f"no containerd answers on {' or '.join(CONTAINERD_SOCKETS)}"
+            return None
         if name == "docker":
             env = {**os.environ, "DOCKER_CONFIG": str(docker_config_dir)}
             try:
@@ -420,6 +423,37 @@ def docker(require_client: RequireClient, docker_config_dir: Path) -> Client:
     binary = require_client("docker")
     env = {**os.environ, "DOCKER_CONFIG": str(docker_config_dir), "DOCKER_BUILDKIT": "0"}
     return Client(binary, env)
+
+
+# A containerd of its own, or the one dockerd starts when there is none.
+CONTAINERD_SOCKETS = (
+    "/run/containerd/containerd.sock",
+    "/var/run/docker/containerd/containerd.sock",
+)
+
+
+def containerd_socket() -> str | None:
+    for socket_path in CONTAINERD_SOCKETS:
+        if Path(socket_path).exists():
+            answered = subprocess.run(
+                ["ctr", "--address", socket_path, "version"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+            if answered.returncode == 0:
+                return socket_path
+    return None
+
+
+@pytest.fixture(scope="session")
+def ctr(require_client: RequireClient) -> Client:
+    """containerd's own client, in a containerd namespace of the tests' own."""
+    binary = require_client("ctr")
+    socket_path = containerd_socket()
+    assert socket_path is not None
+    return Client(binary, dict(os.environ), ("--address", socket_path, "--namespace", "cangku-e2e"))
 
 
 @pytest.fixture(scope="session")
