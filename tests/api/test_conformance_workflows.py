@@ -387,3 +387,16 @@ async def test_content_management_workflow(client: httpx.AsyncClient, layer: byt
     assert (await client.delete(f"/v2/{NS}/blobs/{sha256(config)}")).status_code == 202
     assert (await client.delete(f"/v2/{NS}/blobs/{sha256(layer)}")).status_code == 202
     assert (await client.get(f"/v2/{NS}/blobs/{sha256(config)}")).status_code == 404
+
+
+async def test_the_four_workflows_in_sequence_in_one_namespace_twice(
+    client: httpx.AsyncClient,
+) -> None:
+    """As the suite runs them: one after the other in one namespace, with one layer, each
+    meeting what the ones before left behind; then all four again on top of that."""
+    layer = os.urandom(168)
+    for _ in range(2):
+        await test_pull_workflow(client, layer)
+        await test_push_workflow(client, layer)
+        await test_content_discovery_workflow(client, layer)
+        await test_content_management_workflow(client, layer)
