@@ -9,7 +9,9 @@ the store runs it as one unit: one thread hop per transaction instead of one per
 - SQLite writes run in one writer thread on one connection kept open for it (SQLite has a
   single writer anyway), and start with BEGIN IMMEDIATE, so a second process (the `cangku`
   CLI while the server runs) waits on the busy timeout instead of failing half-way through.
-- Other databases (PostgreSQL) run reads and writes in worker threads.
+- Other databases (PostgreSQL) run reads and writes in worker threads. Write transactions
+  first take one transaction-scoped advisory lock, so that they run one at a time across
+  processes, as on SQLite: what the use cases (floating tags, garbage collection) rely on.
 
 Read cache (SQLite): results of hot reads are kept in memory and thrown away as soon as any
 connection — of this process or another one, the CLI included — commits to the database.
@@ -30,7 +32,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -38,6 +40,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
 READ_CACHE_ENTRIES = 4096
 MAX_WRITE_BATCH = 64
+WRITE_LOCK_KEY = 0x63616E676B75  # "cangku": PostgreSQL's advisory lock for write transactions
 _MISSING = object()
 
 
@@ -218,6 +221,7 @@ class MetadataStore:
         with self.engine.connect() as connection:
             connection = connection.execution_options(sqlite_immediate=True)
             with connection.begin():
+                _serialize_writes(connection)
                 return work(connection)
 
     async def rehearse(self, work: Callable[[Connection], T]) -> T:
@@ -235,7 +239,19 @@ class MetadataStore:
 
     def _rehearse_now(self, work: Callable[[Connection], T]) -> T:
         with self.engine.connect() as connection:
-            return _rehearse(connection.execution_options(sqlite_immediate=True), work)
+            connection = connection.execution_options(sqlite_immediate=True)
+
+            def serialized(connection: Connection) -> T:
+                _serialize_writes(connection)
+                return work(connection)
+
+            return _rehearse(connection, serialized)
+
+
+def _serialize_writes(connection: Connection) -> None:
+    """PostgreSQL: wait for the other write transactions (SQLite has a single writer)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
 
 
 def _rehearse(connection: Connection, work: Callable[[Connection], T]) -> T:

@@ -21,7 +21,19 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, literal, select, union, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    union,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from cangku.content.digest import Digest
@@ -130,7 +142,7 @@ def usage_report(connection: Connection, repository_ids: list[int] | None = None
                 select(
                     manifests.c.repository_id,
                     func.count().label("manifest_count"),
-                    func.coalesce(func.sum(manifests.c.size), 0).label("bytes"),
+                    _total(manifests.c.size).label("bytes"),
                 ),
                 manifests.c.repository_id,
                 repository_ids,
@@ -154,7 +166,7 @@ def usage_report(connection: Connection, repository_ids: list[int] | None = None
             _only(
                 select(
                     manifest_references.c.repository_id,
-                    func.coalesce(func.sum(blobs.c.size), 0).label("bytes"),
+                    _total(blobs.c.size).label("bytes"),
                 )
                 .select_from(
                     manifest_references.join(
@@ -183,7 +195,7 @@ def usage_report(connection: Connection, repository_ids: list[int] | None = None
             _only(
                 select(
                     repository_blobs.c.repository_id,
-                    func.coalesce(func.sum(blobs.c.size), 0).label("bytes"),
+                    _total(blobs.c.size).label("bytes"),
                 )
                 .select_from(
                     repository_blobs.join(blobs, blobs.c.digest == repository_blobs.c.digest)
@@ -245,7 +257,7 @@ def usage_report(connection: Connection, repository_ids: list[int] | None = None
         for namespace, members in sorted(by_namespace.items())
     ]
     all_manifest_bytes = sum(manifest_bytes for _, manifest_bytes in manifest_counts.values())
-    store_bytes = connection.scalar(select(func.coalesce(func.sum(blobs.c.size), 0)))
+    store_bytes = connection.scalar(select(_total(blobs.c.size)))
     return UsageReport(
         namespaces=namespaces,
         deduplicated_bytes=all_manifest_bytes + sum(all_blobs.values()),
@@ -259,14 +271,10 @@ def namespace_usage(connection: Connection, namespace: str) -> int:
     members = _namespace_repository_ids(namespace)
     held = _held_blobs(members)
     blob_bytes = connection.scalar(
-        select(func.coalesce(func.sum(blobs.c.size), 0)).where(
-            blobs.c.digest.in_(select(held.c.digest))
-        )
+        select(_total(blobs.c.size)).where(blobs.c.digest.in_(select(held.c.digest)))
     )
     manifest_bytes = connection.scalar(
-        select(func.coalesce(func.sum(manifests.c.size), 0)).where(
-            manifests.c.repository_id.in_(members)
-        )
+        select(_total(manifests.c.size)).where(manifests.c.repository_id.in_(members))
     )
     return int(blob_bytes or 0) + int(manifest_bytes or 0)
 
@@ -365,3 +373,8 @@ def _held_blobs(repository_ids: list[int] | Select[tuple[int]] | None) -> Any:
 
 def _only(query: Select[Any], column: Any, repository_ids: list[int] | None) -> Select[Any]:
     return query if repository_ids is None else query.where(column.in_(repository_ids))
+
+
+def _total(sizes: ColumnElement[int]) -> ColumnElement[int]:
+    """SUM of sizes, 0 for none, as an integer (PostgreSQL sums BIGINTs into NUMERIC)."""
+    return cast(func.coalesce(func.sum(sizes), 0), BigInteger)
