@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 LISTEN ?= 127.0.0.1:5000
 DATA ?= ./data
 
-.PHONY: run test check install bench clean
+.PHONY: run test test-postgresql check install bench clean
 
 $(BIN)/cangku: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+# The API, account and UI tests again, each on a fresh PostgreSQL database (.ci/run sets
+# up the server and the role).
+POSTGRES_ADMIN_URL ?= postgresql+psycopg://cangku:cangku@127.0.0.1:5432/postgres
+test-postgresql: install
+	CANGKU_TEST_POSTGRES=$(POSTGRES_ADMIN_URL) $(BIN)/pytest tests/api tests/auth tests/web
 
 check: install
 	$(BIN)/ruff format --check src tests benchmarks

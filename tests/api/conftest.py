@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -11,10 +11,11 @@ from starlette.types import ASGIApp, Message
 
 from cangku.app import create_app
 from cangku.config import Settings
-from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector
 from cangku.storage.filesystem import FilesystemStorage
+from tests.databases import fresh_database
 
 
 @pytest.fixture
@@ -23,9 +24,15 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def registry(data_dir: Path) -> AsyncIterator[Registry]:
+def database_url(data_dir: Path) -> Iterator[str]:
     data_dir.mkdir()
-    metadata = MetadataStore.open(sqlite_url(data_dir))
+    with fresh_database(data_dir) as url:
+        yield url
+
+
+@pytest.fixture
+async def registry(data_dir: Path, database_url: str) -> AsyncIterator[Registry]:
+    metadata = MetadataStore.open(database_url)
     yield Registry(FilesystemStorage(data_dir), metadata)
     await metadata.close()
 

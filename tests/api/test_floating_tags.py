@@ -20,6 +20,7 @@ from cangku.registry import Registry
 from cangku.registry.tags import TagPolicy
 from cangku.storage.filesystem import FilesystemStorage
 from tests.api.helpers import OCI_MANIFEST, error_code, push_image
+from tests.databases import same_database
 
 REPO = "jimo/my-image"
 
@@ -268,7 +269,9 @@ async def test_concurrent_pushes_end_with_the_highest_in_every_interleaving(
 ) -> None:
     # A second registry on the same database: its own connections and lock, as another
     # process would have; SQLite's BEGIN IMMEDIATE is all that serialises the two.
-    other = Registry(FilesystemStorage(data_dir), MetadataStore.open(sqlite_url(data_dir)))
+    other = Registry(
+        FilesystemStorage(data_dir), MetadataStore.open(same_database(registry.metadata))
+    )
     try:
         for round_number in range(12):
             name = f"jimo/race{round_number}"

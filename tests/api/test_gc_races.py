@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from cangku.content.digest import Digest
-from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
 from cangku.registry.gc import GarbageCollector
 from cangku.storage.filesystem import FilesystemStorage
@@ -41,6 +41,7 @@ from tests.api.helpers import (
     recorded_blobs,
     sha256,
 )
+from tests.databases import same_database
 
 
 class Pause:
@@ -270,7 +271,7 @@ async def test_collection_in_another_process_serializes_with_the_recording_trans
     """
     data = os.urandom(900)
     digest = await push_blob(client, "jimo/app", data)
-    other_metadata = MetadataStore.open(sqlite_url(data_dir))
+    other_metadata = MetadataStore.open(same_database(registry.metadata))
     other_storage = FilesystemStorage(data_dir)
     other = GarbageCollector(other_storage, other_metadata, collector.policy)
     pause = Pause(monkeypatch, registry.storage, "write_blob")

@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import select
 
 from cangku.metadata.schema import blobs, manifest_references
-from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
 from cangku.registry.gc import GarbageCollector
 from cangku.storage.filesystem import FilesystemStorage
@@ -40,6 +40,7 @@ from tests.api.helpers import (
     recorded_blobs,
     sha256,
 )
+from tests.databases import same_database
 
 STRESS_SECONDS = 5.0
 CLIENTS = 4
@@ -238,7 +239,7 @@ async def test_pushes_tags_deletes_and_pulls_survive_continuous_collection(
     policy = replace(collector.policy, delete_untagged_after=untagged)
     in_server = GarbageCollector(registry.storage, registry.metadata, policy)
     # Like `cangku gc`: its own connections and storage object on the same data directory.
-    other_metadata = MetadataStore.open(sqlite_url(data_dir))
+    other_metadata = MetadataStore.open(same_database(registry.metadata))
     beside = GarbageCollector(FilesystemStorage(data_dir), other_metadata, policy)
     deadline = time.monotonic() + STRESS_SECONDS
     try:

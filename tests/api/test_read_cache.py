@@ -6,10 +6,11 @@ from pathlib import Path
 
 import httpx
 
-from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
 from cangku.storage.filesystem import FilesystemStorage
 from tests.api.helpers import OCI_MANIFEST, push_image
+from tests.databases import same_database
 
 
 async def test_cached_reads_see_commits_of_another_process(
@@ -21,7 +22,9 @@ async def test_cached_reads_see_commits_of_another_process(
     assert (await registry.list_tags("jimo/app", None, None)).items == ["v1"]
 
     # Another process (its own engine and connections) moves the tag.
-    other = Registry(FilesystemStorage(data_dir), MetadataStore.open(sqlite_url(data_dir)))
+    other = Registry(
+        FilesystemStorage(data_dir), MetadataStore.open(same_database(registry.metadata))
+    )
     try:
         await other.put_manifest("jimo/app", "v1", second_content, OCI_MANIFEST)
         await other.put_manifest("jimo/app", "v2", second_content, OCI_MANIFEST)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -15,9 +15,10 @@ from cangku.auth import passwords
 from cangku.auth.access import AccessControl
 from cangku.auth.accounts import Accounts
 from cangku.config import Settings
-from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
 from cangku.storage.filesystem import FilesystemStorage
+from tests.databases import fresh_database
 
 PASSWORDS = {"admin": "admin-password", "jimo": "jimo-password", "lee": "lee-password"}
 
@@ -34,9 +35,15 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def registry(settings: Settings) -> AsyncIterator[Registry]:
+def database_url(settings: Settings) -> Iterator[str]:
     settings.data.mkdir()
-    metadata = MetadataStore.open(sqlite_url(settings.data))
+    with fresh_database(settings.data) as url:
+        yield url
+
+
+@pytest.fixture
+async def registry(settings: Settings, database_url: str) -> AsyncIterator[Registry]:
+    metadata = MetadataStore.open(database_url)
     yield Registry(FilesystemStorage(settings.data), metadata)
     await metadata.close()
 

@@ -18,6 +18,7 @@ from cangku.registry import Registry
 from tests.auth.conftest import (  # noqa: F401  (fixtures used here and in the tests)
     PASSWORDS,
     accounts,
+    database_url,
     fast_bcrypt,
     registry,
     settings,
