@@ -86,3 +86,23 @@ async def test_close_lets_queued_writes_commit_first(store: MetadataStore) -> No
     assert all(task.done() for task in queued)
     names = await store.read(lambda c: c.scalars(select(repositories.c.name)).all())
     assert sorted(names) == [f"queued{i}" for i in range(5)]
+
+
+class Halt(BaseException):
+    """Not an Exception: it ends the writer task, as a cancellation would."""
+
+
+async def test_writes_queued_behind_a_fatal_error_end_instead_of_waiting(
+    store: MetadataStore,
+) -> None:
+    def fatal(connection: Connection) -> None:
+        raise Halt
+
+    first = asyncio.ensure_future(store.write(fatal))  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # its batch is on the way to the writer thread
+    behind = asyncio.ensure_future(store.write(add("behind")))  # type: ignore[arg-type]
+    done, pending = await asyncio.wait([first, behind], timeout=10)
+    assert not pending, "a write queued behind the fatal one was left waiting"
+    assert isinstance(first.exception(), Halt)
+    assert behind.cancelled()
+    assert await store.write(add("later")) == "later"  # a new writer task takes over

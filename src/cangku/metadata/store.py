@@ -130,25 +130,32 @@ class MetadataStore:
         return await done
 
     async def _write_queued(self) -> None:
-        while self._queued_writes:
-            batch = self._queued_writes[:MAX_WRITE_BATCH]
-            del self._queued_writes[:MAX_WRITE_BATCH]
-            try:
-                outcomes = await self._in_writer_thread(self._write_batch, batch)
-            except BaseException as error:  # The commit itself failed: every write did.
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(error)
-                if not isinstance(error, Exception):
-                    raise
-                continue
-            for (_, done), (value, refusal) in zip(batch, outcomes, strict=True):
-                if done.done():
-                    continue  # The caller was cancelled.
-                if refusal is not None:
-                    done.set_exception(refusal)
-                else:
-                    done.set_result(value)
+        try:
+            while self._queued_writes:
+                batch = self._queued_writes[:MAX_WRITE_BATCH]
+                del self._queued_writes[:MAX_WRITE_BATCH]
+                try:
+                    outcomes = await self._in_writer_thread(self._write_batch, batch)
+                except BaseException as error:  # The commit itself failed: every write did.
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(error)
+                    if not isinstance(error, Exception):
+                        raise
+                    continue
+                for (_, done), (value, refusal) in zip(batch, outcomes, strict=True):
+                    if done.done():
+                        continue  # The caller was cancelled.
+                    if refusal is not None:
+                        done.set_exception(refusal)
+                    else:
+                        done.set_result(value)
+        finally:
+            # Ended by cancellation or a non-Exception error: the writes still queued would
+            # wait for some later write to start a new task. They are cancelled instead.
+            stranded, self._queued_writes = self._queued_writes, []
+            for _, done in stranded:
+                done.cancel()
 
     async def _in_writer_thread(self, function: Callable[..., T], *arguments: Any) -> T:
         if self._writer_thread is None:
