@@ -101,7 +101,7 @@ async def test_writes_queued_behind_a_fatal_error_end_instead_of_waiting(
     first = asyncio.ensure_future(store.write(fatal))  # type: ignore[arg-type]
     await asyncio.sleep(0)  # its batch is on the way to the writer thread
     behind = asyncio.ensure_future(store.write(add("behind")))  # type: ignore[arg-type]
-    done, pending = await asyncio.wait([first, behind], timeout=10)
+    _, pending = await asyncio.wait([first, behind], timeout=10)
     assert not pending, "a write queued behind the fatal one was left waiting"
     assert isinstance(first.exception(), Halt)
     assert behind.cancelled()
