@@ -4,7 +4,6 @@ pushes through cangku, with and without accounts."""
 from __future__ import annotations
 
 import base64
-import re
 import uuid
 from collections.abc import Iterator
 
@@ -17,12 +16,11 @@ from .conftest import (
     RegistryServer,
     RegistryServerFactory,
     http_client,
+    pushed_digest,
     server_kind,
 )
 
 pytestmark = pytest.mark.e2e
-
-PUSHED_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: \d+")
 
 
 class Containerd:
@@ -75,9 +73,7 @@ def pushed_by_docker(
     """An image docker pushed to `registry`: its reference for ctr, and its digest."""
     docker_ref = f"{registry.docker_host}/{name}:1.0"
     docker_images.build(docker_ref, layers=2)
-    match = PUSHED_DIGEST.search(docker.run("push", docker_ref).out)
-    assert match, "no digest in docker push output"
-    return f"{registry.host}/{name}:1.0", match.group(1)
+    return f"{registry.host}/{name}:1.0", pushed_digest(docker.run("push", docker_ref).out)
 
 
 def manifest_digest(registry: RegistryServer, name: str, tag: str, **headers: str) -> str:

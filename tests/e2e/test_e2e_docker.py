@@ -13,18 +13,12 @@ from .conftest import (
     DockerImageBuilder,
     RegistryServer,
     http_client,
+    pushed_digest,
 )
 
 pytestmark = pytest.mark.e2e
 
-PUSHED_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: \d+")
 PULLED_DIGEST = re.compile(r"^Digest: (sha256:[0-9a-f]{64})$", re.MULTILINE)
-
-
-def pushed_digest(output: str) -> str:
-    match = PUSHED_DIGEST.search(output)
-    assert match, f"no digest in docker push output:\n{output}"
-    return match.group(1)
 
 
 def test_docker_push_then_pull_round_trips_digest(

@@ -12,11 +12,16 @@ import oras.oci
 import pytest
 import requests
 
-from .conftest import RegistryServer, RegistryServerFactory, http_client, server_kind
+from .conftest import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    RegistryServer,
+    RegistryServerFactory,
+    http_client,
+    server_kind,
+)
 
 pytestmark = pytest.mark.e2e
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def oras_client(server: RegistryServer, auth_backend: str = "token") -> oras.client.OrasClient:
