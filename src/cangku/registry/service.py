@@ -201,7 +201,6 @@ class Registry:
 
     # -- uploads ---------------------------------------------------------------------------
     async def start_upload(self, name: str) -> str:
-        validate_repository_name(name)
         upload_id = new_upload_id()
         await self.storage.create_upload(session_name(name, upload_id))
         return upload_id
@@ -261,7 +260,6 @@ class Registry:
         return parsed if outcome else None
 
     async def upload_status(self, name: str, upload_id: str) -> int:
-        validate_repository_name(name)
         size = await self.storage.upload_size(session_name(name, upload_id))
         if size is None:
             raise BlobUploadUnknown("upload unknown to registry", upload_id)
@@ -276,7 +274,6 @@ class Registry:
         content_range: tuple[int, int] | None,
     ) -> int:
         """Append one chunk; with Content-Range it must start where the upload ends."""
-        validate_repository_name(name)
         session = session_name(name, upload_id)
         start = None
         if content_range is not None:
@@ -303,10 +300,10 @@ class Registry:
         if length != 0:
             # The same rules as a PATCH: a final chunk out of order is refused (416).
             await self.append_upload(name, upload_id, body, length, content_range)
-        validate_repository_name(name)
+        session = session_name(name, upload_id)
         try:
             # The session ends here: its bytes become the blob (unless a quota refuses it).
-            size = await self.storage.commit_upload(session_name(name, upload_id), parsed)
+            size = await self.storage.commit_upload(session, parsed)
         except BlobUploadUnknown:
             raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
 
@@ -317,7 +314,6 @@ class Registry:
         return parsed
 
     async def cancel_upload(self, name: str, upload_id: str) -> None:
-        validate_repository_name(name)
         session = session_name(name, upload_id)
         if await self.storage.upload_size(session) is None:
             raise BlobUploadUnknown("upload unknown to registry", upload_id)

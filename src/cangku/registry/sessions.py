@@ -14,6 +14,7 @@ import re
 import uuid
 
 from cangku.content.errors import BlobUploadUnknown
+from cangku.content.names import validate_repository_name
 
 UPLOAD_ID = re.compile(r"[a-f0-9]{32}")
 _KEY_LENGTH = 32
@@ -24,7 +25,9 @@ def new_upload_id() -> str:
 
 
 def session_name(repository: str, upload_id: str) -> str:
-    """Storage's name for the session `upload_id` of `repository` (64 hex digits)."""
+    """Storage's name for the session `upload_id` of `repository` (64 hex digits); both
+    are checked (NAME_INVALID, BLOB_UPLOAD_UNKNOWN)."""
+    validate_repository_name(repository)
     if not UPLOAD_ID.fullmatch(upload_id):
         raise BlobUploadUnknown("upload unknown to registry", upload_id[:100])
     return upload_id + _repository_key(repository)
