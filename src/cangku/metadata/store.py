@@ -164,29 +164,32 @@ class MetadataStore:
         # Shielded: a cancelled caller must not free the thread while a transaction runs.
         return await asyncio.shield(loop.run_in_executor(self._writer_thread, function, *arguments))
 
-    def _writer_connection_now(self) -> Connection:
-        """The writer thread's connection, opened on first use and after a failure."""
-        if self._writer_connection is None:
-            self._writer_connection = self.engine.connect().execution_options(sqlite_immediate=True)
-        return self._writer_connection
-
     def _close_writer_connection(self) -> None:
         if self._writer_connection is not None:
             self._writer_connection.close()
             self._writer_connection = None
 
+    def _on_writer_connection(self, use: Callable[[Connection], T]) -> T:
+        """Run `use` (in the writer thread) on the writer's connection, opened on first use.
+
+        A failed BEGIN/COMMIT/ROLLBACK leaves the connection in doubt: it is closed, and the
+        next use opens a new one."""
+        if self._writer_connection is None:
+            self._writer_connection = self.engine.connect().execution_options(sqlite_immediate=True)
+        try:
+            return use(self._writer_connection)
+        except BaseException:
+            self._close_writer_connection()
+            raise
+
     def _write_batch(
         self, batch: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]]
     ) -> list[tuple[Any, Exception | None]]:
-        connection = self._writer_connection_now()
-        try:
-            if len(batch) == 1:
-                return [self._write_alone(connection, batch[0][0])]
-            return self._write_together(connection, [work for work, _ in batch])
-        except BaseException:
-            # A failed BEGIN/COMMIT/ROLLBACK leaves the connection in doubt: start afresh.
-            self._close_writer_connection()
-            raise
+        if len(batch) == 1:
+            work = batch[0][0]
+            return [self._on_writer_connection(lambda c: self._write_alone(c, work))]
+        works = [work for work, _ in batch]
+        return self._on_writer_connection(lambda c: self._write_together(c, works))
 
     @staticmethod
     def _write_alone(
@@ -235,14 +238,9 @@ class MetadataStore:
         """Run `work` in a write transaction and roll it back: what it would do (dry runs)."""
         if not self.is_sqlite:
             return await anyio.to_thread.run_sync(self._rehearse_now, work)
-        return await self._in_writer_thread(self._rehearse_in_writer_thread, work)
-
-    def _rehearse_in_writer_thread(self, work: Callable[[Connection], T]) -> T:
-        try:
-            return _rehearse(self._writer_connection_now(), work)
-        except BaseException:
-            self._close_writer_connection()
-            raise
+        return await self._in_writer_thread(
+            self._on_writer_connection, lambda connection: _rehearse(connection, work)
+        )
 
     def _rehearse_now(self, work: Callable[[Connection], T]) -> T:
         with self.engine.connect() as connection:
