@@ -446,8 +446,12 @@ class Accounts:
         await self.metadata.write(change)
 
     # -- browser sessions ------------------------------------------------------------------
-    async def start_web_session(self, user: str, max_age: float) -> str:
-        """Record a signed-in browser session of `user`; returns the id its cookie carries."""
+    async def start_web_session(
+        self, user: str, max_age: float, *, replaces: str | None = None
+    ) -> str:
+        """Record a signed-in browser session of `user`; returns the id its cookie carries.
+
+        `replaces`: the session the cookie had until now, ended in the same transaction."""
         session_id = secrets.token_urlsafe(32)
         now = time.time()
 
@@ -456,8 +460,10 @@ class Accounts:
             if user_id is None:
                 raise AccountError(f"no user named {user!r}")
             # Sign-ins are rare: sweeping everyone's expired sessions here keeps the table small.
-            expired = web_sessions.c.created_at < now - max_age
-            connection.execute(delete(web_sessions).where(expired))
+            ended = web_sessions.c.created_at < now - max_age
+            if replaces is not None:
+                ended = ended | (web_sessions.c.id == _secret_hash(replaces))
+            connection.execute(delete(web_sessions).where(ended))
             connection.execute(
                 insert(web_sessions).values(
                     id=_secret_hash(session_id), user_id=user_id, created_at=now

@@ -75,8 +75,9 @@ def routes(site: Site) -> list[BaseRoute]:
         changed = await site.access.accounts.principal(viewer.name)
         assert changed is not None and viewer.session.session_id is not None
         # A new session record as well, for the cookie's new 12 hours.
-        await site.access.accounts.end_web_session(viewer.session.session_id)
-        session_id = await site.access.accounts.start_web_session(viewer.name, MAX_AGE_SECONDS)
+        session_id = await site.access.accounts.start_web_session(
+            viewer.name, MAX_AGE_SECONDS, replaces=viewer.session.session_id
+        )
         session = viewer.session.signed_in(viewer.name, changed.credentials_changed_at, session_id)
         # The page's forms must carry the new session's CSRF token, not the old one.
         viewer = dataclasses.replace(viewer, session=session)

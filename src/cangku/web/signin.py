@@ -47,11 +47,10 @@ def routes(site: Site) -> list[BaseRoute]:
         # Access tokens are for clients; the UI wants the password itself.
         if principal is None or principal.name is None or principal.token_id is not None:
             return form_page(request, viewer, next_url, "Incorrect username or password.", 401)
-        accounts = site.access.accounts
-        if viewer.session.session_id is not None:
-            # Signing in again (maybe as someone else) ends the session this cookie had.
-            await accounts.end_web_session(viewer.session.session_id)
-        session_id = await accounts.start_web_session(principal.name, MAX_AGE_SECONDS)
+        # Signing in again (maybe as someone else) ends the session this cookie had.
+        session_id = await site.access.accounts.start_web_session(
+            principal.name, MAX_AGE_SECONDS, replaces=viewer.session.session_id
+        )
         response = site.redirect(request, viewer, next_url)
         session = viewer.session.signed_in(
             principal.name, principal.credentials_changed_at, session_id
