@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from typing import BinaryIO
 
@@ -18,6 +17,7 @@ from cangku.registry import Registry
 
 BYTE_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 SEND_CHUNK = 1024 * 1024
+ZERO_COPY_SEND = "http.response.zerocopysend"  # the ASGI extension
 
 
 async def head_blob(request: Request, registry: Registry, name: str, digest: str) -> Response:
@@ -76,7 +76,8 @@ def _requested_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 class BlobResponse(Response):
-    """Streams a blob range: zero-copy (ASGI pathsend) where the server can, else 1 MiB reads."""
+    """Streams a blob range: zero-copy where the server offers it (cangku/server.py), else 1 MiB
+    reads in a worker thread."""
 
     def __init__(
         self,
@@ -100,7 +101,7 @@ class BlobResponse(Response):
             try:
                 # Opened before answering: once open, the bytes stay readable even if garbage
                 # collection deletes the (then unreferenced) blob meanwhile.
-                file = open(path, "rb")  # noqa: SIM115 - closed in _send_file or below
+                file = open(path, "rb")  # noqa: SIM115 - closed below, after sending
             except FileNotFoundError:
                 response = error_response(
                     "BLOB_UNKNOWN", "blob unknown to registry", detail=str(self.digest)
@@ -114,13 +115,14 @@ class BlobResponse(Response):
             await send({"type": "http.response.body", "body": b""})
             return
         if file is not None:
-            whole = self.start == 0
-            zero_copy = "http.response.pathsend" in scope.get("extensions", {})
-            if whole and zero_copy and os.fstat(file.fileno()).st_size == self.end:
-                file.close()
-                await send({"type": "http.response.pathsend", "path": str(path)})
-                return
-            await _send_file(file, self.start, self.end, send)
+            with file:
+                if ZERO_COPY_SEND in scope.get("extensions", {}):
+                    count = self.end - self.start
+                    await send(
+                        {"type": ZERO_COPY_SEND, "file": file, "offset": self.start, "count": count}
+                    )
+                else:
+                    await _send_file(file, self.start, self.end, send)
             return
         async for chunk in self.registry.read_blob(self.digest, self.start, self.end):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -128,13 +130,12 @@ class BlobResponse(Response):
 
 
 async def _send_file(file: BinaryIO, start: int, end: int, send: Send) -> None:
-    with file:
-        file.seek(start)
-        remaining = end - start
-        while remaining > 0:
-            chunk = await anyio.to_thread.run_sync(file.read, min(SEND_CHUNK, remaining))
-            if not chunk:
-                break  # Shorter than recorded: the client sees a short body, not a hang.
-            remaining -= len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    file.seek(start)
+    remaining = end - start
+    while remaining > 0:
+        chunk = await anyio.to_thread.run_sync(file.read, min(SEND_CHUNK, remaining))
+        if not chunk:
+            break  # Shorter than recorded: the client sees a short body, not a hang.
+        remaining -= len(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})

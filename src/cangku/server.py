@@ -1,0 +1,94 @@
+"""The HTTP server: uvicorn's httptools protocol, plus zero-copy file sending for blob pulls.
+
+uvicorn implements no ASGI extension for sending files, so every pulled byte would be read into
+Python and written back to the socket on the one event-loop thread. This protocol adds the
+ASGI `http.response.zerocopysend` extension on top of uvicorn's and answers it with
+`loop.sendfile`: the kernel copies the page cache straight to the socket (os.sendfile).
+
+The extension is offered only where that works: on plain TCP (TLS must encrypt in user space,
+and asyncio's fallback for it reads 16 KiB per thread hop) and on asyncio's own event loop
+(uvloop implements no `sendfile`). Elsewhere blob responses read 1 MiB at a time in a worker
+thread (distribution/blobs.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+ZERO_COPY_SEND = "http.response.zerocopysend"
+
+
+class ZeroCopyHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol whose requests may answer with `http.response.zerocopysend`."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        plain_tcp = self.transport.get_extra_info("sslcontext") is None
+        if plain_tcp and isinstance(self.loop, asyncio.BaseEventLoop):
+            self.scope["extensions"] = {ZERO_COPY_SEND: {}}
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        # uvicorn builds each request's cycle inside on_headers_complete and only schedules its
+        # ASGI task, which has not run yet: switching the cycle to our subclass here is in time
+        # for the application's first `send`. (A websocket upgrade builds no cycle.)
+        if type(self.cycle) is RequestResponseCycle:
+            self.cycle.__class__ = ZeroCopyCycle
+
+
+class ZeroCopyCycle(RequestResponseCycle):
+    """One request/response, answering `http.response.zerocopysend` with `loop.sendfile`."""
+
+    async def send(self, message: Any) -> None:
+        if message["type"] != ZERO_COPY_SEND:
+            await super().send(message)
+            return
+        if not self.response_started or self.response_complete:
+            raise RuntimeError(f"Unexpected ASGI message '{ZERO_COPY_SEND}' at this point.")
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if self.scope["method"] != "HEAD" and not await self._send_file(message):
+            return
+        more_body = bool(message.get("more_body", False))
+        await super().send({"type": "http.response.body", "body": b"", "more_body": more_body})
+
+    async def _send_file(self, message: Any) -> bool:
+        """Send the file range; False if the connection is gone (closed here or by the peer)."""
+        if self.chunked_encoding:
+            raise RuntimeError("Zero-copy sending needs a Content-Length, not chunked encoding.")
+        file = message["file"]
+        offset = message.get("offset")
+        if offset is None:
+            offset = file.tell()
+        count = message.get("count")
+        if count is None:
+            count = os.fstat(file.fileno()).st_size - offset
+        if count > self.expected_content_length:
+            raise RuntimeError("Response content longer than Content-Length")
+        if count <= 0:
+            return True  # Nothing to send (loop.sendfile refuses a count of 0).
+        try:
+            sent = await asyncio.get_running_loop().sendfile(self.transport, file, offset, count)
+        except ConnectionError:
+            self._abandon()  # The client went away mid-transfer; nobody is left to answer.
+            return False
+        if sent < count:
+            # Closing shows the client a short body instead of a wait for bytes that will never
+            # come.
+            self.logger.warning(
+                "%s ended %d bytes early; closing the connection", file.name, count - sent
+            )
+            self._abandon()
+            return False
+        self.expected_content_length -= sent
+        return True
+
+    def _abandon(self) -> None:
+        self.disconnected = True  # Later sends are no-ops, as after a client disconnect.
+        self.transport.close()

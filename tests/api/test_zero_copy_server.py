@@ -1,0 +1,254 @@
+"""Blob pulls through the real HTTP server (cangku/server.py): bytes go out with os.sendfile.
+
+The other API tests use httpx's ASGI transport, which offers no zero-copy extension, so they
+cover the threaded-read fallback; these run uvicorn with our protocol on a loopback socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cangku.content.digest import Digest
+from cangku.registry import Registry
+from cangku.server import ZERO_COPY_SEND, ZeroCopyHttpProtocol
+from tests.api.helpers import push_blob
+from tests.tls import TlsFiles, make_tls_files
+
+NAME = "jimo/pulls"
+
+
+async def serve(app: ASGIApp, tls: TlsFiles | None = None) -> AsyncIterator[int]:
+    """Run the app under cangku's server on a free loopback port in this event loop."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        app,
+        loop="asyncio",
+        http=ZeroCopyHttpProtocol,
+        lifespan="off",
+        log_config=None,
+        ssl_certfile=tls and str(tls.cert),
+        ssl_keyfile=tls and str(tls.key),
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    while not server.started:
+        if task.done():
+            task.result()  # Startup failed: raise its error here.
+        await asyncio.sleep(0.01)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+        listener.close()
+
+
+@pytest.fixture
+async def port(app: ASGIApp) -> AsyncIterator[int]:
+    async for bound in serve(app):
+        yield bound
+
+
+@pytest.fixture
+def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes moved by each os.sendfile call (asyncio's loop.sendfile looks it up per call)."""
+    calls: list[int] = []
+    real_sendfile: Callable[..., int] = os.sendfile
+
+    def counting_sendfile(*args: Any) -> int:
+        sent = real_sendfile(*args)
+        calls.append(sent)
+        return sent
+
+    monkeypatch.setattr(os, "sendfile", counting_sendfile)
+    return calls
+
+
+@pytest.fixture
+async def blob(port: int) -> tuple[str, bytes]:
+    data = os.urandom(3 * 1024 * 1024 + 17)  # Several sendfile calls, an odd tail.
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        digest = await push_blob(client, NAME, data)
+    return digest, data
+
+
+def requests_on_one_connection(
+    port: int, requests: list[tuple[str, str, dict[str, str]]]
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send the requests one after another over one keep-alive connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    answers = []
+    try:
+        for method, path, headers in requests:
+            connection.request(method, path, headers=headers)
+            response = connection.getresponse()
+            body = response.read()
+            answers.append((response.status, dict(response.getheaders()), body))
+            # http.client would silently reconnect if the server had closed the connection.
+            assert connection.sock is not None, "the server closed the keep-alive connection"
+    finally:
+        connection.close()
+    return answers
+
+
+async def test_whole_and_ranged_pulls_are_sent_by_the_kernel_on_one_connection(
+    port: int, blob: tuple[str, bytes], sendfile_calls: list[int]
+) -> None:
+    digest, data = blob
+    path = f"/v2/{NAME}/blobs/{digest}"
+    answers = await asyncio.to_thread(
+        requests_on_one_connection,
+        port,
+        [
+            ("GET", path, {}),
+            ("GET", path, {"Range": "bytes=1000-1999"}),
+            ("HEAD", path, {}),
+            ("GET", path, {"Range": "bytes=-17"}),
+        ],
+    )
+
+    (whole, ranged, head, tail) = answers
+    assert whole[0] == 200 and whole[2] == data
+    assert whole[1]["content-length"] == str(len(data))
+    assert ranged[0] == 206 and ranged[2] == data[1000:2000]
+    assert ranged[1]["content-range"] == f"bytes 1000-1999/{len(data)}"
+    assert head[0] == 200 and head[2] == b"" and head[1]["content-length"] == str(len(data))
+    assert tail[0] == 206 and tail[2] == data[-17:]
+    assert sum(sendfile_calls) == len(data) + 1000 + 17
+
+
+async def test_an_empty_blob_is_pulled_like_any_other(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        digest = await push_blob(client, NAME, b"")
+    path = f"/v2/{NAME}/blobs/{digest}"
+    with caplog.at_level(logging.WARNING):
+        answers = await asyncio.to_thread(
+            requests_on_one_connection, port, [("GET", path, {}), ("GET", path, {})]
+        )
+    assert [(status, body) for status, _, body in answers] == [(200, b""), (200, b"")]
+    assert answers[0][1]["content-length"] == "0"
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+async def test_a_blob_file_shorter_than_recorded_ends_the_connection_instead_of_hanging(
+    port: int,
+    blob: tuple[str, bytes],
+    registry: Registry,
+    sendfile_calls: list[int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    digest, data = blob
+    blob_file = registry.blob_path(Digest.parse(digest))
+    assert blob_file is not None
+    os.truncate(blob_file, 1000)  # Damaged storage: the database still says the full size.
+
+    def pull() -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request("GET", f"/v2/{NAME}/blobs/{digest}")
+            response = connection.getresponse()
+            with pytest.raises(http.client.IncompleteRead) as short:
+                response.read()
+            return len(short.value.partial)
+        finally:
+            connection.close()
+
+    with caplog.at_level(logging.WARNING):
+        assert await asyncio.to_thread(pull) == 1000
+    assert sum(sendfile_calls) == 1000
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert (
+        logging.WARNING,
+        f"{blob_file} ended {len(data) - 1000} bytes early; closing the connection",
+    ) in messages
+    assert not [m for level, m in messages if level >= logging.ERROR]
+
+
+async def test_a_client_leaving_mid_pull_leaves_the_server_serving(
+    port: int, blob: tuple[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    digest, data = blob
+
+    def leave_early() -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            # A small receive buffer makes the server wait on the socket mid-file.
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.sendall(f"GET /v2/{NAME}/blobs/{digest} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        # Closed with linger 0: the server's next send fails with a connection reset.
+
+    with caplog.at_level(logging.ERROR):
+        await asyncio.to_thread(leave_early)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            response = await client.get(f"/v2/{NAME}/blobs/{digest}")
+    assert response.status_code == 200 and response.content == data
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_the_extension_follows_the_asgi_defaults(
+    tmp_path: Path, sendfile_calls: list[int]
+) -> None:
+    """No offset: from the file's position; no count: to its end; more_body: more may follow."""
+    body = b"0123456789" * 100_000
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert ZERO_COPY_SEND in scope["extensions"]
+        headers = [(b"content-length", str(len(body) - 10 + 3).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        with open(scope["state"]["path"], "rb") as file:
+            file.seek(10)
+            await send({"type": ZERO_COPY_SEND, "file": file, "more_body": True})
+        await send({"type": "http.response.body", "body": b"end"})
+
+    async def with_path(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["state"] = {"path": str(source)}
+            await app(scope, receive, send)
+
+    source = tmp_path / "body"
+    source.write_bytes(body)
+    async for bound in serve(with_path):
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{bound}/")
+    assert response.content == body[10:] + b"end"
+    assert sum(sendfile_calls) == len(body) - 10
+
+
+async def test_over_tls_blobs_are_read_in_a_worker_thread_instead(
+    app: ASGIApp, tmp_path: Path, sendfile_calls: list[int]
+) -> None:
+    """TLS encrypts in user space: no zero-copy there, and asyncio's fallback is 16 KiB a hop."""
+    tls = make_tls_files(tmp_path / "tls", [])
+    offered: list[bool] = []
+
+    async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+        offered.append(ZERO_COPY_SEND in scope.get("extensions", {}))
+        await app(scope, receive, send)
+
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    async for port in serve(recording, tls):
+        base_url = f"https://localhost:{port}"
+        async with httpx.AsyncClient(base_url=base_url, verify=tls.context()) as client:
+            digest = await push_blob(client, NAME, data)
+            whole = await client.get(f"/v2/{NAME}/blobs/{digest}")
+            ranged = await client.get(f"/v2/{NAME}/blobs/{digest}", headers={"Range": "bytes=7-"})
+    assert whole.status_code == 200 and whole.content == data
+    assert ranged.status_code == 206 and ranged.content == data[7:]
+    assert offered and not any(offered)
+    assert sendfile_calls == []
