@@ -28,6 +28,7 @@ from cangku.auth.accounts import Accounts
 from cangku.auth.endpoints import token_routes
 from cangku.auth.tokens import TokenService, load_or_create_signing_key
 from cangku.config import Settings
+from cangku.distribution.blobs import ZERO_COPY_SEND
 from cangku.distribution.routes import DistributionApp
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
@@ -157,6 +158,8 @@ class AccessLog:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             elif message["type"] == "http.response.body":
                 state["bytes"] += len(message.get("body", b""))
+            elif message["type"] == ZERO_COPY_SEND:
+                state["bytes"] += message["count"]  # blobs.py always says how much.
             await send(message)
 
         try:

@@ -17,6 +17,7 @@ import asyncio
 import os
 from typing import Any
 
+from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 ZERO_COPY_SEND = "http.response.zerocopysend"
@@ -29,15 +30,14 @@ class ZeroCopyHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         plain_tcp = self.transport.get_extra_info("sslcontext") is None
         if plain_tcp and isinstance(self.loop, asyncio.BaseEventLoop):
-            self.scope["extensions"] = {ZERO_COPY_SEND: {}}
+            self.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
 
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        # uvicorn builds each request's cycle inside on_headers_complete and only schedules its
-        # ASGI task, which has not run yet: switching the cycle to our subclass here is in time
-        # for the application's first `send`. (A websocket upgrade builds no cycle.)
-        if type(self.cycle) is RequestResponseCycle:
-            self.cycle.__class__ = ZeroCopyCycle
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # uvicorn builds its own cycle class; becoming ours just before the application runs
+        # covers every request, pipelined ones too (uvicorn starts those here later).
+        if type(cycle) is RequestResponseCycle:
+            cycle.__class__ = ZeroCopyCycle
+        super()._start_asgi_task(cycle, app)
 
 
 class ZeroCopyCycle(RequestResponseCycle):
@@ -73,10 +73,18 @@ class ZeroCopyCycle(RequestResponseCycle):
             raise RuntimeError("Response content longer than Content-Length")
         if count <= 0:
             return True  # Nothing to send (loop.sendfile refuses a count of 0).
+        if self.transport.is_closing():  # Closed, and connection_lost not yet called.
+            self._abandon()
+            return False
         try:
             sent = await asyncio.get_running_loop().sendfile(self.transport, file, offset, count)
-        except ConnectionError:
-            self._abandon()  # The client went away mid-transfer; nobody is left to answer.
+        except OSError as error:
+            # Mostly the client went away mid-transfer (reset, broken pipe, timed out): nobody
+            # is left to answer, and the application did nothing wrong. Anything else (a disk
+            # read error, an unreachable peer) is worth a line in the log.
+            if not isinstance(error, ConnectionError | TimeoutError):
+                self.logger.warning("sending %s failed: %s", file.name, error)
+            self._abandon()
             return False
         if sent < count:
             # Closing shows the client a short body instead of a wait for bytes that will never

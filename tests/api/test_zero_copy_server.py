@@ -7,10 +7,13 @@ cover the threaded-read fallback; these run uvicorn with our protocol on a loopb
 from __future__ import annotations
 
 import asyncio
+import errno
 import http.client
 import logging
 import os
+import re
 import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -180,25 +183,118 @@ async def test_a_blob_file_shorter_than_recorded_ends_the_connection_instead_of_
 
 
 async def test_a_client_leaving_mid_pull_leaves_the_server_serving(
+    port: int, sendfile_calls: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    data = os.urandom(64 * 1024 * 1024)  # Far more than the kernel buffers between the two.
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        digest = await push_blob(client, NAME, data)
+
+    def leave_early() -> None:
+        with socket.socket() as raw:
+            # A small receive buffer (set before connecting, so the window stays small) makes
+            # the server wait on the socket mid-file.
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.settimeout(30)
+            raw.connect(("127.0.0.1", port))
+            raw.sendall(f"GET /v2/{NAME}/blobs/{digest} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # Closed with linger 0: the server's next send fails with a connection reset.
+
+    with caplog.at_level(logging.WARNING):
+        await asyncio.to_thread(leave_early)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            response = await client.get(f"/v2/{NAME}/blobs/{digest}")
+    assert response.status_code == 200 and response.content == data
+    assert len(data) <= sum(sendfile_calls) < 2 * len(data)  # The first pull was cut short.
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+@pytest.mark.parametrize(
+    ("error", "logged"),
+    [
+        (TimeoutError(errno.ETIMEDOUT, "Connection timed out"), []),
+        (OSError(errno.EIO, "Input/output error"), ["Input/output error"]),
+    ],
+)
+async def test_a_failure_mid_file_closes_the_connection_and_only_disk_errors_are_logged(
+    port: int,
+    blob: tuple[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: OSError,
+    logged: list[str],
+) -> None:
+    digest, data = blob
+    real_sendfile: Callable[..., int] = os.sendfile
+    calls: list[int] = []
+
+    def failing_after_the_first_call(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        calls.append(0)
+        if len(calls) > 1:
+            raise error
+        return real_sendfile(out_fd, in_fd, offset, min(count, 65536))  # A partial send.
+
+    monkeypatch.setattr(os, "sendfile", failing_after_the_first_call)
+
+    def pull() -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request("GET", f"/v2/{NAME}/blobs/{digest}")
+            response = connection.getresponse()
+            with pytest.raises(http.client.IncompleteRead) as short:
+                response.read()
+            return len(short.value.partial)
+        finally:
+            connection.close()
+
+    with caplog.at_level(logging.WARNING):
+        assert 0 < await asyncio.to_thread(pull) < len(data)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == len(logged)
+    assert all(expected in message for expected, message in zip(logged, messages, strict=True))
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    port: int, blob: tuple[str, bytes], sendfile_calls: list[int]
+) -> None:
+    digest, data = blob
+    path = f"/v2/{NAME}/blobs/{digest}"
+
+    def pipeline() -> list[bytes]:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            requests = [
+                f"GET {path} HTTP/1.1\r\nHost: t\r\nRange: bytes=0-9\r\n\r\n",
+                f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n",
+                f"GET {path} HTTP/1.1\r\nHost: t\r\nRange: bytes=-5\r\nConnection: close\r\n\r\n",
+            ]
+            raw.sendall("".join(requests).encode())  # All three before any answer.
+            received = bytearray()
+            while chunk := raw.recv(1 << 20):
+                received += chunk
+        bodies = []
+        for _ in requests:
+            head, _, rest = bytes(received).partition(b"\r\n\r\n")
+            length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE)[1])  # type: ignore[index]
+            bodies.append(rest[:length])
+            received = bytearray(rest[length:])
+        assert received == b""
+        return bodies
+
+    assert await asyncio.to_thread(pipeline) == [data[:10], data, data[-5:]]
+    assert sum(sendfile_calls) == 10 + len(data) + 5
+
+
+async def test_the_access_log_counts_the_bytes_sent_by_the_kernel(
     port: int, blob: tuple[str, bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
     digest, data = blob
-
-    def leave_early() -> None:
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-            # A small receive buffer makes the server wait on the socket mid-file.
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            raw.sendall(f"GET /v2/{NAME}/blobs/{digest} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-            assert raw.recv(4096).startswith(b"HTTP/1.1 200")
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        # Closed with linger 0: the server's next send fails with a connection reset.
-
-    with caplog.at_level(logging.ERROR):
-        await asyncio.to_thread(leave_early)
+    with caplog.at_level(logging.INFO, logger="cangku.access"):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             response = await client.get(f"/v2/{NAME}/blobs/{digest}")
-    assert response.status_code == 200 and response.content == data
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert response.content == data
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "cangku.access"]
+    assert line.startswith(f"GET /v2/{NAME}/blobs/{digest} 200 {len(data)} "), line
 
 
 async def test_the_extension_follows_the_asgi_defaults(

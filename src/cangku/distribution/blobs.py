@@ -96,37 +96,37 @@ class BlobResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = self.registry.blob_path(self.digest)
-        file = None
-        if path is not None and scope["method"] != "HEAD":
-            try:
-                # Opened before answering: once open, the bytes stay readable even if garbage
-                # collection deletes the (then unreferenced) blob meanwhile.
-                file = open(path, "rb")  # noqa: SIM115 - closed below, after sending
-            except FileNotFoundError:
-                response = error_response(
-                    "BLOB_UNKNOWN", "blob unknown to registry", detail=str(self.digest)
+        if path is None or scope["method"] == "HEAD":
+            await self._send_start(send)
+            if scope["method"] != "HEAD":  # A storage driver without local files.
+                async for chunk in self.registry.read_blob(self.digest, self.start, self.end):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        try:
+            # Opened before answering: once open, the bytes stay readable even if garbage
+            # collection deletes the (then unreferenced) blob meanwhile.
+            file = open(path, "rb")  # noqa: SIM115 - closed below, after sending
+        except FileNotFoundError:
+            response = error_response(
+                "BLOB_UNKNOWN", "blob unknown to registry", detail=str(self.digest)
+            )
+            await response(scope, receive, send)
+            return
+        with file:
+            await self._send_start(send)
+            if ZERO_COPY_SEND in scope.get("extensions", {}):
+                count = self.end - self.start
+                await send(
+                    {"type": ZERO_COPY_SEND, "file": file, "offset": self.start, "count": count}
                 )
-                await response(scope, receive, send)
-                return
+            else:
+                await _send_file(file, self.start, self.end, send)
+
+    async def _send_start(self, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        if scope["method"] == "HEAD":
-            await send({"type": "http.response.body", "body": b""})
-            return
-        if file is not None:
-            with file:
-                if ZERO_COPY_SEND in scope.get("extensions", {}):
-                    count = self.end - self.start
-                    await send(
-                        {"type": ZERO_COPY_SEND, "file": file, "offset": self.start, "count": count}
-                    )
-                else:
-                    await _send_file(file, self.start, self.end, send)
-            return
-        async for chunk in self.registry.read_blob(self.digest, self.start, self.end):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
 
 
 async def _send_file(file: BinaryIO, start: int, end: int, send: Send) -> None:
