@@ -28,12 +28,12 @@ from cangku.auth.accounts import Accounts
 from cangku.auth.endpoints import token_routes
 from cangku.auth.tokens import TokenService, load_or_create_signing_key
 from cangku.config import Settings
-from cangku.distribution.blobs import ZERO_COPY_SEND
 from cangku.distribution.routes import DistributionApp
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
 from cangku.registry.tags import TagPolicy
+from cangku.server import ZERO_COPY_SEND
 from cangku.storage.filesystem import FilesystemStorage
 from cangku.web import web_app
 from cangku.web.sessions import load_or_create_session_key

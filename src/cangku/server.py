@@ -20,7 +20,7 @@ from typing import Any
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-ZERO_COPY_SEND = "http.response.zerocopysend"
+ZERO_COPY_SEND = "http.response.zerocopysend"  # the ASGI extension
 
 
 class ZeroCopyHttpProtocol(HttpToolsProtocol):

@@ -14,10 +14,10 @@ from cangku.content.digest import Digest
 from cangku.content.errors import RangeInvalid
 from cangku.distribution.errors import error_response
 from cangku.registry import Registry
+from cangku.server import ZERO_COPY_SEND
 
 BYTE_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 SEND_CHUNK = 1024 * 1024
-ZERO_COPY_SEND = "http.response.zerocopysend"  # the ASGI extension
 
 
 async def head_blob(request: Request, registry: Registry, name: str, digest: str) -> Response:
