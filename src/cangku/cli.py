@@ -523,7 +523,7 @@ def serve_forever(settings: Settings) -> int:
     import uvicorn
 
     from cangku.app import create_app
-    from cangku.server import ZeroCopyHttpProtocol
+    from cangku.server import server_config
 
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -546,21 +546,6 @@ def serve_forever(settings: Settings) -> int:
         settings.data,
         " (no authentication)" if settings.auth.open else "",
     )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        # asyncio's own loop, not uvloop: only it can sendfile, which made 4 parallel pulls ~1.9x
-        # faster; uvloop answered small requests ~13% faster (docs/performance.md).
-        loop="asyncio",
-        http=ZeroCopyHttpProtocol,
-        access_log=False,
-        # X-Forwarded-* are ours to judge (auth/access.py, `trusted_proxies`); uvicorn's own
-        # handling would trust any loopback peer's headers and rewrite the client address.
-        proxy_headers=False,
-        log_level=settings.log_level,
-        lifespan="on",
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-    )
-    return 0
+    server = uvicorn.Server(server_config(app, settings))
+    server.run()
+    return 0 if server.started else 3  # 3: could not start (uvicorn's own exit code for it)

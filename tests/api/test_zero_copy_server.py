@@ -23,28 +23,29 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cangku.config import Settings
 from cangku.content.digest import Digest
 from cangku.registry import Registry
-from cangku.server import ZERO_COPY_SEND, ZeroCopyHttpProtocol
+from cangku.server import ZERO_COPY_SEND, server_config
 from tests.api.helpers import push_blob
 from tests.tls import TlsFiles, make_tls_files
 
 NAME = "jimo/pulls"
 
 
-async def serve(app: ASGIApp, tls: TlsFiles | None = None) -> AsyncIterator[int]:
-    """Run the app under cangku's server on a free loopback port in this event loop."""
+async def serve(app: ASGIApp, data: Path, tls: TlsFiles | None = None) -> AsyncIterator[int]:
+    """Run the app as `cangku serve` would, on a free loopback port in this event loop."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app,
-        loop="asyncio",
-        http=ZeroCopyHttpProtocol,
-        lifespan="off",
-        log_config=None,
-        ssl_certfile=tls and str(tls.cert),
-        ssl_keyfile=tls and str(tls.key),
+    settings = Settings(
+        data=data,
+        listen=f"127.0.0.1:{listener.getsockname()[1]}",
+        auth={"open": True},
+        tls_cert=tls and tls.cert,
+        tls_key=tls and tls.key,
     )
+    # The app's lifespan belongs to the fixtures here, and pytest keeps the logging.
+    config = server_config(app, settings, lifespan="off", log_config=None)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:
@@ -60,8 +61,8 @@ async def serve(app: ASGIApp, tls: TlsFiles | None = None) -> AsyncIterator[int]
 
 
 @pytest.fixture
-async def port(app: ASGIApp) -> AsyncIterator[int]:
-    async for bound in serve(app):
+async def port(app: ASGIApp, data_dir: Path) -> AsyncIterator[int]:
+    async for bound in serve(app, data_dir):
         yield bound
 
 
@@ -319,7 +320,7 @@ async def test_the_extension_follows_the_asgi_defaults(
 
     source = tmp_path / "body"
     source.write_bytes(body)
-    async for bound in serve(with_path):
+    async for bound in serve(with_path, tmp_path / "data"):
         async with httpx.AsyncClient() as client:
             response = await client.get(f"http://127.0.0.1:{bound}/")
     assert response.content == body[10:] + b"end"
@@ -338,7 +339,7 @@ async def test_over_tls_blobs_are_read_in_a_worker_thread_instead(
         await app(scope, receive, send)
 
     data = os.urandom(2 * 1024 * 1024 + 5)
-    async for port in serve(recording, tls):
+    async for port in serve(recording, tmp_path / "data", tls):
         base_url = f"https://localhost:{port}"
         async with httpx.AsyncClient(base_url=base_url, verify=tls.context()) as client:
             digest = await push_blob(client, NAME, data)
