@@ -9,6 +9,9 @@ The extension is offered only where that works: on plain TCP (TLS must encrypt i
 and asyncio's fallback for it reads 16 KiB per thread hop) and on asyncio's own event loop
 (uvloop implements no `sendfile`). Elsewhere blob responses read 1 MiB at a time in a worker
 thread (distribution/blobs.py).
+
+This builds on uvicorn internals (`_start_asgi_task`, the request cycle's fields). uvicorn is
+pinned in pyproject.toml; tests/api/test_zero_copy_server.py is what says an upgrade still fits.
 """
 
 from __future__ import annotations
