@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 
 import pytest
+import uvicorn
 
 from cangku import cli
 from cangku.config import Settings, load_settings, split_listen
+from cangku.server import ZeroCopyHttpProtocol
 
 
 def test_defaults_serve_loopback_port_5000_from_data() -> None:
@@ -76,25 +78,38 @@ def test_loopback_detection(listen: str, loopback: bool) -> None:
     assert Settings(listen=listen).listens_on_loopback() is loopback
 
 
+def record_server_runs(monkeypatch: pytest.MonkeyPatch) -> list[uvicorn.Config]:
+    """Stand in for uvicorn.Server.run: record the config, start nothing, report success."""
+    configs: list[uvicorn.Config] = []
+
+    def run(server: uvicorn.Server, sockets: object = None) -> None:
+        configs.append(server.config)
+        server.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    return configs
+
+
 def test_serving_beyond_loopback_without_authentication_warns_loudly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    started: list[object] = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **options: started.append(options))
+    started = record_server_runs(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="cangku"):
         assert (
             cli.main(["serve", "--listen", "0.0.0.0:5999", "--data", str(tmp_path), "--open"]) == 0
         )
-    assert started and started[0]["host"] == "0.0.0.0"  # type: ignore[index]
+    assert [(config.host, config.port) for config in started] == [("0.0.0.0", 5999)]
+    assert started[0].http is ZeroCopyHttpProtocol  # Served as server_config says.
     assert "WITHOUT AUTHENTICATION" in caplog.text
 
 
 def test_serving_on_loopback_does_not_warn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("uvicorn.run", lambda app, **options: None)
+    started = record_server_runs(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="cangku"):
         assert cli.main(["serve", "--listen", "127.0.0.1:5999", "--data", str(tmp_path)]) == 0
+    assert len(started) == 1
     assert "WITHOUT AUTHENTICATION" not in caplog.text
 
 
