@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -547,5 +548,9 @@ def serve_forever(settings: Settings) -> int:
         " (no authentication)" if settings.auth.open else "",
     )
     server = uvicorn.Server(server_config(app, settings))
-    server.run()
-    return 0 if server.started else 3  # 3: could not start (uvicorn's own exit code for it)
+    # Ctrl-C: uvicorn shuts down gracefully, then re-raises the signal; nothing more to do.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    # 3, as uvicorn.run says it: the application's startup failed. (A port already in use
+    # exits with 3 from inside uvicorn.)
+    return 0 if server.started else 3
