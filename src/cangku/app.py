@@ -159,7 +159,8 @@ class AccessLog:
             elif message["type"] == "http.response.body":
                 state["bytes"] += len(message.get("body", b""))
             elif message["type"] == ZERO_COPY_SEND:
-                state["bytes"] += message["count"]  # blobs.py always says how much.
+                # Handed to the server, as for bodies; blobs.py always gives the count.
+                state["bytes"] += message["count"]
             await send(message)
 
         try:
