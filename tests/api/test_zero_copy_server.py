@@ -47,17 +47,26 @@ async def serve(app: ASGIApp, data: Path, tls: TlsFiles | None = None) -> AsyncI
     # The app's lifespan belongs to the fixtures here, and pytest keeps the logging.
     config = server_config(app, settings, lifespan="off", log_config=None)
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[listener]))
-    while not server.started:
-        if task.done():
-            task.result()  # Startup failed: raise its error here.
-        await asyncio.sleep(0.01)
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
-        listener.close()
+    with listener:
+        task = asyncio.create_task(server.serve(sockets=[listener]))
+        while not server.started:
+            if task.done():
+                task.result()  # Raises what stopped it, if anything did.
+                raise RuntimeError("the server stopped before it started")
+            await asyncio.sleep(0.01)
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            server.should_exit = True
+            await task
+
+
+@pytest.fixture(autouse=True)
+def server_logs_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn's default logging config (applied by any earlier uvicorn.Config in this process)
+    stops its loggers' records short of the root logger, where caplog listens."""
+    for name in ("uvicorn", "uvicorn.error"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
 
 
 @pytest.fixture
@@ -106,6 +115,19 @@ def requests_on_one_connection(
     finally:
         connection.close()
     return answers
+
+
+def short_pull(port: int, path: str) -> int:
+    """GET a body that the server cuts short; how many bytes of it came."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        with pytest.raises(http.client.IncompleteRead) as short:
+            response.read()
+        return len(short.value.partial)
+    finally:
+        connection.close()
 
 
 async def test_whole_and_ranged_pulls_are_sent_by_the_kernel_on_one_connection(
@@ -161,19 +183,8 @@ async def test_a_blob_file_shorter_than_recorded_ends_the_connection_instead_of_
     assert blob_file is not None
     os.truncate(blob_file, 1000)  # Damaged storage: the database still says the full size.
 
-    def pull() -> int:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        try:
-            connection.request("GET", f"/v2/{NAME}/blobs/{digest}")
-            response = connection.getresponse()
-            with pytest.raises(http.client.IncompleteRead) as short:
-                response.read()
-            return len(short.value.partial)
-        finally:
-            connection.close()
-
     with caplog.at_level(logging.WARNING):
-        assert await asyncio.to_thread(pull) == 1000
+        assert await asyncio.to_thread(short_pull, port, f"/v2/{NAME}/blobs/{digest}") == 1000
     assert sum(sendfile_calls) == 1000
     messages = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert (
@@ -238,21 +249,11 @@ async def test_a_failure_mid_file_closes_the_connection_and_only_disk_errors_are
 
     monkeypatch.setattr(os, "sendfile", failing_after_the_first_call)
 
-    def pull() -> int:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        try:
-            connection.request("GET", f"/v2/{NAME}/blobs/{digest}")
-            response = connection.getresponse()
-            with pytest.raises(http.client.IncompleteRead) as short:
-                response.read()
-            return len(short.value.partial)
-        finally:
-            connection.close()
-
     with caplog.at_level(logging.WARNING):
-        assert 0 < await asyncio.to_thread(pull) < len(data)
+        received = await asyncio.to_thread(short_pull, port, f"/v2/{NAME}/blobs/{digest}")
+    assert 0 < received < len(data)
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == len(logged)
+    assert len(messages) == len(logged), messages
     assert all(expected in message for expected, message in zip(logged, messages, strict=True))
 
 
@@ -286,7 +287,7 @@ async def test_pipelined_requests_are_answered_in_order(
     assert sum(sendfile_calls) == 10 + len(data) + 5
 
 
-async def test_the_access_log_counts_the_bytes_sent_by_the_kernel(
+async def test_the_access_log_counts_the_bytes_of_a_zero_copy_pull(
     port: int, blob: tuple[str, bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
     digest, data = blob
@@ -308,19 +309,14 @@ async def test_the_extension_follows_the_asgi_defaults(
         assert ZERO_COPY_SEND in scope["extensions"]
         headers = [(b"content-length", str(len(body) - 10 + 3).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        with open(scope["state"]["path"], "rb") as file:
+        with open(source, "rb") as file:
             file.seek(10)
             await send({"type": ZERO_COPY_SEND, "file": file, "more_body": True})
         await send({"type": "http.response.body", "body": b"end"})
 
-    async def with_path(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope["state"] = {"path": str(source)}
-            await app(scope, receive, send)
-
     source = tmp_path / "body"
     source.write_bytes(body)
-    async for bound in serve(with_path, tmp_path / "data"):
+    async for bound in serve(app, tmp_path / "data"):
         async with httpx.AsyncClient() as client:
             response = await client.get(f"http://127.0.0.1:{bound}/")
     assert response.content == body[10:] + b"end"
@@ -340,7 +336,7 @@ async def test_over_tls_blobs_are_read_in_a_worker_thread_instead(
 
     data = os.urandom(2 * 1024 * 1024 + 5)
     async for port in serve(recording, tmp_path / "data", tls):
-        base_url = f"https://localhost:{port}"
+        base_url = f"https://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base_url, verify=tls.context()) as client:
             digest = await push_blob(client, NAME, data)
             whole = await client.get(f"/v2/{NAME}/blobs/{digest}")

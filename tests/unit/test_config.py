@@ -86,7 +86,13 @@ def record_server_runs(monkeypatch: pytest.MonkeyPatch) -> list[uvicorn.Config]:
         configs.append(server.config)
         server.started = True
 
+    async def serve(server: uvicorn.Server, sockets: object = None) -> None:
+        raise AssertionError("a unit test must not start a server (it would bind 0.0.0.0)")
+
     monkeypatch.setattr(uvicorn.Server, "run", run)
+    monkeypatch.setattr(uvicorn.Server, "serve", serve)
+    # uvicorn.Config applies uvicorn's logging config to the whole process; not from here.
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda config: None)
     return configs
 
 
