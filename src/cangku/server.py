@@ -37,7 +37,7 @@ def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn
         "host": settings.host,
         "port": settings.port,
         # asyncio's own loop, not uvloop: only it can sendfile, which made 4 parallel pulls
-        # ~1.9x faster, for ~13% fewer small requests per second (docs/performance.md).
+        # ~1.9x faster, for 6-23% fewer small requests per second (docs/performance.md).
         "loop": "asyncio",
         "http": ZeroCopyHttpProtocol,
         "access_log": False,  # cangku's own access log (app.py) names the user.
