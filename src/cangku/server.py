@@ -79,10 +79,9 @@ class ZeroCopyCycle(RequestResponseCycle):
             return
         if not self.response_started or self.response_complete:
             raise RuntimeError(f"Unexpected ASGI message '{ZERO_COPY_SEND}' at this point.")
-        if self.flow.write_paused and not self.disconnected:
-            await self.flow.drain()
         if self.disconnected:
             return
+        # No flow-control wait here: loop.sendfile itself waits for the write buffer to empty.
         if self.scope["method"] != "HEAD" and not await self._send_file(message):
             return
         more_body = bool(message.get("more_body", False))
