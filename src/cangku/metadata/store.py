@@ -57,6 +57,9 @@ class MetadataStore:
         self._writer_connection: Connection | None = None
         self._queued_writes: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
         self._write_task: asyncio.Future[None] | None = None
+        # Other databases: reads and writes each run in a worker thread; close() waits for
+        # them, since a connection still checked out when the engine is disposed never closes.
+        self._threads_working = 0
         self._cache: OrderedDict[Hashable, object] = OrderedDict()
         self._cache_version: int | None = None
         self._watch: sqlite3.Connection | None = None
@@ -77,6 +80,8 @@ class MetadataStore:
             self._watch = None
         if self._write_task is not None and not self._write_task.done():
             await asyncio.shield(self._write_task)  # Writes queued before the close commit.
+        while self._threads_working:
+            await asyncio.sleep(0.01)
         if self._writer_thread is not None:
             await self._in_writer_thread(self._close_writer_connection)
             # Idle now; a write after the close starts a new thread and connection.
@@ -88,7 +93,7 @@ class MetadataStore:
         """Run `work` on a connection without a write transaction."""
         if self.is_sqlite:
             return self.read_now(work)
-        return await anyio.to_thread.run_sync(self.read_now, work)
+        return await self._in_a_thread(self.read_now, work)
 
     async def read_cached(self, key: Hashable, work: Callable[[Connection], T]) -> T:
         """`read`, remembered under `key` until anything commits to the database.
@@ -122,7 +127,7 @@ class MetadataStore:
         that saves a thread hop, a BEGIN and a COMMIT per write.
         """
         if not self.is_sqlite:
-            return await anyio.to_thread.run_sync(self.write_now, work)
+            return await self._in_a_thread(self.write_now, work)
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queued_writes.append((work, done))
         if self._write_task is None or self._write_task.done():
@@ -156,6 +161,16 @@ class MetadataStore:
             stranded, self._queued_writes = self._queued_writes, []
             for _, done in stranded:
                 done.cancel()
+
+    async def _in_a_thread(
+        self, run: Callable[[Callable[[Connection], T]], T], work: Callable[[Connection], T]
+    ) -> T:
+        self._threads_working += 1
+        try:
+            # A cancelled caller still waits here until the thread is done (anyio's default).
+            return await anyio.to_thread.run_sync(run, work)
+        finally:
+            self._threads_working -= 1
 
     async def _in_writer_thread(self, function: Callable[..., T], *arguments: Any) -> T:
         if self._writer_thread is None:
@@ -237,7 +252,7 @@ class MetadataStore:
     async def rehearse(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in a write transaction and roll it back: what it would do (dry runs)."""
         if not self.is_sqlite:
-            return await anyio.to_thread.run_sync(self._rehearse_now, work)
+            return await self._in_a_thread(self._rehearse_now, work)
         return await self._in_writer_thread(
             self._on_writer_connection, lambda connection: _rehearse(connection, work)
         )
