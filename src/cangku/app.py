@@ -49,7 +49,9 @@ def build_registry(settings: Settings) -> Registry:
     tag_defaults = TagPolicy(
         floating=settings.tags.floating, immutable_versions=settings.tags.immutable_versions
     )
-    return Registry(storage, metadata, tag_defaults)
+    return Registry(
+        storage, metadata, tag_defaults, automatic_mount=settings.uploads.automatic_mount
+    )
 
 
 def build_access_control(settings: Settings, registry: Registry) -> AccessControl | None:

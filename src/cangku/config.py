@@ -83,6 +83,9 @@ def parse_untagged_policy(value: str) -> float | None:
 class UploadSettings(BaseModel):
     # Upload sessions without activity for this long are purged by garbage collection.
     expire: Duration = 86400.0
+    # A mount without `from` links the blob from a repository the caller may pull, if any
+    # (OCI dist-spec "Mounting a blob from another repository", automatic content discovery).
+    automatic_mount: bool = False
 
 
 class AuthSettings(BaseModel):

@@ -21,6 +21,13 @@ async def test_api_version_check_answers_200_with_header(client: httpx.AsyncClie
     assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
 
 
+async def test_head_version_check_answers_like_get(client: httpx.AsyncClient) -> None:
+    response = await client.head("/v2/")
+    assert response.status_code == 200
+    assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert response.content == b""
+
+
 async def test_head_blob_reports_size_and_digest_without_body(client: httpx.AsyncClient) -> None:
     data = os.urandom(1000)
     digest = await push_blob(client, "jimo/app", data)
@@ -89,6 +96,21 @@ async def test_unsatisfiable_range_is_416_with_size(client: httpx.AsyncClient, h
     response = await client.get(f"/v2/jimo/app/blobs/{digest}", headers={"Range": header})
     assert response.status_code == 416
     assert response.headers["Content-Range"] == "bytes */100"
+    # The blob exists: the error must not say BLOB_UNKNOWN.
+    assert error_code(response) == "SIZE_INVALID"
+
+
+@pytest.mark.parametrize("header", ["bytes=0-1,5-6", "items=0-5", "bytes=-"])
+async def test_range_we_do_not_serve_is_ignored_with_a_warning(
+    client: httpx.AsyncClient, header: str
+) -> None:
+    data = os.urandom(100)
+    digest = await push_blob(client, "jimo/app", data)
+    response = await client.get(f"/v2/jimo/app/blobs/{digest}", headers={"Range": header})
+    assert (response.status_code, response.content) == (200, data)
+    assert response.headers["Warning"].startswith('299 - "Range ignored')
+    plain = await client.get(f"/v2/jimo/app/blobs/{digest}")
+    assert "Warning" not in plain.headers
 
 
 async def test_delete_blob_unlinks_it_from_the_repository(client: httpx.AsyncClient) -> None:

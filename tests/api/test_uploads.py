@@ -9,6 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cangku.registry import Registry
+from cangku.storage import filesystem
 from tests.api.helpers import error_code, push_blob, sha256
 
 
@@ -116,6 +118,45 @@ async def test_sha512_digests_are_verified_and_served(client: httpx.AsyncClient)
     assert response.headers["Docker-Content-Digest"] == digest
 
 
+async def test_digest_algorithm_sha512_session_is_hashed_as_it_arrives(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_rehash(*args: object) -> None:
+        raise AssertionError("the session was re-read at commit")
+
+    monkeypatch.setattr(filesystem, "_hash_file", no_rehash)
+    data = os.urandom(3000)
+    started = await client.post(
+        "/v2/jimo/app/blobs/uploads/", params={"digest-algorithm": "sha512"}
+    )
+    assert started.status_code == 202
+    location = started.headers["Location"]
+    await client.patch(location, content=data[:1000], headers={"Content-Range": "0-999"})
+    await client.patch(location, content=data[1000:], headers={"Content-Range": "1000-2999"})
+    digest = "sha512:" + hashlib.sha512(data).hexdigest()
+    assert (await client.put(location, params={"digest": digest})).status_code == 201
+    assert (await client.get(f"/v2/jimo/app/blobs/{digest}")).content == data
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha384", "SHA512", "sha256+x"])
+async def test_digest_algorithm_we_cannot_verify_is_400(
+    client: httpx.AsyncClient, algorithm: str
+) -> None:
+    response = await client.post(
+        "/v2/jimo/app/blobs/uploads/", params={"digest-algorithm": algorithm}
+    )
+    assert response.status_code == 400
+    assert error_code(response) == "DIGEST_INVALID"
+
+
+async def test_upload_session_announces_its_minimum_chunk_length(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/v2/jimo/app/blobs/uploads/")
+    assert response.status_code == 202
+    assert int(response.headers["OCI-Chunk-Min-Length"]) >= 1
+
+
 async def test_wrong_digest_is_refused_and_nothing_is_stored(
     client: httpx.AsyncClient, data_dir: Path
 ) -> None:
@@ -163,11 +204,24 @@ async def test_content_range_that_disagrees_with_length_is_refused(
 
 
 @pytest.mark.parametrize("header", ["abc", "5-2", "-1-5", "0-99999999999999999999"])
-async def test_malformed_content_range_is_400(client: httpx.AsyncClient, header: str) -> None:
+@pytest.mark.parametrize("method", ["PATCH", "PUT"])
+async def test_malformed_content_range_is_416_with_the_range_received(
+    client: httpx.AsyncClient, header: str, method: str
+) -> None:
     location = await start(client)
-    response = await client.patch(location, content=b"x", headers={"Content-Range": header})
-    assert response.status_code == 400
+    await client.patch(location, content=b"abc", headers={"Content-Range": "0-2"})
+    response = await client.request(
+        method,
+        location,
+        params={"digest": sha256(b"abcx")} if method == "PUT" else None,
+        content=b"x",
+        headers={"Content-Range": header},
+    )
+    assert response.status_code == 416
     assert error_code(response) == "BLOB_UPLOAD_INVALID"
+    assert response.headers["Range"] == "0-2"
+    assert response.headers["Location"] == location
+    assert (await client.get(location)).headers["Range"] == "0-2"
 
 
 @pytest.mark.parametrize("upload_id", ["0" * 32, "not-a-uuid", "A" * 32, "0" * 31 + "g", "0" * 33])
@@ -230,6 +284,10 @@ async def test_mount_that_cannot_be_done_starts_a_normal_session(
         params["from"] = source
     response = await client.post("/v2/team/app/blobs/uploads/", params=params)
     assert response.status_code == 202
+    if source:
+        assert response.headers["Warning"].startswith('299 - "blob sha256:')
+    else:
+        assert "Warning" not in response.headers
     assert response.headers["Location"].startswith("/v2/team/app/blobs/uploads/")
 
 
@@ -265,3 +323,19 @@ async def test_final_chunk_out_of_order_with_the_put_is_416(client: httpx.AsyncC
         headers={"Content-Range": "60-99"},
     )
     assert done.status_code == 201
+
+
+async def test_automatic_mount_without_from_links_a_blob_held_elsewhere(
+    client: httpx.AsyncClient, registry: Registry
+) -> None:
+    digest = await push_blob(client, "jimo/base", b"shared layer")
+    off = await client.post("/v2/team/app/blobs/uploads/", params={"mount": digest})
+    assert off.status_code == 202
+    registry.automatic_mount = True
+    response = await client.post("/v2/team/app/blobs/uploads/", params={"mount": digest})
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"/v2/team/app/blobs/{digest}"
+    assert (await client.get(f"/v2/team/app/blobs/{digest}")).content == b"shared layer"
+    nowhere = await client.post("/v2/team/app/blobs/uploads/", params={"mount": sha256(b"nowhere")})
+    assert nowhere.status_code == 202
+    assert "was not mounted" in nowhere.headers["Warning"]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import time
+
 import httpx
 import pytest
 
+from cangku.auth.access import AccessControl
 from cangku.auth.accounts import Accounts
+from cangku.registry import Registry
 from tests.api.helpers import error_code, push_blob, push_image
 from tests.auth.conftest import As, basic, bearer, token_for
+from tests.auth.test_tokens import forged
 
 
 async def test_anonymous_version_check_gets_a_bearer_challenge(client: httpx.AsyncClient) -> None:
@@ -304,3 +310,109 @@ async def test_a_repository_named_like_its_namespace_is_listed_for_its_owner(
     listed = (await client.get("/v2/_catalog", headers=basic("jimo"))).json()["repositories"]
     assert listed == ["jimo", "jimo/app"]
     assert (await client.get("/v2/_catalog", headers=basic("lee"))).json()["repositories"] == []
+
+
+async def test_head_version_check_is_challenged_like_get(client: httpx.AsyncClient) -> None:
+    response = await client.head("/v2/")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith('Bearer realm="http://registry.test/')
+    assert (await client.head("/v2/", headers=basic("jimo"))).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v2/", "/v2/jimo/app/tags/list", "/api/v1/usage"])
+@pytest.mark.parametrize(
+    ("authorization", "error"),
+    [
+        ("Bearer not-a-token", ',error="invalid_token"'),
+        ("Bearer eyJhbGciOiJFUzI1NiJ9.e30.c2ln", ',error="invalid_token"'),
+        ("Basic " + base64.b64encode(b"jimo:wrong-password").decode(), ""),
+        ("Basic !!!", ""),
+        ("Negotiate abc", ""),
+    ],
+)
+async def test_every_401_carries_a_challenge(
+    client: httpx.AsyncClient, path: str, authorization: str, error: str
+) -> None:
+    response = await client.get(path, headers={"Authorization": authorization})
+    assert response.status_code == 401
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="http://registry.test/auth/token",service="cangku"')
+    assert challenge.endswith(error) if error else "error=" not in challenge
+
+
+async def test_expired_token_gets_a_challenge(
+    client: httpx.AsyncClient, access: AccessControl
+) -> None:
+    now = int(time.time())
+    token = forged(access.tokens, exp=now - 60, iat=now - 400)
+    response = await client.get("/v2/jimo/app/tags/list", headers=bearer(token))
+    assert response.status_code == 401
+    assert response.json()["errors"][0]["message"] == "token expired"
+    assert response.headers["WWW-Authenticate"].endswith(
+        ',scope="repository:jimo/app:pull",error="invalid_token"'
+    )
+
+
+async def test_token_endpoint_401_carries_a_basic_challenge(client: httpx.AsyncClient) -> None:
+    response = await client.get("/auth/token", headers=basic("jimo", "wrong-password"))
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="cangku"'
+
+
+async def test_mount_challenge_also_asks_for_pull_on_the_source(
+    client: httpx.AsyncClient,
+) -> None:
+    with As(client, basic("jimo")):
+        digest = await push_blob(client, "jimo/base", b"jimo's layer")
+    params = {"mount": digest, "from": "jimo/base"}
+    response = await client.post("/v2/jimo/app/blobs/uploads/", params=params)
+    assert response.status_code == 401
+    scope = "repository:jimo/app:pull,push repository:jimo/base:pull"
+    assert response.headers["WWW-Authenticate"].endswith(f',scope="{scope}"')
+    # A client following the challenge gets a token that mounts.
+    token = await token_for(client, "jimo", scope)
+    mounted = await client.post("/v2/jimo/app/blobs/uploads/", params=params, headers=bearer(token))
+    assert mounted.status_code == 201
+
+
+async def test_token_without_pull_on_the_mount_source_is_sent_for_a_wider_one(
+    client: httpx.AsyncClient,
+) -> None:
+    with As(client, basic("jimo")):
+        digest = await push_blob(client, "jimo/base", b"jimo's layer")
+    with As(client, basic("lee")):
+        secret = await push_blob(client, "lee/secret", b"lee's private layer")
+    token = await token_for(client, "jimo", "repository:jimo/app:pull,push")
+    response = await client.post(
+        "/v2/jimo/app/blobs/uploads/",
+        params={"mount": digest, "from": "jimo/base"},
+        headers=bearer(token),
+    )
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].endswith(
+        ',scope="repository:jimo/app:pull,push repository:jimo/base:pull"'
+        ',error="insufficient_scope"'
+    )
+    # A source the account may not pull is no reason for a challenge: a normal upload.
+    refused = await client.post(
+        "/v2/jimo/app/blobs/uploads/",
+        params={"mount": secret, "from": "lee/secret"},
+        headers=bearer(token),
+    )
+    assert refused.status_code == 202
+    assert "was not mounted" in refused.headers["Warning"]
+
+
+async def test_automatic_mount_only_from_repositories_the_caller_may_pull(
+    client: httpx.AsyncClient, registry: Registry
+) -> None:
+    registry.automatic_mount = True
+    with As(client, basic("lee")):
+        secret = await push_blob(client, "lee/secret", b"lee's private layer")
+    with As(client, basic("jimo")):
+        own = await push_blob(client, "jimo/base", b"jimo's layer")
+        refused = await client.post("/v2/jimo/app/blobs/uploads/", params={"mount": secret})
+        assert refused.status_code == 202
+        assert (await client.head(f"/v2/jimo/app/blobs/{secret}")).status_code == 404
+        mounted = await client.post("/v2/jimo/app/blobs/uploads/", params={"mount": own})
+        assert mounted.status_code == 201

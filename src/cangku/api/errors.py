@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cangku.auth.access import Challenge, RateLimited
-from cangku.content.errors import RegistryError
+from cangku.auth.access import Challenge
+from cangku.content.errors import RegistryError, TooManyRequests
 from cangku.distribution.errors import STATUS_BY_CODE
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -23,11 +23,11 @@ def json_errors(handler: Handler) -> Handler:
             headers = {}
             if isinstance(error, Challenge):
                 headers["WWW-Authenticate"] = error.header
-            if isinstance(error, RateLimited):
+            if isinstance(error, TooManyRequests):
                 headers["Retry-After"] = str(error.retry_after)
             return JSONResponse(
                 {"error": {"code": error.code, "message": error.message}},
-                status_code=STATUS_BY_CODE.get(error.code, 400),
+                status_code=error.status or STATUS_BY_CODE.get(error.code, 400),
                 headers=headers,
             )
 

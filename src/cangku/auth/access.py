@@ -19,6 +19,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -87,10 +88,35 @@ class AccessControl:
 
     # -- per request -----------------------------------------------------------------------
     async def authorize(
-        self, request: Request, repository: str | None, action: str | None
+        self,
+        request: Request,
+        repository: str | None,
+        action: str | None,
+        *,
+        wanted: Sequence[tuple[str, str]] = (),
     ) -> Caller:
-        """The caller, if they may do `action` on `repository`; raise Challenge/Denied if not."""
-        caller = await self.authenticate(request)
+        """The caller, if they may do `action` on `repository`; raise Challenge/Denied if not.
+
+        `wanted` are (repository, action) pairs the request can use but does not need, such as
+        pull on a mount's `from` repository: every challenge names them too, and a bearer
+        token that lacks one the account has gets an insufficient_scope challenge, so that a
+        client following challenges gets a token that can mount.
+        """
+        scope = (
+            _scope(repository, action, wanted)
+            if repository and action and action != CATALOG
+            else None
+        )
+        try:
+            caller = await self.authenticate(request)
+        except Challenge:
+            raise
+        except Unauthorized as error:
+            # RFC 9110 §11.6.1: every 401 carries a challenge; RFC 6750 §3.1 names the error.
+            bearer = request.headers.get("authorization", "")[:7].lower() == "bearer "
+            raise self.challenge(
+                request, scope, error.message, error="invalid_token" if bearer else None
+            ) from None
         request.scope["user_name"] = caller.name or "-"  # the access log's, also on refusal
         if action is None or action == CATALOG:
             # The version check and the catalog: any authenticated caller, and the catalog
@@ -100,22 +126,32 @@ class AccessControl:
             return caller
         assert repository is not None
         if await self.may(caller, repository, action):
+            for other, other_action in wanted:
+                if not await self.may(caller, other, other_action) and await self._account_may(
+                    caller, other, other_action
+                ):
+                    raise self.challenge(
+                        request, scope, "insufficient scope", error="insufficient_scope"
+                    )
             return caller
         if caller.principal.is_anonymous and caller.token is None:
-            raise self.challenge(request, _scope(repository, action), "authentication required")
-        if caller.token is not None and caller.principal.name is not None:
-            # The token lacks the scope; if the account itself has it, send the client for
-            # a wider token instead of refusing.
-            current = await self.accounts.principal(
-                caller.principal.name, token_id=caller.token.token_id
-            )
-            if current is not None and action in current.actions(
-                repository, await self.accounts.is_public(repository)
-            ):
-                raise self.challenge(
-                    request, _scope(repository, action), "insufficient scope", insufficient=True
-                )
+            raise self.challenge(request, scope, "authentication required")
+        if await self._account_may(caller, repository, action):
+            # The token lacks the scope; the account itself has it: send the client for a
+            # wider token instead of refusing.
+            raise self.challenge(request, scope, "insufficient scope", error="insufficient_scope")
         raise Denied("requested access to the resource is denied", {"repository": repository})
+
+    async def _account_may(self, caller: Caller, repository: str, action: str) -> bool:
+        """Whether the account behind a bearer token may do `action` (False without a token)."""
+        if caller.token is None or caller.principal.name is None:
+            return False
+        current = await self.accounts.principal(
+            caller.principal.name, token_id=caller.token.token_id
+        )
+        return current is not None and action in current.actions(
+            repository, await self.accounts.is_public(repository)
+        )
 
     async def may(self, caller: Caller, repository: str, action: str) -> bool:
         if caller.token is not None:
@@ -236,15 +272,17 @@ class AccessControl:
         return f"{scheme}://{host}"
 
     def challenge(
-        self, request: Request, scope: str | None, message: str, *, insufficient: bool = False
+        self, request: Request, scope: str | None, message: str, *, error: str | None = None
     ) -> Challenge:
+        """A 401 with a Bearer challenge (RFC 6750 §3); `scope` may hold several scopes
+        separated by spaces, as Distribution's token auth sends them."""
         header = (
             f'Bearer realm="{self.base_url(request)}/auth/token",service="{self.tokens.service}"'
         )
         if scope:
             header += f',scope="{scope}"'
-        if insufficient:
-            header += ',error="insufficient_scope"'
+        if error:
+            header += f',error="{error}"'
         return Challenge(message, header)
 
     def _from_trusted_proxy(self, request: Request) -> bool:
@@ -284,6 +322,10 @@ def parse_basic(credentials: str) -> tuple[str, str]:
     return name, secret
 
 
-def _scope(repository: str, action: str) -> str:
-    actions = "pull,push" if action == PUSH else action
-    return f"repository:{repository}:{actions}"
+def _scope(repository: str, action: str, wanted: Sequence[tuple[str, str]] = ()) -> str:
+    """`repository:NAME:ACTIONS`, then one more per wanted pair, separated by spaces."""
+    scopes = []
+    for name, act in [(repository, action), *wanted]:
+        actions = "pull,push" if act == PUSH else act
+        scopes.append(f"repository:{name}:{actions}")
+    return " ".join(scopes)

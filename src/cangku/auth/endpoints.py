@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from cangku.auth.access import AccessControl, RateLimited, parse_basic
+from cangku.auth.access import AccessControl, parse_basic
 from cangku.auth.permissions import ANONYMOUS, Principal
 from cangku.auth.tokens import Access
-from cangku.content.errors import RegistryError, Unauthorized
+from cangku.content.errors import RegistryError, TooManyRequests, Unauthorized
 from cangku.content.names import REPOSITORY_NAME
 
 # `repository:NAME:pull,push`, optionally with a resource class: `repository(plugin):…`.
@@ -38,7 +38,7 @@ def token_routes(access: AccessControl) -> list[BaseRoute]:
             offline = request.query_params.get("offline_token") == "true"
             return await _token_response(request, access, principal, scopes, offline, oauth=False)
         except RegistryError as error:
-            return _error(error)
+            return _error(error, access)
 
     async def post_token(request: Request) -> Response:
         try:
@@ -58,7 +58,7 @@ def token_routes(access: AccessControl) -> list[BaseRoute]:
             offline = fields.get("access_type") == "offline"
             return await _token_response(request, access, principal, scopes, offline, oauth=True)
         except RegistryError as error:
-            return _error(error)
+            return _error(error, access)
 
     return [
         Route("/auth/token", get_token, methods=["GET"]),
@@ -135,12 +135,16 @@ def _check_service(access: AccessControl, service: str | None) -> None:
         )
 
 
-def _error(error: RegistryError) -> Response:
+def _error(error: RegistryError, access: AccessControl) -> Response:
     headers = {}
     status = 401
-    if isinstance(error, RateLimited):
+    if isinstance(error, TooManyRequests):
         status = 429
         headers["Retry-After"] = str(error.retry_after)
+    else:
+        # RFC 9110 §11.6.1: every 401 carries a challenge; here, for Basic credentials.
+        headers["WWW-Authenticate"] = f'Basic realm="{access.tokens.service}"'
+
     body = {"errors": [{"code": error.code, "message": error.message}]}
     return Response(
         json.dumps(body), status_code=status, headers=headers, media_type="application/json"

@@ -1,6 +1,16 @@
 """Domain errors carrying the OCI distribution-spec error code.
 
-The HTTP layer maps each code to a status in one place (`distribution/errors.py`).
+The HTTP layer maps each code to a status in one place (`distribution/errors.py`); an error
+whose status differs from its code's usual one (416, 413, 414) says so in `status`.
+
+    RegistryError
+    ├── BlobUnknown, BlobUploadUnknown, DigestInvalid, ManifestBlobUnknown, ManifestInvalid,
+    │   ManifestUnknown, NameInvalid, NameUnknown, Unauthorized, Denied, RequestInvalid,
+    │   PaginationNumberInvalid
+    ├── BlobUploadInvalid ── UploadOutOfOrder (416)
+    ├── SizeInvalid ── PayloadTooLarge (413), RangeInvalid (416)
+    ├── Unsupported ── TooManyTags (414)
+    └── TooManyRequests (429, with Retry-After)
 """
 
 from __future__ import annotations
@@ -12,6 +22,8 @@ class RegistryError(Exception):
     """An error a client can act on; `code` is one of the spec's error codes."""
 
     code = "UNKNOWN"
+    # The HTTP status when it is not the code's usual one (distribution/errors.py).
+    status: int | None = None
 
     def __init__(self, message: str, detail: Any = None) -> None:
         super().__init__(message)
@@ -28,7 +40,11 @@ class BlobUploadInvalid(RegistryError):
 
 
 class UploadOutOfOrder(BlobUploadInvalid):
-    """A chunk that does not start where the upload ends (answered with 416 and the Range)."""
+    """A chunk that does not start where the upload ends, or whose Content-Range cannot be
+    read (answered with 416 and the Range received so far; OCI dist-spec "Pushing a blob in
+    chunks")."""
+
+    status = 416
 
     def __init__(self, message: str, current_size: int) -> None:
         super().__init__(message)
@@ -70,6 +86,8 @@ class SizeInvalid(RegistryError):
 class PayloadTooLarge(SizeInvalid):
     """A body over a hard limit (answered with 413)."""
 
+    status = 413
+
 
 class Unauthorized(RegistryError):
     code = "UNAUTHORIZED"
@@ -83,8 +101,21 @@ class Unsupported(RegistryError):
     code = "UNSUPPORTED"
 
 
+class TooManyTags(Unsupported):
+    """More `?tag=` parameters on one manifest PUT than we take (answered with 414; OCI
+    dist-spec main, "Pushing manifests with multiple tags")."""
+
+    status = 414
+
+
 class TooManyRequests(RegistryError):
+    """429; `retry_after` (whole seconds) becomes the Retry-After header (RFC 6585 §4)."""
+
     code = "TOOMANYREQUESTS"
+
+    def __init__(self, message: str, retry_after: float = 1.0, detail: Any = None) -> None:
+        super().__init__(message, detail)
+        self.retry_after = max(1, int(retry_after + 0.999))
 
 
 class RequestInvalid(RegistryError):
@@ -99,10 +130,12 @@ class PaginationNumberInvalid(RegistryError):
     code = "PAGINATION_NUMBER_INVALID"
 
 
-class RangeInvalid(RegistryError):
-    """A blob Range header that cannot be satisfied (answered with 416)."""
+class RangeInvalid(SizeInvalid):
+    """A blob Range header that cannot be satisfied (answered with 416 and
+    `Content-Range: bytes */SIZE`, RFC 9110 §15.5.17). The blob exists, so the code is not
+    BLOB_UNKNOWN: the spec's nearest is SIZE_INVALID (the range lies outside the blob)."""
 
-    code = "BLOB_UNKNOWN"
+    status = 416
 
     def __init__(self, message: str, blob_size: int) -> None:
         super().__init__(message)

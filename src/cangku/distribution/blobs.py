@@ -13,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 from cangku.content.digest import Digest
 from cangku.content.errors import RangeInvalid
 from cangku.distribution.errors import error_response
+from cangku.distribution.http import warning
 from cangku.registry import Registry
 from cangku.server import ZERO_COPY_SEND
 
@@ -30,7 +31,10 @@ async def get_blob(request: Request, registry: Registry, name: str, digest: str)
     headers = _blob_headers(parsed, size)
     start, end = 0, size
     status = 200
-    byte_range = _requested_range(request.headers.get("range"), size)
+    requested = request.headers.get("range")
+    byte_range = _requested_range(requested, size)
+    if requested is not None and byte_range is None:
+        headers["Warning"] = warning("Range ignored: only one bytes=start-end range is served")
     if byte_range is not None:
         start, end = byte_range
         status = 206

@@ -7,9 +7,9 @@ import json
 from starlette.responses import Response
 
 from cangku.content.errors import (
-    PayloadTooLarge,
     RangeInvalid,
     RegistryError,
+    TooManyRequests,
     UploadOutOfOrder,
 )
 
@@ -65,19 +65,18 @@ def registry_error_response(
     head: bool = False,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    status = None
+    status = error.status
     headers = dict(headers or {})
     if isinstance(error, UploadOutOfOrder):
         # OCI dist-spec: an out-of-order chunk is 416 with the range received so far.
-        status = 416
         headers["Range"] = f"0-{max(error.current_size - 1, 0)}"
         if location:
             headers["Location"] = location
     elif isinstance(error, RangeInvalid):
-        status = 416
         headers["Content-Range"] = f"bytes */{error.blob_size}"
-    elif isinstance(error, PayloadTooLarge):
-        status = 413
+    elif isinstance(error, TooManyRequests):
+        # OCI dist-spec main: a 429 SHOULD say when to come back (RFC 6585 §4).
+        headers.setdefault("Retry-After", str(error.retry_after))
     return error_response(
         error.code, error.message, status=status, detail=error.detail, headers=headers, head=head
     )

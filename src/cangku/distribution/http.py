@@ -58,6 +58,14 @@ def page_size(request: Request) -> int | None:
     return int(value)
 
 
+def warning(text: str) -> str:
+    """A `Warning: 299 - "text"` value: OCI dist-spec "Warnings" (at most 4096 bytes; clients
+    only show them), for where we answer in a degraded way rather than refuse."""
+    quoted = text.replace("\\", "").replace('"', "'").replace("\r", " ").replace("\n", " ")
+    quoted = quoted.encode("ascii", "replace").decode()
+    return f'299 - "{quoted[:4000]}"'
+
+
 def upload_location(name: str, upload_id: str) -> str:
     return f"/v2/{name}/blobs/uploads/{upload_id}"
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from cangku.auth.access import CATALOG, AccessControl, Challenge, RateLimited
+from cangku.auth.access import CATALOG, AccessControl, Challenge
 from cangku.auth.permissions import DELETE, PULL, PUSH
 from cangku.content.errors import RegistryError
 from cangku.distribution import base, blobs, catalog, manifests, referrers, tags, uploads
@@ -27,7 +27,7 @@ Handler = Callable[..., Awaitable[Response]]
 Methods = dict[str, tuple[Handler, str | None]]
 
 ROUTES: list[tuple[re.Pattern[str], Methods]] = [
-    (re.compile(r"/v2/?"), {"GET": (base.api_version, None)}),
+    (re.compile(r"/v2/?"), {"GET": (base.api_version, None), "HEAD": (base.api_version, None)}),
     (re.compile(r"/v2/_catalog"), {"GET": (catalog.list_repositories, CATALOG)}),
     (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": (tags.list_tags, PULL)}),
     (
@@ -98,17 +98,18 @@ class DistributionApp:
             params: dict[str, Any] = match.groupdict()
             try:
                 if self.access is not None:
-                    caller = await self.access.authorize(request, params.get("name"), action)
+                    wanted = (
+                        uploads.wanted_access(request) if handler is uploads.start_upload else []
+                    )
+                    caller = await self.access.authorize(
+                        request, params.get("name"), action, wanted=wanted
+                    )
                     request.scope["cangku.access"] = self.access
                     request.scope["cangku.caller"] = caller
                 return await handler(request, self.registry, **params)
             except Challenge as error:
                 return registry_error_response(
                     error, head=head, headers={"WWW-Authenticate": error.header}
-                )
-            except RateLimited as error:
-                return registry_error_response(
-                    error, head=head, headers={"Retry-After": str(error.retry_after)}
                 )
             except RegistryError as error:
                 location = None

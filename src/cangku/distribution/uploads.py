@@ -6,7 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cangku.auth.permissions import PULL
-from cangku.content.errors import DigestInvalid
+from cangku.content.digest import Digest
+from cangku.content.errors import BlobUploadInvalid, DigestInvalid, NameInvalid, UploadOutOfOrder
 from cangku.content.names import validate_repository_name
 from cangku.distribution.http import (
     caller_of,
@@ -15,20 +16,32 @@ from cangku.distribution.http import (
     request_body,
     upload_location,
     upload_range,
+    warning,
 )
 from cangku.registry import Registry
+
+# OCI dist-spec "Pushing a blob in chunks": the smallest chunk we ask clients for (only the
+# last chunk may be shorter). Our storage takes chunks of any size; 1 byte says so.
+CHUNK_MIN_LENGTH = 1
+
+
+def wanted_access(request: Request) -> list[tuple[str, str]]:
+    """For a mount (`POST …/uploads/?mount=&from=`): pull on `from`, which the challenge must
+    name so that a client following it gets a token that can mount (issue 12, item 3)."""
+    source = request.query_params.get("from")
+    if request.query_params.get("mount") is None or not source:
+        return []
+    try:
+        return [(validate_repository_name(source), PULL)]
+    except NameInvalid:
+        return []  # The handler refuses it with NAME_INVALID.
 
 
 async def start_upload(request: Request, registry: Registry, name: str) -> Response:
     query = request.query_params
     mount, source = query.get("mount"), query.get("from")
-    checked = caller_of(request)
-    if mount is not None and source is not None and checked is not None:
-        access, caller = checked
-        if not await access.may(caller, validate_repository_name(source), PULL):
-            source = None  # Cross-repository mount only from what the caller may pull.
-    if mount is not None and source is not None:
-        mounted = await registry.mount_blob(name, mount, source)
+    if mount is not None:
+        mounted = await _mount(request, registry, name, mount, source)
         if mounted is not None:
             return _created(name, str(mounted))
     digest = query.get("digest")
@@ -38,8 +51,37 @@ async def start_upload(request: Request, registry: Registry, name: str) -> Respo
             name, digest, request_body(request), content_length(request)
         )
         return _created(name, str(stored))
-    upload_id = await registry.start_upload(name)
-    return _accepted(name, upload_id, 0)
+    upload_id = await registry.start_upload(name, query.get("digest-algorithm") or "sha256")
+    response = _accepted(name, upload_id, 0)
+    response.headers["OCI-Chunk-Min-Length"] = str(CHUNK_MIN_LENGTH)
+    if mount is not None and (source or registry.automatic_mount):
+        # The spec's answer to a mount that cannot be done is an upload session; say why.
+        response.headers["Warning"] = warning(
+            f"blob {mount} was not mounted: no repository you may pull holds it; upload it"
+        )
+    return response
+
+
+async def _mount(
+    request: Request, registry: Registry, name: str, mount: str, source: str | None
+) -> Digest | None:
+    """OCI dist-spec "Mounting a blob from another repository": from `source`, or without
+    it (with `automatic_mount` on) from any repository holding the blob that the caller may
+    pull. None when it cannot be mounted (the client then uploads)."""
+    checked = caller_of(request)
+    if source:
+        sources = [validate_repository_name(source)]
+    elif registry.automatic_mount:
+        sources = await registry.repositories_holding(mount)
+    else:
+        return None  # As the conformance suite expects with automatic mounting off.
+    for candidate in sources:
+        if checked is not None and not await checked[0].may(checked[1], candidate, PULL):
+            continue  # Only from what the caller may pull.
+        mounted = await registry.mount_blob(name, mount, candidate)
+        if mounted is not None:
+            return mounted
+    return None
 
 
 async def upload_status(
@@ -50,8 +92,9 @@ async def upload_status(
 
 
 async def append_chunk(request: Request, registry: Registry, name: str, upload_id: str) -> Response:
+    chunk = await _chunk_range(request, registry, name, upload_id)
     size = await registry.append_upload(
-        name, upload_id, request_body(request), content_length(request), content_range(request)
+        name, upload_id, request_body(request), content_length(request), chunk
     )
     return _accepted(name, upload_id, size)
 
@@ -62,15 +105,23 @@ async def finish_upload(
     digest = request.query_params.get("digest")
     if digest is None:
         raise DigestInvalid("the digest query parameter is required to finish an upload")
+    chunk = await _chunk_range(request, registry, name, upload_id)
     stored = await registry.finish_upload(
-        name,
-        upload_id,
-        digest,
-        request_body(request),
-        content_length(request),
-        content_range(request),
+        name, upload_id, digest, request_body(request), content_length(request), chunk
     )
     return _created(name, str(stored))
+
+
+async def _chunk_range(
+    request: Request, registry: Registry, name: str, upload_id: str
+) -> tuple[int, int] | None:
+    """The chunk's Content-Range; one we cannot read is a range we cannot satisfy: 416 with
+    the Range received so far, as for a chunk out of order (OCI dist-spec, RFC 9110 §15.5.17)."""
+    try:
+        return content_range(request)
+    except BlobUploadInvalid as error:
+        size = await registry.upload_status(name, upload_id)
+        raise UploadOutOfOrder(error.message, size) from None
 
 
 async def cancel_upload(

@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from cangku.content.digest import Digest
+from cangku.content.digest import HEX_LENGTHS, Digest
 from cangku.content.errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -67,6 +67,8 @@ from cangku.storage.base import BlobStorage
 
 # Listing pages: the spec lets a registry cap `n`; clients follow the Link header.
 MAX_PAGE_SIZE = 10_000
+# An automatic mount looks at this many repositories holding the blob, at most.
+MAX_MOUNT_SOURCES = 50
 
 # The hot read paths, built once: building a statement costs more than running it.
 _MANIFEST_COLUMNS = (
@@ -152,9 +154,14 @@ class Registry:
         storage: BlobStorage,
         metadata: MetadataStore,
         tag_defaults: TagPolicy | None = None,
+        *,
+        automatic_mount: bool = False,
     ) -> None:
         self.storage = storage
         self.metadata = metadata
+        # OCI dist-spec "Mounting a blob from another repository": a mount without `from` may
+        # link the blob from any repository the caller may pull (`uploads.automatic_mount`).
+        self.automatic_mount = automatic_mount
         # The server-wide tag policy; namespaces and repositories may override it.
         self.tag_defaults = tag_defaults or TagPolicy()
         self.files = TransactionFiles(storage)
@@ -200,9 +207,13 @@ class Registry:
             raise BlobUnknown("blob unknown to registry", str(parsed))
 
     # -- uploads ---------------------------------------------------------------------------
-    async def start_upload(self, name: str) -> str:
+    async def start_upload(self, name: str, algorithm: str = "sha256") -> str:
+        """A new upload session hashing with `algorithm` ("sha256" or "sha512", OCI dist-spec
+        main `?digest-algorithm=`; DIGEST_INVALID for another)."""
+        if algorithm not in HEX_LENGTHS:
+            raise DigestInvalid(f"unsupported digest algorithm {algorithm[:100]!r}")
         upload_id = new_upload_id()
-        await self.storage.create_upload(session_name(name, upload_id))
+        await self.storage.create_upload(session_name(name, upload_id), algorithm)
         return upload_id
 
     async def upload_blob(
@@ -229,8 +240,8 @@ class Registry:
     async def mount_blob(self, name: str, digest: str, from_name: str) -> Digest | None:
         """Link a blob that repository `from_name` holds; None when it cannot be mounted.
 
-        A mount without `from` is never automatic: the client gets a normal upload session,
-        as the OCI conformance suite expects when automatic cross-mounting is off.
+        Whether the caller may pull `from_name` is the HTTP layer's check; a mount without
+        `from` tries `repositories_holding` one by one (only with `automatic_mount` on).
         """
         validate_repository_name(name)
         parsed = Digest.parse(digest)
@@ -258,6 +269,23 @@ class Registry:
                 raise outcome
             return None  # Collected meanwhile: the client uploads it instead.
         return parsed if outcome else None
+
+    async def repositories_holding(self, digest: str, limit: int = MAX_MOUNT_SOURCES) -> list[str]:
+        """Up to `limit` repositories that hold the blob, by name: sources for an automatic
+        mount (the caller's right to pull each is checked by the caller of this)."""
+        parsed = Digest.parse(digest)
+        query = (
+            select(repositories.c.name)
+            .select_from(
+                repository_blobs.join(
+                    repositories, repositories.c.id == repository_blobs.c.repository_id
+                )
+            )
+            .where(repository_blobs.c.digest == str(parsed))
+            .order_by(repositories.c.name)
+            .limit(limit)
+        )
+        return list(await self.metadata.read(lambda connection: connection.scalars(query).all()))
 
     async def upload_status(self, name: str, upload_id: str) -> int:
         size = await self.storage.upload_size(session_name(name, upload_id))

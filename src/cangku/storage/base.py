@@ -48,7 +48,9 @@ class BlobStorage(Protocol):
 
     # Upload sessions are named by the registry (`registry/sessions.py`); the filesystem
     # driver refuses names that are not hex digits (BlobUploadUnknown): they become paths.
-    async def create_upload(self, upload_id: str) -> None: ...
+    async def create_upload(self, upload_id: str, algorithm: str = "sha256") -> None:
+        """Start an empty session whose bytes are hashed with `algorithm` as they arrive
+        (a commit under another algorithm still works: it rehashes)."""
 
     async def upload_size(self, upload_id: str) -> int | None:
         """Bytes received so far, or None when there is no such upload."""

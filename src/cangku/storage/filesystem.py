@@ -156,9 +156,9 @@ class FilesystemStorage:
             await anyio.to_thread.run_sync(_fsync_directory, target.parent)
 
     # -- upload sessions -------------------------------------------------------------------
-    async def create_upload(self, upload_id: str) -> None:
+    async def create_upload(self, upload_id: str, algorithm: str = "sha256") -> None:
         self._upload_path(upload_id).touch(exist_ok=False)
-        self._upload_hashers[upload_id] = (0, hashlib.sha256())
+        self._upload_hashers[upload_id] = (0, hashlib.new(algorithm))
 
     async def upload_size(self, upload_id: str) -> int | None:
         try:

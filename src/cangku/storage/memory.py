@@ -51,7 +51,7 @@ class MemoryStorage:
         self.blobs[digest] = (bytes(data), time.time())
         return len(data)
 
-    async def create_upload(self, upload_id: str) -> None:
+    async def create_upload(self, upload_id: str, algorithm: str = "sha256") -> None:
         self.uploads[upload_id] = (bytearray(), time.time())
 
     async def upload_size(self, upload_id: str) -> int | None:
