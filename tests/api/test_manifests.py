@@ -7,7 +7,12 @@ import os
 
 import httpx
 import pytest
+from sqlalchemy import update
 
+from cangku.content.errors import TooManyTags
+from cangku.metadata.schema import manifests
+from cangku.registry import Registry
+from cangku.registry.service import MAX_TAGS_PER_PUSH
 from tests.api.helpers import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -333,3 +338,108 @@ async def test_accept_sent_as_several_headers_is_read_whole(client: httpx.AsyncC
     for method in ("GET", "HEAD"):
         response = await client.request(method, "/v2/jimo/app/manifests/v1", headers=headers)
         assert response.status_code == 200
+
+
+async def test_ambiguous_manifest_without_media_type_is_refused(client: httpx.AsyncClient) -> None:
+    _, content = await push_image(client, "jimo/app", "v1")
+    document = json.loads(content)
+    del document["mediaType"]
+    document["manifests"] = []
+    response = await client.put("/v2/jimo/app/manifests/v2", content=json.dumps(document).encode())
+    assert response.status_code == 400
+    assert error_code(response) == "MANIFEST_INVALID"
+    assert (await client.get("/v2/jimo/app/manifests/v2")).status_code == 404
+
+
+async def test_same_bytes_cannot_be_pushed_as_oci_and_as_docker(client: httpx.AsyncClient) -> None:
+    _, content = await push_image(client, "jimo/app", "v1")
+    document = json.loads(content)
+    del document["mediaType"]
+    untyped = json.dumps(document).encode()
+    as_oci = await client.put(
+        "/v2/jimo/app/manifests/oci", content=untyped, headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert as_oci.status_code == 201
+    as_docker = await client.put(
+        "/v2/jimo/app/manifests/docker", content=untyped, headers={"Content-Type": DOCKER_MANIFEST}
+    )
+    assert as_docker.status_code == 400
+    assert error_code(as_docker) == "MANIFEST_INVALID"
+    assert (await client.get("/v2/jimo/app/manifests/docker")).status_code == 404
+    served = await client.get("/v2/jimo/app/manifests/oci", headers={"Accept": OCI_MANIFEST})
+    assert served.headers["Content-Type"] == OCI_MANIFEST
+
+
+async def test_push_that_contradicts_the_stored_media_type_is_refused(
+    client: httpx.AsyncClient, registry: Registry
+) -> None:
+    """A manifest stored under earlier rules keeps its one type: no tag gets another."""
+    _, content = await push_image(client, "jimo/app", "v1")
+    document = json.loads(content)
+    del document["mediaType"]
+    untyped = json.dumps(document).encode()
+    assert (
+        await client.put(
+            "/v2/jimo/app/manifests/old", content=untyped, headers={"Content-Type": OCI_MANIFEST}
+        )
+    ).status_code == 201
+    await registry.metadata.write(
+        lambda c: c.execute(
+            update(manifests)
+            .where(manifests.c.digest == sha256(untyped))
+            .values(media_type=DOCKER_MANIFEST)
+        )
+    )
+    response = await client.put(
+        "/v2/jimo/app/manifests/new", content=untyped, headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert response.status_code == 400
+    assert "stored as" in response.json()["errors"][0]["message"]
+    assert (await client.get("/v2/jimo/app/manifests/new")).status_code == 404
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("by", ["tag", "digest"])
+async def test_manifest_get_and_head_carry_docker_content_digest(
+    client: httpx.AsyncClient, method: str, by: str
+) -> None:
+    digest, _ = await push_image(client, "jimo/app", "v1")
+    reference = "v1" if by == "tag" else digest
+    response = await client.request(method, f"/v2/jimo/app/manifests/{reference}")
+    assert response.status_code == 200
+    assert response.headers["Docker-Content-Digest"] == digest
+
+
+async def test_multi_tag_push_answers_one_oci_tag_per_tag(client: httpx.AsyncClient) -> None:
+    digest, content = await push_image(client, "jimo/app")
+    names = [f"t{i}" for i in range(MAX_TAGS_PER_PUSH - 2)]
+    response = await client.put(
+        f"/v2/jimo/app/manifests/{digest}",
+        params=[("tag", name) for name in [*names, "t0", "t1"]],
+        content=content,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert response.status_code == 201
+    assert response.headers.get_list("OCI-Tag") == names  # each once, in order
+    listed = (await client.get("/v2/jimo/app/tags/list")).json()["tags"]
+    assert sorted(listed) == sorted(names)
+
+
+async def test_more_tags_than_the_limit_is_414_and_tags_nothing(client: httpx.AsyncClient) -> None:
+    digest, content = await push_image(client, "jimo/app", "v1")
+    response = await client.put(
+        f"/v2/jimo/app/manifests/{digest}",
+        params=[("tag", f"t{i}") for i in range(MAX_TAGS_PER_PUSH + 1)],
+        content=content,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert response.status_code == 414
+    assert error_code(response) == "UNSUPPORTED"
+    assert (await client.get("/v2/jimo/app/tags/list")).json()["tags"] == ["v1"]
+
+
+async def test_too_many_tags_are_refused_by_the_registry_itself(registry: Registry) -> None:
+    with pytest.raises(TooManyTags):
+        await registry.put_manifest(
+            "jimo/app", "v1", b"{}", OCI_MANIFEST, extra_tags=["a"] * (MAX_TAGS_PER_PUSH + 1)
+        )

@@ -114,8 +114,50 @@ def test_media_type_comes_from_the_body_when_content_type_does_not_name_one(
     assert parse(build(media_type), content_type).media_type == media_type
 
 
-def test_media_type_comes_from_content_type_when_the_body_has_none() -> None:
-    assert parse(image_manifest(OMIT), DOCKER_MANIFEST).media_type == DOCKER_MANIFEST
+@pytest.mark.parametrize(
+    ("media_type", "build"), [(OCI_MANIFEST, image_manifest), (OCI_INDEX, index)]
+)
+def test_oci_media_type_comes_from_content_type_when_the_body_has_none(
+    media_type: str, build: Any
+) -> None:
+    assert parse(build(OMIT), media_type).media_type == media_type
+
+
+@pytest.mark.parametrize(
+    ("media_type", "build"), [(DOCKER_MANIFEST, image_manifest), (DOCKER_MANIFEST_LIST, index)]
+)
+def test_docker_type_needs_its_media_type_in_the_body(media_type: str, build: Any) -> None:
+    """Otherwise the same bytes could be pushed as an OCI and as a Docker manifest."""
+    with pytest.raises(ManifestInvalid, match="must name its mediaType"):
+        parse(build(OMIT), media_type)
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", OCI_MANIFEST, OCI_INDEX])
+def test_document_with_both_index_and_image_fields_and_no_type_is_ambiguous(
+    content_type: str | None,
+) -> None:
+    """CVE-2021-41190: a document both a manifest and an index must not be accepted."""
+    document = image_manifest(OMIT, manifests=index()["manifests"])
+    with pytest.raises(ManifestInvalid):
+        parse(document, content_type)
+
+
+@pytest.mark.parametrize("media_type", [OCI_MANIFEST, DOCKER_MANIFEST])
+@pytest.mark.parametrize("content_type", [None, "from-body"])
+def test_image_manifest_with_manifests_field_is_invalid(
+    media_type: str, content_type: str | None
+) -> None:
+    document = image_manifest(media_type, manifests=[])
+    with pytest.raises(ManifestInvalid, match="must not have 'manifests'"):
+        parse(document, media_type if content_type else None)
+
+
+@pytest.mark.parametrize("media_type", [OCI_INDEX, DOCKER_MANIFEST_LIST])
+@pytest.mark.parametrize("field", ["config", "layers"])
+def test_index_with_config_or_layers_is_invalid(media_type: str, field: str) -> None:
+    document = index(media_type, **{field: image_manifest()[field]})
+    with pytest.raises(ManifestInvalid, match="must not have 'config' or 'layers'"):
+        parse(document, media_type)
 
 
 @pytest.mark.parametrize(

@@ -106,29 +106,51 @@ def parse_manifest(raw: bytes, content_type: str | None, digest: Digest) -> Mani
 
 
 def _media_type(document: dict[str, Any], content_type: str | None) -> str:
+    """The one media type a pushed document has, refusing any contradiction (MANIFEST_INVALID).
+
+    The rule (docs/api.md, "Manifests"): the body's `mediaType` and a specific Content-Type
+    must agree; the document's shape must fit the type (an index has `manifests` and no
+    `config`/`layers`, an image manifest the reverse: image-spec v1.0.2, CVE-2021-41190);
+    a Docker type needs its `mediaType` in the body (Docker schema 2 requires it, as
+    Distribution checks), so the same bytes can never be both an OCI and a Docker manifest;
+    without any type, only an unambiguous OCI shape is accepted.
+    """
     declared = document.get("mediaType")
     if declared is not None and not isinstance(declared, str):
         raise ManifestInvalid("mediaType must be a string")
     header = (content_type or "").split(";", 1)[0].strip().lower()
+    index_shape = "manifests" in document
+    image_shape = "config" in document or "layers" in document
     if header in mediatypes.MANIFEST_MEDIA_TYPES:
         if declared is not None and declared != header:
             raise ManifestInvalid(
                 f"mediaType {declared!r} in the manifest does not match Content-Type {header!r}"
             )
-        return header
-    if header not in ("", "application/json", "application/octet-stream"):
+        media_type = header
+    elif header not in ("", "application/json", "application/octet-stream"):
         # OCI dist-spec 1.0.1 (CVE-2021-41190): a specific type must agree with the body.
-        raise ManifestInvalid(f"unsupported manifest media type {header!r}")
-    if declared in mediatypes.MANIFEST_MEDIA_TYPES:
-        return declared
-    if declared is not None:
-        raise ManifestInvalid(f"unsupported manifest media type {declared!r}")
-    # No type anywhere: an OCI document is recognisable by its shape.
-    if "manifests" in document:
-        return mediatypes.OCI_INDEX
-    if "config" in document:
-        return mediatypes.OCI_MANIFEST
-    raise ManifestInvalid("cannot tell the manifest's media type")
+        raise ManifestInvalid(f"unsupported manifest media type {header[:100]!r}")
+    elif declared in mediatypes.MANIFEST_MEDIA_TYPES:
+        media_type = declared
+    elif declared is not None:
+        raise ManifestInvalid(f"unsupported manifest media type {declared[:100]!r}")
+    elif index_shape and image_shape:
+        raise ManifestInvalid(
+            "ambiguous manifest: it has both 'manifests' and 'config'/'layers' and no mediaType"
+        )
+    elif index_shape:
+        media_type = mediatypes.OCI_INDEX  # No type anywhere: OCI, recognisable by its shape.
+    elif image_shape:
+        media_type = mediatypes.OCI_MANIFEST
+    else:
+        raise ManifestInvalid("cannot tell the manifest's media type")
+    if media_type in mediatypes.INDEXES and image_shape:
+        raise ManifestInvalid(f"a {media_type} must not have 'config' or 'layers'")
+    if media_type in mediatypes.IMAGE_MANIFESTS and index_shape:
+        raise ManifestInvalid(f"a {media_type} must not have 'manifests'")
+    if media_type in mediatypes.DOCKER_TYPES and declared is None:
+        raise ManifestInvalid(f"a {media_type} must name its mediaType in the body")
+    return media_type
 
 
 def _descriptor(value: Any, where: str) -> Descriptor:

@@ -11,6 +11,7 @@ OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 IMAGE_MANIFESTS = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
 INDEXES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
 MANIFEST_MEDIA_TYPES = IMAGE_MANIFESTS | INDEXES
+DOCKER_TYPES = frozenset({DOCKER_MANIFEST, DOCKER_MANIFEST_LIST})
 
 # Layers that registries never hold (Windows base layers are fetched from their URLs).
 NON_DISTRIBUTABLE_LAYERS = frozenset(

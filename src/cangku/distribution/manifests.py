@@ -5,25 +5,30 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cangku.content.errors import ManifestUnknown, PayloadTooLarge
+from cangku.content.errors import ManifestUnknown, PayloadTooLarge, TooManyTags
 from cangku.content.manifest import MAX_MANIFEST_BYTES
 from cangku.content.mediatypes import is_acceptable, parse_accept
 from cangku.distribution.http import caller_of, content_length, request_body
 from cangku.registry import Registry
+from cangku.registry.service import MAX_TAGS_PER_PUSH
 
 
 async def put_manifest(request: Request, registry: Registry, name: str, reference: str) -> Response:
     declared = content_length(request)
     if declared is not None and declared > MAX_MANIFEST_BYTES:
         raise PayloadTooLarge("manifest is larger than 4 MiB")
+    # OCI dist-spec main: PUT by digest may name tags with ?tag= (414 beyond our limit,
+    # refused before the body is read).
+    extra_tags = request.query_params.getlist("tag")
+    if len(extra_tags) > MAX_TAGS_PER_PUSH:
+        raise TooManyTags(f"{len(extra_tags)} tags in one push; at most {MAX_TAGS_PER_PUSH}")
     content = await _read_limited(request, MAX_MANIFEST_BYTES)
     pushed = await registry.put_manifest(
         name,
         reference,
         content,
         request.headers.get("content-type"),
-        # OCI dist-spec 1.1.1: PUT by digest may name tags with ?tag=.
-        extra_tags=request.query_params.getlist("tag"),
+        extra_tags=extra_tags,
         actor=_actor(request),
     )
     headers = {

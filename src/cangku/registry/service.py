@@ -29,6 +29,7 @@ from cangku.content.errors import (
     NameUnknown,
     PayloadTooLarge,
     RegistryError,
+    TooManyTags,
 )
 from cangku.content.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from cangku.content.names import parse_reference, validate_repository_name, validate_tag
@@ -67,6 +68,9 @@ from cangku.storage.base import BlobStorage
 
 # Listing pages: the spec lets a registry cap `n`; clients follow the Link header.
 MAX_PAGE_SIZE = 10_000
+# OCI dist-spec main "Pushing manifests with multiple tags": at least 10 SHOULD be taken; more
+# than this many `?tag=` on one PUT is 414 (docs/api.md).
+MAX_TAGS_PER_PUSH = 100
 # An automatic mount looks at this many repositories holding the blob, at most.
 MAX_MOUNT_SOURCES = 50
 
@@ -131,7 +135,7 @@ _PRESENT_MANIFESTS = select(manifests.c.digest).where(
     manifests.c.repository_id == bindparam("repository_id"),
     manifests.c.digest.in_(bindparam("digests", expanding=True)),
 )
-_MANIFEST_SIZE = select(manifests.c.size).where(
+_STORED_MEDIA_TYPE = select(manifests.c.media_type).where(
     manifests.c.repository_id == bindparam("repository_id"),
     manifests.c.digest == bindparam("digest"),
 )
@@ -369,13 +373,27 @@ class Registry:
         else:
             digest = Digest.of(content)
             tag_names = [target]
-        tag_names += [validate_tag(tag) for tag in extra_tags or []]
+        extra_tags = extra_tags or []
+        if len(extra_tags) > MAX_TAGS_PER_PUSH:
+            raise TooManyTags(
+                f"{len(extra_tags)} tags in one push; at most {MAX_TAGS_PER_PUSH} are taken"
+            )
+        # Each tag once, in the order given (one OCI-Tag reply header each).
+        tag_names = list(dict.fromkeys(tag_names + [validate_tag(tag) for tag in extra_tags]))
         manifest = parse_manifest(content, content_type, digest)
 
         def store(connection: Connection) -> None:
             repository_id = _ensure_repository(connection, name)
             _check_references(connection, repository_id, manifest)
-            if not _manifest_exists(connection, repository_id, digest):
+            stored_type = _stored_media_type(connection, repository_id, digest)
+            if stored_type is not None and stored_type != manifest.media_type:
+                # One type per digest: a tag must be served as what it was pushed as.
+                raise ManifestInvalid(
+                    f"this manifest is stored as {stored_type}; it cannot also be a "
+                    f"{manifest.media_type}",
+                    str(digest),
+                )
+            if stored_type is None:
                 refusal = usage.check_manifest_quota(connection, name, manifest.size)
                 if refusal is not None:
                     raise refusal
@@ -741,9 +759,10 @@ def _validate_namespace(namespace: str) -> None:
         raise NameInvalid(f"a namespace is one path component, not {namespace[:100]!r}")
 
 
-def _manifest_exists(connection: Connection, repository_id: int, digest: Digest) -> bool:
+def _stored_media_type(connection: Connection, repository_id: int, digest: Digest) -> str | None:
+    """The media type the repository holds the manifest as; None when it is not there."""
     parameters = {"repository_id": repository_id, "digest": str(digest)}
-    return connection.scalar(_MANIFEST_SIZE, parameters) is not None
+    return connection.scalar(_STORED_MEDIA_TYPE, parameters)
 
 
 def _clear_untagged_since(connection: Connection, repository_id: int, digest: Digest) -> None:
