@@ -6,7 +6,16 @@ import json
 
 import httpx
 
-from tests.api.helpers import OCI_INDEX, OCI_MANIFEST, descriptor, push_blob, push_image, sha256
+from cangku.registry import Registry
+from tests.api.helpers import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    descriptor,
+    error_code,
+    push_blob,
+    push_image,
+    sha256,
+)
 
 EMPTY = b"{}"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
@@ -143,3 +152,89 @@ async def test_index_with_subject_is_a_referrer(client: httpx.AsyncClient) -> No
         child_digest: "application/spdx+json",
         sha256(content): "application/vnd.food.stand",
     }
+
+
+async def test_referrers_are_paged_so_no_response_exceeds_4_mib(
+    client: httpx.AsyncClient,
+) -> None:
+    """24 referrers with 200 KiB of annotations each: 4.8 MiB in one index without paging."""
+    _, subject = await push_image(client, "jimo/app", "v1")
+    pushed = set()
+    for i in range(24):
+        big = {"org.example.note": f"{i}-" + "x" * (200 * 1024)}
+        digest, _ = await push_artifact(
+            client, "jimo/app", subject, f"application/vnd.example.{i}", annotations=big
+        )
+        pushed.add(digest)
+    seen: list[str] = []
+    url: str | None = f"/v2/jimo/app/referrers/{sha256(subject)}"
+    pages = 0
+    while url is not None:
+        response = await client.get(url)
+        assert response.status_code == 200
+        assert len(response.content) <= 4 * 1024 * 1024
+        assert response.headers["Content-Type"] == OCI_INDEX
+        for item in response.json()["manifests"]:
+            assert len(item["annotations"]["org.example.note"]) > 200 * 1024
+            seen.append(item["digest"])
+        link = response.headers.get("Link")
+        url = link[1 : link.index(">")] if link else None
+        pages += 1
+    assert pages >= 2
+    assert sorted(seen) == seen  # digest order, each page continuing the last
+    assert set(seen) == pushed and len(seen) == len(pushed)
+
+
+async def test_paged_referrers_keep_the_artifact_type_filter(
+    client: httpx.AsyncClient, registry: Registry
+) -> None:
+    _, subject = await push_image(client, "jimo/app", "v1")
+    wanted = set()
+    for i in range(6):
+        artifact_type = "application/vnd.example.sig" if i % 2 else "application/vnd.example.sbom"
+        digest, _ = await push_artifact(
+            client, "jimo/app", subject, artifact_type, annotations={"i": str(i) * 50}
+        )
+        if i % 2:
+            wanted.add(digest)
+    first = await registry.referrers_page(
+        "jimo/app", sha256(subject), "application/vnd.example.sig", max_bytes=400
+    )
+    assert first.next_last is not None and 0 < len(first.referrers) < 3
+    rest = await registry.referrers_page(
+        "jimo/app",
+        sha256(subject),
+        "application/vnd.example.sig",
+        last=first.next_last,
+        max_bytes=10_000,
+    )
+    assert rest.next_last is None
+    assert {r.digest for r in [*first.referrers, *rest.referrers]} == wanted
+    response = await client.get(
+        f"/v2/jimo/app/referrers/{sha256(subject)}",
+        params={"artifactType": "application/vnd.example.sig", "last": first.next_last},
+    )
+    assert {d["digest"] for d in response.json()["manifests"]} == {r.digest for r in rest.referrers}
+
+
+async def test_referrer_larger_than_a_page_is_listed_without_its_annotations(
+    client: httpx.AsyncClient, registry: Registry
+) -> None:
+    _, subject = await push_image(client, "jimo/app", "v1")
+    digest, _ = await push_artifact(
+        client, "jimo/app", subject, "application/vnd.example", annotations={"a": "x" * 1000}
+    )
+    page = await registry.referrers_page("jimo/app", sha256(subject), None, max_bytes=500)
+    assert [r.digest for r in page.referrers] == [digest]
+    assert page.referrers[0].annotations is None
+    assert page.trimmed == [digest]
+    assert page.next_last is None
+
+
+async def test_hostile_last_parameter_is_400(client: httpx.AsyncClient) -> None:
+    _, subject = await push_image(client, "jimo/app", "v1")
+    response = await client.get(
+        f"/v2/jimo/app/referrers/{sha256(subject)}", params={"last": "' OR 1=1 --"}
+    )
+    assert response.status_code == 400
+    assert error_code(response) == "DIGEST_INVALID"

@@ -63,6 +63,18 @@ class Referrer:
 
 
 @dataclass(frozen=True, slots=True)
+class ReferrersPage:
+    """Referrers in digest order whose descriptors, serialized as `json.dumps` does and joined
+    by ", ", take at most the page's byte budget."""
+
+    referrers: list[Referrer]
+    # The last digest listed when more remain: the `last=` of the next page.
+    next_last: str | None
+    # Referrers listed without their annotations, which alone exceed the budget.
+    trimmed: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class TagChange:
     tag: str
     old_digest: str | None

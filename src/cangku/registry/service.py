@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from cangku.content.digest import HEX_LENGTHS, Digest
@@ -49,6 +49,7 @@ from cangku.registry.records import (
     Page,
     PushedManifest,
     Referrer,
+    ReferrersPage,
     StoredManifest,
     TagChange,
     VersionTree,
@@ -71,6 +72,8 @@ MAX_PAGE_SIZE = 10_000
 # OCI dist-spec main "Pushing manifests with multiple tags": at least 10 SHOULD be taken; more
 # than this many `?tag=` on one PUT is 414 (docs/api.md).
 MAX_TAGS_PER_PUSH = 100
+# The referrers API lists at most this many descriptors per page (and at most 4 MiB).
+MAX_REFERRERS_PER_PAGE = 1000
 # An automatic mount looks at this many repositories holding the blob, at most.
 MAX_MOUNT_SOURCES = 50
 
@@ -612,6 +615,105 @@ class Registry:
             )
             for row in rows
         ]
+
+    async def referrers_page(
+        self,
+        name: str,
+        digest: str,
+        artifact_type: str | None,
+        *,
+        last: str | None = None,
+        max_bytes: int,
+    ) -> ReferrersPage:
+        """One page of the referrers of `digest`, after the digest `last`, in digest order.
+
+        The descriptors take at most `max_bytes` as `json.dumps` writes them, joined by ", "
+        (so that an index stays under the 4 MiB clients accept; OCI dist-spec "Listing
+        Referrers" pages with a `Link` header). Row sizes are read before the annotations,
+        so a page never loads more than it sends. A referrer whose annotations alone exceed
+        the budget is listed without them (`trimmed`).
+        """
+        validate_repository_name(name)
+        subject = Digest.parse(digest)
+        after = str(Digest.parse(last)) if last else None
+        conditions = [repositories.c.name == name, manifests.c.subject_digest == str(subject)]
+        if artifact_type is not None:
+            conditions.append(manifests.c.artifact_type == artifact_type)
+        if after is not None:
+            conditions.append(manifests.c.digest > after)
+        sizes = (
+            select(
+                manifests.c.media_type,
+                manifests.c.digest,
+                manifests.c.size,
+                manifests.c.artifact_type,
+                func.coalesce(func.length(manifests.c.annotations), 0).label("annotations_length"),
+            )
+            .select_from(
+                manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
+            )
+            .where(*conditions)
+            .order_by(manifests.c.digest)
+            .limit(MAX_REFERRERS_PER_PAGE + 1)
+        )
+
+        def page(connection: Connection) -> ReferrersPage:
+            rows = connection.execute(sizes).all()
+            chosen: list[Referrer] = []
+            with_annotations: list[str] = []
+            trimmed: list[str] = []
+            used = 0
+            for row in rows[:MAX_REFERRERS_PER_PAGE]:
+                plain = Referrer(row.media_type, row.digest, row.size, row.artifact_type, None)
+                length = len(json.dumps(plain.descriptor()))
+                if row.annotations_length:
+                    # `{..., "annotations": TEXT}`: annotations are stored as json.dumps wrote
+                    # them (ASCII), so their length in characters is their length in bytes.
+                    length += len(', "annotations": ') + row.annotations_length
+                separator = 2 if chosen else 0
+                if used + separator + length > max_bytes:
+                    if chosen or not row.annotations_length:
+                        break
+                    # Alone too large: listed without its annotations rather than never.
+                    length = len(json.dumps(plain.descriptor()))
+                    trimmed.append(row.digest)
+                elif row.annotations_length:
+                    with_annotations.append(row.digest)
+                used += separator + length
+                chosen.append(plain)
+            annotations = {}
+            if with_annotations:
+                annotations = {
+                    row.digest: row.annotations
+                    for row in connection.execute(
+                        select(manifests.c.digest, manifests.c.annotations)
+                        .select_from(
+                            manifests.join(
+                                repositories, repositories.c.id == manifests.c.repository_id
+                            )
+                        )
+                        .where(
+                            repositories.c.name == name,
+                            manifests.c.digest.in_(with_annotations),
+                        )
+                    )
+                }
+            referrers = [
+                Referrer(
+                    r.media_type,
+                    r.digest,
+                    r.size,
+                    r.artifact_type,
+                    json.loads(annotations[r.digest]) if r.digest in annotations else None,
+                )
+                for r in chosen
+            ]
+            more = len(rows) > len(chosen)
+            return ReferrersPage(
+                referrers, referrers[-1].digest if more and referrers else None, trimmed
+            )
+
+        return await self.metadata.read(page)
 
     # -- usage and quotas ------------------------------------------------------------------
     async def usage(self) -> UsageReport:
