@@ -1,6 +1,11 @@
 """The OCI distribution-spec conformance workflows (pull, push, content discovery, content
 management), written from the spec text: the same requests and status codes the official
 suite uses, including its data shapes (tab-indented JSON, unknown fields, nulls, `data`).
+
+Each runs four ways, as the suite is run against a registry: without authentication
+(`--open`), and with token authentication by a client that follows each 401's challenge as
+the suite's HTTP client does (keep the token, on 401 fetch one for the challenge's scope,
+retry); each with automatic cross-mounting off and on (`OCI_AUTOMATIC_CROSSMOUNT=1`).
 """
 
 from __future__ import annotations
@@ -8,11 +13,19 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+from collections.abc import AsyncIterator, Generator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from cangku.app import create_app
+from cangku.auth import passwords
+from cangku.auth.accounts import Accounts
+from cangku.config import Settings
+from cangku.registry import Registry
 from tests.api.helpers import OCI_INDEX, OCI_MANIFEST, error_code, sha256
 
 NS = "conformance/test-repo"
@@ -91,6 +104,81 @@ def layer() -> bytes:
     return os.urandom(168)
 
 
+PASSWORD = "conformance-password"
+CHALLENGE_PARAMETER = re.compile(r'(\w+)="([^"]*)"')
+
+
+class ChallengeFollower(httpx.Auth):
+    """A client's side of Docker token auth: keep the last token; on a 401, fetch a token for
+    the challenge's realm, service and scope (one `scope` parameter, as sent) and retry."""
+
+    requires_response_body = True
+
+    def __init__(self, user: str, password: str) -> None:
+        self.basic = httpx.BasicAuth(user, password)
+        self.token: str | None = None
+        self.challenges: list[str] = []
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if self.token:
+            request.headers["Authorization"] = f"Bearer {self.token}"
+        response = yield request
+        if response.status_code != 401:
+            return
+        header = response.headers["WWW-Authenticate"]
+        self.challenges.append(header)
+        assert header.startswith("Bearer ")
+        challenge = dict(CHALLENGE_PARAMETER.findall(header))
+        params = {"service": challenge["service"]}
+        if "scope" in challenge:
+            params["scope"] = challenge["scope"]
+        token_request = httpx.Request("GET", challenge["realm"], params=params)
+        token_request.headers["Authorization"] = self.basic._auth_header
+        token_response = yield token_request
+        assert token_response.status_code == 200, token_response.text
+        self.token = token_response.json()["token"]
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
+
+@pytest.fixture(params=["open", "token", "open, automatic mount", "token, automatic mount"])
+def mode(request: pytest.FixtureRequest) -> str:
+    mode: str = request.param
+    return mode
+
+
+@pytest.fixture
+def automatic_mount(mode: str, registry: Registry) -> bool:
+    registry.automatic_mount = mode.endswith("automatic mount")
+    return registry.automatic_mount
+
+
+@pytest.fixture
+async def client(
+    mode: str,
+    automatic_mount: bool,
+    registry: Registry,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[httpx.AsyncClient]:
+    auth: ChallengeFollower | None = None
+    if mode.startswith("open"):
+        settings = Settings(data=data_dir, auth={"open": True})
+    else:
+        monkeypatch.setattr(passwords, "BCRYPT_ROUNDS", 4)  # speed only
+        settings = Settings(data=data_dir)
+        await Accounts(registry.metadata).add_user("conformance", PASSWORD, admin=True)
+        auth = ChallengeFollower("conformance", PASSWORD)
+    app = create_app(settings, registry)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://registry.test", auth=auth
+    ) as client:
+        yield client
+    if auth is not None:
+        assert any(f"repository:{NS}:" in c for c in auth.challenges)  # really followed
+
+
 async def test_pull_workflow(client: httpx.AsyncClient, layer: bytes) -> None:
     configs = [config_blob(), config_blob()]
     for blob in [*configs, layer]:
@@ -138,7 +226,9 @@ async def test_pull_workflow(client: httpx.AsyncClient, layer: bytes) -> None:
         assert (await client.delete(f"/v2/{NS}/blobs/{sha256(blob)}")).status_code == 202
 
 
-async def test_push_workflow(client: httpx.AsyncClient, layer: bytes) -> None:
+async def test_push_workflow(
+    client: httpx.AsyncClient, layer: bytes, automatic_mount: bool
+) -> None:
     blob_a = os.urandom(42)
     started = await client.post(f"/v2/{NS}/blobs/uploads/")
     patched = await client.patch(started.headers["Location"], content=blob_a)
@@ -191,10 +281,14 @@ async def test_push_workflow(client: httpx.AsyncClient, layer: bytes) -> None:
     )
     assert mounted.status_code == 201
     assert mounted.headers["Location"] == f"/v2/{XNS}/blobs/{sha256(blob_a)}"
+    if isinstance(client.auth, ChallengeFollower):
+        # With tokens, the mount's challenge named its source too (issue 12, item 3).
+        challenge = client.auth.challenges[-1]
+        assert f'scope="repository:{XNS}:pull,push repository:{NS}:pull"' in challenge
     assert (await client.get(mounted.headers["Location"])).status_code == 200
-    # Automatic cross-mounting is off: without `from`, a session even for a local blob.
+    # Without `from`: a mount only with automatic cross-mounting on, else a session.
     again = await client.post(f"/v2/{XNS}/blobs/uploads/", params={"mount": sha256(blob_a)})
-    assert again.status_code == 202
+    assert again.status_code == (201 if automatic_mount else 202)
 
     assert (await client.get(f"/v2/{NS}/manifests/.INVALID_MANIFEST_NAME")).status_code == 404
     manifest = image(config, layer)
@@ -390,13 +484,13 @@ async def test_content_management_workflow(client: httpx.AsyncClient, layer: byt
 
 
 async def test_the_four_workflows_in_sequence_in_one_namespace_twice(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, automatic_mount: bool
 ) -> None:
     """As the suite runs them: one after the other in one namespace, with one layer, each
     meeting what the ones before left behind; then all four again on top of that."""
     layer = os.urandom(168)
     for _ in range(2):
         await test_pull_workflow(client, layer)
-        await test_push_workflow(client, layer)
+        await test_push_workflow(client, layer, automatic_mount)
         await test_content_discovery_workflow(client, layer)
         await test_content_management_workflow(client, layer)
