@@ -175,6 +175,35 @@ def test_push_to_own_namespace_works_and_to_another_is_denied(
         assert response.status_code == 404, response.text
 
 
+def test_push_mounts_layers_from_a_repository_the_user_may_read_and_only_from_such(
+    auth_server: RegistryServer, docker_cli: Client, docker_images: DockerImageBuilder
+) -> None:
+    """Cross-repository mounts with tokens: docker asks for pull on the source, and gets it
+    only where the account may pull (issue 12, item 3)."""
+    host = auth_server.docker_host
+    public_name, private_name = f"lee/{unique('base')}", f"lee/{unique('secret')}"
+    public_ref, private_ref = f"{host}/{public_name}:1", f"{host}/{private_name}:1"
+    docker_images.build(public_ref, layers=2)
+    docker_images.build(private_ref, layers=2)
+    login(docker_cli, host, "lee", PASSWORDS["lee"])
+    docker_cli.run("push", public_ref)
+    docker_cli.run("push", private_ref)
+    auth_server.cangku_cli("repo", "set", public_name, "--public")
+
+    login(docker_cli, host, "jimo", PASSWORDS["jimo"])
+    on_public = f"{host}/jimo/{unique('app')}:1"
+    docker_images.build(on_public, layers=1, base=public_ref)
+    pushed = combined(docker_cli.run("push", on_public))
+    assert f"Mounted from {public_name}" in pushed, pushed
+
+    on_private = f"{host}/jimo/{unique('app')}:1"
+    docker_images.build(on_private, layers=1, base=private_ref)
+    pushed = combined(docker_cli.run("push", on_private))
+    assert "Mounted from" not in pushed, pushed  # uploaded instead: lee's secret stays his
+    docker_cli.run("rmi", on_private)
+    docker_cli.run("pull", on_private)
+
+
 def test_anonymous_pull_of_public_repository_works_and_of_private_is_refused(
     auth_server: RegistryServer, docker_cli: Client, docker_images: DockerImageBuilder
 ) -> None:
