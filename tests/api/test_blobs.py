@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from starlette.types import ASGIApp
 
 from tests.api.conftest import raw_request
-from tests.api.helpers import error_code, push_blob, sha256
+from tests.api.helpers import OCI_CONFIG, OCI_MANIFEST, error_code, push_blob, sha256
 
 UNKNOWN = sha256(b"never pushed")
 
@@ -26,6 +27,33 @@ async def test_head_version_check_answers_like_get(client: httpx.AsyncClient) ->
     assert response.status_code == 200
     assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
     assert response.content == b""
+
+
+@pytest.mark.parametrize(
+    "path", ["/v2/", "/v2/_catalog", "/v2/jimo/app/tags/list", "/v2/jimo/app/referrers/{digest}"]
+)
+async def test_every_get_resource_answers_head_without_a_body(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    digest = await push_blob(client, "jimo/app", b"config")
+    await client.put(
+        "/v2/jimo/app/manifests/v1",
+        content=json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": digest, "size": 6},
+                "layers": [],
+            }
+        ).encode(),
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    url = path.format(digest=digest)
+    got = await client.get(url)
+    head = await client.head(url)
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["Content-Length"] == str(len(got.content)) != "0"
+    assert head.headers["Content-Type"] == got.headers["Content-Type"]
 
 
 async def test_head_blob_reports_size_and_digest_without_body(client: httpx.AsyncClient) -> None:

@@ -10,7 +10,5 @@ from cangku.registry import Registry
 
 
 async def api_version(request: Request, registry: Registry) -> Response:
-    """`GET /v2/` and `HEAD /v2/` (the same answer without a body, RFC 9110 §9.3.2)."""
-    headers = API_VERSION_HEADER | {"Content-Length": "2"}
-    body = b"" if request.method == "HEAD" else b"{}"
-    return Response(body, media_type="application/json", headers=headers)
+    """`GET /v2/` (and `HEAD /v2/`, which the router answers as GET without the body)."""
+    return Response(b"{}", media_type="application/json", headers=API_VERSION_HEADER)

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from cangku.auth.access import CATALOG, AccessControl, Challenge
 from cangku.auth.permissions import DELETE, PULL, PUSH
@@ -27,7 +27,7 @@ Handler = Callable[..., Awaitable[Response]]
 Methods = dict[str, tuple[Handler, str | None]]
 
 ROUTES: list[tuple[re.Pattern[str], Methods]] = [
-    (re.compile(r"/v2/?"), {"GET": (base.api_version, None), "HEAD": (base.api_version, None)}),
+    (re.compile(r"/v2/?"), {"GET": (base.api_version, None)}),
     (re.compile(r"/v2/_catalog"), {"GET": (catalog.list_repositories, CATALOG)}),
     (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": (tags.list_tags, PULL)}),
     (
@@ -76,6 +76,15 @@ class DistributionApp:
         request = Request(scope, receive)
         response = await self.handle(request)
         response.headers.update(API_VERSION_HEADER)
+        if scope["method"] == "HEAD":
+            # RFC 9110 §9.3.2: HEAD is GET without the body (the headers, lengths included).
+            async def send_headers_only(message: Message) -> None:
+                if message["type"] == "http.response.body" and message.get("body"):
+                    message = {**message, "body": b""}
+                await send(message)
+
+            await response(scope, receive, send_headers_only)
+            return
         await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
@@ -86,12 +95,15 @@ class DistributionApp:
             if match is None:
                 continue
             route = methods.get(request.method)
+            if route is None and head:
+                route = methods.get("GET")  # Every GET resource answers HEAD too.
             if route is None:
+                allowed = [*methods, "HEAD"] if "GET" in methods else list(methods)
                 return error_response(
                     "UNSUPPORTED",
                     f"{request.method} is not supported here",
                     status=405,
-                    headers={"Allow": ", ".join(methods)},
+                    headers={"Allow": ", ".join(dict.fromkeys(allowed))},
                     head=head,
                 )
             handler, action = route
