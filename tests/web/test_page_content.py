@@ -329,3 +329,88 @@ async def test_a_stored_manifest_the_parser_now_refuses_is_shown_with_the_reason
     text = text_of(await client.get("/r/jimo/old/-/tags/1"))
     assert "This manifest cannot be shown: config must be a descriptor object" in text
     assert "cannot be parsed" in text_of(await client.get("/r/jimo/old"))
+
+
+texts = st.text(max_size=20)
+annotations = st.none() | st.dictionaries(
+    st.sampled_from(["org.opencontainers.image.title", "org.example", ""]) | texts,
+    texts,
+    max_size=3,
+)
+media_types = st.sampled_from(
+    [OCI_CONFIG, OCI_EMPTY, OCI_LAYER, "application/vnd.unknown.config.v1+json", "text/plain"]
+) | st.text(min_size=1, max_size=30)
+
+
+@st.composite
+def manifests(draw: st.DrawFn, blobs: list[dict[str, Any]], image: dict[str, Any]) -> bytes:
+    """Manifests and indexes of many shapes over blobs and an image that exist."""
+
+    def descriptor(base: dict[str, Any]) -> dict[str, Any]:
+        found = {**base, "mediaType": draw(media_types)}
+        extra = draw(annotations)
+        if extra is not None:
+            found["annotations"] = extra
+        if draw(st.booleans()):
+            found["artifactType"] = draw(media_types)
+        return found
+
+    document: dict[str, Any] = {"schemaVersion": 2}
+    if draw(st.booleans()):
+        children = []
+        for _ in range(draw(st.integers(0, 3))):
+            child = {**image}
+            if draw(st.booleans()):
+                child["platform"] = draw(
+                    st.dictionaries(
+                        st.sampled_from(["os", "architecture", "variant", "os.version"]),
+                        field_values,
+                        max_size=4,
+                    )
+                )
+            children.append(child)
+        document |= {"mediaType": OCI_INDEX, "manifests": children}
+    else:
+        document |= {
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(draw(st.sampled_from(blobs))),
+            "layers": [descriptor(blob) for blob in draw(st.lists(st.sampled_from(blobs)))],
+        }
+    if draw(st.booleans()):
+        document["artifactType"] = draw(media_types)
+    if draw(st.booleans()):
+        document["subject"] = image
+    extra = draw(annotations)
+    if extra is not None:
+        document["annotations"] = extra
+    return json.dumps(document).encode()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_pages_render_any_accepted_manifest(tmp_path: Path, data: st.DataObject) -> None:
+    asyncio.run(_render_manifest(tmp_path / f"run{next(_counter)}", data))
+
+
+async def _render_manifest(data_dir: Path, data: st.DataObject) -> None:
+    data_dir.mkdir()
+    registry, client = await open_site(data_dir)
+    try:
+        async with client:
+            blobs = [
+                await blob(registry, "fuzz/app", content, OCI_LAYER)
+                for content in (b"{}", b"[]", b'{"os": 5}', os.urandom(100))
+            ]
+            digest, size = await push_image(registry, "fuzz/app", "base", b"{}")
+            image = {"mediaType": OCI_MANIFEST, "digest": digest, "size": size}
+            content = data.draw(manifests(blobs, image))
+            document = json.loads(content)
+            await registry.put_manifest("fuzz/app", "1", content, document["mediaType"])
+            for path in ("/r/fuzz/app/-/tags/1", f"/r/fuzz/app/-/manifests/{digest}"):
+                page = await client.get(path)
+                assert page.status_code == 200, (path, content, page.text[-1500:])
+            assert (await client.get("/r/fuzz/app")).status_code == 200
+    finally:
+        await registry.metadata.close()
