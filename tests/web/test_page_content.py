@@ -23,6 +23,7 @@ from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
 from cangku.registry.records import StoredManifest
 from cangku.storage.filesystem import FilesystemStorage
+from tests.databases import fresh_database
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -76,8 +77,11 @@ def pushed_digest(content: bytes) -> str:
     return str(Digest.of(content))
 
 
-async def open_site(data_dir: Path) -> tuple[Registry, httpx.AsyncClient]:
-    registry = Registry(FilesystemStorage(data_dir), MetadataStore.open(sqlite_url(data_dir)))
+async def open_site(
+    data_dir: Path, database_url: str | None = None
+) -> tuple[Registry, httpx.AsyncClient]:
+    metadata = MetadataStore.open(database_url or sqlite_url(data_dir))
+    registry = Registry(FilesystemStorage(data_dir), metadata)
     settings_ = Settings(data=data_dir, auth={"open": True})
     transport = httpx.ASGITransport(app=create_app(settings_, registry))
     client = httpx.AsyncClient(transport=transport, base_url="http://registry.test")
@@ -86,10 +90,12 @@ async def open_site(data_dir: Path) -> tuple[Registry, httpx.AsyncClient]:
 
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[tuple[Registry, httpx.AsyncClient]]:
-    registry, client = await open_site(tmp_path)
-    async with client:
-        yield registry, client
-    await registry.metadata.close()
+    """The open-mode site on SQLite, or on PostgreSQL with CANGKU_TEST_POSTGRES."""
+    with fresh_database(tmp_path) as database_url:
+        registry, client = await open_site(tmp_path, database_url)
+        async with client:
+            yield registry, client
+        await registry.metadata.close()
 
 
 def text_of(page: httpx.Response) -> str:
