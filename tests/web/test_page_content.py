@@ -312,6 +312,7 @@ async def test_index_shows_each_platforms_pull_size_not_its_manifests(
     assert "linux/arm64" in rows[1] and "2.5 MiB" in rows[1]
     repository = text_of(await client.get("/r/jimo/multi"))
     assert "1.5 MiB to 2.5 MiB per platform" in repository
+    assert "for a multi-platform image, what one platform pulls" in repository
 
 
 async def test_a_stored_manifest_the_parser_now_refuses_is_shown_with_the_reason(
