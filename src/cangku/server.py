@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from collections import OrderedDict
+from typing import Any, ClassVar
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -29,6 +30,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from cangku.config import Settings
 
 ZERO_COPY_SEND = "http.response.zerocopysend"  # the ASGI extension
+# The first byte of a TLS record carrying a handshake, as a ClientHello starts (RFC 8446 5.1).
+TLS_HANDSHAKE_RECORD = 0x16
+# Client addresses whose TLS attempt on a plain-HTTP port was logged (the oldest forgotten).
+MAX_TLS_PROBERS_REMEMBERED = 4096
 
 
 def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -53,7 +58,46 @@ def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn
 
 
 class ZeroCopyHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol whose requests may answer with `http.response.zerocopysend`."""
+    """uvicorn's httptools protocol whose requests may answer with `http.response.zerocopysend`,
+    and which knows a TLS handshake sent to a plain-HTTP port for what it is."""
+
+    # Shared by every connection of the process: one debug line per client address.
+    tls_probers: ClassVar[OrderedDict[str, None]] = OrderedDict()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._first_data = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._first_data and data:
+            self._first_data = False
+            if (
+                data[0] == TLS_HANDSHAKE_RECORD
+                and self.transport.get_extra_info("sslcontext") is None
+            ):
+                # docker, podman and skopeo try HTTPS before plain HTTP on every session. The
+                # HTTP answer is what tells them to fall back ("server gave HTTP response to
+                # HTTPS client"), so it is normal traffic, not uvicorn's "Invalid HTTP request"
+                # warning.
+                self._note_tls_probe()
+                self.send_400_response("This port speaks plain HTTP, not TLS.")
+                return
+        super().data_received(data)
+
+    def _note_tls_probe(self) -> None:
+        address = self.client[0] if self.client else "unknown"
+        probers = ZeroCopyHttpProtocol.tls_probers
+        if address in probers:
+            probers.move_to_end(address)
+            return
+        probers[address] = None
+        if len(probers) > MAX_TLS_PROBERS_REMEMBERED:
+            probers.popitem(last=False)
+        self.logger.debug(
+            "%s tried TLS on this plain-HTTP port (clients such as docker try HTTPS first, "
+            "then HTTP); answered with plain HTTP. Logged once per client address.",
+            address,
+        )
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         # uvicorn builds its own cycle class; becoming ours just before the application runs

@@ -4,6 +4,7 @@ files pushed in chunks and pulled back, a referrer attached with `subject`, toke
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -111,3 +112,34 @@ def test_oras_with_credentials_pushes_only_into_its_own_namespace(
     assert (out / "README.txt").read_bytes() == files["README.txt"]
     with pytest.raises((ValueError, requests.HTTPError)):
         client.push(target=f"{server.host}/lee/model:v1", files=["README.txt"])
+
+
+def test_oras_token_backend_pulls_but_cannot_push_as_docs_authentication_says(
+    registry_factory: RegistryServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/authentication.md tells ORAS Python SDK users to take the basic backend: its
+    token backend keeps a pull-only token after the 401 `insufficient_scope` challenge of
+    a push (it renews only on 403). Should oras-py change, this fails: update the docs."""
+    if server_kind() != "cangku":
+        pytest.skip("accounts are cangku's: the reference registry runs without them here")
+    server = registry_factory.start(auth=True)
+    server.cangku_cli("user", "add", "jimo", "--password-stdin", input=b"jimo-oras-password\n")
+    monkeypatch.chdir(tmp_path)
+    files = artifact_files(tmp_path)
+    basic = oras_client(server, auth_backend="basic")
+    basic.login(username="jimo", password="jimo-oras-password")
+    assert basic.push(target=f"{server.host}/jimo/model:v1", files=["README.txt"]).ok
+
+    token = oras_client(server, auth_backend="token")
+    token.login(username="jimo", password="jimo-oras-password")
+    token.pull(target=f"{server.host}/jimo/model:v1", outdir=str(tmp_path / "out"))
+    assert (tmp_path / "out" / "README.txt").read_bytes() == files["README.txt"]
+    with pytest.raises(ValueError):
+        token.push(target=f"{server.host}/jimo/model:v2", files=["README.txt"])
+    # The push step was challenged, and the same pull-only token (user=jimo) came back.
+    log = server.log_path.read_text(errors="replace")
+    resent = re.findall(
+        r"(?:POST /v2/jimo/model/blobs/uploads/|PUT /v2/jimo/model/manifests/v2) 401 .* user=jimo",
+        log,
+    )
+    assert len(resent) >= 2, log[-3000:]

@@ -40,6 +40,9 @@ class Manifest:
     # OCI 1.1: artifactType, or the config media type for a manifest that has none.
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
+    # An image manifest's config and every layer in order, non-distributable ones included.
+    config: Descriptor | None = None
+    layers: list[Descriptor] = field(default_factory=list)
 
     @property
     def is_index(self) -> bool:
@@ -102,6 +105,8 @@ def parse_manifest(raw: bytes, content_type: str | None, digest: Digest) -> Mani
         subject=subject,
         artifact_type=artifact_type,
         annotations=annotations,
+        config=config,
+        layers=layers,
     )
 
 

@@ -14,8 +14,14 @@ from cangku.content.digest import Digest
 from cangku.content.errors import ManifestUnknown, RegistryError
 from cangku.content.names import validate_repository_name, validate_tag
 from cangku.registry.records import TagChange
-from cangku.web.images import config_view, image_facts, read_config
-from cangku.web.site import Site, Viewer, not_found
+from cangku.web.images import (
+    ImageFacts,
+    config_view,
+    image_facts,
+    measure_platforms,
+    read_config,
+)
+from cangku.web.site import Site, Viewer, not_found, page_number
 
 PAGE_SIZE = 25
 # The repository page shows this many tags (newest pushes are not special: by name).
@@ -62,14 +68,17 @@ def routes(site: Site) -> list[BaseRoute]:
         search = request.query_params.get("q", "").strip()[:255]
         sort = request.query_params.get("sort", "name")
         sort = sort if sort in ("name", "pushed") else "name"
-        try:
-            page = max(1, int(request.query_params.get("page", "1")))
-        except ValueError:
-            page = 1
+        page = page_number(request.query_params.get("page"))
+        visibility = await site.visibility(viewer)
         listing = await registry.browse_repositories(
-            await site.visibility(viewer), search, sort, (page - 1) * PAGE_SIZE, PAGE_SIZE
+            visibility, search, sort, (page - 1) * PAGE_SIZE, PAGE_SIZE
         )
         pages = max(1, math.ceil(listing.total / PAGE_SIZE))
+        if page > pages:  # Past the end (an old link, a hand-made number): the last page.
+            page = pages
+            listing = await registry.browse_repositories(
+                visibility, search, sort, (page - 1) * PAGE_SIZE, PAGE_SIZE
+            )
 
         def page_url(number: int) -> str:
             return "/?" + urlencode({"q": search, "sort": sort, "page": number})
@@ -97,35 +106,41 @@ def routes(site: Site) -> list[BaseRoute]:
         actions = await site.require_visible(viewer, name)
         page = await registry.list_tags(name, MAX_TAGS_SHOWN, None)
         rows = []
-        # Floating tags share their release's image: read each config once.
-        platforms_by_digest: dict[str, list[str]] = {}
+        # Floating tags share their release's image: read each one once.
+        facts_by_digest: dict[str, tuple[ImageFacts, list[str]]] = {}
         for tag in page.items:
             try:
                 manifest = await registry.get_manifest(name, tag)
             except ManifestUnknown:
                 continue  # Deleted meanwhile.
-            facts = image_facts(manifest)
-            platforms = platforms_by_digest.get(manifest.digest)
-            if platforms is None:
-                platforms = [platform.name for platform in facts.platforms]
-                if not facts.is_index:
-                    config = await read_config(registry, name, facts)
-                    platforms = [config_view(config)["platform"]]
-                platforms_by_digest[manifest.digest] = platforms
+            known = facts_by_digest.get(manifest.digest)
+            if known is None:
+                facts = image_facts(manifest)
+                await measure_platforms(registry, name, facts)
+                known = facts_by_digest[manifest.digest] = (
+                    facts,
+                    await _platforms(site, name, facts),
+                )
+            facts, platforms = known
             pushed = _newest_push(await registry.tag_history(name, tag), manifest.digest)
             rows.append(
                 {
                     "tag": tag,
                     "digest": manifest.digest,
                     "platforms": platforms,
-                    "size": facts.compressed_size,
+                    "facts": facts,
                     "pushed_at": pushed.changed_at if pushed else None,
                     "pushed_by": (pushed.actor if pushed else None) or "",
                 }
             )
         policy = await registry.tag_policy(name)
         host = pull_host(site, request)
-        first_tag = "latest" if "latest" in page.items else (page.items[0] if page.items else "")
+        pull = ""
+        if rows:
+            # The command for `latest` if there is one, else for the first tag by name.
+            shown = next((row for row in rows if row["tag"] == "latest"), rows[0])
+            facts_shown, _ = facts_by_digest[str(shown["digest"])]
+            pull = pull_command(host, name, facts_shown, str(shown["tag"]))
         return site.render(
             request,
             viewer,
@@ -135,7 +150,7 @@ def routes(site: Site) -> list[BaseRoute]:
                 "rows": rows,
                 "more_tags": page.next_last is not None,
                 "tree": await registry.version_tree(name),
-                "pull": f"docker pull {host}/{name}:{first_tag}" if first_tag else "",
+                "pull": pull,
                 "host": host,
                 "public": await site.is_public(name),
                 "policy": policy,
@@ -153,9 +168,10 @@ def routes(site: Site) -> list[BaseRoute]:
         actions = await site.require_visible(viewer, name)
         manifest = await registry.get_manifest(name, reference)
         facts = image_facts(manifest)
-        config = (
-            config_view(await read_config(registry, name, facts)) if not facts.is_index else None
-        )
+        await measure_platforms(registry, name, facts)
+        config = None
+        if not facts.is_index and not facts.is_artifact and facts.problem is None:
+            config = config_view(await read_config(registry, name, facts))
         referrers = await registry.list_referrers(name, manifest.digest, None)
         tags_here = await _tags_on(site, name, manifest.digest)
         host = pull_host(site, request)
@@ -170,8 +186,7 @@ def routes(site: Site) -> list[BaseRoute]:
                 "config": config,
                 "referrers": referrers,
                 "tags_here": tags_here,
-                "pull": f"docker pull {host}/{name}"
-                + (f":{tag}" if tag else f"@{manifest.digest}"),
+                "pull": pull_command(host, name, facts, tag),
                 "may_delete": DELETE in actions,
                 "repository_url": repository_url,
             },
@@ -292,6 +307,25 @@ def routes(site: Site) -> list[BaseRoute]:
         Route("/r/{name:path}/-/settings", page(settings), methods=["POST"]),
         Route("/r/{name:path}", page(repository_page), methods=["GET"]),
     ]
+
+
+def pull_command(host: str, name: str, facts: ImageFacts, tag: str | None) -> str:
+    """The command that pulls it: docker for images and indexes, ORAS for artifacts (docker
+    refuses a manifest whose config is not an image config)."""
+    reference = f"{host}/{name}" + (f":{tag}" if tag else f"@{facts.digest}")
+    return f"oras pull {reference}" if facts.is_artifact else f"docker pull {reference}"
+
+
+async def _platforms(site: Site, name: str, facts: ImageFacts) -> list[str]:
+    """What the repository page's Platforms column says about an image, index or artifact."""
+    if facts.problem is not None:
+        return ["cannot be parsed"]
+    if facts.is_index:
+        return [platform.name for platform in facts.platforms]
+    if facts.is_artifact:
+        return [f"artifact: {facts.artifact_type}"]
+    view = config_view(await read_config(site.registry, name, facts))
+    return [view["platform"] if view["unreadable"] is None else "unknown"]
 
 
 def _newest_push(history: list[TagChange], digest: str) -> TagChange | None:

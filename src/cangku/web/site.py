@@ -98,6 +98,21 @@ def short_digest(digest: str | None) -> str:
     return f"{algorithm}:{encoded[:12]}"
 
 
+# Page numbers from the address bar stop here: offsets stay far inside SQL's 64-bit integers.
+MAX_PAGE_NUMBER = 1_000_000
+
+
+def page_number(value: str | None) -> int:
+    """A `?page=` value as a page number from 1 to MAX_PAGE_NUMBER: anything that is not
+    plain decimal digits is page 1, and a larger number is MAX_PAGE_NUMBER (the caller then
+    shows its last page)."""
+    if not value or not value.isascii() or not value.isdigit():
+        return 1
+    if len(value) > len(str(MAX_PAGE_NUMBER)):
+        return MAX_PAGE_NUMBER
+    return min(max(int(value), 1), MAX_PAGE_NUMBER)
+
+
 def safe_next(target: str | None) -> str:
     """Only a path on this site: never `//host` or `https://host`, which leave it."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
