@@ -46,6 +46,9 @@ def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn
         "proxy_headers": False,
         "log_level": settings.log_level,
         "lifespan": "on",
+        # SIGTERM: uvicorn stops accepting at once, waits this long for running requests,
+        # then cancels them (a client that stopped reading cannot hold the exit back).
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
         "ssl_certfile": str(settings.tls_cert) if settings.tls_cert else None,
         "ssl_keyfile": str(settings.tls_key) if settings.tls_key else None,
     }
