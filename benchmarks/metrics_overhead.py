@@ -5,7 +5,9 @@
 Starts two `cangku serve --open` processes on free loopback ports, identical except for
 `CANGKU_METRICS__ENABLED`, pushes the same small image to each, then measures manifest GETs
 with wrk (16 connections), alternating which server goes first in each repetition so both see
-the same machine state. Prints a markdown table (medians) and the overhead; stops every
+the same machine state. Besides req/s (sensitive to whatever else the machine runs) it reports
+the server's CPU time per request (user + system, from /proc/PID/stat), the steadier measure
+on a shared machine. Prints a markdown table (medians) and the overhead; stops every
 process it started and removes its temporary files. The server with metrics is scraped once
 at the end, to show that the requests were counted.
 """
@@ -75,6 +77,12 @@ class Server:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not start")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
@@ -96,16 +104,21 @@ def main() -> int:
                 with httpx.Client(trust_env=False, timeout=30) as client:
                     push_image(client, server.base, "bench/metrics", "v1", config, layers)
             results: dict[str, list[float]] = {server.name: [] for server in servers}
+            cpu: dict[str, list[float]] = {server.name: [] for server in servers}
             for repetition in range(args.repetitions):
                 order = servers if repetition % 2 == 0 else servers[::-1]
                 for server in order:
                     url = f"{server.base}/v2/bench/metrics/manifests/v1"
+                    cpu_before = server.cpu_seconds()
                     result = run_wrk(wrk_fetch_script("GET"), url, CONNECTIONS, args.seconds, root)
                     if result.errors:
                         raise RuntimeError(f"{server.name}: {result.errors} errors")
                     results[server.name].append(result.requests_per_second)
+                    used = server.cpu_seconds() - cpu_before
+                    cpu[server.name].append(used / result.requests * 1e6)
                     print(
-                        f"{server.name}: {result.requests_per_second:.0f} req/s",
+                        f"{server.name}: {result.requests_per_second:.0f} req/s, "
+                        f"{cpu[server.name][-1]:.1f} us CPU/request",
                         file=sys.stderr,
                     )
             with httpx.Client(trust_env=False) as client:
@@ -123,12 +136,19 @@ def main() -> int:
     with_metrics = statistics.median(results["with-metrics"])
     without = statistics.median(results["without-metrics"])
     print(f"manifest GET, wrk c={CONNECTIONS}, {args.repetitions} x {args.seconds} s each\n")
-    print("| | req/s (median) | runs |")
-    print("|---|---:|---|")
+    print("| | req/s (median) | runs | server CPU µs/request (median) | runs |")
+    print("|---|---:|---|---:|---|")
     for name, values in results.items():
         runs = ", ".join(f"{value:.0f}" for value in values)
-        print(f"| {name} | {statistics.median(values):.0f} | {runs} |")
-    print(f"\nmetrics cost: {(1 - with_metrics / without) * 100:.1f} % of req/s")
+        cpu_runs = ", ".join(f"{value:.1f}" for value in cpu[name])
+        print(
+            f"| {name} | {statistics.median(values):.0f} | {runs} "
+            f"| {statistics.median(cpu[name]):.1f} | {cpu_runs} |"
+        )
+    cpu_with = statistics.median(cpu["with-metrics"])
+    cpu_without = statistics.median(cpu["without-metrics"])
+    print(f"\nmetrics cost: {(1 - with_metrics / without) * 100:.1f} % of req/s, ", end="")
+    print(f"{(cpu_with / cpu_without - 1) * 100:.1f} % more CPU per request")
     print(f"counted by the server with metrics: {counted}")
     return 0
 

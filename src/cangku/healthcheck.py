@@ -38,8 +38,12 @@ def main() -> int:
     url = readiness_url()
     # The certificate names the public host, not loopback: only the answer matters here.
     context = ssl._create_unverified_context() if url.startswith("https") else None
+    # Loopback: never through an HTTP proxy named in the environment.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT, context=context) as response:
+        with opener.open(url, timeout=TIMEOUT) as response:
             status = int(response.status)
     except urllib.error.HTTPError as error:
         print(f"{url}: {error.code} {error.read().decode(errors='replace')}", file=sys.stderr)
