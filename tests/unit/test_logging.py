@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -41,6 +42,7 @@ def test_json_lines_carry_the_fields_of_the_access_line() -> None:
     assert "\n" not in line
     entry = json.loads(line)
     assert entry["logger"] == "cangku.access"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", entry["time"])
     assert entry["level"] == "INFO"
     assert entry["request_id"] == "0123456789abcdef"
     assert entry["message"] == "GET /v2/ 200 2 0.4ms"
