@@ -17,7 +17,9 @@ docs/operations.md describes all of it for operators.
 
 from __future__ import annotations
 
+import bisect
 import contextvars
+import itertools
 import json
 import logging
 import sys
@@ -39,7 +41,12 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -150,31 +157,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "cangku_http_requests",
-            "HTTP requests answered, by route name, method and status.",
-            ["route", "method", "status"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "cangku_http_request_duration_seconds",
-            "Time from the request's arrival to its last response byte handed to the server.",
-            ["route", "method"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.received = Counter(
-            "cangku_http_request_body_bytes",
-            "Request body bytes received, by route name.",
-            ["route"],
-            registry=r,
-        )
-        self.sent = Counter(
-            "cangku_http_response_body_bytes",
-            "Response body bytes sent (zero-copy ones included), by route name.",
-            ["route"],
-            registry=r,
-        )
+        self.requests = RequestStats()
+        r.register(self.requests)
         self.uploads_in_progress = Gauge(
             "cangku_upload_requests_in_progress",
             "Blob upload requests (POST, PATCH, PUT) being received right now.",
@@ -210,29 +194,12 @@ class Metrics:
         )
         self._db_read = self.db_transaction.labels("read")
         self._db_write = self.db_transaction.labels("write")
-        # labels() takes a lock and builds a key; the few combinations are kept here.
-        self._per_request: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, received: int, sent: int
     ) -> None:
-        key = (route, method, status)
-        children = self._per_request.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(route, method, str(status)),
-                self.latency.labels(route, method),
-                self.received.labels(route),
-                self.sent.labels(route),
-            )
-            self._per_request[key] = children
-        requests, latency, received_bytes, sent_bytes = children
-        requests.inc()
-        latency.observe(seconds)
-        if received:
-            received_bytes.inc(received)
-        if sent:
-            sent_bytes.inc(sent)
+        """One answered request (on the event loop thread)."""
+        self.requests.observe(route, method, status, seconds, received, sent)
 
     def observe_transaction(self, kind: str, seconds: float) -> None:
         """Called by MetadataStore, from whichever thread ran the transaction."""
@@ -257,6 +224,90 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text exposition format (Prometheus `text/plain; version=0.0.4`)."""
         return generate_latest(self.registry)
+
+
+class _RequestEntry:
+    __slots__ = ("buckets", "count", "received", "seconds", "sent")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative; +Inf last
+        self.seconds = 0.0
+        self.received = 0
+        self.sent = 0
+
+
+class RequestStats(Collector):
+    """The per-request metrics: kept in plain numbers, made into metric families at scrape.
+
+    prometheus-client's metric objects take a lock per update: ~1.6 µs for the four updates
+    of a request, against ~55 µs of CPU for a whole manifest GET. Requests are observed on
+    the event loop thread only, so plain numbers do. A scrape (another thread) reads them as
+    they are: it may miss the request being added, never count one twice.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str, int], _RequestEntry] = {}
+
+    def observe(
+        self, route: str, method: str, status: int, seconds: float, received: int, sent: int
+    ) -> None:
+        key = (route, method, status)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _RequestEntry()
+        entry.count += 1
+        # Prometheus buckets are "less than or equal": the first bound >= seconds.
+        entry.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        entry.seconds += seconds
+        entry.received += received
+        entry.sent += sent
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "cangku_http_requests",
+            "HTTP requests answered, by route name, method and status.",
+            labels=["route", "method", "status"],
+        )
+        latency: dict[tuple[str, str], tuple[list[int], float]] = {}
+        received: dict[str, int] = {}
+        sent: dict[str, int] = {}
+        for (route, method, status), entry in list(self._entries.items()):
+            requests.add_metric([route, method, str(status)], entry.count)
+            counts, total = latency.get((route, method), ([0] * len(entry.buckets), 0.0))
+            counts = [a + b for a, b in zip(counts, entry.buckets, strict=True)]
+            latency[(route, method)] = (counts, total + entry.seconds)
+            received[route] = received.get(route, 0) + entry.received
+            sent[route] = sent.get(route, 0) + entry.sent
+        yield requests
+        histogram = HistogramMetricFamily(
+            "cangku_http_request_duration_seconds",
+            "Time from the request's arrival to its last response byte handed to the server.",
+            labels=["route", "method"],
+        )
+        # repr() writes these bounds as prometheus-client does ("0.0005", "1.0", "300.0").
+        bounds = [repr(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+        for (route, method), (counts, total) in latency.items():
+            cumulative = list(itertools.accumulate(counts))
+            histogram.add_metric(
+                [route, method], list(zip(bounds, cumulative, strict=True)), sum_value=total
+            )
+        yield histogram
+        for name, doc, values in (
+            ("cangku_http_request_body_bytes", "Request body bytes received, by route.", received),
+            (
+                "cangku_http_response_body_bytes",
+                "Response body bytes sent (zero-copy ones included), by route.",
+                sent,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["route"])
+            for route, value in values.items():
+                family.add_metric([route], value)
+            yield family
 
 
 class StoredContentCollector(Collector):

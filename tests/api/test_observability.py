@@ -237,3 +237,25 @@ async def test_every_record_of_a_request_carries_its_request_id(
     assert all("s3cr3t" not in record.getMessage() for record in records)
     other = await client.get("/livez")
     assert other.headers["x-request-id"] != request_id
+
+
+def test_latency_buckets_count_less_than_or_equal() -> None:
+    metrics = Metrics()
+    for seconds in (0.0005, 0.00051, 500.0):
+        metrics.observe_request("v2.blob", "GET", 200, seconds, 10, 20)
+    metrics.observe_request("v2.blob", "GET", 404, 0.002, 0, 5)
+    text = metrics.exposition().decode()
+    bucket = "cangku_http_request_duration_seconds_bucket"
+    labels = {"route": "v2.blob", "method": "GET"}
+    assert value(text, bucket, le="0.0005", **labels) == 1
+    assert value(text, bucket, le="0.001", **labels) == 2
+    assert value(text, bucket, le="0.0025", **labels) == 3  # the 404 too: one histogram
+    assert value(text, bucket, le="300.0", **labels) == 3
+    assert value(text, bucket, le="+Inf", **labels) == 4
+    assert value(text, "cangku_http_request_duration_seconds_count", **labels) == 4
+    total = value(text, "cangku_http_request_duration_seconds_sum", **labels)
+    assert total == pytest.approx(500.00301)
+    requests = "cangku_http_requests_total"
+    assert value(text, requests, route="v2.blob", method="GET", status="200") == 3
+    assert value(text, "cangku_http_request_body_bytes_total", route="v2.blob") == 30
+    assert value(text, "cangku_http_response_body_bytes_total", route="v2.blob") == 65
