@@ -108,6 +108,16 @@ class Tracing:
         with self.tracer.start_as_current_span(name):
             yield
 
+    @contextlib.contextmanager
+    def span_not_current(self, name: str) -> Iterator[None]:
+        """A child span that does not become the current one: for async generators, whose
+        steps may run in other contexts (attaching there could not be undone cleanly)."""
+        span = self.tracer.start_span(name)
+        try:
+            yield
+        finally:
+            span.end()
+
     def shutdown(self) -> None:
         """Export the spans still buffered (at server exit)."""
         if self._shutdown is not None:
@@ -154,7 +164,7 @@ class TracedStorage:
     async def read(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        with self.tracing.span("storage.read"):
+        with self.tracing.span_not_current("storage.read"):
             async for chunk in self.storage.read(digest, start, end):
                 yield chunk
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from cangku.app import create_app
 from cangku.config import Settings
+from cangku.content.digest import Digest
 from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
 from cangku.storage.filesystem import FilesystemStorage
@@ -132,3 +134,26 @@ def test_tracing_is_on_with_an_exporter_or_an_otlp_endpoint() -> None:
 def test_an_unknown_exporter_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="zipkin"):
         configure_tracing({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+async def test_reading_a_blob_through_the_storage_is_a_child_span(
+    data_dir: Path, database_url: str, exporter: InMemorySpanExporter
+) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider.get_tracer("cangku-test"))
+    storage = TracedStorage(FilesystemStorage(data_dir), tracing)
+    data = b"streamed" * 1000
+    digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data
+
+    await storage.write_blob(chunks(), digest, len(data))
+    with tracing.tracer.start_as_current_span("request") as parent:
+        read = b"".join([chunk async for chunk in storage.read(digest)])
+    assert read == data
+    by_name = {span.name: span for span in exporter.get_finished_spans()}
+    child = by_name["storage.read"]
+    assert child.parent is not None
+    assert child.parent.span_id == parent.get_span_context().span_id
