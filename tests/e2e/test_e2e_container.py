@@ -210,7 +210,8 @@ def test_docker_run_login_push_pull_restart_as_people_run_a_registry(
         docker.run("stop", container.name)
         assert time.monotonic() - started < 9
         exit_code = docker.run("inspect", "--format", "{{.State.ExitCode}}", container.name)
-        assert exit_code.out.strip() in ("0", "143"), container.logs()[-3000:]
+        # PID 1 ignores the SIGTERM uvicorn raises again at the end: a clean 0.
+        assert exit_code.out.strip() == "0", container.logs()[-3000:]
         docker.run("start", container.name)
         container.wait_until_healthy()
         assert len(PASSWORD_LINE.findall(container.logs())) == 1  # not a second admin
