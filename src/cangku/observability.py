@@ -72,6 +72,16 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 # Route label of requests that matched no route (scanners): one label, not one per path.
 UNMATCHED = "unmatched"
+# Method labels: these, else "OTHER" (the HTTP parser accepts a few dozen methods; a label
+# per method a scanner tries would still be labels nobody asked for). RFC 9110, 9.1.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "OTHER"
+
 
 # --------------------------------------------------------------------------------- logs
 
@@ -498,7 +508,7 @@ class ObservedApp:
             if self.metrics is not None:
                 self.metrics.observe_request(
                     route,
-                    scope["method"],
+                    method_label(scope["method"]),
                     state["status"],
                     seconds,
                     state["received"],

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Scope
 
 from cangku.content.digest import Digest
+from cangku.observability import method_label
 from cangku.storage.base import BlobStorage
 
 if TYPE_CHECKING:
@@ -90,17 +91,18 @@ class Tracing:
         carrier = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
+        method = method_label(scope["method"])
         span = self.tracer.start_span(
-            scope["method"],
+            method,
             context=propagate.extract(carrier),
             kind=SpanKind.SERVER,
             attributes={
-                "http.request.method": scope["method"],
+                "http.request.method": method,
                 "url.path": scope["path"],  # never the query string: it may carry tokens
                 "url.scheme": scope.get("scheme", "http"),
             },
         )
-        return RequestSpan(span, scope["method"])
+        return RequestSpan(span, method)
 
     @contextlib.contextmanager
     def span(self, name: str) -> Iterator[None]:

@@ -259,3 +259,12 @@ def test_latency_buckets_count_less_than_or_equal() -> None:
     assert value(text, requests, route="v2.blob", method="GET", status="200") == 3
     assert value(text, "cangku_http_request_body_bytes_total", route="v2.blob") == 30
     assert value(text, "cangku_http_response_body_bytes_total", route="v2.blob") == 65
+
+
+async def test_unknown_methods_share_one_label(client: httpx.AsyncClient) -> None:
+    for method in ("FOOBAR", "PROPFIND", "MKCOL"):
+        assert (await client.request(method, "/v2/")).status_code == 405
+    text = (await client.get("/metrics")).text
+    requests = "cangku_http_requests_total"
+    assert value(text, requests, route="v2.base", method="OTHER", status="405") == 3
+    assert "FOOBAR" not in text and "PROPFIND" not in text
