@@ -5,7 +5,12 @@ BIN := $(VENV)/bin
 LISTEN ?= 127.0.0.1:5000
 DATA ?= ./data
 
-.PHONY: run test test-postgresql check install bench clean
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# The base of `make image`: Debian's packages (no image registry needed), see the Dockerfile.
+BASE_IMAGE ?= cangku-base:bookworm
+DEBIAN_MIRROR ?= $(shell awk '/^URIs:/ {print $$2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null)
+
+.PHONY: run test test-postgresql check install bench clean image base-image
 
 $(BIN)/cangku: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +39,22 @@ check: install
 
 bench: install
 	$(BIN)/python benchmarks/registry_benchmark.py
+
+# cangku:latest and cangku:VERSION, offline: the wheels are built here (pip's index and
+# cache), the base image comes from debootstrap (once; `make base-image` to remake it).
+image: install
+	rm -rf build/wheelhouse
+	$(BIN)/pip wheel --quiet --wheel-dir build/wheelhouse '.[postgresql,otel]'
+	docker image inspect $(BASE_IMAGE) >/dev/null 2>&1 || $(MAKE) base-image
+	DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE=$(BASE_IMAGE) \
+		-t cangku:latest -t cangku:$(VERSION) .
+
+base-image:
+	rm -rf build/rootfs
+	debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+		bookworm build/rootfs $(or $(DEBIAN_MIRROR),http://deb.debian.org/debian)
+	tar -C build/rootfs -c . | docker import - $(BASE_IMAGE)
+	rm -rf build/rootfs
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -10,17 +10,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.routing import BaseRoute, Mount
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cangku.api import api_routes
 from cangku.auth.access import AccessControl
@@ -30,22 +25,33 @@ from cangku.auth.tokens import TokenService, load_or_create_signing_key
 from cangku.config import Settings
 from cangku.distribution.routes import DistributionApp
 from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.observability import (
+    MeteredCollector,
+    Metrics,
+    MetricsListener,
+    ObservedApp,
+    health_routes,
+    metrics_route,
+)
 from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
 from cangku.registry.tags import TagPolicy
-from cangku.server import ZERO_COPY_SEND
+from cangku.storage.base import BlobStorage
 from cangku.storage.filesystem import FilesystemStorage
+from cangku.tracing import TracedStorage, Tracing
 from cangku.web import web_app
 from cangku.web.sessions import load_or_create_session_key
 
 log = logging.getLogger("cangku")
-access_log = logging.getLogger("cangku.access")
 
 
-def build_registry(settings: Settings) -> Registry:
+def build_registry(settings: Settings, tracing: Tracing | None = None) -> Registry:
     settings.data.mkdir(parents=True, exist_ok=True)
-    storage = FilesystemStorage(settings.data, fsync=settings.storage.fsync)
+    storage: BlobStorage = FilesystemStorage(settings.data, fsync=settings.storage.fsync)
     metadata = MetadataStore.open(settings.database_url or sqlite_url(settings.data))
+    if tracing is not None:
+        storage = TracedStorage(storage, tracing)
+        metadata.span = tracing.span
     tag_defaults = TagPolicy(
         floating=settings.tags.floating, immutable_versions=settings.tags.immutable_versions
     )
@@ -89,37 +95,56 @@ def build_collector(settings: Settings, registry: Registry) -> GarbageCollector:
     return GarbageCollector(registry.storage, registry.metadata, policy)
 
 
-def create_app(settings: Settings, registry: Registry | None = None) -> ASGIApp:
-    registry = registry or build_registry(settings)
+def create_app(
+    settings: Settings, registry: Registry | None = None, tracing: Tracing | None = None
+) -> ASGIApp:
+    """The whole application. `registry` (tests) is used as given: wrapping its storage and
+    metadata for tracing is then the caller's part (build_registry does it)."""
+    registry = registry or build_registry(settings, tracing)
     access = build_access_control(settings, registry)
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    metrics = Metrics() if settings.metrics.enabled else None
+    if metrics is not None:
+        metrics.watch_registry(registry)
+    listener = None
+    if metrics is not None and settings.metrics.listen is not None:
+        listener = MetricsListener(metrics, settings.metrics.listen)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         collecting = None
         if settings.gc.interval > 0:
+            collector = build_collector(settings, registry)
             collecting = asyncio.create_task(
-                collect_periodically(build_collector(settings, registry), settings.gc.interval)
+                collect_periodically(
+                    MeteredCollector(collector, metrics) if metrics is not None else collector,
+                    settings.gc.interval,
+                )
             )
         if access is not None:
             await create_initial_admin(settings, access)
+        if listener is not None:
+            listener.start()
         yield
+        if listener is not None:
+            listener.stop()
         if collecting is not None:
             collecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await collecting
         await registry.metadata.close()
+        if tracing is not None:
+            tracing.shutdown()
 
-    routes: list[BaseRoute] = [Route("/healthz", health)]
+    routes: list[BaseRoute] = list(health_routes(registry))
+    if metrics is not None and listener is None:
+        routes.append(metrics_route(metrics))
     if access is not None:
         routes += token_routes(access)
     routes.append(Mount("/api/v1", routes=api_routes(registry, access)))
     session_key = load_or_create_session_key(settings.data / "web-session-key")
     routes.append(Mount("/", app=web_app(registry, access, session_key)))
     site = Starlette(routes=routes, lifespan=lifespan)
-    return AccessLog(RegistryApp(DistributionApp(registry, access), site))
+    return ObservedApp(RegistryApp(DistributionApp(registry, access), site), metrics, tracing)
 
 
 class RegistryApp:
@@ -134,48 +159,3 @@ class RegistryApp:
             await self.distribution(scope, receive, send)
         else:
             await self.site(scope, receive, send)
-
-
-class AccessLog:
-    """One line per request: method, path, status, bytes, duration, request id, user.
-
-    The query string is left out: it may carry tokens once accounts exist.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        request_id = uuid.uuid4().hex[:16]
-        state: dict[str, Any] = {"status": 0, "bytes": 0}
-
-        async def send_logged(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state["status"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            elif message["type"] == "http.response.body":
-                state["bytes"] += len(message.get("body", b""))
-            elif message["type"] == ZERO_COPY_SEND:
-                # Handed to the server, as for bodies; blobs.py always gives the count.
-                state["bytes"] += message["count"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_logged)
-        finally:
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "%s %s %d %d %.1fms id=%s user=%s",
-                    scope["method"],
-                    scope["path"],
-                    state["status"],
-                    state["bytes"],
-                    (time.perf_counter() - started) * 1000,
-                    request_id,
-                    scope.get("user_name", "-"),
-                )

@@ -521,23 +521,28 @@ def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
 
 
 def serve_forever(settings: Settings) -> int:
+    import os
+
     import uvicorn
 
     from cangku.app import create_app
+    from cangku.observability import configure_logging
     from cangku.server import server_config
+    from cangku.tracing import configure_tracing
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings)
     if settings.auth.open and not settings.listens_on_loopback():
         log.warning(
             "!!! cangku listens on %s WITHOUT AUTHENTICATION (--open): anyone who can reach it "
             "may push, pull and delete. Use it only on a trusted network. !!!",
             settings.listen,
         )
-    app = create_app(settings)
+    try:
+        tracing = configure_tracing(os.environ)
+    except ValueError as error:
+        print(f"cangku: invalid configuration: {error}", file=sys.stderr)
+        return 2
+    app = create_app(settings, tracing=tracing)
     scheme = "https" if settings.tls_cert else "http"
     log.info(
         "cangku %s serving on %s://%s with data in %s%s",

@@ -109,6 +109,22 @@ class AuthSettings(BaseModel):
         return value
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics at `/metrics` (docs/operations.md)."""
+
+    enabled: bool = True
+    # HOST:PORT of a listener of its own for /metrics (then not on the main one); None: the
+    # main listener serves it.
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CANGKU_", env_nested_delimiter="__", extra="forbid"
@@ -119,6 +135,10 @@ class Settings(BaseSettings):
     # Defaults to the SQLite file in the data directory.
     database_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "text": one line per record; "json": one JSON object per line with the same fields.
+    log_format: Literal["text", "json"] = "text"
+    # On SIGTERM: stop accepting, let running requests finish for this long, then exit.
+    shutdown_timeout: Duration = Field(default=30.0, ge=0)
     # HTTPS: both or neither.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -127,6 +147,7 @@ class Settings(BaseSettings):
     tags: TagSettings = Field(default_factory=TagSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
     uploads: UploadSettings = Field(default_factory=UploadSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("listen")
     @classmethod

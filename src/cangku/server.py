@@ -50,7 +50,13 @@ def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn
         # handling would trust any loopback peer's headers and rewrite the client address.
         "proxy_headers": False,
         "log_level": settings.log_level,
+        # uvicorn's records go through cangku's handler (observability.configure_logging), so
+        # that log_format: json covers them too.
+        "log_config": None,
         "lifespan": "on",
+        # SIGTERM: uvicorn stops accepting at once, waits this long for running requests,
+        # then cancels them (a client that stopped reading cannot hold the exit back).
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
         "ssl_certfile": str(settings.tls_cert) if settings.tls_cert else None,
         "ssl_keyfile": str(settings.tls_key) if settings.tls_key else None,
     }

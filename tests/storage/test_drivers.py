@@ -704,3 +704,23 @@ async def test_sessions_from_before_their_repository_key_are_listed_for_expiry(
     assert await upload_ids(filesystem_storage) == {legacy}
     await filesystem_storage.delete_upload(legacy)
     assert await upload_ids(filesystem_storage) == set()
+
+
+async def test_check_writable_passes_and_leaves_nothing_behind(storage: BlobStorage) -> None:
+    await storage.check_writable()
+    await storage.check_writable()
+    assert await stored_digests(storage) == []
+    assert [upload async for upload in storage.iterate_uploads()] == []
+
+
+async def test_filesystem_check_writable_fails_where_blobs_cannot_be_written(
+    data_root: Path,
+) -> None:
+    storage = FilesystemStorage(data_root)
+    assert list(storage.tmp_dir.iterdir()) == []
+    await storage.check_writable()
+    assert list(storage.tmp_dir.iterdir()) == []
+    storage.tmp_dir.rmdir()
+    storage.tmp_dir.write_bytes(b"")  # even root cannot create a file under a file
+    with pytest.raises(OSError):
+        await storage.check_writable()

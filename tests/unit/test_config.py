@@ -93,6 +93,8 @@ def record_server_runs(monkeypatch: pytest.MonkeyPatch) -> list[uvicorn.Config]:
     monkeypatch.setattr(uvicorn.Server, "serve", serve)
     # uvicorn.Config applies uvicorn's logging config to the whole process; not from here.
     monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda config: None)
+    # Nor cangku's: its root handler would outlive the test (tests/unit/test_logging.py).
+    monkeypatch.setattr("cangku.observability.configure_logging", lambda settings: None)
     return configs
 
 
@@ -165,3 +167,43 @@ def test_durations_are_read_from_the_file_and_the_environment(
 def test_invalid_garbage_collection_settings_are_refused(gc: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         load_settings(gc=gc)
+
+
+def test_operations_settings_from_file_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defaults = load_settings()
+    assert (defaults.log_format, defaults.shutdown_timeout) == ("text", 30.0)
+    assert (defaults.metrics.enabled, defaults.metrics.listen) == (True, None)
+    config = tmp_path / "cangku.yaml"
+    config.write_text(
+        "log_format: json\nshutdown_timeout: 2m\nmetrics: {listen: '127.0.0.1:9102'}\n"
+    )
+    loaded = load_settings(config)
+    assert (loaded.log_format, loaded.shutdown_timeout) == ("json", 120.0)
+    assert loaded.metrics.listen == "127.0.0.1:9102"
+    monkeypatch.setenv("CANGKU_METRICS__ENABLED", "false")
+    monkeypatch.setenv("CANGKU_SHUTDOWN_TIMEOUT", "5")
+    from_env = load_settings(config)
+    assert from_env.metrics.enabled is False
+    assert from_env.shutdown_timeout == 5.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["log_format: xml\n", "shutdown_timeout: -1\n", "metrics: {listen: nonsense}\n"],
+)
+def test_invalid_operations_settings_are_refused(tmp_path: Path, text: str) -> None:
+    config = tmp_path / "cangku.yaml"
+    config.write_text(text)
+    with pytest.raises(ValueError):
+        load_settings(config)
+
+
+def test_serve_passes_the_shutdown_timeout_to_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = record_server_runs(monkeypatch)
+    monkeypatch.setenv("CANGKU_SHUTDOWN_TIMEOUT", "7s")
+    assert cli.main(["serve", "--data", str(tmp_path)]) == 0
+    assert started[0].timeout_graceful_shutdown == 7.0

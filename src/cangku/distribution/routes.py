@@ -26,12 +26,14 @@ from cangku.registry import Registry
 Handler = Callable[..., Awaitable[Response]]
 Methods = dict[str, tuple[Handler, str | None]]
 
-ROUTES: list[tuple[re.Pattern[str], Methods]] = [
-    (re.compile(r"/v2/?"), {"GET": (base.api_version, None)}),
-    (re.compile(r"/v2/_catalog"), {"GET": (catalog.list_repositories, CATALOG)}),
-    (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": (tags.list_tags, PULL)}),
+# (pattern, route name, methods). The name labels metrics and spans: never the repository.
+ROUTES: list[tuple[re.Pattern[str], str, Methods]] = [
+    (re.compile(r"/v2/?"), "v2.base", {"GET": (base.api_version, None)}),
+    (re.compile(r"/v2/_catalog"), "v2.catalog", {"GET": (catalog.list_repositories, CATALOG)}),
+    (re.compile(r"/v2/(?P<name>.+)/tags/list"), "v2.tags", {"GET": (tags.list_tags, PULL)}),
     (
         re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)"),
+        "v2.manifest",
         {
             "GET": (manifests.get_manifest, PULL),
             "HEAD": (manifests.get_manifest, PULL),
@@ -39,9 +41,14 @@ ROUTES: list[tuple[re.Pattern[str], Methods]] = [
             "DELETE": (manifests.delete_manifest, DELETE),
         },
     ),
-    (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": (uploads.start_upload, PUSH)}),
+    (
+        re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"),
+        "v2.upload_start",
+        {"POST": (uploads.start_upload, PUSH)},
+    ),
     (
         re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)"),
+        "v2.upload",
         {
             "GET": (uploads.upload_status, PUSH),
             "PATCH": (uploads.append_chunk, PUSH),
@@ -51,6 +58,7 @@ ROUTES: list[tuple[re.Pattern[str], Methods]] = [
     ),
     (
         re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)"),
+        "v2.blob",
         {
             "GET": (blobs.get_blob, PULL),
             "HEAD": (blobs.head_blob, PULL),
@@ -59,6 +67,7 @@ ROUTES: list[tuple[re.Pattern[str], Methods]] = [
     ),
     (
         re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)"),
+        "v2.referrers",
         {"GET": (referrers.list_referrers, PULL)},
     ),
 ]
@@ -90,10 +99,11 @@ class DistributionApp:
     async def handle(self, request: Request) -> Response:
         path = request.scope["path"]
         head = request.method == "HEAD"
-        for pattern, methods in ROUTES:
+        for pattern, route_name, methods in ROUTES:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
+            request.scope["cangku.route"] = route_name
             route = methods.get(request.method)
             if route is None and head:
                 route = methods.get("GET")  # Every GET resource answers HEAD too.
@@ -128,4 +138,5 @@ class DistributionApp:
                 if "upload_id" in params:
                     location = upload_location(params["name"], params["upload_id"])
                 return registry_error_response(error, location=location, head=head)
+        request.scope["cangku.route"] = "v2.unmatched"
         return error_response("NAME_UNKNOWN", "no such endpoint", status=404, head=head)

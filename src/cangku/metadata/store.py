@@ -22,10 +22,13 @@ connection has committed. So a cached answer is never older than the last commit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,6 +69,13 @@ class MetadataStore:
         if self.is_sqlite and engine.url.database not in (None, "", ":memory:"):
             # Used only on the event loop thread, only for PRAGMA data_version.
             self._watch = sqlite3.connect(engine.url.database, check_same_thread=False)
+        # Observers (observability.py, tracing.py), None when off. The first two are called
+        # from the thread that ran the transaction: (kind "read"/"write", seconds) and the
+        # number of writes in one group commit. `span` makes a tracing span named "db.read"
+        # or "db.write" around a transaction, on the event loop.
+        self.on_transaction: Callable[[str, float], None] | None = None
+        self.on_group_commit: Callable[[int], None] | None = None
+        self.span: Callable[[str], AbstractContextManager[None]] | None = None
 
     @classmethod
     def open(cls, url: str) -> MetadataStore:
@@ -89,11 +99,16 @@ class MetadataStore:
             self._writer_thread = None
         self.engine.dispose()
 
+    async def ping(self) -> None:
+        """Raise unless the database answers a query (the readiness check)."""
+        await self.read(lambda connection: connection.execute(text("SELECT 1")).scalar())
+
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run `work` on a connection without a write transaction."""
-        if self.is_sqlite:
-            return self.read_now(work)
-        return await self._in_a_thread(self.read_now, work)
+        with self.span("db.read") if self.span is not None else contextlib.nullcontext():
+            if self.is_sqlite:
+                return self.read_now(work)
+            return await self._in_a_thread(self.read_now, work)
 
     async def read_cached(self, key: Hashable, work: Callable[[Connection], T]) -> T:
         """`read`, remembered under `key` until anything commits to the database.
@@ -109,15 +124,26 @@ class MetadataStore:
         if cached is not _MISSING:
             self._cache.move_to_end(key)
             return cached  # type: ignore[return-value]
-        value = self.read_now(work)
+        if self.span is not None:
+            with self.span("db.read"):
+                value = self.read_now(work)
+        else:
+            value = self.read_now(work)
         self._cache[key] = value
         if len(self._cache) > READ_CACHE_ENTRIES:
             self._cache.popitem(last=False)
         return value
 
     def read_now(self, work: Callable[[Connection], T]) -> T:
-        with self.engine.connect() as connection:
-            return work(connection.execution_options(sqlite_autocommit=True))
+        if self.on_transaction is None:
+            with self.engine.connect() as connection:
+                return work(connection.execution_options(sqlite_autocommit=True))
+        started = time.perf_counter()
+        try:
+            with self.engine.connect() as connection:
+                return work(connection.execution_options(sqlite_autocommit=True))
+        finally:
+            self.on_transaction("read", time.perf_counter() - started)
 
     async def write(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in one transaction: committed when it returns, rolled back if it raises.
@@ -126,13 +152,14 @@ class MetadataStore:
         in its own SAVEPOINT, so one refused write rolls back alone. Under concurrent pushes
         that saves a thread hop, a BEGIN and a COMMIT per write.
         """
-        if not self.is_sqlite:
-            return await self._in_a_thread(self.write_now, work)
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queued_writes.append((work, done))
-        if self._write_task is None or self._write_task.done():
-            self._write_task = asyncio.ensure_future(self._write_queued())
-        return await done
+        with self.span("db.write") if self.span is not None else contextlib.nullcontext():
+            if not self.is_sqlite:
+                return await self._in_a_thread(self.write_now, work)
+            done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            self._queued_writes.append((work, done))
+            if self._write_task is None or self._write_task.done():
+                self._write_task = asyncio.ensure_future(self._write_queued())
+            return await done
 
     async def _write_queued(self) -> None:
         try:
@@ -200,6 +227,19 @@ class MetadataStore:
     def _write_batch(
         self, batch: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]]
     ) -> list[tuple[Any, Exception | None]]:
+        if self.on_transaction is None:
+            return self._write_batch_now(batch)
+        started = time.perf_counter()
+        try:
+            return self._write_batch_now(batch)
+        finally:
+            self.on_transaction("write", time.perf_counter() - started)
+            if self.on_group_commit is not None:
+                self.on_group_commit(len(batch))
+
+    def _write_batch_now(
+        self, batch: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]]
+    ) -> list[tuple[Any, Exception | None]]:
         if len(batch) == 1:
             work = batch[0][0]
             return [self._on_writer_connection(lambda c: self._write_alone(c, work))]
@@ -243,6 +283,15 @@ class MetadataStore:
         return outcomes
 
     def write_now(self, work: Callable[[Connection], T]) -> T:
+        if self.on_transaction is None:
+            return self._write_now(work)
+        started = time.perf_counter()
+        try:
+            return self._write_now(work)
+        finally:
+            self.on_transaction("write", time.perf_counter() - started)
+
+    def _write_now(self, work: Callable[[Connection], T]) -> T:
         with self.engine.connect() as connection:
             connection = connection.execution_options(sqlite_immediate=True)
             with connection.begin():

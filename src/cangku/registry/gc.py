@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import bindparam, delete, literal, select, update
 from sqlalchemy.engine import Connection
@@ -366,7 +366,13 @@ def mark_manifests(connection: Connection) -> set[tuple[int, str]]:
     return kept
 
 
-async def collect_periodically(collector: GarbageCollector, interval: float) -> None:
+class Collector(Protocol):
+    """A GarbageCollector, or a wrapper around one (observability.MeteredCollector)."""
+
+    async def collect(self) -> CollectionReport: ...
+
+
+async def collect_periodically(collector: Collector, interval: float) -> None:
     """The server's schedule: a collection every `interval` seconds, the first after one."""
     while True:
         await asyncio.sleep(interval)

@@ -378,3 +378,29 @@ def _only(query: Select[Any], column: Any, repository_ids: list[int] | None) -> 
 def _total(sizes: ColumnElement[int]) -> ColumnElement[int]:
     """SUM of sizes, 0 for none, as an integer (PostgreSQL sums BIGINTs into NUMERIC)."""
     return cast(func.coalesce(func.sum(sizes), 0), BigInteger)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredContent:
+    """What the whole registry holds: for the `/metrics` gauges."""
+
+    blobs: int
+    blob_bytes: int
+    manifests: int  # manifest records: one per repository that holds the manifest
+    repositories: int
+
+
+_STORED_BLOBS = select(func.count(), func.coalesce(func.sum(blobs.c.size), 0)).select_from(blobs)
+_STORED_MANIFESTS = select(func.count()).select_from(manifests)
+_REPOSITORIES = select(func.count()).select_from(repositories)
+
+
+def stored_content(connection: Connection) -> StoredContent:
+    """Counts over the metadata database (each a single aggregate query)."""
+    blob_count, blob_bytes = connection.execute(_STORED_BLOBS).one()
+    return StoredContent(
+        blobs=int(blob_count),
+        blob_bytes=int(blob_bytes),
+        manifests=int(connection.scalar(_STORED_MANIFESTS) or 0),
+        repositories=int(connection.scalar(_REPOSITORIES) or 0),
+    )

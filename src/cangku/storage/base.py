@@ -75,3 +75,7 @@ class BlobStorage(Protocol):
 
     def iterate_uploads(self) -> AsyncIterator[tuple[str, float]]:
         """Every upload session as (upload id, modification time)."""
+
+    async def check_writable(self) -> None:
+        """Raise (OSError, or the driver's error) unless a blob could be written now: the
+        readiness check (`/readyz`). Leaves nothing behind."""

@@ -65,6 +65,18 @@ class FilesystemStorage:
         # One request at a time per upload: two overlapping PATCHes must not interleave bytes.
         self._upload_locks: dict[str, asyncio.Lock] = {}
 
+    async def check_writable(self) -> None:
+        await anyio.to_thread.run_sync(self._check_writable)
+
+    def _check_writable(self) -> None:
+        # Where blobs are first written: a full or read-only disk fails here.
+        probe = self.tmp_dir / f"ready-{uuid.uuid4().hex}"
+        try:
+            with probe.open("xb") as file:
+                file.write(b"ready")
+        finally:
+            probe.unlink(missing_ok=True)
+
     # -- paths -----------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
         return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex

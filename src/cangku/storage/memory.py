@@ -91,6 +91,9 @@ class MemoryStorage:
     async def delete_upload(self, upload_id: str) -> None:
         self.uploads.pop(upload_id, None)
 
+    async def check_writable(self) -> None:
+        return None  # Memory is always writable.
+
     async def iterate_uploads(self) -> AsyncIterator[tuple[str, float]]:
         for upload_id, (_, mtime) in list(self.uploads.items()):
             yield upload_id, mtime
