@@ -304,3 +304,81 @@ async def test_a_repository_named_like_its_namespace_is_listed_for_its_owner(
     listed = (await client.get("/v2/_catalog", headers=basic("jimo"))).json()["repositories"]
     assert listed == ["jimo", "jimo/app"]
     assert (await client.get("/v2/_catalog", headers=basic("lee"))).json()["repositories"] == []
+
+
+async def test_a_removed_member_s_token_stops_working_at_once(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    await accounts.add_organization("acme")
+    await accounts.set_member("acme", "lee", "writer")
+    token = await token_for(client, "lee", "repository:acme/app:pull,push")
+    with As(client, bearer(token)):
+        await push_image(client, "acme/app", "v1")
+    await accounts.set_member("acme", "lee", None)
+    with As(client, bearer(token)):
+        assert (await client.get("/v2/acme/app/manifests/v1")).status_code == 403
+        refused = await client.post("/v2/acme/app/blobs/uploads/")
+        assert refused.status_code == 403
+        assert error_code(refused) == "DENIED"
+
+
+async def test_a_demoted_member_s_token_keeps_only_the_new_role(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    await accounts.add_organization("acme")
+    await accounts.set_member("acme", "lee", "writer")
+    token = await token_for(client, "lee", "repository:acme/app:pull,push")
+    with As(client, bearer(token)):
+        await push_image(client, "acme/app", "v1")
+    await accounts.set_member("acme", "lee", "reader")
+    with As(client, bearer(token)):
+        assert (await client.get("/v2/acme/app/manifests/v1")).status_code == 200
+        assert (await client.post("/v2/acme/app/blobs/uploads/")).status_code == 403
+
+
+async def test_an_anonymous_token_stops_pulling_a_repository_made_private(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo/app", "v1")
+    await accounts.set_public("jimo/app", True)
+    token = await token_for(client, None, "repository:jimo/app:pull")
+    assert (await client.get("/v2/jimo/app/manifests/v1", headers=bearer(token))).status_code == 200
+    await accounts.set_public("jimo/app", False)
+    refused = await client.get("/v2/jimo/app/manifests/v1", headers=bearer(token))
+    assert refused.status_code in (401, 403)
+    assert error_code(refused) in ("UNAUTHORIZED", "DENIED")
+
+
+async def test_a_user_s_token_stops_pulling_another_s_repository_made_private(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo/app", "v1")
+    await accounts.set_public("jimo/app", True)
+    token = await token_for(client, "lee", "repository:jimo/app:pull")
+    assert (await client.get("/v2/jimo/app/manifests/v1", headers=bearer(token))).status_code == 200
+    await accounts.set_public("jimo/app", False)
+    assert (await client.get("/v2/jimo/app/manifests/v1", headers=bearer(token))).status_code == 403
+
+
+async def test_a_disabled_user_s_token_stops_pushing_at_once(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    token = await token_for(client, "lee", "repository:lee/app:pull,push")
+    with As(client, bearer(token)):
+        await push_image(client, "lee/app", "v1")
+    await accounts.set_disabled("lee", True)
+    with As(client, bearer(token)):
+        refused = await client.post("/v2/lee/app/blobs/uploads/")
+    assert refused.status_code == 401
+
+
+async def test_an_admin_s_bearer_token_may_read_the_registry_usage(
+    client: httpx.AsyncClient,
+) -> None:
+    token = await token_for(client, "admin")
+    assert (await client.get("/api/v1/usage", headers=bearer(token))).status_code == 200
+    assert (await client.get("/api/v1/quotas", headers=bearer(token))).status_code == 200
+    token = await token_for(client, "jimo")
+    assert (await client.get("/api/v1/usage", headers=bearer(token))).status_code == 403
