@@ -10,6 +10,7 @@ import pytest
 from cangku.app import create_app
 from cangku.auth.accounts import Accounts
 from cangku.config import Settings
+from cangku.content.errors import NameUnknown
 from cangku.registry import Registry
 
 from .conftest import Browser, csrf_of, site_client, store_image
@@ -351,6 +352,21 @@ async def test_admin_creates_a_user_and_an_organization_with_a_member(
     assert (await accounts.list_organizations())["team"] == {"mei": "writer"}
     await browser.post("/admin/users/mei/disable")
     assert [user.disabled for user in await accounts.list_users() if user.name == "mei"] == [True]
+
+
+async def test_admin_deletes_a_user_with_images_only_when_asked_to(
+    browser: Browser, accounts: Accounts, registry: Registry
+) -> None:
+    await store_image(registry, "jimo/app", "v1")
+    await browser.sign_in("admin")
+    refused = await browser.post("/admin/users/jimo/delete")
+    assert refused.status_code == 400 and "still owns repositories" in refused.text
+    assert 'name="repositories"' in refused.text
+    deleted = await browser.post("/admin/users/jimo/delete", {"repositories": "on"})
+    assert "The user jimo was deleted." in deleted.text
+    assert "jimo" not in [user.name for user in await accounts.list_users()]
+    with pytest.raises(NameUnknown):  # The repository itself is gone, not only its images.
+        await registry.get_manifest("jimo/app", "v1")
 
 
 async def test_disabled_account_loses_its_session(browser: Browser, accounts: Accounts) -> None:
