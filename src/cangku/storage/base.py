@@ -73,3 +73,7 @@ class BlobStorage(Protocol):
 
     def iterate_uploads(self) -> AsyncIterator[tuple[str, float]]:
         """Every upload session as (upload id, modification time)."""
+
+    async def delete_stale_temporary(self, older_than: float) -> int:
+        """Delete the driver's temporary files (a one-shot upload a crash cut short) last
+        written before `older_than` (Unix seconds); returns how many went."""
