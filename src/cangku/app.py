@@ -42,8 +42,14 @@ log = logging.getLogger("cangku")
 access_log = logging.getLogger("cangku.access")
 
 
+# Files and directories the server creates: for its own user only (keys, the database,
+# blobs of private repositories). Set for the whole process: SQLite creates its files itself.
+DATA_UMASK = 0o077
+
+
 def build_registry(settings: Settings) -> Registry:
-    settings.data.mkdir(parents=True, exist_ok=True)
+    os.umask(DATA_UMASK)
+    settings.data.mkdir(mode=0o700, parents=True, exist_ok=True)
     storage = FilesystemStorage(settings.data, fsync=settings.storage.fsync)
     metadata = MetadataStore.open(settings.database_url or sqlite_url(settings.data))
     tag_defaults = TagPolicy(
@@ -117,7 +123,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> ASGIApp:
     session_key = load_or_create_session_key(settings.data / "web-session-key")
     routes.append(Mount("/", app=web_app(registry, access, session_key)))
     site = Starlette(routes=routes, lifespan=lifespan)
-    return AccessLog(RegistryApp(DistributionApp(registry, access), site))
+    return AccessLog(StrictTransportSecurity(RegistryApp(DistributionApp(registry, access), site)))
 
 
 class RegistryApp:
@@ -132,6 +138,30 @@ class RegistryApp:
             await self.distribution(scope, receive, send)
         else:
             await self.site(scope, receive, send)
+
+
+class StrictTransportSecurity:
+    """`Strict-Transport-Security` on every response served over TLS (RFC 6797 section 7.1:
+    never over plain HTTP, where an attacker could have added or removed it).
+
+    Behind a TLS-terminating proxy the proxy is the HTTPS server and sets it there."""
+
+    HEADER = (b"strict-transport-security", b"max-age=31536000")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("scheme") != "https":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.HEADER]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
 
 
 class AccessLog:

@@ -382,3 +382,13 @@ async def test_an_admin_s_bearer_token_may_read_the_registry_usage(
     assert (await client.get("/api/v1/quotas", headers=bearer(token))).status_code == 200
     token = await token_for(client, "jimo")
     assert (await client.get("/api/v1/usage", headers=bearer(token))).status_code == 403
+
+
+@pytest.mark.parametrize("path", ["/v2/", "/", "/auth/token", "/api/v1/usage"])
+async def test_responses_over_tls_carry_hsts_and_over_plain_http_do_not(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    secure = await client.get(f"https://registry.test{path}")
+    assert secure.headers["Strict-Transport-Security"] == "max-age=31536000"
+    plain = await client.get(f"http://registry.test{path}")
+    assert "Strict-Transport-Security" not in plain.headers
