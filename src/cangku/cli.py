@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     _command(token, "list", "list a user's tokens", run=token_list).add_argument("user")
     revoke = _command(token, "revoke", "revoke a token", run=token_revoke)
     revoke.add_argument("user")
-    revoke.add_argument("token", help="the token's name or id")
+    revoke.add_argument("token", nargs="?", help="the token's name or id")
+    revoke.add_argument("--all", action="store_true", help="every active token of the user")
 
     repo = commands.add_parser("repo", help="repositories").add_subparsers(
         dest="action", required=True
@@ -374,6 +375,13 @@ async def token_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def token_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    if args.all == (args.token is not None):
+        print("name one token, or give --all", file=sys.stderr)
+        return 2
+    if args.all:
+        count = await _with_registry(settings, lambda r, a: a.revoke_all_tokens(args.user))
+        print(f"revoked {count} tokens of {args.user}")
+        return 0
     await _with_registry(settings, lambda r, a: a.revoke_token(args.user, args.token))
     print(f"revoked token {args.token} of {args.user}")
     return 0

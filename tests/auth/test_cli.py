@@ -199,6 +199,16 @@ def test_organizations_tokens_and_visibility(
     assert run(capsys, monkeypatch, tmp_path, "token", "revoke", "jimo", "ci")[0] == 0
     assert not authenticate(tmp_path, "jimo", token)
     assert "revoked" in run(capsys, monkeypatch, tmp_path, "token", "list", "jimo")[1]
+    tokens = [
+        run(
+            capsys, monkeypatch, tmp_path, "token", "create", "jimo", "--name", n, "--scope", "read"
+        )[1].strip()
+        for n in ("ci", "laptop")
+    ]
+    assert run(capsys, monkeypatch, tmp_path, "token", "revoke", "jimo")[0] == 2
+    revoked = run(capsys, monkeypatch, tmp_path, "token", "revoke", "jimo", "--all")
+    assert revoked[:2] == (0, "revoked 2 tokens of jimo\n")
+    assert not any(authenticate(tmp_path, "jimo", secret) for secret in tokens)
 
     assert (
         run(capsys, monkeypatch, tmp_path, "repo", "set", "jimo/app", "--public")[1]

@@ -340,6 +340,22 @@ class Accounts:
         if not await self.metadata.write(revoke):
             raise AccountError(f"{user} has no active token {name_or_id!r}")
 
+    async def revoke_all_tokens(self, user: str) -> int:
+        """Revoke every active access token of `user` (a password change keeps them: they
+        are separate credentials, e.g. of CI jobs); returns how many were revoked."""
+
+        def revoke(connection: Connection) -> int:
+            user_id = connection.scalar(select(users.c.id).where(users.c.name == user))
+            if user_id is None:
+                raise AccountError(f"no user {user!r}")
+            return connection.execute(
+                update(access_tokens)
+                .where(access_tokens.c.user_id == user_id, access_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            ).rowcount
+
+        return await self.metadata.write(revoke)
+
     # -- authentication --------------------------------------------------------------------
     async def authenticate(self, name: str, secret: str) -> Principal | None:
         """A password or a personal access token of `name`; None when they do not match."""
