@@ -85,6 +85,17 @@ class UploadSettings(BaseModel):
     expire: Duration = 86400.0
 
 
+class ConnectionSettings(BaseModel):
+    """Slow or greedy clients (cangku/connections.py)."""
+
+    # The whole request header block must arrive within this long.
+    header_timeout: Duration = Field(default=30.0, gt=0)
+    # At most this long without a byte of a request body the application waits for.
+    body_idle_timeout: Duration = Field(default=60.0, gt=0)
+    # Connections one address may hold open at once (0: no cap; trusted proxies are exempt).
+    per_address: int = Field(default=128, ge=0)
+
+
 class AuthSettings(BaseModel):
     # No authentication at all: only for trusted networks.
     open: bool = False
@@ -124,6 +135,7 @@ class Settings(BaseSettings):
     tags: TagSettings = Field(default_factory=TagSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
     uploads: UploadSettings = Field(default_factory=UploadSettings)
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
 
     @field_validator("listen")
     @classmethod

@@ -18,15 +18,17 @@ pinned in pyproject.toml; tests/api/test_zero_copy_server.py is what says an upg
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn._types import ASGI3Application
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from cangku.config import Settings
+from cangku.connections import ConnectionLimits, GuardedHttpProtocol, LimitedConfig
 
 ZERO_COPY_SEND = "http.response.zerocopysend"  # the ASGI extension
 
@@ -49,11 +51,20 @@ def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn
         "ssl_certfile": str(settings.tls_cert) if settings.tls_cert else None,
         "ssl_keyfile": str(settings.tls_key) if settings.tls_key else None,
     }
-    return uvicorn.Config(app, **(options | overrides))
+    limits = ConnectionLimits(
+        header_timeout=settings.connections.header_timeout,
+        body_idle_timeout=settings.connections.body_idle_timeout,
+        per_address=settings.connections.per_address,
+        exempt=tuple(
+            ipaddress.ip_network(network, strict=False) for network in settings.auth.trusted_proxies
+        ),
+    )
+    return LimitedConfig(app, connection_limits=limits, **(options | overrides))
 
 
-class ZeroCopyHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol whose requests may answer with `http.response.zerocopysend`."""
+class ZeroCopyHttpProtocol(GuardedHttpProtocol):
+    """uvicorn's httptools protocol, with cangku/connections.py's limits, whose requests may
+    answer with `http.response.zerocopysend`."""
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         # uvicorn builds its own cycle class; becoming ours just before the application runs
