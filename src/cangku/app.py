@@ -55,7 +55,9 @@ def build_registry(settings: Settings) -> Registry:
     tag_defaults = TagPolicy(
         floating=settings.tags.floating, immutable_versions=settings.tags.immutable_versions
     )
-    return Registry(storage, metadata, tag_defaults)
+    return Registry(
+        storage, metadata, tag_defaults, max_open_uploads=settings.uploads.max_open_per_owner
+    )
 
 
 def build_access_control(settings: Settings, registry: Registry) -> AccessControl | None:

@@ -83,6 +83,8 @@ def parse_untagged_policy(value: str) -> float | None:
 class UploadSettings(BaseModel):
     # Upload sessions without activity for this long are purged by garbage collection.
     expire: Duration = 86400.0
+    # Upload sessions one user (or, without one, one address) may keep open at once.
+    max_open_per_owner: int = Field(default=64, ge=1)
 
 
 class ConnectionSettings(BaseModel):

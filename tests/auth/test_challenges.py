@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
+from cangku.app import build_collector
 from cangku.auth.accounts import Accounts
-from tests.api.helpers import error_code, push_blob, push_image
+from cangku.config import Settings
+from cangku.registry import Registry
+from tests.api.helpers import error_code, push_blob, push_image, sha256
 from tests.auth.conftest import As, basic, bearer, token_for
 
 
@@ -392,3 +397,41 @@ async def test_responses_over_tls_carry_hsts_and_over_plain_http_do_not(
     assert secure.headers["Strict-Transport-Security"] == "max-age=31536000"
     plain = await client.get(f"http://registry.test{path}")
     assert "Strict-Transport-Security" not in plain.headers
+
+
+async def test_the_upload_sessions_a_user_keeps_open_are_bounded(
+    client: httpx.AsyncClient, registry: Registry
+) -> None:
+    registry.max_open_uploads = 3
+    with As(client, basic("jimo")):
+        opened = [
+            (await client.post(f"/v2/jimo/app{n}/blobs/uploads/")).headers["Location"]
+            for n in range(3)
+        ]
+        refused = await client.post("/v2/jimo/app/blobs/uploads/")
+        assert refused.status_code == 429
+        assert error_code(refused) == "TOOMANYREQUESTS"
+        # Finishing or cancelling one frees its place.
+        assert (await client.delete(opened[0])).status_code == 204
+        data = b"a small layer"
+        assert (
+            await client.put(opened[1], params={"digest": sha256(data)}, content=data)
+        ).status_code == 201
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 202
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 202
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 429
+        # Monolithic pushes open no session.
+        await push_blob(client, "jimo/app", b"one-shot layer")
+    with As(client, basic("lee")):  # Another user has places of their own.
+        assert (await client.post("/v2/lee/app/blobs/uploads/")).status_code == 202
+
+
+async def test_expired_upload_sessions_give_their_places_back(
+    client: httpx.AsyncClient, registry: Registry, settings: Settings
+) -> None:
+    registry.max_open_uploads = 1
+    with As(client, basic("jimo")):
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 202
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 429
+        await build_collector(settings, registry).collect(now=time.time() + 2 * 86400)
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 202

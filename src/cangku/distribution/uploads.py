@@ -38,8 +38,17 @@ async def start_upload(request: Request, registry: Registry, name: str) -> Respo
             name, digest, request_body(request), content_length(request)
         )
         return _created(name, str(stored))
-    upload_id = await registry.start_upload(name)
+    upload_id = await registry.start_upload(name, _owner(request))
     return _accepted(name, upload_id, 0)
+
+
+def _owner(request: Request) -> str:
+    """Whose upload session this is, for the cap on open sessions: the user, or the address."""
+    checked = caller_of(request)
+    if checked is not None and checked[1].name is not None:
+        return checked[1].name
+    address = checked[0].client_address(request) if checked is not None else None
+    return f"address:{address or (request.client.host if request.client else '-')}"
 
 
 async def upload_status(

@@ -45,6 +45,7 @@ from cangku.metadata.schema import (
     tags,
 )
 from cangku.metadata.store import MetadataStore
+from cangku.registry import upload_limits
 from cangku.registry.files import TransactionFiles
 from cangku.registry.sessions import upload_id_of
 from cangku.storage.base import BlobStorage
@@ -318,6 +319,11 @@ class GarbageCollector:
         idle = await self._idle_sessions(now)
         for session in idle:
             await self.storage.delete_upload(session)
+        live = {session async for session, _ in self.storage.iterate_uploads()}
+        cutoff = now - self.policy.upload_expiry
+        await self.metadata.write(
+            lambda connection: upload_limits.forget_vanished(connection, live, cutoff)
+        )
         # A one-shot upload cut short by a crash leaves its temporary file; the same expiry.
         await self.storage.delete_stale_temporary(now - self.policy.upload_expiry)
         return [upload_id_of(session) for session in idle]

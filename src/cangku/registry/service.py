@@ -42,7 +42,7 @@ from cangku.metadata.schema import (
     tags,
 )
 from cangku.metadata.store import MetadataStore
-from cangku.registry import browse, usage
+from cangku.registry import browse, upload_limits, usage
 from cangku.registry.files import TransactionFiles
 from cangku.registry.records import (
     Page,
@@ -152,9 +152,12 @@ class Registry:
         storage: BlobStorage,
         metadata: MetadataStore,
         tag_defaults: TagPolicy | None = None,
+        max_open_uploads: int = upload_limits.DEFAULT_MAX_OPEN_PER_OWNER,
     ) -> None:
         self.storage = storage
         self.metadata = metadata
+        # Upload sessions one owner may keep open at once (registry/upload_limits.py).
+        self.max_open_uploads = max_open_uploads
         # The server-wide tag policy; namespaces and repositories may override it.
         self.tag_defaults = tag_defaults or TagPolicy()
         self.files = TransactionFiles(storage)
@@ -200,9 +203,24 @@ class Registry:
             raise BlobUnknown("blob unknown to registry", str(parsed))
 
     # -- uploads ---------------------------------------------------------------------------
-    async def start_upload(self, name: str) -> str:
+    async def start_upload(self, name: str, owner: str | None = None) -> str:
+        """A new upload session's id. `owner` (a user's name, or `address:<ip>`) may keep at
+        most `max_open_uploads` open (TooManyRequests); None: not counted (in-process use)."""
         upload_id = new_upload_id()
-        await self.storage.create_upload(session_name(name, upload_id))
+        session = session_name(name, upload_id)
+        refusal = await self.metadata.write(
+            lambda connection: upload_limits.open_session(
+                connection, session, name, owner, self.max_open_uploads
+            )
+        )
+        _raise_if_refused(refusal)
+        try:
+            await self.storage.create_upload(session)
+        except BaseException:
+            await self.metadata.write(
+                lambda connection: upload_limits.close_sessions(connection, [session])
+            )
+            raise
         return upload_id
 
     async def upload_blob(
@@ -218,6 +236,9 @@ class Registry:
             )
             if refusal is not None:
                 raise refusal
+        else:
+            # Of unknown length: the temporary file may grow only as far as the quota.
+            body = await self._within_quota(name, body, None)
         size = await self.storage.write_blob(body, parsed, length)
 
         def record(connection: Connection) -> RegistryError | None:
@@ -281,6 +302,7 @@ class Registry:
             if length is not None and end - start + 1 != length:
                 raise BlobUploadInvalid("Content-Range does not match Content-Length")
             length = end - start + 1
+        body = await self._within_quota(name, body, length)
         try:
             return await self.storage.append_upload(session, body, length, start)
         except BlobUploadUnknown:
@@ -306,8 +328,15 @@ class Registry:
             size = await self.storage.commit_upload(session, parsed)
         except BlobUploadUnknown:
             raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
+        except BaseException:
+            if await self.storage.upload_size(session) is None:  # Refused and ended.
+                await self.metadata.write(
+                    lambda connection: upload_limits.close_sessions(connection, [session])
+                )
+            raise
 
         def record(connection: Connection) -> RegistryError | None:
+            upload_limits.close_sessions(connection, [session])
             return _record_blob(connection, self.files, name, parsed, size)
 
         _raise_if_refused(await self.metadata.write(record))
@@ -318,6 +347,33 @@ class Registry:
         if await self.storage.upload_size(session) is None:
             raise BlobUploadUnknown("upload unknown to registry", upload_id)
         await self.storage.delete_upload(session)
+        await self.metadata.write(
+            lambda connection: upload_limits.close_sessions(connection, [session])
+        )
+
+    async def _within_quota(
+        self, name: str, body: AsyncIterable[bytes], length: int | None
+    ) -> AsyncIterable[bytes]:
+        """`body`, refused (Denied) where it would take the namespace's usage plus the bytes
+        its open upload sessions hold over its quota (registry/upload_limits.py)."""
+        state = await self.metadata.read(
+            lambda connection: upload_limits.quota_state(connection, name)
+        )
+        if state is None:
+            return body
+        namespace, limit, used, sessions = state
+        parked = 0
+        for session in sessions:
+            parked += await self.storage.upload_size(session) or 0
+        allowance = limit - used - parked
+        # Of unknown length: refused as soon as it needs one byte more than is left.
+        needed = length if length is not None else allowance + 1
+        refusal = usage.over_quota(namespace, limit, used + parked, needed)
+        if refusal is None:
+            return body  # Its whole length fits (storage holds it to that length).
+        if length is not None:
+            raise refusal
+        return upload_limits.bounded(body, allowance, refusal)
 
     # -- manifests -------------------------------------------------------------------------
     async def put_manifest(
@@ -633,6 +689,7 @@ class Registry:
             if repository_id is None:
                 raise NameUnknown("repository name not known to registry", name)
             browse.remove_repository(connection, repository_id, actor)
+            upload_limits.close_repository_sessions(connection, name)
 
         await self.metadata.write(remove)
         sessions = [session async for session, _ in self.storage.iterate_uploads()]
