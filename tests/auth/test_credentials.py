@@ -283,10 +283,19 @@ async def test_a_new_account_with_a_deleted_account_s_name_inherits_nothing(
     await accounts.set_public("jimo/parked", True)
     await registry.set_tag_policy("namespace", "jimo", floating=False)
     await registry.set_quota("jimo", 10 * 1024 * 1024)
+    with As(client, basic("jimo")):
+        session = (await client.post("/v2/jimo/app/blobs/uploads/")).headers["Location"]
+        assert (await client.patch(session, content=b"parked bytes")).status_code == 202
     await accounts.delete_user("jimo")
 
     await accounts.add_user("jimo", "another-person-password")
     with As(client, basic("jimo", "another-person-password")):
+        # The old account's open session counts for nobody: a new quota sees none of it.
+        await registry.set_quota("jimo", 20)
+        fresh = (await client.post("/v2/jimo/new/blobs/uploads/")).headers["Location"]
+        assert (await client.patch(fresh, content=b"x" * 20)).status_code == 202
+        assert (await client.delete(fresh)).status_code == 204
+        await registry.unset_quota("jimo")
         await push_image(client, "jimo/app", "1.0.0")
         # The floating-tag policy was the old account's: the server default applies again.
         assert (await client.get("/v2/jimo/app/manifests/latest")).status_code == 200

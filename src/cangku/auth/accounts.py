@@ -39,6 +39,7 @@ from cangku.metadata.schema import (
     repositories,
     tag_history,
     tag_policies,
+    upload_sessions,
     users,
     web_sessions,
 )
@@ -547,7 +548,8 @@ def _release_namespace(connection: Connection, namespace: str, delete_images: bo
     next starts with nothing (issue 12, item 10): its repositories (with `delete_images`;
     otherwise repositories with images refuse the deletion), and those without images, which
     still hold blob links (a blob readable by digest) and a visibility; the namespace's and
-    its repositories' tag policies; its quota. Garbage collection frees the bytes."""
+    its repositories' tag policies; its quota; its open upload sessions' accounting. Garbage
+    collection frees the bytes."""
     if not delete_images:
         _refuse_owned_repositories(connection, namespace)
     owned = _in_namespace(repositories.c.name, namespace)
@@ -569,6 +571,8 @@ def _release_namespace(connection: Connection, namespace: str, delete_images: bo
         )
     )
     connection.execute(delete(quotas).where(quotas.c.namespace == namespace))
+    # Its open upload sessions no longer count (their files expire; nobody else knows them).
+    connection.execute(delete(upload_sessions).where(upload_sessions.c.namespace == namespace))
 
 
 def _in_namespace(column: ColumnElement[str], namespace: str) -> ColumnElement[bool]:
