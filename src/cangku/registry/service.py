@@ -356,12 +356,16 @@ class Registry:
     ) -> AsyncIterable[bytes]:
         """`body`, refused (Denied) where it would take the namespace's usage plus the bytes
         its open upload sessions hold over its quota (registry/upload_limits.py)."""
-        state = await self.metadata.read(
-            lambda connection: upload_limits.quota_state(connection, name)
+        namespace = usage.namespace_of(name)
+        # Most namespaces have no quota: a cached read, no more, on every chunk.
+        limit = await self.metadata.read_cached(
+            ("quota", namespace), lambda connection: usage.quota_limit(connection, namespace)
         )
-        if state is None:
+        if limit is None:
             return body
-        namespace, limit, used, sessions = state
+        used, sessions = await self.metadata.read(
+            lambda connection: upload_limits.quota_state(connection, namespace)
+        )
         parked = 0
         for session in sessions:
             parked += await self.storage.upload_size(session) or 0

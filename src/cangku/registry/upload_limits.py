@@ -76,16 +76,12 @@ def forget_vanished(connection: Connection, live: set[str], older_than: float) -
     close_sessions(connection, [session for session in stale if session not in live])
 
 
-def quota_state(connection: Connection, repository: str) -> tuple[str, int, int, list[str]] | None:
-    """(namespace, quota bytes, bytes used, its open sessions), or None without a quota."""
-    namespace = usage.namespace_of(repository)
-    limit = usage.quota_limit(connection, namespace)
-    if limit is None:
-        return None
+def quota_state(connection: Connection, namespace: str) -> tuple[int, list[str]]:
+    """The namespace's usage in bytes, and its open upload sessions."""
     sessions = connection.scalars(
         select(upload_sessions.c.session).where(upload_sessions.c.namespace == namespace)
     ).all()
-    return namespace, limit, usage.namespace_usage(connection, namespace), list(sessions)
+    return usage.namespace_usage(connection, namespace), list(sessions)
 
 
 async def bounded(
