@@ -148,9 +148,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_timer = None
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
-            # Nothing of ours is being sent: the client may read why.
-            self.transport.write(REQUEST_TIMEOUT)
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request's headers while we still answer the one before (a long
+            # download): its deadline starts when we are ready for it, not before.
+            self._arm_header_timer()
+            return
+        self.transport.write(REQUEST_TIMEOUT)  # Nothing of ours is being sent: say why.
         self.transport.close()
 
     def _arm_body_timer(self) -> None:

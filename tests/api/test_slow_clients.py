@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from starlette.types import ASGIApp
 from cangku.config import Settings
 from cangku.connections import LimitedConfig
 from cangku.server import server_config
-from tests.api.helpers import sha256
+from tests.api.helpers import push_blob, sha256
 
 HEADER_TIMEOUT = 0.6
 BODY_IDLE_TIMEOUT = 0.6
@@ -103,6 +104,32 @@ async def test_a_silent_connection_is_closed_after_the_header_timeout(
         writer.close()
     assert received.startswith(b"HTTP/1.1 408 ")
     assert HEADER_TIMEOUT * 0.9 <= elapsed < BOUND
+
+
+async def test_a_pipelined_request_s_header_deadline_waits_for_a_long_response(
+    app: ASGIApp, data_dir: Path
+) -> None:
+    data = os.urandom(32 * 1024 * 1024)
+    async with serving(app, data_dir) as port:
+        async with httpx_client(port) as client:
+            digest = await push_blob(client, "jimo/app", data)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(
+            f"GET /v2/jimo/app/blobs/{digest} HTTP/1.1\r\nHost: registry.test\r\n\r\n".encode()
+            + b"GET /v2/ HTTP/1.1\r\n"  # the next request's first line, the rest never comes
+        )
+        await writer.drain()
+        await asyncio.sleep(HEADER_TIMEOUT * 2.5)  # not reading: the download is in progress
+        received, _ = await read_until_closed(reader)
+        writer.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert rest[: len(data)] == data  # the whole blob
+    # Then the next request had its own header deadline, counted from then: 408, not a bare close.
+    assert rest[len(data) :].startswith(b"HTTP/1.1 408 ")
 
 
 async def test_a_client_that_stops_sending_its_body_is_disconnected(
