@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cangku.api import api_routes
 from cangku.auth.access import AccessControl
@@ -45,8 +45,14 @@ from cangku.web.sessions import load_or_create_session_key
 log = logging.getLogger("cangku")
 
 
+# Files and directories the server creates: for its own user only (keys, the database,
+# blobs of private repositories). Set for the whole process: SQLite creates its files itself.
+DATA_UMASK = 0o077
+
+
 def build_registry(settings: Settings, tracing: Tracing | None = None) -> Registry:
-    settings.data.mkdir(parents=True, exist_ok=True)
+    os.umask(DATA_UMASK)
+    settings.data.mkdir(mode=0o700, parents=True, exist_ok=True)
     storage: BlobStorage = FilesystemStorage(settings.data, fsync=settings.storage.fsync)
     metadata = MetadataStore.open(settings.database_url or sqlite_url(settings.data))
     if tracing is not None:
@@ -56,7 +62,11 @@ def build_registry(settings: Settings, tracing: Tracing | None = None) -> Regist
         floating=settings.tags.floating, immutable_versions=settings.tags.immutable_versions
     )
     return Registry(
-        storage, metadata, tag_defaults, automatic_mount=settings.uploads.automatic_mount
+        storage,
+        metadata,
+        tag_defaults,
+        automatic_mount=settings.uploads.automatic_mount,
+        max_open_uploads=settings.uploads.max_open_per_owner,
     )
 
 
@@ -144,7 +154,11 @@ def create_app(
     session_key = load_or_create_session_key(settings.data / "web-session-key")
     routes.append(Mount("/", app=web_app(registry, access, session_key)))
     site = Starlette(routes=routes, lifespan=lifespan)
-    return ObservedApp(RegistryApp(DistributionApp(registry, access), site), metrics, tracing)
+    return ObservedApp(
+        StrictTransportSecurity(RegistryApp(DistributionApp(registry, access), site)),
+        metrics,
+        tracing,
+    )
 
 
 class RegistryApp:
@@ -159,3 +173,27 @@ class RegistryApp:
             await self.distribution(scope, receive, send)
         else:
             await self.site(scope, receive, send)
+
+
+class StrictTransportSecurity:
+    """`Strict-Transport-Security` on every response served over TLS (RFC 6797 section 7.1:
+    never over plain HTTP, where an attacker could have added or removed it).
+
+    Behind a TLS-terminating proxy the proxy is the HTTPS server and sets it there."""
+
+    HEADER = (b"strict-transport-security", b"max-age=31536000")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("scheme") != "https":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.HEADER]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     passwd = _command(user, "passwd", "change a user's password", run=user_passwd)
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true", required=True)
-    _command(user, "del", "delete a user", run=user_del).add_argument("name")
+    user_delete = _command(user, "del", "delete a user and its namespace's settings", run=user_del)
+    user_delete.add_argument("name")
+    _add_delete_repositories(user_delete)
     _command(user, "disable", "stop a user from logging in", run=user_disable).add_argument("name")
     _command(user, "enable", "let a disabled user log in again", run=user_enable).add_argument(
         "name"
@@ -96,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     _command(org, "add", "add an organization", run=org_add).add_argument("name")
-    _command(org, "del", "delete an organization", run=org_del).add_argument("name")
+    org_delete = _command(
+        org, "del", "delete an organization and its namespace's settings", run=org_del
+    )
+    org_delete.add_argument("name")
+    _add_delete_repositories(org_delete)
     _command(org, "list", "list organizations and members", run=org_list)
     member = org.add_parser("member", help="members").add_subparsers(dest="member", required=True)
     member_add = _command(member, "add", "add a member or change their role", run=member_set)
@@ -117,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     _command(token, "list", "list a user's tokens", run=token_list).add_argument("user")
     revoke = _command(token, "revoke", "revoke a token", run=token_revoke)
     revoke.add_argument("user")
-    revoke.add_argument("token", help="the token's name or id")
+    revoke.add_argument("token", nargs="?", help="the token's name or id")
+    revoke.add_argument("--all", action="store_true", help="every active token of the user")
 
     repo = commands.add_parser("repo", help="repositories").add_subparsers(
         dest="action", required=True
@@ -211,6 +218,15 @@ def _command(
     return command
 
 
+def _add_delete_repositories(command: argparse.ArgumentParser) -> None:
+    # The next account given the name must inherit nothing; images go only when asked.
+    command.add_argument(
+        "--delete-repositories",
+        action="store_true",
+        help="also delete the namespace's repositories with images (without it, they refuse)",
+    )
+
+
 def _add_policy_switches(command: argparse.ArgumentParser) -> None:
     command.add_argument("--floating", choices=["on", "off"], help="move 1.9, 1, latest on pushes")
     command.add_argument(
@@ -255,7 +271,10 @@ async def user_passwd(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def user_del(settings: Settings, args: argparse.Namespace) -> int:
-    await _with_registry(settings, lambda r, a: a.delete_user(args.name))
+    await _with_registry(
+        settings,
+        lambda r, a: a.delete_user(args.name, delete_repositories=args.delete_repositories),
+    )
     print(f"deleted user {args.name}")
     return 0
 
@@ -297,7 +316,10 @@ async def org_add(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def org_del(settings: Settings, args: argparse.Namespace) -> int:
-    await _with_registry(settings, lambda r, a: a.delete_organization(args.name))
+    await _with_registry(
+        settings,
+        lambda r, a: a.delete_organization(args.name, delete_repositories=args.delete_repositories),
+    )
     print(f"deleted organization {args.name}")
     return 0
 
@@ -353,6 +375,13 @@ async def token_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def token_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    if args.all == (args.token is not None):
+        print("name one token, or give --all", file=sys.stderr)
+        return 2
+    if args.all:
+        count = await _with_registry(settings, lambda r, a: a.revoke_all_tokens(args.user))
+        print(f"revoked {count} tokens of {args.user}")
+        return 0
     await _with_registry(settings, lambda r, a: a.revoke_token(args.user, args.token))
     print(f"revoked token {args.token} of {args.user}")
     return 0

@@ -86,6 +86,19 @@ class UploadSettings(BaseModel):
     # A mount without `from` links the blob from a repository the caller may pull, if any
     # (OCI dist-spec "Mounting a blob from another repository", automatic content discovery).
     automatic_mount: bool = False
+    # Upload sessions one user (or, without one, one address) may keep open at once.
+    max_open_per_owner: int = Field(default=64, ge=1)
+
+
+class ConnectionSettings(BaseModel):
+    """Slow or greedy clients (cangku/connections.py)."""
+
+    # The whole request header block must arrive within this long.
+    header_timeout: Duration = Field(default=30.0, gt=0)
+    # At most this long without a byte of a request body the application waits for.
+    body_idle_timeout: Duration = Field(default=60.0, gt=0)
+    # Connections one address may hold open at once (0: no cap; trusted proxies are exempt).
+    per_address: int = Field(default=128, ge=0)
 
 
 class AuthSettings(BaseModel):
@@ -148,6 +161,7 @@ class Settings(BaseSettings):
     gc: GcSettings = Field(default_factory=GcSettings)
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
 
     @field_validator("listen")
     @classmethod

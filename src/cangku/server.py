@@ -18,6 +18,7 @@ pinned in pyproject.toml; tests/api/test_zero_copy_server.py is what says an upg
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from collections import OrderedDict
 from typing import Any, ClassVar
@@ -25,9 +26,10 @@ from typing import Any, ClassVar
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn._types import ASGI3Application
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from cangku.config import Settings
+from cangku.connections import ConnectionLimits, GuardedHttpProtocol, LimitedConfig
 
 ZERO_COPY_SEND = "http.response.zerocopysend"  # the ASGI extension
 # The first byte of a TLS record carrying a handshake, as a ClientHello starts (RFC 8446 5.1).
@@ -60,12 +62,21 @@ def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn
         "ssl_certfile": str(settings.tls_cert) if settings.tls_cert else None,
         "ssl_keyfile": str(settings.tls_key) if settings.tls_key else None,
     }
-    return uvicorn.Config(app, **(options | overrides))
+    limits = ConnectionLimits(
+        header_timeout=settings.connections.header_timeout,
+        body_idle_timeout=settings.connections.body_idle_timeout,
+        per_address=settings.connections.per_address,
+        exempt=tuple(
+            ipaddress.ip_network(network, strict=False) for network in settings.auth.trusted_proxies
+        ),
+    )
+    return LimitedConfig(app, connection_limits=limits, **(options | overrides))
 
 
-class ZeroCopyHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol whose requests may answer with `http.response.zerocopysend`,
-    and which knows a TLS handshake sent to a plain-HTTP port for what it is."""
+class ZeroCopyHttpProtocol(GuardedHttpProtocol):
+    """uvicorn's httptools protocol, with cangku/connections.py's limits, whose requests may
+    answer with `http.response.zerocopysend`, and which knows a TLS handshake sent to a
+    plain-HTTP port for what it is."""
 
     # Shared by every connection of the process: one debug line per client address.
     tls_probers: ClassVar[OrderedDict[str, None]] = OrderedDict()

@@ -189,9 +189,9 @@ class TracedStorage:
         with self.tracing.span("storage.write_blob"):
             return await self.storage.write_blob(chunks, digest, expected_length)
 
-    async def create_upload(self, upload_id: str) -> None:
+    async def create_upload(self, upload_id: str, algorithm: str = "sha256") -> None:
         with self.tracing.span("storage.create_upload"):
-            await self.storage.create_upload(upload_id)
+            await self.storage.create_upload(upload_id, algorithm)
 
     async def upload_size(self, upload_id: str) -> int | None:
         with self.tracing.span("storage.upload_size"):
@@ -219,6 +219,10 @@ class TracedStorage:
 
     def iterate_uploads(self) -> AsyncIterator[tuple[str, float]]:
         return self.storage.iterate_uploads()
+
+    async def delete_stale_temporary(self, older_than: float) -> int:
+        with self.tracing.span("storage.delete_stale_temporary"):
+            return await self.storage.delete_stale_temporary(older_than)
 
     async def check_writable(self) -> None:
         with self.tracing.span("storage.check_writable"):

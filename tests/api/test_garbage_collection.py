@@ -364,6 +364,24 @@ async def test_idle_upload_sessions_are_purged_after_the_expiry(
     assert (await client.get(location)).status_code == 404
 
 
+async def test_a_partial_one_shot_upload_left_in_tmp_by_a_crash_is_purged(
+    collector: GarbageCollector, data_dir: Path
+) -> None:
+    crashed = data_dir / "tmp" / ("a" * 32)  # a monolithic upload's file when the process died
+    crashed.write_bytes(b"half of a blob")
+    long_ago = time.time() - 2 * 86400
+    os.utime(crashed, (long_ago, long_ago))
+    receiving = data_dir / "tmp" / ("b" * 32)  # an upload still arriving now
+    receiving.write_bytes(b"the first bytes")
+
+    await collector.collect(dry_run=True)
+    assert crashed.exists()
+    await collector.collect()
+
+    assert not crashed.exists()
+    assert receiving.exists()
+
+
 async def test_an_upload_session_still_receiving_chunks_is_not_purged(
     client: httpx.AsyncClient, collector: GarbageCollector, data_dir: Path
 ) -> None:

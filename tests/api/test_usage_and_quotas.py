@@ -135,22 +135,70 @@ async def test_a_blob_over_quota_is_denied_with_the_quota_and_usage_and_nothing_
     assert await recorded_blobs(registry) == recorded_before
 
 
-async def test_a_chunked_upload_over_quota_is_denied_at_completion_and_leaves_nothing(
+async def test_a_chunked_upload_over_quota_is_denied_at_its_chunk_and_parks_nothing(
     client: httpx.AsyncClient, registry: Registry, data_dir: Path
 ) -> None:
     await registry.set_quota("jimo", 4000)
     data = os.urandom(5000)
     started = await client.post("/v2/jimo/app/blobs/uploads/")
     location = started.headers["Location"]
-    assert (await client.patch(location, content=data)).status_code == 202
 
+    refused = await client.patch(location, content=data)
+
+    assert refused.status_code == 403 and error_code(refused) == "DENIED"
+    assert [path.stat().st_size for path in (data_dir / "uploads").iterdir()] == [0]
     response = await client.put(location, params={"digest": sha256(data)})
-
-    assert response.status_code == 403 and error_code(response) == "DENIED"
+    assert response.status_code == 400  # the digest of nothing
     assert blob_files(data_dir) == set()
     assert await recorded_blobs(registry) == set()
-    assert list((data_dir / "uploads").iterdir()) == []
-    assert (await client.get(location)).status_code == 404
+
+
+async def test_bytes_parked_in_open_upload_sessions_count_against_the_quota(
+    client: httpx.AsyncClient, registry: Registry, data_dir: Path
+) -> None:
+    """Issue 12 item 13: 2 x 20 MiB sat in sessions under a 1 MiB quota (here 2 x 6000 / 10000)."""
+    await registry.set_quota("jimo", 10_000)
+    first = (await client.post("/v2/jimo/app/blobs/uploads/")).headers["Location"]
+    second = (await client.post("/v2/jimo/other/blobs/uploads/")).headers["Location"]
+    assert (await client.patch(first, content=os.urandom(6000))).status_code == 202
+
+    refused = await client.patch(second, content=os.urandom(6000))
+
+    assert refused.status_code == 403 and error_code(refused) == "DENIED"
+    assert refused.json()["errors"][0]["detail"]["usage_bytes"] == 6000
+    parked = sum(path.stat().st_size for path in (data_dir / "uploads").iterdir())
+    assert parked == 6000
+    # What is left of the quota may still be used, in either session.
+    assert (await client.patch(second, content=os.urandom(4000))).status_code == 202
+    # Another namespace is not affected.
+    other = (await client.post("/v2/lee/app/blobs/uploads/")).headers["Location"]
+    assert (await client.patch(other, content=os.urandom(20_000))).status_code == 202
+
+
+async def test_a_streamed_chunk_of_unknown_length_is_cut_off_at_the_quota(
+    client: httpx.AsyncClient, registry: Registry, data_dir: Path
+) -> None:
+    await registry.set_quota("jimo", 10_000)
+    location = (await client.post("/v2/jimo/app/blobs/uploads/")).headers["Location"]
+
+    async def stream() -> Any:
+        for _ in range(40):  # 40 KiB in all, without a Content-Length
+            yield os.urandom(1024)
+
+    refused = await client.patch(location, content=stream())
+
+    assert refused.status_code == 403 and error_code(refused) == "DENIED"
+    assert [path.stat().st_size for path in (data_dir / "uploads").iterdir()] == [0]
+    data = os.urandom(20_000)
+
+    async def one_shot() -> Any:
+        yield data
+
+    monolithic = await client.post(
+        "/v2/jimo/app/blobs/uploads/", params={"digest": sha256(data)}, content=one_shot()
+    )
+    assert monolithic.status_code == 403 and error_code(monolithic) == "DENIED"
+    assert list((data_dir / "tmp").iterdir()) == []
 
 
 async def test_a_manifest_over_quota_is_denied_and_nothing_is_written(

@@ -8,10 +8,12 @@ import time
 import httpx
 import pytest
 
+from cangku.app import build_collector
 from cangku.auth.access import AccessControl
 from cangku.auth.accounts import Accounts
+from cangku.config import Settings
 from cangku.registry import Registry
-from tests.api.helpers import error_code, push_blob, push_image
+from tests.api.helpers import error_code, push_blob, push_image, sha256
 from tests.auth.conftest import As, basic, bearer, token_for
 from tests.auth.test_tokens import forged
 
@@ -416,3 +418,129 @@ async def test_automatic_mount_only_from_repositories_the_caller_may_pull(
         assert (await client.head(f"/v2/jimo/app/blobs/{secret}")).status_code == 404
         mounted = await client.post("/v2/jimo/app/blobs/uploads/", params={"mount": own})
         assert mounted.status_code == 201
+
+
+async def test_a_removed_member_s_token_stops_working_at_once(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    await accounts.add_organization("acme")
+    await accounts.set_member("acme", "lee", "writer")
+    token = await token_for(client, "lee", "repository:acme/app:pull,push")
+    with As(client, bearer(token)):
+        await push_image(client, "acme/app", "v1")
+    await accounts.set_member("acme", "lee", None)
+    with As(client, bearer(token)):
+        assert (await client.get("/v2/acme/app/manifests/v1")).status_code == 403
+        refused = await client.post("/v2/acme/app/blobs/uploads/")
+        assert refused.status_code == 403
+        assert error_code(refused) == "DENIED"
+
+
+async def test_a_demoted_member_s_token_keeps_only_the_new_role(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    await accounts.add_organization("acme")
+    await accounts.set_member("acme", "lee", "writer")
+    token = await token_for(client, "lee", "repository:acme/app:pull,push")
+    with As(client, bearer(token)):
+        await push_image(client, "acme/app", "v1")
+    await accounts.set_member("acme", "lee", "reader")
+    with As(client, bearer(token)):
+        assert (await client.get("/v2/acme/app/manifests/v1")).status_code == 200
+        assert (await client.post("/v2/acme/app/blobs/uploads/")).status_code == 403
+
+
+async def test_an_anonymous_token_stops_pulling_a_repository_made_private(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo/app", "v1")
+    await accounts.set_public("jimo/app", True)
+    token = await token_for(client, None, "repository:jimo/app:pull")
+    assert (await client.get("/v2/jimo/app/manifests/v1", headers=bearer(token))).status_code == 200
+    await accounts.set_public("jimo/app", False)
+    refused = await client.get("/v2/jimo/app/manifests/v1", headers=bearer(token))
+    assert refused.status_code in (401, 403)
+    assert error_code(refused) in ("UNAUTHORIZED", "DENIED")
+
+
+async def test_a_user_s_token_stops_pulling_another_s_repository_made_private(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo/app", "v1")
+    await accounts.set_public("jimo/app", True)
+    token = await token_for(client, "lee", "repository:jimo/app:pull")
+    assert (await client.get("/v2/jimo/app/manifests/v1", headers=bearer(token))).status_code == 200
+    await accounts.set_public("jimo/app", False)
+    assert (await client.get("/v2/jimo/app/manifests/v1", headers=bearer(token))).status_code == 403
+
+
+async def test_a_disabled_user_s_token_stops_pushing_at_once(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    token = await token_for(client, "lee", "repository:lee/app:pull,push")
+    with As(client, bearer(token)):
+        await push_image(client, "lee/app", "v1")
+    await accounts.set_disabled("lee", True)
+    with As(client, bearer(token)):
+        refused = await client.post("/v2/lee/app/blobs/uploads/")
+    assert refused.status_code == 401
+
+
+async def test_an_admin_s_bearer_token_may_read_the_registry_usage(
+    client: httpx.AsyncClient,
+) -> None:
+    token = await token_for(client, "admin")
+    assert (await client.get("/api/v1/usage", headers=bearer(token))).status_code == 200
+    assert (await client.get("/api/v1/quotas", headers=bearer(token))).status_code == 200
+    token = await token_for(client, "jimo")
+    assert (await client.get("/api/v1/usage", headers=bearer(token))).status_code == 403
+
+
+@pytest.mark.parametrize("path", ["/v2/", "/", "/auth/token", "/api/v1/usage"])
+async def test_responses_over_tls_carry_hsts_and_over_plain_http_do_not(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    secure = await client.get(f"https://registry.test{path}")
+    assert secure.headers["Strict-Transport-Security"] == "max-age=31536000"
+    plain = await client.get(f"http://registry.test{path}")
+    assert "Strict-Transport-Security" not in plain.headers
+
+
+async def test_the_upload_sessions_a_user_keeps_open_are_bounded(
+    client: httpx.AsyncClient, registry: Registry
+) -> None:
+    registry.max_open_uploads = 3
+    with As(client, basic("jimo")):
+        opened = [
+            (await client.post(f"/v2/jimo/app{n}/blobs/uploads/")).headers["Location"]
+            for n in range(3)
+        ]
+        refused = await client.post("/v2/jimo/app/blobs/uploads/")
+        assert refused.status_code == 429
+        assert error_code(refused) == "TOOMANYREQUESTS"
+        # Finishing or cancelling one frees its place.
+        assert (await client.delete(opened[0])).status_code == 204
+        data = b"a small layer"
+        assert (
+            await client.put(opened[1], params={"digest": sha256(data)}, content=data)
+        ).status_code == 201
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 202
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 202
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 429
+        # Monolithic pushes open no session.
+        await push_blob(client, "jimo/app", b"one-shot layer")
+    with As(client, basic("lee")):  # Another user has places of their own.
+        assert (await client.post("/v2/lee/app/blobs/uploads/")).status_code == 202
+
+
+async def test_expired_upload_sessions_give_their_places_back(
+    client: httpx.AsyncClient, registry: Registry, settings: Settings
+) -> None:
+    registry.max_open_uploads = 1
+    with As(client, basic("jimo")):
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 202
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 429
+        await build_collector(settings, registry).collect(now=time.time() + 2 * 86400)
+        assert (await client.post("/v2/jimo/app/blobs/uploads/")).status_code == 202

@@ -14,8 +14,12 @@ from sqlalchemy import select
 
 from cangku import cli
 from cangku.auth.accounts import Accounts
+from cangku.metadata.schema import repositories as repositories_table
 from cangku.metadata.schema import users
 from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.registry import Registry
+from cangku.storage.filesystem import FilesystemStorage
+from tests.web.conftest import store_image
 
 T = TypeVar("T")
 
@@ -195,6 +199,16 @@ def test_organizations_tokens_and_visibility(
     assert run(capsys, monkeypatch, tmp_path, "token", "revoke", "jimo", "ci")[0] == 0
     assert not authenticate(tmp_path, "jimo", token)
     assert "revoked" in run(capsys, monkeypatch, tmp_path, "token", "list", "jimo")[1]
+    tokens = [
+        run(
+            capsys, monkeypatch, tmp_path, "token", "create", "jimo", "--name", n, "--scope", "read"
+        )[1].strip()
+        for n in ("ci", "laptop")
+    ]
+    assert run(capsys, monkeypatch, tmp_path, "token", "revoke", "jimo")[0] == 2
+    revoked = run(capsys, monkeypatch, tmp_path, "token", "revoke", "jimo", "--all")
+    assert revoked[:2] == (0, "revoked 2 tokens of jimo\n")
+    assert not any(authenticate(tmp_path, "jimo", secret) for secret in tokens)
 
     assert (
         run(capsys, monkeypatch, tmp_path, "repo", "set", "jimo/app", "--public")[1]
@@ -229,3 +243,32 @@ def test_imported_cheap_hashes_are_upgraded_at_the_first_login(
 
     assert with_accounts(tmp_path / "data", stored_cost) == 6
     assert authenticate(tmp_path / "data", "alice", "imported-password")
+
+
+def test_deleting_a_user_with_images_needs_delete_repositories(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add = ("user", "add", "jimo", "--password-stdin")
+    assert run(capsys, monkeypatch, tmp_path, *add, stdin="first-password\n")[0] == 0
+
+    async def push(accounts: Accounts) -> None:
+        await store_image(
+            Registry(FilesystemStorage(tmp_path), accounts.metadata), "jimo/app", "v1"
+        )
+
+    with_accounts(tmp_path, push)
+    code, _, err = run(capsys, monkeypatch, tmp_path, "user", "del", "jimo")
+    assert code == 1 and "--delete-repositories" in err
+    assert authenticate(tmp_path, "jimo", "first-password")
+    assert (
+        run(capsys, monkeypatch, tmp_path, "user", "del", "jimo", "--delete-repositories")[0] == 0
+    )
+    assert not authenticate(tmp_path, "jimo", "first-password")
+
+    async def repositories(accounts: Accounts) -> list[str]:
+        rows = await accounts.metadata.read(
+            lambda c: c.scalars(select(repositories_table.c.name)).all()
+        )
+        return list(rows)
+
+    assert with_accounts(tmp_path, repositories) == []

@@ -12,7 +12,8 @@ from cangku.auth import accounts as accounts_module
 from cangku.auth.access import AccessControl
 from cangku.auth.accounts import AccountError, Accounts
 from cangku.auth.ratelimit import FailureLimiter
-from tests.api.helpers import error_code, push_image
+from cangku.registry import Registry
+from tests.api.helpers import error_code, push_blob, push_image
 from tests.auth.conftest import As, basic
 
 
@@ -268,3 +269,58 @@ async def test_a_user_or_organization_with_repositories_cannot_be_deleted(
     await client.delete(f"/v2/jimo/app/manifests/{digest}", headers=basic("jimo"))
     await accounts.delete_user("jimo")
     assert await accounts.principal("jimo") is None
+
+
+async def test_a_new_account_with_a_deleted_account_s_name_inherits_nothing(
+    client: httpx.AsyncClient, accounts: Accounts, registry: Registry
+) -> None:
+    """Issue 12 item 10: visibility, blob links, tag policies and quotas go with the account."""
+    with As(client, basic("jimo")):
+        digest, _ = await push_image(client, "jimo/app", "v1")
+        parked = await push_blob(client, "jimo/parked", b"a blob with no image")
+        assert (await client.delete(f"/v2/jimo/app/manifests/{digest}")).status_code == 202
+    await accounts.set_public("jimo/app", True)
+    await accounts.set_public("jimo/parked", True)
+    await registry.set_tag_policy("namespace", "jimo", floating=False)
+    await registry.set_quota("jimo", 10 * 1024 * 1024)
+    with As(client, basic("jimo")):
+        session = (await client.post("/v2/jimo/app/blobs/uploads/")).headers["Location"]
+        assert (await client.patch(session, content=b"parked bytes")).status_code == 202
+    await accounts.delete_user("jimo")
+
+    await accounts.add_user("jimo", "another-person-password")
+    with As(client, basic("jimo", "another-person-password")):
+        # The old account's open session counts for nobody: a new quota sees none of it.
+        await registry.set_quota("jimo", 20)
+        fresh = (await client.post("/v2/jimo/new/blobs/uploads/")).headers["Location"]
+        assert (await client.patch(fresh, content=b"x" * 20)).status_code == 202
+        assert (await client.delete(fresh)).status_code == 204
+        await registry.unset_quota("jimo")
+        await push_image(client, "jimo/app", "1.0.0")
+        # The floating-tag policy was the old account's: the server default applies again.
+        assert (await client.get("/v2/jimo/app/manifests/latest")).status_code == 200
+        assert (await client.head(f"/v2/jimo/parked/blobs/{parked}")).status_code == 404
+    # Not public: the old account's visibility setting went with it.
+    assert (await client.get("/v2/jimo/app/manifests/1.0.0")).status_code == 401
+    assert (await client.head(f"/v2/jimo/parked/blobs/{parked}")).status_code == 401
+    assert await registry.quotas() == []
+
+
+async def test_deleting_an_account_with_images_asks_for_the_explicit_choice(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    await accounts.add_organization("acme")
+    with As(client, basic("jimo")):
+        await push_image(client, "jimo/app", "v1")
+    with As(client, basic("admin")):
+        await push_image(client, "acme/tool", "v1")
+    with pytest.raises(AccountError, match="delete them first or delete with them"):
+        await accounts.delete_user("jimo")
+    await accounts.delete_user("jimo", delete_repositories=True)
+    await accounts.delete_organization("acme", delete_repositories=True)
+    with As(client, basic("admin")):
+        assert (await client.get("/v2/jimo/app/manifests/v1")).status_code == 404
+        assert (await client.get("/v2/acme/tool/manifests/v1")).status_code == 404
+    await accounts.add_user("jimo", "another-person-password")
+    with As(client, basic("jimo", "another-person-password")):
+        assert (await client.get("/v2/jimo/app/tags/list")).status_code == 404

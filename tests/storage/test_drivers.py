@@ -161,6 +161,29 @@ async def test_write_blob_whose_stream_breaks_stores_nothing(storage: BlobStorag
     assert await stored_digests(storage) == []
 
 
+async def test_temporary_files_of_writes_in_progress_are_never_purged(
+    storage: BlobStorage,
+) -> None:
+    digest = Digest.of(DATA)
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield DATA[:100]
+        started.set()
+        await release.wait()
+        yield DATA[100:]
+
+    writing = asyncio.create_task(storage.write_blob(slow(), digest, len(DATA)))
+    await started.wait()
+    # A purge with a cutoff before the write's last activity leaves it alone.
+    assert await storage.delete_stale_temporary(time.time() - 3600) == 0
+    release.set()
+    assert await writing == len(DATA)
+    # Afterwards nothing is left to purge, whatever the cutoff.
+    assert await storage.delete_stale_temporary(time.time() + 3600) == 0
+
+
 async def test_writing_the_same_blob_twice_keeps_one_copy(storage: BlobStorage) -> None:
     digest = Digest.of(DATA)
 

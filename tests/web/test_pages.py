@@ -10,6 +10,7 @@ import pytest
 from cangku.app import create_app
 from cangku.auth.accounts import Accounts
 from cangku.config import Settings
+from cangku.content.errors import NameUnknown
 from cangku.registry import Registry
 
 from .conftest import Browser, csrf_of, site_client, store_image
@@ -246,6 +247,37 @@ async def test_post_without_a_valid_csrf_token_is_refused_and_deletes_nothing(
     assert "1.0.0" in (await registry.list_tags("jimo/app", None, None)).items
 
 
+@pytest.mark.parametrize(
+    "origin", ["http://evil.example", "null", "https://registry.test", "http://registry.test:81"]
+)
+async def test_form_post_from_another_origin_is_refused_even_with_the_csrf_token(
+    browser: Browser, registry: Registry, origin: str
+) -> None:
+    await store_image(registry, "jimo/app", "1.0.0")
+    await browser.sign_in("jimo")
+    response = await browser.client.post(
+        "/r/jimo/app/-/tags/1.0.0/delete",
+        data={"csrf": await browser.csrf()},
+        headers={"Origin": origin},
+    )
+    assert response.status_code == 403
+    assert "1.0.0" in (await registry.list_tags("jimo/app", None, None)).items
+
+
+async def test_form_post_from_our_own_origin_is_accepted(
+    browser: Browser, registry: Registry
+) -> None:
+    await store_image(registry, "jimo/app", "1.0.0")
+    await browser.sign_in("jimo")
+    response = await browser.client.post(
+        "/r/jimo/app/-/tags/1.0.0/delete",
+        data={"csrf": await browser.csrf()},
+        headers={"Origin": "http://registry.test"},
+    )
+    assert response.status_code in (200, 303)
+    assert "1.0.0" not in (await registry.list_tags("jimo/app", None, None)).items
+
+
 async def test_csrf_token_of_another_session_is_refused(
     browser: Browser, other_browser: Browser, registry: Registry
 ) -> None:
@@ -351,6 +383,58 @@ async def test_admin_creates_a_user_and_an_organization_with_a_member(
     assert (await accounts.list_organizations())["team"] == {"mei": "writer"}
     await browser.post("/admin/users/mei/disable")
     assert [user.disabled for user in await accounts.list_users() if user.name == "mei"] == [True]
+
+
+async def test_admin_deletes_a_user_with_images_only_when_asked_to(
+    browser: Browser, accounts: Accounts, registry: Registry
+) -> None:
+    await store_image(registry, "jimo/app", "v1")
+    await browser.sign_in("admin")
+    refused = await browser.post("/admin/users/jimo/delete")
+    assert refused.status_code == 400 and "still owns repositories" in refused.text
+    assert 'name="repositories"' in refused.text
+    deleted = await browser.post("/admin/users/jimo/delete", {"repositories": "on"})
+    assert "The user jimo was deleted." in deleted.text
+    assert "jimo" not in [user.name for user in await accounts.list_users()]
+    with pytest.raises(NameUnknown):  # The repository itself is gone, not only its images.
+        await registry.get_manifest("jimo/app", "v1")
+
+
+async def test_password_change_revokes_access_tokens_only_when_asked(
+    browser: Browser, accounts: Accounts
+) -> None:
+    kept = await accounts.create_token("jimo", "ci", "read")
+    await browser.sign_in("jimo")
+    form = {"current_password": "jimo-password", "repeat_password": "a-new-long-password"}
+    await browser.post("/account/password", {**form, "new_password": "a-new-long-password"})
+    # Documented: a token is a credential of its own (a CI job's) and survives.
+    assert await accounts.authenticate("jimo", kept) is not None
+    changed = await browser.post(
+        "/account/password",
+        {
+            "current_password": "a-new-long-password",
+            "new_password": "a-third-long-password",
+            "repeat_password": "a-third-long-password",
+            "revoke_tokens": "on",
+        },
+    )
+    assert "1 access tokens were revoked" in changed.text
+    assert await accounts.authenticate("jimo", kept) is None
+
+
+async def test_revoke_all_tokens_from_the_account_page(
+    browser: Browser, accounts: Accounts
+) -> None:
+    first = await accounts.create_token("jimo", "ci", "read")
+    second = await accounts.create_token("jimo", "laptop", "write")
+    others = await accounts.create_token("lee", "ci", "read")
+    await browser.sign_in("jimo")
+    assert "Revoke all tokens" in (await browser.client.get("/account")).text
+    page = await browser.post("/account/tokens/revoke-all")
+    assert "2 access tokens were revoked" in page.text
+    assert await accounts.authenticate("jimo", first) is None
+    assert await accounts.authenticate("jimo", second) is None
+    assert await accounts.authenticate("lee", others) is not None
 
 
 async def test_disabled_account_loses_its_session(browser: Browser, accounts: Accounts) -> None:

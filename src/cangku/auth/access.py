@@ -143,31 +143,32 @@ class AccessControl:
         raise Denied("requested access to the resource is denied", {"repository": repository})
 
     async def _account_may(self, caller: Caller, repository: str, action: str) -> bool:
-        """Whether the account behind a bearer token may do `action` (False without a token)."""
+        """Whether the account behind a bearer token may do `action` (False without a token).
+
+        `authenticate` loaded the account as it is now, so this is its current right."""
         if caller.token is None or caller.principal.name is None:
             return False
-        current = await self.accounts.principal(
-            caller.principal.name, token_id=caller.token.token_id
-        )
-        return current is not None and action in current.actions(
+        return action in caller.principal.actions(
             repository, await self.accounts.is_public(repository)
         )
 
     async def may(self, caller: Caller, repository: str, action: str) -> bool:
-        if caller.token is not None:
-            return caller.token.allows("repository", repository, action)
+        """Whether the caller may do `action` on `repository` now.
+
+        A bearer token grants at most its `access` claim, and never more than its account
+        (or, for an anonymous token, anyone) may do at the time of the request: a member
+        removed from an organization, a repository made private or a disabled account
+        takes effect on the next request, not when the token expires (issue 12, item 9).
+        The membership and visibility reads go through the metadata read cache."""
+        if caller.token is not None and not caller.token.allows("repository", repository, action):
+            return False
         public = await self.accounts.is_public(repository) if action == PULL else False
         return action in caller.principal.actions(repository, public)
 
     async def visibility(self, caller: Caller) -> Visibility | None:
         """What the caller may list in the catalog (None: everything)."""
+        # For a bearer token too: the account as it is now (authenticate() loaded it).
         principal = caller.principal
-        if caller.token is not None and principal.name is not None:
-            # The account as it is now, within the access token's scope (or revocation).
-            principal = (
-                await self.accounts.principal(principal.name, token_id=caller.token.token_id)
-                or ANONYMOUS
-            )
         if principal.is_admin:
             return None
         return Visibility(
@@ -187,13 +188,15 @@ class AccessControl:
         kind = kind.lower()
         if kind == "bearer":
             token = self.tokens.verify(credentials.strip())
-            if token.subject is not None:
-                # A disabled or deleted account, a revoked access token or a changed password
-                # ends its bearer tokens now, not when they expire.
-                current = await self.accounts.principal(token.subject, token_id=token.token_id)
-                if current is None or token.credentials_version != current.credentials_changed_at:
-                    raise Unauthorized("the token's account or credentials changed; log in again")
-            return Caller(Principal(name=token.subject), token)
+            if token.subject is None:
+                return Caller(ANONYMOUS, token)
+            # A disabled or deleted account, a revoked access token or a changed password
+            # ends its bearer tokens now, not when they expire; and the caller's rights are
+            # the account's as they are now (its memberships, admin flag), within the token.
+            current = await self.accounts.principal(token.subject, token_id=token.token_id)
+            if current is None or token.credentials_version != current.credentials_changed_at:
+                raise Unauthorized("the token's account or credentials changed; log in again")
+            return Caller(current, token)
         if kind == "basic":
             name, secret = parse_basic(credentials)
             principal = await self.check_credentials(request, name, secret)

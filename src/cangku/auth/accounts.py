@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from cangku.auth import passwords
@@ -35,11 +35,16 @@ from cangku.metadata.schema import (
     manifests,
     organization_members,
     organizations,
+    quotas,
     repositories,
+    tag_history,
+    tag_policies,
+    upload_sessions,
     users,
     web_sessions,
 )
 from cangku.metadata.store import MetadataStore
+from cangku.registry.browse import remove_repository
 
 # An account or organization name is one repository-name component: it is a namespace.
 ACCOUNT_NAME = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
@@ -117,9 +122,16 @@ class Accounts:
         if not await self.metadata.write(change):
             raise AccountError(f"no user {name!r}")
 
-    async def delete_user(self, name: str) -> None:
+    async def delete_user(self, name: str, *, delete_repositories: bool = False) -> None:
+        """Delete a user and everything of its namespace (see `_release_namespace`).
+
+        Raises AccountError when the user does not exist, or still owns repositories with
+        images and `delete_repositories` is false: deleting those is an explicit choice."""
+
         def remove(connection: Connection) -> int:
-            _refuse_owned_repositories(connection, name)
+            if connection.scalar(select(users.c.id).where(users.c.name == name)) is None:
+                return 0
+            _release_namespace(connection, name, delete_repositories)
             return connection.execute(delete(users).where(users.c.name == name)).rowcount
 
         if not await self.metadata.write(remove):
@@ -195,9 +207,16 @@ class Accounts:
 
         await self.metadata.write(add)
 
-    async def delete_organization(self, name: str) -> None:
+    async def delete_organization(self, name: str, *, delete_repositories: bool = False) -> None:
+        """As `delete_user`, for an organization."""
+
         def remove(connection: Connection) -> int:
-            _refuse_owned_repositories(connection, name)
+            if (
+                connection.scalar(select(organizations.c.id).where(organizations.c.name == name))
+                is None
+            ):
+                return 0
+            _release_namespace(connection, name, delete_repositories)
             return connection.execute(
                 delete(organizations).where(organizations.c.name == name)
             ).rowcount
@@ -321,6 +340,22 @@ class Accounts:
 
         if not await self.metadata.write(revoke):
             raise AccountError(f"{user} has no active token {name_or_id!r}")
+
+    async def revoke_all_tokens(self, user: str) -> int:
+        """Revoke every active access token of `user` (a password change keeps them: they
+        are separate credentials, e.g. of CI jobs); returns how many were revoked."""
+
+        def revoke(connection: Connection) -> int:
+            user_id = connection.scalar(select(users.c.id).where(users.c.name == user))
+            if user_id is None:
+                raise AccountError(f"no user {user!r}")
+            return connection.execute(
+                update(access_tokens)
+                .where(access_tokens.c.user_id == user_id, access_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            ).rowcount
+
+        return await self.metadata.write(revoke)
 
     # -- authentication --------------------------------------------------------------------
     async def authenticate(self, name: str, secret: str) -> Principal | None:
@@ -508,13 +543,49 @@ def _insert_user(connection: Connection, name: str, password_hash: str, *, admin
     )
 
 
+def _release_namespace(connection: Connection, namespace: str, delete_images: bool) -> None:
+    """Remove what a deleted account leaves in its namespace, so that whoever takes the name
+    next starts with nothing (issue 12, item 10): its repositories (with `delete_images`;
+    otherwise repositories with images refuse the deletion), and those without images, which
+    still hold blob links (a blob readable by digest) and a visibility; the namespace's and
+    its repositories' tag policies; its quota; its open upload sessions' accounting. Garbage
+    collection frees the bytes."""
+    if not delete_images:
+        _refuse_owned_repositories(connection, namespace)
+    owned = _in_namespace(repositories.c.name, namespace)
+    repository_ids = connection.scalars(select(repositories.c.id).where(owned)).all()
+    for repository_id in repository_ids:
+        remove_repository(connection, repository_id, actor=None)
+    if repository_ids:
+        connection.execute(
+            delete(tag_history).where(tag_history.c.repository_id.in_(repository_ids))
+        )
+        connection.execute(delete(repositories).where(repositories.c.id.in_(repository_ids)))
+    connection.execute(
+        delete(tag_policies).where(
+            ((tag_policies.c.scope == "namespace") & (tag_policies.c.name == namespace))
+            | (
+                (tag_policies.c.scope == "repository")
+                & _in_namespace(tag_policies.c.name, namespace)
+            )
+        )
+    )
+    connection.execute(delete(quotas).where(quotas.c.namespace == namespace))
+    # Its open upload sessions no longer count (their files expire; nobody else knows them).
+    connection.execute(delete(upload_sessions).where(upload_sessions.c.namespace == namespace))
+
+
+def _in_namespace(column: ColumnElement[str], namespace: str) -> ColumnElement[bool]:
+    """A repository name in the namespace: `ns/...`, or the repository named just `ns`."""
+    return column.startswith(f"{namespace}/", autoescape=True) | (column == namespace)
+
+
 def _refuse_owned_repositories(connection: Connection, namespace: str) -> None:
-    """A namespace's repositories must go first: whoever took the name next would own them."""
+    """A namespace's images go only by an explicit choice: refuse while any remain."""
     held = connection.scalars(
         select(repositories.c.name)
         .where(
-            repositories.c.name.startswith(f"{namespace}/", autoescape=True)
-            | (repositories.c.name == namespace),
+            _in_namespace(repositories.c.name, namespace),
             select(manifests.c.digest)
             .where(manifests.c.repository_id == repositories.c.id)
             .exists(),
@@ -525,7 +596,8 @@ def _refuse_owned_repositories(connection: Connection, namespace: str) -> None:
     if held:
         shown = ", ".join(held[:3]) + (", …" if len(held) > 3 else "")
         raise AccountError(
-            f"{namespace} still owns repositories with images ({shown}); delete them first"
+            f"{namespace} still owns repositories with images ({shown}); delete them first "
+            "or delete with them (cangku user|org del --delete-repositories)"
         )
 
 

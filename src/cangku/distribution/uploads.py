@@ -51,7 +51,9 @@ async def start_upload(request: Request, registry: Registry, name: str) -> Respo
             name, digest, request_body(request), content_length(request)
         )
         return _created(name, str(stored))
-    upload_id = await registry.start_upload(name, query.get("digest-algorithm") or "sha256")
+    upload_id = await registry.start_upload(
+        name, _owner(request), query.get("digest-algorithm") or "sha256"
+    )
     response = _accepted(name, upload_id, 0)
     response.headers["OCI-Chunk-Min-Length"] = str(CHUNK_MIN_LENGTH)
     if mount is not None and (source or registry.automatic_mount):
@@ -82,6 +84,15 @@ async def _mount(
         if mounted is not None:
             return mounted
     return None
+
+
+def _owner(request: Request) -> str:
+    """Whose upload session this is, for the cap on open sessions: the user, or the address."""
+    checked = caller_of(request)
+    if checked is not None and checked[1].name is not None:
+        return checked[1].name
+    address = checked[0].client_address(request) if checked is not None else None
+    return f"address:{address or (request.client.host if request.client else '-')}"
 
 
 async def upload_status(

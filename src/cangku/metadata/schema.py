@@ -207,3 +207,18 @@ quotas = Table(
     Column("limit_bytes", BigInteger, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+# Open upload sessions (their bytes live in storage, `registry/sessions.py`): who opened each
+# and where, so that the sessions one owner keeps open are bounded and a namespace's quota
+# counts the bytes they hold. `owner` is the user's name, or `address:<ip>` without one.
+upload_sessions = Table(
+    "upload_sessions",
+    metadata,
+    Column("session", String(64), primary_key=True),
+    Column("repository", String(255), nullable=False),
+    Column("namespace", String(255), nullable=False),
+    Column("owner", String(255)),
+    Column("created_at", Float, nullable=False),
+    Index("ix_upload_sessions_owner", "owner"),
+    Index("ix_upload_sessions_namespace", "namespace"),
+)

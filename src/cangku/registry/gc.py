@@ -13,7 +13,8 @@ One collection, in phases, each a short write transaction (or a few):
    grace period loses its row, its links and its file, in one transaction per batch.
 4. orphan files: files in storage without a row (a refused or interrupted upload), older
    than the grace period.
-5. upload sessions without activity for `uploads.expire` (they live in storage only).
+5. upload sessions without activity for `uploads.expire` (they live in storage only), and
+   temporary files of one-shot uploads a crash cut short, after the same time.
 
 Why this cannot delete a byte that a tag needs, nor leave a recorded blob without its file,
 while pushes continue: see registry/files.py and docs/garbage-collection.md.
@@ -44,6 +45,7 @@ from cangku.metadata.schema import (
     tags,
 )
 from cangku.metadata.store import MetadataStore
+from cangku.registry import upload_limits
 from cangku.registry.files import TransactionFiles
 from cangku.registry.sessions import upload_id_of
 from cangku.storage.base import BlobStorage
@@ -317,6 +319,13 @@ class GarbageCollector:
         idle = await self._idle_sessions(now)
         for session in idle:
             await self.storage.delete_upload(session)
+        live = {session async for session, _ in self.storage.iterate_uploads()}
+        cutoff = now - self.policy.upload_expiry
+        await self.metadata.write(
+            lambda connection: upload_limits.forget_vanished(connection, live, cutoff)
+        )
+        # A one-shot upload cut short by a crash leaves its temporary file; the same expiry.
+        await self.storage.delete_stale_temporary(now - self.policy.upload_expiry)
         return [upload_id_of(session) for session in idle]
 
     async def _idle_sessions(self, now: float) -> list[str]:

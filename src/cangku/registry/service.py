@@ -43,7 +43,7 @@ from cangku.metadata.schema import (
     tags,
 )
 from cangku.metadata.store import MetadataStore
-from cangku.registry import browse, usage
+from cangku.registry import browse, upload_limits, usage
 from cangku.registry.files import TransactionFiles
 from cangku.registry.records import (
     Page,
@@ -163,12 +163,15 @@ class Registry:
         tag_defaults: TagPolicy | None = None,
         *,
         automatic_mount: bool = False,
+        max_open_uploads: int = upload_limits.DEFAULT_MAX_OPEN_PER_OWNER,
     ) -> None:
         self.storage = storage
         self.metadata = metadata
         # OCI dist-spec "Mounting a blob from another repository": a mount without `from` may
         # link the blob from any repository the caller may pull (`uploads.automatic_mount`).
         self.automatic_mount = automatic_mount
+        # Upload sessions one owner may keep open at once (registry/upload_limits.py).
+        self.max_open_uploads = max_open_uploads
         # The server-wide tag policy; namespaces and repositories may override it.
         self.tag_defaults = tag_defaults or TagPolicy()
         self.files = TransactionFiles(storage)
@@ -214,13 +217,30 @@ class Registry:
             raise BlobUnknown("blob unknown to registry", str(parsed))
 
     # -- uploads ---------------------------------------------------------------------------
-    async def start_upload(self, name: str, algorithm: str = "sha256") -> str:
-        """A new upload session hashing with `algorithm` ("sha256" or "sha512", OCI dist-spec
-        main `?digest-algorithm=`; DIGEST_INVALID for another)."""
+    async def start_upload(
+        self, name: str, owner: str | None = None, algorithm: str = "sha256"
+    ) -> str:
+        """A new upload session's id, hashing with `algorithm` ("sha256" or "sha512", OCI
+        dist-spec main `?digest-algorithm=`; DIGEST_INVALID for another). `owner` (a user's
+        name, or `address:<ip>`) may keep at most `max_open_uploads` open (TooManyRequests);
+        None: not counted (in-process use)."""
         if algorithm not in HEX_LENGTHS:
             raise DigestInvalid(f"unsupported digest algorithm {algorithm[:100]!r}")
         upload_id = new_upload_id()
-        await self.storage.create_upload(session_name(name, upload_id), algorithm)
+        session = session_name(name, upload_id)
+        refusal = await self.metadata.write(
+            lambda connection: upload_limits.open_session(
+                connection, session, name, owner, self.max_open_uploads
+            )
+        )
+        _raise_if_refused(refusal)
+        try:
+            await self.storage.create_upload(session, algorithm)
+        except BaseException:
+            await self.metadata.write(
+                lambda connection: upload_limits.close_sessions(connection, [session])
+            )
+            raise
         return upload_id
 
     async def upload_blob(
@@ -236,6 +256,9 @@ class Registry:
             )
             if refusal is not None:
                 raise refusal
+        else:
+            # Of unknown length: the temporary file may grow only as far as the quota.
+            body = await self._within_quota(name, body, None)
         size = await self.storage.write_blob(body, parsed, length)
 
         def record(connection: Connection) -> RegistryError | None:
@@ -316,6 +339,7 @@ class Registry:
             if length is not None and end - start + 1 != length:
                 raise BlobUploadInvalid("Content-Range does not match Content-Length")
             length = end - start + 1
+        body = await self._within_quota(name, body, length)
         try:
             return await self.storage.append_upload(session, body, length, start)
         except BlobUploadUnknown:
@@ -341,8 +365,15 @@ class Registry:
             size = await self.storage.commit_upload(session, parsed)
         except BlobUploadUnknown:
             raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
+        except BaseException:
+            if await self.storage.upload_size(session) is None:  # Refused and ended.
+                await self.metadata.write(
+                    lambda connection: upload_limits.close_sessions(connection, [session])
+                )
+            raise
 
         def record(connection: Connection) -> RegistryError | None:
+            upload_limits.close_sessions(connection, [session])
             return _record_blob(connection, self.files, name, parsed, size)
 
         _raise_if_refused(await self.metadata.write(record))
@@ -353,6 +384,37 @@ class Registry:
         if await self.storage.upload_size(session) is None:
             raise BlobUploadUnknown("upload unknown to registry", upload_id)
         await self.storage.delete_upload(session)
+        await self.metadata.write(
+            lambda connection: upload_limits.close_sessions(connection, [session])
+        )
+
+    async def _within_quota(
+        self, name: str, body: AsyncIterable[bytes], length: int | None
+    ) -> AsyncIterable[bytes]:
+        """`body`, refused (Denied) where it would take the namespace's usage plus the bytes
+        its open upload sessions hold over its quota (registry/upload_limits.py)."""
+        namespace = usage.namespace_of(name)
+        # Most namespaces have no quota: a cached read, no more, on every chunk.
+        limit = await self.metadata.read_cached(
+            ("quota", namespace), lambda connection: usage.quota_limit(connection, namespace)
+        )
+        if limit is None:
+            return body
+        used, sessions = await self.metadata.read(
+            lambda connection: upload_limits.quota_state(connection, namespace)
+        )
+        parked = 0
+        for session in sessions:
+            parked += await self.storage.upload_size(session) or 0
+        allowance = limit - used - parked
+        # Of unknown length: refused as soon as it needs one byte more than is left.
+        needed = length if length is not None else allowance + 1
+        refusal = usage.over_quota(namespace, limit, used + parked, needed)
+        if refusal is None:
+            return body  # Its whole length fits (storage holds it to that length).
+        if length is not None:
+            raise refusal
+        return upload_limits.bounded(body, allowance, refusal)
 
     # -- manifests -------------------------------------------------------------------------
     async def put_manifest(
@@ -781,6 +843,7 @@ class Registry:
             if repository_id is None:
                 raise NameUnknown("repository name not known to registry", name)
             browse.remove_repository(connection, repository_id, actor)
+            upload_limits.close_repository_sessions(connection, name)
 
         await self.metadata.write(remove)
         sessions = [session async for session, _ in self.storage.iterate_uploads()]

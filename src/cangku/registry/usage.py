@@ -300,7 +300,7 @@ def check_blob_quota(
     held = _held_blobs(members)
     if connection.scalar(select(held.c.digest).where(held.c.digest == str(digest)).limit(1)):
         return None
-    return _over_quota(namespace, limit, namespace_usage(connection, namespace), size)
+    return over_quota(namespace, limit, namespace_usage(connection, namespace), size)
 
 
 def check_manifest_quota(connection: Connection, repository: str, size: int) -> Denied | None:
@@ -309,7 +309,7 @@ def check_manifest_quota(connection: Connection, repository: str, size: int) -> 
     limit = quota_limit(connection, namespace)
     if limit is None:
         return None
-    return _over_quota(namespace, limit, namespace_usage(connection, namespace), size)
+    return over_quota(namespace, limit, namespace_usage(connection, namespace), size)
 
 
 def set_quota(connection: Connection, namespace: str, limit_bytes: int) -> None:
@@ -339,7 +339,8 @@ def list_quotas(connection: Connection) -> list[Quota]:
     ]
 
 
-def _over_quota(namespace: str, limit: int, usage: int, size: int) -> Denied | None:
+def over_quota(namespace: str, limit: int, usage: int, size: int) -> Denied | None:
+    """The refusal if `size` more bytes on top of `usage` exceed `limit` (all in bytes)."""
     if usage + size <= limit:
         return None
     return Denied(

@@ -79,3 +79,7 @@ class BlobStorage(Protocol):
     async def check_writable(self) -> None:
         """Raise (OSError, or the driver's error) unless a blob could be written now: the
         readiness check (`/readyz`). Leaves nothing behind."""
+
+    async def delete_stale_temporary(self, older_than: float) -> int:
+        """Delete the driver's temporary files (a one-shot upload a crash cut short) last
+        written before `older_than` (Unix seconds); returns how many went."""

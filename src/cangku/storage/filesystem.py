@@ -260,6 +260,16 @@ class FilesystemStorage:
                 except FileNotFoundError:
                     continue
 
+    async def delete_stale_temporary(self, older_than: float) -> int:
+        # A write in progress touches its file with every batch, so an old one is abandoned.
+        deleted = 0
+        for path in self.tmp_dir.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < older_than:
+                    path.unlink()
+                    deleted += 1
+        return deleted
+
 
 class _NullHasher:
     """Stands in when the running hash is unknown (another process wrote); commit rehashes."""

@@ -98,6 +98,9 @@ class MemoryStorage:
         for upload_id, (_, mtime) in list(self.uploads.items()):
             yield upload_id, mtime
 
+    async def delete_stale_temporary(self, older_than: float) -> int:
+        return 0  # One-shot uploads stay in memory until verified; a crash leaves nothing.
+
 
 async def _collect(chunks: AsyncIterable[bytes], expected_length: int | None) -> bytearray:
     data = bytearray()

@@ -71,6 +71,11 @@ def routes(site: Site) -> list[BaseRoute]:
             await site.access.accounts.set_password(viewer.name, new)
         except (AccountError, ValueError) as error:
             return await render(request, viewer, error=str(error), status=400)
+        message = "Your password was changed."
+        if form.get("revoke_tokens") == "on":
+            # Access tokens are separate credentials and survive a new password unless asked.
+            revoked = await site.access.accounts.revoke_all_tokens(viewer.name)
+            message += f" {revoked} access tokens were revoked."
         # Other sessions end (their credentials time is older); this one continues.
         changed = await site.access.accounts.principal(viewer.name)
         assert changed is not None and viewer.session.session_id is not None
@@ -81,7 +86,7 @@ def routes(site: Site) -> list[BaseRoute]:
         session = viewer.session.signed_in(viewer.name, changed.credentials_changed_at, session_id)
         # The page's forms must carry the new session's CSRF token, not the old one.
         viewer = dataclasses.replace(viewer, session=session)
-        response = await render(request, viewer, message="Your password was changed.")
+        response = await render(request, viewer, message=message)
         site.cookies.write(request, response, session)
         return response
 
@@ -107,8 +112,16 @@ def routes(site: Site) -> list[BaseRoute]:
             return await render(request, viewer, error=str(error), status=404)
         return await render(request, viewer, message="The token was revoked.")
 
+    async def revoke_all_tokens(request: Request, viewer: Viewer) -> Response:
+        accounts_or_refuse(viewer)
+        assert site.access is not None and viewer.name is not None
+        await site.checked_form(request, viewer)
+        revoked = await site.access.accounts.revoke_all_tokens(viewer.name)
+        return await render(request, viewer, message=f"{revoked} access tokens were revoked.")
+
     return [
         Route("/account", site.page(account), methods=["GET"]),
+        Route("/account/tokens/revoke-all", site.page(revoke_all_tokens), methods=["POST"]),
         Route("/account/password", site.page(change_password), methods=["POST"]),
         Route("/account/tokens", site.page(create_token), methods=["POST"]),
         Route("/account/tokens/{token}/revoke", site.page(revoke_token), methods=["POST"]),

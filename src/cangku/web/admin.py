@@ -77,7 +77,7 @@ def routes(site: Site) -> list[BaseRoute]:
     async def delete_user(accounts: Accounts, request: Request, form: dict[str, str]) -> str:
         name = request.path_params["user"]
         _refuse_self(request, name)
-        await accounts.delete_user(name)
+        await accounts.delete_user(name, delete_repositories=form.get("repositories") == "on")
         return f"The user {name} was deleted."
 
     async def add_organization(accounts: Accounts, request: Request, form: dict[str, str]) -> str:
@@ -89,7 +89,9 @@ def routes(site: Site) -> list[BaseRoute]:
         accounts: Accounts, request: Request, form: dict[str, str]
     ) -> str:
         name = request.path_params["organization"]
-        await accounts.delete_organization(name)
+        await accounts.delete_organization(
+            name, delete_repositories=form.get("repositories") == "on"
+        )
         return f"The organization {name} was deleted."
 
     async def set_member(accounts: Accounts, request: Request, form: dict[str, str]) -> str:

@@ -206,7 +206,9 @@ class Site:
             )
 
     async def checked_form(self, request: Request, viewer: Viewer) -> FormData:
-        """The posted form, if it carries this session's CSRF token (else 403)."""
+        """The posted form, if it carries this session's CSRF token and, when the browser
+        names the page's origin (`Origin`, RFC 6454 section 7), it is this site (else 403)."""
+        self._check_origin(request)
         # Small forms only: no file parts, few fields, short values.
         form = await request.form(max_files=0, max_fields=50, max_part_size=64 * 1024)
         sent = form.get("csrf")
@@ -220,6 +222,24 @@ class Site:
                 "Go back, reload the page and try again.",
             )
         return form
+
+    def _check_origin(self, request: Request) -> None:
+        # A second line behind the CSRF token: a token leaked to another site (a copied
+        # page, a log) is still no use from that site's forms. "null" (a sandboxed frame, a
+        # redirect across origins) is refused too. Older browsers send no Origin: allowed.
+        origin = request.headers.get("origin")
+        if origin is None:
+            return
+        if self.access is not None:
+            ours = self.access.base_url(request)
+        else:
+            ours = f"{request.url.scheme}://{request.headers.get('host', '')}"
+        if origin.lower() != ours.lower():
+            raise PageError(
+                403,
+                "Form from another site",
+                "This form was posted from another site, not from this registry's pages.",
+            )
 
     # -- responses -------------------------------------------------------------------------
     def render(

@@ -1,0 +1,187 @@
+"""Slow or greedy clients: deadlines for request headers and bodies, and a cap on the
+connections one address may hold open (issue 12, item 14).
+
+uvicorn bounds only the idle time between requests (`timeout_keep_alive`). Without more, a
+client that sends its request line a byte every few seconds (slowloris), or promises a
+body and stops sending it, holds a connection, its buffers and an application task for as
+long as it likes; a few hundred such connections exhaust the server. These hooks add:
+
+- a **header deadline**: from the connection's start, or a request's first byte, the whole
+  header block must arrive within `connections.header_timeout` seconds, else 408 and close
+  (nginx's `client_header_timeout`);
+- a **body idle timeout**: while the application waits for request body bytes, at most
+  `connections.body_idle_timeout` seconds may pass without any, else the connection closes
+  and the application sees a disconnect (an upload keeps nothing of the cut-off chunk).
+  Time in which *we* stopped reading (flow control, `Expect: 100-continue` not yet
+  answered) does not count against the client (nginx's `client_body_timeout`);
+- a **per-address cap**: an address holding `connections.per_address` connections gets a
+  503 with `Retry-After` on the next one, closed at once. Addresses in
+  `auth.trusted_proxies` are exempt: every client behind a reverse proxy shares its address.
+
+The hooks override uvicorn's httptools protocol callbacks (pinned in pyproject.toml;
+tests/api/test_slow_clients.py drives them through a real socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("cangku")
+
+
+def _plain_response(status: str, text: str, *extra: str) -> bytes:
+    body = text.encode()
+    head = [
+        f"HTTP/1.1 {status}",
+        "content-type: text/plain; charset=utf-8",
+        *extra,
+        "connection: close",
+        f"content-length: {len(body)}",
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+REQUEST_TIMEOUT = _plain_response("408 Request Timeout", "request headers took too long\n")
+TOO_MANY_CONNECTIONS = _plain_response(
+    "503 Service Unavailable", "too many connections from your address\n", "retry-after: 1"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Seconds for the header block and between body bytes; connections per address
+    (0: no cap); the networks exempt from the cap (trusted reverse proxies)."""
+
+    header_timeout: float = 30.0
+    body_idle_timeout: float = 60.0
+    per_address: int = 128
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=())
+
+    def capped(self, host: str) -> bool:
+        if self.per_address <= 0:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return True
+        return not any(address in network for network in self.exempt)
+
+
+class LimitedConfig(uvicorn.Config):
+    """uvicorn's configuration, carrying the connection limits to each protocol instance."""
+
+    def __init__(self, app: Any, *, connection_limits: ConnectionLimits, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.connection_limits = connection_limits
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the header deadline, body idle timeout and cap."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.limits: ConnectionLimits = getattr(
+            self.config, "connection_limits", ConnectionLimits()
+        )
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._awaiting_body = False
+        host = self.client[0] if self.client else ""
+        if self.limits.capped(host):
+            # `connections` already holds this one.
+            held = sum(
+                1
+                for other in self.connections
+                if isinstance(other, HttpToolsProtocol) and other.client and other.client[0] == host
+            )
+            if held > self.limits.per_address:
+                log.warning("refused a connection from %s: it holds %d already", host, held - 1)
+                transport.write(TOO_MANY_CONNECTIONS)
+                transport.close()
+                return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().on_headers_complete()
+        # httptools calls on_message_complete for a request without a body before any
+        # body timer could matter; for one with a body, wait for its bytes from here.
+        self._awaiting_body = True
+        self._arm_body_timer()
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._arm_body_timer()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._awaiting_body = False
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    # -- timers ----------------------------------------------------------------------------
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(
+            self.limits.header_timeout, self._header_timed_out
+        )
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request's headers while we still answer the one before (a long
+            # download): its deadline starts when we are ready for it, not before.
+            self._arm_header_timer()
+            return
+        self.transport.write(REQUEST_TIMEOUT)  # Nothing of ours is being sent: say why.
+        self.transport.close()
+
+    def _arm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+        self._body_timer = self.loop.call_later(self.limits.body_idle_timeout, self._body_timed_out)
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if not self._awaiting_body or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return  # Answered without the body (uvicorn closes a connection left so).
+        if self.flow.read_paused or cycle.waiting_for_100_continue:
+            # We are not reading (the application is busy with what it has, or has not asked
+            # for the body yet): the client is not the slow one.
+            self._arm_body_timer()
+            return
+        log.warning(
+            "closed a connection from %s: no request body bytes for %.0f s",
+            self.client[0] if self.client else "?",
+            self.limits.body_idle_timeout,
+        )
+        self.transport.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (getattr(self, "_header_timer", None), getattr(self, "_body_timer", None)):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None

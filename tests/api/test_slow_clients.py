@@ -1,0 +1,206 @@
+"""Slow and greedy clients against the real server (cangku/connections.py): a header deadline,
+a body idle timeout and a per-address connection cap, each with a bounded slow client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.types import ASGIApp
+
+from cangku.config import Settings
+from cangku.connections import LimitedConfig
+from cangku.server import server_config
+from tests.api.helpers import push_blob, sha256
+
+HEADER_TIMEOUT = 0.6
+BODY_IDLE_TIMEOUT = 0.6
+PER_ADDRESS = 4
+# Far more than the limits above; far less than "as long as the client likes".
+BOUND = 5.0
+
+
+@contextlib.asynccontextmanager
+async def serving(app: ASGIApp, data: Path, **connections: Any) -> AsyncIterator[int]:
+    """The app behind `cangku serve`'s server on a free loopback port, in this event loop."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    settings = Settings(
+        data=data,
+        listen=f"127.0.0.1:{listener.getsockname()[1]}",
+        auth={"open": True},
+        connections={
+            "header_timeout": HEADER_TIMEOUT,
+            "body_idle_timeout": BODY_IDLE_TIMEOUT,
+            "per_address": PER_ADDRESS,
+            **connections,
+        },
+    )
+    server = uvicorn.Server(server_config(app, settings, lifespan="off", log_config=None))
+    with listener:
+        task = asyncio.create_task(server.serve(sockets=[listener]))
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the server stopped before it started")
+            await asyncio.sleep(0.01)
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            # Also when a test failed with its slow connections still open: do not wait.
+            server.should_exit = server.force_exit = True
+            await asyncio.wait_for(task, BOUND)
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and how long that took (seconds)."""
+    started = time.monotonic()
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := await asyncio.wait_for(reader.read(65536), BOUND):
+            received += chunk
+    return received, time.monotonic() - started
+
+
+async def test_a_client_trickling_its_headers_gets_408_and_is_disconnected(
+    app: ASGIApp, data_dir: Path
+) -> None:
+    async with serving(app, data_dir) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        writer.write(b"GET /v2/ HTTP/1.1\r\n")
+
+        async def trickle() -> None:
+            # One header byte every 0.2 s: each arrives well within any idle timeout.
+            with contextlib.suppress(ConnectionError):
+                for byte in b"X-Slow: " + b"a" * 100:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.2)
+
+        trickling = asyncio.create_task(trickle())
+        received, _ = await read_until_closed(reader)
+        elapsed = time.monotonic() - started
+        trickling.cancel()
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert HEADER_TIMEOUT <= elapsed < BOUND
+
+
+async def test_a_silent_connection_is_closed_after_the_header_timeout(
+    app: ASGIApp, data_dir: Path
+) -> None:
+    async with serving(app, data_dir) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        received, elapsed = await read_until_closed(reader)
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert HEADER_TIMEOUT * 0.9 <= elapsed < BOUND
+
+
+async def test_a_pipelined_request_s_header_deadline_waits_for_a_long_response(
+    app: ASGIApp, data_dir: Path
+) -> None:
+    data = os.urandom(32 * 1024 * 1024)
+    async with serving(app, data_dir) as port:
+        async with httpx_client(port) as client:
+            digest = await push_blob(client, "jimo/app", data)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(
+            f"GET /v2/jimo/app/blobs/{digest} HTTP/1.1\r\nHost: registry.test\r\n\r\n".encode()
+            + b"GET /v2/ HTTP/1.1\r\n"  # the next request's first line, the rest never comes
+        )
+        await writer.drain()
+        await asyncio.sleep(HEADER_TIMEOUT * 2.5)  # not reading: the download is in progress
+        received, _ = await read_until_closed(reader)
+        writer.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert rest[: len(data)] == data  # the whole blob
+    # Then the next request had its own header deadline, counted from then: 408, not a bare close.
+    assert rest[len(data) :].startswith(b"HTTP/1.1 408 ")
+
+
+async def test_a_client_that_stops_sending_its_body_is_disconnected(
+    app: ASGIApp, data_dir: Path
+) -> None:
+    data = b"x" * 1000
+    async with serving(app, data_dir) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v2/jimo/app/blobs/uploads/?digest=" + sha256(data).encode() + b" HTTP/1.1\r\n"
+            b"Host: registry.test\r\nContent-Length: 1000\r\n\r\n" + data[:100]
+        )
+        await writer.drain()
+        received, elapsed = await read_until_closed(reader)
+        writer.close()
+        assert not received.startswith(b"HTTP/1.1 201")
+        assert BODY_IDLE_TIMEOUT * 0.9 <= elapsed < BOUND
+        # Nothing of the cut-off upload was kept.
+        async with httpx_client(port) as client:
+            head = await client.head(f"/v2/jimo/app/blobs/{sha256(data)}")
+        assert head.status_code == 404
+
+
+async def test_a_slow_but_steady_body_is_not_cut_off(app: ASGIApp, data_dir: Path) -> None:
+    data = b"y" * 8
+    async with serving(app, data_dir) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v2/jimo/app/blobs/uploads/?digest=" + sha256(data).encode() + b" HTTP/1.1\r\n"
+            b"Host: registry.test\r\nContent-Length: 8\r\nConnection: close\r\n\r\n"
+        )
+        for byte in data:  # 8 x 0.25 s: longer in total than the idle timeout, never idle.
+            await asyncio.sleep(0.25)
+            writer.write(bytes([byte]))
+            await writer.drain()
+        received, _ = await read_until_closed(reader)
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 201 "), received[:200]
+
+
+async def test_one_address_may_hold_only_so_many_connections(app: ASGIApp, data_dir: Path) -> None:
+    async with serving(app, data_dir) as port:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(PER_ADDRESS)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        refused, _ = await read_until_closed(reader)
+        writer.close()
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        assert b"retry-after: 1" in refused.lower()
+        # The connections held still work; once one closes, a new one is accepted.
+        first_reader, first_writer = held[0]
+        first_writer.write(b"GET /v2/ HTTP/1.1\r\nHost: registry.test\r\nConnection: close\r\n\r\n")
+        answer, _ = await read_until_closed(first_reader)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        first_writer.close()
+        await asyncio.sleep(0.1)
+        async with httpx_client(port) as client:
+            assert (await client.get("/v2/")).status_code == 200
+        for _, other in held[1:]:
+            other.close()
+
+
+def test_trusted_proxies_are_exempt_from_the_cap(app: ASGIApp) -> None:
+    # Every client behind a reverse proxy comes from its address.
+    settings = Settings(auth={"trusted_proxies": ["10.0.0.0/8"]}, connections={"per_address": 1})
+    config = server_config(app, settings)
+    assert isinstance(config, LimitedConfig)
+    assert not config.connection_limits.capped("10.1.2.3")
+    assert config.connection_limits.capped("192.0.2.7")
+
+
+@contextlib.asynccontextmanager
+async def httpx_client(port: int) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        yield client
