@@ -52,7 +52,7 @@ image: install
 base-image:
 	rm -rf build/rootfs
 	debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-		bookworm build/rootfs $(or $(DEBIAN_MIRROR),http://deb.debian.org/debian)
+		bookworm build/rootfs $(or $(DEBIAN_MIRROR),$(error no Debian mirror in /etc/apt/sources.list.d/*.sources; pass DEBIAN_MIRROR=URL))
 	tar -C build/rootfs -c . | docker import - $(BASE_IMAGE)
 	rm -rf build/rootfs
 
