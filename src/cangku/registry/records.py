@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cangku.content.versions import LATEST, highest_release, parse_version
+from cangku.content.versions import LATEST, parse_version
 
 if TYPE_CHECKING:
     from cangku.registry.tags import TagPolicy
@@ -64,6 +64,7 @@ class Referrer:
 
 @dataclass(frozen=True, slots=True)
 class TagChange:
+    id: int  # increases with every change; `before=` of the history's next page
     tag: str
     old_digest: str | None
     new_digest: str | None
@@ -73,6 +74,7 @@ class TagChange:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "tag": self.tag,
             "old_digest": self.old_digest,
             "new_digest": self.new_digest,
@@ -84,46 +86,53 @@ class TagChange:
 
 @dataclass(frozen=True, slots=True)
 class VersionTree:
-    """A repository's versions as major → minor → patch, with the floating tags on them."""
+    """A page of a repository's versions, highest first, as major → minor → patch, with the
+    floating tags on them. `next_last` is the `last=` of the next page, None on the last."""
 
     repository: str
     policy: dict[str, bool]
     latest: dict[str, Any] | None
     majors: list[dict[str, Any]]
+    next_last: str | None
 
     @classmethod
-    def build(cls, repository: str, tag_digests: dict[str, str], policy: TagPolicy) -> VersionTree:
-        versions = sorted(
-            (v for v in map(parse_version, tag_digests) if v is not None), reverse=True
-        )
+    def build(
+        cls,
+        repository: str,
+        versions: list[tuple[str, str]],
+        floating: dict[str, dict[str, str | None]],
+        policy: TagPolicy,
+        next_last: str | None,
+    ) -> VersionTree:
+        """`versions`: (tag, digest), highest first; `floating`: the floating tags of their
+        lines that exist, tag → {tag, digest, follows}."""
 
-        def floating(tag: str) -> dict[str, Any] | None:
-            digest = tag_digests.get(tag)
-            if digest is None:
-                return None
-            best = highest_release(versions[::-1], tag)
-            follows = best.tag if best is not None and tag_digests[best.tag] == digest else None
-            return {"tag": tag, "digest": digest, "follows": follows}
+        def digest_of(tag: str) -> str | None:
+            state = floating.get(tag)
+            return None if state is None else state["digest"]
 
         majors: dict[tuple[str, int], dict[str, Any]] = {}
-        for version in versions:
+        for tag, digest in versions:
+            version = parse_version(tag)
+            if version is None:
+                continue
             major_tag = f"{version.prefix}{version.major}"
             minor_tag = f"{major_tag}.{version.minor}"
             major = majors.setdefault(
                 (version.prefix, version.major),
-                {"major": major_tag, "floating": floating(major_tag), "minors": {}},
+                {"major": major_tag, "floating": floating.get(major_tag), "minors": {}},
             )
             minor = major["minors"].setdefault(
-                minor_tag, {"minor": minor_tag, "floating": floating(minor_tag), "versions": []}
+                minor_tag,
+                {"minor": minor_tag, "floating": floating.get(minor_tag), "versions": []},
             )
-            digest = tag_digests[version.tag]
             minor["versions"].append(
                 {
-                    "tag": version.tag,
+                    "tag": tag,
                     "digest": digest,
                     "prerelease": not version.is_release,
                     "floating_tags": [
-                        tag for tag in version.floating_tags() if tag_digests.get(tag) == digest
+                        line for line in version.floating_tags() if digest_of(line) == digest
                     ]
                     if version.is_release
                     else [],
@@ -136,8 +145,9 @@ class VersionTree:
                 "floating": policy.floating,
                 "immutable_versions": policy.immutable_versions,
             },
-            latest=floating(LATEST),
+            latest=floating.get(LATEST),
             majors=tree,
+            next_last=next_last,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -146,4 +156,5 @@ class VersionTree:
             "policy": self.policy,
             "latest": self.latest,
             "majors": self.majors,
+            "next_last": self.next_last,
         }

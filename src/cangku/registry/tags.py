@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.engine import Connection
 
-from cangku.content.errors import Denied
-from cangku.content.versions import Version, highest_release, is_floating_tag, parse_version
+from cangku.content.errors import Denied, RequestInvalid
+from cangku.content.versions import LATEST, Line, is_floating_tag, line_of, parse_version
 from cangku.metadata.schema import tag_history, tag_policies, tags
+from cangku.registry.records import TagChange
 
 # Statements built once (building one costs more than running it on SQLite).
 _POLICY_ROWS = select(
@@ -27,11 +29,21 @@ _POLICY_ROWS = select(
 _TAG_DIGEST = select(tags.c.manifest_digest).where(
     tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
 )
-_REPOSITORY_TAGS = (
-    select(tags.c.name, tags.c.manifest_digest)
-    .where(tags.c.repository_id == bindparam("repository_id"))
-    .order_by(tags.c.updated_at, tags.c.name)
+# The newest release of a line: one seek in ix_tags_release. Among releases of equal
+# precedence (they differ in build metadata) the one changed last wins.
+_NEWEST_RELEASE = (
+    select(tags.c.name, tags.c.manifest_digest, tags.c.release_key, tags.c.updated_at)
+    .where(
+        tags.c.repository_id == bindparam("repository_id"),
+        tags.c.version_prefix == bindparam("prefix"),
+        tags.c.release_key >= bindparam("low"),
+        tags.c.release_key < bindparam("high"),
+    )
+    .order_by(tags.c.release_key.desc(), tags.c.updated_at.desc(), tags.c.name.desc())
+    .limit(1)
 )
+# `latest` follows both spellings: the newest of each, then the newer of the two.
+_PREFIXES = ("", "v")
 _INSERT_TAG = insert(tags)
 _UPDATE_TAG = (
     update(tags)
@@ -42,6 +54,42 @@ _DELETE_TAG = delete(tags).where(
     tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
 )
 _INSERT_HISTORY = insert(tag_history)
+_HISTORY = (
+    select(tag_history)
+    .where(
+        tag_history.c.repository_id == bindparam("repository_id"),
+        tag_history.c.tag == bindparam("tag"),
+    )
+    .order_by(tag_history.c.id.desc())
+    .limit(bindparam("limit"))
+)
+_HISTORY_BEFORE = _HISTORY.where(tag_history.c.id < bindparam("before"))
+# The change that put a tag on the digest it has now is its newest change: one row read.
+_NEWEST_MOVE = (
+    select(tag_history)
+    .where(
+        tag_history.c.repository_id == bindparam("repository_id"),
+        tag_history.c.tag == bindparam("tag"),
+        tag_history.c.new_digest == bindparam("digest"),
+    )
+    .order_by(tag_history.c.id.desc())
+    .limit(1)
+)
+_VERSIONS = (
+    select(tags.c.name, tags.c.manifest_digest)
+    .where(
+        tags.c.repository_id == bindparam("repository_id"),
+        tuple_(tags.c.version_key, tags.c.name) < tuple_(bindparam("key"), bindparam("last")),
+        tags.c.version_key >= b"\x01",  # every version's key; excludes NULL (other tags)
+    )
+    .order_by(tags.c.version_key.desc(), tags.c.name.desc())
+    .limit(bindparam("limit"))
+)
+# Default page sizes of a tag's history and of the version tree.
+HISTORY_PAGE = 100
+VERSIONS_PAGE = 100
+# Above every precedence key (their first byte is a digit count, at most 128).
+_ABOVE_ALL = b"\xff"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +99,10 @@ class TagPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class VersionTag:
-    version: Version
+class Release:
+    """The release tag a floating tag follows, and the digest it points at."""
+
+    tag: str
     digest: str
 
 
@@ -93,14 +143,115 @@ def set_policy(
         connection.execute(update(tag_policies).where(where).values(**values))
 
 
-def version_tags(connection: Connection, repository_id: int) -> list[VersionTag]:
-    """The repository's version tags, oldest change first (so the newest wins a tie)."""
-    rows = connection.execute(_REPOSITORY_TAGS, {"repository_id": repository_id}).all()
-    found = []
+def newest_release(connection: Connection, repository_id: int, floating_tag: str) -> Release | None:
+    """The newest release of the line `floating_tag` follows (SemVer 2.0 precedence; of
+    equals, the one changed last), or None. At most two index seeks, however many versions
+    the repository holds."""
+    line = line_of(floating_tag)
+    if line is None:
+        return None
+    found = [
+        row
+        for prefix in ((line.prefix,) if line.prefix is not None else _PREFIXES)
+        if (row := _newest_of(connection, repository_id, line, prefix)) is not None
+    ]
+    if not found:
+        return None
+    best = max(found, key=lambda row: (row.release_key, row.updated_at, row.name))
+    return Release(best.name, best.manifest_digest)
+
+
+def _newest_of(
+    connection: Connection, repository_id: int, line: Line, prefix: str
+) -> Row[str, str, bytes, float] | None:
+    return connection.execute(
+        _NEWEST_RELEASE,
+        {"repository_id": repository_id, "prefix": prefix, "low": line.low, "high": line.high},
+    ).first()
+
+
+def history_page(
+    connection: Connection, repository_id: int, tag: str, limit: int, before: int | None
+) -> tuple[list[TagChange], int | None]:
+    """Up to `limit` changes of `tag`, newest first, older than change `before` if given;
+    and the `before` of the next page (None when this is the last)."""
+    parameters = {"repository_id": repository_id, "tag": tag, "limit": limit + 1}
+    if before is None:
+        rows = connection.execute(_HISTORY, parameters).all()
+    else:
+        rows = connection.execute(_HISTORY_BEFORE, {**parameters, "before": before}).all()
+    changes = [_change(row) for row in rows[:limit]]
+    return changes, (changes[-1].id if len(rows) > limit else None)
+
+
+def newest_move(
+    connection: Connection, repository_id: int, tag: str, digest: str
+) -> TagChange | None:
+    """The newest change that moved `tag` onto `digest`."""
+    row = connection.execute(
+        _NEWEST_MOVE, {"repository_id": repository_id, "tag": tag, "digest": digest}
+    ).first()
+    return None if row is None else _change(row)
+
+
+def _change(row: Row[Any]) -> TagChange:
+    return TagChange(
+        id=row.id,
+        tag=row.tag,
+        old_digest=row.old_digest,
+        new_digest=row.new_digest,
+        changed_at=row.changed_at,
+        actor=row.actor,
+        reason=row.reason,
+    )
+
+
+def version_page(
+    connection: Connection, repository_id: int, limit: int, last: str | None
+) -> tuple[list[tuple[str, str]], str | None]:
+    """Up to `limit` version tags as (tag, digest), highest precedence first (of equals, by
+    name, descending), after the version tag `last` if given; and the `last` of the next
+    page (None when this is the last). One index range read (ix_tags_version)."""
+    if last is None:
+        key, after = _ABOVE_ALL, ""
+    else:
+        version = parse_version(last)
+        if version is None:
+            raise RequestInvalid(f"last must be a version tag, not {last[:50]!r}")
+        key, after = version.precedence_key(), last
+    rows = connection.execute(
+        _VERSIONS, {"repository_id": repository_id, "key": key, "last": after, "limit": limit + 1}
+    ).all()
+    page = [(row.name, row.manifest_digest) for row in rows[:limit]]
+    return page, (page[-1][0] if len(rows) > limit else None)
+
+
+def floating_states(
+    connection: Connection, repository_id: int, floating_tags: set[str]
+) -> dict[str, dict[str, str | None]]:
+    """Of these floating tags, those that exist: tag → {tag, digest, follows}, where `follows`
+    is the release the tag points at as the policy has it, or None when a client set it."""
+    names = sorted(floating_tags)
+    rows = connection.execute(
+        select(tags.c.name, tags.c.manifest_digest).where(
+            tags.c.repository_id == repository_id, tags.c.name.in_(names)
+        )
+    ).all()
+    states: dict[str, dict[str, str | None]] = {}
     for row in rows:
-        version = parse_version(row.name)
+        best = newest_release(connection, repository_id, row.name)
+        follows = best.tag if best is not None and best.digest == row.manifest_digest else None
+        states[row.name] = {"tag": row.name, "digest": row.manifest_digest, "follows": follows}
+    return states
+
+
+def floating_tags_of(tag_names: list[str]) -> set[str]:
+    """The floating tags of these version tags' lines, and `latest`."""
+    found = {LATEST}
+    for tag in tag_names:
+        version = parse_version(tag)
         if version is not None:
-            found.append(VersionTag(version, row.manifest_digest))
+            found.update(version.floating_tags())
     return found
 
 
@@ -130,9 +281,8 @@ def push_tag(
     _move(connection, repository_id, tag, previous, digest, actor, "pushed")
     if version is None or not version.is_release or not policy.floating:
         return
-    versions = version_tags(connection, repository_id)
     for floating in version.floating_tags():
-        best = highest_release([v.version for v in versions], floating)
+        best = newest_release(connection, repository_id, floating)
         if best is not None and best.tag == tag:
             previous_floating = current_digest(connection, repository_id, floating)
             _move(
@@ -172,9 +322,8 @@ def remove_tags(
                 affected.setdefault(floating, tag)
     if not affected:
         return
-    versions = version_tags(connection, repository_id)
     for floating, deleted_tag in affected.items():
-        best = highest_release([v.version for v in versions], floating)
+        best = newest_release(connection, repository_id, floating)
         previous = current_digest(connection, repository_id, floating)
         if best is None:
             if previous is not None:
@@ -189,13 +338,12 @@ def remove_tags(
                     f"{deleted_tag} was deleted; no release left in its line",
                 )
             continue
-        target = next(v.digest for v in reversed(versions) if v.version.tag == best.tag)
         _move(
             connection,
             repository_id,
             floating,
             previous,
-            target,
+            best.digest,
             actor,
             f"{deleted_tag} was deleted; follows {best.tag}",
         )
@@ -206,11 +354,10 @@ def _check_floating_push(
 ) -> None:
     """A client may set a floating tag only while its line has no release, or to the same
     digest the policy would choose."""
-    versions = version_tags(connection, repository_id)
-    best = highest_release([v.version for v in versions], tag)
+    best = newest_release(connection, repository_id, tag)
     if best is None:
         return
-    chosen = next(v.digest for v in reversed(versions) if v.version.tag == best.tag)
+    chosen = best.digest
     if chosen != digest:
         line = "all releases" if tag == "latest" else f"the {tag}.x line"
         raise Denied(
@@ -218,6 +365,19 @@ def _check_floating_push(
             f"({chosen}); push a version tag instead, or turn floating tags off for this "
             f"repository with `cangku repo policy {name} --floating off`"
         )
+
+
+def version_columns(tag: str) -> dict[str, object]:
+    """The `tags` columns that index a version tag (schema.py): NULL for other tags."""
+    version = parse_version(tag)
+    if version is None:
+        return {"version_prefix": None, "version_key": None, "release_key": None}
+    key = version.precedence_key()
+    return {
+        "version_prefix": version.prefix,
+        "version_key": key,
+        "release_key": key if version.is_release else None,
+    }
 
 
 def _move(
@@ -238,6 +398,7 @@ def _move(
                 "name": tag,
                 "manifest_digest": digest,
                 "updated_at": now,
+                **version_columns(tag),
             },
         )
     else:

@@ -13,7 +13,6 @@ from cangku.auth.permissions import DELETE
 from cangku.content.digest import Digest
 from cangku.content.errors import ManifestUnknown, RegistryError
 from cangku.content.names import validate_repository_name, validate_tag
-from cangku.registry.records import TagChange
 from cangku.web.images import config_view, image_facts, read_config
 from cangku.web.site import Site, Viewer, not_found
 
@@ -112,7 +111,7 @@ def routes(site: Site) -> list[BaseRoute]:
                     config = await read_config(registry, name, facts)
                     platforms = [config_view(config)["platform"]]
                 platforms_by_digest[manifest.digest] = platforms
-            pushed = _newest_push(await registry.tag_history(name, tag), manifest.digest)
+            pushed = await registry.newest_move(name, tag, manifest.digest)
             rows.append(
                 {
                     "tag": tag,
@@ -292,14 +291,6 @@ def routes(site: Site) -> list[BaseRoute]:
         Route("/r/{name:path}/-/settings", page(settings), methods=["POST"]),
         Route("/r/{name:path}", page(repository_page), methods=["GET"]),
     ]
-
-
-def _newest_push(history: list[TagChange], digest: str) -> TagChange | None:
-    """The newest move of a tag onto the digest it has now (history is newest first)."""
-    for change in history:
-        if change.new_digest == digest:
-            return change
-    return None
 
 
 async def _tags_on(site: Site, name: str, digest: str) -> list[str]:
