@@ -133,20 +133,21 @@ class Line:
 
 
 # Every precedence key starts with a digit count (1..128), so this range holds them all.
-_ALL_KEYS = (b"\x01", b"\xff")
+ALL_KEYS = (b"\x01", b"\xff")
+# The byte after a line's key is a digit count (at most 128): key + LINE_END bounds the line.
+LINE_END = b"\xff"
 
 
 def line_of(floating_tag: str) -> Line | None:
     """The line a floating tag follows, or None for tags that are not floating tags."""
     if floating_tag == LATEST:
-        return Line(None, *_ALL_KEYS)
+        return Line(None, *ALL_KEYS)
     match = FLOATING_TAG.fullmatch(floating_tag)
     if match is None:
         return None
     minor = None if match["minor"] is None else int(match["minor"])
     low = line_key(int(match["major"]), minor)
-    # The byte after a line's key is a digit count (at most 128), so 0xff bounds the line.
-    return Line(match["prefix"], low, low + b"\xff")
+    return Line(match["prefix"], low, low + LINE_END)
 
 
 def is_floating_tag(tag: str) -> bool:

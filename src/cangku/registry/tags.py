@@ -11,11 +11,32 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, bindparam, delete, insert, select, tuple_, update
+from sqlalchemy import (
+    BindParameter,
+    Row,
+    Select,
+    bindparam,
+    delete,
+    insert,
+    literal,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from cangku.content.errors import Denied, RequestInvalid
-from cangku.content.versions import LATEST, Line, is_floating_tag, line_of, parse_version
+from cangku.content.versions import (
+    ALL_KEYS,
+    LATEST,
+    LINE_END,
+    Version,
+    is_floating_tag,
+    line_key,
+    line_of,
+    parse_version,
+)
 from cangku.metadata.schema import tag_history, tag_policies, tags
 from cangku.registry.records import TagChange
 
@@ -29,21 +50,52 @@ _POLICY_ROWS = select(
 _TAG_DIGEST = select(tags.c.manifest_digest).where(
     tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
 )
+
+
 # The newest release of a line: one seek in ix_tags_release. Among releases of equal
 # precedence (they differ in build metadata) the one changed last wins.
-_NEWEST_RELEASE = (
-    select(tags.c.name, tags.c.manifest_digest, tags.c.release_key, tags.c.updated_at)
-    .where(
-        tags.c.repository_id == bindparam("repository_id"),
-        tags.c.version_prefix == bindparam("prefix"),
-        tags.c.release_key >= bindparam("low"),
-        tags.c.release_key < bindparam("high"),
+def _newest_release_of(
+    prefix: str | BindParameter[str], low: str = "low", high: str = "high", line: str = ""
+) -> Select[str, str, str, bytes, float]:
+    return (
+        select(
+            literal(line).label("line"),
+            tags.c.name,
+            tags.c.manifest_digest,
+            tags.c.release_key,
+            tags.c.updated_at,
+        )
+        .where(
+            tags.c.repository_id == bindparam("repository_id"),
+            tags.c.version_prefix == prefix,
+            tags.c.release_key >= bindparam(low),
+            tags.c.release_key < bindparam(high),
+        )
+        .order_by(tags.c.release_key.desc(), tags.c.updated_at.desc(), tags.c.name.desc())
+        .limit(1)
     )
-    .order_by(tags.c.release_key.desc(), tags.c.updated_at.desc(), tags.c.name.desc())
-    .limit(1)
+
+
+_NEWEST_RELEASE = _newest_release_of(bindparam("prefix"))
+# `latest` follows both spellings: the newest of each (one seek each), then the newer.
+_NEWEST_RELEASE_OF_BOTH = union_all(
+    select(_newest_release_of("").subquery()), select(_newest_release_of("v").subquery())
 )
-# `latest` follows both spellings: the newest of each, then the newer of the two.
-_PREFIXES = ("", "v")
+# A pushed release's three lines in one statement (one seek per line and spelling), keyed by
+# the version's prefix: MAJOR.MINOR, MAJOR, then `latest` of both spellings.
+_LINES_OF_RELEASE = {
+    prefix: union_all(
+        select(_newest_release_of(prefix, "minor_low", "minor_high", "minor").subquery()),
+        select(_newest_release_of(prefix, "major_low", "major_high", "major").subquery()),
+        select(_newest_release_of("", "all_low", "all_high", "latest").subquery()),
+        select(_newest_release_of("v", "all_low", "all_high", "latest").subquery()),
+    )
+    for prefix in ("", "v")
+}
+_TAG_DIGESTS = select(tags.c.name, tags.c.manifest_digest).where(
+    tags.c.repository_id == bindparam("repository_id"),
+    tags.c.name.in_(bindparam("names", expanding=True)),
+)
 _INSERT_TAG = insert(tags)
 _UPDATE_TAG = (
     update(tags)
@@ -150,24 +202,15 @@ def newest_release(connection: Connection, repository_id: int, floating_tag: str
     line = line_of(floating_tag)
     if line is None:
         return None
-    found = [
-        row
-        for prefix in ((line.prefix,) if line.prefix is not None else _PREFIXES)
-        if (row := _newest_of(connection, repository_id, line, prefix)) is not None
-    ]
+    parameters = {"repository_id": repository_id, "low": line.low, "high": line.high}
+    if line.prefix is not None:
+        found = connection.execute(_NEWEST_RELEASE, {**parameters, "prefix": line.prefix}).all()
+    else:
+        found = connection.execute(_NEWEST_RELEASE_OF_BOTH, parameters).all()
     if not found:
         return None
     best = max(found, key=lambda row: (row.release_key, row.updated_at, row.name))
     return Release(best.name, best.manifest_digest)
-
-
-def _newest_of(
-    connection: Connection, repository_id: int, line: Line, prefix: str
-) -> Row[str, str, bytes, float] | None:
-    return connection.execute(
-        _NEWEST_RELEASE,
-        {"repository_id": repository_id, "prefix": prefix, "low": line.low, "high": line.high},
-    ).first()
 
 
 def history_page(
@@ -231,11 +274,8 @@ def floating_states(
 ) -> dict[str, dict[str, str | None]]:
     """Of these floating tags, those that exist: tag → {tag, digest, follows}, where `follows`
     is the release the tag points at as the policy has it, or None when a client set it."""
-    names = sorted(floating_tags)
     rows = connection.execute(
-        select(tags.c.name, tags.c.manifest_digest).where(
-            tags.c.repository_id == repository_id, tags.c.name.in_(names)
-        )
+        _TAG_DIGESTS, {"repository_id": repository_id, "names": sorted(floating_tags)}
     ).all()
     states: dict[str, dict[str, str | None]] = {}
     for row in rows:
@@ -255,6 +295,12 @@ def floating_tags_of(tag_names: list[str]) -> set[str]:
     return found
 
 
+def current_digests(connection: Connection, repository_id: int, names: list[str]) -> dict[str, str]:
+    """Tag → digest, for those of `names` that exist: one statement."""
+    rows = connection.execute(_TAG_DIGESTS, {"repository_id": repository_id, "names": names})
+    return {row.name: row.manifest_digest for row in rows}
+
+
 def current_digest(connection: Connection, repository_id: int, tag: str) -> str | None:
     return connection.scalar(_TAG_DIGEST, {"repository_id": repository_id, "tag": tag})
 
@@ -272,19 +318,28 @@ def push_tag(
     version = parse_version(tag)
     if policy.floating and version is None and is_floating_tag(tag):
         _check_floating_push(connection, repository_id, name, tag, digest)
-    previous = current_digest(connection, repository_id, tag)
+    floating_tags = (
+        version.floating_tags()
+        if version is not None and version.is_release and policy.floating
+        else ()
+    )
+    # The tag's own digest and its floating tags' in one statement.
+    previous_digests = current_digests(connection, repository_id, [tag, *floating_tags])
+    previous = previous_digests.get(tag)
     if version is not None and policy.immutable_versions and previous not in (None, digest):
         raise Denied(
             f"version {tag} of {name} is immutable: it already points at {previous}. Push a new "
             f"version, or turn this off with `cangku repo policy {name} --immutable-versions off`"
         )
-    _move(connection, repository_id, tag, previous, digest, actor, "pushed")
-    if version is None or not version.is_release or not policy.floating:
-        return
-    for floating in version.floating_tags():
-        best = newest_release(connection, repository_id, floating)
-        if best is not None and best.tag == tag:
-            previous_floating = current_digest(connection, repository_id, floating)
+    history: list[dict[str, object]] = []
+    _move(connection, repository_id, tag, previous, digest, actor, "pushed", history)
+    if version is not None and floating_tags:
+        newest = _newest_releases(connection, repository_id, version)
+        for floating, best in zip(floating_tags, newest, strict=True):
+            # Lines nest: not the newest of MAJOR.MINOR, not the newest of the wider ones.
+            if best is None or best.tag != tag:
+                break
+            previous_floating = previous_digests.get(floating)
             _move(
                 connection,
                 repository_id,
@@ -293,7 +348,37 @@ def push_tag(
                 digest,
                 actor,
                 f"follows {tag}",
+                history,
             )
+    _write_history(connection, history)
+
+
+def _newest_releases(
+    connection: Connection, repository_id: int, version: Version
+) -> tuple[Release | None, Release | None, Release | None]:
+    """The newest release of `version`'s MAJOR.MINOR line, MAJOR line and of all releases."""
+    minor, major = line_key(version.major, version.minor), line_key(version.major)
+    rows = connection.execute(
+        _LINES_OF_RELEASE[version.prefix],
+        {
+            "repository_id": repository_id,
+            "minor_low": minor,
+            "minor_high": minor + LINE_END,
+            "major_low": major,
+            "major_high": major + LINE_END,
+            "all_low": ALL_KEYS[0],
+            "all_high": ALL_KEYS[1],
+        },
+    ).all()
+
+    def best(line: str) -> Release | None:
+        found = [row for row in rows if row.line == line]
+        if not found:
+            return None
+        row = max(found, key=lambda row: (row.release_key, row.updated_at, row.name))
+        return Release(row.name, row.manifest_digest)
+
+    return best("minor"), best("major"), best("latest")
 
 
 def remove_tags(
@@ -304,11 +389,22 @@ def remove_tags(
     actor: str | None,
 ) -> None:
     """Tags were deleted (tag → the digest it had): record it, fall floating tags back."""
+    history: list[dict[str, object]] = []
     for tag, digest in removed.items():
         connection.execute(_DELETE_TAG, {"repository_id": repository_id, "tag": tag})
-        _record(connection, repository_id, tag, digest, None, actor, "deleted")
-    if not policy.floating:
-        return
+        _record(repository_id, tag, digest, None, actor, "deleted", history)
+    if policy.floating:
+        _fall_back(connection, repository_id, removed, actor, history)
+    _write_history(connection, history)
+
+
+def _fall_back(
+    connection: Connection,
+    repository_id: int,
+    removed: dict[str, str],
+    actor: str | None,
+    history: list[dict[str, object]],
+) -> None:
     # Floating tags that pointed at a deleted release follow the highest one left in their line.
     affected: dict[str, str] = {}
     for tag, digest in removed.items():
@@ -329,13 +425,13 @@ def remove_tags(
             if previous is not None:
                 connection.execute(_DELETE_TAG, {"repository_id": repository_id, "tag": floating})
                 _record(
-                    connection,
                     repository_id,
                     floating,
                     previous,
                     None,
                     actor,
                     f"{deleted_tag} was deleted; no release left in its line",
+                    history,
                 )
             continue
         _move(
@@ -346,6 +442,7 @@ def remove_tags(
             best.digest,
             actor,
             f"{deleted_tag} was deleted; follows {best.tag}",
+            history,
         )
 
 
@@ -388,7 +485,9 @@ def _move(
     digest: str,
     actor: str | None,
     reason: str,
+    history: list[dict[str, object]],
 ) -> None:
+    """Point `tag` at `digest` (it pointed at `previous`); the change joins `history`."""
     now = time.time()
     if previous is None:
         connection.execute(
@@ -407,20 +506,19 @@ def _move(
             {"b_repository_id": repository_id, "b_tag": tag, "digest": digest, "now": now},
         )
     if previous != digest:
-        _record(connection, repository_id, tag, previous, digest, actor, reason)
+        _record(repository_id, tag, previous, digest, actor, reason, history)
 
 
 def _record(
-    connection: Connection,
     repository_id: int,
     tag: str,
     old: str | None,
     new: str | None,
     actor: str | None,
     reason: str,
+    history: list[dict[str, object]],
 ) -> None:
-    connection.execute(
-        _INSERT_HISTORY,
+    history.append(
         {
             "repository_id": repository_id,
             "tag": tag,
@@ -429,5 +527,11 @@ def _record(
             "changed_at": time.time(),
             "actor": actor,
             "reason": reason,
-        },
+        }
     )
+
+
+def _write_history(connection: Connection, history: list[dict[str, object]]) -> None:
+    """The changes of one push or delete, in order, in one statement."""
+    if history:
+        connection.execute(_INSERT_HISTORY, history)
