@@ -156,6 +156,8 @@ class Release:
 
     tag: str
     digest: str
+    # SemVer precedence key, when it last changed, name: the newest release has the highest.
+    rank: tuple[bytes, float, str]
 
 
 def resolve_policy(connection: Connection, name: str, defaults: TagPolicy) -> TagPolicy:
@@ -210,7 +212,7 @@ def newest_release(connection: Connection, repository_id: int, floating_tag: str
     if not found:
         return None
     best = max(found, key=lambda row: (row.release_key, row.updated_at, row.name))
-    return Release(best.name, best.manifest_digest)
+    return Release(best.name, best.manifest_digest, (best.release_key, best.updated_at, best.name))
 
 
 def history_page(
@@ -331,25 +333,20 @@ def push_tag(
             f"version {tag} of {name} is immutable: it already points at {previous}. Push a new "
             f"version, or turn this off with `cangku repo policy {name} --immutable-versions off`"
         )
-    history: list[dict[str, object]] = []
-    _move(connection, repository_id, tag, previous, digest, actor, "pushed", history)
+    now = time.time()
+    moves = [(tag, previous, "pushed")]
     if version is not None and floating_tags:
+        # Read before the write, and rank the pushed tag as the write will leave it (changed
+        # now), so that all the tags are written together.
+        pushed = (version.precedence_key(), now, tag)
         newest = _newest_releases(connection, repository_id, version)
         for floating, best in zip(floating_tags, newest, strict=True):
             # Lines nest: not the newest of MAJOR.MINOR, not the newest of the wider ones.
-            if best is None or best.tag != tag:
+            if best is not None and best.tag != tag and best.rank > pushed:
                 break
-            previous_floating = previous_digests.get(floating)
-            _move(
-                connection,
-                repository_id,
-                floating,
-                previous_floating,
-                digest,
-                actor,
-                f"follows {tag}",
-                history,
-            )
+            moves.append((floating, previous_digests.get(floating), f"follows {tag}"))
+    history: list[dict[str, object]] = []
+    _write_moves(connection, repository_id, digest, moves, now, actor, history)
     _write_history(connection, history)
 
 
@@ -376,7 +373,7 @@ def _newest_releases(
         if not found:
             return None
         row = max(found, key=lambda row: (row.release_key, row.updated_at, row.name))
-        return Release(row.name, row.manifest_digest)
+        return Release(row.name, row.manifest_digest, (row.release_key, row.updated_at, row.name))
 
     return best("minor"), best("major"), best("latest")
 
@@ -488,25 +485,45 @@ def _move(
     history: list[dict[str, object]],
 ) -> None:
     """Point `tag` at `digest` (it pointed at `previous`); the change joins `history`."""
-    now = time.time()
-    if previous is None:
-        connection.execute(
-            _INSERT_TAG,
-            {
-                "repository_id": repository_id,
-                "name": tag,
-                "manifest_digest": digest,
-                "updated_at": now,
-                **version_columns(tag),
-            },
-        )
-    else:
-        connection.execute(
-            _UPDATE_TAG,
-            {"b_repository_id": repository_id, "b_tag": tag, "digest": digest, "now": now},
-        )
-    if previous != digest:
-        _record(repository_id, tag, previous, digest, actor, reason, history)
+    _write_moves(
+        connection, repository_id, digest, [(tag, previous, reason)], time.time(), actor, history
+    )
+
+
+def _write_moves(
+    connection: Connection,
+    repository_id: int,
+    digest: str,
+    moves: list[tuple[str, str | None, str]],
+    now: float,
+    actor: str | None,
+    history: list[dict[str, object]],
+) -> None:
+    """Point each (tag, previous digest, reason) at `digest`: new tags in one statement,
+    existing ones in another; the changes join `history`."""
+    new = [
+        {
+            "repository_id": repository_id,
+            "name": tag,
+            "manifest_digest": digest,
+            "updated_at": now,
+            **version_columns(tag),
+        }
+        for tag, previous, _ in moves
+        if previous is None
+    ]
+    existing = [
+        {"b_repository_id": repository_id, "b_tag": tag, "digest": digest, "now": now}
+        for tag, previous, _ in moves
+        if previous is not None
+    ]
+    if new:
+        connection.execute(_INSERT_TAG, new)
+    if existing:
+        connection.execute(_UPDATE_TAG, existing)
+    for tag, previous, reason in moves:
+        if previous != digest:
+            _record(repository_id, tag, previous, digest, actor, reason, history)
 
 
 def _record(
