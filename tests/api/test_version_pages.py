@@ -49,10 +49,20 @@ async def test_the_version_tree_pages_highest_first(client: httpx.AsyncClient) -
         ["1.0.0"],
     ]
     # Each page carries the floating tags of its own lines.
-    assert pages[0]["latest"] == {"tag": "latest", "digest": second, "follows": "2.0.0"}
+    assert pages[0]["latest"] == {
+        "tag": "latest",
+        "digest": second,
+        "follows": "2.0.0",
+        "client_managed": False,
+    }
     major = pages[1]["majors"][0]
     assert major["major"] == "v1"
-    assert major["floating"] == {"tag": "v1", "digest": first, "follows": "v1.2.0"}
+    assert major["floating"] == {
+        "tag": "v1",
+        "digest": first,
+        "follows": "v1.2.0",
+        "client_managed": False,
+    }
     one = pages[1]["majors"][1]["minors"][0]
     assert one["minor"] == "1.1" and one["versions"][0]["floating_tags"] == ["1.1", "1"]
     whole = (await client.get(VERSIONS)).json()

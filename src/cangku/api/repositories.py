@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 from cangku.api.errors import json_errors
 from cangku.auth.access import AccessControl
 from cangku.auth.accounts import Accounts
-from cangku.auth.permissions import DELETE, PULL
+from cangku.auth.permissions import DELETE, PULL, PUSH
 from cangku.content.errors import RequestInvalid, SizeInvalid
 from cangku.content.names import validate_repository_name
 from cangku.registry import Registry
@@ -52,6 +52,16 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
             }
         )
 
+    async def release(request: Request) -> Response:
+        """POST: hand a client-managed floating tag back to the floating-tag policy; for
+        those who may push to the repository (docs/tags.md, "Mirroring and syncing")."""
+        name, tag = request.path_params["name"], request.path_params["tag"]
+        actor = None
+        if access is not None:
+            actor = (await access.authorize(request, name, PUSH)).name
+        follows = await registry.release_tag(name, tag, actor)
+        return JSONResponse({"repository": name, "tag": tag, "follows": follows})
+
     accounts = access.accounts if access is not None else Accounts(registry.metadata)
 
     async def visibility(request: Request) -> Response:
@@ -83,6 +93,11 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
             "/repositories/{name:path}/tags/{tag}/history",
             json_errors(tag_history),
             methods=["GET"],
+        ),
+        Route(
+            "/repositories/{name:path}/tags/{tag}/release",
+            json_errors(release),
+            methods=["POST"],
         ),
         Route("/repositories/{name:path}/versions", json_errors(versions), methods=["GET"]),
         Route(

@@ -112,6 +112,9 @@ tags = Table(
     Column("version_prefix", String(1)),
     Column("version_key", LargeBinary),
     Column("release_key", LargeBinary),
+    # True for a floating tag a client pushed over the policy's choice: the policy leaves it
+    # alone until it is released (docs/tags.md, "Mirroring and syncing"). NULL: false.
+    Column("client_managed", Boolean),
     Index("ix_tags_manifest", "repository_id", "manifest_digest"),
     Index(
         "ix_tags_release", "repository_id", "version_prefix", "release_key", "updated_at", "name"

@@ -24,6 +24,8 @@ class PushedManifest:
     digest: str
     subject: str | None
     tags: list[str]
+    # For the client, one Warning header each (e.g. a floating tag became client-managed).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +102,14 @@ class VersionTree:
         cls,
         repository: str,
         versions: list[tuple[str, str]],
-        floating: dict[str, dict[str, str | None]],
+        floating: dict[str, dict[str, str | bool | None]],
         policy: TagPolicy,
         next_last: str | None,
     ) -> VersionTree:
         """`versions`: (tag, digest), highest first; `floating`: the floating tags of their
-        lines that exist, tag → {tag, digest, follows}."""
+        lines that exist, tag → {tag, digest, follows, client_managed}."""
 
-        def digest_of(tag: str) -> str | None:
+        def digest_of(tag: str) -> object:
             state = floating.get(tag)
             return None if state is None else state["digest"]
 

@@ -63,6 +63,7 @@ from cangku.registry.tags import (
     history_page,
     newest_move,
     push_tag,
+    release_tag,
     remove_tags,
     resolve_policy,
     set_policy,
@@ -350,7 +351,7 @@ class Registry:
         tag_names += [validate_tag(tag) for tag in extra_tags or []]
         manifest = parse_manifest(content, content_type, digest)
 
-        def store(connection: Connection) -> None:
+        def store(connection: Connection) -> list[str]:
             repository_id = _ensure_repository(connection, name)
             _check_references(connection, repository_id, manifest)
             if not _manifest_exists(connection, repository_id, digest):
@@ -359,16 +360,21 @@ class Registry:
                     raise refusal
                 _insert_manifest(connection, repository_id, manifest, content)
             policy = resolve_policy(connection, name, self.tag_defaults)
+            warnings = []
             for tag in tag_names:
-                push_tag(connection, repository_id, name, tag, str(digest), policy, actor)
+                warning = push_tag(connection, repository_id, name, tag, str(digest), policy, actor)
+                if warning is not None:
+                    warnings.append(warning)
             if tag_names:
                 _clear_untagged_since(connection, repository_id, digest)
+            return warnings
 
-        await self.metadata.write(store)
+        warnings = await self.metadata.write(store)
         return PushedManifest(
             digest=str(digest),
             subject=str(manifest.subject.digest) if manifest.subject else None,
             tags=tag_names,
+            warnings=tuple(warnings),
         )
 
     async def get_manifest(self, name: str, reference: str) -> StoredManifest:
@@ -465,6 +471,22 @@ class Registry:
         return await self.metadata.read(
             lambda connection: resolve_policy(connection, name, self.tag_defaults)
         )
+
+    async def release_tag(self, name: str, tag: str, actor: str | None = None) -> str | None:
+        """Hand a client-managed floating tag back to the floating-tag policy; returns the
+        release it follows now, or None (its line has no release yet). Raises NameUnknown,
+        ManifestUnknown for a tag that does not exist, RequestInvalid for one that is not a
+        floating tag."""
+        validate_repository_name(name)
+        validate_tag(tag)
+
+        def release(connection: Connection) -> str | None:
+            repository_id = _known_repository_id(connection, name)
+            if current_digest(connection, repository_id, tag) is None:
+                raise ManifestUnknown("manifest unknown", tag)
+            return release_tag(connection, repository_id, tag, actor)
+
+        return await self.metadata.write(release)
 
     async def tag_history(
         self, name: str, tag: str, limit: int = HISTORY_PAGE, before: int | None = None

@@ -92,7 +92,7 @@ _LINES_OF_RELEASE = {
     )
     for prefix in ("", "v")
 }
-_TAG_DIGESTS = select(tags.c.name, tags.c.manifest_digest).where(
+_TAG_STATES = select(tags.c.name, tags.c.manifest_digest, tags.c.client_managed).where(
     tags.c.repository_id == bindparam("repository_id"),
     tags.c.name.in_(bindparam("names", expanding=True)),
 )
@@ -100,7 +100,16 @@ _INSERT_TAG = insert(tags)
 _UPDATE_TAG = (
     update(tags)
     .where(tags.c.repository_id == bindparam("b_repository_id"), tags.c.name == bindparam("b_tag"))
-    .values(manifest_digest=bindparam("digest"), updated_at=bindparam("now"))
+    .values(
+        manifest_digest=bindparam("digest"),
+        updated_at=bindparam("now"),
+        client_managed=bindparam("managed"),
+    )
+)
+_RELEASE_TAG = (
+    update(tags)
+    .where(tags.c.repository_id == bindparam("b_repository_id"), tags.c.name == bindparam("b_tag"))
+    .values(client_managed=None)
 )
 _DELETE_TAG = delete(tags).where(
     tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
@@ -273,17 +282,20 @@ def version_page(
 
 def floating_states(
     connection: Connection, repository_id: int, floating_tags: set[str]
-) -> dict[str, dict[str, str | None]]:
-    """Of these floating tags, those that exist: tag → {tag, digest, follows}, where `follows`
-    is the release the tag points at as the policy has it, or None when a client set it."""
-    rows = connection.execute(
-        _TAG_DIGESTS, {"repository_id": repository_id, "names": sorted(floating_tags)}
-    ).all()
-    states: dict[str, dict[str, str | None]] = {}
-    for row in rows:
-        best = newest_release(connection, repository_id, row.name)
-        follows = best.tag if best is not None and best.digest == row.manifest_digest else None
-        states[row.name] = {"tag": row.name, "digest": row.manifest_digest, "follows": follows}
+) -> dict[str, dict[str, str | bool | None]]:
+    """Of these floating tags, those that exist: tag → {tag, digest, follows, client_managed},
+    where `follows` is the release the tag points at as the policy has it, or None when a
+    client set it elsewhere."""
+    states: dict[str, dict[str, str | bool | None]] = {}
+    for tag, state in tag_states(connection, repository_id, sorted(floating_tags)).items():
+        best = newest_release(connection, repository_id, tag)
+        follows = best.tag if best is not None and best.digest == state.digest else None
+        states[tag] = {
+            "tag": tag,
+            "digest": state.digest,
+            "follows": follows,
+            "client_managed": state.client_managed,
+        }
     return states
 
 
@@ -297,10 +309,17 @@ def floating_tags_of(tag_names: list[str]) -> set[str]:
     return found
 
 
-def current_digests(connection: Connection, repository_id: int, names: list[str]) -> dict[str, str]:
-    """Tag → digest, for those of `names` that exist: one statement."""
-    rows = connection.execute(_TAG_DIGESTS, {"repository_id": repository_id, "names": names})
-    return {row.name: row.manifest_digest for row in rows}
+@dataclass(frozen=True, slots=True)
+class TagState:
+    digest: str
+    # Pushed by a client over the policy's choice: the policy leaves it where it is.
+    client_managed: bool
+
+
+def tag_states(connection: Connection, repository_id: int, names: list[str]) -> dict[str, TagState]:
+    """Tag → its state, for those of `names` that exist: one statement."""
+    rows = connection.execute(_TAG_STATES, {"repository_id": repository_id, "names": names})
+    return {row.name: TagState(row.manifest_digest, bool(row.client_managed)) for row in rows}
 
 
 def current_digest(connection: Connection, repository_id: int, tag: str) -> str | None:
@@ -315,26 +334,38 @@ def push_tag(
     digest: str,
     policy: TagPolicy,
     actor: str | None,
-) -> None:
-    """A client pushed `tag` → `digest`: check the policy, move it, move the floating tags."""
+) -> str | None:
+    """A client pushed `tag` → `digest`: check the policy, move it, move the floating tags.
+
+    A client's push always moves the tag it names (docs/tags.md, "Mirroring and syncing"):
+    a floating tag pushed at another digest than the policy would give it becomes
+    client-managed, and the policy stops moving it until it is released (`release_tag`).
+    Returns the warning to give the client then, else None. Raises Denied only for a
+    changed immutable version.
+    """
     version = parse_version(tag)
-    if policy.floating and version is None and is_floating_tag(tag):
-        _check_floating_push(connection, repository_id, name, tag, digest)
     floating_tags = (
         version.floating_tags()
         if version is not None and version.is_release and policy.floating
         else ()
     )
-    # The tag's own digest and its floating tags' in one statement.
-    previous_digests = current_digests(connection, repository_id, [tag, *floating_tags])
-    previous = previous_digests.get(tag)
+    # The tag's own state and its floating tags' in one statement.
+    states = tag_states(connection, repository_id, [tag, *floating_tags])
+    state = states.get(tag)
+    previous = state.digest if state is not None else None
     if version is not None and policy.immutable_versions and previous not in (None, digest):
         raise Denied(
             f"version {tag} of {name} is immutable: it already points at {previous}. Push a new "
             f"version, or turn this off with `cangku repo policy {name} --immutable-versions off`"
         )
+    managed = state is not None and state.client_managed
+    warning = None
+    if policy.floating and version is None and not managed and is_floating_tag(tag):
+        warning = _overrides_policy(connection, repository_id, name, tag, digest)
+        managed = warning is not None
     now = time.time()
-    moves = [(tag, previous, "pushed")]
+    reason = "pushed; client-managed from now on" if warning else "pushed"
+    moves = [(tag, previous, reason, managed)]
     if version is not None and floating_tags:
         # Read before the write, and rank the pushed tag as the write will leave it (changed
         # now), so that all the tags are written together.
@@ -344,10 +375,15 @@ def push_tag(
             # Lines nest: not the newest of MAJOR.MINOR, not the newest of the wider ones.
             if best is not None and best.tag != tag and best.rank > pushed:
                 break
-            moves.append((floating, previous_digests.get(floating), f"follows {tag}"))
+            floating_state = states.get(floating)
+            if floating_state is not None and floating_state.client_managed:
+                continue
+            previous_floating = floating_state.digest if floating_state is not None else None
+            moves.append((floating, previous_floating, f"follows {tag}", False))
     history: list[dict[str, object]] = []
     _write_moves(connection, repository_id, digest, moves, now, actor, history)
     _write_history(connection, history)
+    return warning
 
 
 def _newest_releases(
@@ -403,21 +439,28 @@ def _fall_back(
     history: list[dict[str, object]],
 ) -> None:
     # Floating tags that pointed at a deleted release follow the highest one left in their line.
+    # Client-managed ones stay where the client put them.
+    releases = [
+        (tag, digest, version)
+        for tag, digest in removed.items()
+        if (version := parse_version(tag)) is not None and version.is_release
+    ]
+    candidates = {floating for _, _, version in releases for floating in version.floating_tags()}
+    states = tag_states(connection, repository_id, sorted(candidates)) if candidates else {}
     affected: dict[str, str] = {}
-    for tag, digest in removed.items():
-        version = parse_version(tag)
-        if version is None or not version.is_release:
-            continue
+    for tag, digest, version in releases:
         for floating in version.floating_tags():
+            state = states.get(floating)
             was_removed_with_it = removed.get(floating) == digest
-            still_points_at_it = current_digest(connection, repository_id, floating) == digest
+            still_points_at_it = state is not None and state.digest == digest
+            if state is not None and state.client_managed:
+                continue
             if was_removed_with_it or still_points_at_it:
                 affected.setdefault(floating, tag)
-    if not affected:
-        return
     for floating, deleted_tag in affected.items():
         best = newest_release(connection, repository_id, floating)
-        previous = current_digest(connection, repository_id, floating)
+        state = states.get(floating)
+        previous = state.digest if state is not None else None
         if best is None:
             if previous is not None:
                 connection.execute(_DELETE_TAG, {"repository_id": repository_id, "tag": floating})
@@ -443,22 +486,50 @@ def _fall_back(
         )
 
 
-def _check_floating_push(
+def _overrides_policy(
     connection: Connection, repository_id: int, name: str, tag: str, digest: str
-) -> None:
-    """A client may set a floating tag only while its line has no release, or to the same
-    digest the policy would choose."""
+) -> str | None:
+    """The warning when a client's push of floating tag `tag` names another digest than the
+    policy gives it (the newest release of its line); None while the line has no release
+    (the tag then follows the first release that arrives) or when the digests agree."""
     best = newest_release(connection, repository_id, tag)
-    if best is None:
-        return
-    chosen = best.digest
-    if chosen != digest:
-        line = "all releases" if tag == "latest" else f"the {tag}.x line"
-        raise Denied(
-            f"tag {tag} of {name} follows the newest release of {line}, now {best.tag} "
-            f"({chosen}); push a version tag instead, or turn floating tags off for this "
-            f"repository with `cangku repo policy {name} --floating off`"
-        )
+    if best is None or best.digest == digest:
+        return None
+    line = "all releases" if tag == LATEST else f"the {tag}.x line"
+    # One line of ASCII without double quotes: it goes into a Warning header (RFC 9111 §5.5).
+    return (
+        f"tag {tag} of {name} is now client-managed: it stays where you pushed it instead of "
+        f"following the newest release of {line} (now {best.tag}); release it with "
+        f"`cangku repo release-tag {name} {tag}` or POST "
+        f"/api/v1/repositories/{name}/tags/{tag}/release"
+    )
+
+
+def release_tag(
+    connection: Connection, repository_id: int, tag: str, actor: str | None
+) -> str | None:
+    """Hand a client-managed floating tag back to the policy: it moves to the newest release
+    of its line now (if there is one) and follows it from then on. Returns the release it
+    follows, or None. Raises RequestInvalid for a tag that is not a floating tag."""
+    if not is_floating_tag(tag):
+        raise RequestInvalid(f"{tag[:128]} is not a floating tag (latest, MAJOR or MAJOR.MINOR)")
+    connection.execute(_RELEASE_TAG, {"b_repository_id": repository_id, "b_tag": tag})
+    state = tag_states(connection, repository_id, [tag]).get(tag)
+    best = newest_release(connection, repository_id, tag)
+    if state is None or best is None:
+        return None
+    history: list[dict[str, object]] = []
+    _write_moves(
+        connection,
+        repository_id,
+        best.digest,
+        [(tag, state.digest, f"released; follows {best.tag}", False)],
+        time.time(),
+        actor,
+        history,
+    )
+    _write_history(connection, history)
+    return best.tag
 
 
 def version_columns(tag: str) -> dict[str, object]:
@@ -486,7 +557,13 @@ def _move(
 ) -> None:
     """Point `tag` at `digest` (it pointed at `previous`); the change joins `history`."""
     _write_moves(
-        connection, repository_id, digest, [(tag, previous, reason)], time.time(), actor, history
+        connection,
+        repository_id,
+        digest,
+        [(tag, previous, reason, False)],
+        time.time(),
+        actor,
+        history,
     )
 
 
@@ -494,34 +571,41 @@ def _write_moves(
     connection: Connection,
     repository_id: int,
     digest: str,
-    moves: list[tuple[str, str | None, str]],
+    moves: list[tuple[str, str | None, str, bool]],
     now: float,
     actor: str | None,
     history: list[dict[str, object]],
 ) -> None:
-    """Point each (tag, previous digest, reason) at `digest`: new tags in one statement,
-    existing ones in another; the changes join `history`."""
+    """Point each (tag, previous digest, reason, client-managed) at `digest`: new tags in one
+    statement, existing ones in another; the changes join `history`."""
     new = [
         {
             "repository_id": repository_id,
             "name": tag,
             "manifest_digest": digest,
             "updated_at": now,
+            "client_managed": managed or None,
             **version_columns(tag),
         }
-        for tag, previous, _ in moves
+        for tag, previous, _, managed in moves
         if previous is None
     ]
     existing = [
-        {"b_repository_id": repository_id, "b_tag": tag, "digest": digest, "now": now}
-        for tag, previous, _ in moves
+        {
+            "b_repository_id": repository_id,
+            "b_tag": tag,
+            "digest": digest,
+            "now": now,
+            "managed": managed or None,
+        }
+        for tag, previous, _, managed in moves
         if previous is not None
     ]
     if new:
         connection.execute(_INSERT_TAG, new)
     if existing:
         connection.execute(_UPDATE_TAG, existing)
-    for tag, previous, reason in moves:
+    for tag, previous, reason, _ in moves:
         if previous != digest:
             _record(repository_id, tag, previous, digest, actor, reason, history)
 

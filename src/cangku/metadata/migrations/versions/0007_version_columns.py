@@ -1,5 +1,6 @@
 """Version tags' parsed precedence in indexed columns, so that moving the floating tags and
-reading the version tree cost an index seek, not a walk over every tag (issue 20).
+reading the version tree cost an index seek, not a walk over every tag (issue 20); and the
+client-managed mark of floating tags a client pushed itself (issue 19).
 
 Revision ID: 0007
 Revises: 0006
@@ -24,6 +25,7 @@ def upgrade() -> None:
     op.add_column("tags", sa.Column("version_prefix", sa.String(1)))
     op.add_column("tags", sa.Column("version_key", sa.LargeBinary))
     op.add_column("tags", sa.Column("release_key", sa.LargeBinary))
+    op.add_column("tags", sa.Column("client_managed", sa.Boolean))
     tags = sa.table(
         "tags",
         sa.column("repository_id", sa.Integer),
@@ -75,6 +77,7 @@ def downgrade() -> None:
     op.drop_index("ix_tags_version", "tags")
     op.drop_index("ix_tags_release", "tags")
     with op.batch_alter_table("tags") as batch:
+        batch.drop_column("client_managed")
         batch.drop_column("release_key")
         batch.drop_column("version_key")
         batch.drop_column("version_prefix")
