@@ -113,7 +113,7 @@ async def seed(registry: Registry, images: tuple[bytes, bytes], start: int, stop
 async def steps(
     client: httpx.AsyncClient, other: bytes, round_: int
 ) -> dict[str, Callable[[], Awaitable[object]]]:
-    """Each step leaves the repository as it found it, so both rounds do the same moves."""
+    """The steps leave the repository as they found it, so both rounds do the same moves."""
     newest = f"{500 + round_}.0.0"
     old_patch = f"0.0.{10 + round_}"
     candidate = f"{600 + round_}.0.0-rc.1"
@@ -127,6 +127,10 @@ async def steps(
     async def delete(tag: str) -> None:
         response = await client.delete(f"/v2/{REPO}/manifests/{tag}")
         assert response.status_code == 202, response.text
+
+    async def post(path: str) -> None:
+        response = await client.post(path)
+        assert response.status_code == 200, response.text
 
     async def get(path: str) -> None:
         response = await client.get(path)
@@ -144,6 +148,8 @@ async def steps(
         "push a pre-release": lambda: put(candidate),
         "delete a pre-release": lambda: delete(candidate),
         "push latest as the policy has it": push_latest_as_it_is,
+        "push latest over the policy": lambda: put("latest"),
+        "release latest": lambda: post(f"/api/v1/repositories/{REPO}/tags/latest/release"),
         "read the version tree": lambda: get(f"/api/v1/repositories/{REPO}/versions"),
         "read the history of latest": lambda: get(
             f"/api/v1/repositories/{REPO}/tags/latest/history"
