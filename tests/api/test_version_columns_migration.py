@@ -49,6 +49,17 @@ def test_existing_version_tags_are_indexed_by_the_migration(
                     ),
                     {"tag": tag, "digest": digest, "updated_at": updated_at},
                 )
+            # More than one of the migration's batches (1,000 tags).
+            connection.execute(
+                text("INSERT INTO repositories (id, name, created_at) VALUES (8, 'jimo/big', 0)")
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) "
+                    "VALUES (8, :tag, :digest, 0)"
+                ),
+                [{"tag": f"0.0.{patch}", "digest": A} for patch in range(2_500)],
+            )
         upgrade(engine, "head")
         with engine.connect() as connection:
             assert newest_release(connection, 7, "1") == newest_release(connection, 7, "1.9")
@@ -70,5 +81,7 @@ def test_existing_version_tags_are_indexed_by_the_migration(
                 text("SELECT count(*) FROM tags WHERE version_key IS NULL")
             ).scalar()
             assert other == 2  # latest and stable
+            assert newest_release(connection, 8, "latest").tag == "0.0.2499"  # type: ignore[union-attr]
+            assert len(version_page(connection, 8, 1000, "0.0.1000")[0]) == 1000
     finally:
         engine.dispose()

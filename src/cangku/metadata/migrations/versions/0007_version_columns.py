@@ -18,7 +18,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-BATCH = 1000
+BATCH = 1000  # tags per statement
 
 
 def upgrade() -> None:
@@ -47,24 +47,36 @@ def upgrade() -> None:
         )
     )
     connection = op.get_bind()
-    rows = connection.execute(sa.select(tags.c.repository_id, tags.c.name)).all()
-    updates = []
-    for row in rows:
-        version = parse_version(row.name)
-        if version is None:
-            continue
-        key = version.precedence_key()
-        updates.append(
-            {
-                "b_repository_id": row.repository_id,
-                "b_name": row.name,
-                "prefix": version.prefix,
-                "key": key,
-                "release": key if version.is_release else None,
-            }
+    # A batch of tags at a time, in key order, so that a big registry is never held whole.
+    page = (
+        sa.select(tags.c.repository_id, tags.c.name)
+        .where(
+            sa.tuple_(tags.c.repository_id, tags.c.name)
+            > sa.tuple_(sa.bindparam("after_id"), sa.bindparam("after_name"))
         )
-    for start in range(0, len(updates), BATCH):
-        connection.execute(fill, updates[start : start + BATCH])
+        .order_by(tags.c.repository_id, tags.c.name)
+        .limit(BATCH)
+    )
+    after: tuple[int, str] = (-1, "")
+    while rows := connection.execute(page, {"after_id": after[0], "after_name": after[1]}).all():
+        after = (rows[-1].repository_id, rows[-1].name)
+        updates = []
+        for row in rows:
+            version = parse_version(row.name)
+            if version is None:
+                continue
+            key = version.precedence_key()
+            updates.append(
+                {
+                    "b_repository_id": row.repository_id,
+                    "b_name": row.name,
+                    "prefix": version.prefix,
+                    "key": key,
+                    "release": key if version.is_release else None,
+                }
+            )
+        if updates:
+            connection.execute(fill, updates)
     op.create_index(
         "ix_tags_release",
         "tags",
