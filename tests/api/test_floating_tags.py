@@ -320,18 +320,19 @@ async def test_json_api_answers_404_for_unknown_repository(client: httpx.AsyncCl
 
 # -- concurrency ----------------------------------------------------------------------------
 async def _repository_with_images(
-    registry: Registry, name: str, count: int
+    registry: Registry, data_dir: Path, name: str, count: int
 ) -> list[tuple[str, bytes]]:
-    transport = httpx.ASGITransport(app=_app(registry))
+    transport = httpx.ASGITransport(app=_app(registry, data_dir))
     async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
         return [await image(client, name) for _ in range(count)]
 
 
-def _app(registry: Registry):  # type: ignore[no-untyped-def]
+def _app(registry: Registry, data_dir: Path):  # type: ignore[no-untyped-def]
     from cangku.app import create_app
     from cangku.config import Settings
 
-    return create_app(Settings(auth={"open": True}), registry)
+    # The test's data directory: the default (./data) would leave a session key in the tree.
+    return create_app(Settings(data=data_dir, auth={"open": True}), registry)
 
 
 async def test_concurrent_pushes_end_with_the_highest_in_every_interleaving(
@@ -346,7 +347,7 @@ async def test_concurrent_pushes_end_with_the_highest_in_every_interleaving(
         for round_number in range(12):
             name = f"jimo/race{round_number}"
             (_, low_content), (high, high_content) = await _repository_with_images(
-                registry, name, 2
+                registry, data_dir, name, 2
             )
             pushes = [
                 (registry, "1.9.2", low_content),
@@ -428,7 +429,7 @@ async def _check_model(data_dir: Path, steps: list[tuple[str, str, int]]) -> Non
     registry = Registry(FilesystemStorage(data_dir), MetadataStore.open(sqlite_url(data_dir)))
     name = f"model/repo{next(_repository_counter)}"
     try:
-        images = await _repository_with_images(registry, name, 4)
+        images = await _repository_with_images(registry, data_dir, name, 4)
         model: dict[str, tuple[str, int]] = {}
         for sequence, (action, version, index) in enumerate(steps):
             if action == "push":

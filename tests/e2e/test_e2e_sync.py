@@ -45,8 +45,12 @@ def tags_of(server: RegistryServer, repository: str) -> dict[str, str]:
 
 
 def push(
-    skopeo: Client, layout: OciLayout, server: RegistryServer, repository: str, tags: dict
-) -> dict[str, str]:  # type: ignore[type-arg]
+    skopeo: Client,
+    layout: OciLayout,
+    server: RegistryServer,
+    repository: str,
+    tags: dict[str, str],
+) -> dict[str, str]:
     """Push tag → image name of `layout`, in the order given; returns tag → digest."""
     for tag, image in tags.items():
         skopeo.run(
