@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from cangku.registry import Registry
 from tests.api.helpers import OCI_MANIFEST, push_image
 
 REPO = "jimo/paged"
@@ -106,3 +107,18 @@ async def test_page_parameters_are_checked(
     error = response.json()["error"]
     assert error["code"] in ("REQUEST_INVALID", "MANIFEST_INVALID"), error
     assert error["message"]
+
+
+async def test_the_repository_page_shows_the_highest_hundred_versions(
+    client: httpx.AsyncClient, registry: Registry
+) -> None:
+    _, content = await push_image(client, REPO, layers=1)
+    for patch in range(105):
+        await registry.put_manifest(REPO, f"1.0.{patch}", content, OCI_MANIFEST)
+    page = await client.get(f"/r/{REPO}")
+    assert page.status_code == 200
+    tree = page.text.split("<h2>Versions</h2>")[1].split("</div>")[0]
+    assert ">1.0.104</a>" in tree and ">1.0.5</a>" in tree
+    assert ">1.0.4</a>" not in tree
+    assert "Only the highest 100 versions are shown" in tree
+    assert f"/api/v1/repositories/{REPO}/versions?last=1.0.5" in tree
