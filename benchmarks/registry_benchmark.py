@@ -83,6 +83,8 @@ class Settings:
     load_repetitions: int  # for the time-bounded rows (manifests, listings)
     listing_seconds: float
     tag_count: int
+    version_count: int  # versions in the big repository of the versions rows
+    version_samples: int  # timed PUTs per repository there
     catalog_repos: int
     image_clients: int
     images_per_client: int
@@ -104,6 +106,8 @@ class Settings:
                 load_repetitions=1,
                 listing_seconds=1.0,
                 tag_count=250,
+                version_count=1000,
+                version_samples=100,
                 catalog_repos=60,
                 image_clients=8,
                 images_per_client=2,
@@ -122,6 +126,8 @@ class Settings:
             load_repetitions=3,
             listing_seconds=4.0,
             tag_count=1000,
+            version_count=10_000,
+            version_samples=300,
             catalog_repos=200,
             image_clients=8,
             images_per_client=8,
@@ -1073,6 +1079,120 @@ class Bench:
 
         self.measure(whole, s.load_repetitions, measure_whole)
 
+    def versions_rows(self) -> None:
+        """Issue 20: a manifest PUT must cost the same in a repository of 10,000 versions as
+        in one of 10, and as a plain-tag PUT; the version tree and a tag's history must stay
+        fast. cangku only (the reference registry has no floating tags): its own rows compared
+        with each other, in one run, samples interleaved."""
+        s = self.settings
+        if not self.selected("versions"):
+            return
+        cangku = next((r for r in self.registries if r.name == "cangku"), None)
+        if cangku is None:
+            return
+        many = s.version_count
+        labels = {
+            "plain": "manifest PUT, plain tag, repository of 10 tags (ms)",
+            "few": "manifest PUT, next version, repository of 10 versions (ms)",
+            "many": f"manifest PUT, next version, repository of {many:,} versions (ms)",
+        }
+        rows = {
+            key: self.add_row(f"versions-{key}", label, lower_is_better=True)
+            for key, label in labels.items()
+        }
+        pages = {
+            "tree": "/api/v1/repositories/bench/versions-many/versions",
+            "history": "/api/v1/repositories/bench/versions-many/tags/latest/history",
+            "page": "/r/bench/versions-many",
+        }
+        page_rows = {
+            key: self.add_row(
+                f"versions-{key}",
+                f"GET {path.replace('bench/versions-many', '<repo>')}, {many:,} versions (ms)",
+                lower_is_better=True,
+            )
+            for key, path in pages.items()
+        }
+        ratio_many = self.add_row(
+            "versions-ratio", f"PUT at {many:,} versions / at 10 versions (goal <= 1.2)"
+        )
+        ratio_plain = self.add_row(
+            "versions-ratio", f"PUT at {many:,} versions / plain-tag PUT (goal <= 1.2)"
+        )
+        for row in [*rows.values(), *page_rows.values(), ratio_many, ratio_plain]:
+            for registry in self.registries:
+                if registry is not cangku:
+                    row.notes[registry.name] = "not measured: cangku's own comparison"
+        base = cangku.base
+        config, layers = small_image("versions")
+
+        def manifest(label: str) -> bytes:
+            # Distinct manifests (an annotation) over the same blobs, as CI pushes are.
+            document = json.loads(image_manifest(config, layers))
+            document["annotations"] = {"bench": label}
+            return json.dumps(document, separators=(",", ":")).encode()
+
+        def put(client: httpx.Client, repo: str, tag: str) -> float:
+            body = manifest(f"{repo}:{tag}")
+            started = time.perf_counter()
+            expect(
+                client.put(
+                    f"{base}/v2/{repo}/manifests/{tag}",
+                    content=body,
+                    headers={"Content-Type": OCI_MANIFEST},
+                ),
+                201,
+            )
+            return (time.perf_counter() - started) * 1000
+
+        def version(index: int) -> str:
+            return f"{index // 100}.{index // 10 % 10}.{index % 10}"
+
+        with new_client() as client:
+            repos = {
+                "plain": "bench/plain",
+                "few": "bench/versions-few",
+                "many": "bench/versions-many",
+            }
+            for repo in repos.values():
+                push_image(client, base, repo, "base", config, layers)
+            log(f"versions: pushing {many:,} versions")
+            for index in range(10):
+                put(client, repos["plain"], f"build-{index}")
+                put(client, repos["few"], version(index))
+
+            def seed(index: int) -> None:
+                with new_client() as own:
+                    for item in range(index, many, 8):
+                        put(own, repos["many"], version(item))
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(seed, range(8)))
+            samples: dict[str, list[float]] = {key: [] for key in repos}
+            # Each sample pushes a new highest version (it moves MAJOR.MINOR, MAJOR and latest)
+            # or a new plain tag, then deletes it untimed, so the repositories keep their size.
+            for sample in range(s.version_samples):
+                for key in repos if sample % 2 == 0 else reversed(list(repos)):
+                    tag = f"build-{1000 + sample}" if key == "plain" else f"{1000 + sample}.0.0"
+                    samples[key].append(put(client, repos[key], tag))
+                    expect(client.delete(f"{base}/v2/{repos[key]}/manifests/{tag}"), 202)
+            for key, values in samples.items():
+                rows[key].values["cangku"] = statistics.median(values)
+            for key, path in pages.items():
+                timings = []
+                for _ in range(s.version_samples // 10):
+                    started = time.perf_counter()
+                    expect(client.get(f"{base}{path}"), 200)
+                    timings.append((time.perf_counter() - started) * 1000)
+                page_rows[key].values["cangku"] = statistics.median(timings)
+        medians = {key: row.values["cangku"] for key, row in rows.items()}
+        ratio_many.values["cangku"] = medians["many"] / medians["few"]
+        ratio_plain.values["cangku"] = medians["many"] / medians["plain"]
+        log(
+            "versions: "
+            + ", ".join(f"{row.label} = {row.values['cangku']:.2f}" for row in self.rows[-8:])
+        )
+
     def catalog_row(self) -> None:
         s = self.settings
         if not self.selected("catalog"):
@@ -1365,7 +1485,7 @@ def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> st
 
 ROW_KEYS = (
     "mono-<MiB>, chunked-<MiB>, pull-1, pull-4, manifest-{put,get,head}-{1,16,64}, "
-    "images-8, tags, catalog, docker-push, docker-pull"
+    "images-8, tags, versions, catalog, docker-push, docker-pull"
 )
 
 
@@ -1410,6 +1530,7 @@ def main() -> int:
             bench.manifest_rows,
             bench.image_push_row,
             bench.tags_row,
+            bench.versions_rows,
             bench.catalog_row,
             bench.docker_rows,
         ):

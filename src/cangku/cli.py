@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     repo_policy.add_argument("name", help="repository, e.g. jimo/my-image")
     _add_policy_switches(repo_policy)
     repo_policy.set_defaults(scope="repository")
+    release = _command(
+        repo,
+        "release-tag",
+        "hand a client-managed floating tag (latest, 1, 1.9) back to the floating-tag policy",
+        run=release_tag_run,
+    )
+    release.add_argument("name", help="repository, e.g. jimo/my-image")
+    release.add_argument("tag", help="the floating tag, e.g. latest")
 
     namespace = commands.add_parser("namespace", help="namespaces").add_subparsers(
         dest="action", required=True
@@ -409,6 +417,15 @@ async def tag_policy_run(settings: Settings, args: argparse.Namespace) -> int:
     print(f"{args.scope} {args.name}")
     print(f"  floating tags:      {'on' if policy.floating else 'off'}")
     print(f"  immutable versions: {'on' if policy.immutable_versions else 'off'}")
+    return 0
+
+
+async def release_tag_run(settings: Settings, args: argparse.Namespace) -> int:
+    follows = await _with_registry(settings, lambda r, a: r.release_tag(args.name, args.tag))
+    if follows is None:
+        print(f"{args.name}:{args.tag} follows the first release of its line that arrives")
+    else:
+        print(f"{args.name}:{args.tag} follows {follows} now")
     return 0
 
 

@@ -19,7 +19,7 @@ from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
 from cangku.registry.tags import TagPolicy
 from cangku.storage.filesystem import FilesystemStorage
-from tests.api.helpers import OCI_MANIFEST, error_code, push_image
+from tests.api.helpers import OCI_MANIFEST, push_image
 from tests.databases import same_database
 
 REPO = "jimo/my-image"
@@ -133,20 +133,80 @@ async def test_floating_tag_push_is_allowed_while_its_line_has_no_release(
     assert (await tags_now(client))["1.9"] == release
 
 
-async def test_floating_tag_push_that_contradicts_the_policy_is_denied(
+async def test_floating_tag_push_over_the_policy_succeeds_and_the_tag_stops_floating(
     client: httpx.AsyncClient,
 ) -> None:
     digest, content = await image(client)
-    _, other = await image(client)
+    other, other_content = await image(client)
     await tag(client, "1.9.2", content)
-    response = await tag(client, "1.9", other)
-    assert response.status_code == 403
-    assert error_code(response) == "DENIED"
-    message = response.json()["errors"][0]["message"]
-    assert "1.9.2" in message and "cangku repo policy jimo/my-image --floating off" in message
-    # Naming the digest the policy would choose is fine.
-    assert (await tag(client, "1", content)).status_code == 201
-    assert (await tags_now(client))["1.9"] == digest
+    response = await tag(client, "1.9", other_content)
+    assert response.status_code == 201
+    warning = response.headers["Warning"]
+    assert warning.startswith('299 - "tag 1.9 of jimo/my-image is now client-managed')
+    assert "1.9.2" in warning and "cangku repo release-tag jimo/my-image 1.9" in warning
+    # A newer release moves the other floating tags, not the client-managed one.
+    newer, newer_content = await image(client)
+    await tag(client, "1.9.3", newer_content)
+    assert await tags_now(client) == {
+        "1.9.2": digest,
+        "1.9.3": newer,
+        "1.9": other,
+        "1": newer,
+        "latest": newer,
+    }
+    history = (await client.get(f"/api/v1/repositories/{REPO}/tags/1.9/history")).json()
+    assert history["history"][0]["reason"] == "pushed; client-managed from now on"
+    tree = (await client.get(f"/api/v1/repositories/{REPO}/versions")).json()
+    assert tree["majors"][0]["minors"][0]["floating"] == {
+        "tag": "1.9",
+        "digest": other,
+        "follows": None,
+        "client_managed": True,
+    }
+    # Naming the digest the policy would choose changes nothing: no warning, still floating.
+    agreeing = await tag(client, "1", newer_content)
+    assert agreeing.status_code == 201 and "Warning" not in agreeing.headers
+    newest, newest_content = await image(client)
+    await tag(client, "1.10.0", newest_content)
+    assert (await tags_now(client))["1"] == newest
+
+
+async def test_backport_ci_pushing_version_then_latest_succeeds_until_released(
+    client: httpx.AsyncClient,
+) -> None:
+    images = {v: await image(client) for v in ("1.9.3", "2.0.0", "1.9.4", "2.0.1", "2.0.2")}
+    for version in ("1.9.3", "2.0.0", "1.9.4"):
+        assert (await tag(client, version, images[version][1])).status_code == 201
+    backport = await tag(client, "latest", images["1.9.4"][1])
+    assert backport.status_code == 201 and "client-managed" in backport.headers["Warning"]
+    await tag(client, "2.0.1", images["2.0.1"][1])
+    now = await tags_now(client)
+    assert now["latest"] == now["1.9"] == now["1"] == images["1.9.4"][0]
+    assert now["2.0"] == now["2"] == images["2.0.1"][0]
+    # Deleting the release it points at leaves it too: the client manages it.
+    assert (await client.delete(f"/v2/{REPO}/manifests/1.9.4")).status_code == 202
+    assert (await tags_now(client))["latest"] == images["1.9.4"][0]
+    released = await client.post(f"/api/v1/repositories/{REPO}/tags/latest/release")
+    assert released.status_code == 200
+    assert released.json() == {"repository": REPO, "tag": "latest", "follows": "2.0.1"}
+    assert (await tags_now(client))["latest"] == images["2.0.1"][0]
+    history = (await client.get(f"/api/v1/repositories/{REPO}/tags/latest/history")).json()
+    assert history["history"][0]["reason"] == "released; follows 2.0.1"
+    await tag(client, "2.0.2", images["2.0.2"][1])
+    assert (await tags_now(client))["latest"] == images["2.0.2"][0]
+
+
+async def test_release_needs_an_existing_floating_tag(client: httpx.AsyncClient) -> None:
+    _, content = await image(client)
+    await tag(client, "1.9.2", content)
+    release = f"/api/v1/repositories/{REPO}/tags/{{}}/release"
+    not_floating = await client.post(release.format("1.9.2"))
+    assert not_floating.status_code == 400
+    assert not_floating.json()["error"]["code"] == "REQUEST_INVALID"
+    assert (await client.post(release.format("7"))).status_code == 404
+    # Releasing a tag the policy already moves changes nothing.
+    agreeing = await client.post(release.format("latest"))
+    assert agreeing.json()["follows"] == "1.9.2"
 
 
 async def test_policy_off_leaves_tags_alone(client: httpx.AsyncClient, registry: Registry) -> None:
@@ -225,10 +285,20 @@ async def test_version_tree_groups_major_minor_patch_with_floating_tags(
         await tag(client, version, content)
     tree = (await client.get(f"/api/v1/repositories/{REPO}/versions")).json()
     assert tree["policy"] == {"floating": True, "immutable_versions": False}
-    assert tree["latest"] == {"tag": "latest", "digest": images["2.0.0"][0], "follows": "2.0.0"}
+    assert tree["latest"] == {
+        "tag": "latest",
+        "digest": images["2.0.0"][0],
+        "follows": "2.0.0",
+        "client_managed": False,
+    }
     assert [m["major"] for m in tree["majors"]] == ["2", "1"]
     two = tree["majors"][0]
-    assert two["floating"] == {"tag": "2", "digest": images["2.0.0"][0], "follows": "2.0.0"}
+    assert two["floating"] == {
+        "tag": "2",
+        "digest": images["2.0.0"][0],
+        "follows": "2.0.0",
+        "client_managed": False,
+    }
     assert [m["minor"] for m in two["minors"]] == ["2.1", "2.0"]
     assert two["minors"][0]["floating"] is None
     assert two["minors"][0]["versions"][0] == {
@@ -250,18 +320,19 @@ async def test_json_api_answers_404_for_unknown_repository(client: httpx.AsyncCl
 
 # -- concurrency ----------------------------------------------------------------------------
 async def _repository_with_images(
-    registry: Registry, name: str, count: int
+    registry: Registry, data_dir: Path, name: str, count: int
 ) -> list[tuple[str, bytes]]:
-    transport = httpx.ASGITransport(app=_app(registry))
+    transport = httpx.ASGITransport(app=_app(registry, data_dir))
     async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
         return [await image(client, name) for _ in range(count)]
 
 
-def _app(registry: Registry):  # type: ignore[no-untyped-def]
+def _app(registry: Registry, data_dir: Path):  # type: ignore[no-untyped-def]
     from cangku.app import create_app
     from cangku.config import Settings
 
-    return create_app(Settings(auth={"open": True}), registry)
+    # The test's data directory: the default (./data) would leave a session key in the tree.
+    return create_app(Settings(data=data_dir, auth={"open": True}), registry)
 
 
 async def test_concurrent_pushes_end_with_the_highest_in_every_interleaving(
@@ -276,7 +347,7 @@ async def test_concurrent_pushes_end_with_the_highest_in_every_interleaving(
         for round_number in range(12):
             name = f"jimo/race{round_number}"
             (_, low_content), (high, high_content) = await _repository_with_images(
-                registry, name, 2
+                registry, data_dir, name, 2
             )
             pushes = [
                 (registry, "1.9.2", low_content),
@@ -358,7 +429,7 @@ async def _check_model(data_dir: Path, steps: list[tuple[str, str, int]]) -> Non
     registry = Registry(FilesystemStorage(data_dir), MetadataStore.open(sqlite_url(data_dir)))
     name = f"model/repo{next(_repository_counter)}"
     try:
-        images = await _repository_with_images(registry, name, 4)
+        images = await _repository_with_images(registry, data_dir, name, 4)
         model: dict[str, tuple[str, int]] = {}
         for sequence, (action, version, index) in enumerate(steps):
             if action == "push":

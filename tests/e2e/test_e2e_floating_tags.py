@@ -31,10 +31,17 @@ def test_docker_pull_of_floating_tags_gives_the_newest_release_of_each_line(
         assert pulled == image_ids[version], f"{floating} should be {version}"
         docker.run("rmi", ref)
 
-    # A push to a floating tag that contradicts the policy is refused with a clear message.
+    # A push of a floating tag over the policy's choice (a back-port) succeeds; the tag is
+    # then client-managed until released with the CLI.
     docker.run("pull", f"{repository}:1.9.1")
     docker_images.tags.append(f"{repository}:1.9.1")
     docker.run("tag", f"{repository}:1.9.1", f"{repository}:latest")
-    refused = docker.run("push", f"{repository}:latest", check=False)
-    assert refused.returncode != 0
-    assert "follows the newest release" in refused.out + refused.err
+    docker.run("push", f"{repository}:latest")
+    docker.run("rmi", f"{repository}:latest")
+    docker.run("pull", f"{repository}:latest")
+    assert docker.json("image", "inspect", f"{repository}:latest")[0]["Id"] == image_ids["1.9.1"]
+    docker.run("rmi", f"{repository}:latest")
+    released = registry.cangku_cli("repo", "release-tag", "jimo/floating", "latest")
+    assert b"jimo/floating:latest follows 2.0.0 now" in released.stdout
+    docker.run("pull", f"{repository}:latest")
+    assert docker.json("image", "inspect", f"{repository}:latest")[0]["Id"] == image_ids["2.0.0"]

@@ -12,6 +12,7 @@ from cangku.content.versions import (
     highest_release,
     in_line,
     is_floating_tag,
+    line_of,
     parse_version,
 )
 
@@ -143,3 +144,63 @@ def test_highest_release_is_the_maximum_of_the_line(triples: list[tuple[int, int
     assert (lambda b: (b.major, b.minor, b.patch))(highest_release(versions, str(major))) == max(
         in_major
     )
+
+
+identifiers = st.one_of(
+    st.integers(min_value=0, max_value=10**40).map(str),
+    st.from_regex(r"[0-9A-Za-z-]{1,6}", fullmatch=True).filter(
+        lambda part: not (part.isdigit() and part != "0" and part.startswith("0"))
+    ),
+)
+versions = st.builds(
+    lambda prefix, core, prerelease, build: v(
+        prefix
+        + ".".join(map(str, core))
+        + (f"-{'.'.join(prerelease)}" if prerelease else "")
+        + (f"_{build}" if build else "")
+    ),
+    st.sampled_from(["", "v"]),
+    st.tuples(*[st.one_of(numbers, st.integers(min_value=0, max_value=10**60))] * 3),
+    st.lists(identifiers, max_size=4),
+    st.sampled_from([None, "b1", "exp.sha-5"]),
+)
+
+
+@given(versions, versions)
+def test_precedence_keys_compare_bytewise_as_semver_does(a, b) -> None:  # type: ignore[no-untyped-def]
+    assert (a.precedence_key() < b.precedence_key()) == (a < b)
+    assert (a.precedence_key() == b.precedence_key()) == (a == b)
+
+
+def test_precedence_keys_of_the_semver_example_ascend() -> None:
+    ordered = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2"]
+    ordered += ["1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "1.0.1", "1.1.0", "1.10.0", "2.0.0"]
+    keys = [v(tag).precedence_key() for tag in ordered]
+    assert all(a < b for a, b in itertools.pairwise(keys))
+
+
+@given(versions, st.sampled_from(["1", "1.9", "v1", "v1.9", "0", "10.0", "latest"]))
+def test_a_line_holds_exactly_the_keys_of_its_versions(version, floating) -> None:  # type: ignore[no-untyped-def]
+    line = line_of(floating)
+    assert line is not None
+    inside = line.low <= version.precedence_key() < line.high and line.prefix in (
+        None,
+        version.prefix,
+    )
+    assert inside == in_line(version, floating)
+
+
+@given(st.sampled_from(["0", "1", "1.9", "v1.9"]), numbers, numbers, numbers)
+def test_lines_hold_their_own_releases(floating, major, minor, patch) -> None:  # type: ignore[no-untyped-def]
+    # Random versions rarely fall in a given line; these are built to.
+    line = line_of(floating)
+    assert line is not None
+    prefix = line.prefix or ""
+    head = floating.removeprefix("v").split(".")
+    tag = ".".join([*head, *map(str, [major, minor, patch][len(head) :])])
+    version = v(prefix + tag)
+    assert line.low <= version.precedence_key() < line.high
+
+
+def test_only_floating_tags_have_lines() -> None:
+    assert line_of("1.9.2") is None and line_of("stable") is None and line_of("01") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -11,12 +12,18 @@ from starlette.routing import BaseRoute, Route
 from cangku.api.errors import json_errors
 from cangku.auth.access import AccessControl
 from cangku.auth.accounts import Accounts
-from cangku.auth.permissions import DELETE, PULL
+from cangku.auth.permissions import DELETE, PULL, PUSH
 from cangku.content.errors import RequestInvalid, SizeInvalid
 from cangku.content.names import validate_repository_name
 from cangku.registry import Registry
+from cangku.registry.tags import HISTORY_PAGE, VERSIONS_PAGE
 
 MAX_JSON_BODY = 4096
+# Pages of a tag's history and of the version tree: bounded, so that a repository with tens of
+# thousands of versions answers as fast as a small one.
+MAX_PAGE = 1000
+# At most 9 digits: a page size or an id, never a number too large for the database.
+DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
@@ -26,12 +33,34 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
             await access.authorize(request, request.path_params["name"], PULL)
 
     async def tag_history(request: Request) -> Response:
+        """Newest first, `?n=` (1-1000, default 100) at a time; `?before=<id>` continues
+        where `next_before` of the previous page says (null on the last page)."""
         name, tag = request.path_params["name"], request.path_params["tag"]
         await may_pull(request)
-        changes = await registry.tag_history(name, tag)
-        return JSONResponse(
-            {"repository": name, "tag": tag, "history": [change.to_json() for change in changes]}
+        before = request.query_params.get("before")
+        if before is not None and not DIGITS.fullmatch(before):
+            raise RequestInvalid(f"before must be a change id, not {before[:50]!r}")
+        changes, next_before = await registry.tag_history_page(
+            name, tag, _page_size(request, HISTORY_PAGE), int(before) if before else None
         )
+        return JSONResponse(
+            {
+                "repository": name,
+                "tag": tag,
+                "history": [change.to_json() for change in changes],
+                "next_before": next_before,
+            }
+        )
+
+    async def release(request: Request) -> Response:
+        """POST: hand a client-managed floating tag back to the floating-tag policy; for
+        those who may push to the repository (docs/tags.md, "Mirroring and syncing")."""
+        name, tag = request.path_params["name"], request.path_params["tag"]
+        actor = None
+        if access is not None:
+            actor = (await access.authorize(request, name, PUSH)).name
+        follows = await registry.release_tag(name, tag, actor)
+        return JSONResponse({"repository": name, "tag": tag, "follows": follows})
 
     accounts = access.accounts if access is not None else Accounts(registry.metadata)
 
@@ -49,8 +78,14 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
         return JSONResponse({"repository": name, "public": await accounts.is_public(name)})
 
     async def versions(request: Request) -> Response:
+        """Highest first, `?n=` (1-1000, default 100) versions at a time; `?last=<tag>`
+        continues where `next_last` of the previous page says (null on the last page)."""
         await may_pull(request)
-        tree = await registry.version_tree(request.path_params["name"])
+        tree = await registry.version_tree(
+            request.path_params["name"],
+            _page_size(request, VERSIONS_PAGE),
+            request.query_params.get("last"),
+        )
         return JSONResponse(tree.to_json())
 
     return [
@@ -58,6 +93,11 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
             "/repositories/{name:path}/tags/{tag}/history",
             json_errors(tag_history),
             methods=["GET"],
+        ),
+        Route(
+            "/repositories/{name:path}/tags/{tag}/release",
+            json_errors(release),
+            methods=["POST"],
         ),
         Route("/repositories/{name:path}/versions", json_errors(versions), methods=["GET"]),
         Route(
@@ -78,6 +118,15 @@ async def _read_json(request: Request) -> object:
         return json.loads(body)
     except (ValueError, RecursionError):
         raise RequestInvalid("the request body must be JSON") from None
+
+
+def _page_size(request: Request, default: int) -> int:
+    value = request.query_params.get("n")
+    if value is None:
+        return default
+    if not DIGITS.fullmatch(value) or not 1 <= int(value) <= MAX_PAGE:
+        raise RequestInvalid(f"n must be a whole number from 1 to {MAX_PAGE}, not {value[:50]!r}")
+    return int(value)
 
 
 def _public_flag(document: object) -> bool:

@@ -119,7 +119,7 @@ class TooManyRequests(RegistryError):
 
 
 class RequestInvalid(RegistryError):
-    """A malformed body for the JSON API (/api/v1), answered with 400."""
+    """A malformed body or query for the JSON API (/api/v1), answered with 400."""
 
     code = "REQUEST_INVALID"
 

@@ -48,6 +48,27 @@ class Version:
             LATEST,
         )
 
+    def precedence_key(self) -> bytes:
+        """This version's SemVer 2.0 §11 precedence as bytes that compare (bytewise, as SQLite
+        BLOBs and PostgreSQL bytea do) exactly as the versions do; build metadata is ignored.
+
+        Each number is its digit count (one byte: a tag has at most 128 characters) then its
+        digits; a release ends with 0x02, a pre-release with 0x01 then its identifiers, each
+        0x01 + number or 0x02 + text + 0x00, so numeric identifiers rank below alphanumeric
+        ones and a longer list wins a tie (its shorter rival is a prefix of it). The key of a
+        release line (`line_key`) is a prefix of the keys of all its versions.
+        """
+        key = line_key(self.major, self.minor) + _number_key(self.patch)
+        if not self.prerelease:
+            return key + b"\x02"
+        key += b"\x01"
+        for part in self.prerelease:
+            if part.isdigit():
+                key += b"\x01" + _number_key(int(part))
+            else:
+                key += b"\x02" + part.encode("ascii") + b"\x00"
+        return key
+
     def _key(self) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
         # SemVer 2.0 §11: a release outranks its pre-releases; numeric identifiers compare
         # numerically and below alphanumeric ones; a longer identifier list wins a tie.
@@ -88,6 +109,45 @@ def parse_version(tag: str) -> Version | None:
         prerelease=prerelease,
         build=match["build"],
     )
+
+
+def _number_key(number: int) -> bytes:
+    digits = str(number).encode("ascii")
+    return bytes([len(digits)]) + digits
+
+
+def line_key(major: int, minor: int | None = None) -> bytes:
+    """The common start of the precedence keys of line `major` (or `major.minor`)."""
+    key = _number_key(major)
+    return key if minor is None else key + _number_key(minor)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """The releases a floating tag follows: those with `prefix` (None: either spelling) whose
+    precedence key lies in [low, high)."""
+
+    prefix: str | None
+    low: bytes
+    high: bytes
+
+
+# Every precedence key starts with a digit count (1..128), so this range holds them all.
+ALL_KEYS = (b"\x01", b"\xff")
+# The byte after a line's key is a digit count (at most 128): key + LINE_END bounds the line.
+LINE_END = b"\xff"
+
+
+def line_of(floating_tag: str) -> Line | None:
+    """The line a floating tag follows, or None for tags that are not floating tags."""
+    if floating_tag == LATEST:
+        return Line(None, *ALL_KEYS)
+    match = FLOATING_TAG.fullmatch(floating_tag)
+    if match is None:
+        return None
+    minor = None if match["minor"] is None else int(match["minor"])
+    low = line_key(int(match["major"]), minor)
+    return Line(match["prefix"], low, low + LINE_END)
 
 
 def is_floating_tag(tag: str) -> bool:

@@ -39,6 +39,9 @@ async def put_manifest(request: Request, registry: Registry, name: str, referenc
     if pushed.subject:
         headers["OCI-Subject"] = pushed.subject
     response = Response(b"", status_code=201, headers=headers)
+    for warning in pushed.warnings:
+        # OCI dist-spec "Warnings": code 299, agent "-", the text quoted.
+        response.headers.append("Warning", f'299 - "{warning}"')
     for tag in pushed.tags:
         response.headers.append("OCI-Tag", tag)
     return response

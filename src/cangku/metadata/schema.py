@@ -105,7 +105,21 @@ tags = Table(
     Column("name", String(128), primary_key=True),
     Column("manifest_digest", String(200), nullable=False),
     Column("updated_at", Float, nullable=False),
+    # Version tags only (content/versions.py), NULL for other tags, so that the newest
+    # release of a line and a page of the version tree are index seeks, not a walk over
+    # every tag: the `v` prefix or "", the SemVer precedence key, and that key again for
+    # releases only (pre-releases never move floating tags).
+    Column("version_prefix", String(1)),
+    Column("version_key", LargeBinary),
+    Column("release_key", LargeBinary),
+    # True for a floating tag a client pushed over the policy's choice: the policy leaves it
+    # alone until it is released (docs/tags.md, "Mirroring and syncing"). NULL: false.
+    Column("client_managed", Boolean),
     Index("ix_tags_manifest", "repository_id", "manifest_digest"),
+    Index(
+        "ix_tags_release", "repository_id", "version_prefix", "release_key", "updated_at", "name"
+    ),
+    Index("ix_tags_version", "repository_id", "version_key", "name"),
 )
 
 # Every move of a tag: by a push, a delete, or the floating-tag policy. new_digest is NULL

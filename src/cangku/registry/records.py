@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cangku.content.versions import LATEST, highest_release, parse_version
+from cangku.content.versions import LATEST, parse_version
 
 if TYPE_CHECKING:
     from cangku.registry.tags import TagPolicy
@@ -24,6 +24,8 @@ class PushedManifest:
     digest: str
     subject: str | None
     tags: list[str]
+    # For the client, one Warning header each (e.g. a floating tag became client-managed).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class ReferrersPage:
 
 @dataclass(frozen=True, slots=True)
 class TagChange:
+    id: int  # increases with every change; `before=` of the history's next page
     tag: str
     old_digest: str | None
     new_digest: str | None
@@ -85,6 +88,7 @@ class TagChange:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "tag": self.tag,
             "old_digest": self.old_digest,
             "new_digest": self.new_digest,
@@ -96,46 +100,53 @@ class TagChange:
 
 @dataclass(frozen=True, slots=True)
 class VersionTree:
-    """A repository's versions as major → minor → patch, with the floating tags on them."""
+    """A page of a repository's versions, highest first, as major → minor → patch, with the
+    floating tags on them. `next_last` is the `last=` of the next page, None on the last."""
 
     repository: str
     policy: dict[str, bool]
     latest: dict[str, Any] | None
     majors: list[dict[str, Any]]
+    next_last: str | None
 
     @classmethod
-    def build(cls, repository: str, tag_digests: dict[str, str], policy: TagPolicy) -> VersionTree:
-        versions = sorted(
-            (v for v in map(parse_version, tag_digests) if v is not None), reverse=True
-        )
+    def build(
+        cls,
+        repository: str,
+        versions: list[tuple[str, str]],
+        floating: dict[str, dict[str, str | bool | None]],
+        policy: TagPolicy,
+        next_last: str | None,
+    ) -> VersionTree:
+        """`versions`: (tag, digest), highest first; `floating`: the floating tags of their
+        lines that exist, tag → {tag, digest, follows, client_managed}."""
 
-        def floating(tag: str) -> dict[str, Any] | None:
-            digest = tag_digests.get(tag)
-            if digest is None:
-                return None
-            best = highest_release(versions[::-1], tag)
-            follows = best.tag if best is not None and tag_digests[best.tag] == digest else None
-            return {"tag": tag, "digest": digest, "follows": follows}
+        def digest_of(tag: str) -> object:
+            state = floating.get(tag)
+            return None if state is None else state["digest"]
 
         majors: dict[tuple[str, int], dict[str, Any]] = {}
-        for version in versions:
+        for tag, digest in versions:
+            version = parse_version(tag)
+            if version is None:
+                continue
             major_tag = f"{version.prefix}{version.major}"
             minor_tag = f"{major_tag}.{version.minor}"
             major = majors.setdefault(
                 (version.prefix, version.major),
-                {"major": major_tag, "floating": floating(major_tag), "minors": {}},
+                {"major": major_tag, "floating": floating.get(major_tag), "minors": {}},
             )
             minor = major["minors"].setdefault(
-                minor_tag, {"minor": minor_tag, "floating": floating(minor_tag), "versions": []}
+                minor_tag,
+                {"minor": minor_tag, "floating": floating.get(minor_tag), "versions": []},
             )
-            digest = tag_digests[version.tag]
             minor["versions"].append(
                 {
-                    "tag": version.tag,
+                    "tag": tag,
                     "digest": digest,
                     "prerelease": not version.is_release,
                     "floating_tags": [
-                        tag for tag in version.floating_tags() if tag_digests.get(tag) == digest
+                        line for line in version.floating_tags() if digest_of(line) == digest
                     ]
                     if version.is_release
                     else [],
@@ -148,8 +159,9 @@ class VersionTree:
                 "floating": policy.floating,
                 "immutable_versions": policy.immutable_versions,
             },
-            latest=floating(LATEST),
+            latest=floating.get(LATEST),
             majors=tree,
+            next_last=next_last,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -158,4 +170,5 @@ class VersionTree:
             "policy": self.policy,
             "latest": self.latest,
             "majors": self.majors,
+            "next_last": self.next_last,
         }

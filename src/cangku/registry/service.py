@@ -39,7 +39,6 @@ from cangku.metadata.schema import (
     manifests,
     repositories,
     repository_blobs,
-    tag_history,
     tags,
 )
 from cangku.metadata.store import MetadataStore
@@ -57,12 +56,20 @@ from cangku.registry.records import (
 )
 from cangku.registry.sessions import belongs_to, new_upload_id, session_name
 from cangku.registry.tags import (
+    HISTORY_PAGE,
+    VERSIONS_PAGE,
     TagPolicy,
     current_digest,
+    floating_states,
+    floating_tags_of,
+    history_page,
+    newest_move,
     push_tag,
+    release_tag,
     remove_tags,
     resolve_policy,
     set_policy,
+    version_page,
 )
 from cangku.registry.usage import Quota, RepositoryUsage, UsageReport
 from cangku.storage.base import BlobStorage
@@ -447,7 +454,7 @@ class Registry:
         tag_names = list(dict.fromkeys(tag_names + [validate_tag(tag) for tag in extra_tags]))
         manifest = parse_manifest(content, content_type, digest)
 
-        def store(connection: Connection) -> None:
+        def store(connection: Connection) -> list[str]:
             repository_id = _ensure_repository(connection, name)
             _check_references(connection, repository_id, manifest)
             stored_type = _stored_media_type(connection, repository_id, digest)
@@ -464,16 +471,21 @@ class Registry:
                     raise refusal
                 _insert_manifest(connection, repository_id, manifest, content)
             policy = resolve_policy(connection, name, self.tag_defaults)
+            warnings = []
             for tag in tag_names:
-                push_tag(connection, repository_id, name, tag, str(digest), policy, actor)
+                warning = push_tag(connection, repository_id, name, tag, str(digest), policy, actor)
+                if warning is not None:
+                    warnings.append(warning)
             if tag_names:
                 _clear_untagged_since(connection, repository_id, digest)
+            return warnings
 
-        await self.metadata.write(store)
+        warnings = await self.metadata.write(store)
         return PushedManifest(
             digest=str(digest),
             subject=str(manifest.subject.digest) if manifest.subject else None,
             tags=tag_names,
+            warnings=tuple(warnings),
         )
 
     async def get_manifest(self, name: str, reference: str) -> StoredManifest:
@@ -571,45 +583,72 @@ class Registry:
             lambda connection: resolve_policy(connection, name, self.tag_defaults)
         )
 
-    async def tag_history(self, name: str, tag: str) -> list[TagChange]:
-        """Every move of a tag, newest first."""
+    async def release_tag(self, name: str, tag: str, actor: str | None = None) -> str | None:
+        """Hand a client-managed floating tag back to the floating-tag policy; returns the
+        release it follows now, or None (its line has no release yet). Raises NameUnknown,
+        ManifestUnknown for a tag that does not exist, RequestInvalid for one that is not a
+        floating tag."""
         validate_repository_name(name)
         validate_tag(tag)
 
-        def history(connection: Connection) -> list[TagChange]:
+        def release(connection: Connection) -> str | None:
             repository_id = _known_repository_id(connection, name)
-            rows = connection.execute(
-                select(tag_history)
-                .where(tag_history.c.repository_id == repository_id, tag_history.c.tag == tag)
-                .order_by(tag_history.c.id.desc())
-            ).all()
-            return [
-                TagChange(
-                    tag=row.tag,
-                    old_digest=row.old_digest,
-                    new_digest=row.new_digest,
-                    changed_at=row.changed_at,
-                    actor=row.actor,
-                    reason=row.reason,
-                )
-                for row in rows
-            ]
+            if current_digest(connection, repository_id, tag) is None:
+                raise ManifestUnknown("manifest unknown", tag)
+            return release_tag(connection, repository_id, tag, actor)
+
+        return await self.metadata.write(release)
+
+    async def tag_history(
+        self, name: str, tag: str, limit: int = HISTORY_PAGE, before: int | None = None
+    ) -> list[TagChange]:
+        """Up to `limit` moves of a tag, newest first; with `before`, those older than that
+        change's id. See `tag_history_page` for the `before` of the next page."""
+        return (await self.tag_history_page(name, tag, limit, before))[0]
+
+    async def tag_history_page(
+        self, name: str, tag: str, limit: int = HISTORY_PAGE, before: int | None = None
+    ) -> tuple[list[TagChange], int | None]:
+        """A page of a tag's moves, newest first, and the `before` of the next page (None on
+        the last). One index range read however long the history is."""
+        validate_repository_name(name)
+        validate_tag(tag)
+
+        def history(connection: Connection) -> tuple[list[TagChange], int | None]:
+            repository_id = _known_repository_id(connection, name)
+            return history_page(connection, repository_id, tag, limit, before)
 
         return await self.metadata.read(history)
 
-    async def version_tree(self, name: str) -> VersionTree:
-        """Releases and pre-releases grouped major → minor → patch, with the floating tags."""
+    async def newest_move(self, name: str, tag: str, digest: str) -> TagChange | None:
+        """The change that moved `tag` onto `digest` last (when and by whom it was pushed)."""
         validate_repository_name(name)
+        validate_tag(tag)
+
+        def find(connection: Connection) -> TagChange | None:
+            repository_id = _known_repository_id(connection, name)
+            return newest_move(connection, repository_id, tag, digest)
+
+        return await self.metadata.read(find)
+
+    async def version_tree(
+        self, name: str, limit: int = VERSIONS_PAGE, last: str | None = None
+    ) -> VersionTree:
+        """A page of the versions, highest first (after the version tag `last`), grouped
+        major → minor → patch, with the floating tags of their lines. Raises RequestInvalid
+        for a `last` that is not a version tag."""
+        validate_repository_name(name)
+        if last is not None:
+            validate_tag(last)
 
         def tree(connection: Connection) -> VersionTree:
             repository_id = _known_repository_id(connection, name)
-            rows = connection.execute(
-                select(tags.c.name, tags.c.manifest_digest).where(
-                    tags.c.repository_id == repository_id
-                )
-            ).all()
+            versions, next_last = version_page(connection, repository_id, limit, last)
+            floating = floating_states(
+                connection, repository_id, floating_tags_of([tag for tag, _ in versions])
+            )
             policy = resolve_policy(connection, name, self.tag_defaults)
-            return VersionTree.build(name, {row.name: row.manifest_digest for row in rows}, policy)
+            return VersionTree.build(name, versions, floating, policy, next_last)
 
         return await self.metadata.read(tree)
 

@@ -9,13 +9,36 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    Row,
+    Select,
+    bindparam,
+    delete,
+    insert,
+    literal,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Connection
 
-from cangku.content.errors import Denied
-from cangku.content.versions import Version, highest_release, is_floating_tag, parse_version
+from cangku.content.errors import Denied, RequestInvalid
+from cangku.content.versions import (
+    ALL_KEYS,
+    LATEST,
+    LINE_END,
+    Version,
+    is_floating_tag,
+    line_key,
+    line_of,
+    parse_version,
+)
 from cangku.metadata.schema import tag_history, tag_policies, tags
+from cangku.registry.records import TagChange
 
 # Statements built once (building one costs more than running it on SQLite).
 _POLICY_ROWS = select(
@@ -27,21 +50,107 @@ _POLICY_ROWS = select(
 _TAG_DIGEST = select(tags.c.manifest_digest).where(
     tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
 )
-_REPOSITORY_TAGS = (
-    select(tags.c.name, tags.c.manifest_digest)
-    .where(tags.c.repository_id == bindparam("repository_id"))
-    .order_by(tags.c.updated_at, tags.c.name)
+
+
+# The newest release of a line: one seek in ix_tags_release. Among releases of equal
+# precedence (they differ in build metadata) the one changed last wins.
+def _newest_release_of(
+    prefix: str | BindParameter[str], low: str = "low", high: str = "high", line: str = ""
+) -> Select[str, str, str, bytes, float]:
+    return (
+        select(
+            literal(line).label("line"),
+            tags.c.name,
+            tags.c.manifest_digest,
+            tags.c.release_key,
+            tags.c.updated_at,
+        )
+        .where(
+            tags.c.repository_id == bindparam("repository_id"),
+            tags.c.version_prefix == prefix,
+            tags.c.release_key >= bindparam(low),
+            tags.c.release_key < bindparam(high),
+        )
+        .order_by(tags.c.release_key.desc(), tags.c.updated_at.desc(), tags.c.name.desc())
+        .limit(1)
+    )
+
+
+_NEWEST_RELEASE = _newest_release_of(bindparam("prefix"))
+# `latest` follows both spellings: the newest of each (one seek each), then the newer.
+_NEWEST_RELEASE_OF_BOTH = union_all(
+    select(_newest_release_of("").subquery()), select(_newest_release_of("v").subquery())
+)
+# A pushed release's three lines in one statement (one seek per line and spelling), keyed by
+# the version's prefix: MAJOR.MINOR, MAJOR, then `latest` of both spellings.
+_LINES_OF_RELEASE = {
+    prefix: union_all(
+        select(_newest_release_of(prefix, "minor_low", "minor_high", "minor").subquery()),
+        select(_newest_release_of(prefix, "major_low", "major_high", "major").subquery()),
+        select(_newest_release_of("", "all_low", "all_high", "latest").subquery()),
+        select(_newest_release_of("v", "all_low", "all_high", "latest").subquery()),
+    )
+    for prefix in ("", "v")
+}
+_TAG_STATES = select(tags.c.name, tags.c.manifest_digest, tags.c.client_managed).where(
+    tags.c.repository_id == bindparam("repository_id"),
+    tags.c.name.in_(bindparam("names", expanding=True)),
 )
 _INSERT_TAG = insert(tags)
 _UPDATE_TAG = (
     update(tags)
     .where(tags.c.repository_id == bindparam("b_repository_id"), tags.c.name == bindparam("b_tag"))
-    .values(manifest_digest=bindparam("digest"), updated_at=bindparam("now"))
+    .values(
+        manifest_digest=bindparam("digest"),
+        updated_at=bindparam("now"),
+        client_managed=bindparam("managed"),
+    )
+)
+_RELEASE_TAG = (
+    update(tags)
+    .where(tags.c.repository_id == bindparam("b_repository_id"), tags.c.name == bindparam("b_tag"))
+    .values(client_managed=None)
 )
 _DELETE_TAG = delete(tags).where(
     tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
 )
 _INSERT_HISTORY = insert(tag_history)
+_HISTORY = (
+    select(tag_history)
+    .where(
+        tag_history.c.repository_id == bindparam("repository_id"),
+        tag_history.c.tag == bindparam("tag"),
+    )
+    .order_by(tag_history.c.id.desc())
+    .limit(bindparam("limit"))
+)
+_HISTORY_BEFORE = _HISTORY.where(tag_history.c.id < bindparam("before"))
+# The change that put a tag on the digest it has now is its newest change: one row read.
+_NEWEST_MOVE = (
+    select(tag_history)
+    .where(
+        tag_history.c.repository_id == bindparam("repository_id"),
+        tag_history.c.tag == bindparam("tag"),
+        tag_history.c.new_digest == bindparam("digest"),
+    )
+    .order_by(tag_history.c.id.desc())
+    .limit(1)
+)
+_VERSIONS = (
+    select(tags.c.name, tags.c.manifest_digest)
+    .where(
+        tags.c.repository_id == bindparam("repository_id"),
+        tuple_(tags.c.version_key, tags.c.name) < tuple_(bindparam("key"), bindparam("last")),
+        tags.c.version_key >= b"\x01",  # every version's key; excludes NULL (other tags)
+    )
+    .order_by(tags.c.version_key.desc(), tags.c.name.desc())
+    .limit(bindparam("limit"))
+)
+# Default page sizes of a tag's history and of the version tree.
+HISTORY_PAGE = 100
+VERSIONS_PAGE = 100
+# Above every precedence key (their first byte is a digit count, at most 128).
+_ABOVE_ALL = b"\xff"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +160,13 @@ class TagPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class VersionTag:
-    version: Version
+class Release:
+    """The release tag a floating tag follows, and the digest it points at."""
+
+    tag: str
     digest: str
+    # SemVer precedence key, when it last changed, name: the newest release has the highest.
+    rank: tuple[bytes, float, str]
 
 
 def resolve_policy(connection: Connection, name: str, defaults: TagPolicy) -> TagPolicy:
@@ -93,15 +206,120 @@ def set_policy(
         connection.execute(update(tag_policies).where(where).values(**values))
 
 
-def version_tags(connection: Connection, repository_id: int) -> list[VersionTag]:
-    """The repository's version tags, oldest change first (so the newest wins a tie)."""
-    rows = connection.execute(_REPOSITORY_TAGS, {"repository_id": repository_id}).all()
-    found = []
-    for row in rows:
-        version = parse_version(row.name)
+def newest_release(connection: Connection, repository_id: int, floating_tag: str) -> Release | None:
+    """The newest release of the line `floating_tag` follows (SemVer 2.0 precedence; of
+    equals, the one changed last), or None. At most two index seeks, however many versions
+    the repository holds."""
+    line = line_of(floating_tag)
+    if line is None:
+        return None
+    parameters = {"repository_id": repository_id, "low": line.low, "high": line.high}
+    if line.prefix is not None:
+        found = connection.execute(_NEWEST_RELEASE, {**parameters, "prefix": line.prefix}).all()
+    else:
+        found = connection.execute(_NEWEST_RELEASE_OF_BOTH, parameters).all()
+    if not found:
+        return None
+    best = max(found, key=lambda row: (row.release_key, row.updated_at, row.name))
+    return Release(best.name, best.manifest_digest, (best.release_key, best.updated_at, best.name))
+
+
+def history_page(
+    connection: Connection, repository_id: int, tag: str, limit: int, before: int | None
+) -> tuple[list[TagChange], int | None]:
+    """Up to `limit` changes of `tag`, newest first, older than change `before` if given;
+    and the `before` of the next page (None when this is the last)."""
+    parameters = {"repository_id": repository_id, "tag": tag, "limit": limit + 1}
+    if before is None:
+        rows = connection.execute(_HISTORY, parameters).all()
+    else:
+        rows = connection.execute(_HISTORY_BEFORE, {**parameters, "before": before}).all()
+    changes = [_change(row) for row in rows[:limit]]
+    return changes, (changes[-1].id if len(rows) > limit else None)
+
+
+def newest_move(
+    connection: Connection, repository_id: int, tag: str, digest: str
+) -> TagChange | None:
+    """The newest change that moved `tag` onto `digest`."""
+    row = connection.execute(
+        _NEWEST_MOVE, {"repository_id": repository_id, "tag": tag, "digest": digest}
+    ).first()
+    return None if row is None else _change(row)
+
+
+def _change(row: Row[Any]) -> TagChange:
+    return TagChange(
+        id=row.id,
+        tag=row.tag,
+        old_digest=row.old_digest,
+        new_digest=row.new_digest,
+        changed_at=row.changed_at,
+        actor=row.actor,
+        reason=row.reason,
+    )
+
+
+def version_page(
+    connection: Connection, repository_id: int, limit: int, last: str | None
+) -> tuple[list[tuple[str, str]], str | None]:
+    """Up to `limit` version tags as (tag, digest), highest precedence first (of equals, by
+    name, descending), after the version tag `last` if given; and the `last` of the next
+    page (None when this is the last). One index range read (ix_tags_version)."""
+    if last is None:
+        key, after = _ABOVE_ALL, ""
+    else:
+        version = parse_version(last)
+        if version is None:
+            raise RequestInvalid(f"last must be a version tag, not {last[:50]!r}")
+        key, after = version.precedence_key(), last
+    rows = connection.execute(
+        _VERSIONS, {"repository_id": repository_id, "key": key, "last": after, "limit": limit + 1}
+    ).all()
+    page = [(row.name, row.manifest_digest) for row in rows[:limit]]
+    return page, (page[-1][0] if len(rows) > limit else None)
+
+
+def floating_states(
+    connection: Connection, repository_id: int, floating_tags: set[str]
+) -> dict[str, dict[str, str | bool | None]]:
+    """Of these floating tags, those that exist: tag → {tag, digest, follows, client_managed},
+    where `follows` is the release the tag points at as the policy has it, or None when a
+    client set it elsewhere."""
+    states: dict[str, dict[str, str | bool | None]] = {}
+    for tag, state in tag_states(connection, repository_id, sorted(floating_tags)).items():
+        best = newest_release(connection, repository_id, tag)
+        follows = best.tag if best is not None and best.digest == state.digest else None
+        states[tag] = {
+            "tag": tag,
+            "digest": state.digest,
+            "follows": follows,
+            "client_managed": state.client_managed,
+        }
+    return states
+
+
+def floating_tags_of(tag_names: list[str]) -> set[str]:
+    """The floating tags of these version tags' lines, and `latest`."""
+    found = {LATEST}
+    for tag in tag_names:
+        version = parse_version(tag)
         if version is not None:
-            found.append(VersionTag(version, row.manifest_digest))
+            found.update(version.floating_tags())
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class TagState:
+    digest: str
+    # Pushed by a client over the policy's choice: the policy leaves it where it is.
+    client_managed: bool
+
+
+def tag_states(connection: Connection, repository_id: int, names: list[str]) -> dict[str, TagState]:
+    """Tag → its state, for those of `names` that exist: one statement."""
+    rows = connection.execute(_TAG_STATES, {"repository_id": repository_id, "names": names})
+    return {row.name: TagState(row.manifest_digest, bool(row.client_managed)) for row in rows}
 
 
 def current_digest(connection: Connection, repository_id: int, tag: str) -> str | None:
@@ -116,34 +334,84 @@ def push_tag(
     digest: str,
     policy: TagPolicy,
     actor: str | None,
-) -> None:
-    """A client pushed `tag` → `digest`: check the policy, move it, move the floating tags."""
+) -> str | None:
+    """A client pushed `tag` → `digest`: check the policy, move it, move the floating tags.
+
+    A client's push always moves the tag it names (docs/tags.md, "Mirroring and syncing"):
+    a floating tag pushed at another digest than the policy would give it becomes
+    client-managed, and the policy stops moving it until it is released (`release_tag`).
+    Returns the warning to give the client then, else None. Raises Denied only for a
+    changed immutable version.
+    """
     version = parse_version(tag)
-    if policy.floating and version is None and is_floating_tag(tag):
-        _check_floating_push(connection, repository_id, name, tag, digest)
-    previous = current_digest(connection, repository_id, tag)
+    floating_tags = (
+        version.floating_tags()
+        if version is not None and version.is_release and policy.floating
+        else ()
+    )
+    # The tag's own state and its floating tags' in one statement.
+    states = tag_states(connection, repository_id, [tag, *floating_tags])
+    state = states.get(tag)
+    previous = state.digest if state is not None else None
     if version is not None and policy.immutable_versions and previous not in (None, digest):
         raise Denied(
             f"version {tag} of {name} is immutable: it already points at {previous}. Push a new "
             f"version, or turn this off with `cangku repo policy {name} --immutable-versions off`"
         )
-    _move(connection, repository_id, tag, previous, digest, actor, "pushed")
-    if version is None or not version.is_release or not policy.floating:
-        return
-    versions = version_tags(connection, repository_id)
-    for floating in version.floating_tags():
-        best = highest_release([v.version for v in versions], floating)
-        if best is not None and best.tag == tag:
-            previous_floating = current_digest(connection, repository_id, floating)
-            _move(
-                connection,
-                repository_id,
-                floating,
-                previous_floating,
-                digest,
-                actor,
-                f"follows {tag}",
-            )
+    managed = state is not None and state.client_managed
+    warning = None
+    if policy.floating and version is None and not managed and is_floating_tag(tag):
+        warning = _overrides_policy(connection, repository_id, name, tag, digest)
+        managed = warning is not None
+    now = time.time()
+    reason = "pushed; client-managed from now on" if warning else "pushed"
+    moves = [(tag, previous, reason, managed)]
+    if version is not None and floating_tags:
+        # Read before the write, and rank the pushed tag as the write will leave it (changed
+        # now), so that all the tags are written together.
+        pushed = (version.precedence_key(), now, tag)
+        newest = _newest_releases(connection, repository_id, version)
+        for floating, best in zip(floating_tags, newest, strict=True):
+            # Lines nest: not the newest of MAJOR.MINOR, not the newest of the wider ones.
+            if best is not None and best.tag != tag and best.rank > pushed:
+                break
+            floating_state = states.get(floating)
+            if floating_state is not None and floating_state.client_managed:
+                continue
+            previous_floating = floating_state.digest if floating_state is not None else None
+            moves.append((floating, previous_floating, f"follows {tag}", False))
+    history: list[dict[str, object]] = []
+    _write_moves(connection, repository_id, digest, moves, now, actor, history)
+    _write_history(connection, history)
+    return warning
+
+
+def _newest_releases(
+    connection: Connection, repository_id: int, version: Version
+) -> tuple[Release | None, Release | None, Release | None]:
+    """The newest release of `version`'s MAJOR.MINOR line, MAJOR line and of all releases."""
+    minor, major = line_key(version.major, version.minor), line_key(version.major)
+    rows = connection.execute(
+        _LINES_OF_RELEASE[version.prefix],
+        {
+            "repository_id": repository_id,
+            "minor_low": minor,
+            "minor_high": minor + LINE_END,
+            "major_low": major,
+            "major_high": major + LINE_END,
+            "all_low": ALL_KEYS[0],
+            "all_high": ALL_KEYS[1],
+        },
+    ).all()
+
+    def best(line: str) -> Release | None:
+        found = [row for row in rows if row.line == line]
+        if not found:
+            return None
+        row = max(found, key=lambda row: (row.release_key, row.updated_at, row.name))
+        return Release(row.name, row.manifest_digest, (row.release_key, row.updated_at, row.name))
+
+    return best("minor"), best("major"), best("latest")
 
 
 def remove_tags(
@@ -154,70 +422,127 @@ def remove_tags(
     actor: str | None,
 ) -> None:
     """Tags were deleted (tag → the digest it had): record it, fall floating tags back."""
+    history: list[dict[str, object]] = []
     for tag, digest in removed.items():
         connection.execute(_DELETE_TAG, {"repository_id": repository_id, "tag": tag})
-        _record(connection, repository_id, tag, digest, None, actor, "deleted")
-    if not policy.floating:
-        return
+        _record(repository_id, tag, digest, None, actor, "deleted", history)
+    if policy.floating:
+        _fall_back(connection, repository_id, removed, actor, history)
+    _write_history(connection, history)
+
+
+def _fall_back(
+    connection: Connection,
+    repository_id: int,
+    removed: dict[str, str],
+    actor: str | None,
+    history: list[dict[str, object]],
+) -> None:
     # Floating tags that pointed at a deleted release follow the highest one left in their line.
+    # Client-managed ones stay where the client put them.
+    releases = [
+        (tag, digest, version)
+        for tag, digest in removed.items()
+        if (version := parse_version(tag)) is not None and version.is_release
+    ]
+    candidates = {floating for _, _, version in releases for floating in version.floating_tags()}
+    states = tag_states(connection, repository_id, sorted(candidates)) if candidates else {}
     affected: dict[str, str] = {}
-    for tag, digest in removed.items():
-        version = parse_version(tag)
-        if version is None or not version.is_release:
-            continue
+    for tag, digest, version in releases:
         for floating in version.floating_tags():
+            state = states.get(floating)
             was_removed_with_it = removed.get(floating) == digest
-            still_points_at_it = current_digest(connection, repository_id, floating) == digest
+            still_points_at_it = state is not None and state.digest == digest
+            if state is not None and state.client_managed:
+                continue
             if was_removed_with_it or still_points_at_it:
                 affected.setdefault(floating, tag)
-    if not affected:
-        return
-    versions = version_tags(connection, repository_id)
     for floating, deleted_tag in affected.items():
-        best = highest_release([v.version for v in versions], floating)
-        previous = current_digest(connection, repository_id, floating)
+        best = newest_release(connection, repository_id, floating)
+        state = states.get(floating)
+        previous = state.digest if state is not None else None
         if best is None:
             if previous is not None:
                 connection.execute(_DELETE_TAG, {"repository_id": repository_id, "tag": floating})
                 _record(
-                    connection,
                     repository_id,
                     floating,
                     previous,
                     None,
                     actor,
                     f"{deleted_tag} was deleted; no release left in its line",
+                    history,
                 )
             continue
-        target = next(v.digest for v in reversed(versions) if v.version.tag == best.tag)
         _move(
             connection,
             repository_id,
             floating,
             previous,
-            target,
+            best.digest,
             actor,
             f"{deleted_tag} was deleted; follows {best.tag}",
+            history,
         )
 
 
-def _check_floating_push(
+def _overrides_policy(
     connection: Connection, repository_id: int, name: str, tag: str, digest: str
-) -> None:
-    """A client may set a floating tag only while its line has no release, or to the same
-    digest the policy would choose."""
-    versions = version_tags(connection, repository_id)
-    best = highest_release([v.version for v in versions], tag)
-    if best is None:
-        return
-    chosen = next(v.digest for v in reversed(versions) if v.version.tag == best.tag)
-    if chosen != digest:
-        line = "all releases" if tag == "latest" else f"the {tag}.x line"
-        raise Denied(
-            f"tag {tag} of {name} follows the newest release of {line}, now {best.tag} "
-            f"({chosen}); push a version tag instead, or turn floating tags off for this "
-            f"repository with `cangku repo policy {name} --floating off`"
-        )
+) -> str | None:
+    """The warning when a client's push of floating tag `tag` names another digest than the
+    policy gives it (the newest release of its line); None while the line has no release
+    (the tag then follows the first release that arrives) or when the digests agree."""
+    best = newest_release(connection, repository_id, tag)
+    if best is None or best.digest == digest:
+        return None
+    line = "all releases" if tag == LATEST else f"the {tag}.x line"
+    # One line of ASCII without double quotes: it goes into a Warning header (RFC 9111 §5.5).
+    return (
+        f"tag {tag} of {name} is now client-managed: it stays where you pushed it instead of "
+        f"following the newest release of {line} (now {best.tag}); release it with "
+        f"`cangku repo release-tag {name} {tag}` or POST "
+        f"/api/v1/repositories/{name}/tags/{tag}/release"
+    )
+
+
+def release_tag(
+    connection: Connection, repository_id: int, tag: str, actor: str | None
+) -> str | None:
+    """Hand a client-managed floating tag back to the policy: it moves to the newest release
+    of its line now (if there is one) and follows it from then on. Returns the release it
+    follows, or None. Raises RequestInvalid for a tag that is not a floating tag."""
+    if not is_floating_tag(tag):
+        raise RequestInvalid(f"{tag[:128]} is not a floating tag (latest, MAJOR or MAJOR.MINOR)")
+    connection.execute(_RELEASE_TAG, {"b_repository_id": repository_id, "b_tag": tag})
+    state = tag_states(connection, repository_id, [tag]).get(tag)
+    best = newest_release(connection, repository_id, tag)
+    if state is None or best is None:
+        return None
+    history: list[dict[str, object]] = []
+    _write_moves(
+        connection,
+        repository_id,
+        best.digest,
+        [(tag, state.digest, f"released; follows {best.tag}", False)],
+        time.time(),
+        actor,
+        history,
+    )
+    _write_history(connection, history)
+    return best.tag
+
+
+def version_columns(tag: str) -> dict[str, object]:
+    """The `tags` columns that index a version tag (schema.py): NULL for other tags."""
+    version = parse_version(tag)
+    if version is None:
+        return {"version_prefix": None, "version_key": None, "release_key": None}
+    key = version.precedence_key()
+    return {
+        "version_prefix": version.prefix,
+        "version_key": key,
+        "release_key": key if version.is_release else None,
+    }
 
 
 def _move(
@@ -228,38 +553,73 @@ def _move(
     digest: str,
     actor: str | None,
     reason: str,
+    history: list[dict[str, object]],
 ) -> None:
-    now = time.time()
-    if previous is None:
-        connection.execute(
-            _INSERT_TAG,
-            {
-                "repository_id": repository_id,
-                "name": tag,
-                "manifest_digest": digest,
-                "updated_at": now,
-            },
-        )
-    else:
-        connection.execute(
-            _UPDATE_TAG,
-            {"b_repository_id": repository_id, "b_tag": tag, "digest": digest, "now": now},
-        )
-    if previous != digest:
-        _record(connection, repository_id, tag, previous, digest, actor, reason)
+    """Point `tag` at `digest` (it pointed at `previous`); the change joins `history`."""
+    _write_moves(
+        connection,
+        repository_id,
+        digest,
+        [(tag, previous, reason, False)],
+        time.time(),
+        actor,
+        history,
+    )
+
+
+def _write_moves(
+    connection: Connection,
+    repository_id: int,
+    digest: str,
+    moves: list[tuple[str, str | None, str, bool]],
+    now: float,
+    actor: str | None,
+    history: list[dict[str, object]],
+) -> None:
+    """Point each (tag, previous digest, reason, client-managed) at `digest`: new tags in one
+    statement, existing ones in another; the changes join `history`."""
+    new = [
+        {
+            "repository_id": repository_id,
+            "name": tag,
+            "manifest_digest": digest,
+            "updated_at": now,
+            "client_managed": managed or None,
+            **version_columns(tag),
+        }
+        for tag, previous, _, managed in moves
+        if previous is None
+    ]
+    existing = [
+        {
+            "b_repository_id": repository_id,
+            "b_tag": tag,
+            "digest": digest,
+            "now": now,
+            "managed": managed or None,
+        }
+        for tag, previous, _, managed in moves
+        if previous is not None
+    ]
+    if new:
+        connection.execute(_INSERT_TAG, new)
+    if existing:
+        connection.execute(_UPDATE_TAG, existing)
+    for tag, previous, reason, _ in moves:
+        if previous != digest:
+            _record(repository_id, tag, previous, digest, actor, reason, history)
 
 
 def _record(
-    connection: Connection,
     repository_id: int,
     tag: str,
     old: str | None,
     new: str | None,
     actor: str | None,
     reason: str,
+    history: list[dict[str, object]],
 ) -> None:
-    connection.execute(
-        _INSERT_HISTORY,
+    history.append(
         {
             "repository_id": repository_id,
             "tag": tag,
@@ -268,5 +628,11 @@ def _record(
             "changed_at": time.time(),
             "actor": actor,
             "reason": reason,
-        },
+        }
     )
+
+
+def _write_history(connection: Connection, history: list[dict[str, object]]) -> None:
+    """The changes of one push or delete, in order, in one statement."""
+    if history:
+        connection.execute(_INSERT_HISTORY, history)

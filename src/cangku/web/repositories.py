@@ -13,7 +13,6 @@ from cangku.auth.permissions import DELETE
 from cangku.content.digest import Digest
 from cangku.content.errors import ManifestUnknown, RegistryError
 from cangku.content.names import validate_repository_name, validate_tag
-from cangku.registry.records import TagChange
 from cangku.web.images import (
     ImageFacts,
     config_view,
@@ -122,7 +121,7 @@ def routes(site: Site) -> list[BaseRoute]:
                     await _platforms(site, name, facts),
                 )
             facts, platforms = known
-            pushed = _newest_push(await registry.tag_history(name, tag), manifest.digest)
+            pushed = await registry.newest_move(name, tag, manifest.digest)
             rows.append(
                 {
                     "tag": tag,
@@ -326,14 +325,6 @@ async def _platforms(site: Site, name: str, facts: ImageFacts) -> list[str]:
         return [f"artifact: {facts.artifact_type}"]
     view = config_view(await read_config(site.registry, name, facts))
     return [view["platform"] if view["unreadable"] is None else "unknown"]
-
-
-def _newest_push(history: list[TagChange], digest: str) -> TagChange | None:
-    """The newest move of a tag onto the digest it has now (history is newest first)."""
-    for change in history:
-        if change.new_digest == digest:
-            return change
-    return None
 
 
 async def _tags_on(site: Site, name: str, digest: str) -> list[str]:

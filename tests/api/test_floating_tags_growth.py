@@ -1,0 +1,187 @@
+"""Issue 20: a push must not cost more with every version the repository already has.
+
+Each step a client can take on a version repository (push a release, an old patch, a
+pre-release, a floating tag; delete a version; read the version tree and a tag's history) is
+measured at 200 and at 2,000 existing versions, counting what the database does: the SQL
+statements, and the work inside them (SQLite: virtual-machine instructions, which grow with
+the rows a statement scans; PostgreSQL: the rows the statements return). Both must stay flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event
+
+from cangku.registry import Registry
+from tests.api.helpers import OCI_MANIFEST, push_image
+
+REPO = "jimo/versions"
+SMALL, LARGE = 600, 3_000
+# Steps whose work may grow, and why: only their statement count is checked.
+COUNTS_ALL = {
+    # Its usage panel (registry/usage.py) counts the repository's tags and manifests, an
+    # aggregate over all of them; that is usage reporting, not the tags' own cost.
+    "read the repository page",
+}
+# SQLite calls the progress handler every this many virtual-machine instructions.
+STEP = 20
+
+
+def version(index: int) -> str:
+    """0.0.0, 0.0.1, … 0.0.9, 0.1.0, … 1.9.9, … — ten patches a minor, ten minors a major."""
+    return f"{index // 100}.{index // 10 % 10}.{index % 10}"
+
+
+@dataclass
+class Work:
+    statements: int = 0
+    # SQLite: progress-handler calls (STEP instructions each); PostgreSQL: rows returned.
+    effort: int = 0
+    texts: list[str] = field(default_factory=list)
+
+
+class Meter:
+    """Counts what the metadata database does while `measuring` is set."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.engine = registry.metadata.engine
+        self.is_sqlite = registry.metadata.is_sqlite
+        self.current: Work | None = None
+        event.listen(self.engine, "before_cursor_execute", self._before)
+        event.listen(self.engine, "after_cursor_execute", self._after)
+
+    def close(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._before)
+        event.remove(self.engine, "after_cursor_execute", self._after)
+
+    def _progress(self) -> int:
+        if self.current is not None:
+            self.current.effort += 1
+        return 0
+
+    def _before(self, connection: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if self.current is None:
+            return
+        self.current.statements += 1
+        self.current.texts.append(statement.split("\n")[0][:120])
+        if self.is_sqlite:
+            # Set on the connection that runs the statement, in the thread that runs it;
+            # it counts only while a step is measured.
+            connection.connection.driver_connection.set_progress_handler(self._progress, STEP)
+
+    def _after(self, connection: Any, cursor: Any, *_: Any) -> None:
+        if self.current is None:
+            return
+        # SQLite: the handler stays, since rows are stepped through after this, when fetched.
+        if not self.is_sqlite and cursor.description is not None and cursor.rowcount > 0:
+            self.current.effort += cursor.rowcount
+
+    async def measure(self, step: Callable[[], Awaitable[object]]) -> Work:
+        self.current = Work()
+        try:
+            await step()
+            return self.current
+        finally:
+            self.current = None
+
+
+@pytest.fixture
+async def meter(registry: Registry) -> AsyncIterator[Meter]:
+    meter = Meter(registry)
+    yield meter
+    meter.close()
+
+
+async def seed(registry: Registry, images: tuple[bytes, bytes], start: int, stop: int) -> None:
+    """Versions `start` to `stop`, alternating between two images, so that `latest` and the
+    other floating tags move (and their history grows) with every version."""
+    for chunk in range(start, stop, 100):
+        await asyncio.gather(
+            *(
+                registry.put_manifest(REPO, version(index), images[index % 2], OCI_MANIFEST)
+                for index in range(chunk, min(chunk + 100, stop))
+            )
+        )
+
+
+async def steps(
+    client: httpx.AsyncClient, other: bytes, round_: int
+) -> dict[str, Callable[[], Awaitable[object]]]:
+    """The steps leave the repository as they found it, so both rounds do the same moves."""
+    newest = f"{500 + round_}.0.0"
+    old_patch = f"0.0.{10 + round_}"
+    candidate = f"{600 + round_}.0.0-rc.1"
+
+    async def put(tag: str, content: bytes = other) -> None:
+        response = await client.put(
+            f"/v2/{REPO}/manifests/{tag}", content=content, headers={"Content-Type": OCI_MANIFEST}
+        )
+        assert response.status_code == 201, response.text
+
+    async def delete(tag: str) -> None:
+        response = await client.delete(f"/v2/{REPO}/manifests/{tag}")
+        assert response.status_code == 202, response.text
+
+    async def post(path: str) -> None:
+        response = await client.post(path)
+        assert response.status_code == 200, response.text
+
+    async def get(path: str) -> None:
+        response = await client.get(path)
+        assert response.status_code == 200, response.text
+
+    async def push_latest_as_it_is() -> None:
+        latest = await client.get(f"/v2/{REPO}/manifests/latest", headers={"Accept": OCI_MANIFEST})
+        await put("latest", latest.content)
+
+    return {
+        "push a new newest release": lambda: put(newest),
+        "delete the newest release": lambda: delete(newest),
+        "push an old patch": lambda: put(old_patch),
+        "delete an old patch": lambda: delete(old_patch),
+        "push a pre-release": lambda: put(candidate),
+        "delete a pre-release": lambda: delete(candidate),
+        "push latest as the policy has it": push_latest_as_it_is,
+        "push latest over the policy": lambda: put("latest"),
+        "release latest": lambda: post(f"/api/v1/repositories/{REPO}/tags/latest/release"),
+        "read the version tree": lambda: get(f"/api/v1/repositories/{REPO}/versions"),
+        "read the history of latest": lambda: get(
+            f"/api/v1/repositories/{REPO}/tags/latest/history"
+        ),
+        "read the repository page": lambda: get(f"/r/{REPO}"),
+        "read the page of latest": lambda: get(f"/r/{REPO}/-/tags/latest"),
+    }
+
+
+async def test_no_step_costs_more_with_more_versions(
+    client: httpx.AsyncClient, registry: Registry, meter: Meter
+) -> None:
+    images = (await push_image(client, REPO, layers=1))[1], (await push_image(client, REPO))[1]
+    _, other = await push_image(client, REPO, layers=1)
+    measured: list[dict[str, Work]] = []
+    for round_, (start, stop) in enumerate(((0, SMALL), (SMALL, LARGE))):
+        await seed(registry, images, start, stop)
+        work = {}
+        for name, step in (await steps(client, other, round_)).items():
+            work[name] = await meter.measure(step)
+        measured.append(work)
+    small, large = measured
+    grew = {
+        name: (
+            small[name].statements,
+            large[name].statements,
+            small[name].effort,
+            large[name].effort,
+        )
+        for name in small
+        if large[name].statements != small[name].statements
+        # A B-tree seek costs a few instructions more as the tree deepens; a scan costs 5x.
+        or (large[name].effort > small[name].effort * 1.3 + 10 and name not in COUNTS_ALL)
+    }
+    assert not grew, f"(statements, effort) at {SMALL} and {LARGE} versions: {grew}"
