@@ -6,9 +6,12 @@ row). `public` is NULL when nobody chose: the server's `public_by_default` then 
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, select, update
+from collections.abc import Iterable
+
+from sqlalchemy import ColumnElement, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
+from cangku.metadata.namespaces import in_namespace
 from cangku.metadata.schema import repositories
 
 PUBLIC = select(repositories.c.public).where(repositories.c.name == bindparam("name"))
@@ -29,3 +32,15 @@ def set_public(connection: Connection, repository: str, public: bool, *, now: fl
         connection.execute(
             insert(repositories).values(name=repository, created_at=now, public=public)
         )
+
+
+def visible_to(namespaces: Iterable[str], *, public_by_default: bool) -> ColumnElement[bool]:
+    """A condition on `repositories` rows: those a caller may pull, the public ones and
+    those of the caller's `namespaces` (a namespace owns `ns/...` and the repository `ns`)."""
+    public = (
+        repositories.c.public.is_not(False)
+        if public_by_default
+        else repositories.c.public.is_(True)
+    )
+    owned = [in_namespace(repositories.c.name, namespace) for namespace in sorted(namespaces)]
+    return or_(public, *owned)
