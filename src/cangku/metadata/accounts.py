@@ -277,7 +277,7 @@ def list_tokens(connection: Connection, user: str) -> list[TokenInfo]:
 
 
 def revoke_tokens(
-    connection: Connection, user_id: int | None, *, now: float, name_or_id: str | None = None
+    connection: Connection, user_id: int, *, now: float, name_or_id: str | None = None
 ) -> int:
     """Revoke the user's active tokens (only the one with that name or id, if given);
     returns how many were revoked."""
