@@ -6,12 +6,14 @@ import base64
 
 import httpx
 import pytest
+from starlette.requests import Request
 
 from cangku.app import create_app
 from cangku.auth.accounts import Accounts
 from cangku.config import Settings
 from cangku.content.errors import NameUnknown
 from cangku.registry import Registry
+from cangku.web.site import Site, Viewer
 
 from .conftest import Browser, csrf_of, site_client, store_image
 
@@ -383,6 +385,42 @@ async def test_admin_creates_a_user_and_an_organization_with_a_member(
     assert (await accounts.list_organizations())["team"] == {"mei": "writer"}
     await browser.post("/admin/users/mei/disable")
     assert [user.disabled for user in await accounts.list_users() if user.name == "mei"] == [True]
+
+
+async def test_admin_cannot_disable_or_delete_their_own_account(
+    browser: Browser, accounts: Accounts
+) -> None:
+    await browser.sign_in("admin")
+    for action in ("disable", "delete"):
+        refused = await browser.post(f"/admin/users/admin/{action}")
+        assert refused.status_code == 400
+        assert "you cannot disable or delete your own account here" in refused.text
+    assert {user.name: user.disabled for user in await accounts.list_users()}["admin"] is False
+
+
+async def test_who_acts_on_the_admin_pages_is_the_signed_in_caller_not_the_log_field(
+    browser: Browser, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The access log's `user_name` is a record (a deployment may blank or rewrite it);
+    the admin pages' self-protection follows the authenticated viewer."""
+    logged_as = {"name": "-"}
+    viewer_of = Site.viewer
+
+    async def viewer_with_a_rewritten_log_field(site: Site, request: Request) -> Viewer:
+        viewer = await viewer_of(site, request)
+        request.scope["user_name"] = logged_as["name"]
+        return viewer
+
+    monkeypatch.setattr(Site, "viewer", viewer_with_a_rewritten_log_field)
+    await browser.sign_in("admin")
+    refused = await browser.post("/admin/users/admin/disable")
+    assert refused.status_code == 400
+    assert not [user for user in await accounts.list_users() if user.disabled]
+    # The other way round: a log field naming the target does not make the admin the target.
+    logged_as["name"] = "jimo"
+    done = await browser.post("/admin/users/jimo/disable")
+    assert done.status_code == 200 and "The user jimo was disabled." in done.text
+    assert [user.name for user in await accounts.list_users() if user.disabled] == ["jimo"]
 
 
 async def test_admin_deletes_a_user_with_images_only_when_asked_to(

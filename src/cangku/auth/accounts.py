@@ -1,7 +1,9 @@
 """Accounts: users, organizations, access tokens, repository visibility.
 
 All of it lives in the metadata database, so the CLI can change accounts while the server
-runs and every replica sees the change.
+runs and every replica sees the change. The rows are read and written by the row modules
+`metadata/accounts.py`, `web_sessions.py`, `visibility.py` and `namespaces.py`; this module
+keeps the rules and the transaction boundaries.
 """
 
 from __future__ import annotations
@@ -12,12 +14,9 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
-from sqlalchemy import ColumnElement, delete, insert, select, update
-from sqlalchemy.engine import Connection
 
 from cangku.auth import passwords
 from cangku.auth.passwords import (
@@ -30,20 +29,9 @@ from cangku.auth.passwords import (
 )
 from cangku.auth.permissions import ALL_ACTIONS, ROLES, TOKEN_SCOPES, Principal
 from cangku.content.names import validate_repository_name
-from cangku.metadata.schema import (
-    access_tokens,
-    manifests,
-    organization_members,
-    organizations,
-    quotas,
-    repositories,
-    tag_history,
-    tag_policies,
-    upload_sessions,
-    users,
-    web_sessions,
-)
-from cangku.metadata.store import MetadataStore
+from cangku.metadata import Connection, MetadataStore, namespaces, visibility, web_sessions
+from cangku.metadata import accounts as rows
+from cangku.metadata.accounts import TokenInfo, UserInfo
 from cangku.registry.browse import remove_repository
 
 # An account or organization name is one repository-name component: it is a namespace.
@@ -58,24 +46,6 @@ LAST_USED_RESOLUTION = 60.0
 
 class AccountError(ValueError):
     """A refused account change, with a message for the person who asked."""
-
-
-@dataclass(frozen=True, slots=True)
-class UserInfo:
-    name: str
-    is_admin: bool
-    disabled: bool
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class TokenInfo:
-    id: str
-    name: str
-    scope: str
-    created_at: float
-    last_used_at: float | None
-    revoked_at: float | None
 
 
 def validate_account_name(name: str) -> str:
@@ -99,27 +69,28 @@ class Accounts:
 
         def add(connection: Connection) -> None:
             _refuse_taken_namespace(connection, name)
-            _insert_user(connection, name, password_hash, admin=admin)
+            rows.insert_user(connection, name, password_hash, admin=admin, now=time.time())
 
         await self.metadata.write(add)
 
     async def set_password(self, name: str, password: str) -> None:
         check_new_password(password)
         password_hash = await anyio.to_thread.run_sync(hash_password, password)
-        await self._update_user(
-            name, password_hash=password_hash, credentials_changed_at=time.time()
+        changed = await self.metadata.write(
+            lambda c: rows.update_user(
+                c, name, password_hash=password_hash, credentials_changed_at=time.time()
+            )
         )
+        if not changed:
+            raise AccountError(f"no user {name!r}")
 
     async def set_disabled(self, name: str, disabled: bool) -> None:
-        await self._update_user(name, disabled=disabled, credentials_changed_at=time.time())
-
-    async def _update_user(self, name: str, **values: object) -> None:
-        def change(connection: Connection) -> int:
-            return connection.execute(
-                update(users).where(users.c.name == name).values(**values)
-            ).rowcount
-
-        if not await self.metadata.write(change):
+        changed = await self.metadata.write(
+            lambda c: rows.update_user(
+                c, name, disabled=disabled, credentials_changed_at=time.time()
+            )
+        )
+        if not changed:
             raise AccountError(f"no user {name!r}")
 
     async def delete_user(self, name: str, *, delete_repositories: bool = False) -> None:
@@ -129,22 +100,16 @@ class Accounts:
         images and `delete_repositories` is false: deleting those is an explicit choice."""
 
         def remove(connection: Connection) -> int:
-            if connection.scalar(select(users.c.id).where(users.c.name == name)) is None:
+            if rows.user_id(connection, name) is None:
                 return 0
             _release_namespace(connection, name, delete_repositories)
-            return connection.execute(delete(users).where(users.c.name == name)).rowcount
+            return rows.delete_user(connection, name)
 
         if not await self.metadata.write(remove):
             raise AccountError(f"no user {name!r}")
 
     async def list_users(self) -> list[UserInfo]:
-        def rows(connection: Connection) -> list[UserInfo]:
-            return [
-                UserInfo(row.name, row.is_admin, row.disabled, row.created_at)
-                for row in connection.execute(select(users).order_by(users.c.name))
-            ]
-
-        return await self.metadata.read(rows)
+        return await self.metadata.read(rows.list_users)
 
     async def import_htpasswd(self, text: str) -> tuple[list[str], list[str]]:
         """Add the bcrypt entries of an htpasswd file; returns (added, skipped with reason)."""
@@ -173,7 +138,7 @@ class Accounts:
                 except AccountError as error:
                     skipped.append(str(error))
                     continue
-                _insert_user(connection, name, password_hash, admin=False)
+                rows.insert_user(connection, name, password_hash, admin=False, now=time.time())
                 added.append(name)
 
         await self.metadata.write(add)
@@ -181,7 +146,7 @@ class Accounts:
 
     async def ensure_initial_admin(self, data_dir: Path, password: str | None) -> str | None:
         """On an empty user table, create `admin`; returns a generated password to show once."""
-        if await self.metadata.read(lambda c: c.scalar(select(users.c.id).limit(1))) is not None:
+        if await self.metadata.read(rows.any_user):
             return None
         generated = password is None
         password = password or generate_password()
@@ -203,7 +168,7 @@ class Accounts:
 
         def add(connection: Connection) -> None:
             _refuse_taken_namespace(connection, name)
-            connection.execute(insert(organizations).values(name=name, created_at=time.time()))
+            rows.insert_organization(connection, name, now=time.time())
 
         await self.metadata.write(add)
 
@@ -211,15 +176,10 @@ class Accounts:
         """As `delete_user`, for an organization."""
 
         def remove(connection: Connection) -> int:
-            if (
-                connection.scalar(select(organizations.c.id).where(organizations.c.name == name))
-                is None
-            ):
+            if rows.organization_id(connection, name) is None:
                 return 0
             _release_namespace(connection, name, delete_repositories)
-            return connection.execute(
-                delete(organizations).where(organizations.c.name == name)
-            ).rowcount
+            return rows.delete_organization(connection, name)
 
         if not await self.metadata.write(remove):
             raise AccountError(f"no organization {name!r}")
@@ -230,46 +190,19 @@ class Accounts:
             raise AccountError(f"role must be one of {', '.join(ROLES)}")
 
         def change(connection: Connection) -> None:
-            organization_id = connection.scalar(
-                select(organizations.c.id).where(organizations.c.name == organization)
-            )
+            organization_id = rows.organization_id(connection, organization)
             if organization_id is None:
                 raise AccountError(f"no organization {organization!r}")
-            user_id = connection.scalar(select(users.c.id).where(users.c.name == user))
+            user_id = rows.user_id(connection, user)
             if user_id is None:
                 raise AccountError(f"no user {user!r}")
-            member = (organization_members.c.organization_id == organization_id) & (
-                organization_members.c.user_id == user_id
-            )
-            connection.execute(delete(organization_members).where(member))
-            if role is not None:
-                connection.execute(
-                    insert(organization_members).values(
-                        organization_id=organization_id, user_id=user_id, role=role
-                    )
-                )
+            rows.set_membership(connection, organization_id, user_id, role)
 
         await self.metadata.write(change)
 
     async def list_organizations(self) -> dict[str, dict[str, str]]:
         """Organization → {member: role}."""
-
-        def rows(connection: Connection) -> dict[str, dict[str, str]]:
-            result: dict[str, dict[str, str]] = {
-                name: {} for name in connection.scalars(select(organizations.c.name))
-            }
-            query = select(
-                organizations.c.name, users.c.name.label("user"), organization_members.c.role
-            ).select_from(
-                organization_members.join(
-                    organizations, organizations.c.id == organization_members.c.organization_id
-                ).join(users, users.c.id == organization_members.c.user_id)
-            )
-            for row in connection.execute(query):
-                result[row.name][row.user] = row.role
-            return dict(sorted(result.items()))
-
-        return await self.metadata.read(rows)
+        return await self.metadata.read(rows.list_organizations)
 
     # -- access tokens ---------------------------------------------------------------------
     async def create_token(self, user: str, name: str, scope: str) -> str:
@@ -282,61 +215,33 @@ class Accounts:
         secret = secrets.token_urlsafe(32)
 
         def add(connection: Connection) -> None:
-            user_id = connection.scalar(select(users.c.id).where(users.c.name == user))
+            user_id = rows.user_id(connection, user)
             if user_id is None:
                 raise AccountError(f"no user {user!r}")
-            taken = connection.scalar(
-                select(access_tokens.c.id).where(
-                    access_tokens.c.user_id == user_id,
-                    access_tokens.c.name == name,
-                    access_tokens.c.revoked_at.is_(None),
-                )
-            )
-            if taken is not None:
+            if rows.has_active_token_named(connection, user_id, name):
                 raise AccountError(f"{user} already has a token named {name!r}")
-            connection.execute(
-                insert(access_tokens).values(
-                    id=token_id,
-                    user_id=user_id,
-                    name=name,
-                    secret_hash=_secret_hash(secret),
-                    scope=scope,
-                    created_at=time.time(),
-                )
+            rows.insert_token(
+                connection,
+                token_id=token_id,
+                user_id=user_id,
+                name=name,
+                secret_hash=_secret_hash(secret),
+                scope=scope,
+                now=time.time(),
             )
 
         await self.metadata.write(add)
         return f"ckt_{token_id}_{secret}"
 
     async def list_tokens(self, user: str) -> list[TokenInfo]:
-        def rows(connection: Connection) -> list[TokenInfo]:
-            query = (
-                select(access_tokens)
-                .select_from(access_tokens.join(users, users.c.id == access_tokens.c.user_id))
-                .where(users.c.name == user)
-                .order_by(access_tokens.c.created_at)
-            )
-            return [
-                TokenInfo(
-                    row.id, row.name, row.scope, row.created_at, row.last_used_at, row.revoked_at
-                )
-                for row in connection.execute(query)
-            ]
-
-        return await self.metadata.read(rows)
+        return await self.metadata.read(lambda c: rows.list_tokens(c, user))
 
     async def revoke_token(self, user: str, name_or_id: str) -> None:
         def revoke(connection: Connection) -> int:
-            user_id = connection.scalar(select(users.c.id).where(users.c.name == user))
-            return connection.execute(
-                update(access_tokens)
-                .where(
-                    access_tokens.c.user_id == user_id,
-                    (access_tokens.c.name == name_or_id) | (access_tokens.c.id == name_or_id),
-                    access_tokens.c.revoked_at.is_(None),
-                )
-                .values(revoked_at=time.time())
-            ).rowcount
+            user_id = rows.user_id(connection, user)
+            if user_id is None:
+                return 0
+            return rows.revoke_tokens(connection, user_id, now=time.time(), name_or_id=name_or_id)
 
         if not await self.metadata.write(revoke):
             raise AccountError(f"{user} has no active token {name_or_id!r}")
@@ -346,14 +251,10 @@ class Accounts:
         are separate credentials, e.g. of CI jobs); returns how many were revoked."""
 
         def revoke(connection: Connection) -> int:
-            user_id = connection.scalar(select(users.c.id).where(users.c.name == user))
+            user_id = rows.user_id(connection, user)
             if user_id is None:
                 raise AccountError(f"no user {user!r}")
-            return connection.execute(
-                update(access_tokens)
-                .where(access_tokens.c.user_id == user_id, access_tokens.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
-            ).rowcount
+            return rows.revoke_tokens(connection, user_id, now=time.time())
 
         return await self.metadata.write(revoke)
 
@@ -363,11 +264,7 @@ class Accounts:
         token = TOKEN_PATTERN.fullmatch(secret)
         if token is not None:
             return await self._authenticate_token(name, token[1], token[2])
-        row = await self.metadata.read(
-            lambda c: c.execute(
-                select(users.c.password_hash, users.c.disabled).where(users.c.name == name)
-            ).first()
-        )
+        row = await self.metadata.read(lambda c: rows.stored_password(c, name))
         stored = row.password_hash if row is not None else dummy_hash(passwords.BCRYPT_ROUNDS)
         matches = await anyio.to_thread.run_sync(verify_password, secret, stored)
         if row is None or row.disabled or not matches:
@@ -376,73 +273,34 @@ class Accounts:
             # Imported (htpasswd) hashes are often cheaper; a cheap hash would also make
             # this account's failures faster than an unknown name's. Upgrade it now.
             upgraded = await anyio.to_thread.run_sync(hash_password, secret)
-            await self.metadata.write(
-                lambda c: c.execute(
-                    update(users).where(users.c.name == name).values(password_hash=upgraded)
-                )
-            )
+            await self.metadata.write(lambda c: rows.update_user(c, name, password_hash=upgraded))
         return await self.principal(name)
 
     async def _authenticate_token(self, name: str, token_id: str, secret: str) -> Principal | None:
-        query = (
-            select(access_tokens.c.secret_hash, access_tokens.c.scope, access_tokens.c.last_used_at)
-            .select_from(access_tokens.join(users, users.c.id == access_tokens.c.user_id))
-            .where(
-                access_tokens.c.id == token_id,
-                users.c.name == name,
-                access_tokens.c.revoked_at.is_(None),
-            )
-        )
-        row = await self.metadata.read(lambda c: c.execute(query).first())
+        row = await self.metadata.read(lambda c: rows.active_token(c, name, token_id))
         if row is None or not hmac.compare_digest(row.secret_hash, _secret_hash(secret)):
             return None
         now = time.time()
         if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-            await self.metadata.write(
-                lambda c: c.execute(
-                    update(access_tokens)
-                    .where(access_tokens.c.id == token_id)
-                    .values(last_used_at=now)
-                )
-            )
+            await self.metadata.write(lambda c: rows.touch_token(c, token_id, now))
         return await self.principal(name, token_id=token_id)
 
     async def principal(self, name: str, *, token_id: str | None = None) -> Principal | None:
         """What an enabled account may do now (None if it does not exist or is disabled)."""
 
         def load(connection: Connection) -> Principal | None:
-            user = connection.execute(
-                select(
-                    users.c.id, users.c.is_admin, users.c.disabled, users.c.credentials_changed_at
-                ).where(users.c.name == name)
-            ).first()
+            user = rows.account_state(connection, name)
             if user is None or user.disabled:
                 return None
             limit = ALL_ACTIONS
             if token_id is not None:
-                scope = connection.scalar(
-                    select(access_tokens.c.scope).where(
-                        access_tokens.c.id == token_id,
-                        access_tokens.c.user_id == user.id,
-                        access_tokens.c.revoked_at.is_(None),
-                    )
-                )
+                scope = rows.token_scope(connection, token_id, user.id)
                 if scope is None:
                     return None
                 limit = TOKEN_SCOPES[scope]
             namespaces = {name: ALL_ACTIONS}
-            memberships = connection.execute(
-                select(organizations.c.name, organization_members.c.role)
-                .select_from(
-                    organization_members.join(
-                        organizations,
-                        organizations.c.id == organization_members.c.organization_id,
-                    )
-                )
-                .where(organization_members.c.user_id == user.id)
-            )
-            for membership in memberships:
-                namespaces[membership.name] = ROLES[membership.role]
+            for organization, role in rows.memberships(connection, user.id):
+                namespaces[organization] = ROLES[role]
             return Principal(
                 name=name,
                 is_admin=user.is_admin,
@@ -457,28 +315,15 @@ class Accounts:
     # -- visibility ------------------------------------------------------------------------
     async def is_public(self, repository: str) -> bool:
         public = await self.metadata.read_cached(
-            ("public", repository),
-            lambda c: c.scalar(
-                select(repositories.c.public).where(repositories.c.name == repository)
-            ),
+            ("public", repository), lambda c: visibility.chosen_public(c, repository)
         )
-        return self.public_by_default if public is None else bool(public)
+        return self.public_by_default if public is None else public
 
     async def set_public(self, repository: str, public: bool) -> None:
         validate_repository_name(repository)
-
-        def change(connection: Connection) -> None:
-            result = connection.execute(
-                update(repositories).where(repositories.c.name == repository).values(public=public)
-            )
-            if not result.rowcount:
-                connection.execute(
-                    insert(repositories).values(
-                        name=repository, created_at=time.time(), public=public
-                    )
-                )
-
-        await self.metadata.write(change)
+        await self.metadata.write(
+            lambda c: visibility.set_public(c, repository, public, now=time.time())
+        )
 
     # -- browser sessions ------------------------------------------------------------------
     async def start_web_session(
@@ -491,18 +336,17 @@ class Accounts:
         now = time.time()
 
         def add(connection: Connection) -> None:
-            user_id = connection.scalar(select(users.c.id).where(users.c.name == user))
+            user_id = rows.user_id(connection, user)
             if user_id is None:
                 raise AccountError(f"no user named {user!r}")
             # Sign-ins are rare: sweeping everyone's expired sessions here keeps the table small.
-            ended = web_sessions.c.created_at < now - max_age
-            if replaces is not None:
-                ended = ended | (web_sessions.c.id == _secret_hash(replaces))
-            connection.execute(delete(web_sessions).where(ended))
-            connection.execute(
-                insert(web_sessions).values(
-                    id=_secret_hash(session_id), user_id=user_id, created_at=now
-                )
+            web_sessions.start(
+                connection,
+                _secret_hash(session_id),
+                user_id,
+                now=now,
+                expired_before=now - max_age,
+                replaces=None if replaces is None else _secret_hash(replaces),
             )
 
         await self.metadata.write(add)
@@ -511,36 +355,13 @@ class Accounts:
     async def web_session_active(self, user: str, session_id: str) -> bool:
         key = _secret_hash(session_id)
         owner = await self.metadata.read_cached(
-            ("web-session", key),
-            lambda connection: connection.scalar(
-                select(users.c.name)
-                .select_from(web_sessions.join(users, users.c.id == web_sessions.c.user_id))
-                .where(web_sessions.c.id == key)
-            ),
+            ("web-session", key), lambda c: web_sessions.owner(c, key)
         )
         return owner == user
 
     async def end_web_session(self, session_id: str) -> None:
         key = _secret_hash(session_id)
-        await self.metadata.write(
-            lambda connection: connection.execute(
-                delete(web_sessions).where(web_sessions.c.id == key)
-            )
-        )
-
-
-def _insert_user(connection: Connection, name: str, password_hash: str, *, admin: bool) -> None:
-    now = time.time()
-    connection.execute(
-        insert(users).values(
-            name=name,
-            password_hash=password_hash,
-            is_admin=admin,
-            disabled=False,
-            created_at=now,
-            credentials_changed_at=now,
-        )
-    )
+        await self.metadata.write(lambda c: web_sessions.end(c, key))
 
 
 def _release_namespace(connection: Connection, namespace: str, delete_images: bool) -> None:
@@ -552,47 +373,15 @@ def _release_namespace(connection: Connection, namespace: str, delete_images: bo
     collection frees the bytes."""
     if not delete_images:
         _refuse_owned_repositories(connection, namespace)
-    owned = _in_namespace(repositories.c.name, namespace)
-    repository_ids = connection.scalars(select(repositories.c.id).where(owned)).all()
+    repository_ids = namespaces.repository_ids(connection, namespace)
     for repository_id in repository_ids:
         remove_repository(connection, repository_id, actor=None)
-    if repository_ids:
-        connection.execute(
-            delete(tag_history).where(tag_history.c.repository_id.in_(repository_ids))
-        )
-        connection.execute(delete(repositories).where(repositories.c.id.in_(repository_ids)))
-    connection.execute(
-        delete(tag_policies).where(
-            ((tag_policies.c.scope == "namespace") & (tag_policies.c.name == namespace))
-            | (
-                (tag_policies.c.scope == "repository")
-                & _in_namespace(tag_policies.c.name, namespace)
-            )
-        )
-    )
-    connection.execute(delete(quotas).where(quotas.c.namespace == namespace))
-    # Its open upload sessions no longer count (their files expire; nobody else knows them).
-    connection.execute(delete(upload_sessions).where(upload_sessions.c.namespace == namespace))
-
-
-def _in_namespace(column: ColumnElement[str], namespace: str) -> ColumnElement[bool]:
-    """A repository name in the namespace: `ns/...`, or the repository named just `ns`."""
-    return column.startswith(f"{namespace}/", autoescape=True) | (column == namespace)
+    namespaces.forget(connection, namespace, repository_ids)
 
 
 def _refuse_owned_repositories(connection: Connection, namespace: str) -> None:
     """A namespace's images go only by an explicit choice: refuse while any remain."""
-    held = connection.scalars(
-        select(repositories.c.name)
-        .where(
-            _in_namespace(repositories.c.name, namespace),
-            select(manifests.c.digest)
-            .where(manifests.c.repository_id == repositories.c.id)
-            .exists(),
-        )
-        .order_by(repositories.c.name)
-        .limit(4)
-    ).all()
+    held = namespaces.repositories_with_images(connection, namespace, limit=4)
     if held:
         shown = ", ".join(held[:3]) + (", …" if len(held) > 3 else "")
         raise AccountError(
@@ -603,13 +392,11 @@ def _refuse_owned_repositories(connection: Connection, namespace: str) -> None:
 
 def _refuse_taken_namespace(connection: Connection, name: str) -> None:
     """Users and organizations share one namespace space."""
-    if connection.scalar(select(users.c.id).where(users.c.name == name)) is not None:
-        raise AccountError(f"the name {name!r} is already a user")
-    if (
-        connection.scalar(select(organizations.c.id).where(organizations.c.name == name))
-        is not None
-    ):
-        raise AccountError(f"the name {name!r} is already an organization")
+    holder = rows.namespace_holder(connection, name)
+    if holder is not None:
+        raise AccountError(
+            f"the name {name!r} is already {'a user' if holder == 'user' else 'an organization'}"
+        )
 
 
 def _secret_hash(secret: str) -> str:

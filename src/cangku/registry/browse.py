@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, delete, func, or_, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.engine import Connection
 
+from cangku.metadata import visibility
 from cangku.metadata.schema import (
     manifest_references,
     manifests,
@@ -115,16 +116,5 @@ def remove_repository(connection: Connection, repository_id: int, actor: str | N
 
 
 def visible_to(visible: Visibility) -> ColumnElement[bool]:
-    """Repositories the caller may pull: public ones and those of their namespaces (a
-    namespace owns `ns/...` and a repository named just `ns`)."""
-    public = (
-        repositories.c.public.is_not(False)
-        if visible.public_by_default
-        else repositories.c.public.is_(True)
-    )
-    owned = [
-        repositories.c.name.startswith(f"{namespace}/", autoescape=True)
-        | (repositories.c.name == namespace)
-        for namespace in sorted(visible.namespaces)
-    ]
-    return or_(public, *owned)
+    """Repositories the caller may pull (the condition lives with the visibility rows)."""
+    return visibility.visible_to(visible.namespaces, public_by_default=visible.public_by_default)

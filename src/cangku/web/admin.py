@@ -12,7 +12,8 @@ from cangku.auth.accounts import AccountError, Accounts
 from cangku.auth.permissions import ROLES
 from cangku.web.site import PageError, SignInRequired, Site, Viewer
 
-Change = Callable[[Accounts, Request, dict[str, str]], Awaitable[str]]
+# An administrator's change: (accounts, request, who asked, form fields) → the message shown.
+Change = Callable[[Accounts, Request, Viewer, dict[str, str]], Awaitable[str]]
 
 
 def routes(site: Site) -> list[BaseRoute]:
@@ -54,39 +55,47 @@ def routes(site: Site) -> list[BaseRoute]:
             form = await site.checked_form(request, viewer)
             fields = {key: str(value) for key, value in form.items() if isinstance(value, str)}
             try:
-                message = await action(accounts, request, fields)
+                message = await action(accounts, request, viewer, fields)
             except (AccountError, ValueError) as error:
                 return await render(request, viewer, error=str(error), status=400)
             return await render(request, viewer, message=message)
 
         return run
 
-    async def add_user(accounts: Accounts, request: Request, form: dict[str, str]) -> str:
+    async def add_user(
+        accounts: Accounts, request: Request, viewer: Viewer, form: dict[str, str]
+    ) -> str:
         name = form.get("name", "").strip()
         await accounts.add_user(name, form.get("password", ""), admin=form.get("admin") == "on")
         return f"The user {name} was created."
 
-    async def set_user_state(accounts: Accounts, request: Request, form: dict[str, str]) -> str:
+    async def set_user_state(
+        accounts: Accounts, request: Request, viewer: Viewer, form: dict[str, str]
+    ) -> str:
         name = request.path_params["user"]
         disabled = request.url.path.endswith("/disable")
         if disabled:
-            _refuse_self(request, name)
+            _refuse_self(viewer, name)
         await accounts.set_disabled(name, disabled)
         return f"The user {name} was {'disabled' if disabled else 'enabled'}."
 
-    async def delete_user(accounts: Accounts, request: Request, form: dict[str, str]) -> str:
+    async def delete_user(
+        accounts: Accounts, request: Request, viewer: Viewer, form: dict[str, str]
+    ) -> str:
         name = request.path_params["user"]
-        _refuse_self(request, name)
+        _refuse_self(viewer, name)
         await accounts.delete_user(name, delete_repositories=form.get("repositories") == "on")
         return f"The user {name} was deleted."
 
-    async def add_organization(accounts: Accounts, request: Request, form: dict[str, str]) -> str:
+    async def add_organization(
+        accounts: Accounts, request: Request, viewer: Viewer, form: dict[str, str]
+    ) -> str:
         name = form.get("name", "").strip()
         await accounts.add_organization(name)
         return f"The organization {name} was created."
 
     async def delete_organization(
-        accounts: Accounts, request: Request, form: dict[str, str]
+        accounts: Accounts, request: Request, viewer: Viewer, form: dict[str, str]
     ) -> str:
         name = request.path_params["organization"]
         await accounts.delete_organization(
@@ -94,7 +103,9 @@ def routes(site: Site) -> list[BaseRoute]:
         )
         return f"The organization {name} was deleted."
 
-    async def set_member(accounts: Accounts, request: Request, form: dict[str, str]) -> str:
+    async def set_member(
+        accounts: Accounts, request: Request, viewer: Viewer, form: dict[str, str]
+    ) -> str:
         organization = request.path_params["organization"]
         user = form.get("user", "").strip()
         role = form.get("role") or None
@@ -126,7 +137,10 @@ def routes(site: Site) -> list[BaseRoute]:
     ]
 
 
-def _refuse_self(request: Request, name: str) -> None:
-    """An administrator who locks themselves out needs the CLI to get back in."""
-    if request.scope.get("user_name") == name:
+def _refuse_self(viewer: Viewer, name: str) -> None:
+    """An administrator who locks themselves out needs the CLI to get back in.
+
+    Who asks is the authenticated caller of this request (`Viewer`), never the access log's
+    `user_name` field: that is a record for the log, not a credential."""
+    if viewer.name == name:
         raise AccountError("you cannot disable or delete your own account here")
