@@ -34,7 +34,7 @@ from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
 from cangku.registry.tags import TagPolicy
 from cangku.server import ZERO_COPY_SEND
-from cangku.storage.filesystem import FilesystemStorage
+from cangku.storage import open_storage
 from cangku.web import web_app
 from cangku.web.sessions import load_or_create_session_key
 
@@ -44,7 +44,7 @@ access_log = logging.getLogger("cangku.access")
 
 def build_registry(settings: Settings) -> Registry:
     settings.data.mkdir(parents=True, exist_ok=True)
-    storage = FilesystemStorage(settings.data, fsync=settings.storage.fsync)
+    storage = open_storage(settings.storage, settings.data)
     metadata = MetadataStore.open(settings.database_url or sqlite_url(settings.data))
     tag_defaults = TagPolicy(
         floating=settings.tags.floating, immutable_versions=settings.tags.immutable_versions
