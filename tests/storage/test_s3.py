@@ -19,6 +19,7 @@ from tests.storage.test_drivers import (
     ClientDisconnected,
     breaking_stream,
     new_upload,
+    new_upload_id,
     opened_bytes,
     split,
     stream,
@@ -159,6 +160,18 @@ async def test_upload_purge_aborts_abandoned_multipart_uploads(s3: S3Storage) ->
 
     assert multipart_uploads(s3) == []
     assert keys(s3) == []
+
+
+async def test_requests_for_unknown_sessions_leave_no_state_behind(s3: S3Storage) -> None:
+    for _ in range(20):
+        with pytest.raises(BlobUploadUnknown):
+            await s3.append_upload(new_upload_id(), stream(b"abc"), 3)
+        with pytest.raises(BlobUploadUnknown):
+            await s3.commit_upload(new_upload_id(), Digest.of(b""))
+    finished = await new_upload(s3, b"abc")
+    await s3.commit_upload(finished, Digest.of(b"abc"))
+
+    assert s3._locks == {} and s3._hashers == {}
 
 
 @pytest.mark.parametrize("upload_id", ["../" + "a" * 62, "a" * 63 + "/", "A" * 64, ""])

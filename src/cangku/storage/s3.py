@@ -337,6 +337,7 @@ class S3Storage:
         async with self._lock(upload_id):
             session = await self._load(directory)
             if session is None:
+                self._forget(upload_id)  # Else every made-up id would leave a lock behind.
                 raise BlobUploadUnknown("unknown upload")
             if expected_offset is not None and expected_offset != session.size:
                 raise UploadOutOfOrder(
@@ -471,6 +472,7 @@ class S3Storage:
         async with self._lock(upload_id):
             session = await self._load(directory)
             if session is None:
+                self._forget(upload_id)
                 raise BlobUploadUnknown("unknown upload")
             hashed_size, hasher = self._hashers.get(upload_id, (-1, hashlib.sha256()))
             known = hashed_size == session.size and digest.algorithm == hasher.name
