@@ -132,6 +132,21 @@ async def test_append_that_breaks_after_writing_a_part_changes_nothing(s3: S3Sto
     assert await s3.commit_upload(upload_id, Digest.of(BIG)) == len(BIG)
 
 
+async def test_parts_of_a_broken_append_are_replaced_by_the_next_one(s3: S3Storage) -> None:
+    first = BIG[: PART + 100]  # One whole part and a tail.
+    upload_id = await new_upload(s3, first)
+    stray = os.urandom(2 * PART)
+
+    with pytest.raises(ClientDisconnected):  # Writes part 2 (and maybe 3) of wrong bytes.
+        await s3.append_upload(upload_id, breaking_stream(*split(stray, MiB)), None)
+
+    assert await s3.upload_size(upload_id) == len(first)
+    rest = BIG[len(first) :]
+    await another_process(s3).append_upload(upload_id, stream(*split(rest, MiB)), len(rest))
+    assert await s3.commit_upload(upload_id, Digest.of(BIG)) == len(BIG)
+    assert await opened_bytes(s3, Digest.of(BIG), 0, len(BIG)) == BIG
+
+
 async def test_write_blob_streams_large_blobs_as_multipart_and_leaves_nothing_behind(
     s3: S3Storage,
 ) -> None:

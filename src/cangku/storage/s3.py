@@ -31,6 +31,7 @@ and only then copies it to `blobs/...`: a blob key never holds unverified bytes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -392,6 +393,9 @@ class S3Storage:
             size=session.size, multipart=session.multipart, parts=list(session.parts)
         )
         buffer = bytearray(tail)
+        # One part uploads while the next one arrives and is hashed (as the filesystem driver
+        # overlaps its writes): at most two parts and the buffer are in memory.
+        pending: asyncio.Future[None] | None = None
         try:
             async for chunk in chunks:
                 buffer += chunk
@@ -401,7 +405,11 @@ class S3Storage:
                     del buffer[:PART_SIZE]
                     await anyio.to_thread.run_sync(hasher.update, part[len(tail) :])
                     tail = b""
-                    await self._upload_part(directory, updated, part)
+                    if pending is not None:
+                        await pending  # Parts are numbered in order: one at a time.
+                    pending = asyncio.ensure_future(self._upload_part(directory, updated, part))
+            if pending is not None:
+                await pending
             _check_length(updated.size - session.size, expected_length)
             await anyio.to_thread.run_sync(hasher.update, bytes(buffer[len(tail) :]))
             if buffer:
@@ -415,6 +423,10 @@ class S3Storage:
                 )
         except BaseException:
             with anyio.CancelScope(shield=True):
+                if pending is not None:
+                    # Never leave a part upload running behind the caller's back.
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await asyncio.shield(pending)
                 if session.multipart is None and updated.multipart is not None:
                     await self._abort(directory + "data", updated.multipart)
             raise
