@@ -36,8 +36,8 @@ from cangku.observability import (
 from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
 from cangku.registry.tags import TagPolicy
+from cangku.storage import open_storage
 from cangku.storage.base import BlobStorage
-from cangku.storage.filesystem import FilesystemStorage
 from cangku.tracing import TracedStorage, Tracing
 from cangku.web import web_app
 from cangku.web.sessions import load_or_create_session_key
@@ -53,7 +53,7 @@ DATA_UMASK = 0o077
 def build_registry(settings: Settings, tracing: Tracing | None = None) -> Registry:
     os.umask(DATA_UMASK)
     settings.data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    storage: BlobStorage = FilesystemStorage(settings.data, fsync=settings.storage.fsync)
+    storage: BlobStorage = open_storage(settings.storage, settings.data)
     metadata = MetadataStore.open(settings.database_url or sqlite_url(settings.data))
     if tracing is not None:
         storage = TracedStorage(storage, tracing)

@@ -14,8 +14,10 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     PlainSerializer,
+    SecretStr,
     field_validator,
     model_validator,
 )
@@ -29,9 +31,59 @@ from pydantic_settings import (
 from cangku.content.units import format_duration, parse_duration
 
 
+class S3Settings(BaseModel):
+    """An S3-compatible object store for blobs (docs/scale-out.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = Field(min_length=3, max_length=63)
+    # Keys start with this ("cangku/"); "" for the whole bucket.
+    prefix: str = ""
+    # Omit for AWS; e.g. http://127.0.0.1:7480 for Ceph RGW.
+    endpoint: str | None = None
+    # None: the standard AWS environment / config files decide.
+    region: str | None = None
+    # Path-style URLs (endpoint/bucket/key), for stores without a DNS name per bucket.
+    path_style: bool = False
+    # Both or neither; neither: the standard AWS environment / config files.
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    # Blob GETs answer 307 to a short-lived pre-signed URL instead of streaming the bytes.
+    redirect: bool = False
+
+    @field_validator("prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        if value.startswith("/") or "//" in value or any(ord(c) < 32 for c in value):
+            raise ValueError("storage.s3.prefix must be relative, like 'cangku/'")
+        return value if value == "" or value.endswith("/") else value + "/"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _valid_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("storage.s3.endpoint must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> S3Settings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("storage.s3.access_key_id and secret_access_key go together")
+        return self
+
+
 class StorageSettings(BaseModel):
+    # Where blob bytes live: the data directory, or an S3-compatible object store.
+    driver: Literal["filesystem", "s3"] = "filesystem"
     # Flush blob bytes to disk before recording them (power-loss safety; costs push speed).
     fsync: bool = False
+    s3: S3Settings | None = None
+
+    @model_validator(mode="after")
+    def _s3_configured(self) -> StorageSettings:
+        if self.driver == "s3" and self.s3 is None:
+            raise ValueError("storage.driver s3 needs storage.s3 (at least its bucket)")
+        return self
 
 
 class TagSettings(BaseModel):

@@ -17,14 +17,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Scope
 
 from cangku.content.digest import Digest
 from cangku.observability import method_label
-from cangku.storage.base import BlobStorage
+from cangku.storage.base import BlobContent, BlobStorage
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -160,8 +159,9 @@ class TracedStorage:
         with self.tracing.span("storage.stat"):
             return await self.storage.stat(digest)
 
-    def local_path(self, digest: Digest) -> Path | None:
-        return self.storage.local_path(digest)
+    async def open(self, digest: Digest, start: int, end: int) -> BlobContent:
+        with self.tracing.span("storage.open"):
+            return await self.storage.open(digest, start, end)
 
     async def read(
         self, digest: Digest, start: int = 0, end: int | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ from cangku.storage import filesystem
 from cangku.storage.base import BlobStorage
 from cangku.storage.filesystem import FilesystemStorage
 from cangku.storage.memory import MemoryStorage
+from cangku.storage.s3 import S3Storage
+from tests.s3 import remove_everything, s3_settings
 
 
 @pytest.fixture
@@ -30,8 +34,30 @@ def filesystem_storage(data_root: Path, small_batches: None) -> FilesystemStorag
     return FilesystemStorage(data_root)
 
 
-@pytest.fixture(params=["filesystem", "memory"])
-def storage(request: pytest.FixtureRequest, data_root: Path, small_batches: None) -> BlobStorage:
+@pytest.fixture(params=["filesystem", "memory", "s3", "s3-redirect"])
+def storage(
+    request: pytest.FixtureRequest, data_root: Path, small_batches: None
+) -> Iterator[BlobStorage]:
     if request.param == "filesystem":
-        return FilesystemStorage(data_root)
-    return MemoryStorage()
+        yield FilesystemStorage(data_root)
+    elif request.param == "memory":
+        yield MemoryStorage()
+    else:
+        with s3_storage(redirect=request.param == "s3-redirect") as storage:
+            yield storage
+
+
+@contextlib.contextmanager
+def s3_storage(*, redirect: bool = False) -> Iterator[S3Storage]:
+    """S3 on the test store (tests/s3.py) under a prefix of its own, emptied afterwards."""
+    storage = S3Storage.from_settings(s3_settings(redirect=redirect))
+    try:
+        yield storage
+    finally:
+        remove_everything(storage)
+
+
+@pytest.fixture
+def s3(small_batches: None) -> Iterator[S3Storage]:
+    with s3_storage() as storage:
+        yield storage

@@ -12,10 +12,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cangku.content.digest import Digest
 from cangku.content.errors import (
+    BlobUnknown,
     BlobUploadUnknown,
     DigestInvalid,
     RegistryError,
@@ -23,7 +25,7 @@ from cangku.content.errors import (
 )
 from cangku.registry.sessions import session_name
 from cangku.storage import filesystem
-from cangku.storage.base import BlobStorage, UploadAborted
+from cangku.storage.base import BlobStorage, LocalFile, Redirect, UploadAborted
 from cangku.storage.filesystem import FilesystemStorage
 
 # A few KiB of non-repeating-looking bytes: several write batches and read chunks.
@@ -53,6 +55,26 @@ async def read_all(
     storage: BlobStorage, digest: Digest, start: int = 0, end: int | None = None
 ) -> bytes:
     return b"".join([chunk async for chunk in storage.read(digest, start, end)])
+
+
+async def opened_bytes(storage: BlobStorage, digest: Digest, start: int, end: int) -> bytes:
+    """What a client receives for `storage.open`, whichever kind of content it answers."""
+    content = await storage.open(digest, start, end)
+    if isinstance(content, LocalFile):
+        with content.file:
+            content.file.seek(content.offset)
+            return content.file.read(content.length)
+    if isinstance(content, Redirect):
+        if end == start:
+            return b""  # HTTP has no empty byte range; the server answers those itself.
+        async with httpx.AsyncClient() as client:
+            response = await client.get(content.url, headers={"Range": f"bytes={start}-{end - 1}"})
+        assert response.status_code == 206, response.text
+        return response.content
+    try:
+        return b"".join([chunk async for chunk in content.chunks])
+    finally:
+        await content.aclose()
 
 
 async def stored_digests(storage: BlobStorage) -> list[Digest]:
@@ -220,6 +242,23 @@ async def test_read_returns_the_requested_byte_range(
     await storage.write_blob(stream(DATA), digest, len(DATA))
 
     assert await read_all(storage, digest, start, end) == DATA[start:end]
+
+
+@pytest.mark.parametrize(
+    ("start", "end"), [(0, len(DATA)), (0, 1), (999, 1001), (len(DATA) - 1, len(DATA)), (0, 0)]
+)
+async def test_open_answers_the_requested_byte_range(
+    storage: BlobStorage, start: int, end: int
+) -> None:
+    digest = Digest.of(DATA)
+    await storage.write_blob(stream(DATA), digest, len(DATA))
+
+    assert await opened_bytes(storage, digest, start, end) == DATA[start:end]
+
+
+async def test_open_of_unknown_blob_raises_blob_unknown(storage: BlobStorage) -> None:
+    with pytest.raises(BlobUnknown):
+        await storage.open(Digest.of(b"never stored"), 0, 1)
 
 
 async def test_delete_removes_the_blob(storage: BlobStorage) -> None:
@@ -542,16 +581,19 @@ async def test_blob_is_not_visible_under_blobs_while_it_streams_in(
     assert files_under(data_root / "blobs") == [filesystem_storage.blob_path(digest)]
 
 
-async def test_local_path_points_at_the_stored_bytes(
+async def test_open_answers_an_open_file_that_outlives_a_delete(
     filesystem_storage: FilesystemStorage,
 ) -> None:
     digest = Digest.of(DATA)
     await filesystem_storage.write_blob(stream(DATA), digest, len(DATA))
 
-    path = filesystem_storage.local_path(digest)
+    content = await filesystem_storage.open(digest, 100, 300)
+    await filesystem_storage.delete(digest)  # Garbage collection, mid-response.
 
-    assert path is not None
-    assert path.read_bytes() == DATA
+    assert isinstance(content, LocalFile)
+    with content.file:
+        content.file.seek(content.offset)
+        assert content.file.read(content.length) == DATA[100:300]
 
 
 @pytest.mark.parametrize(

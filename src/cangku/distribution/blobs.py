@@ -11,11 +11,12 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from cangku.content.digest import Digest
-from cangku.content.errors import RangeInvalid
+from cangku.content.errors import BlobUnknown, RangeInvalid
 from cangku.distribution.errors import error_response
 from cangku.distribution.http import warning
 from cangku.registry import Registry
 from cangku.server import ZERO_COPY_SEND
+from cangku.storage.base import LocalFile, Redirect
 
 BYTE_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 SEND_CHUNK = 1024 * 1024
@@ -80,8 +81,9 @@ def _requested_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 class BlobResponse(Response):
-    """Streams a blob range: zero-copy where the server offers it (cangku/server.py), else 1 MiB
-    reads in a worker thread."""
+    """Sends a blob range as the storage offers it (`Registry.open_blob`): a local file
+    zero-copy where the server can (cangku/server.py) or in 1 MiB reads in a worker thread, a
+    307 redirect to where the client fetches it itself, or a stream of chunks."""
 
     def __init__(
         self,
@@ -99,38 +101,61 @@ class BlobResponse(Response):
         self.end = end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = self.registry.blob_path(self.digest)
-        if path is None or scope["method"] == "HEAD":
+        if scope["method"] == "HEAD":
             await self._send_start(send)
-            if scope["method"] != "HEAD":  # A storage driver without local files.
-                async for chunk in self.registry.read_blob(self.digest, self.start, self.end):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
             return
         try:
             # Opened before answering: once open, the bytes stay readable even if garbage
             # collection deletes the (then unreferenced) blob meanwhile.
-            file = open(path, "rb")  # noqa: SIM115 - closed below, after sending
-        except FileNotFoundError:
+            content = await self.registry.open_blob(self.digest, self.start, self.end)
+        except BlobUnknown:
             response = error_response(
                 "BLOB_UNKNOWN", "blob unknown to registry", detail=str(self.digest)
             )
             await response(scope, receive, send)
             return
-        with file:
-            await self._send_start(send)
-            if ZERO_COPY_SEND in scope.get("extensions", {}):
-                count = self.end - self.start
-                await send(
-                    {"type": ZERO_COPY_SEND, "file": file, "offset": self.start, "count": count}
-                )
-            else:
-                await _send_file(file, self.start, self.end, send)
+        if isinstance(content, Redirect):
+            await _redirect(content.url, scope, receive, send)
+        elif isinstance(content, LocalFile):
+            with content.file:
+                await self._send_start(send)
+                if ZERO_COPY_SEND in scope.get("extensions", {}):
+                    await send(
+                        {
+                            "type": ZERO_COPY_SEND,
+                            "file": content.file,
+                            "offset": content.offset,
+                            "count": content.length,
+                        }
+                    )
+                else:
+                    await _send_file(
+                        content.file, content.offset, content.offset + content.length, send
+                    )
+        else:
+            try:
+                await self._send_start(send)
+                async for chunk in content.chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            finally:
+                await content.aclose()
 
     async def _send_start(self, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
+
+
+async def _redirect(url: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """307 keeps the method (RFC 9110 §15.4.8); clients send their Range header again."""
+    response = Response(
+        b"",
+        status_code=307,
+        headers={"Location": url, "Content-Length": "0", "Cache-Control": "no-store"},
+    )
+    await response(scope, receive, send)
 
 
 async def _send_file(file: BinaryIO, start: int, end: int, send: Send) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from pathlib import Path
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -72,7 +71,7 @@ from cangku.registry.tags import (
     version_page,
 )
 from cangku.registry.usage import Quota, RepositoryUsage, UsageReport
-from cangku.storage.base import BlobStorage
+from cangku.storage.base import BlobContent, BlobStorage
 
 # Listing pages: the spec lets a registry cap `n`; clients follow the Link header.
 MAX_PAGE_SIZE = 10_000
@@ -197,8 +196,10 @@ class Registry:
             raise BlobUnknown("blob unknown to registry", str(parsed))
         return parsed, size
 
-    def blob_path(self, digest: Digest) -> Path | None:
-        return self.storage.local_path(digest)
+    async def open_blob(self, digest: Digest, start: int, end: int) -> BlobContent:
+        """Bytes [start, end) of a stored blob as the storage serves them best: a LocalFile,
+        a Redirect or a Stream (storage/base.py). BlobUnknown if the bytes are gone."""
+        return await self.storage.open(digest, start, end)
 
     def read_blob(self, digest: Digest, start: int, end: int) -> AsyncIterator[bytes]:
         return self.storage.read(digest, start, end)

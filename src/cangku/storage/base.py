@@ -7,8 +7,8 @@ digest; upload sessions append to a private staging area until then.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
-from pathlib import Path
-from typing import Protocol
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
 
 from cangku.content.digest import Digest
 from cangku.content.errors import BlobUploadInvalid
@@ -18,12 +18,52 @@ class UploadAborted(BlobUploadInvalid):
     """The request body ended before the promised length; nothing of it was kept."""
 
 
+@dataclass(frozen=True)
+class LocalFile:
+    """`length` bytes of an open file from `offset`, for zero-copy sending (`sendfile`).
+
+    The receiver owns `file` and closes it. Being open, the bytes stay readable even if
+    garbage collection unlinks the blob meanwhile.
+    """
+
+    file: BinaryIO
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Where the client fetches the bytes itself (an S3 pre-signed GET): answered with 307."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The bytes as an async iterator; the receiver iterates it to the end or closes it."""
+
+    chunks: AsyncIterator[bytes]
+
+    async def aclose(self) -> None:
+        close = getattr(self.chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+# What `BlobStorage.open` answers: the HTTP layer renders each kind and never sees a path.
+BlobContent = LocalFile | Redirect | Stream
+
+
 class BlobStorage(Protocol):
     async def stat(self, digest: Digest) -> int | None:
         """The stored blob's size, or None."""
 
-    def local_path(self, digest: Digest) -> Path | None:
-        """A file path for zero-copy sending, where the driver has one."""
+    async def open(self, digest: Digest, start: int, end: int) -> BlobContent:
+        """Bytes [start, end) of a stored blob, in the form the driver serves best.
+
+        The blob is opened (or its existence checked) before this returns, so a missing
+        blob raises BlobUnknown here rather than mid-response.
+        """
 
     def read(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream bytes [start, end) of a stored blob."""

@@ -32,12 +32,13 @@ import anyio.to_thread
 
 from cangku.content.digest import HEX_LENGTHS, Digest
 from cangku.content.errors import (
+    BlobUnknown,
     BlobUploadUnknown,
     DigestInvalid,
     SizeInvalid,
     UploadOutOfOrder,
 )
-from cangku.storage.base import UploadAborted
+from cangku.storage.base import LocalFile, UploadAborted
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -96,8 +97,12 @@ class FilesystemStorage:
         except FileNotFoundError:
             return None
 
-    def local_path(self, digest: Digest) -> Path | None:
-        return self.blob_path(digest)
+    async def open(self, digest: Digest, start: int, end: int) -> LocalFile:
+        try:
+            file = open(self.blob_path(digest), "rb")  # noqa: SIM115 - the receiver closes it
+        except FileNotFoundError:
+            raise BlobUnknown("blob unknown to registry", str(digest)) from None
+        return LocalFile(file, start, end - start)
 
     async def read(
         self, digest: Digest, start: int = 0, end: int | None = None
