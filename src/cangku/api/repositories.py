@@ -28,7 +28,7 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
     async def tag_history(request: Request) -> Response:
         name, tag = request.path_params["name"], request.path_params["tag"]
         await may_pull(request)
-        changes = await registry.tag_history(name, tag)
+        changes = await registry.repository(name).tags.history(tag)
         return JSONResponse(
             {"repository": name, "tag": tag, "history": [change.to_json() for change in changes]}
         )
@@ -50,7 +50,7 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
 
     async def versions(request: Request) -> Response:
         await may_pull(request)
-        tree = await registry.version_tree(request.path_params["name"])
+        tree = await registry.repository(request.path_params["name"]).tags.version_tree()
         return JSONResponse(tree.to_json())
 
     return [

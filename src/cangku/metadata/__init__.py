@@ -1,5 +1,12 @@
-"""Metadata rows in SQL (SQLAlchemy Core): SQLite by default, PostgreSQL by URL."""
+"""Metadata rows in SQL (SQLAlchemy Core): SQLite by default, PostgreSQL by URL.
+
+Every SQL statement lives in this package: `store.py` runs transactions, the row modules
+(`blobs`, `manifests`, `repositories`, `tags`, …) are plain functions over a `Connection`
+that the use cases in registry/ and auth/ call inside the transactions they hold.
+"""
+
+from sqlalchemy.engine import Connection
 
 from cangku.metadata.store import MetadataStore
 
-__all__ = ["MetadataStore"]
+__all__ = ["Connection", "MetadataStore"]
