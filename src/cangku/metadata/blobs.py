@@ -7,10 +7,22 @@ rules (quotas, garbage collection's grace period).
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Exists,
+    Select,
+    Subquery,
+    bindparam,
+    delete,
+    insert,
+    literal,
+    select,
+    union,
+    update,
+)
 from sqlalchemy.engine import Connection
 
-from cangku.metadata.schema import blobs, repositories, repository_blobs
+from cangku.metadata.schema import blobs, manifest_references, repositories, repository_blobs
 
 # The hot paths' statements, built once (pushes are many small transactions).
 BLOB_SIZE_IN_REPOSITORY = (
@@ -106,3 +118,45 @@ def holders(connection: Connection, digest: str, limit: int) -> list[str]:
         .limit(limit)
     )
     return list(connection.scalars(query).all())
+
+
+# -- what a repository holds: the one definition garbage collection and quotas share -------
+def used_by_a_manifest_of(repository_id: ColumnElement[int], digest: ColumnElement[str]) -> Exists:
+    """True where one of the repository's manifests references blob `digest` (as a layer or
+    config: `kind = "blob"`; an index's child manifests are manifest rows, not blobs)."""
+    return (
+        select(literal(1))
+        .where(
+            manifest_references.c.repository_id == repository_id,
+            manifest_references.c.target_digest == digest,
+            manifest_references.c.kind == "blob",
+        )
+        .exists()
+    )
+
+
+def used_by_any_manifest(digest: ColumnElement[str]) -> Exists:
+    """True where some manifest of any repository references blob `digest`."""
+    return (
+        select(literal(1))
+        .where(
+            manifest_references.c.target_digest == digest,
+            manifest_references.c.kind == "blob",
+        )
+        .exists()
+    )
+
+
+def held_blobs(repository_ids: list[int] | Select[tuple[int]] | None) -> Subquery:
+    """(repository_id, digest) of every blob a repository holds: linked into it (by an
+    upload or a mount) or used by one of its manifests. What quotas and usage count, and what
+    garbage collection keeps linked (docs/garbage-collection.md "Storage usage")."""
+    linked = select(repository_blobs.c.repository_id, repository_blobs.c.digest)
+    referenced = select(
+        manifest_references.c.repository_id,
+        manifest_references.c.target_digest.label("digest"),
+    ).where(manifest_references.c.kind == "blob")
+    if repository_ids is not None:
+        linked = linked.where(repository_blobs.c.repository_id.in_(repository_ids))
+        referenced = referenced.where(manifest_references.c.repository_id.in_(repository_ids))
+    return union(linked, referenced).subquery("held")

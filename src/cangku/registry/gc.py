@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection
 
 from cangku.content.digest import Digest
 from cangku.content.units import format_size
+from cangku.metadata.blobs import used_by_a_manifest_of, used_by_any_manifest
 from cangku.metadata.schema import (
     blobs,
     manifest_references,
@@ -235,13 +236,9 @@ class GarbageCollector:
     # -- 2. links ----------------------------------------------------------------------------
     def _unlink_unreferenced(self, connection: Connection, now: float) -> int:
         cutoff = now - self.policy.grace
-        referenced_here = (
-            select(literal(1))
-            .where(
-                manifest_references.c.repository_id == repository_blobs.c.repository_id,
-                manifest_references.c.target_digest == repository_blobs.c.digest,
-            )
-            .exists()
+        # Held (metadata/blobs.py): used by one of the repository's own manifests.
+        referenced_here = used_by_a_manifest_of(
+            repository_blobs.c.repository_id, repository_blobs.c.digest
         )
         recent_blob = (
             select(literal(1))
@@ -260,9 +257,7 @@ class GarbageCollector:
         self, connection: Connection, now: float, *, delete_files: bool
     ) -> list[CollectedBlob]:
         """One batch of unreferenced, old blobs: rows, links, then files, in this transaction."""
-        referenced = (
-            select(literal(1)).where(manifest_references.c.target_digest == blobs.c.digest).exists()
-        )
+        referenced = used_by_any_manifest(blobs.c.digest)
         rows = connection.execute(
             select(blobs.c.digest, blobs.c.size)
             .where(blobs.c.created_at < now - self.policy.grace, ~referenced)

@@ -29,9 +29,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal,
     select,
-    union,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -39,6 +37,7 @@ from sqlalchemy.engine import Connection
 from cangku.content.digest import Digest
 from cangku.content.errors import Denied
 from cangku.content.units import format_size
+from cangku.metadata.blobs import held_blobs, used_by_a_manifest_of
 from cangku.metadata.schema import (
     blobs,
     manifest_references,
@@ -180,14 +179,8 @@ def usage_report(connection: Connection, repository_ids: list[int] | None = None
         )
     }
     # Blobs linked into a repository that none of its manifests uses (yet).
-    referenced_here = (
-        select(literal(1))
-        .where(
-            manifest_references.c.repository_id == repository_blobs.c.repository_id,
-            manifest_references.c.target_digest == repository_blobs.c.digest,
-            manifest_references.c.kind == "blob",
-        )
-        .exists()
+    referenced_here = used_by_a_manifest_of(
+        repository_blobs.c.repository_id, repository_blobs.c.digest
     )
     pending_bytes: dict[int, int] = {
         row.repository_id: row.bytes
@@ -206,7 +199,7 @@ def usage_report(connection: Connection, repository_ids: list[int] | None = None
             ).group_by(repository_blobs.c.repository_id)
         )
     }
-    held = _held_blobs(repository_ids)
+    held = held_blobs(repository_ids)
     held_rows = connection.execute(
         select(held.c.repository_id, held.c.digest, blobs.c.size).select_from(
             held.join(blobs, blobs.c.digest == held.c.digest)
@@ -269,7 +262,7 @@ def usage_report(connection: Connection, repository_ids: list[int] | None = None
 def namespace_usage(connection: Connection, namespace: str) -> int:
     """The namespace's deduplicated bytes: what its quota limits."""
     members = _namespace_repository_ids(namespace)
-    held = _held_blobs(members)
+    held = held_blobs(members)
     blob_bytes = connection.scalar(
         select(_total(blobs.c.size)).where(blobs.c.digest.in_(select(held.c.digest)))
     )
@@ -297,7 +290,7 @@ def check_blob_quota(
     if limit is None:
         return None
     members = _namespace_repository_ids(namespace)
-    held = _held_blobs(members)
+    held = held_blobs(members)
     if connection.scalar(select(held.c.digest).where(held.c.digest == str(digest)).limit(1)):
         return None
     return over_quota(namespace, limit, namespace_usage(connection, namespace), size)
@@ -357,19 +350,6 @@ def _namespace_repository_ids(namespace: str) -> Select[tuple[int]]:
         (repositories.c.name == namespace)
         | repositories.c.name.startswith(f"{namespace}/", autoescape=True)
     )
-
-
-def _held_blobs(repository_ids: list[int] | Select[tuple[int]] | None) -> Any:
-    """(repository_id, digest) of every blob linked into or referenced by a repository."""
-    linked = select(repository_blobs.c.repository_id, repository_blobs.c.digest)
-    referenced = select(
-        manifest_references.c.repository_id,
-        manifest_references.c.target_digest.label("digest"),
-    ).where(manifest_references.c.kind == "blob")
-    if repository_ids is not None:
-        linked = linked.where(repository_blobs.c.repository_id.in_(repository_ids))
-        referenced = referenced.where(manifest_references.c.repository_id.in_(repository_ids))
-    return union(linked, referenced).subquery("held")
 
 
 def _only(query: Select[Any], column: Any, repository_ids: list[int] | None) -> Select[Any]:
