@@ -55,11 +55,11 @@ async def test_a_blob_is_held_by_the_repository_it_was_pushed_to(registry: Regis
     assert await registry.repository("jimo/app").blobs.stat(digest) == (Digest.parse(digest), 5)
     with pytest.raises(BlobUnknown):
         await registry.repository("jimo/other").blobs.stat(digest)
-    await registry.repository("jimo/app").blobs.delete(digest)
+    await registry.repository("jimo/app").blobs.delete(digest, IN_PROCESS)
     with pytest.raises(BlobUnknown):
         await registry.repository("jimo/app").blobs.stat(digest)
     with pytest.raises(BlobUnknown):
-        await registry.repository("jimo/app").blobs.delete(digest)
+        await registry.repository("jimo/app").blobs.delete(digest, IN_PROCESS)
 
 
 async def test_a_mount_links_a_blob_only_from_a_repository_holding_it(registry: Registry) -> None:
@@ -74,7 +74,7 @@ async def test_a_mount_links_a_blob_only_from_a_repository_holding_it(registry: 
 async def test_a_chunked_upload_becomes_the_blob_and_its_session_ends(registry: Registry) -> None:
     uploads = registry.repository("jimo/app").uploads
     upload_id = await uploads.start(RequestContext(caller="jimo"))
-    assert await uploads.append(upload_id, chunks(b"hello "), 6, (0, 5)) == 6
+    assert await uploads.append(upload_id, chunks(b"hello "), 6, (0, 5), IN_PROCESS) == 6
     assert await uploads.status(upload_id) == 6
     data = b"hello world"
     digest = await uploads.finish(

@@ -98,7 +98,7 @@ async def upload_status(
 async def append_chunk(request: Request, registry: Registry, name: str, upload_id: str) -> Response:
     chunk = await _chunk_range(request, registry, name, upload_id)
     size = await registry.repository(name).uploads.append(
-        upload_id, request_body(request), content_length(request), chunk
+        upload_id, request_body(request), content_length(request), chunk, request_context(request)
     )
     return _accepted(name, upload_id, size)
 

@@ -42,7 +42,7 @@ class Blobs:
             raise BlobUnknown("blob unknown to registry", text)
         return parsed, size
 
-    async def delete(self, digest: str) -> None:
+    async def delete(self, digest: str, context: RequestContext) -> None:
         """Unlink a blob from the repository; garbage collection frees the bytes later."""
         parsed = Digest.parse(digest)
 

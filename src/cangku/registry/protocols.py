@@ -36,7 +36,7 @@ class BlobService(Protocol):
         """The parsed digest and size in bytes. DIGEST_INVALID, BLOB_UNKNOWN."""
         ...
 
-    async def delete(self, digest: str) -> None:
+    async def delete(self, digest: str, context: RequestContext) -> None:
         """Unlink the blob from the repository (garbage collection frees the bytes).
         BLOB_UNKNOWN when the repository does not hold it."""
         ...
@@ -75,6 +75,7 @@ class UploadService(Protocol):
         body: AsyncIterable[bytes],
         length: int | None,
         content_range: tuple[int, int] | None,
+        context: RequestContext,
     ) -> int:
         """Append a chunk (`content_range` inclusive, RFC 9110 §14.4); the new size.
         BLOB_UPLOAD_UNKNOWN, BLOB_UPLOAD_INVALID, range not satisfiable, DENIED (quota)."""

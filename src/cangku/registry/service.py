@@ -112,9 +112,11 @@ class Registry:
         """The size of a blob repository `name` holds (BLOB_UNKNOWN otherwise)."""
         return await self.repository(name).blobs.stat(digest)
 
-    async def delete_blob(self, name: str, digest: str) -> None:
+    async def delete_blob(
+        self, name: str, digest: str, context: RequestContext = IN_PROCESS
+    ) -> None:
         """Unlink a blob from repository `name` (see `BlobService.delete`)."""
-        await self.repository(name).blobs.delete(digest)
+        await self.repository(name).blobs.delete(digest, context)
 
     def blob_path(self, digest: Digest) -> Path | None:
         return self.storage.local_path(digest)

@@ -62,6 +62,7 @@ class Uploads:
         body: AsyncIterable[bytes],
         length: int | None,
         content_range: tuple[int, int] | None,
+        context: RequestContext,
     ) -> int:
         """Append one chunk; with Content-Range it must start where the upload ends."""
         session = session_name(self.name, upload_id)
@@ -90,7 +91,7 @@ class Uploads:
         parsed = Digest.parse(digest)
         if length != 0:
             # The same rules as a PATCH: a final chunk out of order is refused (416).
-            await self.append(upload_id, body, length, content_range)
+            await self.append(upload_id, body, length, content_range, context)
         session = session_name(self.name, upload_id)
         storage = self.core.storage
         try:
