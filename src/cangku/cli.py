@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from cangku import __version__
 from cangku.config import Settings, load_settings
 from cangku.content.units import format_duration, format_size, parse_duration, parse_size
+from cangku.registry.context import IN_PROCESS
 
 log = logging.getLogger("cangku")
 T = TypeVar("T")
@@ -421,7 +422,9 @@ async def tag_policy_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def release_tag_run(settings: Settings, args: argparse.Namespace) -> int:
-    follows = await _with_registry(settings, lambda r, a: r.release_tag(args.name, args.tag))
+    follows = await _with_registry(
+        settings, lambda r, a: r.repository(args.name).tags.release(args.tag, IN_PROCESS)
+    )
     if follows is None:
         print(f"{args.name}:{args.tag} follows the first release of its line that arrives")
     else:

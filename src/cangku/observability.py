@@ -18,7 +18,6 @@ docs/operations.md describes all of it for operators.
 from __future__ import annotations
 
 import bisect
-import contextvars
 import itertools
 import json
 import logging
@@ -55,6 +54,7 @@ from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cangku.config import Settings, split_listen
+from cangku.registry.context import REQUEST_ID
 from cangku.registry.usage import stored_content
 from cangku.server import ZERO_COPY_SEND
 
@@ -66,10 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("cangku")
 access_log = logging.getLogger("cangku.access")
 
-# The id of the request being served, for every log record written while it runs.
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "cangku_request_id", default=None
-)
 # Route label of requests that matched no route (scanners): one label, not one per path.
 UNMATCHED = "unmatched"
 # Method labels: these, else "OTHER" (the HTTP parser accepts a few dozen methods; a label

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 
 from cangku.registry import Registry
+from cangku.registry.context import RequestContext
 from cangku.registry.gc import GarbageCollector
 from tests.api.helpers import blob_files, push_manifest_of, random_config, sha256
 
@@ -23,14 +24,14 @@ async def test_deleted_repository_serves_nothing_and_its_unshared_blobs_are_coll
     upload = await client.post("/v2/jimo/app/blobs/uploads/")
     assert upload.status_code == 202
 
-    await registry.delete_repository("jimo/app", actor="jimo")
+    await registry.delete_repository("jimo/app", RequestContext(caller="jimo"))
 
     for tag in ("1.0.0", "2.0.0", "latest"):
         response = await client.head(f"/v2/jimo/app/manifests/{tag}")
         assert response.status_code == 404, tag
     assert (await client.get(upload.headers["location"])).status_code == 404
     assert (await registry.list_repositories(None, None)).items == ["jimo/keep"]
-    history = await registry.tag_history("jimo/app", "1.0.0")
+    history = await registry.repository("jimo/app").tags.history("1.0.0")
     assert history[0].new_digest is None and history[0].actor == "jimo"
 
     report = await collector.collect()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from cangku.content.versions import LATEST, highest_release, parse_version
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
+from cangku.registry.context import IN_PROCESS
 from cangku.registry.tags import TagPolicy
 from cangku.storage.filesystem import FilesystemStorage
 from tests.api.helpers import OCI_MANIFEST, push_image
@@ -222,14 +223,14 @@ async def test_namespace_policy_is_inherited_and_repository_overrides_it(
     client: httpx.AsyncClient, registry: Registry
 ) -> None:
     await registry.set_tag_policy("namespace", "jimo", floating=False, immutable_versions=True)
-    assert await registry.tag_policy("jimo/other") == TagPolicy(
+    assert await registry.repository("jimo/other").tags.policy() == TagPolicy(
         floating=False, immutable_versions=True
     )
     await registry.set_tag_policy("repository", "jimo/other", floating=True)
-    assert await registry.tag_policy("jimo/other") == TagPolicy(
+    assert await registry.repository("jimo/other").tags.policy() == TagPolicy(
         floating=True, immutable_versions=True
     )
-    assert await registry.tag_policy("team/app") == TagPolicy(
+    assert await registry.repository("team/app").tags.policy() == TagPolicy(
         floating=True, immutable_versions=False
     )
 
@@ -359,11 +360,13 @@ async def test_concurrent_pushes_end_with_the_highest_in_every_interleaving(
                 target: Registry, version: str, content: bytes, name: str = name
             ) -> None:
                 await asyncio.sleep(random.random() / 200)
-                await target.put_manifest(name, version, content, OCI_MANIFEST)
+                await target.repository(name).manifests.put(
+                    version, content, OCI_MANIFEST, IN_PROCESS
+                )
 
             await asyncio.gather(*(push(*p) for p in pushes))
             for floating in ("1.9", "1", "latest"):
-                stored = await registry.get_manifest(name, floating)
+                stored = await registry.repository(name).manifests.get(floating)
                 assert stored.digest == high, (round_number, floating)
     finally:
         await other.metadata.close()
@@ -434,13 +437,17 @@ async def _check_model(data_dir: Path, steps: list[tuple[str, str, int]]) -> Non
         for sequence, (action, version, index) in enumerate(steps):
             if action == "push":
                 digest, content = images[index]
-                await registry.put_manifest(name, version, content, OCI_MANIFEST)
+                await registry.repository(name).manifests.put(
+                    version, content, OCI_MANIFEST, IN_PROCESS
+                )
                 model[version] = (digest, sequence)
             elif version in model:
-                await registry.delete_manifest(name, version)
+                await registry.repository(name).manifests.delete(version, IN_PROCESS)
                 del model[version]
-            page = await registry.list_tags(name, None, None)
-            actual = {t: (await registry.get_manifest(name, t)).digest for t in page.items}
+            page = await registry.repository(name).tags.list(None, None)
+            actual = {
+                t: (await registry.repository(name).manifests.get(t)).digest for t in page.items
+            }
             assert actual == expected_tags(model), (steps[: sequence + 1], json.dumps(actual))
     finally:
         await registry.metadata.close()

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import event
 
 from cangku.registry import Registry
+from cangku.registry.context import IN_PROCESS
 from tests.api.helpers import OCI_MANIFEST, push_image
 
 REPO = "jimo/versions"
@@ -104,7 +105,9 @@ async def seed(registry: Registry, images: tuple[bytes, bytes], start: int, stop
     for chunk in range(start, stop, 100):
         await asyncio.gather(
             *(
-                registry.put_manifest(REPO, version(index), images[index % 2], OCI_MANIFEST)
+                registry.repository(REPO).manifests.put(
+                    version(index), images[index % 2], OCI_MANIFEST, IN_PROCESS
+                )
                 for index in range(chunk, min(chunk + 100, stop))
             )
         )

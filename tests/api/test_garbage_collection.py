@@ -19,8 +19,10 @@ from tests.api.helpers import (
     OCI_INDEX,
     OCI_MANIFEST,
     blob_files,
+    descriptor,
     pull_image,
     push_blob,
+    push_image,
     push_manifest_of,
     put_manifest,
     random_config,
@@ -407,3 +409,27 @@ def test_collection_policy_defaults_match_the_settings() -> None:
     assert policy.grace == settings.gc.grace
     assert policy.delete_untagged_after == settings.gc.delete_untagged_after
     assert policy.upload_expiry == settings.uploads.expire
+
+
+async def test_a_blob_with_the_bytes_of_a_child_manifest_is_not_held_by_the_index(
+    client: httpx.AsyncClient, registry: Registry, collector: GarbageCollector, data_dir: Path
+) -> None:
+    """An index references its children as manifests (their rows hold their bytes), not as
+    blobs: a blob upload of the same bytes is held by nothing once unlinked by collection,
+    as the usage report already counted it (one definition, metadata/blobs.py)."""
+    child, content = await push_image(client, "jimo/app")
+    assert await push_blob(client, "jimo/app", content) == child
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [descriptor(OCI_MANIFEST, content)],
+    }
+    response = await put_manifest(client, "jimo/app", "multi", index, OCI_INDEX)
+    assert response.status_code == 201, response.text
+
+    report = await collector.collect()
+
+    assert child in {blob.digest for blob in report.blobs}
+    assert child not in await recorded_blobs(registry)
+    assert blob_files(data_dir) == await recorded_blobs(registry)
+    await pull_image(client, "jimo/app", "multi")

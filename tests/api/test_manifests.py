@@ -12,6 +12,7 @@ from sqlalchemy import update
 from cangku.content.errors import TooManyTags
 from cangku.metadata.schema import manifests
 from cangku.registry import Registry
+from cangku.registry.context import IN_PROCESS
 from cangku.registry.service import MAX_TAGS_PER_PUSH
 from tests.api.helpers import (
     DOCKER_LIST,
@@ -440,6 +441,6 @@ async def test_more_tags_than_the_limit_is_414_and_tags_nothing(client: httpx.As
 
 async def test_too_many_tags_are_refused_by_the_registry_itself(registry: Registry) -> None:
     with pytest.raises(TooManyTags):
-        await registry.put_manifest(
-            "jimo/app", "v1", b"{}", OCI_MANIFEST, extra_tags=["a"] * (MAX_TAGS_PER_PUSH + 1)
+        await registry.repository("jimo/app").manifests.put(
+            "v1", b"{}", OCI_MANIFEST, IN_PROCESS, extra_tags=["a"] * (MAX_TAGS_PER_PUSH + 1)
         )

@@ -8,6 +8,7 @@ import httpx
 
 from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
+from cangku.registry.context import IN_PROCESS
 from cangku.storage.filesystem import FilesystemStorage
 from tests.api.helpers import OCI_MANIFEST, push_image
 from tests.databases import same_database
@@ -18,21 +19,25 @@ async def test_cached_reads_see_commits_of_another_process(
 ) -> None:
     first, _ = await push_image(client, "jimo/app", "v1")
     second, second_content = await push_image(client, "jimo/app")
-    assert (await registry.get_manifest("jimo/app", "v1")).digest == first
-    assert (await registry.list_tags("jimo/app", None, None)).items == ["v1"]
+    assert (await registry.repository("jimo/app").manifests.get("v1")).digest == first
+    assert (await registry.repository("jimo/app").tags.list(None, None)).items == ["v1"]
 
     # Another process (its own engine and connections) moves the tag.
     other = Registry(
         FilesystemStorage(data_dir), MetadataStore.open(same_database(registry.metadata))
     )
     try:
-        await other.put_manifest("jimo/app", "v1", second_content, OCI_MANIFEST)
-        await other.put_manifest("jimo/app", "v2", second_content, OCI_MANIFEST)
+        await other.repository("jimo/app").manifests.put(
+            "v1", second_content, OCI_MANIFEST, IN_PROCESS
+        )
+        await other.repository("jimo/app").manifests.put(
+            "v2", second_content, OCI_MANIFEST, IN_PROCESS
+        )
     finally:
         await other.metadata.close()
 
-    assert (await registry.get_manifest("jimo/app", "v1")).digest == second
-    assert (await registry.list_tags("jimo/app", None, None)).items == ["v1", "v2"]
+    assert (await registry.repository("jimo/app").manifests.get("v1")).digest == second
+    assert (await registry.repository("jimo/app").tags.list(None, None)).items == ["v1", "v2"]
 
 
 async def test_own_writes_invalidate_cached_reads(

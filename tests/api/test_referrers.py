@@ -197,16 +197,12 @@ async def test_paged_referrers_keep_the_artifact_type_filter(
         )
         if i % 2:
             wanted.add(digest)
-    first = await registry.referrers_page(
-        "jimo/app", sha256(subject), "application/vnd.example.sig", max_bytes=400
+    first = await registry.repository("jimo/app").referrers.page(
+        sha256(subject), "application/vnd.example.sig", max_bytes=400
     )
     assert first.next_last is not None and 0 < len(first.referrers) < 3
-    rest = await registry.referrers_page(
-        "jimo/app",
-        sha256(subject),
-        "application/vnd.example.sig",
-        last=first.next_last,
-        max_bytes=10_000,
+    rest = await registry.repository("jimo/app").referrers.page(
+        sha256(subject), "application/vnd.example.sig", last=first.next_last, max_bytes=10_000
     )
     assert rest.next_last is None
     assert {r.digest for r in [*first.referrers, *rest.referrers]} == wanted
@@ -224,7 +220,9 @@ async def test_referrer_larger_than_a_page_is_listed_without_its_annotations(
     digest, _ = await push_artifact(
         client, "jimo/app", subject, "application/vnd.example", annotations={"a": "x" * 1000}
     )
-    page = await registry.referrers_page("jimo/app", sha256(subject), None, max_bytes=500)
+    page = await registry.repository("jimo/app").referrers.page(
+        sha256(subject), None, max_bytes=500
+    )
     assert [r.digest for r in page.referrers] == [digest]
     assert page.referrers[0].annotations is None
     assert page.trimmed == [digest]

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from cangku.registry import Registry
+from cangku.registry.context import IN_PROCESS
 from tests.api.helpers import OCI_MANIFEST, push_image
 
 REPO = "jimo/paged"
@@ -114,7 +115,9 @@ async def test_the_repository_page_shows_the_highest_hundred_versions(
 ) -> None:
     _, content = await push_image(client, REPO, layers=1)
     for patch in range(105):
-        await registry.put_manifest(REPO, f"1.0.{patch}", content, OCI_MANIFEST)
+        await registry.repository(REPO).manifests.put(
+            f"1.0.{patch}", content, OCI_MANIFEST, IN_PROCESS
+        )
     page = await client.get(f"/r/{REPO}")
     assert page.status_code == 200
     tree = page.text.split("<h2>Versions</h2>")[1].split("</div>")[0]

@@ -14,6 +14,7 @@ import pytest
 from cangku import cli
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
+from cangku.registry.context import IN_PROCESS
 from cangku.storage.filesystem import FilesystemStorage
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -36,7 +37,9 @@ def populate(data_dir: Path) -> dict[str, int]:
         registry = Registry(FilesystemStorage(data_dir), metadata)
         config, layer, stray = b'{"os":"linux"}', os.urandom(3000), os.urandom(777)
         for blob in (config, layer, stray):
-            await registry.upload_blob("jimo/app", digest_of(blob), _chunks(blob), len(blob))
+            await registry.repository("jimo/app").blobs.upload(
+                digest_of(blob), _chunks(blob), len(blob), IN_PROCESS
+            )
         manifest = json.dumps(
             {
                 "schemaVersion": 2,
@@ -55,7 +58,9 @@ def populate(data_dir: Path) -> dict[str, int]:
                 ],
             }
         ).encode()
-        await registry.put_manifest("jimo/app", "v1", manifest, OCI_MANIFEST)
+        await registry.repository("jimo/app").manifests.put(
+            "v1", manifest, OCI_MANIFEST, IN_PROCESS
+        )
         await metadata.close()
         return {"stray": len(stray), "image": len(config) + len(layer) + len(manifest)}
 

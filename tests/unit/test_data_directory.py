@@ -12,6 +12,7 @@ import pytest
 from cangku.app import build_registry
 from cangku.config import Settings
 from cangku.content.digest import Digest
+from cangku.registry.context import IN_PROCESS
 
 
 @pytest.fixture
@@ -36,7 +37,9 @@ async def test_database_and_blob_files_are_readable_only_by_the_owner(
 
     digest = Digest.of(data)
     try:
-        await registry.upload_blob("jimo/app", str(digest), body(), len(data))
+        await registry.repository("jimo/app").blobs.upload(
+            str(digest), body(), len(data), IN_PROCESS
+        )
     finally:
         await registry.metadata.close()
     created = [

@@ -15,6 +15,7 @@ import pytest
 from cangku.app import create_app
 from cangku.config import Settings
 from cangku.registry import Registry
+from cangku.registry.context import IN_PROCESS, RequestContext
 from tests.auth.conftest import (  # noqa: F401  (fixtures used here and in the tests)
     PASSWORDS,
     accounts,
@@ -38,7 +39,7 @@ async def _blob(registry: Registry, name: str, data: bytes) -> dict[str, Any]:
     async def body() -> AsyncIterator[bytes]:
         yield data
 
-    await registry.upload_blob(name, str(digest), body(), len(data))
+    await registry.repository(name).blobs.upload(str(digest), body(), len(data), IN_PROCESS)
     return {"digest": str(digest), "size": len(data)}
 
 
@@ -75,7 +76,9 @@ async def store_image(
             "layers": [{"mediaType": OCI_LAYER, **layer_descriptor}],
         }
     ).encode()
-    pushed = await registry.put_manifest(name, tag, manifest, OCI_MANIFEST, actor=actor)
+    pushed = await registry.repository(name).manifests.put(
+        tag, manifest, OCI_MANIFEST, RequestContext(caller=actor)
+    )
     return pushed.digest
 
 

@@ -44,4 +44,4 @@ async def test_open_mode_lists_and_deletes_without_signing_in(
         "/r/anyone/app/-/tags/1.0.0/delete", data={"csrf": csrf_of(confirmation)}
     )
     assert response.status_code == 303
-    assert "1.0.0" not in (await open_registry.list_tags("anyone/app", None, None)).items
+    assert "1.0.0" not in (await open_registry.repository("anyone/app").tags.list(None, None)).items

@@ -9,6 +9,7 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from cangku.app import create_app
 from cangku.config import Settings
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
+from cangku.registry.context import IN_PROCESS
+from cangku.registry.protocols import ManifestService
 from cangku.registry.records import StoredManifest
 from cangku.storage.filesystem import FilesystemStorage
 from tests.databases import fresh_database
@@ -42,7 +45,7 @@ async def blob(registry: Registry, name: str, data: bytes, media_type: str) -> d
     async def body() -> AsyncIterator[bytes]:
         yield data
 
-    await registry.upload_blob(name, str(digest), body(), len(data))
+    await registry.repository(name).blobs.upload(str(digest), body(), len(data), IN_PROCESS)
     return {"mediaType": media_type, "digest": str(digest), "size": len(data)}
 
 
@@ -67,7 +70,9 @@ async def push_image(
         **(extra or {}),
     }
     content = json.dumps(document).encode()
-    pushed = await registry.put_manifest(name, tag or pushed_digest(content), content, OCI_MANIFEST)
+    pushed = await registry.repository(name).manifests.put(
+        tag or pushed_digest(content), content, OCI_MANIFEST, IN_PROCESS
+    )
     return pushed.digest, len(content)
 
 
@@ -244,7 +249,9 @@ async def push_artifact(
     if subject is not None:
         document["subject"] = {"mediaType": OCI_MANIFEST, "digest": subject[0], "size": subject[1]}
     content = json.dumps(document).encode()
-    return (await registry.put_manifest(name, tag, content, OCI_MANIFEST)).digest
+    return (
+        await registry.repository(name).manifests.put(tag, content, OCI_MANIFEST, IN_PROCESS)
+    ).digest
 
 
 async def test_artifact_page_shows_type_files_subject_and_an_oras_pull(
@@ -300,7 +307,7 @@ async def test_index_shows_each_platforms_pull_size_not_its_manifests(
             }
         )
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}).encode()
-    await registry.put_manifest("jimo/multi", "1.0.0", index, OCI_INDEX)
+    await registry.repository("jimo/multi").manifests.put("1.0.0", index, OCI_INDEX, IN_PROCESS)
 
     page = await client.get("/r/jimo/multi/-/tags/1.0.0")
     text = text_of(page)
@@ -326,10 +333,21 @@ async def test_a_stored_manifest_the_parser_now_refuses_is_shown_with_the_reason
     stored = StoredManifest(pushed_digest(content), OCI_MANIFEST, len(content), content)
     await push_image(registry, "jimo/old", "1", b"{}")
 
-    async def get_manifest(name: str, reference: str) -> StoredManifest:
-        return stored
+    class Stored:
+        """The repository's manifests, with every read answering `stored`."""
 
-    monkeypatch.setattr(registry, "get_manifest", get_manifest)
+        def __init__(self, inner: ManifestService) -> None:
+            self.inner = inner
+
+        async def get(self, reference: str) -> StoredManifest:
+            return stored
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(
+        registry, "wrap", lambda handle: replace(handle, manifests=Stored(handle.manifests))
+    )
     for path in ("/r/jimo/old/-/tags/1", "/r/jimo/old"):
         page = await client.get(path)
         assert page.status_code == 200, page.text[-2000:]
@@ -414,7 +432,9 @@ async def _render_manifest(data_dir: Path, data: st.DataObject) -> None:
             image = {"mediaType": OCI_MANIFEST, "digest": digest, "size": size}
             content = data.draw(manifests(blobs, image))
             document = json.loads(content)
-            await registry.put_manifest("fuzz/app", "1", content, document["mediaType"])
+            await registry.repository("fuzz/app").manifests.put(
+                "1", content, document["mediaType"], IN_PROCESS
+            )
             for path in ("/r/fuzz/app/-/tags/1", f"/r/fuzz/app/-/manifests/{digest}"):
                 page = await client.get(path)
                 assert page.status_code == 200, (path, content, page.text[-1500:])

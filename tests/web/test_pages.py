@@ -147,7 +147,7 @@ async def test_reader_sees_no_switches_and_may_not_post_them(
     assert "Save settings" not in page
     refused = await browser.post("/r/lee/shared/-/settings", {"floating": "on"})
     assert refused.status_code == 403
-    assert not (await registry.tag_policy("lee/shared")).immutable_versions
+    assert not (await registry.repository("lee/shared").tags.policy()).immutable_versions
 
 
 async def test_owner_makes_a_repository_public(
@@ -160,7 +160,7 @@ async def test_owner_makes_a_repository_public(
     )
     assert response.status_code == 303
     assert await accounts.is_public("jimo/app")
-    policy = await registry.tag_policy("jimo/app")
+    policy = await registry.repository("jimo/app").tags.policy()
     assert policy.immutable_versions and not policy.floating
 
 
@@ -218,7 +218,7 @@ async def test_delete_manifest_removes_all_its_tags(browser: Browser, registry: 
     assert "Its tag 1.0.0." in confirmation.text and "Its tag latest." in confirmation.text
     response = await browser.post(f"/r/jimo/app/-/manifests/{digest}/delete")
     assert response.status_code == 303
-    assert (await registry.list_tags("jimo/app", None, None)).items == []
+    assert (await registry.repository("jimo/app").tags.list(None, None)).items == []
 
 
 async def test_delete_repository_removes_every_tag_and_image(
@@ -231,7 +231,7 @@ async def test_delete_repository_removes_every_tag_and_image(
     assert "the repository jimo/app" in confirmation.text
     response = await browser.post("/r/jimo/app/-/delete")
     assert response.status_code == 303
-    assert (await registry.list_tags("jimo/app", None, None)).items == []
+    assert (await registry.repository("jimo/app").tags.list(None, None)).items == []
     assert "jimo/app" not in (await browser.client.get("/")).text
     assert (await browser.client.get("/r/jimo/app")).status_code in (200, 404)
 
@@ -246,7 +246,7 @@ async def test_post_without_a_valid_csrf_token_is_refused_and_deletes_nothing(
     response = await browser.client.post("/r/jimo/app/-/tags/1.0.0/delete", data=data)
     assert response.status_code == 403
     assert "Form expired" in response.text
-    assert "1.0.0" in (await registry.list_tags("jimo/app", None, None)).items
+    assert "1.0.0" in (await registry.repository("jimo/app").tags.list(None, None)).items
 
 
 @pytest.mark.parametrize(
@@ -263,7 +263,7 @@ async def test_form_post_from_another_origin_is_refused_even_with_the_csrf_token
         headers={"Origin": origin},
     )
     assert response.status_code == 403
-    assert "1.0.0" in (await registry.list_tags("jimo/app", None, None)).items
+    assert "1.0.0" in (await registry.repository("jimo/app").tags.list(None, None)).items
 
 
 async def test_form_post_from_our_own_origin_is_accepted(
@@ -277,7 +277,7 @@ async def test_form_post_from_our_own_origin_is_accepted(
         headers={"Origin": "http://registry.test"},
     )
     assert response.status_code in (200, 303)
-    assert "1.0.0" not in (await registry.list_tags("jimo/app", None, None)).items
+    assert "1.0.0" not in (await registry.repository("jimo/app").tags.list(None, None)).items
 
 
 async def test_csrf_token_of_another_session_is_refused(
@@ -288,7 +288,7 @@ async def test_csrf_token_of_another_session_is_refused(
     stolen = await other_browser.csrf()
     response = await browser.client.post("/r/jimo/app/-/tags/1.0.0/delete", data={"csrf": stolen})
     assert response.status_code == 403
-    assert "1.0.0" in (await registry.list_tags("jimo/app", None, None)).items
+    assert "1.0.0" in (await registry.repository("jimo/app").tags.list(None, None)).items
 
 
 async def test_another_users_private_repository_is_hidden_and_its_delete_refused(
@@ -302,7 +302,7 @@ async def test_another_users_private_repository_is_hidden_and_its_delete_refused
     for path in ("/r/lee/secret/-/tags/1/delete", "/r/lee/secret/-/delete"):
         response = await browser.post(path)
         assert response.status_code == 403, path
-    assert (await registry.list_tags("lee/secret", None, None)).items == ["1"]
+    assert (await registry.repository("lee/secret").tags.list(None, None)).items == ["1"]
 
 
 async def test_anonymous_visitor_of_a_private_repository_is_sent_to_sign_in(
@@ -435,7 +435,7 @@ async def test_admin_deletes_a_user_with_images_only_when_asked_to(
     assert "The user jimo was deleted." in deleted.text
     assert "jimo" not in [user.name for user in await accounts.list_users()]
     with pytest.raises(NameUnknown):  # The repository itself is gone, not only its images.
-        await registry.get_manifest("jimo/app", "v1")
+        await registry.repository("jimo/app").manifests.get("v1")
 
 
 async def test_password_change_revokes_access_tokens_only_when_asked(

@@ -16,6 +16,7 @@ from cangku.auth.permissions import DELETE, PULL, PUSH
 from cangku.content.errors import RequestInvalid, SizeInvalid
 from cangku.content.names import validate_repository_name
 from cangku.registry import Registry
+from cangku.registry.context import REQUEST_ID, RequestContext
 from cangku.registry.tags import HISTORY_PAGE, VERSIONS_PAGE
 
 MAX_JSON_BODY = 4096
@@ -40,8 +41,8 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
         before = request.query_params.get("before")
         if before is not None and not DIGITS.fullmatch(before):
             raise RequestInvalid(f"before must be a change id, not {before[:50]!r}")
-        changes, next_before = await registry.tag_history_page(
-            name, tag, _page_size(request, HISTORY_PAGE), int(before) if before else None
+        changes, next_before = await registry.repository(name).tags.history_page(
+            tag, _page_size(request, HISTORY_PAGE), int(before) if before else None
         )
         return JSONResponse(
             {
@@ -59,7 +60,8 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
         actor = None
         if access is not None:
             actor = (await access.authorize(request, name, PUSH)).name
-        follows = await registry.release_tag(name, tag, actor)
+        context = RequestContext(caller=actor, request_id=REQUEST_ID.get())
+        follows = await registry.repository(name).tags.release(tag, context)
         return JSONResponse({"repository": name, "tag": tag, "follows": follows})
 
     accounts = access.accounts if access is not None else Accounts(registry.metadata)
@@ -81,10 +83,8 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
         """Highest first, `?n=` (1-1000, default 100) versions at a time; `?last=<tag>`
         continues where `next_last` of the previous page says (null on the last page)."""
         await may_pull(request)
-        tree = await registry.version_tree(
-            request.path_params["name"],
-            _page_size(request, VERSIONS_PAGE),
-            request.query_params.get("last"),
+        tree = await registry.repository(request.path_params["name"]).tags.version_tree(
+            _page_size(request, VERSIONS_PAGE), request.query_params.get("last")
         )
         return JSONResponse(tree.to_json())
 

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from cangku.content.digest import Digest
 from cangku.content.errors import BlobUnknown, RangeInvalid
 from cangku.distribution.errors import error_response
-from cangku.distribution.http import warning
+from cangku.distribution.http import request_context, warning
 from cangku.registry import Registry
 from cangku.server import ZERO_COPY_SEND
 from cangku.storage.base import LocalFile, Redirect
@@ -45,7 +45,7 @@ async def get_blob(request: Request, registry: Registry, name: str, digest: str)
 
 
 async def delete_blob(request: Request, registry: Registry, name: str, digest: str) -> Response:
-    await registry.delete_blob(name, digest)
+    await registry.delete_blob(name, digest, request_context(request))
     return Response(b"", status_code=202, headers={"Content-Length": "0"})
 
 

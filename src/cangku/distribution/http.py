@@ -9,6 +9,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from cangku.auth.access import AccessControl, Caller
 from cangku.content.errors import BlobUploadInvalid, PaginationNumberInvalid, SizeInvalid
+from cangku.registry.context import REQUEST_ID, RequestContext
 from cangku.storage.base import UploadAborted
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -82,3 +83,17 @@ def caller_of(request: Request) -> tuple[AccessControl, Caller] | None:
     if access is None or caller is None:
         return None
     return access, caller
+
+
+def request_context(request: Request) -> RequestContext:
+    """Who sends this request, for the mutating use cases: the authenticated user (None
+    when anonymous or without authentication), the request id the access log carries, and
+    the client address (behind trusted proxies, the one they forwarded for)."""
+    checked = caller_of(request)
+    if checked is not None:
+        address = checked[0].client_address(request)
+        caller = checked[1].name
+    else:
+        address = request.client.host if request.client else "-"
+        caller = None
+    return RequestContext(caller=caller, request_id=REQUEST_ID.get(), address=address)

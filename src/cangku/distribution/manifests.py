@@ -8,9 +8,9 @@ from starlette.responses import Response
 from cangku.content.errors import ManifestUnknown, PayloadTooLarge, TooManyTags
 from cangku.content.manifest import MAX_MANIFEST_BYTES
 from cangku.content.mediatypes import is_acceptable, parse_accept
-from cangku.distribution.http import caller_of, content_length, request_body
+from cangku.distribution.http import content_length, request_body, request_context
 from cangku.registry import Registry
-from cangku.registry.service import MAX_TAGS_PER_PUSH
+from cangku.registry.manifests import MAX_TAGS_PER_PUSH
 
 
 async def put_manifest(request: Request, registry: Registry, name: str, reference: str) -> Response:
@@ -23,13 +23,12 @@ async def put_manifest(request: Request, registry: Registry, name: str, referenc
     if len(extra_tags) > MAX_TAGS_PER_PUSH:
         raise TooManyTags(f"{len(extra_tags)} tags in one push; at most {MAX_TAGS_PER_PUSH}")
     content = await _read_limited(request, MAX_MANIFEST_BYTES)
-    pushed = await registry.put_manifest(
-        name,
+    pushed = await registry.repository(name).manifests.put(
         reference,
         content,
         request.headers.get("content-type"),
+        request_context(request),
         extra_tags=extra_tags,
-        actor=_actor(request),
     )
     headers = {
         "Location": f"/v2/{name}/manifests/{pushed.digest}",
@@ -48,7 +47,7 @@ async def put_manifest(request: Request, registry: Registry, name: str, referenc
 
 
 async def get_manifest(request: Request, registry: Registry, name: str, reference: str) -> Response:
-    manifest = await registry.get_manifest(name, reference)
+    manifest = await registry.repository(name).manifests.get(reference)
     # Clients send one Accept header per media type (docker, skopeo): read them all.
     accepted = parse_accept(",".join(request.headers.getlist("accept")))
     if not is_acceptable(manifest.media_type, accepted):
@@ -68,13 +67,8 @@ async def get_manifest(request: Request, registry: Registry, name: str, referenc
 async def delete_manifest(
     request: Request, registry: Registry, name: str, reference: str
 ) -> Response:
-    await registry.delete_manifest(name, reference, actor=_actor(request))
+    await registry.repository(name).manifests.delete(reference, request_context(request))
     return Response(b"", status_code=202, headers={"Content-Length": "0"})
-
-
-def _actor(request: Request) -> str | None:
-    checked = caller_of(request)
-    return checked[1].name if checked else None
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

@@ -23,8 +23,7 @@ async def list_referrers(request: Request, registry: Registry, name: str, digest
     digest order, paged with `Link: <…?last=DIGEST>; rel="next"` so that no response exceeds
     4 MiB; `?artifactType=` filters (announced by `OCI-Filters-Applied`)."""
     artifact_type = request.query_params.get("artifactType")
-    page = await registry.referrers_page(
-        name,
+    page = await registry.repository(name).referrers.page(
         digest,
         artifact_type,
         last=request.query_params.get("last"),

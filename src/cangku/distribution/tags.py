@@ -15,7 +15,7 @@ from cangku.registry.records import Page
 
 async def list_tags(request: Request, registry: Registry, name: str) -> Response:
     limit = page_size(request)
-    page = await registry.list_tags(name, limit, request.query_params.get("last"))
+    page = await registry.repository(name).tags.list(limit, request.query_params.get("last"))
     body = json.dumps({"name": name, "tags": page.items}).encode()
     return Response(body, media_type="application/json", headers=next_link(request, page, limit))
 

@@ -14,6 +14,7 @@ from cangku.distribution.http import (
     content_length,
     content_range,
     request_body,
+    request_context,
     upload_location,
     upload_range,
     warning,
@@ -47,12 +48,12 @@ async def start_upload(request: Request, registry: Registry, name: str) -> Respo
     digest = query.get("digest")
     if digest is not None:
         # OCI dist-spec "Pushing a blob monolithically": POST with ?digest= and the body.
-        stored = await registry.upload_blob(
-            name, digest, request_body(request), content_length(request)
+        stored = await registry.repository(name).blobs.upload(
+            digest, request_body(request), content_length(request), request_context(request)
         )
         return _created(name, str(stored))
-    upload_id = await registry.start_upload(
-        name, _owner(request), query.get("digest-algorithm") or "sha256"
+    upload_id = await registry.repository(name).uploads.start(
+        request_context(request), query.get("digest-algorithm") or "sha256"
     )
     response = _accepted(name, upload_id, 0)
     response.headers["OCI-Chunk-Min-Length"] = str(CHUNK_MIN_LENGTH)
@@ -77,35 +78,27 @@ async def _mount(
         sources = await registry.repositories_holding(mount)
     else:
         return None  # As the conformance suite expects with automatic mounting off.
+    blobs, context = registry.repository(name).blobs, request_context(request)
     for candidate in sources:
         if checked is not None and not await checked[0].may(checked[1], candidate, PULL):
             continue  # Only from what the caller may pull.
-        mounted = await registry.mount_blob(name, mount, candidate)
+        mounted = await blobs.mount(mount, candidate, context)
         if mounted is not None:
             return mounted
     return None
 
 
-def _owner(request: Request) -> str:
-    """Whose upload session this is, for the cap on open sessions: the user, or the address."""
-    checked = caller_of(request)
-    if checked is not None and checked[1].name is not None:
-        return checked[1].name
-    address = checked[0].client_address(request) if checked is not None else None
-    return f"address:{address or (request.client.host if request.client else '-')}"
-
-
 async def upload_status(
     request: Request, registry: Registry, name: str, upload_id: str
 ) -> Response:
-    size = await registry.upload_status(name, upload_id)
+    size = await registry.repository(name).uploads.status(upload_id)
     return _accepted(name, upload_id, size, status=204)
 
 
 async def append_chunk(request: Request, registry: Registry, name: str, upload_id: str) -> Response:
     chunk = await _chunk_range(request, registry, name, upload_id)
-    size = await registry.append_upload(
-        name, upload_id, request_body(request), content_length(request), chunk
+    size = await registry.repository(name).uploads.append(
+        upload_id, request_body(request), content_length(request), chunk, request_context(request)
     )
     return _accepted(name, upload_id, size)
 
@@ -117,8 +110,13 @@ async def finish_upload(
     if digest is None:
         raise DigestInvalid("the digest query parameter is required to finish an upload")
     chunk = await _chunk_range(request, registry, name, upload_id)
-    stored = await registry.finish_upload(
-        name, upload_id, digest, request_body(request), content_length(request), chunk
+    stored = await registry.repository(name).uploads.finish(
+        upload_id,
+        digest,
+        request_body(request),
+        content_length(request),
+        chunk,
+        request_context(request),
     )
     return _created(name, str(stored))
 
@@ -131,14 +129,14 @@ async def _chunk_range(
     try:
         return content_range(request)
     except BlobUploadInvalid as error:
-        size = await registry.upload_status(name, upload_id)
+        size = await registry.repository(name).uploads.status(upload_id)
         raise UploadOutOfOrder(error.message, size) from None
 
 
 async def cancel_upload(
     request: Request, registry: Registry, name: str, upload_id: str
 ) -> Response:
-    await registry.cancel_upload(name, upload_id)
+    await registry.repository(name).uploads.cancel(upload_id, request_context(request))
     return Response(b"", status_code=204)
 
 

@@ -1,8 +1,9 @@
 """Metadata rows in SQL (SQLAlchemy Core): SQLite by default, PostgreSQL by URL.
 
-`store.py` runs transactions; the row modules (`accounts.py`, `web_sessions.py`,
-`visibility.py`, `namespaces.py`, …) hold the SQL statements, as plain functions over a
-`Connection` that the use cases in `registry/` and `auth/` call inside one transaction.
+Every SQL statement lives in this package: `store.py` runs transactions, the row modules
+(`blobs`, `manifests`, `repositories`, `tags`, `accounts`, `web_sessions`, `visibility`,
+`namespaces`, …) are plain functions over a `Connection` that the use cases in registry/ and
+auth/ call inside the transactions they hold.
 """
 
 from sqlalchemy.engine import Connection

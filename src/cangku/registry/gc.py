@@ -31,19 +31,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import bindparam, delete, literal, select, update
-from sqlalchemy.engine import Connection
-
 from cangku.content.digest import Digest
 from cangku.content.units import format_size
-from cangku.metadata.schema import (
-    blobs,
-    manifest_references,
-    manifests,
-    repositories,
-    repository_blobs,
-    tags,
-)
+from cangku.metadata import Connection
+from cangku.metadata import collection as collection_rows
 from cangku.metadata.store import MetadataStore
 from cangku.registry import upload_limits
 from cangku.registry.files import TransactionFiles
@@ -179,25 +170,10 @@ class GarbageCollector:
         after = self.policy.delete_untagged_after
         if after is None:
             # Keeping them all; forget old stamps so that a later delete-after starts afresh.
-            connection.execute(
-                update(manifests)
-                .where(manifests.c.untagged_since.is_not(None))
-                .values(untagged_since=None)
-            )
+            collection_rows.clear_untagged_stamps(connection)
             return []
         kept = mark_manifests(connection)
-        rows = connection.execute(
-            select(
-                manifests.c.repository_id,
-                manifests.c.digest,
-                manifests.c.size,
-                manifests.c.created_at,
-                manifests.c.untagged_since,
-                repositories.c.name,
-            ).select_from(
-                manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
-            )
-        ).all()
+        rows = collection_rows.manifests_to_judge(connection)
         unstamp, stamp, doomed = [], [], []
         for row in rows:
             key = (row.repository_id, row.digest)
@@ -211,74 +187,33 @@ class GarbageCollector:
                 stamp.append({"r": row.repository_id, "d": row.digest, "since": now})
             if since <= now - after and row.created_at <= now - self.policy.grace:
                 doomed.append(row)
-        where = (manifests.c.repository_id == bindparam("r")) & (
-            manifests.c.digest == bindparam("d")
-        )
         for changes in (unstamp, stamp):
-            if changes:
-                connection.execute(
-                    update(manifests).where(where).values(untagged_since=bindparam("since")),
-                    changes,
-                )
-        if doomed:
-            keys = [{"r": row.repository_id, "d": row.digest} for row in doomed]
-            connection.execute(delete(manifests).where(where), keys)
-            connection.execute(
-                delete(manifest_references).where(
-                    (manifest_references.c.repository_id == bindparam("r"))
-                    & (manifest_references.c.manifest_digest == bindparam("d"))
-                ),
-                keys,
-            )
+            collection_rows.stamp_untagged(connection, changes)
+        collection_rows.delete_manifests(
+            connection, [{"r": row.repository_id, "d": row.digest} for row in doomed]
+        )
         return [CollectedManifest(row.name, row.digest, row.size) for row in doomed]
 
     # -- 2. links ----------------------------------------------------------------------------
     def _unlink_unreferenced(self, connection: Connection, now: float) -> int:
-        cutoff = now - self.policy.grace
-        referenced_here = (
-            select(literal(1))
-            .where(
-                manifest_references.c.repository_id == repository_blobs.c.repository_id,
-                manifest_references.c.target_digest == repository_blobs.c.digest,
-            )
-            .exists()
-        )
-        recent_blob = (
-            select(literal(1))
-            .where(blobs.c.digest == repository_blobs.c.digest, blobs.c.created_at >= cutoff)
-            .exists()
-        )
-        result = connection.execute(
-            delete(repository_blobs).where(
-                repository_blobs.c.created_at < cutoff, ~referenced_here, ~recent_blob
-            )
-        )
-        return int(result.rowcount)
+        # Held (metadata/blobs.py): linked, and used by one of the repository's manifests.
+        return collection_rows.unlink_unused(connection, now - self.policy.grace)
 
     # -- 3. blobs ----------------------------------------------------------------------------
     def _sweep_blobs(
         self, connection: Connection, now: float, *, delete_files: bool
     ) -> list[CollectedBlob]:
         """One batch of unreferenced, old blobs: rows, links, then files, in this transaction."""
-        referenced = (
-            select(literal(1)).where(manifest_references.c.target_digest == blobs.c.digest).exists()
-        )
-        rows = connection.execute(
-            select(blobs.c.digest, blobs.c.size)
-            .where(blobs.c.created_at < now - self.policy.grace, ~referenced)
-            .order_by(blobs.c.digest)
-            .limit(BATCH)
-        ).all()
+        rows = collection_rows.unused_blobs(connection, now - self.policy.grace, BATCH)
         if not rows:
             return []
-        digests = [row.digest for row in rows]
-        connection.execute(delete(repository_blobs).where(repository_blobs.c.digest.in_(digests)))
-        connection.execute(delete(blobs).where(blobs.c.digest.in_(digests)))
+        digests = [digest for digest, _ in rows]
+        collection_rows.delete_blobs(connection, digests)
         if delete_files:
             # Inside the transaction that removed the rows: no upload can record one of these
             # blobs between our decision and the file going away (registry/files.py).
             self.files.delete([Digest.parse(digest) for digest in digests])
-        return [CollectedBlob(row.digest, row.size) for row in rows]
+        return [CollectedBlob(digest, size) for digest, size in rows]
 
     # -- 4. orphan files ---------------------------------------------------------------------
     async def _collect_orphans(self, now: float) -> list[CollectedBlob]:
@@ -343,26 +278,13 @@ def mark_manifests(connection: Connection) -> set[tuple[int, str]]:
     the manifests whose subject is kept (its signatures, SBOMs and other referrers).
     """
     edges: dict[tuple[int, str], set[str]] = defaultdict(set)
-    for row in connection.execute(
-        select(
-            manifest_references.c.repository_id,
-            manifest_references.c.manifest_digest,
-            manifest_references.c.target_digest,
-        ).where(manifest_references.c.kind == "manifest")
-    ):
-        edges[(row.repository_id, row.manifest_digest)].add(row.target_digest)
-    for row in connection.execute(
-        select(manifests.c.repository_id, manifests.c.digest, manifests.c.subject_digest).where(
-            manifests.c.subject_digest.is_not(None)
-        )
-    ):
-        edges[(row.repository_id, row.digest)].add(row.subject_digest)
-        edges[(row.repository_id, row.subject_digest)].add(row.digest)
-    existing = {
-        (row.repository_id, row.digest)
-        for row in connection.execute(select(manifests.c.repository_id, manifests.c.digest))
-    }
-    roots = connection.execute(select(tags.c.repository_id, tags.c.manifest_digest).distinct())
+    for repository_id, index, child in collection_rows.child_edges(connection):
+        edges[(repository_id, index)].add(child)
+    for repository_id, digest, subject in collection_rows.subject_edges(connection):
+        edges[(repository_id, digest)].add(subject)
+        edges[(repository_id, subject)].add(digest)
+    existing = collection_rows.all_manifests(connection)
+    roots = collection_rows.tagged_manifests(connection)
     kept: set[tuple[int, str]] = set()
     pending = [(repository_id, digest) for repository_id, digest in roots]
     while pending:
@@ -394,10 +316,7 @@ async def collect_periodically(collector: Collector, interval: float) -> None:
 
 
 def _recorded(connection: Connection, stored: Sequence[tuple[Digest, int, float]]) -> set[str]:
-    if not stored:
-        return set()
-    wanted = [str(digest) for digest, _, _ in stored]
-    return set(connection.scalars(select(blobs.c.digest).where(blobs.c.digest.in_(wanted))).all())
+    return collection_rows.recorded(connection, [str(digest) for digest, _, _ in stored])
 
 
 async def _chunks(entries: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:

@@ -20,11 +20,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.engine import Connection
-
 from cangku.content.errors import Denied, TooManyRequests
-from cangku.metadata.schema import upload_sessions
+from cangku.metadata import Connection
+from cangku.metadata import upload_sessions as session_rows
 from cangku.registry import usage
 
 DEFAULT_MAX_OPEN_PER_OWNER = 64
@@ -38,54 +36,39 @@ def open_session(
 ) -> TooManyRequests | None:
     """Record a new session; the refusal instead when `owner` holds `limit` already."""
     if owner is not None:
-        held = connection.scalar(
-            select(func.count())
-            .select_from(upload_sessions)
-            .where(upload_sessions.c.owner == owner)
-        )
-        if held is not None and held >= limit:
+        held = session_rows.count_owned(connection, owner)
+        if held >= limit:
             return TooManyRequests(
                 f"{limit} upload sessions are open already; finish or cancel one first "
                 "(unused ones expire)",
                 retry_after=SESSION_RETRY_AFTER,
                 detail={"open_sessions": held, "limit": limit},
             )
-    connection.execute(
-        insert(upload_sessions).values(
-            session=session,
-            repository=repository,
-            namespace=usage.namespace_of(repository),
-            owner=owner,
-            created_at=time.time(),
-        )
+    session_rows.insert_session(
+        connection, session, repository, usage.namespace_of(repository), owner, time.time()
     )
     return None
 
 
 def close_sessions(connection: Connection, sessions: list[str]) -> None:
-    if sessions:
-        connection.execute(delete(upload_sessions).where(upload_sessions.c.session.in_(sessions)))
+    session_rows.delete_sessions(connection, sessions)
 
 
 def close_repository_sessions(connection: Connection, repository: str) -> None:
-    connection.execute(delete(upload_sessions).where(upload_sessions.c.repository == repository))
+    session_rows.delete_repository_sessions(connection, repository)
 
 
 def forget_vanished(connection: Connection, live: set[str], older_than: float) -> None:
     """Rows of sessions storage no longer has (a crash between the two), once they are older
     than `older_than` (so a session being opened right now is never among them)."""
-    stale = connection.scalars(
-        select(upload_sessions.c.session).where(upload_sessions.c.created_at < older_than)
-    ).all()
+    stale = session_rows.older_than(connection, older_than)
     close_sessions(connection, [session for session in stale if session not in live])
 
 
 def quota_state(connection: Connection, namespace: str) -> tuple[int, list[str]]:
     """The namespace's usage in bytes, and its open upload sessions."""
-    sessions = connection.scalars(
-        select(upload_sessions.c.session).where(upload_sessions.c.namespace == namespace)
-    ).all()
-    return usage.namespace_usage(connection, namespace), list(sessions)
+    sessions = session_rows.of_namespace(connection, namespace)
+    return usage.namespace_usage(connection, namespace), sessions
 
 
 async def bounded(

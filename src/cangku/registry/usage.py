@@ -1,288 +1,51 @@
-"""Bytes stored per repository and per namespace, and the namespace quotas that cap them.
-
-What a repository *holds*: every blob linked into it (by an upload or a mount) or referenced
-by one of its manifests, plus its manifests' own bytes. Two ways to count it:
-
-- deduplicated: each distinct blob once within the scope (repository, namespace, registry);
-  what the scope costs on disk, and what quotas limit.
-- apparent: every manifest counted with all of its blobs, as if nothing were shared (the sum
-  of the image sizes a client sees), plus the blobs no manifest of the repository uses yet.
+"""The quota rules: a push that would take a namespace's usage over its quota is refused
+(DENIED, with the figures). The rows and the usage figures are `metadata/quotas.py`'s
+(re-exported here for the callers of the use cases).
 
 Bytes stop counting when garbage collection unlinks them: deleting an image gives its
 quota back at the next collection (docs/garbage-collection.md).
-
-The functions taking a `Connection` run inside the caller's transaction.
 """
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Select,
-    cast,
-    delete,
-    func,
-    insert,
-    literal,
-    select,
-    union,
-    update,
-)
-from sqlalchemy.engine import Connection
-
 from cangku.content.digest import Digest
 from cangku.content.errors import Denied
 from cangku.content.units import format_size
-from cangku.metadata.schema import (
-    blobs,
-    manifest_references,
-    manifests,
-    quotas,
-    repositories,
-    repository_blobs,
-    tags,
+from cangku.metadata import Connection, quotas
+from cangku.metadata.quotas import (
+    NamespaceUsage,
+    Quota,
+    RepositoryUsage,
+    StoredContent,
+    UsageReport,
+    list_quotas,
+    namespace_of,
+    namespace_usage,
+    quota_limit,
+    set_quota,
+    stored_content,
+    unset_quota,
+    usage_report,
 )
 
-
-def namespace_of(name: str) -> str:
-    """The first path component of a repository name: `jimo` for `jimo/tools/app`."""
-    return name.split("/", 1)[0]
-
-
-@dataclass(frozen=True, slots=True)
-class RepositoryUsage:
-    repository: str
-    namespace: str
-    deduplicated_bytes: int
-    apparent_bytes: int
-    manifests: int
-    tags: int
-    blobs: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "repository": self.repository,
-            "namespace": self.namespace,
-            "deduplicated_bytes": self.deduplicated_bytes,
-            "apparent_bytes": self.apparent_bytes,
-            "manifests": self.manifests,
-            "tags": self.tags,
-            "blobs": self.blobs,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class NamespaceUsage:
-    namespace: str
-    repositories: list[RepositoryUsage]
-    deduplicated_bytes: int
-    apparent_bytes: int
-    quota_bytes: int | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "namespace": self.namespace,
-            "deduplicated_bytes": self.deduplicated_bytes,
-            "apparent_bytes": self.apparent_bytes,
-            "quota_bytes": self.quota_bytes,
-            "repositories": [repository.to_json() for repository in self.repositories],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class UsageReport:
-    namespaces: list[NamespaceUsage]
-    # Every distinct blob held by some repository counted once, plus all manifests.
-    deduplicated_bytes: int
-    apparent_bytes: int
-    # Every recorded blob, held or not (what is awaiting collection included).
-    blob_store_bytes: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "deduplicated_bytes": self.deduplicated_bytes,
-            "apparent_bytes": self.apparent_bytes,
-            "blob_store_bytes": self.blob_store_bytes,
-            "namespaces": [namespace.to_json() for namespace in self.namespaces],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Quota:
-    namespace: str
-    limit_bytes: int
-    usage_bytes: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "namespace": self.namespace,
-            "limit_bytes": self.limit_bytes,
-            "usage_bytes": self.usage_bytes,
-        }
-
-
-# -- measuring -------------------------------------------------------------------------------
-def usage_report(connection: Connection, repository_ids: list[int] | None = None) -> UsageReport:
-    """Usage of every repository (or of those given), grouped by namespace."""
-    names: dict[int, str] = dict(
-        connection.execute(
-            _only(select(repositories.c.id, repositories.c.name), repositories.c.id, repository_ids)
-        ).all()
-    )
-    manifest_counts: dict[int, tuple[int, int]] = {
-        row.repository_id: (row.manifest_count, row.bytes)
-        for row in connection.execute(
-            _only(
-                select(
-                    manifests.c.repository_id,
-                    func.count().label("manifest_count"),
-                    _total(manifests.c.size).label("bytes"),
-                ),
-                manifests.c.repository_id,
-                repository_ids,
-            ).group_by(manifests.c.repository_id)
-        )
-    }
-    tag_counts: dict[int, int] = {
-        row.repository_id: row.tag_count
-        for row in connection.execute(
-            _only(
-                select(tags.c.repository_id, func.count().label("tag_count")),
-                tags.c.repository_id,
-                repository_ids,
-            ).group_by(tags.c.repository_id)
-        )
-    }
-    # Each manifest's blobs, counted per manifest: the apparent size of its images.
-    referenced_bytes: dict[int, int] = {
-        row.repository_id: row.bytes
-        for row in connection.execute(
-            _only(
-                select(
-                    manifest_references.c.repository_id,
-                    _total(blobs.c.size).label("bytes"),
-                )
-                .select_from(
-                    manifest_references.join(
-                        blobs, blobs.c.digest == manifest_references.c.target_digest
-                    )
-                )
-                .where(manifest_references.c.kind == "blob"),
-                manifest_references.c.repository_id,
-                repository_ids,
-            ).group_by(manifest_references.c.repository_id)
-        )
-    }
-    # Blobs linked into a repository that none of its manifests uses (yet).
-    referenced_here = (
-        select(literal(1))
-        .where(
-            manifest_references.c.repository_id == repository_blobs.c.repository_id,
-            manifest_references.c.target_digest == repository_blobs.c.digest,
-            manifest_references.c.kind == "blob",
-        )
-        .exists()
-    )
-    pending_bytes: dict[int, int] = {
-        row.repository_id: row.bytes
-        for row in connection.execute(
-            _only(
-                select(
-                    repository_blobs.c.repository_id,
-                    _total(blobs.c.size).label("bytes"),
-                )
-                .select_from(
-                    repository_blobs.join(blobs, blobs.c.digest == repository_blobs.c.digest)
-                )
-                .where(~referenced_here),
-                repository_blobs.c.repository_id,
-                repository_ids,
-            ).group_by(repository_blobs.c.repository_id)
-        )
-    }
-    held = _held_blobs(repository_ids)
-    held_rows = connection.execute(
-        select(held.c.repository_id, held.c.digest, blobs.c.size).select_from(
-            held.join(blobs, blobs.c.digest == held.c.digest)
-        )
-    ).all()
-
-    repository_blob_bytes: dict[int, int] = defaultdict(int)
-    repository_blob_counts: dict[int, int] = defaultdict(int)
-    namespace_blobs: dict[str, dict[str, int]] = defaultdict(dict)
-    all_blobs: dict[str, int] = {}
-    for row in held_rows:
-        repository_blob_bytes[row.repository_id] += row.size
-        repository_blob_counts[row.repository_id] += 1
-        namespace_blobs[namespace_of(names[row.repository_id])][row.digest] = row.size
-        all_blobs[row.digest] = row.size
-
-    by_namespace: dict[str, list[RepositoryUsage]] = defaultdict(list)
-    namespace_manifest_bytes: dict[str, int] = defaultdict(int)
-    for repository_id, name in sorted(names.items(), key=lambda item: item[1]):
-        count, manifest_bytes = manifest_counts.get(repository_id, (0, 0))
-        namespace_manifest_bytes[namespace_of(name)] += manifest_bytes
-        by_namespace[namespace_of(name)].append(
-            RepositoryUsage(
-                repository=name,
-                namespace=namespace_of(name),
-                deduplicated_bytes=manifest_bytes + repository_blob_bytes[repository_id],
-                apparent_bytes=manifest_bytes
-                + referenced_bytes.get(repository_id, 0)
-                + pending_bytes.get(repository_id, 0),
-                manifests=count,
-                tags=tag_counts.get(repository_id, 0),
-                blobs=repository_blob_counts[repository_id],
-            )
-        )
-    limits = dict(connection.execute(select(quotas.c.namespace, quotas.c.limit_bytes)).all())
-    if repository_ids is None:
-        for namespace in limits:
-            by_namespace.setdefault(namespace, [])  # a quota set ahead of the first push
-    namespaces = [
-        NamespaceUsage(
-            namespace=namespace,
-            repositories=members,
-            deduplicated_bytes=namespace_manifest_bytes[namespace]
-            + sum(namespace_blobs[namespace].values()),
-            apparent_bytes=sum(member.apparent_bytes for member in members),
-            quota_bytes=limits.get(namespace),
-        )
-        for namespace, members in sorted(by_namespace.items())
-    ]
-    all_manifest_bytes = sum(manifest_bytes for _, manifest_bytes in manifest_counts.values())
-    store_bytes = connection.scalar(select(_total(blobs.c.size)))
-    return UsageReport(
-        namespaces=namespaces,
-        deduplicated_bytes=all_manifest_bytes + sum(all_blobs.values()),
-        apparent_bytes=sum(namespace.apparent_bytes for namespace in namespaces),
-        blob_store_bytes=int(store_bytes or 0),
-    )
-
-
-def namespace_usage(connection: Connection, namespace: str) -> int:
-    """The namespace's deduplicated bytes: what its quota limits."""
-    members = _namespace_repository_ids(namespace)
-    held = _held_blobs(members)
-    blob_bytes = connection.scalar(
-        select(_total(blobs.c.size)).where(blobs.c.digest.in_(select(held.c.digest)))
-    )
-    manifest_bytes = connection.scalar(
-        select(_total(manifests.c.size)).where(manifests.c.repository_id.in_(members))
-    )
-    return int(blob_bytes or 0) + int(manifest_bytes or 0)
-
-
-# -- quotas ------------------------------------------------------------------------------------
-def quota_limit(connection: Connection, namespace: str) -> int | None:
-    limit = connection.scalar(select(quotas.c.limit_bytes).where(quotas.c.namespace == namespace))
-    return None if limit is None else int(limit)
+__all__ = [
+    "NamespaceUsage",
+    "Quota",
+    "RepositoryUsage",
+    "StoredContent",
+    "UsageReport",
+    "check_blob_quota",
+    "check_manifest_quota",
+    "list_quotas",
+    "namespace_of",
+    "namespace_usage",
+    "over_quota",
+    "quota_limit",
+    "set_quota",
+    "stored_content",
+    "unset_quota",
+    "usage_report",
+]
 
 
 def check_blob_quota(
@@ -292,51 +55,22 @@ def check_blob_quota(
 
     A blob the namespace already holds adds nothing, so it is never refused.
     """
-    namespace = namespace_of(repository)
-    limit = quota_limit(connection, namespace)
+    namespace = quotas.namespace_of(repository)
+    limit = quotas.quota_limit(connection, namespace)
     if limit is None:
         return None
-    members = _namespace_repository_ids(namespace)
-    held = _held_blobs(members)
-    if connection.scalar(select(held.c.digest).where(held.c.digest == str(digest)).limit(1)):
+    if quotas.namespace_holds(connection, namespace, str(digest)):
         return None
-    return over_quota(namespace, limit, namespace_usage(connection, namespace), size)
+    return over_quota(namespace, limit, quotas.namespace_usage(connection, namespace), size)
 
 
 def check_manifest_quota(connection: Connection, repository: str, size: int) -> Denied | None:
     """The refusal if a new manifest of `size` bytes would take the namespace over quota."""
-    namespace = namespace_of(repository)
-    limit = quota_limit(connection, namespace)
+    namespace = quotas.namespace_of(repository)
+    limit = quotas.quota_limit(connection, namespace)
     if limit is None:
         return None
-    return over_quota(namespace, limit, namespace_usage(connection, namespace), size)
-
-
-def set_quota(connection: Connection, namespace: str, limit_bytes: int) -> None:
-    now = time.time()
-    changed = connection.execute(
-        update(quotas)
-        .where(quotas.c.namespace == namespace)
-        .values(limit_bytes=limit_bytes, updated_at=now)
-    )
-    if not changed.rowcount:
-        connection.execute(
-            insert(quotas).values(namespace=namespace, limit_bytes=limit_bytes, updated_at=now)
-        )
-
-
-def unset_quota(connection: Connection, namespace: str) -> bool:
-    return bool(connection.execute(delete(quotas).where(quotas.c.namespace == namespace)).rowcount)
-
-
-def list_quotas(connection: Connection) -> list[Quota]:
-    rows = connection.execute(
-        select(quotas.c.namespace, quotas.c.limit_bytes).order_by(quotas.c.namespace)
-    ).all()
-    return [
-        Quota(row.namespace, int(row.limit_bytes), namespace_usage(connection, row.namespace))
-        for row in rows
-    ]
+    return over_quota(namespace, limit, quotas.namespace_usage(connection, namespace), size)
 
 
 def over_quota(namespace: str, limit: int, usage: int, size: int) -> Denied | None:
@@ -348,60 +82,4 @@ def over_quota(namespace: str, limit: int, usage: int, size: int) -> Denied | No
         f"({limit} bytes), {format_size(usage)} ({usage} bytes) are used and this push needs "
         f"{format_size(size)} ({size} bytes) more",
         {"namespace": namespace, "quota_bytes": limit, "usage_bytes": usage, "push_bytes": size},
-    )
-
-
-# -- query parts -------------------------------------------------------------------------------
-def _namespace_repository_ids(namespace: str) -> Select[tuple[int]]:
-    return select(repositories.c.id).where(
-        (repositories.c.name == namespace)
-        | repositories.c.name.startswith(f"{namespace}/", autoescape=True)
-    )
-
-
-def _held_blobs(repository_ids: list[int] | Select[tuple[int]] | None) -> Any:
-    """(repository_id, digest) of every blob linked into or referenced by a repository."""
-    linked = select(repository_blobs.c.repository_id, repository_blobs.c.digest)
-    referenced = select(
-        manifest_references.c.repository_id,
-        manifest_references.c.target_digest.label("digest"),
-    ).where(manifest_references.c.kind == "blob")
-    if repository_ids is not None:
-        linked = linked.where(repository_blobs.c.repository_id.in_(repository_ids))
-        referenced = referenced.where(manifest_references.c.repository_id.in_(repository_ids))
-    return union(linked, referenced).subquery("held")
-
-
-def _only(query: Select[Any], column: Any, repository_ids: list[int] | None) -> Select[Any]:
-    return query if repository_ids is None else query.where(column.in_(repository_ids))
-
-
-def _total(sizes: ColumnElement[int]) -> ColumnElement[int]:
-    """SUM of sizes, 0 for none, as an integer (PostgreSQL sums BIGINTs into NUMERIC)."""
-    return cast(func.coalesce(func.sum(sizes), 0), BigInteger)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredContent:
-    """What the whole registry holds: for the `/metrics` gauges."""
-
-    blobs: int
-    blob_bytes: int
-    manifests: int  # manifest records: one per repository that holds the manifest
-    repositories: int
-
-
-_STORED_BLOBS = select(func.count(), func.coalesce(func.sum(blobs.c.size), 0)).select_from(blobs)
-_STORED_MANIFESTS = select(func.count()).select_from(manifests)
-_REPOSITORIES = select(func.count()).select_from(repositories)
-
-
-def stored_content(connection: Connection) -> StoredContent:
-    """Counts over the metadata database (each a single aggregate query)."""
-    blob_count, blob_bytes = connection.execute(_STORED_BLOBS).one()
-    return StoredContent(
-        blobs=int(blob_count),
-        blob_bytes=int(blob_bytes),
-        manifests=int(connection.scalar(_STORED_MANIFESTS) or 0),
-        repositories=int(connection.scalar(_REPOSITORIES) or 0),
     )

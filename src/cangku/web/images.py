@@ -158,7 +158,9 @@ async def measure_platforms(registry: Registry, repository: str, facts: ImageFac
     for platform in facts.platforms:
         pull_size = None
         try:
-            child = image_facts(await registry.get_manifest(repository, platform.digest))
+            child = image_facts(
+                await registry.repository(repository).manifests.get(platform.digest)
+            )
         except ManifestUnknown:
             child = None
         if child is not None and child.pull_size is not None:

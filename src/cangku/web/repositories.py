@@ -103,13 +103,13 @@ def routes(site: Site) -> list[BaseRoute]:
     async def repository_page(request: Request, viewer: Viewer) -> Response:
         name = repository_name(request)
         actions = await site.require_visible(viewer, name)
-        page = await registry.list_tags(name, MAX_TAGS_SHOWN, None)
+        page = await registry.repository(name).tags.list(MAX_TAGS_SHOWN, None)
         rows = []
         # Floating tags share their release's image: read each one once.
         facts_by_digest: dict[str, tuple[ImageFacts, list[str]]] = {}
         for tag in page.items:
             try:
-                manifest = await registry.get_manifest(name, tag)
+                manifest = await registry.repository(name).manifests.get(tag)
             except ManifestUnknown:
                 continue  # Deleted meanwhile.
             known = facts_by_digest.get(manifest.digest)
@@ -121,7 +121,7 @@ def routes(site: Site) -> list[BaseRoute]:
                     await _platforms(site, name, facts),
                 )
             facts, platforms = known
-            pushed = await registry.newest_move(name, tag, manifest.digest)
+            pushed = await registry.repository(name).tags.newest_move(tag, manifest.digest)
             rows.append(
                 {
                     "tag": tag,
@@ -132,7 +132,7 @@ def routes(site: Site) -> list[BaseRoute]:
                     "pushed_by": (pushed.actor if pushed else None) or "",
                 }
             )
-        policy = await registry.tag_policy(name)
+        policy = await registry.repository(name).tags.policy()
         host = pull_host(site, request)
         pull = ""
         if rows:
@@ -148,7 +148,7 @@ def routes(site: Site) -> list[BaseRoute]:
                 "name": name,
                 "rows": rows,
                 "more_tags": page.next_last is not None,
-                "tree": await registry.version_tree(name),
+                "tree": await registry.repository(name).tags.version_tree(),
                 "pull": pull,
                 "host": host,
                 "public": await site.is_public(name),
@@ -165,13 +165,13 @@ def routes(site: Site) -> list[BaseRoute]:
     ) -> Response:
         name = repository_name(request)
         actions = await site.require_visible(viewer, name)
-        manifest = await registry.get_manifest(name, reference)
+        manifest = await registry.repository(name).manifests.get(reference)
         facts = image_facts(manifest)
         await measure_platforms(registry, name, facts)
         config = None
         if not facts.is_index and not facts.is_artifact and facts.problem is None:
             config = config_view(await read_config(registry, name, facts))
-        referrers = await registry.list_referrers(name, manifest.digest, None)
+        referrers = await registry.repository(name).referrers.list(manifest.digest, None)
         tags_here = await _tags_on(site, name, manifest.digest)
         host = pull_host(site, request)
         return site.render(
@@ -214,11 +214,11 @@ def routes(site: Site) -> list[BaseRoute]:
         if request.method == "POST":
             await site.checked_form(request, viewer)
             await site.require(viewer, name, DELETE)
-            await registry.delete_manifest(name, tag, actor=viewer.name)
+            await registry.repository(name).manifests.delete(tag, site.context(request, viewer))
             return site.redirect(request, viewer, repository_url(name))
         await site.require_visible(viewer, name)
         await site.require(viewer, name, DELETE)
-        manifest = await registry.get_manifest(name, tag)
+        manifest = await registry.repository(name).manifests.get(tag)
         return await confirm(
             request,
             viewer,
@@ -235,11 +235,11 @@ def routes(site: Site) -> list[BaseRoute]:
         if request.method == "POST":
             await site.checked_form(request, viewer)
             await site.require(viewer, name, DELETE)
-            await registry.delete_manifest(name, digest, actor=viewer.name)
+            await registry.repository(name).manifests.delete(digest, site.context(request, viewer))
             return site.redirect(request, viewer, repository_url(name))
         await site.require_visible(viewer, name)
         await site.require(viewer, name, DELETE)
-        await registry.get_manifest(name, digest)
+        await registry.repository(name).manifests.get(digest)
         tags_here = await _tags_on(site, name, digest)
         return await confirm(
             request,
@@ -256,11 +256,11 @@ def routes(site: Site) -> list[BaseRoute]:
         if request.method == "POST":
             await site.checked_form(request, viewer)
             await site.require(viewer, name, DELETE)
-            await registry.delete_repository(name, actor=viewer.name)
+            await registry.delete_repository(name, site.context(request, viewer))
             return site.redirect(request, viewer, "/")
         await site.require_visible(viewer, name)
         await site.require(viewer, name, DELETE)
-        page = await registry.list_tags(name, MAX_TAGS_SHOWN, None)
+        page = await registry.repository(name).tags.list(MAX_TAGS_SHOWN, None)
         usage = await registry.repository_usage(name)
         return await confirm(
             request,
@@ -328,11 +328,11 @@ async def _platforms(site: Site, name: str, facts: ImageFacts) -> list[str]:
 
 
 async def _tags_on(site: Site, name: str, digest: str) -> list[str]:
-    tree = await site.registry.list_tags(name, MAX_TAGS_SHOWN, None)
+    tree = await site.registry.repository(name).tags.list(MAX_TAGS_SHOWN, None)
     found = []
     for tag in tree.items:
         try:
-            if (await site.registry.get_manifest(name, tag)).digest == digest:
+            if (await site.registry.repository(name).manifests.get(tag)).digest == digest:
                 found.append(tag)
         except ManifestUnknown:
             continue

@@ -30,6 +30,7 @@ from cangku.content.errors import (
 )
 from cangku.content.units import format_size
 from cangku.registry import Registry
+from cangku.registry.context import REQUEST_ID, RequestContext
 from cangku.registry.records import Visibility
 from cangku.web.sessions import Session, SessionCookies
 
@@ -149,6 +150,15 @@ class Site:
         self.templates = templates or build_templates()
 
     # -- who is looking --------------------------------------------------------------------
+    def context(self, request: Request, viewer: Viewer) -> RequestContext:
+        """The signed-in viewer as the mutating use cases see them (tag history's actor),
+        with the request id and the client address (behind trusted proxies, forwarded)."""
+        if self.access is not None:
+            address = self.access.client_address(request)
+        else:
+            address = request.client.host if request.client else "-"
+        return RequestContext(caller=viewer.name, request_id=REQUEST_ID.get(), address=address)
+
     async def viewer(self, request: Request) -> Viewer:
         session = self.cookies.read(request)
         new_session = session is None

@@ -1,0 +1,58 @@
+"""Rows of `upload_sessions`: one per open upload session, naming its repository, namespace
+and owner (registry/upload_limits.py holds the rules over them).
+
+Plain functions over a `Connection`; the caller holds the transaction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.engine import Connection
+
+from cangku.metadata.schema import upload_sessions
+
+
+def count_owned(connection: Connection, owner: str) -> int:
+    """How many sessions `owner` (a user's name, or `address:<ip>`) holds open."""
+    query = select(func.count()).select_from(upload_sessions)
+    return int(connection.scalar(query.where(upload_sessions.c.owner == owner)) or 0)
+
+
+def insert_session(
+    connection: Connection,
+    session: str,
+    repository: str,
+    namespace: str,
+    owner: str | None,
+    created_at: float,
+) -> None:
+    connection.execute(
+        insert(upload_sessions).values(
+            session=session,
+            repository=repository,
+            namespace=namespace,
+            owner=owner,
+            created_at=created_at,
+        )
+    )
+
+
+def delete_sessions(connection: Connection, sessions: list[str]) -> None:
+    if sessions:
+        connection.execute(delete(upload_sessions).where(upload_sessions.c.session.in_(sessions)))
+
+
+def delete_repository_sessions(connection: Connection, repository: str) -> None:
+    connection.execute(delete(upload_sessions).where(upload_sessions.c.repository == repository))
+
+
+def older_than(connection: Connection, created_before: float) -> list[str]:
+    """The sessions opened before `created_before` (seconds since the epoch)."""
+    query = select(upload_sessions.c.session).where(upload_sessions.c.created_at < created_before)
+    return list(connection.scalars(query).all())
+
+
+def of_namespace(connection: Connection, namespace: str) -> list[str]:
+    """The namespace's open sessions."""
+    query = select(upload_sessions.c.session).where(upload_sessions.c.namespace == namespace)
+    return list(connection.scalars(query).all())

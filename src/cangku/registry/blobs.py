@@ -1,0 +1,170 @@
+"""The blobs one repository holds: stat, delete, monolithic upload, mount.
+
+Also the two rules every way a blob enters a repository shares: `record_blob` (the row is
+written only while storage holds the file, and only within the namespace's quota) and
+`within_quota` (an upload's bytes are refused as they would cross the quota).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable
+
+from cangku.content.digest import Digest
+from cangku.content.errors import BlobUnknown, BlobUploadInvalid, Denied, RegistryError
+from cangku.metadata import Connection
+from cangku.metadata import blobs as blob_rows
+from cangku.metadata import repositories as repository_rows
+from cangku.registry import upload_limits, usage
+from cangku.registry.context import RequestContext
+from cangku.registry.core import Core
+from cangku.registry.files import TransactionFiles
+
+
+class Blobs:
+    """`BlobService` of repository `name` (validated by `Registry.repository`)."""
+
+    __slots__ = ("core", "name")
+
+    def __init__(self, core: Core, name: str) -> None:
+        self.core = core
+        self.name = name
+
+    async def stat(self, digest: str) -> tuple[Digest, int]:
+        """The size of a blob this repository holds (BLOB_UNKNOWN otherwise)."""
+        parsed = Digest.parse(digest)
+        name, text = self.name, str(parsed)
+        size = await self.core.metadata.read_cached(
+            ("blob", name, text),
+            lambda connection: blob_rows.size_in_repository(connection, name, text),
+        )
+        if size is None:
+            raise BlobUnknown("blob unknown to registry", text)
+        return parsed, size
+
+    async def delete(self, digest: str, context: RequestContext) -> None:
+        """Unlink a blob from the repository; garbage collection frees the bytes later."""
+        parsed = Digest.parse(digest)
+
+        def unlink(connection: Connection) -> bool:
+            repository_id = repository_rows.repository_id(connection, self.name)
+            return repository_id is not None and blob_rows.unlink(
+                connection, repository_id, str(parsed)
+            )
+
+        if not await self.core.metadata.write(unlink):
+            raise BlobUnknown("blob unknown to registry", str(parsed))
+
+    async def upload(
+        self,
+        digest: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        context: RequestContext,
+    ) -> Digest:
+        """A monolithic upload: the whole blob in one request, verified before it is kept."""
+        parsed = Digest.parse(digest)
+        name = self.name
+        if length is not None:
+            # Refuse before receiving the bytes; the check that counts is the one in `record`.
+            refusal = await self.core.metadata.read(
+                lambda connection: usage.check_blob_quota(connection, name, parsed, length)
+            )
+            if refusal is not None:
+                raise refusal
+        else:
+            # Of unknown length: the temporary file may grow only as far as the quota.
+            body = await within_quota(self.core, name, body, None)
+        size = await self.core.storage.write_blob(body, parsed, length)
+
+        def record(connection: Connection) -> RegistryError | None:
+            return record_blob(connection, self.core.files, name, parsed, size)
+
+        raise_if_refused(await self.core.metadata.write(record))
+        return parsed
+
+    async def mount(self, digest: str, source: str, context: RequestContext) -> Digest | None:
+        """Link a blob that repository `source` holds; None when it cannot be mounted.
+
+        Whether the caller may pull `source` is the HTTP layer's check; a mount without
+        `from` tries `Registry.repositories_holding` one by one (`automatic_mount` on).
+        """
+        parsed = Digest.parse(digest)
+        if await self.core.storage.stat(parsed) is None:
+            return None
+
+        def link(connection: Connection) -> RegistryError | bool:
+            size = blob_rows.size_in_repository(connection, source, str(parsed))
+            if size is None:
+                return False
+            return record_blob(connection, self.core.files, self.name, parsed, size) or True
+
+        outcome = await self.core.metadata.write(link)
+        if isinstance(outcome, RegistryError):
+            if isinstance(outcome, Denied):
+                raise outcome
+            return None  # Collected meanwhile: the client uploads it instead.
+        return parsed if outcome else None
+
+
+def record_blob(
+    connection: Connection, files: TransactionFiles, name: str, digest: Digest, size: int
+) -> RegistryError | None:
+    """Record a blob that storage holds and link it into repository `name`.
+
+    Returns the refusal instead of raising it, so that the caller's transaction still commits
+    its own clean-up (an upload session's row); the caller raises it afterwards.
+    """
+    recorded = blob_rows.recorded_size(connection, str(digest))
+    # Garbage collection deletes a file only inside a transaction that removed its row; this
+    # one runs before or after such a transaction, never during: the file seen here stays.
+    if not files.exists(digest):
+        return BlobUploadInvalid(
+            "the blob was garbage-collected while this upload finished; upload it again",
+            str(digest),
+        )
+    refusal = usage.check_blob_quota(connection, name, digest, size)
+    if refusal is not None:
+        if recorded is None:
+            files.delete([digest])  # Nothing half-written: unrecorded, so nobody else needs it.
+        return refusal
+    now = time.time()
+    # A fresh upload of known content restarts its garbage-collection grace period.
+    blob_rows.record(connection, str(digest), size, now, known=recorded is not None)
+    repository_id = repository_rows.ensure_repository(connection, name)
+    blob_rows.link(connection, repository_id, str(digest), now)
+    return None
+
+
+async def within_quota(
+    core: Core, name: str, body: AsyncIterable[bytes], length: int | None
+) -> AsyncIterable[bytes]:
+    """`body`, refused (Denied) where it would take the namespace's usage plus the bytes
+    its open upload sessions hold over its quota (registry/upload_limits.py)."""
+    namespace = usage.namespace_of(name)
+    # Most namespaces have no quota: a cached read, no more, on every chunk.
+    limit = await core.metadata.read_cached(
+        ("quota", namespace), lambda connection: usage.quota_limit(connection, namespace)
+    )
+    if limit is None:
+        return body
+    used, sessions = await core.metadata.read(
+        lambda connection: upload_limits.quota_state(connection, namespace)
+    )
+    parked = 0
+    for session in sessions:
+        parked += await core.storage.upload_size(session) or 0
+    allowance = limit - used - parked
+    # Of unknown length: refused as soon as it needs one byte more than is left.
+    needed = length if length is not None else allowance + 1
+    refusal = usage.over_quota(namespace, limit, used + parked, needed)
+    if refusal is None:
+        return body  # Its whole length fits (storage holds it to that length).
+    if length is not None:
+        raise refusal
+    return upload_limits.bounded(body, allowance, refusal)
+
+
+def raise_if_refused(refusal: RegistryError | None) -> None:
+    if refusal is not None:
+        raise refusal

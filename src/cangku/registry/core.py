@@ -1,0 +1,34 @@
+"""What every per-resource service of the registry shares: storage, metadata, settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cangku.metadata.store import MetadataStore
+from cangku.registry.files import TransactionFiles
+from cangku.registry.tags import TagPolicy
+from cangku.storage.base import BlobStorage
+
+# Listing pages: the spec lets a registry cap `n`; clients follow the Link header.
+MAX_PAGE_SIZE = 10_000
+
+
+@dataclass(slots=True)
+class Core:
+    """The registry's shared parts; one per Registry, handed to each service it builds.
+
+    `automatic_mount`: OCI dist-spec "Mounting a blob from another repository": a mount
+    without `from` may link the blob from any repository the caller may pull.
+    `max_open_uploads`: upload sessions one owner may keep open (registry/upload_limits.py).
+    `tag_defaults`: the server-wide tag policy; namespaces and repositories may override it.
+    """
+
+    storage: BlobStorage
+    metadata: MetadataStore
+    tag_defaults: TagPolicy
+    automatic_mount: bool
+    max_open_uploads: int
+    files: TransactionFiles = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.files = TransactionFiles(self.storage)

@@ -1,0 +1,124 @@
+"""Upload sessions of one repository: start, status, append a chunk, finish, cancel.
+
+A session's bytes live in storage under `sessions.session_name(name, id)`; its row
+(registry/upload_limits.py) counts it against its owner's cap and its namespace's quota.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+
+from cangku.content.digest import HEX_LENGTHS, Digest
+from cangku.content.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RegistryError
+from cangku.metadata import Connection
+from cangku.registry import upload_limits
+from cangku.registry.blobs import raise_if_refused, record_blob, within_quota
+from cangku.registry.context import RequestContext
+from cangku.registry.core import Core
+from cangku.registry.sessions import new_upload_id, session_name
+
+
+class Uploads:
+    """`UploadService` of repository `name` (validated by `Registry.repository`)."""
+
+    __slots__ = ("core", "name")
+
+    def __init__(self, core: Core, name: str) -> None:
+        self.core = core
+        self.name = name
+
+    async def start(self, context: RequestContext, algorithm: str = "sha256") -> str:
+        """A new upload session's id, hashing with `algorithm` ("sha256" or "sha512", OCI
+        dist-spec main `?digest-algorithm=`; DIGEST_INVALID for another). The context's
+        owner (a user's name, or `address:<ip>`) may keep at most `max_open_uploads` open
+        (TooManyRequests); no owner (in-process use): not counted."""
+        if algorithm not in HEX_LENGTHS:
+            raise DigestInvalid(f"unsupported digest algorithm {algorithm[:100]!r}")
+        upload_id = new_upload_id()
+        session = session_name(self.name, upload_id)
+        owner, cap = context.owner, self.core.max_open_uploads
+        refusal = await self.core.metadata.write(
+            lambda connection: upload_limits.open_session(
+                connection, session, self.name, owner, cap
+            )
+        )
+        raise_if_refused(refusal)
+        try:
+            await self.core.storage.create_upload(session, algorithm)
+        except BaseException:
+            await self._close(session)
+            raise
+        return upload_id
+
+    async def status(self, upload_id: str) -> int:
+        size = await self.core.storage.upload_size(session_name(self.name, upload_id))
+        if size is None:
+            raise BlobUploadUnknown("upload unknown to registry", upload_id)
+        return size
+
+    async def append(
+        self,
+        upload_id: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        content_range: tuple[int, int] | None,
+        context: RequestContext,
+    ) -> int:
+        """Append one chunk; with Content-Range it must start where the upload ends."""
+        session = session_name(self.name, upload_id)
+        start = None
+        if content_range is not None:
+            start, end = content_range
+            if length is not None and end - start + 1 != length:
+                raise BlobUploadInvalid("Content-Range does not match Content-Length")
+            length = end - start + 1
+        body = await within_quota(self.core, self.name, body, length)
+        try:
+            return await self.core.storage.append_upload(session, body, length, start)
+        except BlobUploadUnknown:
+            raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
+
+    async def finish(
+        self,
+        upload_id: str,
+        digest: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        content_range: tuple[int, int] | None,
+        context: RequestContext,
+    ) -> Digest:
+        """Take the last chunk (if any), verify the whole upload and keep it as the blob."""
+        parsed = Digest.parse(digest)
+        if length != 0:
+            # The same rules as a PATCH: a final chunk out of order is refused (416).
+            await self.append(upload_id, body, length, content_range, context)
+        session = session_name(self.name, upload_id)
+        storage = self.core.storage
+        try:
+            # The session ends here: its bytes become the blob (unless a quota refuses it).
+            size = await storage.commit_upload(session, parsed)
+        except BlobUploadUnknown:
+            raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
+        except BaseException:
+            if await storage.upload_size(session) is None:  # Refused and ended.
+                await self._close(session)
+            raise
+
+        def record(connection: Connection) -> RegistryError | None:
+            upload_limits.close_sessions(connection, [session])
+            return record_blob(connection, self.core.files, self.name, parsed, size)
+
+        raise_if_refused(await self.core.metadata.write(record))
+        return parsed
+
+    async def cancel(self, upload_id: str, context: RequestContext) -> None:
+        session = session_name(self.name, upload_id)
+        if await self.core.storage.upload_size(session) is None:
+            raise BlobUploadUnknown("upload unknown to registry", upload_id)
+        await self.core.storage.delete_upload(session)
+        await self._close(session)
+
+    async def _close(self, session: str) -> None:
+        await self.core.metadata.write(
+            lambda connection: upload_limits.close_sessions(connection, [session])
+        )
