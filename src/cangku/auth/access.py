@@ -48,6 +48,9 @@ class Challenge(Unauthorized):
         super().__init__(message)
         self.header = header
 
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.header}
+
 
 class RateLimited(TooManyRequests):
     def __init__(self, message: str, retry_after: float) -> None:

@@ -10,12 +10,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from cangku.asgi import ZERO_COPY_SEND
 from cangku.content.digest import Digest
-from cangku.content.errors import RangeInvalid
-from cangku.distribution.errors import error_response
+from cangku.content.errors import BlobUnknown, RangeInvalid
 from cangku.distribution.http import warning
+from cangku.http_errors import render_error
 from cangku.registry import Registry
-from cangku.server import ZERO_COPY_SEND
 
 BYTE_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 SEND_CHUNK = 1024 * 1024
@@ -112,8 +112,8 @@ class BlobResponse(Response):
             # collection deletes the (then unreferenced) blob meanwhile.
             file = open(path, "rb")  # noqa: SIM115 - closed below, after sending
         except FileNotFoundError:
-            response = error_response(
-                "BLOB_UNKNOWN", "blob unknown to registry", detail=str(self.digest)
+            response = render_error(
+                BlobUnknown("blob unknown to registry", detail=str(self.digest))
             )
             await response(scope, receive, send)
             return
