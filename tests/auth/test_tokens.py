@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Mapping
 
 import httpx
 import jwt
@@ -38,7 +39,7 @@ def forged(service: TokenService, **overrides: object) -> str:
 
 
 def unsigned(service: TokenService) -> str:
-    def part(value: dict[str, object]) -> str:
+    def part(value: Mapping[str, object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
     now = int(time.time())

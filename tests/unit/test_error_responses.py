@@ -27,14 +27,14 @@ def test_every_429_says_when_to_come_back() -> None:
     response = render_error(TooManyRequests("slow down", retry_after=6.2))
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "7"
-    assert json.loads(response.body)["errors"][0]["code"] == "TOOMANYREQUESTS"
+    assert json.loads(bytes(response.body))["errors"][0]["code"] == "TOOMANYREQUESTS"
 
 
 def test_unsatisfiable_range_is_416_size_invalid_with_the_size() -> None:
     response = render_error(RangeInvalid("range not satisfiable", 100))
     assert response.status_code == 416
     assert response.headers["Content-Range"] == "bytes */100"
-    assert json.loads(response.body)["errors"][0]["code"] == "SIZE_INVALID"
+    assert json.loads(bytes(response.body))["errors"][0]["code"] == "SIZE_INVALID"
 
 
 def test_too_many_tags_is_414() -> None:
@@ -68,8 +68,8 @@ async def test_v2_and_api_answer_an_error_alike(
     for response in (oci, api):
         assert response.status_code == status
         assert response.headers[header] == value
-    assert json.loads(oci.body)["errors"][0]["code"] == error.code
-    assert json.loads(api.body)["error"] == {"code": error.code, "message": error.message}
+    assert json.loads(bytes(oci.body))["errors"][0]["code"] == error.code
+    assert json.loads(bytes(api.body))["error"] == {"code": error.code, "message": error.message}
 
 
 def test_an_upload_error_says_where_to_resume_only_when_out_of_order() -> None:

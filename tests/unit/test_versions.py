@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cangku.content.versions import (
+    Version,
     highest_release,
     in_line,
     is_floating_tag,
@@ -16,7 +17,7 @@ from cangku.content.versions import (
 )
 
 
-def v(tag: str):  # type: ignore[no-untyped-def]
+def v(tag: str) -> Version:
     version = parse_version(tag)
     assert version is not None, tag
     return version
@@ -140,6 +141,6 @@ def test_highest_release_is_the_maximum_of_the_line(triples: list[tuple[int, int
     assert (best.major, best.minor, best.patch) == max(triples)
     major = triples[0][0]
     in_major = [t for t in triples if t[0] == major]
-    assert (lambda b: (b.major, b.minor, b.patch))(highest_release(versions, str(major))) == max(
-        in_major
-    )
+    best_in_major = highest_release(versions, str(major))
+    assert best_in_major is not None
+    assert (best_in_major.major, best_in_major.minor, best_in_major.patch) == max(in_major)

@@ -3,10 +3,13 @@
 # ruff: noqa: F811  (pytest fixtures take the names of the fixtures they use)
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import httpx
 import pytest
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route, Router
 
 from cangku.auth.access import Challenge
 from cangku.content.errors import (
@@ -48,10 +51,8 @@ async def _page_for(registry: Registry, error: RegistryError) -> httpx.Response:
         return await client.get("/page")
 
 
-def _asgi(endpoint: object) -> object:
-    from starlette.routing import Route, Router
-
-    return Router([Route("/page", endpoint)])  # type: ignore[arg-type]
+def _asgi(endpoint: Callable[[Request], Awaitable[Response]]) -> Router:
+    return Router([Route("/page", endpoint)])
 
 
 @pytest.mark.parametrize(
