@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cangku.auth.access import AccessControl
 from cangku.auth.accounts import Accounts
+from cangku.auth.errors import Unauthorized
 from cangku.auth.tokens import ALGORITHM, ISSUER, Access, TokenService, key_id
-from cangku.content.errors import Unauthorized
 from tests.api.helpers import error_code
 from tests.auth.conftest import basic, bearer, token_for
 

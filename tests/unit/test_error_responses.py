@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cangku.api.errors import json_errors
-from cangku.auth.access import Challenge
+from cangku.auth.errors import Challenge
 from cangku.content.errors import (
     BlobUploadUnknown,
     RangeInvalid,

@@ -11,9 +11,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from cangku.auth.access import AccessControl, parse_basic
+from cangku.auth.errors import Unauthorized
 from cangku.auth.permissions import ANONYMOUS, Principal
 from cangku.auth.tokens import Access
-from cangku.content.errors import RegistryError, Unauthorized
+from cangku.content.errors import RegistryError
 from cangku.content.names import REPOSITORY_NAME
 from cangku.http_errors import render_error
 

@@ -2,13 +2,13 @@
 
 Each class declares, once, its OCI error code (`code`, OCI dist-spec "Error Codes"), the
 HTTP status it is answered with (`status`) and the headers it needs (`headers()`: `Range`,
-`Content-Range`, `Retry-After`; `auth.access.Challenge` adds `WWW-Authenticate`). One
-function, `cangku.http_errors.render_error`, turns them into responses for /v2,
-/auth/token, /api/v1 and the pages; no other module chooses a status for them.
+`Content-Range`, `Retry-After`). The 401s of authentication exist only in HTTP and live in
+`auth/errors.py`. One function, `cangku.http_errors.render_error`, turns them all into
+responses for /v2, /auth/token, /api/v1 and the pages; no other module picks their status.
 
     RegistryError
     ├── BlobUnknown, BlobUploadUnknown, DigestInvalid, ManifestBlobUnknown, ManifestInvalid,
-    │   ManifestUnknown, NameInvalid, NameUnknown, Unauthorized, Denied, RequestInvalid,
+    │   ManifestUnknown, NameInvalid, NameUnknown, Denied, RequestInvalid,
     │   PaginationNumberInvalid
     ├── BlobUploadInvalid ── UploadOutOfOrder (416)
     ├── SizeInvalid ── PayloadTooLarge (413), RangeInvalid (416)
@@ -102,11 +102,6 @@ class PayloadTooLarge(SizeInvalid):
     """A body over a hard limit (answered with 413)."""
 
     status = 413
-
-
-class Unauthorized(RegistryError):
-    code = "UNAUTHORIZED"
-    status = 401
 
 
 class Denied(RegistryError):

@@ -7,7 +7,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from cangku.auth.access import RateLimited
-from cangku.content.errors import Unauthorized
+from cangku.auth.errors import Unauthorized
 from cangku.web.sessions import MAX_AGE_SECONDS
 from cangku.web.site import Site, Viewer, safe_next
 
