@@ -73,3 +73,15 @@ async def test_error_pages_use_the_error_table(
     assert error.message in page.text
     for name, value in headers.items():
         assert page.headers.get(name) == value
+
+
+async def test_a_rate_limited_password_change_says_when_to_come_back(browser: Browser) -> None:
+    await browser.sign_in("jimo")
+    form = {"new_password": "a-new-long-password", "repeat_password": "a-new-long-password"}
+    for _ in range(10):
+        wrong = await browser.post("/account/password", {"current_password": "guess", **form})
+        assert wrong.status_code == 400
+    limited = await browser.post("/account/password", {"current_password": "jimo-password", **form})
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) > 0
+    assert "Too many failed attempts" in limited.text
