@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,16 +48,16 @@ def s3_settings(prefix: str | None = None, *, redirect: bool = False) -> S3Setti
 def remove_everything(storage: S3Storage) -> None:
     """Every object and multipart upload under the storage's prefix (test teardown)."""
     client, bucket = storage.client, storage.bucket
-    for page in client.get_paginator("list_multipart_uploads").paginate(
+    for uploads in client.get_paginator("list_multipart_uploads").paginate(
         Bucket=bucket, Prefix=storage.prefix
     ):
-        for upload in page.get("Uploads", []):
+        for upload in uploads.get("Uploads", []):
             client.abort_multipart_upload(
                 Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
             )
     for page in client.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=storage.prefix
     ):
-        keys = [{"Key": entry["Key"]} for entry in page.get("Contents", [])]
+        keys: list[Any] = [{"Key": entry["Key"]} for entry in page.get("Contents", [])]
         if keys:
             client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})

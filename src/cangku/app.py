@@ -86,7 +86,8 @@ def build_access_control(settings: Settings, registry: Registry) -> AccessContro
 
 async def create_initial_admin(settings: Settings, access: AccessControl) -> None:
     """First start of an empty data directory: an `admin` account, its password shown once."""
-    password = os.environ.get("CANGKU_ADMIN_PASSWORD") or None
+    secret = settings.admin_password
+    password = (secret.get_secret_value() if secret is not None else "") or None
     generated = await access.accounts.ensure_initial_admin(settings.data, password)
     if generated is not None:
         log.warning(

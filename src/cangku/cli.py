@@ -570,11 +570,10 @@ def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
 
 
 def serve_forever(settings: Settings) -> int:
-    import os
-
     import uvicorn
 
     from cangku.app import create_app
+    from cangku.config import tracing_environment
     from cangku.observability import configure_logging
     from cangku.server import server_config
     from cangku.tracing import configure_tracing
@@ -587,7 +586,7 @@ def serve_forever(settings: Settings) -> int:
             settings.listen,
         )
     try:
-        tracing = configure_tracing(os.environ)
+        tracing = configure_tracing(tracing_environment())
     except ValueError as error:
         print(f"cangku: invalid configuration: {error}", file=sys.stderr)
         return 2

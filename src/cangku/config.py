@@ -2,11 +2,17 @@
 
 Environment variables use `__` for nesting: `CANGKU_STORAGE__FSYNC=true`,
 `CANGKU_AUTH__OPEN=true`. docs/configuration.md lists every option.
+
+This module is the only one that reads the environment: `Settings` (CANGKU_*),
+`config_file_from_environment` (CANGKU_CONFIG_FILE, which names the file the settings come
+from) and `tracing_environment` (OpenTelemetry's own OTEL_* variables).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -214,6 +220,9 @@ class Settings(BaseSettings):
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
+    # The password of the `admin` account created on the first start (CANGKU_ADMIN_PASSWORD);
+    # None or empty: a random one, written to DATA/initial-admin-password.
+    admin_password: SecretStr | None = None
 
     @field_validator("listen")
     @classmethod
@@ -243,6 +252,25 @@ class Settings(BaseSettings):
             return ipaddress.ip_address(host).is_loopback
         except ValueError:
             return False
+
+
+def config_file_from_environment(default: Path) -> Path | None:
+    """The YAML file named by CANGKU_CONFIG_FILE (else `default`), if it exists; None if not.
+    Read before the settings, since it says where they come from (the image's entrypoint and
+    healthcheck use it)."""
+    path = Path(os.environ.get("CANGKU_CONFIG_FILE") or default)
+    return path if path.is_file() else None
+
+
+# The OpenTelemetry SDK's environment variables that cangku's tracing set-up reads
+# (cangku.tracing.configure_tracing); they keep OpenTelemetry's names, not CANGKU_*.
+OTEL_PREFIX = "OTEL_"
+
+
+def tracing_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The OTEL_* variables of `environ` (default: the process environment), name → value."""
+    source = os.environ if environ is None else environ
+    return {name: value for name, value in source.items() if name.startswith(OTEL_PREFIX)}
 
 
 def split_listen(value: str) -> tuple[str, int]:

@@ -7,22 +7,20 @@ on. A server listening on every address is asked on loopback. Exit 1: not ready 
 
 from __future__ import annotations
 
-import os
 import ssl
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cangku.config import load_settings
+from cangku.config import config_file_from_environment, load_settings
 
 DEFAULT_CONFIG = Path("/etc/cangku/config.yml")
 TIMEOUT = 4.0  # seconds; the image's HEALTHCHECK allows 5
 
 
 def readiness_url() -> str:
-    config = Path(os.environ.get("CANGKU_CONFIG_FILE") or DEFAULT_CONFIG)
-    settings = load_settings(config if config.is_file() else None)
+    settings = load_settings(config_file_from_environment(DEFAULT_CONFIG))
     host = settings.host
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"

@@ -53,10 +53,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cangku.asgi import ZERO_COPY_SEND
 from cangku.config import Settings, split_listen
 from cangku.registry.context import REQUEST_ID
 from cangku.registry.usage import stored_content
-from cangku.server import ZERO_COPY_SEND
 
 if TYPE_CHECKING:
     from cangku.registry import Registry

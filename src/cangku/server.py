@@ -28,10 +28,10 @@ from starlette.types import ASGIApp
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from cangku.asgi import ZERO_COPY_SEND
 from cangku.config import Settings
 from cangku.connections import ConnectionLimits, GuardedHttpProtocol, LimitedConfig
 
-ZERO_COPY_SEND = "http.response.zerocopysend"  # the ASGI extension
 # The first byte of a TLS record carrying a handshake, as a ClientHello starts (RFC 8446 5.1).
 TLS_HANDSHAKE_RECORD = 0x16
 # Client addresses whose TLS attempt on a plain-HTTP port was logged (the oldest forgotten).

@@ -328,7 +328,7 @@ async def _repository_with_images(
         return [await image(client, name) for _ in range(count)]
 
 
-def _app(registry: Registry, data_dir: Path):  # type: ignore[no-untyped-def]
+def _app(registry: Registry, data_dir: Path):
     from cangku.app import create_app
     from cangku.config import Settings
 

@@ -24,7 +24,7 @@ async def serve_for(settings: Settings, registry: Registry, seconds: float) -> N
     inbox: asyncio.Queue[Message] = asyncio.Queue()
     outbox: asyncio.Queue[Message] = asyncio.Queue()
     await inbox.put({"type": "lifespan.startup"})
-    server = asyncio.create_task(
+    server = asyncio.ensure_future(
         app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put)
     )
     assert (await outbox.get())["type"] == "lifespan.startup.complete"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -180,7 +181,7 @@ async def test_manifest_over_4_mib_is_refused_before_reading_it_all(
     assert response.status_code == 413
     assert error_code(response) == "SIZE_INVALID"
 
-    async def endless() -> object:
+    async def endless() -> AsyncIterator[bytes]:
         for _ in range(10_000):
             yield b"x" * 65536
 

@@ -97,7 +97,7 @@ async def test_referrers_are_listed_with_type_size_and_annotations(
                 "annotations": {"k": "sig"},
             },
         ],
-        key=lambda d: d["digest"],
+        key=lambda d: str(d["digest"]),
     )
     assert "OCI-Filters-Applied" not in response.headers
 

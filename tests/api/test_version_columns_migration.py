@@ -23,7 +23,7 @@ BEFORE = {
 }
 
 
-def upgrade(engine, revision: str) -> None:  # type: ignore[no-untyped-def]
+def upgrade(engine, revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:

@@ -21,7 +21,7 @@ async def put(client: httpx.AsyncClient, tag: str, content: bytes) -> None:
     assert response.status_code == 201, response.text
 
 
-def tags_in(tree: dict) -> list[str]:  # type: ignore[type-arg]
+def tags_in(tree: dict) -> list[str]:
     return [
         version["tag"]
         for major in tree["majors"]

@@ -23,10 +23,11 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cangku.asgi import ZERO_COPY_SEND
 from cangku.config import Settings
 from cangku.content.digest import Digest
 from cangku.registry import Registry
-from cangku.server import ZERO_COPY_SEND, server_config
+from cangku.server import server_config
 from cangku.storage.filesystem import FilesystemStorage
 from tests.api.helpers import push_blob
 from tests.tls import TlsFiles, make_tls_files

@@ -239,6 +239,7 @@ def test_imported_cheap_hashes_are_upgraded_at_the_first_login(
         stored = await accounts.metadata.read(
             lambda c: c.scalar(select(users.c.password_hash).where(users.c.name == "alice"))
         )
+        assert stored is not None
         return passwords.bcrypt_cost(stored)
 
     assert with_accounts(tmp_path / "data", stored_cost) == 6

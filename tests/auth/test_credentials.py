@@ -95,7 +95,7 @@ async def test_verified_password_is_cached_and_a_new_password_ends_it(
     client: httpx.AsyncClient, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checks = []
-    real = accounts_module.verify_password
+    real = accounts_module.verify_password  # type: ignore[attr-defined]  # patched where used
 
     def counting(password: str, password_hash: str) -> bool:
         checks.append(password)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Mapping
 
 import httpx
 import jwt
@@ -13,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cangku.auth.access import AccessControl
 from cangku.auth.accounts import Accounts
+from cangku.auth.errors import Unauthorized
 from cangku.auth.tokens import ALGORITHM, ISSUER, Access, TokenService, key_id
-from cangku.content.errors import Unauthorized
 from tests.api.helpers import error_code
 from tests.auth.conftest import basic, bearer, token_for
 
@@ -38,7 +39,7 @@ def forged(service: TokenService, **overrides: object) -> str:
 
 
 def unsigned(service: TokenService) -> str:
-    def part(value: dict[str, object]) -> str:
+    def part(value: Mapping[str, object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
     now = int(time.time())

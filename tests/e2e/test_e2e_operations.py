@@ -61,12 +61,12 @@ def test_sigterm_lets_a_running_upload_finish(registry_factory: RegistryServerFa
     body = os.urandom(200_000)
     connection = raw_connection(server)
     with connection:
-        head = (
+        request_head = (
             f"PATCH {location} HTTP/1.1\r\nHost: {server.host}\r\n"
             "Content-Type: application/octet-stream\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         )
-        connection.sendall(head.encode() + body[:1000])
+        connection.sendall(request_head.encode() + body[:1000])
         time.sleep(0.3)  # the request is running: its handler waits for the rest of the body
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)

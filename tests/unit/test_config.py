@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import uvicorn
 
 from cangku import cli
-from cangku.config import Settings, load_settings, split_listen
+from cangku.config import Settings, load_settings, split_listen, tracing_environment
 from cangku.server import ZeroCopyHttpProtocol
 
 
@@ -207,3 +208,45 @@ def test_serve_passes_the_shutdown_timeout_to_the_server(
     monkeypatch.setenv("CANGKU_SHUTDOWN_TIMEOUT", "7s")
     assert cli.main(["serve", "--data", str(tmp_path)]) == 0
     assert started[0].timeout_graceful_shutdown == 7.0
+
+
+def test_the_initial_admin_password_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().admin_password is None
+    monkeypatch.setenv("CANGKU_ADMIN_PASSWORD", "first-start-secret")
+    settings = load_settings()
+    assert settings.admin_password is not None
+    assert settings.admin_password.get_secret_value() == "first-start-secret"
+    # Never shown when the settings are logged or printed.
+    assert "first-start-secret" not in repr(settings)
+    assert "first-start-secret" not in settings.model_dump_json()
+
+
+def test_tracing_reads_only_the_otel_variables() -> None:
+    environ = {"OTEL_TRACES_EXPORTER": "console", "PATH": "/bin", "CANGKU_DATA": "/d"}
+    assert tracing_environment(environ) == {"OTEL_TRACES_EXPORTER": "console"}
+
+
+def test_only_the_config_module_reads_the_environment() -> None:
+    """Settings are read through `cangku.config` alone: no other module of the package looks
+    at os.environ or os.getenv (or imports them under another name)."""
+    assert environment_readers(Path(cli.__file__).parent) == []
+
+
+ENVIRONMENT = {"environ", "getenv", "environb"}
+
+
+def environment_readers(package: Path) -> list[str]:
+    """`file:line` of every read of the process environment outside config.py."""
+    readers = []
+    for path in sorted(package.rglob("*.py")):
+        if path == package / "config.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            reads = (isinstance(node, ast.Attribute) and node.attr in ENVIRONMENT) or (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "os"
+                and bool({alias.name for alias in node.names} & ENVIRONMENT)
+            )
+            if reads:
+                readers.append(f"{path.relative_to(package)}:{getattr(node, 'lineno', 0)}")
+    return readers

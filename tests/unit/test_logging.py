@@ -12,13 +12,13 @@ import pytest
 
 from cangku.config import Settings
 from cangku.observability import (
-    REQUEST_ID,
     JsonFormatter,
     ObservedApp,
     RequestIdFilter,
     TextFormatter,
     configure_logging,
 )
+from cangku.registry.context import REQUEST_ID
 
 
 def record(name: str, message: str, **extra: object) -> logging.LogRecord:

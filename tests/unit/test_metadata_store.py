@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,13 @@ from cangku.metadata.store import MetadataStore, sqlite_url
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> MetadataStore:
+async def store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
     opened = MetadataStore.open(sqlite_url(tmp_path))
-    yield opened  # type: ignore[misc]
+    yield opened
     await opened.close()
 
 
-def add(name: str) -> object:
+def add(name: str) -> Callable[[Connection], str]:
     def work(connection: Connection) -> str:
         connection.execute(insert(repositories).values(name=name, created_at=0.0))
         return name
@@ -33,7 +34,7 @@ async def test_concurrent_writes_each_get_their_own_outcome(store: MetadataStore
     await store.write(add("taken"))
     names = [f"repo{i}" for i in range(40)]
     outcomes = await asyncio.gather(
-        *(store.write(add(name)) for name in [*names[:20], "taken", *names[20:]]),  # type: ignore[arg-type]
+        *(store.write(add(name)) for name in [*names[:20], "taken", *names[20:]]),
         return_exceptions=True,
     )
     assert [o for o in outcomes if isinstance(o, Exception)] and isinstance(
@@ -51,7 +52,7 @@ async def test_a_refused_write_leaves_nothing_half_written(store: MetadataStore)
 
     results = await asyncio.gather(
         store.write(half), store.write(add("other")), return_exceptions=True
-    )  # type: ignore[arg-type]
+    )
     assert isinstance(results[0], ValueError) and results[1] == "other"
     names = await store.read(lambda c: c.scalars(select(repositories.c.name)).all())
     assert names == ["other"]
@@ -98,9 +99,9 @@ async def test_writes_queued_behind_a_fatal_error_end_instead_of_waiting(
     def fatal(connection: Connection) -> None:
         raise Halt
 
-    first = asyncio.ensure_future(store.write(fatal))  # type: ignore[arg-type]
+    first = asyncio.ensure_future(store.write(fatal))
     await asyncio.sleep(0)  # its batch is on the way to the writer thread
-    behind = asyncio.ensure_future(store.write(add("behind")))  # type: ignore[arg-type]
+    behind = asyncio.ensure_future(store.write(add("behind")))
     _, pending = await asyncio.wait([first, behind], timeout=10)
     assert not pending, "a write queued behind the fatal one was left waiting"
     assert isinstance(first.exception(), Halt)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cangku.content.versions import (
+    Version,
     highest_release,
     in_line,
     is_floating_tag,
@@ -17,7 +18,7 @@ from cangku.content.versions import (
 )
 
 
-def v(tag: str):  # type: ignore[no-untyped-def]
+def v(tag: str) -> Version:
     version = parse_version(tag)
     assert version is not None, tag
     return version
@@ -141,9 +142,9 @@ def test_highest_release_is_the_maximum_of_the_line(triples: list[tuple[int, int
     assert (best.major, best.minor, best.patch) == max(triples)
     major = triples[0][0]
     in_major = [t for t in triples if t[0] == major]
-    assert (lambda b: (b.major, b.minor, b.patch))(highest_release(versions, str(major))) == max(
-        in_major
-    )
+    best_in_major = highest_release(versions, str(major))
+    assert best_in_major is not None
+    assert (best_in_major.major, best_in_major.minor, best_in_major.patch) == max(in_major)
 
 
 identifiers = st.one_of(
@@ -167,7 +168,7 @@ versions = st.builds(
 
 
 @given(versions, versions)
-def test_precedence_keys_compare_bytewise_as_semver_does(a, b) -> None:  # type: ignore[no-untyped-def]
+def test_precedence_keys_compare_bytewise_as_semver_does(a, b) -> None:
     assert (a.precedence_key() < b.precedence_key()) == (a < b)
     assert (a.precedence_key() == b.precedence_key()) == (a == b)
 
@@ -180,7 +181,7 @@ def test_precedence_keys_of_the_semver_example_ascend() -> None:
 
 
 @given(versions, st.sampled_from(["1", "1.9", "v1", "v1.9", "0", "10.0", "latest"]))
-def test_a_line_holds_exactly_the_keys_of_its_versions(version, floating) -> None:  # type: ignore[no-untyped-def]
+def test_a_line_holds_exactly_the_keys_of_its_versions(version, floating) -> None:
     line = line_of(floating)
     assert line is not None
     inside = line.low <= version.precedence_key() < line.high and line.prefix in (
@@ -191,7 +192,7 @@ def test_a_line_holds_exactly_the_keys_of_its_versions(version, floating) -> Non
 
 
 @given(st.sampled_from(["0", "1", "1.9", "v1.9"]), numbers, numbers, numbers)
-def test_lines_hold_their_own_releases(floating, major, minor, patch) -> None:  # type: ignore[no-untyped-def]
+def test_lines_hold_their_own_releases(floating, major, minor, patch) -> None:
     # Random versions rarely fall in a given line; these are built to.
     line = line_of(floating)
     assert line is not None

@@ -357,7 +357,8 @@ async def test_a_stored_manifest_the_parser_now_refuses_is_shown_with_the_reason
 
 
 texts = st.text(max_size=20)
-annotations = st.none() | st.dictionaries(
+# Not named `annotations`: that is the `from __future__` feature's name in this module.
+annotation_maps = st.none() | st.dictionaries(
     st.sampled_from(["org.opencontainers.image.title", "org.example", ""]) | texts,
     texts,
     max_size=3,
@@ -373,7 +374,7 @@ def manifests(draw: st.DrawFn, blobs: list[dict[str, Any]], image: dict[str, Any
 
     def descriptor(base: dict[str, Any]) -> dict[str, Any]:
         found = {**base, "mediaType": draw(media_types)}
-        extra = draw(annotations)
+        extra = draw(annotation_maps)
         if extra is not None:
             found["annotations"] = extra
         if draw(st.booleans()):
@@ -405,7 +406,7 @@ def manifests(draw: st.DrawFn, blobs: list[dict[str, Any]], image: dict[str, Any
         document["artifactType"] = draw(media_types)
     if draw(st.booleans()):
         document["subject"] = image
-    extra = draw(annotations)
+    extra = draw(annotation_maps)
     if extra is not None:
         document["annotations"] = extra
     return json.dumps(document).encode()

@@ -1,16 +1,15 @@
 """Domain errors as JSON for the /api/v1 endpoints: `{"error": {"code", "message"}}`,
-with the same statuses (and authentication headers) as the /v2 API."""
+with the statuses and headers of the error table (`content/errors.py`), as on /v2."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from cangku.auth.access import Challenge
-from cangku.content.errors import RegistryError, TooManyRequests
-from cangku.distribution.errors import STATUS_BY_CODE
+from cangku.content.errors import RegistryError
+from cangku.http_errors import render_error
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -20,15 +19,6 @@ def json_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except RegistryError as error:
-            headers = {}
-            if isinstance(error, Challenge):
-                headers["WWW-Authenticate"] = error.header
-            if isinstance(error, TooManyRequests):
-                headers["Retry-After"] = str(error.retry_after)
-            return JSONResponse(
-                {"error": {"code": error.code, "message": error.message}},
-                status_code=error.status or STATUS_BY_CODE.get(error.code, 400),
-                headers=headers,
-            )
+            return render_error(error, "api")
 
     return handle

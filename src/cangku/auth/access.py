@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from cangku.auth.accounts import Accounts
+from cangku.auth.errors import Challenge, Unauthorized
 from cangku.auth.permissions import ANONYMOUS, PULL, PUSH, Principal
 from cangku.auth.ratelimit import FailureLimiter
 from cangku.auth.tokens import AccessToken, TokenService
-from cangku.content.errors import Denied, TooManyRequests, Unauthorized
+from cangku.content.errors import Denied, TooManyRequests
 from cangku.registry.records import Visibility
 
 log = logging.getLogger("cangku")
@@ -39,14 +40,6 @@ CATALOG = "catalog"
 CREDENTIAL_CACHE_SECONDS = 60.0
 CREDENTIAL_CACHE_SIZE = 1024
 SAFE_HOST = re.compile(r"[A-Za-z0-9.\-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
-
-
-class Challenge(Unauthorized):
-    """401 with a WWW-Authenticate header telling the client where to get a token."""
-
-    def __init__(self, message: str, header: str) -> None:
-        super().__init__(message)
-        self.header = header
 
 
 class RateLimited(TooManyRequests):

@@ -4,7 +4,6 @@ password and refresh-token grants (POST) that docker and containerd use."""
 from __future__ import annotations
 
 import datetime
-import json
 import re
 
 from starlette.requests import Request
@@ -12,10 +11,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from cangku.auth.access import AccessControl, parse_basic
+from cangku.auth.errors import Unauthorized
 from cangku.auth.permissions import ANONYMOUS, Principal
 from cangku.auth.tokens import Access
-from cangku.content.errors import RegistryError, TooManyRequests, Unauthorized
+from cangku.content.errors import RegistryError
 from cangku.content.names import REPOSITORY_NAME
+from cangku.http_errors import render_error
 
 # `repository:NAME:pull,push`, optionally with a resource class: `repository(plugin):…`.
 SCOPE = re.compile(r"(?P<type>[a-z]+)(?:\([a-z0-9]+\))?:(?P<name>[^:]+):(?P<actions>[a-z*,]+)")
@@ -137,15 +138,7 @@ def _check_service(access: AccessControl, service: str | None) -> None:
 
 def _error(error: RegistryError, access: AccessControl) -> Response:
     headers = {}
-    status = 401
-    if isinstance(error, TooManyRequests):
-        status = 429
-        headers["Retry-After"] = str(error.retry_after)
-    else:
+    if error.status == 401:
         # RFC 9110 §11.6.1: every 401 carries a challenge; here, for Basic credentials.
         headers["WWW-Authenticate"] = f'Basic realm="{access.tokens.service}"'
-
-    body = {"errors": [{"code": error.code, "message": error.message}]}
-    return Response(
-        json.dumps(body), status_code=status, headers=headers, media_type="application/json"
-    )
+    return render_error(error, headers=headers)

@@ -19,7 +19,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cangku.content.errors import Unauthorized
+from cangku.auth.errors import Unauthorized
 from cangku.keyfiles import read_or_create
 
 ALGORITHM = "ES256"

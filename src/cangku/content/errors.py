@@ -1,11 +1,14 @@
-"""Domain errors carrying the OCI distribution-spec error code.
+"""Domain errors carrying the OCI distribution-spec error code: the one error table.
 
-The HTTP layer maps each code to a status in one place (`distribution/errors.py`); an error
-whose status differs from its code's usual one (416, 413, 414) says so in `status`.
+Each class declares, once, its OCI error code (`code`, OCI dist-spec "Error Codes"), the
+HTTP status it is answered with (`status`) and the headers it needs (`headers()`: `Range`,
+`Content-Range`, `Retry-After`). The 401s of authentication exist only in HTTP and live in
+`auth/errors.py`. One function, `cangku.http_errors.render_error`, turns them all into
+responses for /v2, /auth/token, /api/v1 and the pages; no other module picks their status.
 
     RegistryError
     ├── BlobUnknown, BlobUploadUnknown, DigestInvalid, ManifestBlobUnknown, ManifestInvalid,
-    │   ManifestUnknown, NameInvalid, NameUnknown, Unauthorized, Denied, RequestInvalid,
+    │   ManifestUnknown, NameInvalid, NameUnknown, Denied, RequestInvalid,
     │   PaginationNumberInvalid
     ├── BlobUploadInvalid ── UploadOutOfOrder (416)
     ├── SizeInvalid ── PayloadTooLarge (413), RangeInvalid (416)
@@ -22,17 +25,22 @@ class RegistryError(Exception):
     """An error a client can act on; `code` is one of the spec's error codes."""
 
     code = "UNKNOWN"
-    # The HTTP status when it is not the code's usual one (distribution/errors.py).
-    status: int | None = None
+    # The HTTP status this error is answered with (OCI dist-spec "Error Codes" table).
+    status = 400
 
     def __init__(self, message: str, detail: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
 
+    def headers(self) -> dict[str, str]:
+        """The response headers this error needs besides the body (none by default)."""
+        return {}
+
 
 class BlobUnknown(RegistryError):
     code = "BLOB_UNKNOWN"
+    status = 404
 
 
 class BlobUploadInvalid(RegistryError):
@@ -50,9 +58,14 @@ class UploadOutOfOrder(BlobUploadInvalid):
         super().__init__(message)
         self.current_size = current_size
 
+    def headers(self) -> dict[str, str]:
+        # The bytes received so far; an empty upload still says `0-0` (as Distribution does).
+        return {"Range": f"0-{max(self.current_size - 1, 0)}"}
+
 
 class BlobUploadUnknown(RegistryError):
     code = "BLOB_UPLOAD_UNKNOWN"
+    status = 404
 
 
 class DigestInvalid(RegistryError):
@@ -69,6 +82,7 @@ class ManifestInvalid(RegistryError):
 
 class ManifestUnknown(RegistryError):
     code = "MANIFEST_UNKNOWN"
+    status = 404
 
 
 class NameInvalid(RegistryError):
@@ -77,6 +91,7 @@ class NameInvalid(RegistryError):
 
 class NameUnknown(RegistryError):
     code = "NAME_UNKNOWN"
+    status = 404
 
 
 class SizeInvalid(RegistryError):
@@ -89,16 +104,14 @@ class PayloadTooLarge(SizeInvalid):
     status = 413
 
 
-class Unauthorized(RegistryError):
-    code = "UNAUTHORIZED"
-
-
 class Denied(RegistryError):
     code = "DENIED"
+    status = 403
 
 
 class Unsupported(RegistryError):
     code = "UNSUPPORTED"
+    status = 405
 
 
 class TooManyTags(Unsupported):
@@ -112,10 +125,15 @@ class TooManyRequests(RegistryError):
     """429; `retry_after` (whole seconds) becomes the Retry-After header (RFC 6585 §4)."""
 
     code = "TOOMANYREQUESTS"
+    status = 429
 
     def __init__(self, message: str, retry_after: float = 1.0, detail: Any = None) -> None:
         super().__init__(message, detail)
         self.retry_after = max(1, int(retry_after + 0.999))
+
+    def headers(self) -> dict[str, str]:
+        # OCI dist-spec main: a 429 SHOULD say when to come back.
+        return {"Retry-After": str(self.retry_after)}
 
 
 class RequestInvalid(RegistryError):
@@ -140,3 +158,6 @@ class RangeInvalid(SizeInvalid):
     def __init__(self, message: str, blob_size: int) -> None:
         super().__init__(message)
         self.blob_size = blob_size
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.blob_size}"}

@@ -10,12 +10,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from cangku.asgi import ZERO_COPY_SEND
 from cangku.content.digest import Digest
 from cangku.content.errors import BlobUnknown, RangeInvalid
-from cangku.distribution.errors import error_response
 from cangku.distribution.http import request_context, warning
+from cangku.http_errors import render_error
 from cangku.registry import Registry
-from cangku.server import ZERO_COPY_SEND
 from cangku.storage.base import LocalFile, Redirect
 
 BYTE_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
@@ -110,8 +110,8 @@ class BlobResponse(Response):
             # collection deletes the (then unreferenced) blob meanwhile.
             content = await self.registry.open_blob(self.digest, self.start, self.end)
         except BlobUnknown:
-            response = error_response(
-                "BLOB_UNKNOWN", "blob unknown to registry", detail=str(self.digest)
+            response = render_error(
+                BlobUnknown("blob unknown to registry", detail=str(self.digest))
             )
             await response(scope, receive, send)
             return

@@ -15,12 +15,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from cangku.auth.access import CATALOG, AccessControl, Challenge
+from cangku.auth.access import CATALOG, AccessControl
 from cangku.auth.permissions import DELETE, PULL, PUSH
-from cangku.content.errors import RegistryError
+from cangku.content.errors import NameUnknown, RegistryError, Unsupported
 from cangku.distribution import base, blobs, catalog, manifests, referrers, tags, uploads
-from cangku.distribution.errors import error_response, registry_error_response
 from cangku.distribution.http import API_VERSION_HEADER, upload_location
+from cangku.http_errors import render_error
 from cangku.registry import Registry
 
 Handler = Callable[..., Awaitable[Response]]
@@ -109,10 +109,8 @@ class DistributionApp:
                 route = methods.get("GET")  # Every GET resource answers HEAD too.
             if route is None:
                 allowed = [*methods, "HEAD"] if "GET" in methods else list(methods)
-                return error_response(
-                    "UNSUPPORTED",
-                    f"{request.method} is not supported here",
-                    status=405,
+                return render_error(
+                    Unsupported(f"{request.method} is not supported here"),
                     headers={"Allow": ", ".join(dict.fromkeys(allowed))},
                     head=head,
                 )
@@ -129,14 +127,10 @@ class DistributionApp:
                     request.scope["cangku.access"] = self.access
                     request.scope["cangku.caller"] = caller
                 return await handler(request, self.registry, **params)
-            except Challenge as error:
-                return registry_error_response(
-                    error, head=head, headers={"WWW-Authenticate": error.header}
-                )
             except RegistryError as error:
                 location = None
                 if "upload_id" in params:
                     location = upload_location(params["name"], params["upload_id"])
-                return registry_error_response(error, location=location, head=head)
+                return render_error(error, location=location, head=head)
         request.scope["cangku.route"] = "v2.unmatched"
-        return error_response("NAME_UNKNOWN", "no such endpoint", status=404, head=head)
+        return render_error(NameUnknown("no such endpoint"), head=head)

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from cangku.auth.access import RateLimited
 from cangku.auth.accounts import AccountError
 from cangku.content.errors import RegistryError
 from cangku.web.sessions import MAX_AGE_SECONDS
@@ -61,6 +62,12 @@ def routes(site: Site) -> list[BaseRoute]:
             return await render(request, viewer, error="The new passwords differ.", status=400)
         try:  # Rate-limited like any sign-in.
             principal = await site.access.check_credentials(request, viewer.name, current)
+        except RateLimited as error:
+            refused = await render(
+                request, viewer, error="Too many failed attempts; try again later.", status=429
+            )
+            refused.headers.update(error.headers())  # Retry-After, as every 429 (RFC 6585 §4)
+            return refused
         except RegistryError:
             principal = None
         if principal is None or principal.token_id is not None:

@@ -7,7 +7,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from cangku.auth.access import RateLimited
-from cangku.content.errors import Unauthorized
+from cangku.auth.errors import Unauthorized
 from cangku.web.sessions import MAX_AGE_SECONDS
 from cangku.web.site import Site, Viewer, safe_next
 
@@ -38,10 +38,12 @@ def routes(site: Site) -> list[BaseRoute]:
         try:
             if name and password:
                 principal = await site.access.check_credentials(request, name, password)
-        except RateLimited:
-            return form_page(
+        except RateLimited as error:
+            refused = form_page(
                 request, viewer, next_url, "Too many failed attempts; try again later.", 429
             )
+            refused.headers.update(error.headers())  # Retry-After, as every 429 (RFC 6585 §4)
+            return refused
         except Unauthorized:
             principal = None
         # Access tokens are for clients; the UI wants the password itself.

@@ -20,15 +20,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from cangku.auth.access import AccessControl, Caller
 from cangku.auth.permissions import ALL_ACTIONS, ANONYMOUS, PULL, Principal
-from cangku.content.errors import (
-    Denied,
-    ManifestUnknown,
-    NameInvalid,
-    NameUnknown,
-    RegistryError,
-    TooManyRequests,
-)
+from cangku.content.errors import RegistryError
 from cangku.content.units import format_size
+from cangku.http_errors import page_status, page_title
 from cangku.registry import Registry
 from cangku.registry.context import REQUEST_ID, RequestContext
 from cangku.registry.records import Visibility
@@ -275,13 +269,21 @@ class Site:
         return response
 
     def error_page(
-        self, request: Request, viewer: Viewer | None, status: int, title: str, message: str
+        self,
+        request: Request,
+        viewer: Viewer | None,
+        status: int,
+        title: str,
+        message: str,
+        headers: dict[str, str] | None = None,
     ) -> Response:
         if viewer is None:
             viewer = Viewer(Session("").signed_out(), ANONYMOUS, True, self.access is None)
-        return self.render(
+        response = self.render(
             request, viewer, "error.html", {"title": title, "message": message}, status
         )
+        response.headers.update(headers or {})
+        return response
 
     def page(self, handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
         """A route: finds the viewer, runs the handler, turns errors into pages."""
@@ -299,8 +301,12 @@ class Site:
             except PageError as error:
                 return self.error_page(request, viewer, error.status, error.title, error.message)
             except RegistryError as error:
-                status, title = _status_of(error)
-                return self.error_page(request, viewer, status, title, error.message)
+                status = page_status(error)
+                # The error's headers (Retry-After …) belong to its own status only.
+                headers = error.headers() if status == error.status else None
+                return self.error_page(
+                    request, viewer, status, page_title(status), error.message, headers
+                )
 
         return run
 
@@ -310,15 +316,3 @@ PageHandler = Callable[[Request, Viewer], Awaitable[Response]]
 
 def not_found(message: str) -> PageError:
     return PageError(404, "Not found", message)
-
-
-def _status_of(error: RegistryError) -> tuple[int, str]:
-    if isinstance(error, NameUnknown | ManifestUnknown):
-        return 404, "Not found"
-    if isinstance(error, NameInvalid):
-        return 404, "Not found"
-    if isinstance(error, Denied):
-        return 403, "Not allowed"
-    if isinstance(error, TooManyRequests):
-        return 429, "Too many attempts"
-    return 400, "Cannot do that"
