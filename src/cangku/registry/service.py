@@ -33,6 +33,7 @@ from cangku.content.errors import (
 )
 from cangku.content.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from cangku.content.names import parse_reference, validate_repository_name, validate_tag
+from cangku.metadata.browse import visible_to
 from cangku.metadata.schema import (
     blobs,
     manifest_references,
@@ -636,7 +637,7 @@ class Registry:
             .exists()
         )
         if visible is not None:
-            query = query.where(browse.visible_to(visible))
+            query = query.where(visible_to(visible))
         if last:
             query = query.where(repositories.c.name > last)
         ordered = query.order_by(repositories.c.name)
@@ -830,6 +831,20 @@ class Registry:
                 connection, visible, search, sort, max(offset, 0), min(limit, MAX_PAGE_SIZE)
             )
         )
+
+    async def tag_table(self, name: str, limit: int) -> browse.TagTable:
+        """The repository page's tag table: the first `limit` tags by name with their
+        manifests, newest pushes, index children and config sizes, in one read of two
+        statements (NAME_UNKNOWN for an unknown repository)."""
+        validate_repository_name(name)
+        return await self.metadata.read(
+            lambda connection: browse.tag_table(connection, name, min(limit, MAX_PAGE_SIZE))
+        )
+
+    async def tags_on(self, name: str, digest: str) -> list[str]:
+        """The tags of a repository pointing at the manifest `digest`, by name."""
+        validate_repository_name(name)
+        return await self.metadata.read(lambda connection: browse.tags_on(connection, name, digest))
 
     async def delete_repository(self, name: str, actor: str | None = None) -> None:
         """Every tag, manifest, blob link and upload of a repository, in one transaction.

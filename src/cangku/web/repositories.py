@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
@@ -11,14 +12,15 @@ from starlette.routing import BaseRoute, Route
 
 from cangku.auth.permissions import DELETE
 from cangku.content.digest import Digest
-from cangku.content.errors import ManifestUnknown, RegistryError
+from cangku.content.errors import RegistryError
 from cangku.content.names import validate_repository_name, validate_tag
-from cangku.registry.records import TagChange
 from cangku.web.images import (
     ImageFacts,
     config_view,
     image_facts,
+    load_config,
     measure_platforms,
+    measure_platforms_from,
     read_config,
 )
 from cangku.web.site import Site, Viewer, not_found, page_number
@@ -104,33 +106,29 @@ def routes(site: Site) -> list[BaseRoute]:
     async def repository_page(request: Request, viewer: Viewer) -> Response:
         name = repository_name(request)
         actions = await site.require_visible(viewer, name)
-        page = await registry.list_tags(name, MAX_TAGS_SHOWN, None)
+        # One read for the whole table, whatever the number of tags (metadata/browse.py).
+        table = await registry.tag_table(name, MAX_TAGS_SHOWN)
         rows = []
         # Floating tags share their release's image: read each one once.
         facts_by_digest: dict[str, tuple[ImageFacts, list[str]]] = {}
-        for tag in page.items:
-            try:
-                manifest = await registry.get_manifest(name, tag)
-            except ManifestUnknown:
-                continue  # Deleted meanwhile.
-            known = facts_by_digest.get(manifest.digest)
+        for tag in table.rows:
+            known = facts_by_digest.get(tag.digest)
             if known is None:
-                facts = image_facts(manifest)
-                await measure_platforms(registry, name, facts)
-                known = facts_by_digest[manifest.digest] = (
+                facts = image_facts(table.manifests[tag.digest])
+                measure_platforms_from(facts, table.manifests)
+                known = facts_by_digest[tag.digest] = (
                     facts,
-                    await _platforms(site, name, facts),
+                    await _platforms(site, facts, table.blob_sizes),
                 )
             facts, platforms = known
-            pushed = _newest_push(await registry.tag_history(name, tag), manifest.digest)
             rows.append(
                 {
-                    "tag": tag,
-                    "digest": manifest.digest,
+                    "tag": tag.tag,
+                    "digest": tag.digest,
                     "platforms": platforms,
                     "facts": facts,
-                    "pushed_at": pushed.changed_at if pushed else None,
-                    "pushed_by": (pushed.actor if pushed else None) or "",
+                    "pushed_at": tag.pushed_at,
+                    "pushed_by": tag.pushed_by or "",
                 }
             )
         policy = await registry.tag_policy(name)
@@ -148,7 +146,7 @@ def routes(site: Site) -> list[BaseRoute]:
             {
                 "name": name,
                 "rows": rows,
-                "more_tags": page.next_last is not None,
+                "more_tags": table.truncated,
                 "tree": await registry.version_tree(name),
                 "pull": pull,
                 "host": host,
@@ -173,7 +171,7 @@ def routes(site: Site) -> list[BaseRoute]:
         if not facts.is_index and not facts.is_artifact and facts.problem is None:
             config = config_view(await read_config(registry, name, facts))
         referrers = await registry.list_referrers(name, manifest.digest, None)
-        tags_here = await _tags_on(site, name, manifest.digest)
+        tags_here = await registry.tags_on(name, manifest.digest)
         host = pull_host(site, request)
         return site.render(
             request,
@@ -241,7 +239,7 @@ def routes(site: Site) -> list[BaseRoute]:
         await site.require_visible(viewer, name)
         await site.require(viewer, name, DELETE)
         await registry.get_manifest(name, digest)
-        tags_here = await _tags_on(site, name, digest)
+        tags_here = await registry.tags_on(name, digest)
         return await confirm(
             request,
             viewer,
@@ -316,33 +314,15 @@ def pull_command(host: str, name: str, facts: ImageFacts, tag: str | None) -> st
     return f"oras pull {reference}" if facts.is_artifact else f"docker pull {reference}"
 
 
-async def _platforms(site: Site, name: str, facts: ImageFacts) -> list[str]:
-    """What the repository page's Platforms column says about an image, index or artifact."""
+async def _platforms(site: Site, facts: ImageFacts, blob_sizes: Mapping[str, int]) -> list[str]:
+    """What the repository page's Platforms column says about an image, index or artifact;
+    `blob_sizes`: the config blobs the repository holds (`Registry.tag_table`)."""
     if facts.problem is not None:
         return ["cannot be parsed"]
     if facts.is_index:
         return [platform.name for platform in facts.platforms]
     if facts.is_artifact:
         return [f"artifact: {facts.artifact_type}"]
-    view = config_view(await read_config(site.registry, name, facts))
+    size = blob_sizes.get(facts.config.digest) if facts.config is not None else None
+    view = config_view(await load_config(site.registry, facts, size))
     return [view["platform"] if view["unreadable"] is None else "unknown"]
-
-
-def _newest_push(history: list[TagChange], digest: str) -> TagChange | None:
-    """The newest move of a tag onto the digest it has now (history is newest first)."""
-    for change in history:
-        if change.new_digest == digest:
-            return change
-    return None
-
-
-async def _tags_on(site: Site, name: str, digest: str) -> list[str]:
-    tree = await site.registry.list_tags(name, MAX_TAGS_SHOWN, None)
-    found = []
-    for tag in tree.items:
-        try:
-            if (await site.registry.get_manifest(name, tag)).digest == digest:
-                found.append(tag)
-        except ManifestUnknown:
-            continue
-    return found

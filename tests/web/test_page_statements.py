@@ -1,0 +1,123 @@
+"""The repository and image pages read their tag tables in a bounded number of statements.
+
+Issue 11: the repository page made up to four queries per tag for up to 500 tags. These
+tests count the SQL statements the database is sent and fail when the count grows with the
+number of tags (or images).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+from sqlalchemy import event
+
+from cangku.registry import Registry
+from tests.web.test_page_content import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    push_image,
+    site,  # noqa: F401  (the fixture)
+    text_of,
+)
+
+MANY_TAGS = 300
+
+
+@contextmanager
+def counted_statements(registry: Registry) -> Iterator[list[str]]:
+    """Every SQL statement sent to the metadata database inside the block."""
+    sent: list[str] = []
+
+    def record(*arguments: Any) -> None:
+        sent.append(str(arguments[2]))  # (connection, cursor, statement, ...)
+
+    engine = registry.metadata.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def push_images(registry: Registry, name: str, first: int, count: int) -> list[str]:
+    """`count` distinct images tagged `v{n}`, and one index over the first two."""
+    digests = []
+    for number in range(first, first + count):
+        config = json.dumps({"os": "linux", "architecture": "amd64", "n": number}).encode()
+        digest, _ = await push_image(registry, name, f"v{number:04d}", config)
+        digests.append(digest)
+    return digests
+
+
+async def push_index(registry: Registry, name: str, tag: str, children: list[str]) -> None:
+    descriptors = []
+    for digest in children:
+        stored = await registry.get_manifest(name, digest)
+        descriptors.append(
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": stored.size,
+                "platform": {"os": "linux", "architecture": "amd64"},
+            }
+        )
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors})
+    await registry.put_manifest(name, tag, index.encode(), OCI_INDEX, actor="jimo")
+
+
+async def page_statements(registry: Registry, client: httpx.AsyncClient, path: str) -> int:
+    with counted_statements(registry) as sent:
+        page = await client.get(path)
+    assert page.status_code == 200, page.text[-2000:]
+    return len(sent)
+
+
+async def test_the_tag_table_is_read_in_two_statements_whatever_the_number_of_tags(
+    site: tuple[Registry, httpx.AsyncClient],  # noqa: F811
+) -> None:
+    registry, _ = site
+    digests = await push_images(registry, "jimo/many", 0, MANY_TAGS)
+    await push_index(registry, "jimo/many", "multi", digests[:2])
+    with counted_statements(registry) as sent:
+        table = await registry.tag_table("jimo/many", 500)
+    assert len(table.rows) == MANY_TAGS + 1
+    assert len(sent) <= 2, sent
+    # What the page needs came with them: every image's config size, the index's children.
+    assert len(table.blob_sizes) == MANY_TAGS
+    assert {row.pushed_by for row in table.rows} == {None, "jimo"}
+
+
+async def test_the_repository_page_sends_as_many_statements_for_300_tags_as_for_3(
+    site: tuple[Registry, httpx.AsyncClient],  # noqa: F811
+) -> None:
+    registry, client = site
+    digests = await push_images(registry, "jimo/many", 0, 3)
+    await push_index(registry, "jimo/many", "multi", digests[:2])
+    few = await page_statements(registry, client, "/r/jimo/many")
+
+    await push_images(registry, "jimo/many", 3, MANY_TAGS - 3)
+    many = await page_statements(registry, client, "/r/jimo/many")
+    assert many == few, f"{few} statements for 4 tags, {many} for {MANY_TAGS + 1}"
+
+    text = text_of(await client.get("/r/jimo/many"))
+    assert len(re.findall(r"\bv0\d{3}\b", text)) >= MANY_TAGS
+    assert "linux/amd64" in text
+
+
+async def test_the_image_page_finds_the_tags_on_a_manifest_in_a_bounded_number_of_statements(
+    site: tuple[Registry, httpx.AsyncClient],  # noqa: F811
+) -> None:
+    registry, client = site
+    digests = await push_images(registry, "jimo/many", 0, 3)
+    few = await page_statements(registry, client, f"/r/jimo/many/-/manifests/{digests[0]}")
+
+    await push_images(registry, "jimo/many", 3, MANY_TAGS - 3)
+    many = await page_statements(registry, client, f"/r/jimo/many/-/manifests/{digests[0]}")
+    assert many == few, f"{few} statements for 3 tags, {many} for {MANY_TAGS}"
+    confirm = await client.get(f"/r/jimo/many/-/manifests/{digests[0]}/delete")
+    assert "Its tag v0000." in text_of(confirm)
