@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import event
 
+from cangku.metadata import browse as metadata_browse
 from cangku.registry import Registry
 from tests.web.test_page_content import (
     OCI_INDEX,
@@ -121,3 +123,33 @@ async def test_the_image_page_finds_the_tags_on_a_manifest_in_a_bounded_number_o
     assert many == few, f"{few} statements for 3 tags, {many} for {MANY_TAGS}"
     confirm = await client.get(f"/r/jimo/many/-/manifests/{digests[0]}/delete")
     assert "Its tag v0000." in text_of(confirm)
+
+
+async def test_the_image_page_of_an_index_reads_its_platforms_in_a_bounded_number_of_statements(
+    site: tuple[Registry, httpx.AsyncClient],  # noqa: F811
+) -> None:
+    registry, client = site
+    children = await push_images(registry, "jimo/multi", 0, 40)
+    await push_index(registry, "jimo/multi", "two", children[:2])
+    await push_index(registry, "jimo/multi", "forty", children)
+    two = await page_statements(registry, client, "/r/jimo/multi/-/tags/two")
+    forty = await page_statements(registry, client, "/r/jimo/multi/-/tags/forty")
+    assert forty == two, f"{two} statements for 2 platforms, {forty} for 40"
+    page = text_of(await client.get("/r/jimo/multi/-/tags/forty"))
+    assert "All 40 platforms together" in page
+
+
+async def test_digests_beyond_one_statements_share_are_looked_up_in_more_statements(
+    site: tuple[Registry, httpx.AsyncClient],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Databases bound a statement's parameters: a huge index is read in chunks, whole."""
+    registry, _ = site
+    children = await push_images(registry, "jimo/multi", 0, 7)
+    configs = (await registry.tag_table("jimo/multi", 10)).blob_sizes
+    monkeypatch.setattr(metadata_browse, "MAX_DIGESTS_PER_STATEMENT", 3)
+    with counted_statements(registry) as sent:
+        parts = await registry.image_parts("jimo/multi", [*children, "sha256:" + "0" * 64], configs)
+    assert sorted(parts.manifests) == sorted(children)
+    assert parts.blob_sizes == configs and len(configs) == 7
+    assert len(sent) == 5  # 15 digests, 3 at a time

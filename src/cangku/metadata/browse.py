@@ -27,6 +27,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.expression import Executable
 
 from cangku.metadata.schema import (
     blobs,
@@ -37,6 +38,10 @@ from cangku.metadata.schema import (
     tag_history,
     tags,
 )
+
+# Digests looked up per statement: far below SQLite's 32,766 and PostgreSQL's 65,535
+# parameters, and more than a page of 500 tags of images needs.
+MAX_DIGESTS_PER_STATEMENT = 5000
 
 
 class Visible(Protocol):
@@ -204,9 +209,30 @@ def manifests_and_blob_sizes(
     blob_digests: Collection[str],
 ) -> tuple[dict[str, ManifestRow], dict[str, int]]:
     """The repository's manifests among `manifest_digests` and the sizes (bytes) of the
-    blobs it holds among `blob_digests`, in one statement; digests it lacks are absent."""
-    if not manifest_digests and not blob_digests:
-        return {}, {}
+    blobs it holds among `blob_digests`; digests it lacks are absent.
+
+    One statement per `MAX_DIGESTS_PER_STATEMENT` digests (one for any page of ordinary
+    images: SQLite and PostgreSQL bound the parameters of a statement)."""
+    wanted = [("manifest", digest) for digest in sorted(manifest_digests)]
+    wanted += [("blob", digest) for digest in sorted(blob_digests)]
+    found: dict[str, ManifestRow] = {}
+    sizes: dict[str, int] = {}
+    for start in range(0, len(wanted), MAX_DIGESTS_PER_STATEMENT):
+        chunk = wanted[start : start + MAX_DIGESTS_PER_STATEMENT]
+        statement = _held(
+            repository,
+            [digest for kind, digest in chunk if kind == "manifest"],
+            [digest for kind, digest in chunk if kind == "blob"],
+        )
+        for row in connection.execute(statement).all():
+            if row.kind == "manifest":
+                found[row.digest] = ManifestRow(row.digest, row.media_type, row.size, row.content)
+            else:
+                sizes[row.digest] = row.size
+    return found, sizes
+
+
+def _held(repository: str, manifest_digests: list[str], blob_digests: list[str]) -> Executable:
     repository_id = (
         select(repositories.c.id).where(repositories.c.name == repository).scalar_subquery()
     )
@@ -218,7 +244,7 @@ def manifests_and_blob_sizes(
         manifests.c.content.label("content"),
     ).where(
         manifests.c.repository_id == repository_id,
-        manifests.c.digest.in_(sorted(manifest_digests)),
+        manifests.c.digest.in_(manifest_digests),
     )
     held_blobs = (
         select(
@@ -231,17 +257,10 @@ def manifests_and_blob_sizes(
         .select_from(repository_blobs.join(blobs, blobs.c.digest == repository_blobs.c.digest))
         .where(
             repository_blobs.c.repository_id == repository_id,
-            repository_blobs.c.digest.in_(sorted(blob_digests)),
+            repository_blobs.c.digest.in_(blob_digests),
         )
     )
-    found: dict[str, ManifestRow] = {}
-    sizes: dict[str, int] = {}
-    for row in connection.execute(union_all(held_manifests, held_blobs)).all():
-        if row.kind == "manifest":
-            found[row.digest] = ManifestRow(row.digest, row.media_type, row.size, row.content)
-        else:
-            sizes[row.digest] = row.size
-    return found, sizes
+    return union_all(held_manifests, held_blobs)
 
 
 _TAGS_ON = (

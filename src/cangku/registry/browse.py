@@ -6,6 +6,7 @@ The functions taking a `Connection` run inside the caller's transaction.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
@@ -118,16 +119,39 @@ def tag_table(connection: Connection, name: str, limit: int) -> TagTable:
             children.update(str(child.digest) for child in parsed.manifests)
         elif parsed.config is not None:
             configs.add(str(parsed.config.digest))
-    more, blob_sizes = rows.manifests_and_blob_sizes(
-        connection, name, children - manifests.keys(), configs
-    )
-    for digest, row in more.items():
-        manifests[digest] = StoredManifest(row.digest, row.media_type, row.size, row.content)
+    parts = image_parts(connection, name, children - manifests.keys(), configs)
+    manifests.update(parts.manifests)
     return TagTable(
         rows=[TagRow(row.tag, row.digest, row.pushed_at, row.pushed_by) for row in shown],
         manifests=manifests,
-        blob_sizes=blob_sizes,
+        blob_sizes=parts.blob_sizes,
         truncated=len(tagged) > limit,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ImageParts:
+    """Manifests (by digest) and blob sizes (bytes, by digest) that a repository holds."""
+
+    manifests: dict[str, StoredManifest]
+    blob_sizes: dict[str, int]
+
+
+def image_parts(
+    connection: Connection,
+    name: str,
+    manifest_digests: Collection[str],
+    blob_digests: Collection[str],
+) -> ImageParts:
+    """The repository's manifests among `manifest_digests` (an index's children) and the
+    sizes of the blobs it holds among `blob_digests` (a config), in one statement."""
+    found, sizes = rows.manifests_and_blob_sizes(connection, name, manifest_digests, blob_digests)
+    return ImageParts(
+        {
+            digest: StoredManifest(row.digest, row.media_type, row.size, row.content)
+            for digest, row in found.items()
+        },
+        sizes,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Collection
 from pathlib import Path
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
@@ -839,6 +839,17 @@ class Registry:
         validate_repository_name(name)
         return await self.metadata.read(
             lambda connection: browse.tag_table(connection, name, min(limit, MAX_PAGE_SIZE))
+        )
+
+    async def image_parts(
+        self, name: str, manifest_digests: Collection[str], blob_digests: Collection[str]
+    ) -> browse.ImageParts:
+        """What the image page measures, in one read: the child manifests among
+        `manifest_digests` and the sizes of the blobs among `blob_digests` that the
+        repository holds (digests it lacks are absent)."""
+        validate_repository_name(name)
+        return await self.metadata.read(
+            lambda connection: browse.image_parts(connection, name, manifest_digests, blob_digests)
         )
 
     async def tags_on(self, name: str, digest: str) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from cangku.content import mediatypes
 from cangku.content.digest import Digest
-from cangku.content.errors import ManifestUnknown, RegistryError
+from cangku.content.errors import RegistryError
 from cangku.content.manifest import Descriptor, parse_manifest
 from cangku.registry import Registry
 from cangku.registry.records import StoredManifest
@@ -146,21 +146,7 @@ def image_facts(manifest: StoredManifest) -> ImageFacts:
     return facts
 
 
-async def measure_platforms(registry: Registry, repository: str, facts: ImageFacts) -> None:
-    """Fill in each platform's pull size and the index's stored size from its children,
-    read one by one (the image page; the repository page reads them all at once)."""
-    if not facts.is_index:
-        return
-    children: dict[str, StoredManifest] = {}
-    for platform in facts.platforms:
-        try:
-            children[platform.digest] = await registry.get_manifest(repository, platform.digest)
-        except ManifestUnknown:
-            continue
-    measure_platforms_from(facts, children)
-
-
-def measure_platforms_from(facts: ImageFacts, manifests: Mapping[str, StoredManifest]) -> None:
+def measure_platforms(facts: ImageFacts, manifests: Mapping[str, StoredManifest]) -> None:
     """Fill in each platform's pull size and the index's stored size from its children in
     `manifests` (by digest; a missing child leaves its pull size unknown).
 
@@ -202,20 +188,7 @@ class ConfigBlob:
     problem: str | None = None
 
 
-async def read_config(registry: Registry, repository: str, facts: ImageFacts) -> ConfigBlob:
-    """The image's config blob parsed as JSON (at most 4 MiB), or the reason it cannot be."""
-    if facts.config is None:
-        return ConfigBlob(problem="the manifest names no config blob.")
-    if facts.config.size > MAX_CONFIG_BYTES:
-        return ConfigBlob(problem="it is larger than 4 MiB.")
-    try:
-        _, size = await registry.stat_blob(repository, facts.config.digest)
-    except RegistryError:
-        return ConfigBlob(problem="it is missing from storage.")
-    return await load_config(registry, facts, size)
-
-
-async def load_config(registry: Registry, facts: ImageFacts, size: int | None) -> ConfigBlob:
+async def read_config(registry: Registry, facts: ImageFacts, size: int | None) -> ConfigBlob:
     """The image's config blob, which the repository holds with `size` bytes (None: it does
     not hold it), parsed as JSON (at most 4 MiB), or the reason it cannot be."""
     if facts.config is None:

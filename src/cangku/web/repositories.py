@@ -18,9 +18,7 @@ from cangku.web.images import (
     ImageFacts,
     config_view,
     image_facts,
-    load_config,
     measure_platforms,
-    measure_platforms_from,
     read_config,
 )
 from cangku.web.site import Site, Viewer, not_found, page_number
@@ -115,7 +113,7 @@ def routes(site: Site) -> list[BaseRoute]:
             known = facts_by_digest.get(tag.digest)
             if known is None:
                 facts = image_facts(table.manifests[tag.digest])
-                measure_platforms_from(facts, table.manifests)
+                measure_platforms(facts, table.manifests)
                 known = facts_by_digest[tag.digest] = (
                     facts,
                     await _platforms(site, facts, table.blob_sizes),
@@ -166,10 +164,17 @@ def routes(site: Site) -> list[BaseRoute]:
         actions = await site.require_visible(viewer, name)
         manifest = await registry.get_manifest(name, reference)
         facts = image_facts(manifest)
-        await measure_platforms(registry, name, facts)
+        # An index's children and an image's config, in one read whatever their number.
+        parts = await registry.image_parts(
+            name,
+            [platform.digest for platform in facts.platforms],
+            [facts.config.digest] if facts.config is not None else [],
+        )
+        measure_platforms(facts, parts.manifests)
         config = None
         if not facts.is_index and not facts.is_artifact and facts.problem is None:
-            config = config_view(await read_config(registry, name, facts))
+            size = parts.blob_sizes.get(facts.config.digest) if facts.config else None
+            config = config_view(await read_config(registry, facts, size))
         referrers = await registry.list_referrers(name, manifest.digest, None)
         tags_here = await registry.tags_on(name, manifest.digest)
         host = pull_host(site, request)
@@ -324,5 +329,5 @@ async def _platforms(site: Site, facts: ImageFacts, blob_sizes: Mapping[str, int
     if facts.is_artifact:
         return [f"artifact: {facts.artifact_type}"]
     size = blob_sizes.get(facts.config.digest) if facts.config is not None else None
-    view = config_view(await load_config(site.registry, facts, size))
+    view = config_view(await read_config(site.registry, facts, size))
     return [view["platform"] if view["unreadable"] is None else "unknown"]
