@@ -153,3 +153,20 @@ async def test_digests_beyond_one_statements_share_are_looked_up_in_more_stateme
     assert sorted(parts.manifests) == sorted(children)
     assert parts.blob_sizes == configs and len(configs) == 7
     assert len(sent) == 5  # 15 digests, 3 at a time
+
+
+async def test_the_tags_on_a_manifest_are_listed_by_name_up_to_the_limit(
+    site: tuple[Registry, httpx.AsyncClient],  # noqa: F811
+) -> None:
+    registry, _ = site
+    digest, _ = await push_image(registry, "jimo/many", "c", b"{}")
+    for tag in ("b", "a"):
+        await registry.put_manifest(
+            "jimo/many",
+            tag,
+            (await registry.get_manifest("jimo/many", digest)).content,
+            OCI_MANIFEST,
+        )
+    await push_images(registry, "jimo/many", 0, 1)
+    assert await registry.tags_on("jimo/many", digest, 500) == ["a", "b", "c"]
+    assert await registry.tags_on("jimo/many", digest, 2) == ["a", "b"]

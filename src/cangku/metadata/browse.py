@@ -268,12 +268,15 @@ _TAGS_ON = (
     .select_from(tags.join(repositories, repositories.c.id == tags.c.repository_id))
     .where(repositories.c.name == bindparam("name"), tags.c.manifest_digest == bindparam("digest"))
     .order_by(tags.c.name)
+    .limit(bindparam("limit"))
 )
 
 
-def tags_on(connection: Connection, repository: str, digest: str) -> list[str]:
-    """The tags pointing at a manifest, by name, in one statement (on `ix_tags_manifest`)."""
-    return list(connection.scalars(_TAGS_ON, {"name": repository, "digest": digest}).all())
+def tags_on(connection: Connection, repository: str, digest: str, limit: int) -> list[str]:
+    """The first `limit` tags pointing at a manifest, by name, in one statement (on
+    `ix_tags_manifest`)."""
+    parameters = {"name": repository, "digest": digest, "limit": limit}
+    return list(connection.scalars(_TAGS_ON, parameters).all())
 
 
 def current_tags(connection: Connection, repository_id: int) -> dict[str, str]:

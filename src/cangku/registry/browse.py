@@ -155,9 +155,9 @@ def image_parts(
     )
 
 
-def tags_on(connection: Connection, name: str, digest: str) -> list[str]:
-    """The tags of a repository that point at `digest`, by name."""
-    return rows.tags_on(connection, name, digest)
+def tags_on(connection: Connection, name: str, digest: str, limit: int) -> list[str]:
+    """The first `limit` tags of a repository that point at `digest`, by name."""
+    return rows.tags_on(connection, name, digest, limit)
 
 
 def remove_repository(connection: Connection, repository_id: int, actor: str | None) -> None:

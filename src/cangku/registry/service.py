@@ -852,10 +852,12 @@ class Registry:
             lambda connection: browse.image_parts(connection, name, manifest_digests, blob_digests)
         )
 
-    async def tags_on(self, name: str, digest: str) -> list[str]:
-        """The tags of a repository pointing at the manifest `digest`, by name."""
+    async def tags_on(self, name: str, digest: str, limit: int) -> list[str]:
+        """The first `limit` tags of a repository pointing at the manifest `digest`, by name."""
         validate_repository_name(name)
-        return await self.metadata.read(lambda connection: browse.tags_on(connection, name, digest))
+        return await self.metadata.read(
+            lambda connection: browse.tags_on(connection, name, digest, min(limit, MAX_PAGE_SIZE))
+        )
 
     async def delete_repository(self, name: str, actor: str | None = None) -> None:
         """Every tag, manifest, blob link and upload of a repository, in one transaction.

@@ -176,7 +176,7 @@ def routes(site: Site) -> list[BaseRoute]:
             size = parts.blob_sizes.get(facts.config.digest) if facts.config else None
             config = config_view(await read_config(registry, facts, size))
         referrers = await registry.list_referrers(name, manifest.digest, None)
-        tags_here = await registry.tags_on(name, manifest.digest)
+        tags_here = await registry.tags_on(name, manifest.digest, MAX_TAGS_SHOWN)
         host = pull_host(site, request)
         return site.render(
             request,
@@ -244,7 +244,7 @@ def routes(site: Site) -> list[BaseRoute]:
         await site.require_visible(viewer, name)
         await site.require(viewer, name, DELETE)
         await registry.get_manifest(name, digest)
-        tags_here = await registry.tags_on(name, digest)
+        tags_here = await registry.tags_on(name, digest, MAX_TAGS_SHOWN)
         return await confirm(
             request,
             viewer,
