@@ -73,8 +73,11 @@ def test_find_docker_and_skopeo_pushes_open_a_tag_and_delete_it(
 
     page.get_by_placeholder("Search by name").fill("skopeo")
     page.get_by_role("button", name="Search").click()
+    # Each click navigates: wait for the next page before looking at it.
+    page.wait_for_url(f"{ui_server.url}/?q=skopeo*")
     assert page.get_by_role("link", name="jimo/web-docker").count() == 0
     page.get_by_role("link", name="jimo/web-skopeo").click()
+    page.wait_for_url(f"{ui_server.url}/r/jimo/web-skopeo")
     assert page.get_by_role("link", name="2.1.0").first.is_visible()
     assert "linux/amd64" in page.content()
     screenshot(page, "repository-skopeo")
@@ -89,11 +92,13 @@ def test_find_docker_and_skopeo_pushes_open_a_tag_and_delete_it(
     page.set_viewport_size({"width": 1200, "height": 800})
 
     page.get_by_role("link", name="1.0.0", exact=True).first.click()
+    page.wait_for_url(f"{ui_server.url}/r/jimo/web-docker/-/tags/1.0.0")
     assert page.get_by_role("heading", name="Layers").is_visible()
     assert page.get_by_role("heading", name="Config").is_visible()
     screenshot(page, "image")
 
     page.get_by_role("link", name="Delete").first.click()  # the tag's
+    page.wait_for_url(f"{ui_server.url}/r/jimo/web-docker/-/tags/1.0.0/delete")
     assert "Delete the tag jimo/web-docker:1.0.0?" in page.content()
     screenshot(page, "confirm-delete-tag")
     page.get_by_role("button", name="Delete").click()

@@ -9,7 +9,6 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,15 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import update
+from sqlalchemy.engine import Connection
 
 from cangku.app import create_app
 from cangku.config import Settings
+from cangku.metadata import schema
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.registry import Registry
 from cangku.registry.context import IN_PROCESS
-from cangku.registry.protocols import ManifestService
-from cangku.registry.records import StoredManifest
 from cangku.storage.filesystem import FilesystemStorage
 from tests.databases import fresh_database
 
@@ -323,31 +323,30 @@ async def test_index_shows_each_platforms_pull_size_not_its_manifests(
 
 
 async def test_a_stored_manifest_the_parser_now_refuses_is_shown_with_the_reason(
-    site: tuple[Registry, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+    site: tuple[Registry, httpx.AsyncClient],
 ) -> None:
     """Manifests stay stored as pushed; should the rules tighten, the page says why."""
     registry, client = site
     content = b'{"schemaVersion": 2, "mediaType": "%s", "config": 5, "layers": []}' % (
         OCI_MANIFEST.encode()
     )
-    stored = StoredManifest(pushed_digest(content), OCI_MANIFEST, len(content), content)
-    await push_image(registry, "jimo/old", "1", b"{}")
+    digest = pushed_digest(content)
+    pushed, _ = await push_image(registry, "jimo/old", "1", b"{}")
 
-    class Stored:
-        """The repository's manifests, with every read answering `stored`."""
+    def store_as_pushed_long_ago(connection: Connection) -> None:
+        # As a row written under older rules would be: these bytes, under their digest.
+        connection.execute(
+            update(schema.manifests)
+            .where(schema.manifests.c.digest == pushed)
+            .values(digest=digest, content=content, size=len(content))
+        )
+        connection.execute(
+            update(schema.tags)
+            .where(schema.tags.c.manifest_digest == pushed)
+            .values(manifest_digest=digest)
+        )
 
-        def __init__(self, inner: ManifestService) -> None:
-            self.inner = inner
-
-        async def get(self, reference: str) -> StoredManifest:
-            return stored
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
-
-    monkeypatch.setattr(
-        registry, "wrap", lambda handle: replace(handle, manifests=Stored(handle.manifests))
-    )
+    await registry.metadata.write(store_as_pushed_long_ago)
     for path in ("/r/jimo/old/-/tags/1", "/r/jimo/old"):
         page = await client.get(path)
         assert page.status_code == 200, page.text[-2000:]

@@ -115,7 +115,8 @@ tags = Table(
     # True for a floating tag a client pushed over the policy's choice: the policy leaves it
     # alone until it is released (docs/tags.md, "Mirroring and syncing"). NULL: false.
     Column("client_managed", Boolean),
-    Index("ix_tags_manifest", "repository_id", "manifest_digest"),
+    # With the name, "the first N tags on a manifest" stops after N entries.
+    Index("ix_tags_manifest", "repository_id", "manifest_digest", "name"),
     Index(
         "ix_tags_release", "repository_id", "version_prefix", "release_key", "updated_at", "name"
     ),

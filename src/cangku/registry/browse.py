@@ -1,25 +1,22 @@
-"""What the web UI lists: repositories with their size and last push, and repository removal.
+"""What the web UI lists: repositories with their size and last push, a repository's tag
+table, and repository removal. The rows come from `metadata/browse.py`.
 
 The functions taking a `Connection` run inside the caller's transaction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.engine import Connection
 
-from cangku.metadata import visibility
-from cangku.metadata.schema import (
-    manifest_references,
-    manifests,
-    repositories,
-    repository_blobs,
-    tags,
-)
+from cangku.content.digest import Digest
+from cangku.content.errors import NameUnknown, RegistryError
+from cangku.content.manifest import parse_manifest
+from cangku.metadata import browse as rows
 from cangku.registry import usage
-from cangku.registry.records import Visibility
+from cangku.registry.records import StoredManifest, Visibility
 from cangku.registry.tags import TagPolicy, remove_tags
 
 SORTS = ("name", "pushed")
@@ -42,6 +39,30 @@ class RepositoryListing:
     total: int
 
 
+@dataclass(frozen=True, slots=True)
+class TagRow:
+    tag: str
+    digest: str
+    # Unix seconds and user of the newest move of the tag onto `digest`; None: not recorded.
+    pushed_at: float | None
+    pushed_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TagTable:
+    """A repository's tags by name with what the page shows about their images.
+
+    `manifests` holds every tagged manifest and the child manifests of tagged indexes that
+    the repository has; `blob_sizes` the sizes (bytes) of the tagged images' config blobs
+    that it holds. `truncated`: there are more tags than the limit.
+    """
+
+    rows: list[TagRow]
+    manifests: dict[str, StoredManifest]
+    blob_sizes: dict[str, int]
+    truncated: bool
+
+
 def list_summaries(
     connection: Connection,
     visible: Visibility | None,
@@ -51,36 +72,8 @@ def list_summaries(
     limit: int,
 ) -> RepositoryListing:
     """One page of the repositories with content that the caller may see."""
-    last_manifest = (
-        select(func.max(manifests.c.created_at))
-        .where(manifests.c.repository_id == repositories.c.id)
-        .scalar_subquery()
-    )
-    last_tag = (
-        select(func.max(tags.c.updated_at))
-        .where(tags.c.repository_id == repositories.c.id)
-        .scalar_subquery()
-    )
-    last_push = func.coalesce(last_tag, last_manifest)
-    query = select(
-        repositories.c.id,
-        repositories.c.name,
-        last_manifest.label("last_manifest"),
-        last_tag.label("last_tag"),
-    ).where(
-        select(manifests.c.digest).where(manifests.c.repository_id == repositories.c.id).exists()
-    )
-    if visible is not None:
-        query = query.where(visible_to(visible))
-    if search:
-        query = query.where(repositories.c.name.contains(search.lower(), autoescape=True))
-    total = connection.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if sort == "pushed":
-        query = query.order_by(last_push.desc(), repositories.c.name)
-    else:
-        query = query.order_by(repositories.c.name)
-    rows = connection.execute(query.offset(offset).limit(limit)).all()
-    report = usage.usage_report(connection, [row.id for row in rows]) if rows else None
+    found, total = rows.repository_rows(connection, visible, search, sort, offset, limit)
+    report = usage.usage_report(connection, [row.id for row in found]) if found else None
     sizes: dict[str, usage.RepositoryUsage] = {}
     if report is not None:
         for namespace in report.namespaces:
@@ -93,9 +86,78 @@ def list_summaries(
             size=sizes[row.name].deduplicated_bytes if row.name in sizes else 0,
             tags=sizes[row.name].tags if row.name in sizes else 0,
         )
-        for row in rows
+        for row in found
     ]
-    return RepositoryListing(summaries, int(total))
+    return RepositoryListing(summaries, total)
+
+
+def tag_table(connection: Connection, name: str, limit: int) -> TagTable:
+    """The first `limit` tags of a repository by name, their manifests, the child manifests
+    of the indexes among them and the config blob sizes of the images, in two statements
+    whatever the number of tags. NAME_UNKNOWN when the repository has no tags and does not
+    exist."""
+    tagged = rows.tag_table(connection, name, limit + 1)
+    if not tagged and rows.repository_id(connection, name) is None:
+        raise NameUnknown("repository name not known to registry", name)
+    shown = tagged[:limit]
+    manifests = {
+        row.digest: StoredManifest(row.digest, row.media_type, row.size, row.content)
+        for row in shown
+    }
+    # What the page measures: an index's children (their config and layers make a
+    # platform's pull size) and an image's config (its platform).
+    children: set[str] = set()
+    configs: set[str] = set()
+    for manifest in manifests.values():
+        try:
+            parsed = parse_manifest(
+                manifest.content, manifest.media_type, Digest.parse(manifest.digest)
+            )
+        except RegistryError:
+            continue  # The page says why it cannot be shown.
+        if parsed.is_index:
+            children.update(str(child.digest) for child in parsed.manifests)
+        elif parsed.config is not None:
+            configs.add(str(parsed.config.digest))
+    parts = image_parts(connection, name, children - manifests.keys(), configs)
+    manifests.update(parts.manifests)
+    return TagTable(
+        rows=[TagRow(row.tag, row.digest, row.pushed_at, row.pushed_by) for row in shown],
+        manifests=manifests,
+        blob_sizes=parts.blob_sizes,
+        truncated=len(tagged) > limit,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ImageParts:
+    """Manifests (by digest) and blob sizes (bytes, by digest) that a repository holds."""
+
+    manifests: dict[str, StoredManifest]
+    blob_sizes: dict[str, int]
+
+
+def image_parts(
+    connection: Connection,
+    name: str,
+    manifest_digests: Collection[str],
+    blob_digests: Collection[str],
+) -> ImageParts:
+    """The repository's manifests among `manifest_digests` (an index's children) and the
+    sizes of the blobs it holds among `blob_digests` (a config), in one statement."""
+    found, sizes = rows.manifests_and_blob_sizes(connection, name, manifest_digests, blob_digests)
+    return ImageParts(
+        {
+            digest: StoredManifest(row.digest, row.media_type, row.size, row.content)
+            for digest, row in found.items()
+        },
+        sizes,
+    )
+
+
+def tags_on(connection: Connection, name: str, digest: str, limit: int) -> list[str]:
+    """The first `limit` tags of a repository that point at `digest`, by name."""
+    return rows.tags_on(connection, name, digest, limit)
 
 
 def remove_repository(connection: Connection, repository_id: int, actor: str | None) -> None:
@@ -104,17 +166,7 @@ def remove_repository(connection: Connection, repository_id: int, actor: str | N
     The repository row stays (its visibility and the tag history, the audit trail); with no
     manifest left it is no longer listed, and garbage collection frees the unshared bytes.
     """
-    tag_digests = dict(
-        connection.execute(
-            select(tags.c.name, tags.c.manifest_digest).where(tags.c.repository_id == repository_id)
-        ).all()
-    )
+    tag_digests = rows.current_tags(connection, repository_id)
     # Recorded in the tag history as deletions; with every tag gone nothing floats back.
     remove_tags(connection, repository_id, tag_digests, TagPolicy(floating=False), actor)
-    for table in (manifest_references, manifests, repository_blobs):
-        connection.execute(delete(table).where(table.c.repository_id == repository_id))
-
-
-def visible_to(visible: Visibility) -> ColumnElement[bool]:
-    """Repositories the caller may pull (the condition lives with the visibility rows)."""
-    return visibility.visible_to(visible.namespaces, public_by_default=visible.public_by_default)
+    rows.delete_repository_rows(connection, repository_id)

@@ -10,7 +10,7 @@ the row modules of metadata/), and raises `RegistryError`s carrying the OCI erro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 from cangku.content.digest import Digest
 from cangku.content.errors import NameInvalid
@@ -18,6 +18,7 @@ from cangku.content.names import validate_repository_name
 from cangku.metadata import Connection
 from cangku.metadata import blobs as blob_rows
 from cangku.metadata import repositories as repository_rows
+from cangku.metadata.browse import visible_to
 from cangku.metadata.store import MetadataStore
 from cangku.registry import browse, upload_limits, usage
 from cangku.registry.blobs import Blobs
@@ -138,7 +139,7 @@ class Registry:
         self, limit: int | None, last: str | None, visible: Visibility | None = None
     ) -> Page:
         """Repositories with content, by name; with `visible`, only those the caller may see."""
-        condition = browse.visible_to(visible) if visible is not None else None
+        condition = visible_to(visible) if visible is not None else None
         size = page_size(limit)
 
         def page(connection: Connection) -> Page:
@@ -227,6 +228,33 @@ class Registry:
             lambda connection: browse.list_summaries(
                 connection, visible, search, sort, max(offset, 0), min(limit, MAX_PAGE_SIZE)
             )
+        )
+
+    async def tag_table(self, name: str, limit: int) -> browse.TagTable:
+        """The repository page's tag table: the first `limit` tags by name with their
+        manifests, newest pushes, index children and config sizes, in one read of two
+        statements (NAME_UNKNOWN for an unknown repository)."""
+        validate_repository_name(name)
+        return await self.metadata.read(
+            lambda connection: browse.tag_table(connection, name, min(limit, MAX_PAGE_SIZE))
+        )
+
+    async def image_parts(
+        self, name: str, manifest_digests: Collection[str], blob_digests: Collection[str]
+    ) -> browse.ImageParts:
+        """What the image page measures, in one read: the child manifests among
+        `manifest_digests` and the sizes of the blobs among `blob_digests` that the
+        repository holds (digests it lacks are absent)."""
+        validate_repository_name(name)
+        return await self.metadata.read(
+            lambda connection: browse.image_parts(connection, name, manifest_digests, blob_digests)
+        )
+
+    async def tags_on(self, name: str, digest: str, limit: int) -> list[str]:
+        """The first `limit` tags of a repository pointing at the manifest `digest`, by name."""
+        validate_repository_name(name)
+        return await self.metadata.read(
+            lambda connection: browse.tags_on(connection, name, digest, min(limit, MAX_PAGE_SIZE))
         )
 
     async def delete_repository(self, name: str, context: RequestContext = IN_PROCESS) -> None:

@@ -9,12 +9,13 @@ it, and every other field is named as unreadable instead of breaking the page.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cangku.content import mediatypes
 from cangku.content.digest import Digest
-from cangku.content.errors import ManifestUnknown, RegistryError
+from cangku.content.errors import RegistryError
 from cangku.content.manifest import Descriptor, parse_manifest
 from cangku.registry import Registry
 from cangku.registry.records import StoredManifest
@@ -145,8 +146,9 @@ def image_facts(manifest: StoredManifest) -> ImageFacts:
     return facts
 
 
-async def measure_platforms(registry: Registry, repository: str, facts: ImageFacts) -> None:
-    """Fill in each platform's pull size and the index's stored size from its children.
+def measure_platforms(facts: ImageFacts, manifests: Mapping[str, StoredManifest]) -> None:
+    """Fill in each platform's pull size and the index's stored size from its children in
+    `manifests` (by digest; a missing child leaves its pull size unknown).
 
     An index's own descriptors give only the size of each child *manifest* (about a KiB);
     what a platform pulls is that child's config and layers.
@@ -157,12 +159,8 @@ async def measure_platforms(registry: Registry, repository: str, facts: ImageFac
     blobs: dict[str, int] = {}
     for platform in facts.platforms:
         pull_size = None
-        try:
-            child = image_facts(
-                await registry.repository(repository).manifests.get(platform.digest)
-            )
-        except ManifestUnknown:
-            child = None
+        stored = manifests.get(platform.digest)
+        child = image_facts(stored) if stored is not None else None
         if child is not None and child.pull_size is not None:
             pull_size = child.pull_size
             blobs[child.digest] = child.manifest_size
@@ -190,16 +188,19 @@ class ConfigBlob:
     problem: str | None = None
 
 
-async def read_config(registry: Registry, repository: str, facts: ImageFacts) -> ConfigBlob:
-    """The image's config blob parsed as JSON (at most 4 MiB), or the reason it cannot be."""
+async def read_config(registry: Registry, facts: ImageFacts, size: int | None) -> ConfigBlob:
+    """The image's config blob, which the repository holds with `size` bytes (None: it does
+    not hold it), parsed as JSON (at most 4 MiB), or the reason it cannot be."""
     if facts.config is None:
         return ConfigBlob(problem="the manifest names no config blob.")
     if facts.config.size > MAX_CONFIG_BYTES:
         return ConfigBlob(problem="it is larger than 4 MiB.")
+    if size is None:
+        return ConfigBlob(problem="it is missing from storage.")
+    if size > MAX_CONFIG_BYTES:
+        return ConfigBlob(problem="it is larger than 4 MiB.")
     try:
-        digest, size = await registry.stat_blob(repository, facts.config.digest)
-        if size > MAX_CONFIG_BYTES:
-            return ConfigBlob(problem="it is larger than 4 MiB.")
+        digest = Digest.parse(facts.config.digest)
         chunks = [chunk async for chunk in registry.read_blob(digest, 0, size)]
     except (RegistryError, OSError):
         return ConfigBlob(problem="it is missing from storage.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
@@ -11,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from cangku.auth.permissions import DELETE
 from cangku.content.digest import Digest
-from cangku.content.errors import ManifestUnknown, RegistryError
+from cangku.content.errors import RegistryError
 from cangku.content.names import validate_repository_name, validate_tag
 from cangku.web.images import (
     ImageFacts,
@@ -25,6 +26,8 @@ from cangku.web.site import Site, Viewer, not_found, page_number
 PAGE_SIZE = 25
 # The repository page shows this many tags (newest pushes are not special: by name).
 MAX_TAGS_SHOWN = 500
+# The image page and the delete confirmation name this many of the tags on one manifest.
+MAX_TAGS_ON_IMAGE = 100
 
 
 def repository_url(name: str, *rest: str) -> str:
@@ -103,33 +106,29 @@ def routes(site: Site) -> list[BaseRoute]:
     async def repository_page(request: Request, viewer: Viewer) -> Response:
         name = repository_name(request)
         actions = await site.require_visible(viewer, name)
-        page = await registry.repository(name).tags.list(MAX_TAGS_SHOWN, None)
+        # One read for the whole table, whatever the number of tags (metadata/browse.py).
+        table = await registry.tag_table(name, MAX_TAGS_SHOWN)
         rows = []
         # Floating tags share their release's image: read each one once.
         facts_by_digest: dict[str, tuple[ImageFacts, list[str]]] = {}
-        for tag in page.items:
-            try:
-                manifest = await registry.repository(name).manifests.get(tag)
-            except ManifestUnknown:
-                continue  # Deleted meanwhile.
-            known = facts_by_digest.get(manifest.digest)
+        for tag in table.rows:
+            known = facts_by_digest.get(tag.digest)
             if known is None:
-                facts = image_facts(manifest)
-                await measure_platforms(registry, name, facts)
-                known = facts_by_digest[manifest.digest] = (
+                facts = image_facts(table.manifests[tag.digest])
+                measure_platforms(facts, table.manifests)
+                known = facts_by_digest[tag.digest] = (
                     facts,
-                    await _platforms(site, name, facts),
+                    await _platforms(site, facts, table.blob_sizes),
                 )
             facts, platforms = known
-            pushed = await registry.repository(name).tags.newest_move(tag, manifest.digest)
             rows.append(
                 {
-                    "tag": tag,
-                    "digest": manifest.digest,
+                    "tag": tag.tag,
+                    "digest": tag.digest,
                     "platforms": platforms,
                     "facts": facts,
-                    "pushed_at": pushed.changed_at if pushed else None,
-                    "pushed_by": (pushed.actor if pushed else None) or "",
+                    "pushed_at": tag.pushed_at,
+                    "pushed_by": tag.pushed_by or "",
                 }
             )
         policy = await registry.repository(name).tags.policy()
@@ -147,7 +146,7 @@ def routes(site: Site) -> list[BaseRoute]:
             {
                 "name": name,
                 "rows": rows,
-                "more_tags": page.next_last is not None,
+                "more_tags": table.truncated,
                 "tree": await registry.repository(name).tags.version_tree(),
                 "pull": pull,
                 "host": host,
@@ -167,12 +166,19 @@ def routes(site: Site) -> list[BaseRoute]:
         actions = await site.require_visible(viewer, name)
         manifest = await registry.repository(name).manifests.get(reference)
         facts = image_facts(manifest)
-        await measure_platforms(registry, name, facts)
+        # An index's children and an image's config, in one read whatever their number.
+        parts = await registry.image_parts(
+            name,
+            [platform.digest for platform in facts.platforms],
+            [facts.config.digest] if facts.config is not None else [],
+        )
+        measure_platforms(facts, parts.manifests)
         config = None
         if not facts.is_index and not facts.is_artifact and facts.problem is None:
-            config = config_view(await read_config(registry, name, facts))
+            size = parts.blob_sizes.get(facts.config.digest) if facts.config else None
+            config = config_view(await read_config(registry, facts, size))
         referrers = await registry.repository(name).referrers.list(manifest.digest, None)
-        tags_here = await _tags_on(site, name, manifest.digest)
+        tags_here = await registry.tags_on(name, manifest.digest, MAX_TAGS_ON_IMAGE + 1)
         host = pull_host(site, request)
         return site.render(
             request,
@@ -184,7 +190,8 @@ def routes(site: Site) -> list[BaseRoute]:
                 "facts": facts,
                 "config": config,
                 "referrers": referrers,
-                "tags_here": tags_here,
+                "tags_here": tags_here[:MAX_TAGS_ON_IMAGE],
+                "more_tags_here": len(tags_here) > MAX_TAGS_ON_IMAGE,
                 "pull": pull_command(host, name, facts, tag),
                 "may_delete": DELETE in actions,
                 "repository_url": repository_url,
@@ -240,13 +247,15 @@ def routes(site: Site) -> list[BaseRoute]:
         await site.require_visible(viewer, name)
         await site.require(viewer, name, DELETE)
         await registry.repository(name).manifests.get(digest)
-        tags_here = await _tags_on(site, name, digest)
+        tags_here = await registry.tags_on(name, digest, MAX_TAGS_ON_IMAGE + 1)
+        more = ["Its other tags."] if len(tags_here) > MAX_TAGS_ON_IMAGE else []
         return await confirm(
             request,
             viewer,
             f"the image {name}@{digest}",
             [f"The image {digest}."]
-            + [f"Its tag {tag}." for tag in tags_here]
+            + [f"Its tag {tag}." for tag in tags_here[:MAX_TAGS_ON_IMAGE]]
+            + more
             + ["Its layers, once garbage collection finds nothing else uses them."],
             repository_url(name, "manifests", digest),
         )
@@ -315,25 +324,15 @@ def pull_command(host: str, name: str, facts: ImageFacts, tag: str | None) -> st
     return f"oras pull {reference}" if facts.is_artifact else f"docker pull {reference}"
 
 
-async def _platforms(site: Site, name: str, facts: ImageFacts) -> list[str]:
-    """What the repository page's Platforms column says about an image, index or artifact."""
+async def _platforms(site: Site, facts: ImageFacts, blob_sizes: Mapping[str, int]) -> list[str]:
+    """What the repository page's Platforms column says about an image, index or artifact;
+    `blob_sizes`: the config blobs the repository holds (`Registry.tag_table`)."""
     if facts.problem is not None:
         return ["cannot be parsed"]
     if facts.is_index:
         return [platform.name for platform in facts.platforms]
     if facts.is_artifact:
         return [f"artifact: {facts.artifact_type}"]
-    view = config_view(await read_config(site.registry, name, facts))
+    size = blob_sizes.get(facts.config.digest) if facts.config is not None else None
+    view = config_view(await read_config(site.registry, facts, size))
     return [view["platform"] if view["unreadable"] is None else "unknown"]
-
-
-async def _tags_on(site: Site, name: str, digest: str) -> list[str]:
-    tree = await site.registry.repository(name).tags.list(MAX_TAGS_SHOWN, None)
-    found = []
-    for tag in tree.items:
-        try:
-            if (await site.registry.repository(name).manifests.get(tag)).digest == digest:
-                found.append(tag)
-        except ManifestUnknown:
-            continue
-    return found

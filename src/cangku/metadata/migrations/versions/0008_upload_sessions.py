@@ -2,7 +2,7 @@
 may keep open is bounded and a namespace's quota counts the bytes they hold.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 
 from __future__ import annotations
