@@ -30,7 +30,7 @@ test: install
 # up the server and the role).
 POSTGRES_ADMIN_URL ?= postgresql+psycopg://cangku:cangku@127.0.0.1:5432/postgres
 test-postgresql: install
-	CANGKU_TEST_POSTGRES=$(POSTGRES_ADMIN_URL) $(BIN)/pytest tests/api tests/auth tests/web tests/metadata
+	CANGKU_TEST_POSTGRES=$(POSTGRES_ADMIN_URL) $(BIN)/pytest tests/api tests/auth tests/web tests/metadata tests/registry
 
 check: install
 	$(BIN)/ruff format --check src tests benchmarks
