@@ -35,6 +35,7 @@ from cangku.observability import (
 )
 from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
+from cangku.registry.pulls import flush_periodically
 from cangku.registry.tags import TagPolicy
 from cangku.storage.base import BlobStorage
 from cangku.storage.filesystem import FilesystemStorage
@@ -130,11 +131,20 @@ def create_app(
                     settings.gc.interval,
                 )
             )
+        # Issue 17: buffered pull counts reach the database every FLUSH_SECONDS.
+        flushing_pulls = asyncio.create_task(flush_periodically(registry.pulls))
         if access is not None:
             await create_initial_admin(settings, access)
         if listener is not None:
             listener.start()
         yield
+        flushing_pulls.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flushing_pulls
+        try:
+            await registry.pulls.flush()
+        except Exception:
+            log.exception("could not write the last pull statistics")
         if listener is not None:
             listener.stop()
         if collecting is not None:

@@ -10,6 +10,7 @@ from cangku.content.manifest import MAX_MANIFEST_BYTES
 from cangku.content.mediatypes import is_acceptable, parse_accept
 from cangku.distribution.http import caller_of, content_length, request_body
 from cangku.registry import Registry
+from cangku.registry.pulls import counts_as_pull
 from cangku.registry.service import MAX_TAGS_PER_PUSH
 
 
@@ -59,6 +60,9 @@ async def get_manifest(request: Request, registry: Registry, name: str, referenc
         "ETag": f'"{manifest.digest}"',
     }
     body = b"" if request.method == "HEAD" else manifest.content
+    # Issue 17: a client's GET is a pull (registry/pulls.py); counted in memory only.
+    if counts_as_pull(request.method, request.headers.get("user-agent")):
+        registry.pulls.record(name, reference, manifest.digest)
     return Response(body, headers=headers, media_type=manifest.media_type)
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -221,4 +222,40 @@ upload_sessions = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_upload_sessions_owner", "owner"),
     Index("ix_upload_sessions_namespace", "namespace"),
+)
+
+# What a repository is, set by its owners (issue 17): a one-line description and a Markdown
+# overview. NULL: not set, the pages fall back to the newest image's annotations and labels.
+repository_descriptions = Table(
+    "repository_descriptions",
+    metadata,
+    Column(
+        "repository_id",
+        Integer,
+        ForeignKey("repositories.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("description", String(100)),
+    Column("overview", Text),
+    Column("updated_at", Float, nullable=False),
+    Column("updated_by", String(255)),
+)
+
+# Pulls (manifest GETs by clients) counted in memory and added here in batches
+# (registry/pulls.py). kind "tag": pulls by that tag; kind "digest": every pull that
+# resolved to that manifest, by tag or by digest, so a repository's pulls are the sum of
+# its "digest" rows.
+pull_statistics = Table(
+    "pull_statistics",
+    metadata,
+    Column(
+        "repository_id",
+        Integer,
+        ForeignKey("repositories.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("kind", String(8), primary_key=True),
+    Column("reference", String(200), primary_key=True),
+    Column("pulls", BigInteger, nullable=False),
+    Column("last_pulled_at", Float, nullable=False),
 )

@@ -45,6 +45,7 @@ from cangku.metadata.schema import (
 from cangku.metadata.store import MetadataStore
 from cangku.registry import browse, upload_limits, usage
 from cangku.registry.files import TransactionFiles
+from cangku.registry.pulls import PullCounter, forget_repository
 from cangku.registry.records import (
     Page,
     PushedManifest,
@@ -175,6 +176,8 @@ class Registry:
         # The server-wide tag policy; namespaces and repositories may override it.
         self.tag_defaults = tag_defaults or TagPolicy()
         self.files = TransactionFiles(storage)
+        # Issue 17: pulls counted in memory, flushed in batches (registry/pulls.py).
+        self.pulls = PullCounter(metadata)
 
     # -- blobs -----------------------------------------------------------------------------
     async def stat_blob(self, name: str, digest: str) -> tuple[Digest, int]:
@@ -844,7 +847,10 @@ class Registry:
                 raise NameUnknown("repository name not known to registry", name)
             browse.remove_repository(connection, repository_id, actor)
             upload_limits.close_repository_sessions(connection, name)
+            # Issue 17: a repository pushed again under the name starts with no pulls or texts.
+            forget_repository(connection, repository_id)
 
+        self.pulls.forget(name)
         await self.metadata.write(remove)
         sessions = [session async for session, _ in self.storage.iterate_uploads()]
         for session in sessions:

@@ -14,6 +14,7 @@ from cangku.content.digest import Digest
 from cangku.content.errors import ManifestUnknown, RegistryError
 from cangku.content.names import validate_repository_name, validate_tag
 from cangku.registry.records import TagChange
+from cangku.web import descriptions
 from cangku.web.images import (
     ImageFacts,
     config_view,
@@ -105,6 +106,7 @@ def routes(site: Site) -> list[BaseRoute]:
         name = repository_name(request)
         actions = await site.require_visible(viewer, name)
         page = await registry.list_tags(name, MAX_TAGS_SHOWN, None)
+        about = await descriptions.page_context(site, name)  # issue 17
         rows = []
         # Floating tags share their release's image: read each one once.
         facts_by_digest: dict[str, tuple[ImageFacts, list[str]]] = {}
@@ -123,6 +125,8 @@ def routes(site: Site) -> list[BaseRoute]:
                 )
             facts, platforms = known
             pushed = _newest_push(await registry.tag_history(name, tag), manifest.digest)
+            # Issue 17: pulls by this tag (web/descriptions.py reads them).
+            tag_pulls = about["pulls"].tags.get(tag)
             rows.append(
                 {
                     "tag": tag,
@@ -131,6 +135,8 @@ def routes(site: Site) -> list[BaseRoute]:
                     "facts": facts,
                     "pushed_at": pushed.changed_at if pushed else None,
                     "pushed_by": (pushed.actor if pushed else None) or "",
+                    "pulls": tag_pulls.pulls if tag_pulls else 0,
+                    "last_pulled_at": tag_pulls.last_pulled_at if tag_pulls else None,
                 }
             )
         policy = await registry.tag_policy(name)
@@ -157,6 +163,7 @@ def routes(site: Site) -> list[BaseRoute]:
                 "may_change": DELETE in actions,
                 "repository_url": repository_url,
                 "usage": await registry.repository_usage(name),
+                **about,
             },
         )
 
@@ -305,6 +312,7 @@ def routes(site: Site) -> list[BaseRoute]:
         Route("/r/{name:path}/-/manifests/{digest}", page(manifest_page), methods=["GET"]),
         Route("/r/{name:path}/-/delete", page(delete_repository), methods=["GET", "POST"]),
         Route("/r/{name:path}/-/settings", page(settings), methods=["POST"]),
+        *descriptions.routes(site, repository_url),  # issue 17
         Route("/r/{name:path}", page(repository_page), methods=["GET"]),
     ]
 

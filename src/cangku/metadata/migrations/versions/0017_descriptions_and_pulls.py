@@ -1,0 +1,49 @@
+"""Repository descriptions and overviews (issue 17), and pull statistics per tag and digest.
+
+Revision ID: 0017
+Revises: 0008
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0017"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "repository_descriptions",
+        sa.Column(
+            "repository_id",
+            sa.Integer,
+            sa.ForeignKey("repositories.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("description", sa.String(100)),
+        sa.Column("overview", sa.Text),
+        sa.Column("updated_at", sa.Float, nullable=False),
+        sa.Column("updated_by", sa.String(255)),
+    )
+    op.create_table(
+        "pull_statistics",
+        sa.Column(
+            "repository_id",
+            sa.Integer,
+            sa.ForeignKey("repositories.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("kind", sa.String(8), primary_key=True),
+        sa.Column("reference", sa.String(200), primary_key=True),
+        sa.Column("pulls", sa.BigInteger, nullable=False),
+        sa.Column("last_pulled_at", sa.Float, nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("pull_statistics")
+    op.drop_table("repository_descriptions")
