@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy_switches(repo_policy)
     repo_policy.set_defaults(scope="repository")
 
+    _add_description_commands(repo)  # issue 17
+
     namespace = commands.add_parser("namespace", help="namespaces").add_subparsers(
         dest="action", required=True
     )
@@ -234,6 +236,32 @@ def _add_policy_switches(command: argparse.ArgumentParser) -> None:
         choices=["on", "off"],
         help="refuse re-pushing an existing version tag with another digest",
     )
+
+
+def _add_description_commands(
+    repo: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """`repo describe` and `repo pulls` (issue 17); the work is in cangku/cli_repository.py."""
+    from cangku import cli_repository
+
+    describe = _command(
+        repo,
+        "describe",
+        "show or set a repository's description and Markdown overview",
+        run=cli_repository.describe_run,
+    )
+    describe.add_argument("name")
+    describe.add_argument("--description", help='one line, at most 100 characters ("" unsets)')
+    describe.add_argument(
+        "--overview-file", type=Path, help="Markdown file for the overview (- reads stdin)"
+    )
+    describe.add_argument("--clear-overview", action="store_true", help="unset the overview")
+    describe.add_argument("--json", action="store_true", help="print the API's JSON")
+    pulls = _command(
+        repo, "pulls", "pulls of a repository, per tag and digest", run=cli_repository.pulls_run
+    )
+    pulls.add_argument("name")
+    pulls.add_argument("--json", action="store_true", help="print the API's JSON")
 
 
 # -- running against the data directory --------------------------------------------------------
