@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -10,7 +11,7 @@ import pytest
 from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
 from cangku.registry.pulls import PullCounter
-from tests.api.helpers import DOCKER_MANIFEST, OCI_MANIFEST, push_image
+from tests.api.helpers import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, push_image
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"}
 
@@ -41,6 +42,62 @@ async def test_get_by_tag_and_by_digest_count_and_heads_do_not(
     }
     assert stats["manifests"][digest]["pulls"] == 3
     assert stats["last_pulled_at"] is not None
+
+
+async def test_head_by_tag_then_get_by_digest_is_a_pull_of_the_tag(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # How docker and containerd pull a tag.
+    digest, _ = await push_image(client, "team/app", "1.0.0")
+    assert (await client.head("/v2/team/app/manifests/1.0.0", headers=ACCEPT)).is_success
+    assert (await client.get(f"/v2/team/app/manifests/{digest}", headers=ACCEPT)).is_success
+    stats = await pulls_json(client, "team/app")
+    assert (stats["pulls"], stats["tags"]["1.0.0"]["pulls"]) == (1, 1)
+    # The HEAD is used once: the next GET by digest is a pull by digest only.
+    assert (await client.get(f"/v2/team/app/manifests/{digest}", headers=ACCEPT)).is_success
+    stats = await pulls_json(client, "team/app")
+    assert (stats["pulls"], stats["tags"]["1.0.0"]["pulls"]) == (2, 1)
+    # Too long after the HEAD: not attributed to the tag.
+    monkeypatch.setattr("cangku.registry.pulls.RESOLUTION_SECONDS", -1.0)
+    assert (await client.head("/v2/team/app/manifests/1.0.0", headers=ACCEPT)).is_success
+    assert (await client.get(f"/v2/team/app/manifests/{digest}", headers=ACCEPT)).is_success
+    stats = await pulls_json(client, "team/app")
+    assert (stats["pulls"], stats["tags"]["1.0.0"]["pulls"]) == (3, 1)
+    assert stats["manifests"][digest]["pulls"] == 3
+
+
+async def test_an_index_and_its_image_fetched_in_one_pull_count_once(
+    client: httpx.AsyncClient,
+) -> None:
+    image_digest, image = await push_image(client, "team/multi")
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": image_digest,
+                    "size": len(image),
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                }
+            ],
+        }
+    ).encode()
+    put = await client.put(
+        "/v2/team/multi/manifests/1", content=index, headers={"Content-Type": OCI_INDEX}
+    )
+    assert put.status_code == 201, put.text
+    accept = {"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"}
+    assert (await client.get("/v2/team/multi/manifests/1", headers=accept)).is_success
+    assert (await client.get(f"/v2/team/multi/manifests/{image_digest}", headers=accept)).is_success
+    stats = await pulls_json(client, "team/multi")
+    assert stats["pulls"] == 1
+    assert stats["tags"]["1"]["pulls"] == 1
+    assert stats["manifests"][image_digest]["pulls"] == 1  # last pulled per digest still moves
+    # The image alone later: a pull of its own.
+    assert (await client.get(f"/v2/team/multi/manifests/{image_digest}", headers=accept)).is_success
+    assert (await pulls_json(client, "team/multi"))["pulls"] == 2
 
 
 async def test_an_inspection_tool_reading_a_manifest_is_not_a_pull(
@@ -87,7 +144,7 @@ async def test_pulls_are_buffered_and_written_in_one_transaction(
     for _ in range(50):
         assert (await client.get("/v2/team/app/manifests/1", headers=ACCEPT)).is_success
     assert writes == 0
-    assert await registry.pulls.flush() == 2  # the tag's row and the digest's row
+    assert await registry.pulls.flush() == 3  # the tag's, the digest's and the total's rows
     assert writes == 1
     assert await registry.pulls.flush() == 0
 

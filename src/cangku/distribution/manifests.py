@@ -10,7 +10,7 @@ from cangku.content.manifest import MAX_MANIFEST_BYTES
 from cangku.content.mediatypes import is_acceptable, parse_accept
 from cangku.distribution.http import caller_of, content_length, request_body
 from cangku.registry import Registry
-from cangku.registry.pulls import counts_as_pull
+from cangku.registry.pulls import counts_as_pull, index_children
 from cangku.registry.service import MAX_TAGS_PER_PUSH
 
 
@@ -61,8 +61,13 @@ async def get_manifest(request: Request, registry: Registry, name: str, referenc
     }
     body = b"" if request.method == "HEAD" else manifest.content
     # Issue 17: a client's GET is a pull (registry/pulls.py); counted in memory only.
-    if counts_as_pull(request.method, request.headers.get("user-agent")):
-        registry.pulls.record(name, reference, manifest.digest)
+    client = request.client.host if request.client else ""
+    if request.method == "HEAD":
+        if reference != manifest.digest:
+            registry.pulls.note_resolution(name, reference, manifest.digest, client)
+    elif counts_as_pull(request.method, request.headers.get("user-agent")):
+        children = index_children(manifest.media_type, manifest.content)
+        registry.pulls.record(name, reference, manifest.digest, client, children)
     return Response(body, headers=headers, media_type=manifest.media_type)
 
 

@@ -1,7 +1,8 @@
 """SQL of pull statistics (`pull_statistics`): adding a batch of counts, reading them back.
 
 A row per (repository, kind, reference): kind "tag" counts pulls by that tag, kind "digest"
-every pull that resolved to that manifest. Counts only grow; `last_pulled_at` only moves on.
+every GET that served that manifest, kind "total" (reference "") the repository's pulls.
+Counts only grow; `last_pulled_at` only moves on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from cangku.metadata.schema import pull_statistics, repositories
 
 TAG = "tag"
 DIGEST = "digest"
+TOTAL = "total"  # the repository's pulls, reference ""
 
 
 @dataclass(frozen=True, slots=True)

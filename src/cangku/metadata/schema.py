@@ -242,9 +242,8 @@ repository_descriptions = Table(
 )
 
 # Pulls (manifest GETs by clients) counted in memory and added here in batches
-# (registry/pulls.py). kind "tag": pulls by that tag; kind "digest": every pull that
-# resolved to that manifest, by tag or by digest, so a repository's pulls are the sum of
-# its "digest" rows.
+# (registry/pulls.py). kind "tag": pulls by that tag; kind "digest": every GET that served
+# that manifest; kind "total" (reference ""): the repository's pulls.
 pull_statistics = Table(
     "pull_statistics",
     metadata,

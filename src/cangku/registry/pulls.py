@@ -7,6 +7,12 @@ collection), which never pass through the /v2 handler that calls `record`. Inspe
 tools that announce themselves (`INSPECTION_AGENTS`) do not count either: `skopeo inspect`
 reads a manifest without pulling the image.
 
+docker and containerd pull a tag as HEAD by tag, then GET by digest. So a HEAD by tag is
+remembered for `RESOLUTION_SECONDS` per (client address, repository, digest), and the GET by
+digest that follows from the same address counts for the tag too. A pull of a multi-platform
+image GETs the index and then one of its images: the image's GET counts for its digest (last
+pulled) but not again in the repository's total (Docker Hub counts the pair as one pull).
+
 Durability: counts reach the database every `FLUSH_SECONDS` (and when the server stops, and
 as soon as `MAX_PENDING` distinct references wait). A crash loses at most the counts of the
 last interval; a flush that fails keeps its counts for the next one.
@@ -15,14 +21,18 @@ last interval; a flush that fails keeps its counts for the next one.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection
 
+from cangku.content.mediatypes import INDEXES
 from cangku.metadata import descriptions, pull_stats
-from cangku.metadata.pull_stats import DIGEST, TAG, PullCount
+from cangku.metadata.pull_stats import DIGEST, TAG, TOTAL, PullCount
 from cangku.metadata.store import MetadataStore
 
 log = logging.getLogger("cangku")
@@ -31,6 +41,10 @@ FLUSH_SECONDS = 10.0
 # Distinct (repository, kind, reference) keys buffered before a flush starts early. Only
 # references that exist are recorded (after a successful GET), so memory stays bounded.
 MAX_PENDING = 10_000
+# How long a HEAD by tag, or an index GET, is remembered for the client's next GET.
+RESOLUTION_SECONDS = 60.0
+MAX_INDEX_CHILDREN = 64
+MAX_REMEMBERED = 10_000
 # User-Agent prefixes of tools that read manifests to inspect images, not to pull them.
 INSPECTION_AGENTS = ("skopeo/",)
 
@@ -44,8 +58,8 @@ def counts_as_pull(method: str, user_agent: str | None) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RepositoryPulls:
-    """A repository's pulls: in total, per tag and per manifest digest (the latter count
-    pulls by tag too, resolved to the digest served)."""
+    """A repository's pulls: in total, per tag and per manifest digest (a digest's count
+    includes pulls by tag that served it, and an index's images fetched in its pulls)."""
 
     repository: str
     total: PullCount
@@ -71,15 +85,47 @@ class PullCounter:
         # (repository, kind, reference) -> [pulls, last pulled at]
         self._pending: dict[tuple[str, str, str], list[float]] = {}
         self._flushing: asyncio.Task[None] | None = None
+        # (client, repository, digest) -> (tag or None for an index's child, when noted)
+        self._recent: OrderedDict[tuple[str, str, str], tuple[str | None, float]] = OrderedDict()
 
-    def record(self, repository: str, reference: str, digest: str) -> None:
-        """One pull of `repository` by `reference` (a tag or a digest) that served `digest`."""
-        now = time.time()
+    def note_resolution(self, repository: str, tag: str, digest: str, client: str) -> None:
+        """A HEAD by tag: the client's GET of `digest` soon after is a pull of `tag`."""
+        self._remember((client, repository, digest), tag, time.monotonic())
+
+    def record(
+        self,
+        repository: str,
+        reference: str,
+        digest: str,
+        client: str = "",
+        children: Iterable[str] = (),
+    ) -> None:
+        """One pull of `repository` by `reference` (a tag or a digest) that served `digest`
+        to `client` (its address); `children` are the digests an index names."""
+        now, moment = time.time(), time.monotonic()
+        tag: str | None = reference if reference != digest else None
+        child_of_pull = False
+        remembered = self._recent.pop((client, repository, digest), None)
+        if remembered is not None and moment - remembered[1] <= RESOLUTION_SECONDS:
+            if remembered[0] is None:
+                child_of_pull = True
+            elif tag is None:
+                tag = remembered[0]
         self._add((repository, DIGEST, digest), 1, now)
-        if reference != digest:
-            self._add((repository, TAG, reference), 1, now)
+        if not child_of_pull:
+            self._add((repository, TOTAL, ""), 1, now)
+            if tag is not None:
+                self._add((repository, TAG, tag), 1, now)
+        for child in children:
+            self._remember((client, repository, child), None, moment)
         if len(self._pending) >= MAX_PENDING and (self._flushing is None or self._flushing.done()):
             self._flushing = asyncio.ensure_future(self._flush_logged())
+
+    def _remember(self, key: tuple[str, str, str], tag: str | None, moment: float) -> None:
+        self._recent[key] = (tag, moment)
+        self._recent.move_to_end(key)
+        while len(self._recent) > MAX_REMEMBERED:
+            self._recent.popitem(last=False)
 
     def _add(self, key: tuple[str, str, str], pulls: float, last: float) -> None:
         entry = self._pending.get(key)
@@ -137,10 +183,7 @@ class PullCounter:
                 )
         tags = {ref: count for (kind, ref), count in merged.items() if kind == TAG}
         digests = {ref: count for (kind, ref), count in merged.items() if kind == DIGEST}
-        total = PullCount(
-            sum(count.pulls for count in digests.values()),
-            max((count.last_pulled_at or 0.0 for count in digests.values()), default=None),
-        )
+        total = merged.get((TOTAL, ""), PullCount(0, None))
         return RepositoryPulls(name, total, tags, digests)
 
 
@@ -159,3 +202,21 @@ async def flush_periodically(counter: PullCounter, interval: float = FLUSH_SECON
             await counter.flush()
         except Exception:  # the database is away: the counts wait for the next turn
             log.exception("could not write pull statistics; retrying in %.0f s", interval)
+
+
+def index_children(media_type: str, content: bytes) -> list[str]:
+    """The digests an index names (empty for anything else or what does not parse)."""
+    if media_type not in INDEXES:
+        return []
+    try:
+        document = json.loads(content)
+    except ValueError:
+        return []
+    listed = document.get("manifests") if isinstance(document, dict) else None
+    if not isinstance(listed, list):
+        return []
+    return [
+        child["digest"]
+        for child in listed[:MAX_INDEX_CHILDREN]
+        if isinstance(child, dict) and isinstance(child.get("digest"), str)
+    ]
