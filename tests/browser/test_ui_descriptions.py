@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import RegistryServer
+from tests.e2e.conftest import MANIFEST_ACCEPT, RegistryServer, http_client
 
-from .conftest import Screenshots, push_image_over_http, sign_in
+from .conftest import ARTIFACTS, Screenshots, basic, push_image_over_http, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -32,6 +32,10 @@ def test_owner_edits_description_and_overview_and_the_payload_runs_nothing(
     ui_server: RegistryServer, page: Any, screenshot: Screenshots
 ) -> None:
     push_image_over_http(ui_server, "jimo", "jimo/web", "1.0.0", {})
+    with http_client(base_url=ui_server.url, headers=basic("jimo")) as client:
+        for _ in range(3):
+            pulled = client.get("/v2/jimo/web/manifests/1.0.0", headers={"Accept": MANIFEST_ACCEPT})
+            assert pulled.status_code == 200
     sign_in(page, ui_server, "jimo")
     page.goto(f"{ui_server.url}/r/jimo/web")
     page.get_by_label("Short description").fill("A small web server <img src=x onerror=alert(1)>")
@@ -53,9 +57,11 @@ def test_owner_edits_description_and_overview_and_the_payload_runs_nothing(
     overview.get_by_text("a bad one", exact=False).click()
     assert "pwned" not in page.evaluate("document.title")
     assert page.dialogs == []
-    page.set_viewport_size({"width": 1000, "height": 700})
-    path = screenshot(page, "repository-description")
-    assert path.exists()
+    assert page.locator("#pulls").inner_text() == "3 pulls"
+    screenshot(page, "repository-description")
+    # The top of the page, small, for docs/ui.md.
+    page.set_viewport_size({"width": 1000, "height": 760})
+    page.screenshot(path=str(ARTIFACTS / "repository-overview-top.png"))
 
 
 def test_reader_sees_the_overview_but_no_form(ui_server: RegistryServer, page: Any) -> None:

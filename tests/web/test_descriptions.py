@@ -8,7 +8,7 @@ import httpx
 
 from cangku.auth.accounts import Accounts
 from cangku.registry import Registry
-from cangku.registry.descriptions import describe
+from cangku.registry.descriptions import describe, set_description
 from cangku.web.markdown import render_markdown
 
 from .conftest import Browser, store_image
@@ -146,3 +146,22 @@ async def test_repository_page_shows_pulls_per_tag(browser: Browser, registry: R
     assert '<span id="pulls">3 pulls</span>' in page
     assert '<td data-label="Pulls">3</td>' in page
     assert '<td data-label="Pulls">0</td>' in page
+
+
+async def test_list_searches_descriptions_and_shows_them_with_pulls(
+    browser: Browser, registry: Registry
+) -> None:
+    digest = await store_image(registry, "jimo/web", "1")
+    await store_image(registry, "jimo/db", "1")
+    await set_description(registry, "jimo/web", "Serves <HTTP> quickly", None, "jimo")
+    registry.pulls.record("jimo/web", "1", digest)
+    await registry.pulls.flush()
+    registry.pulls.record("jimo/web", "1", digest)  # not written yet: shown too
+    await browser.sign_in("jimo")
+    found = (await browser.client.get("/?q=http")).text
+    assert "jimo/web" in found and "jimo/db" not in found
+    assert '<span class="muted repository-description">Serves &lt;HTTP&gt; quickly</span>' in found
+    assert '<td data-label="Pulls">2</td>' in found
+    # The name is still searched; a `%` is a character, not a wildcard.
+    assert "jimo/db" in (await browser.client.get("/?q=db")).text
+    assert "jimo/web" not in (await browser.client.get("/?q=%25")).text

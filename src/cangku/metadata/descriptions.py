@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from cangku.metadata.schema import manifests, repositories, repository_descriptions, tags
+from cangku.metadata.schema import (
+    manifests,
+    pull_statistics,
+    repositories,
+    repository_descriptions,
+    tags,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +103,43 @@ def forget_repository(connection: Connection, repository_id: int) -> None:
             repository_descriptions.c.repository_id == repository_id
         )
     )
+
+
+def description_matches(search: str) -> ColumnElement[bool]:
+    """For the repository list's search: the owners' description contains `search` (any
+    case). Descriptions taken from images are not searched (they are not stored)."""
+    return (
+        select(repository_descriptions.c.repository_id)
+        .where(
+            repository_descriptions.c.repository_id == repositories.c.id,
+            func.lower(repository_descriptions.c.description).contains(
+                search.lower(), autoescape=True
+            ),
+        )
+        .exists()
+    )
+
+
+def listing_facts(connection: Connection, names: list[str]) -> dict[str, tuple[str | None, int]]:
+    """(owners' description, pulls written so far) of each listed repository, by name."""
+    if not names:
+        return {}
+    rows = connection.execute(
+        select(
+            repositories.c.name,
+            repository_descriptions.c.description,
+            pull_statistics.c.pulls,
+        )
+        .select_from(repositories)
+        .outerjoin(
+            repository_descriptions,
+            repository_descriptions.c.repository_id == repositories.c.id,
+        )
+        .outerjoin(
+            pull_statistics,
+            (pull_statistics.c.repository_id == repositories.c.id)
+            & (pull_statistics.c.kind == "total"),
+        )
+        .where(repositories.c.name.in_(names))
+    )
+    return {row.name: (row.description, row.pulls or 0) for row in rows}

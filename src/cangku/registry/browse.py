@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.engine import Connection
 
+from cangku.metadata import descriptions
 from cangku.metadata.schema import (
     manifest_references,
     manifests,
@@ -72,7 +73,11 @@ def list_summaries(
     if visible is not None:
         query = query.where(visible_to(visible))
     if search:
-        query = query.where(repositories.c.name.contains(search.lower(), autoescape=True))
+        query = query.where(
+            repositories.c.name.contains(search.lower(), autoescape=True)
+            # Issue 17: the owners' description is searched too.
+            | descriptions.description_matches(search)
+        )
     total = connection.scalar(select(func.count()).select_from(query.subquery())) or 0
     if sort == "pushed":
         query = query.order_by(last_push.desc(), repositories.c.name)

@@ -165,6 +165,11 @@ class PullCounter:
                 self._add(key, pulls, last)
             raise
 
+    def pending_total(self, repository: str) -> int:
+        """Pulls of a repository counted here and not written yet."""
+        entry = self._pending.get((repository, TOTAL, ""))
+        return int(entry[0]) if entry else 0
+
     async def repository(self, name: str) -> RepositoryPulls:
         """The stored counts plus those still buffered in this process."""
         stored = await self.metadata.read(

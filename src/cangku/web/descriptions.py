@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 from cangku.auth.permissions import DELETE
 from cangku.content.errors import RegistryError
 from cangku.content.names import validate_repository_name
+from cangku.metadata import descriptions as rows
 from cangku.registry.descriptions import (
     clean_description,
     clean_overview,
@@ -30,6 +31,20 @@ async def page_context(site: Site, name: str) -> dict[str, Any]:
         "about": about,
         "overview_html": render_markdown(about.overview) if about.overview else None,
         "pulls": await site.registry.pulls.repository(name),
+    }
+
+
+async def listing_context(site: Site, names: list[str]) -> dict[str, Any]:
+    """What repositories.html shows beside each name: description and pulls."""
+    facts = await site.registry.metadata.read(
+        lambda connection: rows.listing_facts(connection, names)
+    )
+    pulls = site.registry.pulls
+    return {
+        "descriptions": {name: facts.get(name, (None, 0))[0] for name in names},
+        "pull_totals": {
+            name: facts.get(name, (None, 0))[1] + pulls.pending_total(name) for name in names
+        },
     }
 
 

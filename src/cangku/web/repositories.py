@@ -98,6 +98,10 @@ def routes(site: Site) -> list[BaseRoute]:
                 "next_url": page_url(page + 1) if page < pages else None,
                 "host": pull_host(site, request),
                 "repository_url": repository_url,
+                # Issue 17: descriptions and pulls beside the names.
+                **await descriptions.listing_context(
+                    site, [summary.name for summary in listing.repositories]
+                ),
             },
         )
 
