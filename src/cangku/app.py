@@ -36,6 +36,7 @@ from cangku.observability import (
 from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
 from cangku.registry.pulls import flush_periodically
+from cangku.registry.retention import RetainingCollector
 from cangku.registry.tags import TagPolicy
 from cangku.storage.base import BlobStorage
 from cangku.storage.filesystem import FilesystemStorage
@@ -125,9 +126,14 @@ def create_app(
         collecting = None
         if settings.gc.interval > 0:
             collector = build_collector(settings, registry)
+            # Issue 17: retention policies run first, in every scheduled collection.
             collecting = asyncio.create_task(
                 collect_periodically(
-                    MeteredCollector(collector, metrics) if metrics is not None else collector,
+                    RetainingCollector(
+                        MeteredCollector(collector, metrics) if metrics is not None else collector,
+                        registry.metadata,
+                        registry.pulls,
+                    ),
                     settings.gc.interval,
                 )
             )

@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     repo_policy.set_defaults(scope="repository")
 
     _add_description_commands(repo)  # issue 17
+    from cangku import cli_retention
+
+    cli_retention.add_commands(commands, _command)  # issue 17
 
     namespace = commands.add_parser("namespace", help="namespaces").add_subparsers(
         dest="action", required=True
@@ -184,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 GC_HELP = """\
-Delete what no tag needs any more: blobs no manifest references (older than the grace
+First the retention policies delete the tags they do not keep (docs/retention.md); then
+delete what no tag needs any more: blobs no manifest references (older than the grace
 period), untagged manifests if gc.untagged says so, idle upload sessions (uploads.expire).
 Runs beside the server on the same data directory; see docs/garbage-collection.md."""
 
@@ -442,6 +446,7 @@ async def tag_policy_run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def gc_run(settings: Settings, args: argparse.Namespace) -> int:
     dry_run, grace = args.dry_run, args.grace
+    from cangku import cli_retention
     from cangku.app import build_collector, build_registry
 
     if grace is not None:
@@ -450,6 +455,8 @@ async def gc_run(settings: Settings, args: argparse.Namespace) -> int:
         )
     registry = build_registry(settings)
     try:
+        # Issue 17: the retention policies first (a dry run lists what they would delete).
+        await cli_retention.retain_before_gc(registry.metadata, dry_run=dry_run)
         report = await build_collector(settings, registry).collect(dry_run=dry_run)
     finally:
         await registry.metadata.close()

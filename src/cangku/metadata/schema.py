@@ -258,3 +258,14 @@ pull_statistics = Table(
     Column("pulls", BigInteger, nullable=False),
     Column("last_pulled_at", Float, nullable=False),
 )
+
+# Retention policies (registry/retention.py): scope "repository", "namespace" or "server"
+# (name ""); `rules` is the policy as JSON. The most specific one applies.
+retention_policies = Table(
+    "retention_policies",
+    metadata,
+    Column("scope", String(16), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("rules", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

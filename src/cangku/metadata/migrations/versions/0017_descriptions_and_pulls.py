@@ -1,4 +1,5 @@
-"""Repository descriptions and overviews (issue 17), and pull statistics per tag and digest.
+"""Issue 17: repository descriptions and overviews, pull statistics per tag and digest, and
+retention policies per repository, namespace and server.
 
 Revision ID: 0017
 Revises: 0008
@@ -42,8 +43,16 @@ def upgrade() -> None:
         sa.Column("pulls", sa.BigInteger, nullable=False),
         sa.Column("last_pulled_at", sa.Float, nullable=False),
     )
+    op.create_table(
+        "retention_policies",
+        sa.Column("scope", sa.String(16), primary_key=True),
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("rules", sa.Text, nullable=False),
+        sa.Column("updated_at", sa.Float, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("retention_policies")
     op.drop_table("pull_statistics")
     op.drop_table("repository_descriptions")
