@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cangku.config import Settings
-from cangku.content.units import format_duration, parse_duration
+from cangku.content.units import parse_duration
 from cangku.registry.retention import (
     RetentionPlan,
     RetentionPolicy,
@@ -105,26 +105,8 @@ async def set_run(settings: Settings, args: argparse.Namespace) -> int:
         settings, lambda registry: set_retention_policy(registry.metadata, scope, name, policy)
     )
     where = f"{scope} {name}".strip()
-    print(f"{where}: {describe_policy(policy) if policy else 'no retention policy'}")
+    print(f"{where}: {policy.describe() if policy else 'no retention policy'}")
     return 0
-
-
-def describe_policy(policy: RetentionPolicy) -> str:
-    parts = [f"keep tags matching {pattern!r}" for pattern in policy.keep_tags]
-    if policy.keep_pushed:
-        parts.append(f"keep the {policy.keep_pushed} most recently pushed")
-    if policy.keep_pulled:
-        parts.append(f"keep the {policy.keep_pulled} most recently pulled")
-    if policy.keep_pushed_within:
-        parts.append(f"keep those pushed within {format_duration(policy.keep_pushed_within)}")
-    if policy.keep_pulled_within:
-        parts.append(f"keep those pulled within {format_duration(policy.keep_pulled_within)}")
-    if policy.keep_patches or policy.keep_minors:
-        parts.append(
-            f"keep the newest {policy.keep_patches or 'all'} releases of each MAJOR.MINOR line"
-            f" in the newest {policy.keep_minors or 'all'} minor lines of each major"
-        )
-    return "; ".join(parts)
 
 
 async def list_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -132,7 +114,7 @@ async def list_run(settings: Settings, args: argparse.Namespace) -> int:
     if not stored:
         print("no retention policies")
     for scope, name, policy in stored:
-        print(f"{f'{scope} {name}'.strip()}: {describe_policy(policy)}")
+        print(f"{f'{scope} {name}'.strip()}: {policy.describe()}")
     return 0
 
 

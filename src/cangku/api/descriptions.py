@@ -7,6 +7,10 @@
   an overview over 25,000 characters, or a body that is not such JSON (at most 128 KiB).
 - `GET /repositories/<name>/pulls`: pulls in total, per tag and per manifest digest, each
   with `last_pulled_at` (Unix seconds).
+- `GET /repositories/<name>/retention`: the retention dry run (registry/retention.py): the
+  policy that applies, the tags it would delete and keep, each with its reasons.
+- `PUT /repositories/<name>/retention` with a policy object (or `null` to remove the
+  repository's own policy): for its owners; 400 REQUEST_INVALID names a bad rule.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from cangku.registry.descriptions import (
     describe,
     set_description,
 )
+from cangku.registry.retention import RetentionPolicy, plan_retention, set_retention_policy
 
 MAX_DESCRIPTION_BODY = 128 * 1024
 
@@ -63,7 +68,24 @@ def routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
         await describe(registry, name)  # NAME_UNKNOWN for a repository that does not exist
         return JSONResponse((await registry.pulls.repository(name)).to_json())
 
+    async def retention(request: Request) -> Response:
+        name = validate_repository_name(request.path_params["name"])
+        if request.method == "GET":
+            if access is not None:
+                await access.authorize(request, name, PULL)
+        else:
+            if access is not None:
+                await access.authorize(request, name, DELETE)
+            document = await _read_json(request)
+            await describe(registry, name)  # NAME_UNKNOWN for a repository that does not exist
+            policy = None if document is None else RetentionPolicy.from_json(document)
+            await set_retention_policy(registry.metadata, "repository", name, policy)
+        return JSONResponse((await plan_retention(registry.metadata, name)).to_json())
+
     return [
+        Route(
+            "/repositories/{name:path}/retention", json_errors(retention), methods=["GET", "PUT"]
+        ),
         Route(
             "/repositories/{name:path}/description",
             json_errors(description),

@@ -67,6 +67,24 @@ class RetentionPolicy:
     def has_rules(self) -> bool:
         return any(getattr(self, f.name) not in (None, ()) for f in fields(self))
 
+    def describe(self) -> str:
+        """The rules in words, for the CLI and the pages."""
+        parts = [f"keep tags matching {pattern!r}" for pattern in self.keep_tags]
+        if self.keep_pushed:
+            parts.append(f"keep the {self.keep_pushed} most recently pushed")
+        if self.keep_pulled:
+            parts.append(f"keep the {self.keep_pulled} most recently pulled")
+        if self.keep_pushed_within:
+            parts.append(f"keep those pushed within {format_duration(self.keep_pushed_within)}")
+        if self.keep_pulled_within:
+            parts.append(f"keep those pulled within {format_duration(self.keep_pulled_within)}")
+        if self.keep_patches or self.keep_minors:
+            parts.append(
+                f"keep the newest {self.keep_patches or 'all'} releases of each MAJOR.MINOR"
+                f" line in the newest {self.keep_minors or 'all'} minor lines of each major"
+            )
+        return "; ".join(parts) or "no rules: nothing is deleted"
+
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {
             "keep_tags": list(self.keep_tags)
