@@ -83,3 +83,28 @@ def test_reader_sees_the_overview_but_no_form(ui_server: RegistryServer, page: A
     assert page.locator("#description").inner_text() == "Lee's tool"
     assert page.locator("#overview strong", has_text="it").count() == 1
     assert page.get_by_role("button", name="Save description").count() == 0
+
+
+def test_retention_dry_run_page_lists_what_would_go(ui_server: RegistryServer, page: Any) -> None:
+    for version in ("1.0.0", "1.0.1", "1.0.2", "1.1.0", "1.1.1", "2.0.0"):
+        push_image_over_http(ui_server, "jimo", "jimo/keep", version, {})
+    policy = ui_server.cangku_cli(
+        "retention",
+        "set",
+        "--repository",
+        "jimo/keep",
+        "--keep-patches",
+        "1",
+        "--keep-tags",
+        "2\\..*",
+    )
+    assert policy.returncode == 0, policy.stderr
+    sign_in(page, ui_server, "jimo")
+    page.goto(f"{ui_server.url}/r/jimo/keep")
+    page.get_by_role("link", name="Retention").click()
+    rows = page.locator("#would-delete tbody tr")
+    assert sorted(rows.locator("td:first-child").all_inner_texts()) == ["1.0.0", "1.0.1", "1.1.0"]
+    assert "not among the newest 1 of the 1.0 line (#3)" in rows.first.inner_text()
+    page.set_viewport_size({"width": 1000, "height": 900})
+    page.screenshot(path=str(ARTIFACTS / "retention-dry-run.png"))
+    assert page.dialogs == []

@@ -69,7 +69,7 @@ class RetentionPolicy:
 
     def describe(self) -> str:
         """The rules in words, for the CLI and the pages."""
-        parts = [f"keep tags matching {pattern!r}" for pattern in self.keep_tags]
+        parts = [f"keep tags matching “{pattern}”" for pattern in self.keep_tags]
         if self.keep_pushed:
             parts.append(f"keep the {self.keep_pushed} most recently pushed")
         if self.keep_pulled:
@@ -80,8 +80,12 @@ class RetentionPolicy:
             parts.append(f"keep those pulled within {format_duration(self.keep_pulled_within)}")
         if self.keep_patches or self.keep_minors:
             parts.append(
-                f"keep the newest {self.keep_patches or 'all'} releases of each MAJOR.MINOR"
-                f" line in the newest {self.keep_minors or 'all'} minor lines of each major"
+                f"keep the newest {self.keep_patches or 'all'} releases of each MAJOR.MINOR line"
+                + (
+                    f" of the newest {self.keep_minors} minor lines of each major"
+                    if self.keep_minors
+                    else ""
+                )
             )
         return "; ".join(parts) or "no rules: nothing is deleted"
 
@@ -189,7 +193,7 @@ def judge(policy: RetentionPolicy, facts: list[TagFacts], now: float) -> list[Ve
         matched = next((p for p in policy.keep_tags if re.fullmatch(p, f.tag)), None)
         if matched is not None:
             kept.add(f.tag)
-            reasons[f.tag].append(f"matches keep_tags {matched!r}")
+            reasons[f.tag].append(f"matches keep_tags “{matched}”")
         elif policy.keep_tags:
             reasons[f.tag].append("matches no keep_tags pattern")
     for name, count, key in (
@@ -214,7 +218,7 @@ def judge(policy: RetentionPolicy, facts: list[TagFacts], now: float) -> list[Ve
         for f in facts:
             age = max(0.0, now - key(f))
             never = name == "pulled" and f.last_pulled_at is None
-            when = f"{'never pulled, pushed' if never else name} {format_duration(age)} ago"
+            when = f"{'never pulled, pushed' if never else name} {_about(age)} ago"
             if age < within:
                 kept.add(f.tag)
                 reasons[f.tag].append(f"{when}, within {format_duration(within)}")
@@ -226,6 +230,11 @@ def judge(policy: RetentionPolicy, facts: list[TagFacts], now: float) -> list[Ve
                 kept.add(tag)
             reasons[tag].append(reason[1])
     return [Verdict(f.tag, f.digest, f.tag in kept, reasons[f.tag]) for f in facts]
+
+
+def _about(seconds: float) -> str:
+    """An age for people: whole minutes beyond an hour, whole seconds below."""
+    return format_duration(round(seconds / 60) * 60 if seconds >= 3600 else round(seconds))
 
 
 def _version_rule(policy: RetentionPolicy, facts: list[TagFacts]) -> dict[str, tuple[bool, str]]:
