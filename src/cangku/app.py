@@ -38,6 +38,7 @@ from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_perio
 from cangku.registry.pulls import flush_periodically
 from cangku.registry.retention import RetainingCollector
 from cangku.registry.tags import TagPolicy
+from cangku.registry.usage_history import snapshot_periodically
 from cangku.storage.base import BlobStorage
 from cangku.storage.filesystem import FilesystemStorage
 from cangku.tracing import TracedStorage, Tracing
@@ -137,16 +138,19 @@ def create_app(
                     settings.gc.interval,
                 )
             )
-        # Issue 17: buffered pull counts reach the database every FLUSH_SECONDS.
+        # Issue 17: buffered pull counts reach the database every FLUSH_SECONDS; usage
+        # snapshots for the charts every SNAPSHOT_SECONDS.
         flushing_pulls = asyncio.create_task(flush_periodically(registry.pulls))
+        snapshots = asyncio.create_task(snapshot_periodically(registry.metadata))
         if access is not None:
             await create_initial_admin(settings, access)
         if listener is not None:
             listener.start()
         yield
-        flushing_pulls.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flushing_pulls
+        for task in (flushing_pulls, snapshots):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         try:
             await registry.pulls.flush()
         except Exception:

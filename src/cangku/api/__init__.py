@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from cangku.api import descriptions, repositories, usage
+from cangku.api import descriptions, repositories, usage, usage_history
 from cangku.auth.access import AccessControl
 from cangku.registry import Registry
 
@@ -15,4 +15,5 @@ def api_routes(registry: Registry, access: AccessControl | None) -> list[BaseRou
         repositories.routes(registry, access)
         + usage.routes(registry, access)
         + descriptions.routes(registry, access)  # issue 17
+        + usage_history.routes(registry, access)  # issue 17
     )

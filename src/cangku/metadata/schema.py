@@ -269,3 +269,16 @@ retention_policies = Table(
     Column("rules", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+# Usage over time (registry/usage_history.py): per UTC day ("YYYY-MM-DD") and namespace, the
+# deduplicated bytes stored at the day's last snapshot (NULL: none taken), the manifests
+# pushed and the pulls.
+usage_days = Table(
+    "usage_days",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("namespace", String(255), primary_key=True),
+    Column("stored_bytes", BigInteger),
+    Column("pushes", BigInteger, nullable=False),
+    Column("pulls", BigInteger, nullable=False),
+)

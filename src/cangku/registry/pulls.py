@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Connection
 
 from cangku.content.mediatypes import INDEXES
-from cangku.metadata import descriptions, pull_stats
+from cangku.metadata import descriptions, pull_stats, usage_days
 from cangku.metadata.pull_stats import DIGEST, TAG, TOTAL, PullCount
 from cangku.metadata.store import MetadataStore
 
@@ -156,13 +156,23 @@ class PullCounter:
             (name, kind, reference, int(pulls), last)
             for (name, kind, reference), (pulls, last) in batch.items()
         ]
+        per_namespace: dict[str, int] = {}
+        for name, kind, _, pulls, _ in rows:
+            if kind == TOTAL:
+                namespace = name.split("/", 1)[0]
+                per_namespace[namespace] = per_namespace.get(namespace, 0) + pulls
+        today = usage_days.day_of(time.time())
+
+        def write(connection: Connection) -> int:
+            # Usage over time: the day's pulls per namespace (registry/usage_history.py).
+            usage_days.add_pulls(connection, today, per_namespace)
+            return pull_stats.add_pulls(connection, rows)
+
         try:
-            return await self.metadata.write(
-                lambda connection: pull_stats.add_pulls(connection, rows)
-            )
+            return await self.metadata.write(write)
         except BaseException:
-            for key, (pulls, last) in batch.items():
-                self._add(key, pulls, last)
+            for key, (count, last) in batch.items():
+                self._add(key, count, last)
             raise
 
     def pending_total(self, repository: str) -> int:

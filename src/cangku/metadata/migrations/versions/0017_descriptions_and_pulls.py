@@ -1,5 +1,5 @@
 """Issue 17: repository descriptions and overviews, pull statistics per tag and digest, and
-retention policies per repository, namespace and server.
+retention policies per repository, namespace and server, and daily usage per namespace.
 
 Revision ID: 0017
 Revises: 0008
@@ -50,9 +50,18 @@ def upgrade() -> None:
         sa.Column("rules", sa.Text, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
     )
+    op.create_table(
+        "usage_days",
+        sa.Column("day", sa.String(10), primary_key=True),
+        sa.Column("namespace", sa.String(255), primary_key=True),
+        sa.Column("stored_bytes", sa.BigInteger),
+        sa.Column("pushes", sa.BigInteger, nullable=False),
+        sa.Column("pulls", sa.BigInteger, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("usage_days")
     op.drop_table("retention_policies")
     op.drop_table("pull_statistics")
     op.drop_table("repository_descriptions")
