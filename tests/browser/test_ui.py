@@ -75,6 +75,8 @@ def test_find_docker_and_skopeo_pushes_open_a_tag_and_delete_it(
     page.get_by_role("button", name="Search").click()
     assert page.get_by_role("link", name="jimo/web-docker").count() == 0
     page.get_by_role("link", name="jimo/web-skopeo").click()
+    # is_visible() does not wait: the repository page must have loaded first.
+    page.wait_for_url(f"{ui_server.url}/r/jimo/web-skopeo")
     assert page.get_by_role("link", name="2.1.0").first.is_visible()
     assert "linux/amd64" in page.content()
     screenshot(page, "repository-skopeo")
