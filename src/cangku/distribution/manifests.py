@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from cangku.content.errors import ManifestUnknown, PayloadTooLarge, TooManyTags
 from cangku.content.manifest import MAX_MANIFEST_BYTES
-from cangku.content.mediatypes import is_acceptable, parse_accept
+from cangku.content.mediatypes import INDEXES, is_acceptable, parse_accept
 from cangku.distribution.http import caller_of, content_length, request_body
 from cangku.registry import Registry
 from cangku.registry.pulls import counts_as_pull, index_children
@@ -66,8 +66,11 @@ async def get_manifest(request: Request, registry: Registry, name: str, referenc
         if reference != manifest.digest:
             registry.pulls.note_resolution(name, reference, manifest.digest, client)
     elif counts_as_pull(request.method, request.headers.get("user-agent")):
-        children = index_children(manifest.media_type, manifest.content)
-        registry.pulls.record(name, reference, manifest.digest, client, children)
+        if manifest.media_type in INDEXES:
+            children = index_children(manifest.media_type, manifest.content)
+            registry.pulls.record(name, reference, manifest.digest, client, children)
+        else:
+            registry.pulls.record(name, reference, manifest.digest, client)
     return Response(body, headers=headers, media_type=manifest.media_type)
 
 
