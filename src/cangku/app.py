@@ -35,7 +35,10 @@ from cangku.observability import (
 )
 from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
+from cangku.registry.pulls import flush_periodically
+from cangku.registry.retention import RetainingCollector
 from cangku.registry.tags import TagPolicy
+from cangku.registry.usage_history import snapshot_periodically
 from cangku.storage import open_storage
 from cangku.storage.base import BlobStorage
 from cangku.tracing import TracedStorage, Tracing
@@ -125,17 +128,34 @@ def create_app(
         collecting = None
         if settings.gc.interval > 0:
             collector = build_collector(settings, registry)
+            # Issue 17: retention policies run first, in every scheduled collection.
             collecting = asyncio.create_task(
                 collect_periodically(
-                    MeteredCollector(collector, metrics) if metrics is not None else collector,
+                    RetainingCollector(
+                        MeteredCollector(collector, metrics) if metrics is not None else collector,
+                        registry.metadata,
+                        registry.pulls,
+                    ),
                     settings.gc.interval,
                 )
             )
+        # Issue 17: buffered pull counts reach the database every FLUSH_SECONDS; usage
+        # snapshots for the charts every SNAPSHOT_SECONDS.
+        flushing_pulls = asyncio.create_task(flush_periodically(registry.pulls))
+        snapshots = asyncio.create_task(snapshot_periodically(registry.metadata))
         if access is not None:
             await create_initial_admin(settings, access)
         if listener is not None:
             listener.start()
         yield
+        for task in (flushing_pulls, snapshots):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await registry.pulls.flush()
+        except Exception:
+            log.exception("could not write the last pull statistics")
         if listener is not None:
             listener.stop()
         if collecting is not None:

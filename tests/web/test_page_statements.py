@@ -108,7 +108,9 @@ async def test_the_repository_page_sends_as_many_statements_for_300_tags_as_for_
 
     await push_images(registry, "jimo/many", 3, MANY_TAGS - 3)
     many = await page_statements(registry, client, "/r/jimo/many")
-    assert many == few, f"{few} statements for 4 tags, {many} for {MANY_TAGS + 1}"
+    # Not more with more tags. (It may be fewer: with 4 tags the newest push is the index,
+    # whose child the description fallback of issue 17 reads for its annotations.)
+    assert many <= few, f"{few} statements for 4 tags, {many} for {MANY_TAGS + 1}"
 
     text = text_of(await client.get("/r/jimo/many"))
     assert len(re.findall(r"\bv0\d{3}\b", text)) >= MANY_TAGS

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from cangku.api import repositories, usage
+from cangku.api import descriptions, repositories, usage, usage_history
 from cangku.auth.access import AccessControl
 from cangku.registry import Registry
 
 
 def api_routes(registry: Registry, access: AccessControl | None) -> list[BaseRoute]:
     """`access` None is the no-authentication mode."""
-    return repositories.routes(registry, access) + usage.routes(registry, access)
+    return (
+        repositories.routes(registry, access)
+        + usage.routes(registry, access)
+        + descriptions.routes(registry, access)  # issue 17
+        + usage_history.routes(registry, access)  # issue 17
+    )

@@ -8,7 +8,8 @@ from cangku.config import Settings
 from cangku.content.units import format_duration, format_size
 
 GC_HELP = """\
-Delete what no tag needs any more: blobs no manifest references (older than the grace
+First the retention policies delete the tags they do not keep (docs/retention.md); then
+delete what no tag needs any more: blobs no manifest references (older than the grace
 period), untagged manifests if gc.untagged says so, idle upload sessions (uploads.expire).
 Runs beside the server on the same data directory; see docs/garbage-collection.md."""
 
@@ -16,6 +17,7 @@ Runs beside the server on the same data directory; see docs/garbage-collection.m
 async def gc_run(settings: Settings, args: argparse.Namespace) -> int:
     dry_run, grace = args.dry_run, args.grace
     from cangku.app import build_collector, build_registry
+    from cangku.cli import retention
 
     if grace is not None:
         settings = settings.model_copy(
@@ -23,6 +25,8 @@ async def gc_run(settings: Settings, args: argparse.Namespace) -> int:
         )
     registry = build_registry(settings)
     try:
+        # Issue 17: the retention policies first (a dry run lists what they would delete).
+        await retention.retain_before_gc(registry.metadata, dry_run=dry_run)
         report = await build_collector(settings, registry).collect(dry_run=dry_run)
     finally:
         await registry.metadata.close()

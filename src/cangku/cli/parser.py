@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from cangku import __version__
+from cangku.cli import descriptions, retention
 from cangku.cli.common import (
     _add_delete_repositories,
     _add_policy_switches,
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     release.add_argument("name", help="repository, e.g. jimo/my-image")
     release.add_argument("tag", help="the floating tag, e.g. latest")
+    _add_description_commands(repo)
+    retention.add_commands(commands, _command)
 
     namespace = commands.add_parser("namespace", help="namespaces").add_subparsers(
         dest="action", required=True
@@ -156,3 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
     _command(quota, "unset", "remove a namespace's quota", run=quota_run).add_argument("namespace")
     _command(quota, "list", "every quota with its usage", run=quota_run)
     return parser
+
+
+def _add_description_commands(
+    repo: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """`repo describe` and `repo pulls` (issue 17); the work is in cli/descriptions.py."""
+    describe = _command(
+        repo,
+        "describe",
+        "show or set a repository's description and Markdown overview",
+        run=descriptions.describe_run,
+    )
+    describe.add_argument("name")
+    describe.add_argument("--description", help='one line, at most 100 characters ("" unsets)')
+    describe.add_argument(
+        "--overview-file", type=Path, help="Markdown file for the overview (- reads stdin)"
+    )
+    describe.add_argument("--clear-overview", action="store_true", help="unset the overview")
+    describe.add_argument("--json", action="store_true", help="print the API's JSON")
+    pulls = _command(
+        repo, "pulls", "pulls of a repository, per tag and digest", run=descriptions.pulls_run
+    )
+    pulls.add_argument("name")
+    pulls.add_argument("--json", action="store_true", help="print the API's JSON")

@@ -7,10 +7,11 @@ from starlette.responses import Response
 
 from cangku.content.errors import ManifestUnknown, PayloadTooLarge, TooManyTags
 from cangku.content.manifest import MAX_MANIFEST_BYTES
-from cangku.content.mediatypes import is_acceptable, parse_accept
+from cangku.content.mediatypes import INDEXES, is_acceptable, parse_accept
 from cangku.distribution.http import content_length, request_body, request_context
 from cangku.registry import Registry
 from cangku.registry.manifests import MAX_TAGS_PER_PUSH
+from cangku.registry.pulls import counts_as_pull, index_children
 
 
 async def put_manifest(request: Request, registry: Registry, name: str, reference: str) -> Response:
@@ -61,6 +62,17 @@ async def get_manifest(request: Request, registry: Registry, name: str, referenc
         "ETag": f'"{manifest.digest}"',
     }
     body = b"" if request.method == "HEAD" else manifest.content
+    # Issue 17: a client's GET is a pull (registry/pulls.py); counted in memory only.
+    client = request.client.host if request.client else ""
+    if request.method == "HEAD":
+        if reference != manifest.digest:
+            registry.pulls.note_resolution(name, reference, manifest.digest, client)
+    elif counts_as_pull(request.method, request.headers.get("user-agent")):
+        if manifest.media_type in INDEXES:
+            children = index_children(manifest.media_type, manifest.content)
+            registry.pulls.record(name, reference, manifest.digest, client, children)
+        else:
+            registry.pulls.record(name, reference, manifest.digest, client)
     return Response(body, headers=headers, media_type=manifest.media_type)
 
 

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.expression import Executable
 
-from cangku.metadata import visibility
+from cangku.metadata import descriptions, visibility
 from cangku.metadata.schema import (
     blobs,
     manifest_references,
@@ -123,7 +123,11 @@ def repository_rows(
     if visible is not None:
         query = query.where(visible_to(visible))
     if search:
-        query = query.where(repositories.c.name.contains(search.lower(), autoescape=True))
+        query = query.where(
+            repositories.c.name.contains(search.lower(), autoescape=True)
+            # Issue 17: the owners' description is searched too.
+            | descriptions.description_matches(search)
+        )
     total = connection.scalar(select(func.count()).select_from(query.subquery())) or 0
     if sort == "pushed":
         query = query.order_by(last_push.desc(), repositories.c.name)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -236,4 +237,63 @@ upload_sessions = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_upload_sessions_owner", "owner"),
     Index("ix_upload_sessions_namespace", "namespace"),
+)
+
+# What a repository is, set by its owners (issue 17): a one-line description and a Markdown
+# overview. NULL: not set, the pages fall back to the newest image's annotations and labels.
+repository_descriptions = Table(
+    "repository_descriptions",
+    metadata,
+    Column(
+        "repository_id",
+        Integer,
+        ForeignKey("repositories.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("description", String(100)),
+    Column("overview", Text),
+    Column("updated_at", Float, nullable=False),
+    Column("updated_by", String(255)),
+)
+
+# Pulls (manifest GETs by clients) counted in memory and added here in batches
+# (registry/pulls.py). kind "tag": pulls by that tag; kind "digest": every GET that served
+# that manifest; kind "total" (reference ""): the repository's pulls.
+pull_statistics = Table(
+    "pull_statistics",
+    metadata,
+    Column(
+        "repository_id",
+        Integer,
+        ForeignKey("repositories.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("kind", String(8), primary_key=True),
+    Column("reference", String(200), primary_key=True),
+    Column("pulls", BigInteger, nullable=False),
+    Column("last_pulled_at", Float, nullable=False),
+)
+
+# Retention policies (registry/retention.py): scope "repository", "namespace" or "server"
+# (name ""); `rules` is the policy as JSON. The most specific one applies.
+retention_policies = Table(
+    "retention_policies",
+    metadata,
+    Column("scope", String(16), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("rules", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Usage over time (registry/usage_history.py): per UTC day ("YYYY-MM-DD") and namespace, the
+# deduplicated bytes stored at the day's last snapshot (NULL: none taken), the manifests
+# pushed and the pulls.
+usage_days = Table(
+    "usage_days",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("namespace", String(255), primary_key=True),
+    Column("stored_bytes", BigInteger),
+    Column("pushes", BigInteger, nullable=False),
+    Column("pulls", BigInteger, nullable=False),
 )

@@ -25,6 +25,7 @@ from cangku.registry.blobs import Blobs
 from cangku.registry.context import IN_PROCESS, RequestContext
 from cangku.registry.core import MAX_PAGE_SIZE, Core
 from cangku.registry.manifests import MAX_TAGS_PER_PUSH, Manifests, known_repository_id
+from cangku.registry.pulls import PullCounter, forget_repository
 from cangku.registry.records import Page, Visibility
 from cangku.registry.referrers import MAX_REFERRERS_PER_PAGE, Referrers
 from cangku.registry.repository import Repository, RepositoryWrapper
@@ -65,6 +66,8 @@ class Registry:
         self.metadata = metadata
         self.files = self.core.files
         self.wrap = wrap
+        # Issue 17: pulls counted in memory, flushed in batches (registry/pulls.py).
+        self.pulls = PullCounter(metadata)
 
     # Settings live in `core`, shared by every service the handles hold (tests change them).
     @property
@@ -268,7 +271,10 @@ class Registry:
             repository_id = known_repository_id(connection, name)
             browse.remove_repository(connection, repository_id, context.caller)
             upload_limits.close_repository_sessions(connection, name)
+            # Issue 17: a repository pushed again under the name starts with no pulls or texts.
+            forget_repository(connection, repository_id)
 
+        self.pulls.forget(name)
         await self.metadata.write(remove)
         sessions = [session async for session, _ in self.storage.iterate_uploads()]
         for session in sessions:

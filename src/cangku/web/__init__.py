@@ -13,7 +13,7 @@ from starlette.staticfiles import StaticFiles
 
 from cangku.auth.access import AccessControl
 from cangku.registry import Registry
-from cangku.web import account, admin, repositories, signin
+from cangku.web import account, admin, repositories, retention, signin, usage_pages
 from cangku.web.sessions import SessionCookies
 from cangku.web.site import Site
 
@@ -29,6 +29,9 @@ def web_app(registry: Registry, access: AccessControl | None, session_key: bytes
         *signin.routes(site),
         *account.routes(site),
         *admin.routes(site),
+        # Issue 17: before repositories' catch-all /r/{name:path}.
+        *retention.routes(site, repositories.repository_url),
+        *usage_pages.routes(site),
         *repositories.routes(site),
     ]
 

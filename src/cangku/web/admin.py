@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute, Route
 from cangku.auth.accounts import AccountError, Accounts
 from cangku.auth.permissions import ROLES
 from cangku.web.site import PageError, SignInRequired, Site, Viewer
+from cangku.web.usage_pages import usage_charts
 
 # An administrator's change: (accounts, request, who asked, form fields) → the message shown.
 Change = Callable[[Accounts, Request, Viewer, dict[str, str]], Awaitable[str]]
@@ -42,6 +43,8 @@ def routes(site: Site) -> list[BaseRoute]:
                 "roles": list(ROLES),
                 "message": message,
                 "error": error,
+                # Issue 17: usage over time, the whole registry.
+                **await usage_charts(site, None),
             },
             status,
         )

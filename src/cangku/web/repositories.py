@@ -14,6 +14,7 @@ from cangku.auth.permissions import DELETE
 from cangku.content.digest import Digest
 from cangku.content.errors import RegistryError
 from cangku.content.names import validate_repository_name, validate_tag
+from cangku.web import descriptions
 from cangku.web.images import (
     ImageFacts,
     config_view,
@@ -99,6 +100,10 @@ def routes(site: Site) -> list[BaseRoute]:
                 "next_url": page_url(page + 1) if page < pages else None,
                 "host": pull_host(site, request),
                 "repository_url": repository_url,
+                # Issue 17: descriptions and pulls beside the names.
+                **await descriptions.listing_context(
+                    site, [summary.name for summary in listing.repositories]
+                ),
             },
         )
 
@@ -108,6 +113,7 @@ def routes(site: Site) -> list[BaseRoute]:
         actions = await site.require_visible(viewer, name)
         # One read for the whole table, whatever the number of tags (metadata/browse.py).
         table = await registry.tag_table(name, MAX_TAGS_SHOWN)
+        about = await descriptions.page_context(site, name)  # issue 17
         rows = []
         # Floating tags share their release's image: read each one once.
         facts_by_digest: dict[str, tuple[ImageFacts, list[str]]] = {}
@@ -121,6 +127,8 @@ def routes(site: Site) -> list[BaseRoute]:
                     await _platforms(site, facts, table.blob_sizes),
                 )
             facts, platforms = known
+            # Issue 17: pulls by this tag (web/descriptions.py reads them).
+            tag_pulls = about["pulls"].tags.get(tag.tag)
             rows.append(
                 {
                     "tag": tag.tag,
@@ -129,6 +137,8 @@ def routes(site: Site) -> list[BaseRoute]:
                     "facts": facts,
                     "pushed_at": tag.pushed_at,
                     "pushed_by": tag.pushed_by or "",
+                    "pulls": tag_pulls.pulls if tag_pulls else 0,
+                    "last_pulled_at": tag_pulls.last_pulled_at if tag_pulls else None,
                 }
             )
         policy = await registry.repository(name).tags.policy()
@@ -155,6 +165,7 @@ def routes(site: Site) -> list[BaseRoute]:
                 "may_change": DELETE in actions,
                 "repository_url": repository_url,
                 "usage": await registry.repository_usage(name),
+                **about,
             },
         )
 
@@ -313,6 +324,7 @@ def routes(site: Site) -> list[BaseRoute]:
         Route("/r/{name:path}/-/manifests/{digest}", page(manifest_page), methods=["GET"]),
         Route("/r/{name:path}/-/delete", page(delete_repository), methods=["GET", "POST"]),
         Route("/r/{name:path}/-/settings", page(settings), methods=["POST"]),
+        *descriptions.routes(site, repository_url),  # issue 17
         Route("/r/{name:path}", page(repository_page), methods=["GET"]),
     ]
 
