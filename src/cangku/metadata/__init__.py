@@ -6,8 +6,9 @@ Every SQL statement lives in this package: `store.py` runs transactions, the row
 auth/ call inside the transactions they hold.
 """
 
+from sqlalchemy import Row
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.store import MetadataStore
 
-__all__ = ["Connection", "MetadataStore"]
+__all__ = ["Connection", "MetadataStore", "Row"]

@@ -1,18 +1,139 @@
-"""Rows of `tags` and `tag_history` that the registry's listings and deletes read.
+"""Rows of `tags`, `tag_history` and `tag_policies`: every SQL statement on tags.
 
-The tag *writes* (pushes, moves, floating tags and policies) stay in registry/tags.py for
-now (issue 20 rewrites them; they move here after it lands). Plain functions over a
-`Connection`; the caller holds the transaction.
+The rules (which tags move, the floating-tag policy, the history's reasons) live in
+registry/tags.py, which calls these. Plain functions over a `Connection`; the caller holds
+the transaction. The floating-tag reads are index seeks (ix_tags_release, ix_tags_version,
+issue 20): their cost does not grow with the number of versions a repository holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import (
+    BindParameter,
+    Row,
+    Select,
+    bindparam,
+    delete,
+    insert,
+    literal,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Connection
 
-from cangku.metadata.schema import tag_history, tags
+from cangku.metadata.schema import tag_history, tag_policies, tags
+
+# Statements built once (building one costs more than running it on SQLite).
+_POLICY_ROWS = select(
+    tag_policies.c.scope, tag_policies.c.floating, tag_policies.c.immutable_versions
+).where(
+    ((tag_policies.c.scope == "repository") & (tag_policies.c.name == bindparam("repository")))
+    | ((tag_policies.c.scope == "namespace") & (tag_policies.c.name == bindparam("namespace")))
+)
+_TAG_DIGEST = select(tags.c.manifest_digest).where(
+    tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
+)
+
+
+# The newest release of a line: one seek in ix_tags_release. Among releases of equal
+# precedence (they differ in build metadata) the one changed last wins.
+def _newest_release_of(
+    prefix: str | BindParameter[str], low: str = "low", high: str = "high", line: str = ""
+) -> Select[str, str, str, bytes, float]:
+    return (
+        select(
+            literal(line).label("line"),
+            tags.c.name,
+            tags.c.manifest_digest,
+            tags.c.release_key,
+            tags.c.updated_at,
+        )
+        .where(
+            tags.c.repository_id == bindparam("repository_id"),
+            tags.c.version_prefix == prefix,
+            tags.c.release_key >= bindparam(low),
+            tags.c.release_key < bindparam(high),
+        )
+        .order_by(tags.c.release_key.desc(), tags.c.updated_at.desc(), tags.c.name.desc())
+        .limit(1)
+    )
+
+
+_NEWEST_RELEASE = _newest_release_of(bindparam("prefix"))
+# `latest` follows both spellings: the newest of each (one seek each), then the newer.
+_NEWEST_RELEASE_OF_BOTH = union_all(
+    select(_newest_release_of("").subquery()), select(_newest_release_of("v").subquery())
+)
+# A pushed release's three lines in one statement (one seek per line and spelling), keyed by
+# the version's prefix: MAJOR.MINOR, MAJOR, then `latest` of both spellings.
+_LINES_OF_RELEASE = {
+    prefix: union_all(
+        select(_newest_release_of(prefix, "minor_low", "minor_high", "minor").subquery()),
+        select(_newest_release_of(prefix, "major_low", "major_high", "major").subquery()),
+        select(_newest_release_of("", "all_low", "all_high", "latest").subquery()),
+        select(_newest_release_of("v", "all_low", "all_high", "latest").subquery()),
+    )
+    for prefix in ("", "v")
+}
+_TAG_STATES = select(tags.c.name, tags.c.manifest_digest, tags.c.client_managed).where(
+    tags.c.repository_id == bindparam("repository_id"),
+    tags.c.name.in_(bindparam("names", expanding=True)),
+)
+_INSERT_TAG = insert(tags)
+_UPDATE_TAG = (
+    update(tags)
+    .where(tags.c.repository_id == bindparam("b_repository_id"), tags.c.name == bindparam("b_tag"))
+    .values(
+        manifest_digest=bindparam("digest"),
+        updated_at=bindparam("now"),
+        client_managed=bindparam("managed"),
+    )
+)
+_RELEASE_TAG = (
+    update(tags)
+    .where(tags.c.repository_id == bindparam("b_repository_id"), tags.c.name == bindparam("b_tag"))
+    .values(client_managed=None)
+)
+_DELETE_TAG = delete(tags).where(
+    tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
+)
+_INSERT_HISTORY = insert(tag_history)
+_HISTORY = (
+    select(tag_history)
+    .where(
+        tag_history.c.repository_id == bindparam("repository_id"),
+        tag_history.c.tag == bindparam("tag"),
+    )
+    .order_by(tag_history.c.id.desc())
+    .limit(bindparam("limit"))
+)
+_HISTORY_BEFORE = _HISTORY.where(tag_history.c.id < bindparam("before"))
+# The change that put a tag on the digest it has now is its newest change: one row read.
+_NEWEST_MOVE = (
+    select(tag_history)
+    .where(
+        tag_history.c.repository_id == bindparam("repository_id"),
+        tag_history.c.tag == bindparam("tag"),
+        tag_history.c.new_digest == bindparam("digest"),
+    )
+    .order_by(tag_history.c.id.desc())
+    .limit(1)
+)
+_VERSIONS = (
+    select(tags.c.name, tags.c.manifest_digest)
+    .where(
+        tags.c.repository_id == bindparam("repository_id"),
+        tuple_(tags.c.version_key, tags.c.name) < tuple_(bindparam("key"), bindparam("last")),
+        tags.c.version_key >= b"\x01",  # every version's key; excludes NULL (other tags)
+    )
+    .order_by(tags.c.version_key.desc(), tags.c.name.desc())
+    .limit(bindparam("limit"))
+)
 
 
 def names(connection: Connection, repository_id: int, after: str | None, limit: int) -> list[str]:
@@ -45,3 +166,155 @@ def history(connection: Connection, repository_id: int, tag: str) -> list[Row[An
         .order_by(tag_history.c.id.desc())
     )
     return list(connection.execute(query).all())
+
+
+def policy_rows(
+    connection: Connection, repository: str, namespace: str
+) -> list[Row[Any, Any, Any]]:
+    """The `tag_policies` rows (scope, floating, immutable_versions) of repository
+    `repository` and of namespace `namespace`: at most two, in one statement."""
+    return list(
+        connection.execute(_POLICY_ROWS, {"repository": repository, "namespace": namespace}).all()
+    )
+
+
+def write_policy(connection: Connection, scope: str, name: str, values: dict[str, bool]) -> None:
+    """Set these columns (`floating`, `immutable_versions`) of the policy of `scope`
+    ("repository" or "namespace") `name`, creating its row if it has none."""
+    where = (tag_policies.c.scope == scope) & (tag_policies.c.name == name)
+    if connection.execute(select(tag_policies.c.name).where(where)).first() is None:
+        connection.execute(insert(tag_policies).values(scope=scope, name=name, **values))
+    elif values:
+        connection.execute(update(tag_policies).where(where).values(**values))
+
+
+def newest_releases_of_line(
+    connection: Connection, repository_id: int, prefix: str | None, low: bytes, high: bytes
+) -> list[Row[Any, Any, Any, Any, Any]]:
+    """The newest release tag (line, name, manifest_digest, release_key, updated_at) whose release
+    key lies in [low, high), spelt with `prefix` ("" or "v"), or of each spelling when
+    `prefix` is None: at most two rows, one index seek each (ix_tags_release)."""
+    parameters = {"repository_id": repository_id, "low": low, "high": high}
+    if prefix is not None:
+        return list(connection.execute(_NEWEST_RELEASE, {**parameters, "prefix": prefix}).all())
+    return list(connection.execute(_NEWEST_RELEASE_OF_BOTH, parameters).all())
+
+
+def newest_releases_of_lines(
+    connection: Connection,
+    repository_id: int,
+    prefix: str,
+    minor: tuple[bytes, bytes],
+    major: tuple[bytes, bytes],
+    every: tuple[bytes, bytes],
+) -> list[Row[Any, Any, Any, Any, Any]]:
+    """The newest release of three lines in one statement, each row labelled by `line`:
+    "minor" and "major" (release keys in [low, high), spelt with `prefix`) and "latest"
+    (release keys in `every`, one row per spelling). One index seek per row."""
+    return list(
+        connection.execute(
+            _LINES_OF_RELEASE[prefix],
+            {
+                "repository_id": repository_id,
+                "minor_low": minor[0],
+                "minor_high": minor[1],
+                "major_low": major[0],
+                "major_high": major[1],
+                "all_low": every[0],
+                "all_high": every[1],
+            },
+        ).all()
+    )
+
+
+def states(
+    connection: Connection, repository_id: int, names: Sequence[str]
+) -> list[Row[Any, Any, Any]]:
+    """(name, manifest_digest, client_managed) of those of the tags `names` that exist: one
+    statement."""
+    return list(
+        connection.execute(_TAG_STATES, {"repository_id": repository_id, "names": list(names)})
+    )
+
+
+def digest_of(connection: Connection, repository_id: int, tag: str) -> str | None:
+    """The manifest digest `tag` points at, or None when there is no such tag."""
+    return connection.scalar(_TAG_DIGEST, {"repository_id": repository_id, "tag": tag})
+
+
+def insert_tags(connection: Connection, rows: list[dict[str, object]]) -> None:
+    """New `tags` rows (all columns given: see `registry.tags.version_columns`), one
+    statement."""
+    connection.execute(_INSERT_TAG, rows)
+
+
+def move_tags(
+    connection: Connection,
+    repository_id: int,
+    digest: str,
+    updated_at: float,
+    moved: list[tuple[str, bool | None]],
+) -> None:
+    """Point the existing tags (name, client_managed) at `digest`, changed at `updated_at`
+    (Unix seconds): one statement."""
+    connection.execute(
+        _UPDATE_TAG,
+        [
+            {
+                "b_repository_id": repository_id,
+                "b_tag": tag,
+                "digest": digest,
+                "now": updated_at,
+                "managed": managed,
+            }
+            for tag, managed in moved
+        ],
+    )
+
+
+def clear_client_managed(connection: Connection, repository_id: int, tag: str) -> None:
+    """Hand `tag` back to the policy: its `client_managed` flag becomes NULL."""
+    connection.execute(_RELEASE_TAG, {"b_repository_id": repository_id, "b_tag": tag})
+
+
+def delete_tag(connection: Connection, repository_id: int, tag: str) -> None:
+    """Remove the `tags` row of `tag` (its history stays)."""
+    connection.execute(_DELETE_TAG, {"repository_id": repository_id, "tag": tag})
+
+
+def insert_history(connection: Connection, changes: list[dict[str, object]]) -> None:
+    """Append these `tag_history` rows, in order, in one statement (none: no statement)."""
+    if changes:
+        connection.execute(_INSERT_HISTORY, changes)
+
+
+def history_page(
+    connection: Connection, repository_id: int, tag: str, limit: int, before: int | None
+) -> list[Row[Any]]:
+    """Up to `limit` `tag_history` rows of `tag`, newest first, with ids below `before` if
+    given."""
+    parameters = {"repository_id": repository_id, "tag": tag, "limit": limit}
+    if before is None:
+        return list(connection.execute(_HISTORY, parameters).all())
+    return list(connection.execute(_HISTORY_BEFORE, {**parameters, "before": before}).all())
+
+
+def newest_move(
+    connection: Connection, repository_id: int, tag: str, digest: str
+) -> Row[Any] | None:
+    """The newest `tag_history` row that moved `tag` onto `digest`, or None: one row read."""
+    return connection.execute(
+        _NEWEST_MOVE, {"repository_id": repository_id, "tag": tag, "digest": digest}
+    ).first()
+
+
+def versions_below(
+    connection: Connection, repository_id: int, key: bytes, last: str, limit: int
+) -> list[Row[Any, Any]]:
+    """Up to `limit` version tags (name, manifest_digest) ordered below (key, last) by
+    (version_key, name), descending: one range read in ix_tags_version."""
+    return list(
+        connection.execute(
+            _VERSIONS, {"repository_id": repository_id, "key": key, "last": last, "limit": limit}
+        ).all()
+    )

@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy.engine import Connection
-
 from cangku.content.digest import Digest
 from cangku.content.errors import NameUnknown, RegistryError
 from cangku.content.manifest import parse_manifest
+from cangku.metadata import Connection
 from cangku.metadata import browse as rows
 from cangku.registry import usage
 from cangku.registry.records import StoredManifest, Visibility

@@ -2,7 +2,8 @@
 
 Every tag change goes through `push_tag` or `remove_tags`, so every change is recorded in the
 tag history and the floating tags (`1.9`, `1`, `latest`) move in the same transaction as the
-push or delete that caused them: a puller never sees a half-moved set.
+push or delete that caused them: a puller never sees a half-moved set. The SQL lives in
+metadata/tags.py; this module holds the rules (which tags move, the policy, the reasons).
 """
 
 from __future__ import annotations
@@ -10,21 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy import (
-    BindParameter,
-    Row,
-    Select,
-    bindparam,
-    delete,
-    insert,
-    literal,
-    select,
-    tuple_,
-    union_all,
-    update,
-)
-from sqlalchemy.engine import Connection
 
 from cangku.content.errors import Denied, RequestInvalid
 from cangku.content.versions import (
@@ -37,115 +23,10 @@ from cangku.content.versions import (
     line_of,
     parse_version,
 )
-from cangku.metadata.schema import tag_history, tag_policies, tags
+from cangku.metadata import Connection, Row
+from cangku.metadata import tags as tag_rows
 from cangku.registry.records import TagChange
 
-# Statements built once (building one costs more than running it on SQLite).
-_POLICY_ROWS = select(
-    tag_policies.c.scope, tag_policies.c.floating, tag_policies.c.immutable_versions
-).where(
-    ((tag_policies.c.scope == "repository") & (tag_policies.c.name == bindparam("repository")))
-    | ((tag_policies.c.scope == "namespace") & (tag_policies.c.name == bindparam("namespace")))
-)
-_TAG_DIGEST = select(tags.c.manifest_digest).where(
-    tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
-)
-
-
-# The newest release of a line: one seek in ix_tags_release. Among releases of equal
-# precedence (they differ in build metadata) the one changed last wins.
-def _newest_release_of(
-    prefix: str | BindParameter[str], low: str = "low", high: str = "high", line: str = ""
-) -> Select[str, str, str, bytes, float]:
-    return (
-        select(
-            literal(line).label("line"),
-            tags.c.name,
-            tags.c.manifest_digest,
-            tags.c.release_key,
-            tags.c.updated_at,
-        )
-        .where(
-            tags.c.repository_id == bindparam("repository_id"),
-            tags.c.version_prefix == prefix,
-            tags.c.release_key >= bindparam(low),
-            tags.c.release_key < bindparam(high),
-        )
-        .order_by(tags.c.release_key.desc(), tags.c.updated_at.desc(), tags.c.name.desc())
-        .limit(1)
-    )
-
-
-_NEWEST_RELEASE = _newest_release_of(bindparam("prefix"))
-# `latest` follows both spellings: the newest of each (one seek each), then the newer.
-_NEWEST_RELEASE_OF_BOTH = union_all(
-    select(_newest_release_of("").subquery()), select(_newest_release_of("v").subquery())
-)
-# A pushed release's three lines in one statement (one seek per line and spelling), keyed by
-# the version's prefix: MAJOR.MINOR, MAJOR, then `latest` of both spellings.
-_LINES_OF_RELEASE = {
-    prefix: union_all(
-        select(_newest_release_of(prefix, "minor_low", "minor_high", "minor").subquery()),
-        select(_newest_release_of(prefix, "major_low", "major_high", "major").subquery()),
-        select(_newest_release_of("", "all_low", "all_high", "latest").subquery()),
-        select(_newest_release_of("v", "all_low", "all_high", "latest").subquery()),
-    )
-    for prefix in ("", "v")
-}
-_TAG_STATES = select(tags.c.name, tags.c.manifest_digest, tags.c.client_managed).where(
-    tags.c.repository_id == bindparam("repository_id"),
-    tags.c.name.in_(bindparam("names", expanding=True)),
-)
-_INSERT_TAG = insert(tags)
-_UPDATE_TAG = (
-    update(tags)
-    .where(tags.c.repository_id == bindparam("b_repository_id"), tags.c.name == bindparam("b_tag"))
-    .values(
-        manifest_digest=bindparam("digest"),
-        updated_at=bindparam("now"),
-        client_managed=bindparam("managed"),
-    )
-)
-_RELEASE_TAG = (
-    update(tags)
-    .where(tags.c.repository_id == bindparam("b_repository_id"), tags.c.name == bindparam("b_tag"))
-    .values(client_managed=None)
-)
-_DELETE_TAG = delete(tags).where(
-    tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
-)
-_INSERT_HISTORY = insert(tag_history)
-_HISTORY = (
-    select(tag_history)
-    .where(
-        tag_history.c.repository_id == bindparam("repository_id"),
-        tag_history.c.tag == bindparam("tag"),
-    )
-    .order_by(tag_history.c.id.desc())
-    .limit(bindparam("limit"))
-)
-_HISTORY_BEFORE = _HISTORY.where(tag_history.c.id < bindparam("before"))
-# The change that put a tag on the digest it has now is its newest change: one row read.
-_NEWEST_MOVE = (
-    select(tag_history)
-    .where(
-        tag_history.c.repository_id == bindparam("repository_id"),
-        tag_history.c.tag == bindparam("tag"),
-        tag_history.c.new_digest == bindparam("digest"),
-    )
-    .order_by(tag_history.c.id.desc())
-    .limit(1)
-)
-_VERSIONS = (
-    select(tags.c.name, tags.c.manifest_digest)
-    .where(
-        tags.c.repository_id == bindparam("repository_id"),
-        tuple_(tags.c.version_key, tags.c.name) < tuple_(bindparam("key"), bindparam("last")),
-        tags.c.version_key >= b"\x01",  # every version's key; excludes NULL (other tags)
-    )
-    .order_by(tags.c.version_key.desc(), tags.c.name.desc())
-    .limit(bindparam("limit"))
-)
 # Default page sizes of a tag's history and of the version tree.
 HISTORY_PAGE = 100
 VERSIONS_PAGE = 100
@@ -171,9 +52,7 @@ class Release:
 
 def resolve_policy(connection: Connection, name: str, defaults: TagPolicy) -> TagPolicy:
     """The repository's own setting, else its namespace's, else the server's default."""
-    rows = connection.execute(
-        _POLICY_ROWS, {"repository": name, "namespace": name.split("/")[0]}
-    ).all()
+    rows = tag_rows.policy_rows(connection, name, name.split("/")[0])
     by_scope = {row.scope: row for row in rows}
     floating, immutable = defaults.floating, defaults.immutable_versions
     for scope in ("namespace", "repository"):
@@ -199,11 +78,7 @@ def set_policy(
         for key, value in (("floating", floating), ("immutable_versions", immutable_versions))
         if value is not None
     }
-    where = (tag_policies.c.scope == scope) & (tag_policies.c.name == name)
-    if connection.execute(select(tag_policies.c.name).where(where)).first() is None:
-        connection.execute(insert(tag_policies).values(scope=scope, name=name, **values))
-    elif values:
-        connection.execute(update(tag_policies).where(where).values(**values))
+    tag_rows.write_policy(connection, scope, name, values)
 
 
 def newest_release(connection: Connection, repository_id: int, floating_tag: str) -> Release | None:
@@ -213,11 +88,9 @@ def newest_release(connection: Connection, repository_id: int, floating_tag: str
     line = line_of(floating_tag)
     if line is None:
         return None
-    parameters = {"repository_id": repository_id, "low": line.low, "high": line.high}
-    if line.prefix is not None:
-        found = connection.execute(_NEWEST_RELEASE, {**parameters, "prefix": line.prefix}).all()
-    else:
-        found = connection.execute(_NEWEST_RELEASE_OF_BOTH, parameters).all()
+    found = tag_rows.newest_releases_of_line(
+        connection, repository_id, line.prefix, line.low, line.high
+    )
     if not found:
         return None
     best = max(found, key=lambda row: (row.release_key, row.updated_at, row.name))
@@ -229,11 +102,7 @@ def history_page(
 ) -> tuple[list[TagChange], int | None]:
     """Up to `limit` changes of `tag`, newest first, older than change `before` if given;
     and the `before` of the next page (None when this is the last)."""
-    parameters = {"repository_id": repository_id, "tag": tag, "limit": limit + 1}
-    if before is None:
-        rows = connection.execute(_HISTORY, parameters).all()
-    else:
-        rows = connection.execute(_HISTORY_BEFORE, {**parameters, "before": before}).all()
+    rows = tag_rows.history_page(connection, repository_id, tag, limit + 1, before)
     changes = [_change(row) for row in rows[:limit]]
     return changes, (changes[-1].id if len(rows) > limit else None)
 
@@ -242,9 +111,7 @@ def newest_move(
     connection: Connection, repository_id: int, tag: str, digest: str
 ) -> TagChange | None:
     """The newest change that moved `tag` onto `digest`."""
-    row = connection.execute(
-        _NEWEST_MOVE, {"repository_id": repository_id, "tag": tag, "digest": digest}
-    ).first()
+    row = tag_rows.newest_move(connection, repository_id, tag, digest)
     return None if row is None else _change(row)
 
 
@@ -273,9 +140,7 @@ def version_page(
         if version is None:
             raise RequestInvalid(f"last must be a version tag, not {last[:50]!r}")
         key, after = version.precedence_key(), last
-    rows = connection.execute(
-        _VERSIONS, {"repository_id": repository_id, "key": key, "last": after, "limit": limit + 1}
-    ).all()
+    rows = tag_rows.versions_below(connection, repository_id, key, after, limit + 1)
     page = [(row.name, row.manifest_digest) for row in rows[:limit]]
     return page, (page[-1][0] if len(rows) > limit else None)
 
@@ -318,12 +183,12 @@ class TagState:
 
 def tag_states(connection: Connection, repository_id: int, names: list[str]) -> dict[str, TagState]:
     """Tag → its state, for those of `names` that exist: one statement."""
-    rows = connection.execute(_TAG_STATES, {"repository_id": repository_id, "names": names})
+    rows = tag_rows.states(connection, repository_id, names)
     return {row.name: TagState(row.manifest_digest, bool(row.client_managed)) for row in rows}
 
 
 def current_digest(connection: Connection, repository_id: int, tag: str) -> str | None:
-    return connection.scalar(_TAG_DIGEST, {"repository_id": repository_id, "tag": tag})
+    return tag_rows.digest_of(connection, repository_id, tag)
 
 
 def push_tag(
@@ -391,18 +256,14 @@ def _newest_releases(
 ) -> tuple[Release | None, Release | None, Release | None]:
     """The newest release of `version`'s MAJOR.MINOR line, MAJOR line and of all releases."""
     minor, major = line_key(version.major, version.minor), line_key(version.major)
-    rows = connection.execute(
-        _LINES_OF_RELEASE[version.prefix],
-        {
-            "repository_id": repository_id,
-            "minor_low": minor,
-            "minor_high": minor + LINE_END,
-            "major_low": major,
-            "major_high": major + LINE_END,
-            "all_low": ALL_KEYS[0],
-            "all_high": ALL_KEYS[1],
-        },
-    ).all()
+    rows = tag_rows.newest_releases_of_lines(
+        connection,
+        repository_id,
+        version.prefix,
+        (minor, minor + LINE_END),
+        (major, major + LINE_END),
+        ALL_KEYS,
+    )
 
     def best(line: str) -> Release | None:
         found = [row for row in rows if row.line == line]
@@ -424,7 +285,7 @@ def remove_tags(
     """Tags were deleted (tag → the digest it had): record it, fall floating tags back."""
     history: list[dict[str, object]] = []
     for tag, digest in removed.items():
-        connection.execute(_DELETE_TAG, {"repository_id": repository_id, "tag": tag})
+        tag_rows.delete_tag(connection, repository_id, tag)
         _record(repository_id, tag, digest, None, actor, "deleted", history)
     if policy.floating:
         _fall_back(connection, repository_id, removed, actor, history)
@@ -463,7 +324,7 @@ def _fall_back(
         previous = state.digest if state is not None else None
         if best is None:
             if previous is not None:
-                connection.execute(_DELETE_TAG, {"repository_id": repository_id, "tag": floating})
+                tag_rows.delete_tag(connection, repository_id, floating)
                 _record(
                     repository_id,
                     floating,
@@ -513,7 +374,7 @@ def release_tag(
     follows, or None. Raises RequestInvalid for a tag that is not a floating tag."""
     if not is_floating_tag(tag):
         raise RequestInvalid(f"{tag[:128]} is not a floating tag (latest, MAJOR or MAJOR.MINOR)")
-    connection.execute(_RELEASE_TAG, {"b_repository_id": repository_id, "b_tag": tag})
+    tag_rows.clear_client_managed(connection, repository_id, tag)
     state = tag_states(connection, repository_id, [tag]).get(tag)
     best = newest_release(connection, repository_id, tag)
     if state is None or best is None:
@@ -590,21 +451,13 @@ def _write_moves(
         for tag, previous, _, managed in moves
         if previous is None
     ]
-    existing = [
-        {
-            "b_repository_id": repository_id,
-            "b_tag": tag,
-            "digest": digest,
-            "now": now,
-            "managed": managed or None,
-        }
-        for tag, previous, _, managed in moves
-        if previous is not None
+    existing: list[tuple[str, bool | None]] = [
+        (tag, managed or None) for tag, previous, _, managed in moves if previous is not None
     ]
     if new:
-        connection.execute(_INSERT_TAG, new)
+        tag_rows.insert_tags(connection, new)
     if existing:
-        connection.execute(_UPDATE_TAG, existing)
+        tag_rows.move_tags(connection, repository_id, digest, now, existing)
     for tag, previous, reason, _ in moves:
         if previous != digest:
             _record(repository_id, tag, previous, digest, actor, reason, history)
@@ -634,5 +487,4 @@ def _record(
 
 def _write_history(connection: Connection, history: list[dict[str, object]]) -> None:
     """The changes of one push or delete, in order, in one statement."""
-    if history:
-        connection.execute(_INSERT_HISTORY, history)
+    tag_rows.insert_history(connection, history)
