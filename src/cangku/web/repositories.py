@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from cangku.auth.permissions import DELETE
+from cangku.auth.permissions import DELETE, PUSH
 from cangku.content.digest import Digest
 from cangku.content.errors import RegistryError
 from cangku.content.names import validate_repository_name, validate_tag
@@ -163,6 +163,7 @@ def routes(site: Site) -> list[BaseRoute]:
                 "public": await site.is_public(name),
                 "policy": policy,
                 "may_change": DELETE in actions,
+                "may_push": PUSH in actions,
                 "repository_url": repository_url,
                 "usage": await registry.repository_usage(name),
                 **about,
@@ -296,6 +297,18 @@ def routes(site: Site) -> list[BaseRoute]:
             repository_url(name),
         )
 
+    # -- release: a client-managed floating tag goes back to the floating-tag policy --------
+    async def release_tag(request: Request, viewer: Viewer) -> Response:
+        """POST: for those who may push (as the JSON API's release); the tag follows its
+        line's newest release again (docs/tags.md, "Mirroring and syncing"). No confirmation
+        page: like the settings, it loses nothing and a push makes the tag client-managed
+        again."""
+        name, tag = repository_name(request), tag_name(request)
+        await site.checked_form(request, viewer)
+        await site.require(viewer, name, PUSH)
+        await registry.repository(name).tags.release(tag, site.context(request, viewer))
+        return site.redirect(request, viewer, repository_url(name))
+
     # -- settings --------------------------------------------------------------------------
     async def settings(request: Request, viewer: Viewer) -> Response:
         name = repository_name(request)
@@ -315,6 +328,7 @@ def routes(site: Site) -> list[BaseRoute]:
     return [
         Route("/", page(repository_list), methods=["GET"]),
         Route("/r/{name:path}/-/tags/{tag}/delete", page(delete_tag), methods=["GET", "POST"]),
+        Route("/r/{name:path}/-/tags/{tag}/release", page(release_tag), methods=["POST"]),
         Route("/r/{name:path}/-/tags/{tag}", page(tag_page), methods=["GET"]),
         Route(
             "/r/{name:path}/-/manifests/{digest}/delete",
