@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -137,9 +138,16 @@ def test_oras_token_backend_pulls_but_cannot_push_as_docs_authentication_says(
     with pytest.raises(ValueError):
         token.push(target=f"{server.host}/jimo/model:v2", files=["README.txt"])
     # The push step was challenged, and the same pull-only token (user=jimo) came back.
-    log = server.log_path.read_text(errors="replace")
-    resent = re.findall(
-        r"(?:POST /v2/jimo/model/blobs/uploads/|PUT /v2/jimo/model/manifests/v2) 401 .* user=jimo",
-        log,
-    )
+    # The access line is written after the response went out: give the last one a moment.
+    deadline = time.monotonic() + 10
+    while True:
+        log = server.log_path.read_text(errors="replace")
+        resent = re.findall(
+            r"(?:POST /v2/jimo/model/blobs/uploads/|PUT /v2/jimo/model/manifests/v2) 401 "
+            r".* user=jimo",
+            log,
+        )
+        if len(resent) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert len(resent) >= 2, log[-3000:]
