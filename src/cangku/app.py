@@ -33,6 +33,7 @@ from cangku.observability import (
     health_routes,
     metrics_route,
 )
+from cangku.proxy.routing import UpstreamRouting
 from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
 from cangku.registry.pulls import flush_periodically
@@ -175,8 +176,12 @@ def create_app(
     session_key = load_or_create_session_key(settings.data / "web-session-key")
     routes.append(Mount("/", app=web_app(registry, access, session_key)))
     site = Starlette(routes=routes, lifespan=lifespan)
+    distribution: ASGIApp = DistributionApp(registry, access)
+    if settings.proxy.upstreams:
+        # Issue 13: reads routed by `ns` or to the default upstream reach the mirror's namespace.
+        distribution = UpstreamRouting(distribution, settings.proxy, registry.metadata)
     return ObservedApp(
-        StrictTransportSecurity(RegistryApp(DistributionApp(registry, access), site)),
+        StrictTransportSecurity(RegistryApp(distribution, site)),
         metrics,
         tracing,
     )

@@ -34,6 +34,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from cangku.content.names import REPOSITORY_NAME
 from cangku.content.units import format_duration, parse_duration
 
 
@@ -196,6 +197,87 @@ class MetricsSettings(BaseModel):
         return value
 
 
+class UpstreamSettings(BaseModel):
+    """One registry the pull-through cache mirrors (docs/proxy.md, issue 13)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The namespace prefix (`/v2/docker.io/library/alpine/...`) and the `ns` query value
+    # (OCI dist-spec "Pulling manifests", `ns`) this upstream answers to: one name component.
+    name: str
+    # Where the upstream's /v2 API is: http or https, no path, query or credentials.
+    url: str
+    # Names neither prefixed nor sent with `ns` (dockerd's `registry-mirrors`) and not
+    # pushed locally go to this upstream; at most one upstream is the default.
+    default: bool = False
+    # Basic credentials for the upstream's token flow; the password is read from
+    # `password_file` (a secret mounted in a file) or given as `password` (the environment).
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    # A tag is checked upstream (manifest HEAD) at most this often.
+    revalidate: Duration = Field(default=300.0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        # One component of the repository-name grammar: "docker.io", "ghcr.io", "quay.io".
+        if "/" in value or not REPOSITORY_NAME.fullmatch(value):
+            raise ValueError(f"upstream name {value!r} is not one repository-name component")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        host = rest.rstrip("/")
+        if scheme not in ("http", "https") or not sep or not host:
+            raise ValueError(f"upstream url {value!r} must be http(s)://host[:port]")
+        if any(char in host for char in "/?#@ "):
+            raise ValueError(f"upstream url {value!r}: no path, query or credentials")
+        return f"{scheme}://{host}"
+
+    @model_validator(mode="after")
+    def _one_password(self) -> UpstreamSettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if (self.password is not None or self.password_file is not None) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+    def read_password(self) -> str | None:
+        """The upstream password (None without one), read from `password_file` each time so
+        a rotated secret is picked up. OSError when the file cannot be read."""
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return self.password.get_secret_value() if self.password is not None else None
+
+
+class ProxySettings(BaseModel):
+    """The pull-through cache (docs/proxy.md). No upstreams: no cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upstreams: list[UpstreamSettings] = Field(default_factory=list)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _distinct(cls, value: list[UpstreamSettings]) -> list[UpstreamSettings]:
+        names = [upstream.name for upstream in value]
+        if len(set(names)) != len(names):
+            raise ValueError("two upstreams have the same name")
+        if sum(upstream.default for upstream in value) > 1:
+            raise ValueError("at most one upstream is the default")
+        return value
+
+    def upstream(self, name: str) -> UpstreamSettings | None:
+        return next((upstream for upstream in self.upstreams if upstream.name == name), None)
+
+    @property
+    def default(self) -> UpstreamSettings | None:
+        return next((upstream for upstream in self.upstreams if upstream.default), None)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CANGKU_", env_nested_delimiter="__", extra="forbid"
@@ -220,6 +302,7 @@ class Settings(BaseSettings):
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
     # The password of the `admin` account created on the first start (CANGKU_ADMIN_PASSWORD);
     # None or empty: a random one, written to DATA/initial-admin-password.
     admin_password: SecretStr | None = None
