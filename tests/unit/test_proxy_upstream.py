@@ -1,0 +1,189 @@
+"""The upstream client of the pull-through cache (issue 13): the Docker token flow against a
+fake upstream (httpx MockTransport; nothing leaves the process)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from cangku.config import UpstreamSettings
+from cangku.content.mediatypes import OCI_MANIFEST
+from cangku.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
+
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
+DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+PASSWORD = "hunter2-secret"
+
+
+@dataclass
+class FakeHub:
+    """Docker Hub's shape: /v2 wants a Bearer token from /token; `library/*` is public,
+    `jimo/private` needs ci-bot's Basic credentials; tokens last `lifetime` seconds."""
+
+    lifetime: int = 300
+    scheme: str = "Bearer"
+    status: int | None = None  # force this answer to every /v2 request
+    content: bytes = MANIFEST
+    token_requests: list[httpx.Request] = field(default_factory=list)
+    issued: set[str] = field(default_factory=set)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return self.token(request)
+        if self.status is not None:
+            return httpx.Response(self.status, headers={"Retry-After": "30"})
+        name = request.url.path.removeprefix("/v2/").split("/manifests/")[0]
+        if not self.authorized(request, name):
+            if self.scheme == "Basic":
+                return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="hub"'})
+            challenge = (
+                'Bearer realm="http://hub.test/token",service="hub.test",'
+                f'scope="repository:{name}:pull"'
+            )
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        if name not in ("library/alpine", "jimo/private"):
+            return httpx.Response(404)
+        headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": DIGEST}
+        return httpx.Response(200, headers=headers, content=self.content)
+
+    def authorized(self, request: httpx.Request, name: str) -> bool:
+        given = request.headers.get("authorization", "")
+        if self.scheme == "Basic":
+            return given == _basic("ci-bot", PASSWORD)
+        token = given.removeprefix("Bearer ")
+        return token in self.issued and token.endswith(name)
+
+    def token(self, request: httpx.Request) -> httpx.Response:
+        self.token_requests.append(request)
+        scope = request.url.params["scope"]
+        name = scope.split(":")[1]
+        if name == "jimo/private" and request.headers.get("authorization") != _basic(
+            "ci-bot", PASSWORD
+        ):
+            return httpx.Response(401)
+        value = f"tok{len(self.token_requests)}-{name}"
+        self.issued.add(value)
+        return httpx.Response(200, json={"token": value, "expires_in": self.lifetime})
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _upstream(hub: FakeHub, clock: Clock | None = None, **fields: object) -> Upstream:
+    settings = UpstreamSettings.model_validate(
+        {"name": "docker.io", "url": "http://hub.test", **fields}
+    )
+    return Upstream(settings, httpx.MockTransport(hub), clock or Clock())
+
+
+async def test_anonymous_tokens_are_fetched_once_and_reused_until_they_expire() -> None:
+    hub, clock = FakeHub(lifetime=300), Clock()
+    upstream = _upstream(hub, clock)
+    manifest = await upstream.get_manifest("library/alpine", "3")
+    assert (manifest.digest, manifest.media_type, manifest.content) == (
+        DIGEST,
+        OCI_MANIFEST,
+        MANIFEST,
+    )
+    assert await upstream.head_manifest("library/alpine", "3") == DIGEST
+    await upstream.get_manifest("library/alpine", DIGEST)
+    assert len(hub.token_requests) == 1
+    first = hub.token_requests[0]
+    assert first.url.params["scope"] == "repository:library/alpine:pull"
+    assert first.url.params["service"] == "hub.test"
+    assert "authorization" not in first.headers  # anonymous
+    clock.now += 300  # past expires_in (less the margin)
+    await upstream.head_manifest("library/alpine", "3")
+    assert len(hub.token_requests) == 2
+
+
+async def test_basic_credentials_get_a_token_for_a_private_repository(tmp_path: object) -> None:
+    hub = FakeHub()
+    upstream = _upstream(hub, username="ci-bot", password=PASSWORD)
+    assert (await upstream.get_manifest("jimo/private", "1")).digest == DIGEST
+    assert hub.token_requests[0].headers["authorization"] == _basic("ci-bot", PASSWORD)
+    with pytest.raises(UpstreamNotFound):
+        await _upstream(FakeHub()).get_manifest("jimo/private", "1")
+    with pytest.raises(UpstreamNotFound):
+        await _upstream(FakeHub(), username="ci-bot", password="wrong").get_manifest(
+            "jimo/private", "1"
+        )
+
+
+async def test_a_basic_challenge_is_answered_with_the_credentials() -> None:
+    hub = FakeHub(scheme="Basic")
+    assert (
+        await _upstream(hub, username="ci-bot", password=PASSWORD).head_manifest(
+            "library/alpine", "3"
+        )
+        == DIGEST
+    )
+    with pytest.raises(UpstreamNotFound):
+        await _upstream(FakeHub(scheme="Basic")).head_manifest("library/alpine", "3")
+
+
+async def test_unknown_content_is_not_found() -> None:
+    with pytest.raises(UpstreamNotFound):
+        await _upstream(FakeHub()).get_manifest("library/nothing", "1")
+
+
+async def test_a_manifest_whose_digest_does_not_match_is_refused() -> None:
+    hub = FakeHub(content=MANIFEST + b" ")  # the bytes no longer hash to DIGEST
+    with pytest.raises(UpstreamError, match="does not match"):
+        await _upstream(hub).get_manifest("library/alpine", DIGEST)
+    with pytest.raises(UpstreamError, match="does not match"):
+        await _upstream(hub).get_manifest("library/alpine", "3")  # against the header
+
+
+async def test_a_manifest_over_4_mib_is_refused() -> None:
+    hub = FakeHub(content=b" " * (4 * 1024 * 1024 + 1))
+    with pytest.raises(UpstreamError, match="4 MiB"):
+        await _upstream(hub).get_manifest("library/alpine", "3")
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(429, 30), (503, 30), (500, 30)])
+async def test_throttling_and_server_errors_carry_the_status(status: int, retry_after: int) -> None:
+    with pytest.raises(UpstreamError) as raised:
+        await _upstream(FakeHub(status=status)).get_manifest("library/alpine", "3")
+    assert (raised.value.status, raised.value.retry_after) == (status, retry_after)
+
+
+async def test_an_upstream_that_is_down_is_an_error_without_status() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    settings = UpstreamSettings(name="docker.io", url="http://127.0.0.1:9")
+    with pytest.raises(UpstreamError) as raised:
+        await Upstream(settings, httpx.MockTransport(refuse)).head_manifest("library/alpine", "3")
+    assert raised.value.status is None
+
+
+async def test_credentials_and_tokens_are_never_logged_nor_in_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    hub = FakeHub()
+    upstream = _upstream(hub, username="ci-bot", password=PASSWORD)
+    await upstream.get_manifest("jimo/private", "1")
+    hub.status = 503
+    with pytest.raises(UpstreamError) as raised:
+        await upstream.get_manifest("jimo/private", "1")
+    token = next(iter(hub.issued))
+    for text in (caplog.text, str(raised.value)):
+        assert PASSWORD not in text and token not in text
+        assert base64.b64encode(f"ci-bot:{PASSWORD}".encode()).decode() not in text
