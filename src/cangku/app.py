@@ -22,7 +22,7 @@ from cangku.auth.access import AccessControl
 from cangku.auth.accounts import Accounts
 from cangku.auth.endpoints import token_routes
 from cangku.auth.tokens import TokenService, load_or_create_signing_key
-from cangku.config import Settings
+from cangku.config import ProxySettings, Settings
 from cangku.distribution.routes import DistributionApp
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.observability import (
@@ -33,10 +33,14 @@ from cangku.observability import (
     health_routes,
     metrics_route,
 )
+from cangku.proxy.cache import mirror_wrapper
 from cangku.proxy.routing import UpstreamRouting
+from cangku.proxy.upstream import Upstream
 from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
+from cangku.registry.manifests import Manifests
 from cangku.registry.pulls import flush_periodically
+from cangku.registry.repository import RepositoryWrapper
 from cangku.registry.retention import RetainingCollector
 from cangku.registry.tags import TagPolicy
 from cangku.registry.usage_history import snapshot_periodically
@@ -65,13 +69,22 @@ def build_registry(settings: Settings, tracing: Tracing | None = None) -> Regist
     tag_defaults = TagPolicy(
         floating=settings.tags.floating, immutable_versions=settings.tags.immutable_versions
     )
-    return Registry(
+    registry = Registry(
         storage,
         metadata,
         tag_defaults,
         automatic_mount=settings.uploads.automatic_mount,
         max_open_uploads=settings.uploads.max_open_per_owner,
     )
+    if settings.proxy.upstreams:
+        registry.wrap = mirror_registry(settings.proxy, registry)
+    return registry
+
+
+def mirror_registry(proxy: ProxySettings, registry: Registry) -> RepositoryWrapper:
+    """The pull-through cache's wrapper (issue 13, docs/proxy.md) for `registry`."""
+    upstreams = {upstream.name: Upstream(upstream) for upstream in proxy.upstreams}
+    return mirror_wrapper(proxy, upstreams, lambda name: Manifests(registry.core, name))
 
 
 def build_access_control(settings: Settings, registry: Registry) -> AccessControl | None:

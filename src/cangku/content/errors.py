@@ -136,6 +136,14 @@ class TooManyRequests(RegistryError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class Unavailable(RegistryError):
+    """503: content mirrored from an upstream registry that could not be reached and was never
+    cached (docs/proxy.md). The code is Distribution's own `UNAVAILABLE`."""
+
+    code = "UNAVAILABLE"
+    status = 503
+
+
 class RequestInvalid(RegistryError):
     """A malformed body or query for the JSON API (/api/v1), answered with 400."""
 

@@ -27,7 +27,13 @@ from cangku.registry import usage
 from cangku.registry.context import RequestContext
 from cangku.registry.core import Core
 from cangku.registry.records import PushedManifest, StoredManifest
-from cangku.registry.tags import current_digest, push_tag, remove_tags, resolve_policy
+from cangku.registry.tags import (
+    TagPolicy,
+    current_digest,
+    push_tag,
+    remove_tags,
+    resolve_policy,
+)
 
 # OCI dist-spec main "Pushing manifests with multiple tags": at least 10 SHOULD be taken; more
 # than this many `?tag=` on one PUT is 414 (docs/api.md).
@@ -118,6 +124,42 @@ class Manifests:
             tags=tag_names,
             warnings=tuple(warnings),
         )
+
+    async def store_mirrored(
+        self, tag: str | None, content: bytes, media_type: str, digest: str, actor: str
+    ) -> None:
+        """Keep a manifest fetched from an upstream registry (the pull-through cache,
+        docs/proxy.md), already verified against `digest`, and point `tag` at it.
+
+        Unlike `put`: its blobs are not required (they are cached as they are pulled), and
+        the tag follows the upstream exactly — no floating tags moved, no immutable versions
+        (a mirror records the upstream's moves in the tag history, `actor` naming it).
+        MANIFEST_INVALID."""
+        parsed = parse_manifest(content, media_type, Digest.parse(digest))
+        name = self.name
+        mirror_policy = TagPolicy(floating=False, immutable_versions=False)
+
+        def store(connection: Connection) -> None:
+            repository_id = repository_rows.ensure_repository(connection, name)
+            if manifest_rows.stored_media_type(connection, repository_id, digest) is None:
+                manifest_rows.insert_manifest(
+                    connection,
+                    repository_id,
+                    digest=digest,
+                    media_type=parsed.media_type,
+                    size=parsed.size,
+                    content=content,
+                    artifact_type=parsed.artifact_type,
+                    subject_digest=str(parsed.subject.digest) if parsed.subject else None,
+                    annotations=parsed.annotations,
+                    references={("blob", str(d.digest)) for d in parsed.blobs}
+                    | {("manifest", str(d.digest)) for d in parsed.manifests},
+                )
+            if tag is not None:
+                push_tag(connection, repository_id, name, tag, digest, mirror_policy, actor)
+                manifest_rows.clear_untagged_since(connection, repository_id, digest)
+
+        await self.core.metadata.write(store)
 
     async def get(self, reference: str) -> StoredManifest:
         name = self.name

@@ -1,0 +1,246 @@
+"""The pull-through cache as a wrapper around a repository's manifest service (DESIGN.md,
+"features as wrappers, not branches"; registry/protocols.py).
+
+A repository `<upstream>/<name>` (e.g. `docker.io/library/alpine`) is a mirror of `<name>`
+upstream. Its manifests:
+- by digest: served from the cache; fetched once (verified) when not cached, never again;
+- by tag: served from the cache while the tag was checked upstream less than `revalidate`
+  ago; else a manifest HEAD (not counted by Docker Hub's pull limit) says where the tag
+  points, and a moved tag is fetched by digest, stored, and the move kept in the tag history;
+- when the upstream cannot answer (down, timeout, 429, 5xx) a cached tag is served as it is
+  (a log line says so); content never cached fails: TOOMANYREQUESTS with Retry-After for a
+  429, UNAVAILABLE (503) otherwise;
+- pushes and deletes through the registry API are refused with DENIED: it is a mirror.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterable, Callable
+from dataclasses import replace
+
+from cangku.config import ProxySettings
+from cangku.content.digest import Digest
+from cangku.content.errors import (
+    Denied,
+    ManifestUnknown,
+    NameUnknown,
+    RegistryError,
+    TooManyRequests,
+    Unavailable,
+)
+from cangku.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
+from cangku.registry.context import RequestContext
+from cangku.registry.manifests import Manifests
+from cangku.registry.protocols import BlobService, ManifestService
+from cangku.registry.records import PushedManifest, StoredManifest
+from cangku.registry.repository import Repository, RepositoryWrapper
+
+log = logging.getLogger("cangku.proxy")
+
+
+def upstream_name(upstream: str, name: str) -> str:
+    """The repository's name upstream: Docker Hub keeps official images under `library/`."""
+    if upstream == "docker.io" and "/" not in name:
+        return f"library/{name}"
+    return name
+
+
+class MirroredManifests:
+    """`ManifestService` of a mirror repository: `inner` holds what is cached, `store` keeps
+    what the upstream gives; `checked` (shared by all handles of this upstream) holds when
+    each (repository, tag) was last checked upstream, in `clock` seconds."""
+
+    def __init__(
+        self,
+        inner: ManifestService,
+        store: Manifests,
+        upstream: Upstream,
+        remote: str,
+        checked: dict[tuple[str, str], float],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self.store = store
+        self.upstream = upstream
+        self.remote = remote
+        self.checked = checked
+        self.clock = clock
+
+    @property
+    def _mirror(self) -> str:
+        return f"{self.store.name} is a mirror of {self.remote} on {self.upstream.settings.name}"
+
+    async def put(
+        self,
+        reference: str,
+        content: bytes,
+        content_type: str | None,
+        context: RequestContext,
+        extra_tags: list[str] | None = None,
+    ) -> PushedManifest:
+        raise Denied(f"{self._mirror}: it cannot be pushed to; push to another repository")
+
+    async def delete(self, reference: str, context: RequestContext) -> None:
+        raise Denied(f"{self._mirror}: its content follows the upstream")
+
+    async def get(self, reference: str) -> StoredManifest:
+        cached = await self._cached(reference)
+        if ":" in reference:  # a digest: content-addressed, never revalidated
+            if cached is not None:
+                return cached
+            return await self._fetch(reference, None)
+        key = (self.store.name, reference)
+        revalidate = self.upstream.settings.revalidate
+        last = self.checked.get(key)
+        if cached is not None and last is not None and self.clock() - last < revalidate:
+            return cached
+        try:
+            digest = await self.upstream.head_manifest(self.remote, reference)
+        except UpstreamNotFound:
+            raise ManifestUnknown("manifest unknown upstream", reference) from None
+        except UpstreamError as error:
+            if cached is not None:
+                log.warning(
+                    "serving %s:%s from the cache: upstream %s (%s)",
+                    self.store.name,
+                    reference,
+                    self.upstream.settings.name,
+                    error,
+                )
+                return cached
+            raise _never_cached(error) from None
+        self.checked[key] = self.clock()
+        if cached is not None and cached.digest == digest:
+            return cached
+        return await self._fetch(digest, reference)
+
+    async def _cached(self, reference: str) -> StoredManifest | None:
+        try:
+            return await self.inner.get(reference)
+        except (ManifestUnknown, NameUnknown):
+            return None
+
+    async def _fetch(self, digest: str, tag: str | None) -> StoredManifest:
+        try:
+            manifest = await self.upstream.get_manifest(self.remote, digest)
+        except UpstreamNotFound:
+            raise ManifestUnknown("manifest unknown upstream", digest) from None
+        except UpstreamError as error:
+            raise _never_cached(error) from None
+        actor = f"mirror:{self.upstream.settings.name}"
+        await self.store.store_mirrored(
+            tag, manifest.content, manifest.media_type, manifest.digest, actor
+        )
+        return StoredManifest(
+            manifest.digest, manifest.media_type, len(manifest.content), manifest.content
+        )
+
+
+class MirrorUploads:
+    """`UploadService` of a mirror repository: every upload is refused (DENIED), so no blob
+    can be pushed into an upstream's namespace."""
+
+    def __init__(self, mirror: str) -> None:
+        self.refusal = f"{mirror} is a mirror: it cannot be pushed to; push to another repository"
+
+    async def start(self, context: RequestContext, algorithm: str = "sha256") -> str:
+        raise Denied(self.refusal)
+
+    async def status(self, upload_id: str) -> int:
+        raise Denied(self.refusal)
+
+    async def append(
+        self,
+        upload_id: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        content_range: tuple[int, int] | None,
+        context: RequestContext,
+    ) -> int:
+        raise Denied(self.refusal)
+
+    async def finish(
+        self,
+        upload_id: str,
+        digest: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        content_range: tuple[int, int] | None,
+        context: RequestContext,
+    ) -> Digest:
+        raise Denied(self.refusal)
+
+    async def cancel(self, upload_id: str, context: RequestContext) -> None:
+        raise Denied(self.refusal)
+
+
+class MirrorBlobs:
+    """`BlobService` of a mirror repository: reads pass to `inner`; monolithic uploads,
+    mounts and deletes are refused (DENIED)."""
+
+    def __init__(self, inner: BlobService, mirror: str) -> None:
+        self.inner = inner
+        self.refusal = f"{mirror} is a mirror: it cannot be pushed to; push to another repository"
+
+    async def stat(self, digest: str) -> tuple[Digest, int]:
+        return await self.inner.stat(digest)
+
+    async def delete(self, digest: str, context: RequestContext) -> None:
+        raise Denied(self.refusal)
+
+    async def upload(
+        self,
+        digest: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        context: RequestContext,
+    ) -> Digest:
+        raise Denied(self.refusal)
+
+    async def mount(self, digest: str, source: str, context: RequestContext) -> Digest | None:
+        raise Denied(self.refusal)
+
+
+def _never_cached(error: UpstreamError) -> RegistryError:
+    if error.status == 429:
+        return TooManyRequests(
+            f"the upstream is throttling: {error}", float(error.retry_after or 60)
+        )
+    return Unavailable(f"the upstream cannot be reached and this is not cached: {error}")
+
+
+def mirror_wrapper(
+    proxy: ProxySettings,
+    upstreams: dict[str, Upstream],
+    store: Callable[[str], Manifests],
+    clock: Callable[[], float] = time.monotonic,
+) -> RepositoryWrapper:
+    """The Registry's `wrap` hook: repositories under an upstream's name get their manifests
+    from that upstream; the others are handed back untouched. `store(name)` is the
+    repository's own `Manifests` (where the cache keeps what it fetched)."""
+    checked: dict[tuple[str, str], float] = {}
+
+    def wrap(handle: Repository) -> Repository:
+        first, _, rest = handle.name.partition("/")
+        upstream = upstreams.get(first)
+        if upstream is None or not rest or proxy.upstream(first) is None:
+            return handle
+        manifests = MirroredManifests(
+            handle.manifests,
+            store(handle.name),
+            upstream,
+            upstream_name(first, rest),
+            checked,
+            clock,
+        )
+        mirror = f"{handle.name} (of {upstream_name(first, rest)} on {first})"
+        return replace(
+            handle,
+            manifests=manifests,
+            uploads=MirrorUploads(mirror),
+            blobs=MirrorBlobs(handle.blobs, mirror),
+        )
+
+    return wrap
