@@ -161,13 +161,15 @@ async def test_docker_hub_official_images_are_under_library(setup: Setup) -> Non
 
 async def test_a_cached_tag_is_served_when_the_upstream_is_down_or_failing(setup: Setup) -> None:
     digest, _ = await push_image(setup.upstream, "library/alpine", "3")
-    await _get(setup.mirror, "/v2/docker.io/library/alpine/manifests/3")
+    fresh = await _get(setup.mirror, "/v2/docker.io/library/alpine/manifests/3")
+    assert "warning" not in fresh.headers
     for down, status in ((True, None), (False, 429), (False, 503), (False, 500)):
         setup.clock.now += REVALIDATE
         setup.gate.down, setup.gate.status = down, status
         answer = await _get(setup.mirror, "/v2/docker.io/library/alpine/manifests/3")
         assert answer.status_code == 200, (down, status)
         assert answer.headers["docker-content-digest"] == digest
+        assert answer.headers["warning"].startswith('299 - "served from the cache: upstream')
 
 
 async def test_content_never_cached_fails_with_the_upstreams_status_mapped(setup: Setup) -> None:

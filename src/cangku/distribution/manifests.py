@@ -8,7 +8,7 @@ from starlette.responses import Response
 from cangku.content.errors import ManifestUnknown, PayloadTooLarge, TooManyTags
 from cangku.content.manifest import MAX_MANIFEST_BYTES
 from cangku.content.mediatypes import INDEXES, is_acceptable, parse_accept
-from cangku.distribution.http import content_length, request_body, request_context
+from cangku.distribution.http import content_length, request_body, request_context, warning
 from cangku.registry import Registry
 from cangku.registry.manifests import MAX_TAGS_PER_PUSH
 from cangku.registry.pulls import counts_as_pull, index_children
@@ -39,9 +39,9 @@ async def put_manifest(request: Request, registry: Registry, name: str, referenc
     if pushed.subject:
         headers["OCI-Subject"] = pushed.subject
     response = Response(b"", status_code=201, headers=headers)
-    for warning in pushed.warnings:
+    for text in pushed.warnings:
         # OCI dist-spec "Warnings": code 299, agent "-", the text quoted.
-        response.headers.append("Warning", f'299 - "{warning}"')
+        response.headers.append("Warning", warning(text))
     for tag in pushed.tags:
         response.headers.append("OCI-Tag", tag)
     return response
@@ -73,7 +73,10 @@ async def get_manifest(request: Request, registry: Registry, name: str, referenc
             registry.pulls.record(name, reference, manifest.digest, client, children)
         else:
             registry.pulls.record(name, reference, manifest.digest, client)
-    return Response(body, headers=headers, media_type=manifest.media_type)
+    response = Response(body, headers=headers, media_type=manifest.media_type)
+    for text in manifest.warnings:
+        response.headers.append("Warning", warning(text))
+    return response
 
 
 async def delete_manifest(

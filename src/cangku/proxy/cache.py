@@ -109,7 +109,9 @@ class MirroredManifests:
                     self.upstream.settings.name,
                     error,
                 )
-                return cached
+                upstream = self.upstream.settings.name
+                stale = f"served from the cache: upstream {upstream} failed ({error})"
+                return replace(cached, warnings=(*cached.warnings, stale))
             raise _never_cached(error) from None
         self.checked[key] = self.clock()
         if cached is not None and cached.digest == digest:

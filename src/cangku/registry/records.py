@@ -17,6 +17,8 @@ class StoredManifest:
     media_type: str
     size: int
     content: bytes
+    # For the client, one Warning header each (e.g. served stale from the pull-through cache).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
