@@ -124,3 +124,12 @@ async def test_without_upstreams_nothing_is_routed(client: httpx.AsyncClient) ->
     await push_image(client, "docker.io/library/alpine", "3")
     answer = await _get(client, "/v2/library/alpine/manifests/3?ns=docker.io")
     assert answer.status_code == 404 and "oci-namespace" not in answer.headers
+
+
+async def test_an_upload_status_is_never_rerouted(mirror: httpx.AsyncClient) -> None:
+    # GET on an upload session is a read by method but belongs to a push: a new local
+    # repository's session must stay local even with a default upstream.
+    start = await mirror.post("/v2/jimo/fresh/blobs/uploads/")
+    assert start.status_code == 202
+    status = await mirror.get(start.headers["location"])
+    assert status.status_code == 204, status.text

@@ -24,8 +24,11 @@ from cangku.config import ProxySettings
 from cangku.metadata.browse import repository_id
 from cangku.metadata.store import MetadataStore
 
-# The repository-scoped /v2 routes (distribution/routes.py): the name, then the resource.
-_REPOSITORY_PATH = re.compile(r"/v2/(?P<name>.+?)(?P<rest>/(?:manifests|blobs|tags|referrers)/.*)")
+# The repository-scoped read routes (distribution/routes.py): the name, then the resource.
+# Upload sessions (`/blobs/uploads/…`, GET for their status) belong to a push: never routed.
+_REPOSITORY_PATH = re.compile(
+    r"/v2/(?P<name>.+?)(?P<rest>/(?:manifests|blobs(?!/uploads(?:/|$))|tags|referrers)/.*)"
+)
 
 NAMESPACE_HEADER = b"oci-namespace"
 
