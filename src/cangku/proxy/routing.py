@@ -86,7 +86,10 @@ class UpstreamRouting:
         default = self.proxy.default
         if default is None:
             return None
-        local = await self.metadata.read(lambda connection: repository_id(connection, name))
+        # Asked on every such read: remembered until the next commit (metadata/store.py).
+        local = await self.metadata.read_cached(
+            ("proxy.local", name), lambda connection: repository_id(connection, name)
+        )
         if local is not None:
             return None  # Pushed locally: local repositories always win.
         return default.name, False
