@@ -77,6 +77,11 @@ def build_registry(settings: Settings, tracing: Tracing | None = None) -> Regist
         max_open_uploads=settings.uploads.max_open_per_owner,
     )
     if settings.proxy.upstreams:
+        # Said at every start until it is true: operators must not mistake it for a mirror.
+        log.warning(
+            "proxy.upstreams: the pull-through cache is work in progress; it fetches manifests "
+            "but not yet blobs, so pulls of uncached images fail (docs/proxy.md)"
+        )
         registry.wrap = mirror_registry(settings.proxy, registry)
     return registry
 
