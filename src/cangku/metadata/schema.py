@@ -297,3 +297,18 @@ usage_days = Table(
     Column("pushes", BigInteger, nullable=False),
     Column("pulls", BigInteger, nullable=False),
 )
+
+# Issue 16: the events outbox. A row is written in the same transaction as the change it
+# reports (a push, a tag move, a delete), so an event is never lost and never reports a change
+# that was rolled back. `id` orders the events; `event_id` is the CloudEvents `id` receivers
+# de-duplicate by; `payload` is the CloudEvent in structured JSON mode (events/records.py).
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("type", String(100), nullable=False),
+    Column("repository", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("payload", Text, nullable=False),
+)
