@@ -24,6 +24,7 @@ from cangku.auth.endpoints import token_routes
 from cangku.auth.tokens import TokenService, load_or_create_signing_key
 from cangku.config import Settings
 from cangku.distribution.routes import DistributionApp
+from cangku.events.delivery import Deliverer
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.observability import (
     MeteredCollector,
@@ -143,11 +144,21 @@ def create_app(
         # snapshots for the charts every SNAPSHOT_SECONDS.
         flushing_pulls = asyncio.create_task(flush_periodically(registry.pulls))
         snapshots = asyncio.create_task(snapshot_periodically(registry.metadata))
+        # Issue 16: the outbox goes to the configured endpoints (events/delivery.py).
+        deliverer = (
+            Deliverer(registry.metadata, settings.events) if settings.events.endpoints else None
+        )
+        delivering = asyncio.create_task(deliverer.run()) if deliverer is not None else None
         if access is not None:
             await create_initial_admin(settings, access)
         if listener is not None:
             listener.start()
         yield
+        if delivering is not None and deliverer is not None:
+            delivering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await delivering
+            await deliverer.close()
         for task in (flushing_pulls, snapshots):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, insert, select
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from cangku.metadata.schema import events
+from cangku.metadata.schema import event_deliveries, event_endpoints, events
 
 _INSERT = insert(events)
 
@@ -26,4 +26,99 @@ def insert_events(connection: Connection, rows: list[dict[str, object]]) -> None
 def after(connection: Connection, last_id: int, limit: int) -> list[Row[Any]]:
     """Up to `limit` outbox rows with an id above `last_id`, oldest first."""
     query = select(events).where(events.c.id > last_id).order_by(events.c.id).limit(limit)
+    return list(connection.execute(query))
+
+
+def endpoint_cursor(connection: Connection, url: str, *, lock: bool) -> int | None:
+    """The id of the last event endpoint `url` has delivery rows for; None for an endpoint
+    never seen. With `lock`, the row stays locked to the end of the transaction (PostgreSQL
+    `FOR UPDATE`), so that two replicas never add the same deliveries."""
+    query = select(event_endpoints.c.last_event_id).where(event_endpoints.c.url == url)
+    if lock:
+        query = query.with_for_update()
+    return connection.scalar(query)
+
+
+def start_endpoint(connection: Connection, url: str) -> None:
+    """A new endpoint starts at the end of the outbox: it gets the events from now on."""
+    last = connection.scalar(select(func.coalesce(func.max(events.c.id), 0)))
+    connection.execute(insert(event_endpoints).values(url=url, last_event_id=int(last or 0)))
+
+
+def advance_endpoint(connection: Connection, url: str, last_event_id: int) -> None:
+    connection.execute(
+        update(event_endpoints)
+        .where(event_endpoints.c.url == url)
+        .values(last_event_id=last_event_id)
+    )
+
+
+def insert_deliveries(connection: Connection, rows: list[dict[str, object]]) -> None:
+    """Add `event_deliveries` rows (event_id, endpoint, state, attempts, created_at,
+    next_attempt_at), in one statement (none: no statement)."""
+    if rows:
+        connection.execute(insert(event_deliveries), rows)
+
+
+def claim_due(connection: Connection, now: float, lease: float, limit: int) -> list[Row[Any]]:
+    """Up to `limit` pending deliveries due at `now`, oldest first, with their event: each
+    is pushed `lease` seconds ahead and its attempt counted, so no other worker takes it
+    while this one sends, and a worker that dies mid-send leaves it due again later. On
+    PostgreSQL rows another replica holds are skipped (`FOR UPDATE SKIP LOCKED`)."""
+    query = (
+        select(
+            event_deliveries.c.id,
+            event_deliveries.c.endpoint,
+            event_deliveries.c.attempts,
+            events.c.event_id,
+            events.c.created_at,
+            events.c.payload,
+        )
+        .join(events, events.c.id == event_deliveries.c.event_id)
+        .where(event_deliveries.c.state == "pending", event_deliveries.c.next_attempt_at <= now)
+        .order_by(event_deliveries.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=event_deliveries)
+    )
+    rows: list[Row[Any]] = list(connection.execute(query))
+    if rows:
+        connection.execute(
+            update(event_deliveries)
+            .where(event_deliveries.c.id.in_([row.id for row in rows]))
+            .values(
+                next_attempt_at=now + lease,
+                attempts=event_deliveries.c.attempts + 1,
+            )
+        )
+    return rows
+
+
+def finish_attempt(connection: Connection, delivery_id: int, values: dict[str, object]) -> None:
+    """Record an attempt's outcome: state, next_attempt_at, finished_at, last_status,
+    last_error, latency."""
+    connection.execute(
+        update(event_deliveries).where(event_deliveries.c.id == delivery_id).values(**values)
+    )
+
+
+def history(connection: Connection, endpoint: str, limit: int) -> list[Row[Any]]:
+    """The last `limit` deliveries to `endpoint`, newest first, with their event's id and type."""
+    query = (
+        select(
+            event_deliveries.c.id,
+            event_deliveries.c.state,
+            event_deliveries.c.attempts,
+            event_deliveries.c.created_at,
+            event_deliveries.c.finished_at,
+            event_deliveries.c.last_status,
+            event_deliveries.c.last_error,
+            event_deliveries.c.latency,
+            events.c.event_id,
+            events.c.type,
+        )
+        .join(events, events.c.id == event_deliveries.c.event_id)
+        .where(event_deliveries.c.endpoint == endpoint)
+        .order_by(event_deliveries.c.id.desc())
+        .limit(limit)
+    )
     return list(connection.execute(query))

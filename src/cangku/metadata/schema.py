@@ -312,3 +312,34 @@ events = Table(
     Column("created_at", Float, nullable=False),
     Column("payload", Text, nullable=False),
 )
+
+# Each configured endpoint's place in the outbox: events above `last_event_id` have no
+# delivery row for it yet (the delivery worker adds them, events/delivery.py).
+event_endpoints = Table(
+    "event_endpoints",
+    metadata,
+    Column("url", String(2000), primary_key=True),
+    Column("last_event_id", Integer, nullable=False),
+)
+
+# One event to one endpoint. `state`: "pending" (due at `next_attempt_at`; a claimed attempt
+# pushes it ahead by a lease, so a worker that dies mid-send is retried), "delivered" or
+# "failed" (gave up after `events.max_age`). The last attempt's HTTP status, error and
+# latency (seconds) are the delivery history.
+event_deliveries = Table(
+    "event_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", Integer, ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column("endpoint", String(2000), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("last_status", Integer),
+    Column("last_error", String(500)),
+    Column("latency", Float),
+    Index("ix_event_deliveries_due", "state", "next_attempt_at"),
+    Index("ix_event_deliveries_endpoint", "endpoint", "id"),
+)

@@ -1,4 +1,5 @@
-"""Issue 16: the events outbox, written in the same transaction as the change it reports.
+"""Issue 16: the events outbox, written in the same transaction as the change it reports;
+each endpoint's place in it, and the deliveries of its events to the endpoints.
 
 Revision ID: 0012
 Revises: 0010
@@ -25,7 +26,32 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("payload", sa.Text, nullable=False),
     )
+    op.create_table(
+        "event_endpoints",
+        sa.Column("url", sa.String(2000), primary_key=True),
+        sa.Column("last_event_id", sa.Integer, nullable=False),
+    )
+    op.create_table(
+        "event_deliveries",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column(
+            "event_id", sa.Integer, sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False
+        ),
+        sa.Column("endpoint", sa.String(2000), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("next_attempt_at", sa.Float, nullable=False),
+        sa.Column("finished_at", sa.Float),
+        sa.Column("last_status", sa.Integer),
+        sa.Column("last_error", sa.String(500)),
+        sa.Column("latency", sa.Float),
+    )
+    op.create_index("ix_event_deliveries_due", "event_deliveries", ["state", "next_attempt_at"])
+    op.create_index("ix_event_deliveries_endpoint", "event_deliveries", ["endpoint", "id"])
 
 
 def downgrade() -> None:
+    op.drop_table("event_deliveries")
+    op.drop_table("event_endpoints")
     op.drop_table("events")
