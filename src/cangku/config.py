@@ -207,6 +207,9 @@ class EventEndpoint(BaseModel):
     secret: str
     types: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
+    # "cloudevents" (CloudEvents 1.0 JSON), or "distribution": Distribution's notification
+    # envelope for consumers of registry:2 (events/distribution.py).
+    format: Literal["cloudevents", "distribution"] = "cloudevents"
 
     @field_validator("url")
     @classmethod

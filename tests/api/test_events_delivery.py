@@ -85,7 +85,9 @@ def deliverer(
     registry: Registry, url: str, clock: Clock | None = None, **settings: Any
 ) -> Deliverer:
     endpoint: dict[str, Any] = {"url": url, "secret": SECRET}
-    endpoint.update({key: settings.pop(key) for key in ("types", "tags") if key in settings})
+    endpoint.update(
+        {key: settings.pop(key) for key in ("types", "tags", "format") if key in settings}
+    )
     config = EventSettings(
         endpoints=[EventEndpoint(**endpoint)], **{"allow_private": True, **settings}
     )
@@ -308,3 +310,48 @@ async def test_a_slow_receiver_does_not_slow_pushes(
             await running
         await worker.close()
     assert busy < alone + 0.5, (alone, busy)
+
+
+async def test_the_distribution_format_sends_registry_2_notifications(
+    client: httpx.AsyncClient, registry: Registry, receiver: Receiver
+) -> None:
+    worker = deliverer(registry, receiver.url, format="distribution")
+    await worker.fan_out()
+    digest, content = await push_image(client, REPO)
+    response = await client.put(
+        f"/v2/{REPO}/manifests/{digest}",
+        params=[("tag", "1.0.0"), ("tag", "stable")],
+        content=content,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert response.status_code == 201
+    assert (await client.delete(f"/v2/{REPO}/manifests/stable")).status_code == 202
+    await worker.fan_out()
+    await worker.deliver_due()
+    await worker.close()
+    for headers, body in receiver.requests:
+        assert headers["content-type"] == "application/vnd.docker.distribution.events.v2+json"
+        assert verify(SECRET, headers, body)
+    envelopes = receiver.events()
+    # Tag creations and floating moves have no Distribution equivalent: 3 sent, not 9.
+    assert [
+        [(e["action"], e["target"].get("tag")) for e in envelope["events"]]
+        for envelope in envelopes
+    ] == [
+        [("push", None)],
+        [("push", "1.0.0"), ("push", "stable")],
+        [("delete", "stable")],
+    ]
+    pushed = envelopes[1]["events"][0]
+    assert pushed["target"] == {
+        "repository": REPO,
+        "mediaType": OCI_MANIFEST,
+        "digest": digest,
+        "size": len(content),
+        "length": len(content),
+        "tag": "1.0.0",
+    }
+    assert pushed["request"]["id"] == response.headers["x-request-id"]
+    assert envelopes[2]["events"][0]["target"]["digest"] == digest
+    ids = [e["id"] for envelope in envelopes for e in envelope["events"]]
+    assert len(set(ids)) == len(ids)

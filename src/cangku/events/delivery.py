@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from cangku.config import EventEndpoint, EventSettings
+from cangku.events import distribution
 from cangku.events.signing import signature
 from cangku.metadata import Connection, MetadataStore, Row
 from cangku.metadata import events as event_rows
@@ -74,10 +75,13 @@ async def check_address(url: str, allow_private: bool) -> None:
 
 
 def takes(endpoint: EventEndpoint, kind: str, payload: dict[str, Any]) -> bool:
-    """Whether `endpoint`'s filters take this event: its type among `types` (if any), and,
+    """Whether `endpoint`'s filters take this event: its type among `types` (if any) and one
+    its format can carry, and,
     with `tags` patterns, a tag event's tag or one of a push's tags matching one. Events
     about no tag (manifest and repository deletions) pass the tag filter."""
     if endpoint.types and kind not in endpoint.types:
+        return False
+    if endpoint.format == "distribution" and kind not in distribution.TYPES:
         return False
     if not endpoint.tags:
         return True
@@ -214,8 +218,12 @@ class Deliverer:
 
     async def _send(self, endpoint: EventEndpoint, event_id: str, body: bytes) -> int:
         timestamp = int(self.clock())
+        content_type = CONTENT_TYPE
+        if endpoint.format == "distribution":
+            content_type = distribution.MEDIA_TYPE
+            body = json.dumps(distribution.envelope(json.loads(body))).encode()
         headers = {
-            "content-type": CONTENT_TYPE,
+            "content-type": content_type,
             "webhook-id": event_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature(endpoint.secret, event_id, timestamp, body),
