@@ -182,7 +182,7 @@ def create_app(
         routes.append(metrics_route(metrics))
     if access is not None:
         routes += token_routes(access)
-    routes.append(Mount("/api/v1", routes=api_routes(registry, access)))
+    routes.append(Mount("/api/v1", routes=api_routes(registry, access, settings.events)))
     session_key = load_or_create_session_key(settings.data / "web-session-key")
     routes.append(Mount("/", app=web_app(registry, access, session_key)))
     site = Starlette(routes=routes, lifespan=lifespan)

@@ -355,3 +355,52 @@ async def test_the_distribution_format_sends_registry_2_notifications(
     assert envelopes[2]["events"][0]["target"]["digest"] == digest
     ids = [e["id"] for envelope in envelopes for e in envelope["events"]]
     assert len(set(ids)) == len(ids)
+
+
+async def test_the_history_lists_deliveries_and_redeliver_sends_again(
+    registry: Registry, data_dir: Any, receiver: Receiver
+) -> None:
+    from cangku.app import create_app
+    from cangku.config import Settings
+
+    events = EventSettings(
+        endpoints=[EventEndpoint(url=receiver.url, secret=SECRET, types=["io.cangku.tag.created"])],
+        allow_private=True,
+    )
+    app = create_app(Settings(data=data_dir, auth={"open": True}, events=events), registry)
+    worker = Deliverer(registry.metadata, events)
+    await worker.fan_out()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
+        _, content = await push_image(client, REPO)
+        await tag(client, "v1", content)
+        await worker.fan_out()
+        await worker.deliver_due()
+        listed = (await client.get("/api/v1/events/endpoints")).json()["endpoints"]
+        assert [(e["url"], e["format"], e["types"]) for e in listed] == [
+            (receiver.url, "cloudevents", ["io.cangku.tag.created"])
+        ]
+        assert "secret" not in listed[0] and SECRET not in json.dumps(listed)
+        [delivered] = listed[0]["deliveries"]
+        assert (delivered["type"], delivered["state"], delivered["status"]) == (
+            "io.cangku.tag.created",
+            "delivered",
+            204,
+        )
+        assert delivered["latency"] >= 0 and delivered["finishedAt"] >= delivered["createdAt"]
+
+        again = await client.post(f"/api/v1/events/deliveries/{delivered['id']}/redeliver")
+        assert again.status_code == 202
+        assert await worker.deliver_due() == 1
+        ids = [headers["webhook-id"] for headers, _ in receiver.requests]
+        assert ids == [delivered["event"], delivered["event"]]
+
+        missing = await client.post("/api/v1/events/deliveries/999999/redeliver")
+        assert (missing.status_code, missing.json()["error"]["code"]) == (
+            404,
+            "DELIVERY_UNKNOWN",
+        )
+        for bad in ("/api/v1/events/endpoints?limit=0", "/api/v1/events/endpoints?limit=x"):
+            assert (await client.get(bad)).status_code == 400
+        assert (await client.post("/api/v1/events/deliveries/abc/redeliver")).status_code == 400
+    await worker.close()

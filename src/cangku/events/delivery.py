@@ -235,3 +235,48 @@ class Deliverer:
                 if read >= MAX_REPLY_BYTES:
                     break
             return reply.status_code
+
+
+async def endpoint_history(
+    metadata: MetadataStore, settings: EventSettings, limit: int
+) -> list[dict[str, object]]:
+    """Each configured endpoint (never its secret) with its last `limit` deliveries, newest
+    first: event id and type, state, attempts, the last attempt's HTTP status, error and
+    latency (seconds), when it was queued and finished (Unix seconds)."""
+
+    def read(connection: Connection) -> list[dict[str, object]]:
+        return [
+            {
+                "url": endpoint.url,
+                "format": endpoint.format,
+                "types": endpoint.types,
+                "tags": endpoint.tags,
+                "deliveries": [
+                    {
+                        "id": row.id,
+                        "event": row.event_id,
+                        "type": row.type,
+                        "state": row.state,
+                        "attempts": row.attempts,
+                        "status": row.last_status,
+                        "error": row.last_error,
+                        "latency": row.latency,
+                        "createdAt": row.created_at,
+                        "finishedAt": row.finished_at,
+                    }
+                    for row in event_rows.history(connection, endpoint.url, limit)
+                ],
+            }
+            for endpoint in settings.endpoints
+        ]
+
+    return await metadata.read(read)
+
+
+async def redeliver(metadata: MetadataStore, delivery_id: int) -> bool:
+    """Queue delivery `delivery_id` again, due now (also a delivered or failed one); False
+    when there is none."""
+    now = time.time()
+    return await metadata.write(
+        lambda connection: event_rows.redeliver(connection, delivery_id, now)
+    )

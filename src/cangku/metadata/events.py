@@ -122,3 +122,14 @@ def history(connection: Connection, endpoint: str, limit: int) -> list[Row[Any]]
         .limit(limit)
     )
     return list(connection.execute(query))
+
+
+def redeliver(connection: Connection, delivery_id: int, now: float) -> bool:
+    """Make delivery `delivery_id` due again now (pending, attempts kept); False when there
+    is no such delivery."""
+    result = connection.execute(
+        update(event_deliveries)
+        .where(event_deliveries.c.id == delivery_id)
+        .values(state="pending", next_attempt_at=now, finished_at=None)
+    )
+    return result.rowcount > 0
