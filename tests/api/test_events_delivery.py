@@ -142,12 +142,17 @@ async def test_a_push_of_1_9_3_reaches_the_receiver_signed(
     worker = deliverer(registry, receiver.url)
     _, old_content = await push_image(client, REPO)
     await tag(client, "1.9.2", old_content)
-    assert await worker.fan_out() == 0  # a new endpoint starts at the end of the outbox
+    # The two pushes of 1.9.2 (by digest, then the tag): 1 + 5 events.
+    assert await worker.fan_out() == 6
+    assert await worker.deliver_due() == 6
+    assert await worker.fan_out() == 0  # each event is handed out once
+    receiver.requests.clear()
     new, new_content = await push_image(client, REPO)
     assert (await tag(client, "1.9.3", new_content)).status_code == 201
 
     assert await worker.fan_out() == 6  # the push by digest, then the push of 1.9.3's five
     assert await worker.deliver_due() == 6
+    assert await worker.deliver_due() == 0
     await worker.close()
     events = receiver.events()[1:]
     assert [(e["type"], e["data"].get("tag")) for e in events] == [
@@ -404,3 +409,19 @@ async def test_the_history_lists_deliveries_and_redeliver_sends_again(
             assert (await client.get(bad)).status_code == 400
         assert (await client.post("/api/v1/events/deliveries/abc/redeliver")).status_code == 400
     await worker.close()
+
+
+async def test_events_older_than_max_age_are_not_handed_out(
+    client: httpx.AsyncClient, registry: Registry, receiver: Receiver
+) -> None:
+    clock = Clock()
+    worker = deliverer(registry, receiver.url, clock, max_age=60)
+    await push_image(client, REPO)  # recorded while no worker ran
+    clock.now += 61
+    assert await worker.fan_out() == 0
+    await push_image(client, REPO)
+    clock.now = time.time()  # the outbox records real time
+    assert await worker.fan_out() == 1
+    assert await worker.deliver_due() == 1
+    await worker.close()
+    assert len(receiver.requests) == 1

@@ -1,9 +1,9 @@
 """Delivering the outbox to the configured endpoints: at least once, signed, with backoff.
 
 The worker (started in the app's lifespan when `events.endpoints` is set) loops over:
-1. fan-out: for each endpoint, the outbox events past its cursor that its filters take get a
-   delivery row, and the cursor moves past them — one transaction, the cursor row locked, so
-   replicas never add the same delivery twice;
+1. fan-out: each committed event not yet handed out gets a delivery row per endpoint whose
+   filters take it, and is marked handed out — one transaction, the event rows locked
+   (`FOR UPDATE SKIP LOCKED`), so replicas never add the same delivery twice;
 2. claim: due deliveries are leased (pushed ahead by the attempt's time limit, attempt
    counted) in one transaction, skipping rows another replica holds (PostgreSQL `FOR UPDATE
    SKIP LOCKED`); a worker killed mid-send leaves them due again when the lease ends;
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import functools
 import ipaddress
 import json
 import logging
@@ -137,20 +136,16 @@ class Deliverer:
             await asyncio.sleep(POLL_SECONDS)
 
     async def fan_out(self) -> int:
-        """Add the delivery rows of new events for every endpoint; returns how many."""
+        """Add the delivery rows of events not yet handed out; returns how many."""
         added = 0
-        for endpoint in self.endpoints.values():
-            added += await self.metadata.write(functools.partial(self._fan_out, endpoint=endpoint))
-        return added
+        while True:
+            done, rows = await self.metadata.write(self._fan_out)
+            added += rows
+            if done < BATCH:
+                return added
 
-    def _fan_out(self, connection: Connection, endpoint: EventEndpoint) -> int:
-        last = event_rows.endpoint_cursor(connection, endpoint.url, lock=True)
-        if last is None:
-            event_rows.start_endpoint(connection, endpoint.url)
-            return 0
-        rows = event_rows.after(connection, last, BATCH * 10)
-        if not rows:
-            return 0
+    def _fan_out(self, connection: Connection) -> tuple[int, int]:
+        found = event_rows.not_fanned_out(connection, BATCH)
         now = self.clock()
         deliveries: list[dict[str, object]] = [
             {
@@ -161,12 +156,16 @@ class Deliverer:
                 "created_at": now,
                 "next_attempt_at": now,
             }
-            for row in rows
+            for row in found
+            # Older than max_age (recorded while no worker ran, say): given up unsent.
+            if now - row.created_at <= self.settings.max_age
+            for endpoint in self.endpoints.values()
             if takes(endpoint, row.type, json.loads(row.payload))
         ]
         event_rows.insert_deliveries(connection, deliveries)
-        event_rows.advance_endpoint(connection, endpoint.url, rows[-1].id)
-        return len(deliveries)
+        if found:
+            event_rows.mark_fanned_out(connection, [row.id for row in found])
+        return len(found), len(deliveries)
 
     async def deliver_due(self) -> int:
         """Send every delivery due now (concurrently); returns how many were attempted."""

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, insert, select, update
 from sqlalchemy.engine import Connection
 
-from cangku.metadata.schema import event_deliveries, event_endpoints, events
+from cangku.metadata.schema import event_deliveries, events
 
 _INSERT = insert(events)
 
@@ -29,28 +29,22 @@ def after(connection: Connection, last_id: int, limit: int) -> list[Row[Any]]:
     return list(connection.execute(query))
 
 
-def endpoint_cursor(connection: Connection, url: str, *, lock: bool) -> int | None:
-    """The id of the last event endpoint `url` has delivery rows for; None for an endpoint
-    never seen. With `lock`, the row stays locked to the end of the transaction (PostgreSQL
-    `FOR UPDATE`), so that two replicas never add the same deliveries."""
-    query = select(event_endpoints.c.last_event_id).where(event_endpoints.c.url == url)
-    if lock:
-        query = query.with_for_update()
-    return connection.scalar(query)
-
-
-def start_endpoint(connection: Connection, url: str) -> None:
-    """A new endpoint starts at the end of the outbox: it gets the events from now on."""
-    last = connection.scalar(select(func.coalesce(func.max(events.c.id), 0)))
-    connection.execute(insert(event_endpoints).values(url=url, last_event_id=int(last or 0)))
-
-
-def advance_endpoint(connection: Connection, url: str, last_event_id: int) -> None:
-    connection.execute(
-        update(event_endpoints)
-        .where(event_endpoints.c.url == url)
-        .values(last_event_id=last_event_id)
+def not_fanned_out(connection: Connection, limit: int) -> list[Row[Any]]:
+    """Up to `limit` committed events without their deliveries yet, oldest first, locked to
+    the end of the transaction; rows another replica holds are skipped (PostgreSQL
+    `FOR UPDATE SKIP LOCKED`), so two replicas never add the same deliveries."""
+    query = (
+        select(events.c.id, events.c.type, events.c.created_at, events.c.payload)
+        .where(events.c.fanned_out.is_(None))
+        .order_by(events.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
     )
+    return list(connection.execute(query))
+
+
+def mark_fanned_out(connection: Connection, event_ids: list[int]) -> None:
+    connection.execute(update(events).where(events.c.id.in_(event_ids)).values(fanned_out=True))
 
 
 def insert_deliveries(connection: Connection, rows: list[dict[str, object]]) -> None:

@@ -302,6 +302,8 @@ usage_days = Table(
 # reports (a push, a tag move, a delete), so an event is never lost and never reports a change
 # that was rolled back. `id` orders the events; `event_id` is the CloudEvents `id` receivers
 # de-duplicate by; `payload` is the CloudEvent in structured JSON mode (events/records.py).
+# (A flag, not a cursor over `id`: on PostgreSQL ids commit out of order, and a cursor would
+# skip an event whose transaction committed after a later one's.)
 events = Table(
     "events",
     metadata,
@@ -311,15 +313,9 @@ events = Table(
     Column("repository", String(255), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("payload", Text, nullable=False),
-)
-
-# Each configured endpoint's place in the outbox: events above `last_event_id` have no
-# delivery row for it yet (the delivery worker adds them, events/delivery.py).
-event_endpoints = Table(
-    "event_endpoints",
-    metadata,
-    Column("url", String(2000), primary_key=True),
-    Column("last_event_id", Integer, nullable=False),
+    # NULL until the delivery worker has added its deliveries (one per endpoint taking it).
+    Column("fanned_out", Boolean),
+    Index("ix_events_fan_out", "fanned_out", "id"),
 )
 
 # One event to one endpoint. `state`: "pending" (due at `next_attempt_at`; a claimed attempt

@@ -1,5 +1,5 @@
 """Issue 16: the events outbox, written in the same transaction as the change it reports;
-each endpoint's place in it, and the deliveries of its events to the endpoints.
+and the deliveries of its events to the endpoints.
 
 Revision ID: 0012
 Revises: 0010
@@ -25,12 +25,9 @@ def upgrade() -> None:
         sa.Column("repository", sa.String(255), nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("fanned_out", sa.Boolean),
     )
-    op.create_table(
-        "event_endpoints",
-        sa.Column("url", sa.String(2000), primary_key=True),
-        sa.Column("last_event_id", sa.Integer, nullable=False),
-    )
+    op.create_index("ix_events_fan_out", "events", ["fanned_out", "id"])
     op.create_table(
         "event_deliveries",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -53,5 +50,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("event_deliveries")
-    op.drop_table("event_endpoints")
     op.drop_table("events")
