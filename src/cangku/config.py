@@ -204,7 +204,7 @@ class EventEndpoint(BaseModel):
 
     url: str
     # Standard Webhooks secret: "whsec_" and the base64 of 24 to 64 random bytes.
-    secret: str
+    secret: SecretStr
     types: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     # "cloudevents" (CloudEvents 1.0 JSON), or "distribution": Distribution's notification
@@ -225,10 +225,10 @@ class EventEndpoint(BaseModel):
 
     @field_validator("secret")
     @classmethod
-    def _valid_secret(cls, value: str) -> str:
+    def _valid_secret(cls, value: SecretStr) -> SecretStr:
         from cangku.events.signing import secret_key
 
-        secret_key(value)
+        secret_key(value.get_secret_value())
         return value
 
     @field_validator("types")

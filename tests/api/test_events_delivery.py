@@ -425,3 +425,8 @@ async def test_events_older_than_max_age_are_not_handed_out(
     assert await worker.deliver_due() == 1
     await worker.close()
     assert len(receiver.requests) == 1
+
+
+def test_the_secret_is_not_shown_in_the_settings() -> None:
+    settings = EventSettings(endpoints=[EventEndpoint(url="https://h.example/x", secret=SECRET)])
+    assert SECRET not in repr(settings) and SECRET not in str(settings.model_dump())

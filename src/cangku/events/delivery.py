@@ -225,7 +225,9 @@ class Deliverer:
             "content-type": content_type,
             "webhook-id": event_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature(endpoint.secret, event_id, timestamp, body),
+            "webhook-signature": signature(
+                endpoint.secret.get_secret_value(), event_id, timestamp, body
+            ),
         }
         async with self.client.stream("POST", endpoint.url, content=body, headers=headers) as reply:
             read = 0
