@@ -24,6 +24,7 @@ from cangku.auth.endpoints import token_routes
 from cangku.auth.tokens import TokenService, load_or_create_signing_key
 from cangku.config import ProxySettings, Settings
 from cangku.distribution.routes import DistributionApp
+from cangku.events.delivery import Deliverer
 from cangku.metadata.store import MetadataStore, sqlite_url
 from cangku.observability import (
     MeteredCollector,
@@ -162,11 +163,21 @@ def create_app(
         # snapshots for the charts every SNAPSHOT_SECONDS.
         flushing_pulls = asyncio.create_task(flush_periodically(registry.pulls))
         snapshots = asyncio.create_task(snapshot_periodically(registry.metadata))
+        # Issue 16: the outbox goes to the configured endpoints (events/delivery.py).
+        deliverer = (
+            Deliverer(registry.metadata, settings.events) if settings.events.endpoints else None
+        )
+        delivering = asyncio.create_task(deliverer.run()) if deliverer is not None else None
         if access is not None:
             await create_initial_admin(settings, access)
         if listener is not None:
             listener.start()
         yield
+        if delivering is not None and deliverer is not None:
+            delivering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await delivering
+            await deliverer.close()
         for task in (flushing_pulls, snapshots):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -190,7 +201,7 @@ def create_app(
         routes.append(metrics_route(metrics))
     if access is not None:
         routes += token_routes(access)
-    routes.append(Mount("/api/v1", routes=api_routes(registry, access)))
+    routes.append(Mount("/api/v1", routes=api_routes(registry, access, settings.events)))
     session_key = load_or_create_session_key(settings.data / "web-session-key")
     routes.append(Mount("/", app=web_app(registry, access, session_key)))
     site = Starlette(routes=routes, lifespan=lifespan)

@@ -278,6 +278,64 @@ class ProxySettings(BaseModel):
         return next((upstream for upstream in self.upstreams if upstream.default), None)
 
 
+class EventEndpoint(BaseModel):
+    """A receiver of events (docs/events.md): every event, or those of `types` and, for
+    events about tags, those whose tag matches one of the `tags` patterns (fnmatch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    # Standard Webhooks secret: "whsec_" and the base64 of 24 to 64 random bytes.
+    secret: SecretStr
+    types: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    # "cloudevents" (CloudEvents 1.0 JSON), or "distribution": Distribution's notification
+    # envelope for consumers of registry:2 (events/distribution.py).
+    format: Literal["cloudevents", "distribution"] = "cloudevents"
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"events endpoint url must be http(s)://HOST/…, not {value[:200]!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("events endpoint url must not carry credentials")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _valid_secret(cls, value: SecretStr) -> SecretStr:
+        from cangku.events.signing import secret_key
+
+        secret_key(value.get_secret_value())
+        return value
+
+    @field_validator("types")
+    @classmethod
+    def _valid_types(cls, value: list[str]) -> list[str]:
+        from cangku.events.records import TYPES
+
+        unknown = sorted(set(value) - set(TYPES))
+        if unknown:
+            raise ValueError(f"unknown event types {unknown}; known: {list(TYPES)}")
+        return value
+
+
+class EventSettings(BaseModel):
+    """Event delivery to webhooks (docs/events.md)."""
+
+    endpoints: list[EventEndpoint] = Field(default_factory=list)
+    # Deliver to endpoints on loopback, link-local or private addresses (SSRF guard).
+    allow_private: bool = False
+    # One attempt's limit: connect, send and read the reply.
+    timeout: Duration = Field(default=5.0, gt=0, le=60)
+    # Retries back off from 1 s, doubling up to an hour; an event this old is given up.
+    max_age: Duration = Field(default=86400.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CANGKU_", env_nested_delimiter="__", extra="forbid"
@@ -303,6 +361,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
+    events: EventSettings = Field(default_factory=EventSettings)
     # The password of the `admin` account created on the first start (CANGKU_ADMIN_PASSWORD);
     # None or empty: a random one, written to DATA/initial-admin-password.
     admin_password: SecretStr | None = None

@@ -281,6 +281,16 @@ async def test_usage_api_is_for_admins_and_repository_usage_for_pullers(
     assert other.status_code == 403
 
 
+async def test_event_deliveries_api_is_for_admins(client: httpx.AsyncClient) -> None:
+    # Issue 16: the endpoints are the server's configuration.
+    endpoints, redeliver = "/api/v1/events/endpoints", "/api/v1/events/deliveries/1/redeliver"
+    assert (await client.get(endpoints)).status_code == 401
+    assert (await client.get(endpoints, headers=basic("jimo"))).status_code == 403
+    assert (await client.post(redeliver, headers=basic("jimo"))).status_code == 403
+    assert (await client.get(endpoints, headers=basic("admin"))).json() == {"endpoints": []}
+    assert (await client.post(redeliver, headers=basic("admin"))).status_code == 404
+
+
 async def test_visibility_json_api_is_for_owners(client: httpx.AsyncClient) -> None:
     with As(client, basic("jimo")):
         await push_image(client, "jimo/app", "v1")

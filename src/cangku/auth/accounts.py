@@ -33,6 +33,7 @@ from cangku.metadata import Connection, MetadataStore, namespaces, visibility, w
 from cangku.metadata import accounts as rows
 from cangku.metadata.accounts import TokenInfo, UserInfo
 from cangku.registry.browse import remove_repository
+from cangku.registry.context import IN_PROCESS
 
 # An account or organization name is one repository-name component: it is a namespace.
 ACCOUNT_NAME = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
@@ -373,10 +374,11 @@ def _release_namespace(connection: Connection, namespace: str, delete_images: bo
     collection frees the bytes."""
     if not delete_images:
         _refuse_owned_repositories(connection, namespace)
-    repository_ids = namespaces.repository_ids(connection, namespace)
-    for repository_id in repository_ids:
-        remove_repository(connection, repository_id, actor=None)
-    namespaces.forget(connection, namespace, repository_ids)
+    found = namespaces.repositories_of(connection, namespace)
+    for repository_id, name in found:
+        # An administrator's action, not a request's: no caller to record (IN_PROCESS).
+        remove_repository(connection, repository_id, name, IN_PROCESS)
+    namespaces.forget(connection, namespace, [repository_id for repository_id, _ in found])
 
 
 def _refuse_owned_repositories(connection: Connection, namespace: str) -> None:

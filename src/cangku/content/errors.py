@@ -144,6 +144,13 @@ class Unavailable(RegistryError):
     status = 503
 
 
+class DeliveryUnknown(RegistryError):
+    """An event delivery id the JSON API does not know (issue 16), answered with 404."""
+
+    code = "DELIVERY_UNKNOWN"
+    status = 404
+
+
 class RequestInvalid(RegistryError):
     """A malformed body or query for the JSON API (/api/v1), answered with 400."""
 

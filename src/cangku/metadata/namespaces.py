@@ -41,6 +41,14 @@ def repositories_with_images(connection: Connection, namespace: str, limit: int)
     )
 
 
+def repositories_of(connection: Connection, namespace: str) -> list[tuple[int, str]]:
+    """(row id, name) of every repository of the namespace."""
+    query = select(repositories.c.id, repositories.c.name).where(
+        in_namespace(repositories.c.name, namespace)
+    )
+    return [(row.id, row.name) for row in connection.execute(query)]
+
+
 def repository_ids(connection: Connection, namespace: str) -> list[int]:
     """Row ids of every repository of the namespace."""
     return list(

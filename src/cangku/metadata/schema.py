@@ -297,3 +297,45 @@ usage_days = Table(
     Column("pushes", BigInteger, nullable=False),
     Column("pulls", BigInteger, nullable=False),
 )
+
+# Issue 16: the events outbox. A row is written in the same transaction as the change it
+# reports (a push, a tag move, a delete), so an event is never lost and never reports a change
+# that was rolled back. `id` orders the events; `event_id` is the CloudEvents `id` receivers
+# de-duplicate by; `payload` is the CloudEvent in structured JSON mode (events/records.py).
+# (A flag, not a cursor over `id`: on PostgreSQL ids commit out of order, and a cursor would
+# skip an event whose transaction committed after a later one's.)
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("type", String(100), nullable=False),
+    Column("repository", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("payload", Text, nullable=False),
+    # NULL until the delivery worker has added its deliveries (one per endpoint taking it).
+    Column("fanned_out", Boolean),
+    Index("ix_events_fan_out", "fanned_out", "id"),
+)
+
+# One event to one endpoint. `state`: "pending" (due at `next_attempt_at`; a claimed attempt
+# pushes it ahead by a lease, so a worker that dies mid-send is retried), "delivered" or
+# "failed" (gave up after `events.max_age`). The last attempt's HTTP status, error and
+# latency (seconds) are the delivery history.
+event_deliveries = Table(
+    "event_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", Integer, ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column("endpoint", String(2000), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("last_status", Integer),
+    Column("last_error", String(500)),
+    Column("latency", Float),
+    Index("ix_event_deliveries_due", "state", "next_attempt_at"),
+    Index("ix_event_deliveries_endpoint", "endpoint", "id"),
+)

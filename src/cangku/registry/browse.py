@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from cangku.content.digest import Digest
 from cangku.content.errors import NameUnknown, RegistryError
 from cangku.content.manifest import parse_manifest
+from cangku.events import records as events
 from cangku.metadata import Connection
 from cangku.metadata import browse as rows
 from cangku.registry import usage
+from cangku.registry.context import RequestContext
 from cangku.registry.records import StoredManifest, Visibility
 from cangku.registry.tags import TagPolicy, remove_tags
 
@@ -159,7 +161,9 @@ def tags_on(connection: Connection, name: str, digest: str, limit: int) -> list[
     return rows.tags_on(connection, name, digest, limit)
 
 
-def remove_repository(connection: Connection, repository_id: int, actor: str | None) -> None:
+def remove_repository(
+    connection: Connection, repository_id: int, name: str, context: RequestContext
+) -> None:
     """Every tag, manifest and blob link of a repository (its upload sessions live in storage).
 
     The repository row stays (its visibility and the tag history, the audit trail); with no
@@ -167,5 +171,6 @@ def remove_repository(connection: Connection, repository_id: int, actor: str | N
     """
     tag_digests = rows.current_tags(connection, repository_id)
     # Recorded in the tag history as deletions; with every tag gone nothing floats back.
-    remove_tags(connection, repository_id, tag_digests, TagPolicy(floating=False), actor)
+    remove_tags(connection, repository_id, name, tag_digests, TagPolicy(floating=False), context)
     rows.delete_repository_rows(connection, repository_id)
+    events.repository_deleted(connection, name, context)

@@ -18,6 +18,7 @@ from cangku.content.errors import (
 )
 from cangku.content.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from cangku.content.names import parse_reference, validate_tag
+from cangku.events import records as events
 from cangku.metadata import Connection
 from cangku.metadata import blobs as blob_rows
 from cangku.metadata import manifests as manifest_rows
@@ -76,7 +77,7 @@ class Manifests:
         # Each tag once, in the order given (one OCI-Tag reply header each).
         tag_names = list(dict.fromkeys(tag_names + [validate_tag(tag) for tag in extra_tags]))
         manifest = parse_manifest(content, content_type, digest)
-        name, actor = self.name, context.caller
+        name = self.name
 
         def store(connection: Connection) -> list[str]:
             repository_id = repository_rows.ensure_repository(connection, name)
@@ -107,10 +108,22 @@ class Manifests:
                     references={("blob", str(d.digest)) for d in manifest.blobs}
                     | {("manifest", str(d.digest)) for d in manifest.manifests},
                 )
+            # The manifest's event first, then its tags' in the order they moved.
+            events.manifest_pushed(
+                connection,
+                name,
+                context,
+                digest=str(digest),
+                media_type=manifest.media_type,
+                size=manifest.size,
+                tags=tag_names,
+            )
             policy = resolve_policy(connection, name, self.core.tag_defaults)
             warnings = []
             for tag in tag_names:
-                warning = push_tag(connection, repository_id, name, tag, str(digest), policy, actor)
+                warning = push_tag(
+                    connection, repository_id, name, tag, str(digest), policy, context
+                )
                 if warning is not None:
                     warnings.append(warning)
             if tag_names:
@@ -156,7 +169,15 @@ class Manifests:
                     | {("manifest", str(d.digest)) for d in parsed.manifests},
                 )
             if tag is not None:
-                push_tag(connection, repository_id, name, tag, digest, mirror_policy, actor)
+                push_tag(
+                    connection,
+                    repository_id,
+                    name,
+                    tag,
+                    digest,
+                    mirror_policy,
+                    RequestContext(caller=actor),
+                )
                 manifest_rows.clear_untagged_since(connection, repository_id, digest)
 
         await self.core.metadata.write(store)
@@ -185,7 +206,7 @@ class Manifests:
 
     async def delete(self, reference: str, context: RequestContext) -> None:
         """By digest: the manifest and every tag on it. By tag: only that tag."""
-        name, actor = self.name, context.caller
+        name = self.name
         target = parse_reference(reference)
 
         def remove(connection: Connection) -> None:
@@ -195,14 +216,20 @@ class Manifests:
                 digest = current_digest(connection, repository_id, target)
                 if digest is None:
                     raise ManifestUnknown("manifest unknown", reference)
-                remove_tags(connection, repository_id, {target: digest}, policy, actor)
+                remove_tags(connection, repository_id, name, {target: digest}, policy, context)
                 return
             digest = str(target)
             if not manifest_rows.delete_manifest(connection, repository_id, digest):
                 raise ManifestUnknown("manifest unknown", reference)
             on_manifest = tag_rows.on_manifest(connection, repository_id, digest)
+            events.manifest_deleted(connection, name, context, digest=digest)
             remove_tags(
-                connection, repository_id, dict.fromkeys(on_manifest, digest), policy, actor
+                connection,
+                repository_id,
+                name,
+                dict.fromkeys(on_manifest, digest),
+                policy,
+                context,
             )
 
         await self.core.metadata.write(remove)

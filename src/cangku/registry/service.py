@@ -269,7 +269,7 @@ class Registry:
 
         def remove(connection: Connection) -> None:
             repository_id = known_repository_id(connection, name)
-            browse.remove_repository(connection, repository_id, context.caller)
+            browse.remove_repository(connection, repository_id, name, context)
             upload_limits.close_repository_sessions(connection, name)
             # Issue 17: a repository pushed again under the name starts with no pulls or texts.
             forget_repository(connection, repository_id)

@@ -95,7 +95,7 @@ class Tags:
             repository_id = known_repository_id(connection, name)
             if current_digest(connection, repository_id, tag) is None:
                 raise ManifestUnknown("manifest unknown", tag)
-            return release_tag(connection, repository_id, tag, context.caller)
+            return release_tag(connection, repository_id, name, tag, context)
 
         return await self.core.metadata.write(release)
 

@@ -23,8 +23,10 @@ from cangku.content.versions import (
     line_of,
     parse_version,
 )
+from cangku.events import records as events
 from cangku.metadata import Connection, Row
 from cangku.metadata import tags as tag_rows
+from cangku.registry.context import RequestContext
 from cangku.registry.records import TagChange
 
 # Default page sizes of a tag's history and of the version tree.
@@ -32,6 +34,20 @@ HISTORY_PAGE = 100
 VERSIONS_PAGE = 100
 # Above every precedence key (their first byte is a digit count, at most 128).
 _ABOVE_ALL = b"\xff"
+
+
+# A tag to point at a digest: (tag, previous digest, reason, client-managed, the version tag
+# a floating tag follows).
+_Move = tuple[str, str | None, str, bool, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One change of the tag history, before it is written."""
+
+    repository_id: int
+    changed_at: float
+    change: events.TagChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +214,7 @@ def push_tag(
     tag: str,
     digest: str,
     policy: TagPolicy,
-    actor: str | None,
+    context: RequestContext,
 ) -> str | None:
     """A client pushed `tag` → `digest`: check the policy, move it, move the floating tags.
 
@@ -230,7 +246,7 @@ def push_tag(
         managed = warning is not None
     now = time.time()
     reason = "pushed; client-managed from now on" if warning else "pushed"
-    moves = [(tag, previous, reason, managed)]
+    moves: list[_Move] = [(tag, previous, reason, managed, None)]
     if version is not None and floating_tags:
         # Read before the write, and rank the pushed tag as the write will leave it (changed
         # now), so that all the tags are written together.
@@ -244,10 +260,10 @@ def push_tag(
             if floating_state is not None and floating_state.client_managed:
                 continue
             previous_floating = floating_state.digest if floating_state is not None else None
-            moves.append((floating, previous_floating, f"follows {tag}", False))
-    history: list[dict[str, object]] = []
-    _write_moves(connection, repository_id, digest, moves, now, actor, history)
-    _write_history(connection, history)
+            moves.append((floating, previous_floating, f"follows {tag}", False, tag))
+    history: list[_Change] = []
+    _write_moves(connection, repository_id, digest, moves, now, history)
+    _write_history(connection, name, context, history)
     return warning
 
 
@@ -278,26 +294,27 @@ def _newest_releases(
 def remove_tags(
     connection: Connection,
     repository_id: int,
+    name: str,
     removed: dict[str, str],
     policy: TagPolicy,
-    actor: str | None,
+    context: RequestContext,
 ) -> None:
-    """Tags were deleted (tag → the digest it had): record it, fall floating tags back."""
-    history: list[dict[str, object]] = []
+    """Tags of repository `name` were deleted (tag → the digest it had): record it, fall
+    floating tags back."""
+    history: list[_Change] = []
     for tag, digest in removed.items():
         tag_rows.delete_tag(connection, repository_id, tag)
-        _record(repository_id, tag, digest, None, actor, "deleted", history)
+        _record(repository_id, tag, digest, None, "deleted", None, history)
     if policy.floating:
-        _fall_back(connection, repository_id, removed, actor, history)
-    _write_history(connection, history)
+        _fall_back(connection, repository_id, removed, history)
+    _write_history(connection, name, context, history)
 
 
 def _fall_back(
     connection: Connection,
     repository_id: int,
     removed: dict[str, str],
-    actor: str | None,
-    history: list[dict[str, object]],
+    history: list[_Change],
 ) -> None:
     # Floating tags that pointed at a deleted release follow the highest one left in their line.
     # Client-managed ones stay where the client put them.
@@ -330,8 +347,8 @@ def _fall_back(
                     floating,
                     previous,
                     None,
-                    actor,
                     f"{deleted_tag} was deleted; no release left in its line",
+                    deleted_tag,
                     history,
                 )
             continue
@@ -341,8 +358,8 @@ def _fall_back(
             floating,
             previous,
             best.digest,
-            actor,
             f"{deleted_tag} was deleted; follows {best.tag}",
+            best.tag,
             history,
         )
 
@@ -367,7 +384,7 @@ def _overrides_policy(
 
 
 def release_tag(
-    connection: Connection, repository_id: int, tag: str, actor: str | None
+    connection: Connection, repository_id: int, name: str, tag: str, context: RequestContext
 ) -> str | None:
     """Hand a client-managed floating tag back to the policy: it moves to the newest release
     of its line now (if there is one) and follows it from then on. Returns the release it
@@ -379,17 +396,16 @@ def release_tag(
     best = newest_release(connection, repository_id, tag)
     if state is None or best is None:
         return None
-    history: list[dict[str, object]] = []
+    history: list[_Change] = []
     _write_moves(
         connection,
         repository_id,
         best.digest,
-        [(tag, state.digest, f"released; follows {best.tag}", False)],
+        [(tag, state.digest, f"released; follows {best.tag}", False, best.tag)],
         time.time(),
-        actor,
         history,
     )
-    _write_history(connection, history)
+    _write_history(connection, name, context, history)
     return best.tag
 
 
@@ -412,18 +428,17 @@ def _move(
     tag: str,
     previous: str | None,
     digest: str,
-    actor: str | None,
     reason: str,
-    history: list[dict[str, object]],
+    follows: str | None,
+    history: list[_Change],
 ) -> None:
     """Point `tag` at `digest` (it pointed at `previous`); the change joins `history`."""
     _write_moves(
         connection,
         repository_id,
         digest,
-        [(tag, previous, reason, False)],
+        [(tag, previous, reason, False, follows)],
         time.time(),
-        actor,
         history,
     )
 
@@ -432,13 +447,12 @@ def _write_moves(
     connection: Connection,
     repository_id: int,
     digest: str,
-    moves: list[tuple[str, str | None, str, bool]],
+    moves: list[_Move],
     now: float,
-    actor: str | None,
-    history: list[dict[str, object]],
+    history: list[_Change],
 ) -> None:
-    """Point each (tag, previous digest, reason, client-managed) at `digest`: new tags in one
-    statement, existing ones in another; the changes join `history`."""
+    """Point each move (`_Move`) at `digest`: new tags in one statement, existing ones in
+    another; the changes join `history`."""
     new = [
         {
             "repository_id": repository_id,
@@ -448,19 +462,19 @@ def _write_moves(
             "client_managed": managed or None,
             **version_columns(tag),
         }
-        for tag, previous, _, managed in moves
+        for tag, previous, _, managed, _ in moves
         if previous is None
     ]
     existing: list[tuple[str, bool | None]] = [
-        (tag, managed or None) for tag, previous, _, managed in moves if previous is not None
+        (tag, managed or None) for tag, previous, _, managed, _ in moves if previous is not None
     ]
     if new:
         tag_rows.insert_tags(connection, new)
     if existing:
         tag_rows.move_tags(connection, repository_id, digest, now, existing)
-    for tag, previous, reason, _ in moves:
+    for tag, previous, reason, _, follows in moves:
         if previous != digest:
-            _record(repository_id, tag, previous, digest, actor, reason, history)
+            _record(repository_id, tag, previous, digest, reason, follows, history)
 
 
 def _record(
@@ -468,23 +482,33 @@ def _record(
     tag: str,
     old: str | None,
     new: str | None,
-    actor: str | None,
     reason: str,
-    history: list[dict[str, object]],
+    follows: str | None,
+    history: list[_Change],
 ) -> None:
     history.append(
-        {
-            "repository_id": repository_id,
-            "tag": tag,
-            "old_digest": old,
-            "new_digest": new,
-            "changed_at": time.time(),
-            "actor": actor,
-            "reason": reason,
-        }
+        _Change(repository_id, time.time(), events.TagChange(tag, old, new, reason, follows))
     )
 
 
-def _write_history(connection: Connection, history: list[dict[str, object]]) -> None:
-    """The changes of one push or delete, in order, in one statement."""
-    tag_rows.insert_history(connection, history)
+def _write_history(
+    connection: Connection, name: str, context: RequestContext, history: list[_Change]
+) -> None:
+    """The changes of one push or delete, in order: into the tag history in one statement,
+    and into the events outbox (issue 16), in the caller's transaction."""
+    tag_rows.insert_history(
+        connection,
+        [
+            {
+                "repository_id": change.repository_id,
+                "tag": change.change.tag,
+                "old_digest": change.change.previous,
+                "new_digest": change.change.digest,
+                "changed_at": change.changed_at,
+                "actor": context.caller,
+                "reason": change.change.reason,
+            }
+            for change in history
+        ],
+    )
+    events.tag_changes(connection, name, context, [change.change for change in history])

@@ -1,0 +1,129 @@
+"""SQL of the events outbox (`events`): appending the events of one change, reading them back.
+
+Plain functions over a `Connection`; the caller (events/, through the registry's use cases)
+holds the transaction, so the events commit or roll back with the change they report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.engine import Connection
+
+from cangku.metadata.schema import event_deliveries, events
+
+_INSERT = insert(events)
+
+
+def insert_events(connection: Connection, rows: list[dict[str, object]]) -> None:
+    """Append these outbox rows (event_id, type, repository, created_at, payload), in order,
+    in one statement (none: no statement)."""
+    if rows:
+        connection.execute(_INSERT, rows)
+
+
+def after(connection: Connection, last_id: int, limit: int) -> list[Row[Any]]:
+    """Up to `limit` outbox rows with an id above `last_id`, oldest first."""
+    query = select(events).where(events.c.id > last_id).order_by(events.c.id).limit(limit)
+    return list(connection.execute(query))
+
+
+def not_fanned_out(connection: Connection, limit: int) -> list[Row[Any]]:
+    """Up to `limit` committed events without their deliveries yet, oldest first, locked to
+    the end of the transaction; rows another replica holds are skipped (PostgreSQL
+    `FOR UPDATE SKIP LOCKED`), so two replicas never add the same deliveries."""
+    query = (
+        select(events.c.id, events.c.type, events.c.created_at, events.c.payload)
+        .where(events.c.fanned_out.is_(None))
+        .order_by(events.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(connection.execute(query))
+
+
+def mark_fanned_out(connection: Connection, event_ids: list[int]) -> None:
+    connection.execute(update(events).where(events.c.id.in_(event_ids)).values(fanned_out=True))
+
+
+def insert_deliveries(connection: Connection, rows: list[dict[str, object]]) -> None:
+    """Add `event_deliveries` rows (event_id, endpoint, state, attempts, created_at,
+    next_attempt_at), in one statement (none: no statement)."""
+    if rows:
+        connection.execute(insert(event_deliveries), rows)
+
+
+def claim_due(connection: Connection, now: float, lease: float, limit: int) -> list[Row[Any]]:
+    """Up to `limit` pending deliveries due at `now`, oldest first, with their event: each
+    is pushed `lease` seconds ahead and its attempt counted, so no other worker takes it
+    while this one sends, and a worker that dies mid-send leaves it due again later. On
+    PostgreSQL rows another replica holds are skipped (`FOR UPDATE SKIP LOCKED`)."""
+    query = (
+        select(
+            event_deliveries.c.id,
+            event_deliveries.c.endpoint,
+            event_deliveries.c.attempts,
+            events.c.event_id,
+            events.c.created_at,
+            events.c.payload,
+        )
+        .join(events, events.c.id == event_deliveries.c.event_id)
+        .where(event_deliveries.c.state == "pending", event_deliveries.c.next_attempt_at <= now)
+        .order_by(event_deliveries.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=event_deliveries)
+    )
+    rows: list[Row[Any]] = list(connection.execute(query))
+    if rows:
+        connection.execute(
+            update(event_deliveries)
+            .where(event_deliveries.c.id.in_([row.id for row in rows]))
+            .values(
+                next_attempt_at=now + lease,
+                attempts=event_deliveries.c.attempts + 1,
+            )
+        )
+    return rows
+
+
+def finish_attempt(connection: Connection, delivery_id: int, values: dict[str, object]) -> None:
+    """Record an attempt's outcome: state, next_attempt_at, finished_at, last_status,
+    last_error, latency."""
+    connection.execute(
+        update(event_deliveries).where(event_deliveries.c.id == delivery_id).values(**values)
+    )
+
+
+def history(connection: Connection, endpoint: str, limit: int) -> list[Row[Any]]:
+    """The last `limit` deliveries to `endpoint`, newest first, with their event's id and type."""
+    query = (
+        select(
+            event_deliveries.c.id,
+            event_deliveries.c.state,
+            event_deliveries.c.attempts,
+            event_deliveries.c.created_at,
+            event_deliveries.c.finished_at,
+            event_deliveries.c.last_status,
+            event_deliveries.c.last_error,
+            event_deliveries.c.latency,
+            events.c.event_id,
+            events.c.type,
+        )
+        .join(events, events.c.id == event_deliveries.c.event_id)
+        .where(event_deliveries.c.endpoint == endpoint)
+        .order_by(event_deliveries.c.id.desc())
+        .limit(limit)
+    )
+    return list(connection.execute(query))
+
+
+def redeliver(connection: Connection, delivery_id: int, now: float) -> bool:
+    """Make delivery `delivery_id` due again now (pending, attempts kept); False when there
+    is no such delivery."""
+    result = connection.execute(
+        update(event_deliveries)
+        .where(event_deliveries.c.id == delivery_id)
+        .values(state="pending", next_attempt_at=now, finished_at=None)
+    )
+    return result.rowcount > 0
