@@ -152,22 +152,6 @@ def on_manifest(connection: Connection, repository_id: int, digest: str) -> list
     return list(connection.scalars(query).all())
 
 
-def digests_by_tag(connection: Connection, repository_id: int) -> dict[str, str]:
-    """Every tag of the repository and the manifest digest it points at."""
-    query = select(tags.c.name, tags.c.manifest_digest).where(tags.c.repository_id == repository_id)
-    return {row.name: row.manifest_digest for row in connection.execute(query)}
-
-
-def history(connection: Connection, repository_id: int, tag: str) -> list[Row[Any]]:
-    """Every recorded move of a tag (all `tag_history` columns), newest first."""
-    query = (
-        select(tag_history)
-        .where(tag_history.c.repository_id == repository_id, tag_history.c.tag == tag)
-        .order_by(tag_history.c.id.desc())
-    )
-    return list(connection.execute(query).all())
-
-
 def policy_rows(
     connection: Connection, repository: str, namespace: str
 ) -> list[Row[Any, Any, Any]]:
