@@ -18,8 +18,8 @@ transactions it waited for committed:
   side by side; a garbage-collection step that decides what is garbage and deletes it holds
   it *exclusive*. So the rules of docs/garbage-collection.md hold unchanged: a recording
   transaction runs wholly before or wholly after each collection step.
-- **a counter** — a named group of upserted counters (pull statistics, usage days, the open
-  upload sessions of one owner, failed logins of one key).
+- **a counter** — a named group of rows inserted on first use or counted against a cap
+  (pull statistics, usage days, policies, the open upload sessions of one owner).
 
 Locks are always taken in one order — lifecycle, namespaces, repositories, digests,
 counters, each group by key — so two transactions never wait for each other in a cycle.
