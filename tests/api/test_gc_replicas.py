@@ -9,6 +9,9 @@ step by step on PostgreSQL too (`make test-postgresql`).
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -68,3 +71,37 @@ async def test_one_collection_at_a_time_across_replicas(
     response = await client.get(f"/v2/jimo/app/manifests/{pushed}")
     assert response.status_code == 200
     await assert_every_recorded_blob_has_its_file(registry, data_dir)
+
+
+async def test_a_collector_killed_mid_collection_frees_the_lock(registry: Registry) -> None:
+    # Another process holds the collector's lock, then dies (SIGKILL): its connection closes.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys\n"
+            "from cangku.metadata.store import MetadataStore\n"
+            "async def main():\n"
+            "    store = MetadataStore.open(sys.argv[1])\n"
+            "    async with store.collector_lock():\n"
+            "        print('holding', flush=True)\n"
+            "        await asyncio.sleep(600)\n"
+            "asyncio.run(main())\n",
+            same_database(registry.metadata),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"holding\n"
+        collector = GarbageCollector(registry.storage, registry.metadata, CollectionPolicy())
+        waiting = asyncio.ensure_future(collector.collect())
+        await asyncio.sleep(1.5)
+        assert not waiting.done()
+        holder.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(waiting, 20)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
