@@ -12,8 +12,8 @@ the store runs it as one unit: one thread hop per transaction instead of one per
 - Other databases (PostgreSQL) run reads and writes in worker threads, write transactions
   concurrently (READ COMMITTED) across threads and processes: no lock that every write
   takes. A use case whose rules need it to run alone against some other writes (the
-  floating tags of one repository, a quota, garbage collection against pushes) holds the
-  row-level or advisory locks of exactly those things first (metadata/locks.py).
+  floating tags of one repository, a quota, garbage collection against pushes) first takes
+  transaction-scoped advisory locks on exactly those things (metadata/locks.py).
 
 Read cache (SQLite): results of hot reads are kept in memory and thrown away as soon as any
 connection — of this process or another one, the CLI included — commits to the database.
