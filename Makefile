@@ -23,14 +23,16 @@ install: $(BIN)/cangku
 run: install
 	$(BIN)/cangku serve --listen $(LISTEN) --data $(DATA)
 
+# The three-replica test needs PostgreSQL: `make test-postgresql` runs it.
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/e2e/test_e2e_replicas.py
 
 # The API, account and UI tests again, each on a fresh PostgreSQL database (.ci/run sets
 # up the server and the role).
 POSTGRES_ADMIN_URL ?= postgresql+psycopg://cangku:cangku@127.0.0.1:5432/postgres
 test-postgresql: install
-	CANGKU_TEST_POSTGRES=$(POSTGRES_ADMIN_URL) $(BIN)/pytest tests/api tests/auth tests/web tests/metadata tests/registry
+	CANGKU_TEST_POSTGRES=$(POSTGRES_ADMIN_URL) $(BIN)/pytest tests/api tests/auth tests/web tests/metadata tests/registry \
+		tests/e2e/test_e2e_replicas.py
 
 check: install
 	$(BIN)/ruff format --check src tests benchmarks

@@ -25,7 +25,7 @@ from cangku.auth.tokens import TokenService, load_or_create_signing_key
 from cangku.config import ProxySettings, Settings
 from cangku.distribution.routes import DistributionApp
 from cangku.events.delivery import Deliverer
-from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.metadata.store import MetadataStore, is_sqlite_url, sqlite_url
 from cangku.observability import (
     MeteredCollector,
     Metrics,
@@ -63,7 +63,10 @@ def build_registry(settings: Settings, tracing: Tracing | None = None) -> Regist
     os.umask(DATA_UMASK)
     settings.data.mkdir(mode=0o700, parents=True, exist_ok=True)
     storage: BlobStorage = open_storage(settings.storage, settings.data)
-    metadata = MetadataStore.open(settings.database_url or sqlite_url(settings.data))
+    url = settings.database_url or sqlite_url(settings.data)
+    # The embedded default migrates itself at start; a shared database (several replicas,
+    # maybe of two versions during a rollout) only by `cangku db upgrade`, run once.
+    metadata = MetadataStore.open(url, upgrade=is_sqlite_url(url))
     if tracing is not None:
         storage = TracedStorage(storage, tracing)
         metadata.span = tracing.span

@@ -8,13 +8,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cangku.app import create_app
 from cangku.auth import accounts as accounts_module
 from cangku.auth.access import AccessControl
 from cangku.auth.accounts import AccountError, Accounts
-from cangku.auth.ratelimit import FailureLimiter
+from cangku.auth.ratelimit import LONGEST_WINDOW, FailureLimiter
+from cangku.config import Settings
+from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
+from cangku.storage.filesystem import FilesystemStorage
 from tests.api.helpers import error_code, push_blob, push_image
 from tests.auth.conftest import As, basic
+from tests.databases import same_database
 
 
 async def test_access_token_works_as_a_password_and_respects_its_scope(
@@ -75,20 +80,58 @@ async def test_failed_logins_are_rate_limited_per_account(client: httpx.AsyncCli
     assert (await client.get("/v2/", headers=basic("lee"))).status_code == 200
 
 
-def test_failure_limiter_window() -> None:
-    limiter = FailureLimiter(max_failures=3, window=60)
-    for moment in (0, 1, 2):
-        assert limiter.retry_after("k", now=moment) is None
-        limiter.record_failure("k", now=moment)
-    assert limiter.retry_after("k", now=3) == pytest.approx(57)
-    assert limiter.retry_after("k", now=61) is None  # the first failure left the window
+async def test_failure_limiter_window(registry: Registry) -> None:
+    limiter = FailureLimiter(registry.metadata, "test", max_failures=3, window=60)
+    for moment in (1000, 1001, 1002):
+        assert await limiter.retry_after("k", now=moment) is None
+        await limiter.record_failure("k", now=moment)
+    assert await limiter.retry_after("k", now=1003) == pytest.approx(57)
+    assert await limiter.retry_after("other", now=1003) is None
+    assert await limiter.retry_after("k", now=1061) is None  # the first failure left the window
 
 
-def test_failure_limiter_memory_is_bounded() -> None:
-    limiter = FailureLimiter(max_failures=3, window=60, max_keys=100)
-    for index in range(1000):
-        limiter.record_failure(f"address-{index}", now=0)
-    assert len(limiter._failures) == 100
+async def test_failures_leave_the_database_after_the_longest_window(registry: Registry) -> None:
+    from sqlalchemy import func, select
+
+    from cangku.metadata.schema import login_failures
+
+    limiter = FailureLimiter(registry.metadata, "test", max_failures=3, window=60)
+    for index in range(50):
+        await limiter.record_failure(f"address-{index}", now=0)
+    await limiter.record_failure("late", now=LONGEST_WINDOW + 1)
+    count = await registry.metadata.read(
+        lambda c: c.scalar(select(func.count()).select_from(login_failures))
+    )
+    assert count == 1
+    stored = await registry.metadata.read(lambda c: c.scalars(select(login_failures.c.key)).all())
+    assert "late" not in stored[0]  # keys are hashed
+
+
+async def test_failed_logins_counted_by_one_replica_limit_the_other(
+    settings: Settings, registry: Registry, accounts: Accounts
+) -> None:
+    # Two apps on one database, as two replicas behind a load balancer.
+    other = Registry(
+        FilesystemStorage(settings.data), MetadataStore.open(same_database(registry.metadata))
+    )
+    try:
+        replicas = [create_app(settings, registry), create_app(settings, other)]
+        clients = [
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 4321)),
+                base_url="http://registry.test",
+            )
+            for app in replicas
+        ]
+        for attempt in range(10):
+            response = await clients[attempt % 2].get("/v2/", headers=basic("jimo", "wrong"))
+            assert response.status_code == 401
+        for client in clients:
+            limited = await client.get("/v2/", headers=basic("jimo"))
+            assert limited.status_code == 429
+            await client.aclose()
+    finally:
+        await other.metadata.close()
 
 
 async def test_verified_password_is_cached_and_a_new_password_ends_it(

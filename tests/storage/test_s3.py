@@ -107,6 +107,25 @@ async def test_commit_on_another_process_refuses_a_wrong_digest_and_publishes_no
     assert multipart_uploads(s3) == []
 
 
+async def test_a_running_hash_is_not_trusted_after_another_replica_rewrote_the_session(
+    s3: S3Storage,
+) -> None:
+    # Two replicas take PATCHes of one session at the same moment: both read the same state,
+    # both append as many bytes, and the other's state is written last. This process's
+    # running hash matches the size but not the bytes: the commit must re-hash and refuse.
+    upload_id = await new_upload(s3)
+    key = f"{s3.prefix}uploads/{upload_id}/state"
+    before = s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+    ours, theirs = os.urandom(3000), os.urandom(3000)
+    await s3.append_upload(upload_id, stream(ours), len(ours))
+    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=before)  # what the other one read
+    await another_process(s3).append_upload(upload_id, stream(theirs), len(theirs))
+
+    with pytest.raises(DigestInvalid):
+        await s3.commit_upload(upload_id, Digest.of(ours))
+    assert await s3.stat(Digest.of(ours)) is None
+
+
 async def test_commit_with_the_running_hash_refuses_a_wrong_digest_and_keeps_the_session(
     s3: S3Storage,
 ) -> None:

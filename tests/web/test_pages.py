@@ -511,3 +511,26 @@ async def test_session_cookie_is_secure_behind_a_trusted_tls_proxy(
         async with httpx.AsyncClient(transport=untrusted, base_url="http://registry.test") as other:
             plain = await other.get("/signin", headers={"X-Forwarded-Proto": "https"})
             assert "secure" not in plain.headers["set-cookie"].lower()
+
+
+async def test_a_session_signed_in_on_one_replica_is_known_and_ended_on_another(
+    browser: Browser, settings: Settings, registry: Registry
+) -> None:
+    # Two apps on one database (and the same data directory's session key), as two replicas.
+    from cangku.metadata.store import MetadataStore
+    from cangku.storage.filesystem import FilesystemStorage
+    from tests.databases import same_database
+
+    other_registry = Registry(
+        FilesystemStorage(settings.data), MetadataStore.open(same_database(registry.metadata))
+    )
+    try:
+        await browser.sign_in("jimo")
+        cookie = browser.client.cookies["cangku_session"]
+        async for other in site_client(settings, other_registry):
+            other.cookies.set("cangku_session", cookie)
+            assert "Sign out jimo" in (await other.get("/")).text
+            assert (await Browser(other).post("/signout")).status_code == 303
+        assert "Sign out jimo" not in (await browser.client.get("/")).text
+    finally:
+        await other_registry.metadata.close()

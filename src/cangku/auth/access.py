@@ -74,8 +74,9 @@ class AccessControl:
             ipaddress.ip_network(p, strict=False) for p in trusted_proxies or []
         ]
         self._warned_of_untrusted_proxy = False
-        self.account_failures = FailureLimiter(max_failures=10, window=300)
-        self.address_failures = FailureLimiter(max_failures=50, window=300)
+        # In the database: every replica counts the same failures (auth/ratelimit.py).
+        self.account_failures = FailureLimiter(accounts.metadata, "account", 10, 300)
+        self.address_failures = FailureLimiter(accounts.metadata, "address", 50, 300)
         self._cache_key = secrets.token_bytes(32)
         self._credentials: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
 
@@ -205,7 +206,7 @@ class AccessControl:
             (self.account_failures, account_key),
             (self.address_failures, address),
         ):
-            wait = limiter.retry_after(key)
+            wait = await limiter.retry_after(key)
             if wait is not None:
                 raise RateLimited("too many failed logins; try again later", wait)
         cache_key = hmac.digest(self._cache_key, f"{name}\0{secret}".encode(), hashlib.sha256)
@@ -217,8 +218,8 @@ class AccessControl:
         self._credentials.pop(cache_key, None)
         principal = await self.accounts.authenticate(name, secret)
         if principal is None:
-            self.account_failures.record_failure(account_key)
-            self.address_failures.record_failure(address)
+            await self.account_failures.record_failure(account_key)
+            await self.address_failures.record_failure(address)
             raise Unauthorized("incorrect username or password")
         if principal.token_id is None:
             self._credentials[cache_key] = (time.monotonic(), principal.credentials_changed_at)

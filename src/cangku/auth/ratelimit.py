@@ -1,43 +1,63 @@
-"""Failed-login limits per account and per client address (in this process).
+"""Failed-login limits per account and per client address, shared by every replica.
 
-Each replica counts on its own: an attacker spread over N replicas gets N times the budget,
-which still turns a password guess into years. Memory is bounded by evicting the oldest keys.
+Each failure is a row in the metadata database (`login_failures`), so an attacker spreading
+guesses over N replicas behind a load balancer gets the same budget as against one. Keys are
+stored as sha256 of the limiter's scope and the key (an account name at an address, or an
+address), never the names themselves. Times are Unix seconds (wall clock, shared between
+machines; a monotonic clock is per process).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections import OrderedDict, deque
+
+from cangku.metadata import Connection, MetadataStore
+from cangku.metadata import login_failures as rows
+
+# Failures older than this are deleted whenever a failure is recorded: no window may be longer.
+LONGEST_WINDOW = 3600.0
 
 
 class FailureLimiter:
-    def __init__(self, max_failures: int, window: float, max_keys: int = 100_000) -> None:
+    """At most `max_failures` failures per key within `window` seconds (sliding)."""
+
+    def __init__(
+        self, metadata: MetadataStore, scope: str, max_failures: int, window: float
+    ) -> None:
+        if window > LONGEST_WINDOW:
+            raise ValueError(f"a failure window is at most {LONGEST_WINDOW:g} seconds")
+        self.metadata = metadata
+        self.scope = scope
         self.max_failures = max_failures
         self.window = window
-        self.max_keys = max_keys
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def retry_after(self, key: str, now: float | None = None) -> float | None:
+    def _hashed(self, key: str) -> str:
+        return hashlib.sha256(f"{self.scope}\0{key}".encode()).hexdigest()
+
+    async def retry_after(self, key: str, now: float | None = None) -> float | None:
         """Seconds until `key` may try again, or None when it may try now."""
-        now = time.monotonic() if now is None else now
-        failures = self._failures.get(key)
-        if failures is None:
+        now = time.time() if now is None else now
+        hashed, since = self._hashed(key), now - self.window
+        count, oldest = await self.metadata.read(
+            lambda connection: rows.recent(connection, hashed, since)
+        )
+        if count < self.max_failures or oldest is None:
             return None
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        if len(failures) < self.max_failures:
-            return None
-        return failures[0] + self.window - now
+        # The failure that leaves the window first: the count drops below the limit then
+        # (the later failures of a flood were refused before they were counted).
+        return max(oldest + self.window - now, 0.001)
 
-    def record_failure(self, key: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        failures = self._failures.setdefault(key, deque())
-        failures.append(now)
-        self._failures.move_to_end(key)
-        while len(failures) > self.max_failures:
-            failures.popleft()
-        while len(self._failures) > self.max_keys:
-            self._failures.popitem(last=False)
+    async def record_failure(self, key: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        hashed = self._hashed(key)
 
-    def forget(self, key: str) -> None:
-        self._failures.pop(key, None)
+        def record(connection: Connection) -> None:
+            rows.expire(connection, now - LONGEST_WINDOW)
+            rows.add(connection, [hashed], now)
+
+        await self.metadata.write(record)
+
+    async def forget(self, key: str) -> None:
+        hashed = self._hashed(key)
+        await self.metadata.write(lambda connection: rows.forget(connection, hashed))

@@ -14,6 +14,7 @@ from cangku.cli.common import (
     _duration,
     _size,
 )
+from cangku.cli.database import DB_UPGRADE_HELP, db_upgrade_run
 from cangku.cli.gc import GC_HELP, gc_run
 from cangku.cli.organizations import member_remove_run, member_set, org_add, org_del, org_list
 from cangku.cli.quotas import quota_run
@@ -133,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     namespace_policy.add_argument("name", help="namespace, e.g. jimo")
     _add_policy_switches(namespace_policy)
     namespace_policy.set_defaults(scope="namespace")
+
+    database = commands.add_parser("db", help="the metadata database").add_subparsers(
+        dest="action", required=True
+    )
+    upgrade = _command(
+        database, "upgrade", "migrate the database schema (shared databases)", run=db_upgrade_run
+    )
+    upgrade.description = DB_UPGRADE_HELP
 
     gc = _command(commands, "gc", "collect garbage now (safe while the server runs)", run=gc_run)
     gc.description = GC_HELP

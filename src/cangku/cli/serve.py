@@ -31,7 +31,13 @@ def serve_forever(settings: Settings) -> int:
     except ValueError as error:
         print(f"cangku: invalid configuration: {error}", file=sys.stderr)
         return 2
-    app = create_app(settings, tracing=tracing)
+    from cangku.metadata.store import SchemaMismatch
+
+    try:
+        app = create_app(settings, tracing=tracing)
+    except SchemaMismatch as error:
+        print(f"cangku: {error}", file=sys.stderr)
+        return 2
     scheme = "https" if settings.tls_cert else "http"
     log.info(
         "cangku %s serving on %s://%s with data in %s%s",

@@ -214,6 +214,18 @@ web_sessions = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# Failed logins (auth/ratelimit.py): one row per failure within the window, `key` the sha256
+# of what was limited (an account at an address, or an address), never the name itself.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(64), nullable=False),
+    Column("failed_at", Float, nullable=False),
+    Index("ix_login_failures_key", "key", "failed_at"),
+    Index("ix_login_failures_failed_at", "failed_at"),
+)
+
 # Storage quotas per namespace (the first component of repository names): pushes that would
 # take the namespace's deduplicated usage above `limit_bytes` are refused.
 quotas = Table(

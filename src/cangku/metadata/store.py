@@ -9,9 +9,11 @@ the store runs it as one unit: one thread hop per transaction instead of one per
 - SQLite writes run in one writer thread on one connection kept open for it (SQLite has a
   single writer anyway), and start with BEGIN IMMEDIATE, so a second process (the `cangku`
   CLI while the server runs) waits on the busy timeout instead of failing half-way through.
-- Other databases (PostgreSQL) run reads and writes in worker threads. Write transactions
-  first take one transaction-scoped advisory lock, so that they run one at a time across
-  processes, as on SQLite: what the use cases (floating tags, garbage collection) rely on.
+- Other databases (PostgreSQL) run reads and writes in worker threads, write transactions
+  concurrently (READ COMMITTED) across threads and processes: no lock that every write
+  takes. A use case whose rules need it to run alone against some other writes (the
+  floating tags of one repository, a quota, garbage collection against pushes) first takes
+  transaction-scoped advisory locks on exactly those things (metadata/locks.py).
 
 Read cache (SQLite): results of hot reads are kept in memory and thrown away as soon as any
 connection — of this process or another one, the CLI included — commits to the database.
@@ -26,7 +28,7 @@ import contextlib
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -35,20 +37,30 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
+
+from cangku.metadata import locks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 T = TypeVar("T")
 READ_CACHE_ENTRIES = 4096
 MAX_WRITE_BATCH = 64
-WRITE_LOCK_KEY = 0x63616E676B75  # "cangku": PostgreSQL's advisory lock for write transactions
+# How often a garbage collection waiting for another replica's asks again (seconds).
+COLLECTOR_POLL = 0.5
 _MISSING = object()
 
 
 def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir.resolve() / 'cangku.db'}"
+
+
+def is_sqlite_url(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
 
 
 class MetadataStore:
@@ -78,10 +90,19 @@ class MetadataStore:
         self.span: Callable[[str], AbstractContextManager[None]] | None = None
 
     @classmethod
-    def open(cls, url: str) -> MetadataStore:
-        """Open the database and migrate its schema to the newest revision."""
+    def open(cls, url: str, *, upgrade: bool = True) -> MetadataStore:
+        """Open the database; with `upgrade`, migrate its schema to the newest revision,
+        else raise SchemaMismatch unless it is at exactly that revision (`serve` on a shared
+        database: `cangku db upgrade` migrates it, once, for every replica)."""
         engine = create_database_engine(url)
-        migrate(engine)
+        try:
+            if upgrade:
+                migrate(engine)
+            else:
+                check_schema(engine)
+        except BaseException:
+            engine.dispose()
+            raise
         return cls(engine)
 
     async def close(self) -> None:
@@ -295,8 +316,30 @@ class MetadataStore:
         with self.engine.connect() as connection:
             connection = connection.execution_options(sqlite_immediate=True)
             with connection.begin():
-                _serialize_writes(connection)
                 return work(connection)
+
+    @contextlib.asynccontextmanager
+    async def collector_lock(self) -> AsyncIterator[None]:
+        """Hold the garbage collector's lock for the block: one collection at a time across
+        every process on this database. PostgreSQL: a session-level advisory lock on a
+        connection of its own, asked for every `COLLECTOR_POLL` seconds while another
+        process holds it (no thread waits meanwhile); a process that dies loses it with its
+        connection. SQLite: nothing (a collection's steps are writes, one at a time)."""
+        if self.is_sqlite:
+            yield
+            return
+        connection = await anyio.to_thread.run_sync(self.engine.connect)
+        try:
+            while not await anyio.to_thread.run_sync(locks.try_collector, connection):
+                await asyncio.sleep(COLLECTOR_POLL)
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(locks.release_collector, connection)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(connection.close)
 
     async def rehearse(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in a write transaction and roll it back: what it would do (dry runs)."""
@@ -309,18 +352,7 @@ class MetadataStore:
     def _rehearse_now(self, work: Callable[[Connection], T]) -> T:
         with self.engine.connect() as connection:
             connection = connection.execution_options(sqlite_immediate=True)
-
-            def serialized(connection: Connection) -> T:
-                _serialize_writes(connection)
-                return work(connection)
-
-            return _rehearse(connection, serialized)
-
-
-def _serialize_writes(connection: Connection) -> None:
-    """PostgreSQL: wait for the other write transactions (SQLite has a single writer)."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
+            return _rehearse(connection, work)
 
 
 def _rehearse(connection: Connection, work: Callable[[Connection], T]) -> T:
@@ -346,12 +378,62 @@ def create_database_engine(url: str) -> Engine:
     return engine
 
 
-def migrate(engine: Engine) -> None:
+class SchemaMismatch(ValueError):
+    """The database's schema is not the one this cangku's migrations end at."""
+
+
+def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration this cangku has."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The migration the database is at; None for a database without cangku's schema."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise SchemaMismatch, saying what to do, unless the schema is at `head_revision()`."""
+    current, head = schema_revision(engine), head_revision()
+    if current == head:
+        return
+    script = ScriptDirectory.from_config(_alembic_config())
+    if current is None:
+        problem = "the database has no cangku schema yet"
+    else:
+        try:
+            known = script.get_revision(current) is not None
+        except CommandError:
+            known = False
+        if not known:
+            raise SchemaMismatch(
+                f"the database schema is at revision {current}, which this cangku does not "
+                f"know (its newest is {head}): a newer cangku migrated it; run that version"
+            )
+        problem = f"the database schema is at revision {current}, this cangku needs {head}"
+    raise SchemaMismatch(
+        f"{problem}: run `cangku db upgrade` with the same configuration (once, from one "
+        "machine), then start the server again"
+    )
+
+
+def migrate(engine: Engine) -> tuple[str | None, str]:
+    """Apply every migration the database lacks; returns (revision before, after)."""
+    config = _alembic_config()
+    before = schema_revision(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+    return before, head_revision()
 
 
 def _configure_sqlite(engine: Engine) -> None:

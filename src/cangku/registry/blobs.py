@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable
 
 from cangku.content.digest import Digest
 from cangku.content.errors import BlobUnknown, BlobUploadInvalid, Denied, RegistryError
-from cangku.metadata import Connection
+from cangku.metadata import Connection, locks
 from cangku.metadata import blobs as blob_rows
 from cangku.metadata import repositories as repository_rows
 from cangku.registry import upload_limits, usage
@@ -47,6 +47,7 @@ class Blobs:
         parsed = Digest.parse(digest)
 
         def unlink(connection: Connection) -> bool:
+            locks.hold(connection, repositories=[self.name])
             repository_id = repository_rows.repository_id(connection, self.name)
             return repository_id is not None and blob_rows.unlink(
                 connection, repository_id, str(parsed)
@@ -94,6 +95,8 @@ class Blobs:
             return None
 
         def link(connection: Connection) -> RegistryError | bool:
+            # The locks record_blob takes, before the source's link is read.
+            locks.for_repository_content(connection, self.name, str(parsed))
             size = blob_rows.size_in_repository(connection, source, str(parsed))
             if size is None:
                 return False
@@ -114,7 +117,9 @@ def record_blob(
 
     Returns the refusal instead of raising it, so that the caller's transaction still commits
     its own clean-up (an upload session's row); the caller raises it afterwards.
+    Takes the transaction's locks (metadata/locks.py): call it before other writes.
     """
+    locks.for_repository_content(connection, name, str(digest))
     recorded = blob_rows.recorded_size(connection, str(digest))
     # Garbage collection deletes a file only inside a transaction that removed its row; this
     # one runs before or after such a transaction, never during: the file seen here stays.

@@ -19,7 +19,7 @@ from cangku.content.digest import Digest
 from cangku.content.errors import NameUnknown, RegistryError, RequestInvalid
 from cangku.content.manifest import parse_manifest
 from cangku.content.names import validate_repository_name
-from cangku.metadata import Connection
+from cangku.metadata import Connection, locks
 from cangku.metadata import descriptions as rows
 from cangku.registry.service import Registry
 
@@ -115,6 +115,7 @@ async def set_description(
     validate_repository_name(name)
 
     def store(connection: Connection) -> None:
+        locks.hold(connection, repositories=[name])
         repository_id = rows.repository_id(connection, name)
         if repository_id is None:
             raise NameUnknown("repository name not known to registry", name)

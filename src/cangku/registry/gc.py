@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 
 from cangku.content.digest import Digest
 from cangku.content.units import format_size
-from cangku.metadata import Connection
+from cangku.metadata import Connection, locks
 from cangku.metadata import collection as collection_rows
 from cangku.metadata.store import MetadataStore
 from cangku.registry import upload_limits
@@ -147,26 +147,32 @@ class GarbageCollector:
 
             await self.metadata.rehearse(rehearse)
         else:
-            report.manifests = await self.metadata.write(
-                lambda connection: self._sweep_manifests(connection, now)
-            )
-            report.unlinked = await self.metadata.write(
-                lambda connection: self._unlink_unreferenced(connection, now)
-            )
-            while True:
-                batch = await self.metadata.write(
-                    lambda connection: self._sweep_blobs(connection, now, delete_files=True)
-                )
-                report.blobs += batch
-                if len(batch) < BATCH:
-                    break
-            report.blobs += await self._collect_orphans(now)
-            report.uploads = await self._collect_uploads(now)
+            async with self.metadata.collector_lock():
+                await self._collect(report, now)
         report.seconds = time.perf_counter() - started
         return report
 
+    async def _collect(self, report: CollectionReport, now: float) -> None:
+        """The phases, one after the other (collect() holds the collector's lock)."""
+        report.manifests = await self.metadata.write(
+            lambda connection: self._sweep_manifests(connection, now)
+        )
+        report.unlinked = await self.metadata.write(
+            lambda connection: self._unlink_unreferenced(connection, now)
+        )
+        while True:
+            batch = await self.metadata.write(
+                lambda connection: self._sweep_blobs(connection, now, delete_files=True)
+            )
+            report.blobs += batch
+            if len(batch) < BATCH:
+                break
+        report.blobs += await self._collect_orphans(now)
+        report.uploads = await self._collect_uploads(now)
+
     # -- 1. manifests ------------------------------------------------------------------------
     def _sweep_manifests(self, connection: Connection, now: float) -> list[CollectedManifest]:
+        locks.hold(connection, lifecycle="exclusive")
         after = self.policy.delete_untagged_after
         if after is None:
             # Keeping them all; forget old stamps so that a later delete-after starts afresh.
@@ -197,6 +203,7 @@ class GarbageCollector:
     # -- 2. links ----------------------------------------------------------------------------
     def _unlink_unreferenced(self, connection: Connection, now: float) -> int:
         # Held (metadata/blobs.py): linked, and used by one of the repository's manifests.
+        locks.hold(connection, lifecycle="exclusive")
         return collection_rows.unlink_unused(connection, now - self.policy.grace)
 
     # -- 3. blobs ----------------------------------------------------------------------------
@@ -204,6 +211,7 @@ class GarbageCollector:
         self, connection: Connection, now: float, *, delete_files: bool
     ) -> list[CollectedBlob]:
         """One batch of unreferenced, old blobs: rows, links, then files, in this transaction."""
+        locks.hold(connection, lifecycle="exclusive")
         rows = collection_rows.unused_blobs(connection, now - self.policy.grace, BATCH)
         if not rows:
             return []
@@ -238,6 +246,7 @@ class GarbageCollector:
         stored: Sequence[tuple[Digest, int, float]],
         delete_files: bool,
     ) -> list[CollectedBlob]:
+        locks.hold(connection, lifecycle="exclusive")
         cutoff = now - self.policy.grace
         old = [entry for entry in stored if entry[2] < cutoff]
         recorded = _recorded(connection, old)

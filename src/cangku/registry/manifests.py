@@ -19,7 +19,7 @@ from cangku.content.errors import (
 from cangku.content.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from cangku.content.names import parse_reference, validate_tag
 from cangku.events import records as events
-from cangku.metadata import Connection
+from cangku.metadata import Connection, locks
 from cangku.metadata import blobs as blob_rows
 from cangku.metadata import manifests as manifest_rows
 from cangku.metadata import repositories as repository_rows
@@ -80,6 +80,9 @@ class Manifests:
         name = self.name
 
         def store(connection: Connection) -> list[str]:
+            # Alone in this repository (floating tags) and namespace (quota); beside other
+            # pushes, but never inside a garbage-collection step (metadata/locks.py).
+            locks.for_repository_content(connection, name)
             repository_id = repository_rows.ensure_repository(connection, name)
             _check_references(connection, repository_id, manifest)
             stored_type = manifest_rows.stored_media_type(connection, repository_id, str(digest))
@@ -153,6 +156,7 @@ class Manifests:
         mirror_policy = TagPolicy(floating=False, immutable_versions=False)
 
         def store(connection: Connection) -> None:
+            locks.for_repository_content(connection, name)
             repository_id = repository_rows.ensure_repository(connection, name)
             if manifest_rows.stored_media_type(connection, repository_id, digest) is None:
                 manifest_rows.insert_manifest(
@@ -210,6 +214,7 @@ class Manifests:
         target = parse_reference(reference)
 
         def remove(connection: Connection) -> None:
+            locks.hold(connection, repositories=[name])
             repository_id = known_repository_id(connection, name)
             policy = resolve_policy(connection, name, self.core.tag_defaults)
             if not isinstance(target, Digest):

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cangku.content.mediatypes import INDEXES
-from cangku.metadata import Connection, descriptions, pull_stats, usage_days
+from cangku.metadata import Connection, descriptions, locks, pull_stats, usage_days
 from cangku.metadata.pull_stats import DIGEST, TAG, TOTAL, PullCount
 from cangku.metadata.store import MetadataStore
 
@@ -176,6 +176,8 @@ class PullCounter:
         today = usage_days.day_of(time.time())
 
         def write(connection: Connection) -> int:
+            # Counter rows are inserted on first use: flushes of several replicas take turns.
+            locks.hold(connection, counters=["pull-statistics", "usage-days"])
             # Usage over time: the day's pulls per namespace (registry/usage_history.py).
             usage_days.add_pulls(connection, today, per_namespace)
             return pull_stats.add_pulls(connection, rows)

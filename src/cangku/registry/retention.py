@@ -34,7 +34,7 @@ from cangku.content.errors import NameUnknown, RequestInvalid
 from cangku.content.names import validate_repository_name
 from cangku.content.units import format_duration
 from cangku.content.versions import Version, is_floating_tag, parse_version
-from cangku.metadata import Connection
+from cangku.metadata import Connection, locks
 from cangku.metadata import retention as rows
 from cangku.metadata.retention import TagFacts
 from cangku.metadata.store import MetadataStore
@@ -312,7 +312,12 @@ async def set_retention_policy(
         if "/" in name:
             raise RequestInvalid("a namespace is the first part of a name, without '/'")
     rules = None if policy is None else json.dumps(policy.to_json(), sort_keys=True)
-    await metadata.write(lambda connection: rows.set_policy(connection, scope, name, rules))
+
+    def store(connection: Connection) -> None:
+        locks.hold(connection, counters=[f"retention-policy:{scope}:{name}"])
+        rows.set_policy(connection, scope, name, rules)
+
+    await metadata.write(store)
 
 
 async def retention_policies(metadata: MetadataStore) -> list[tuple[str, str, RetentionPolicy]]:
@@ -349,6 +354,7 @@ async def apply_retention(
     moment = time.time() if now is None else now
 
     def run(connection: Connection) -> RetentionPlan:
+        locks.hold(connection, repositories=[repository])  # Judged with its pushes, not beside.
         repository_id, plan = _plan(connection, repository, moment)
         for verdict in plan.deletions:
             rows.delete_tag(

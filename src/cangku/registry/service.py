@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Collection
 from cangku.content.digest import Digest
 from cangku.content.errors import NameInvalid
 from cangku.content.names import validate_repository_name
-from cangku.metadata import Connection
+from cangku.metadata import Connection, locks
 from cangku.metadata import blobs as blob_rows
 from cangku.metadata import repositories as repository_rows
 from cangku.metadata.browse import visible_to
@@ -172,6 +172,7 @@ class Registry:
             raise NameInvalid(f"a namespace has no '/': {name[:100]!r}")
 
         def store(connection: Connection) -> TagPolicy:
+            locks.hold(connection, counters=[f"tag-policy:{scope}:{name}"])
             set_policy(
                 connection, scope, name, floating=floating, immutable_versions=immutable_versions
             )
@@ -201,6 +202,7 @@ class Registry:
             raise ValueError("a quota cannot be negative")
 
         def store(connection: Connection) -> Quota:
+            locks.hold(connection, namespaces=[namespace])
             usage.set_quota(connection, namespace, limit_bytes)
             return Quota(namespace, limit_bytes, usage.namespace_usage(connection, namespace))
 
@@ -208,9 +210,12 @@ class Registry:
 
     async def unset_quota(self, namespace: str) -> bool:
         _validate_namespace(namespace)
-        return await self.metadata.write(
-            lambda connection: usage.unset_quota(connection, namespace)
-        )
+
+        def remove(connection: Connection) -> bool:
+            locks.hold(connection, namespaces=[namespace])
+            return usage.unset_quota(connection, namespace)
+
+        return await self.metadata.write(remove)
 
     async def quotas(self) -> list[Quota]:
         return await self.metadata.read(usage.list_quotas)
@@ -268,6 +273,7 @@ class Registry:
         validate_repository_name(name)
 
         def remove(connection: Connection) -> None:
+            locks.hold(connection, namespaces=[locks.namespace_of(name)], repositories=[name])
             repository_id = known_repository_id(connection, name)
             browse.remove_repository(connection, repository_id, name, context)
             upload_limits.close_repository_sessions(connection, name)

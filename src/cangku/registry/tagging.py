@@ -10,7 +10,7 @@ import builtins
 
 from cangku.content.errors import ManifestUnknown
 from cangku.content.names import validate_tag
-from cangku.metadata import Connection
+from cangku.metadata import Connection, locks
 from cangku.metadata import tags as tag_rows
 from cangku.registry.context import RequestContext
 from cangku.registry.core import MAX_PAGE_SIZE, Core
@@ -92,6 +92,8 @@ class Tags:
         name = self.name
 
         def release(connection: Connection) -> str | None:
+            # It moves a tag onto a manifest: a reference garbage collection must see.
+            locks.hold(connection, lifecycle="shared", repositories=[name])
             repository_id = known_repository_id(connection, name)
             if current_digest(connection, repository_id, tag) is None:
                 raise ManifestUnknown("manifest unknown", tag)
@@ -112,6 +114,7 @@ class Tags:
         name, defaults = self.name, self.core.tag_defaults
 
         def store(connection: Connection) -> TagPolicy:
+            locks.hold(connection, repositories=[name])
             set_policy(
                 connection,
                 "repository",

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 
 from cangku.content.errors import Denied, TooManyRequests
-from cangku.metadata import Connection
+from cangku.metadata import Connection, locks
 from cangku.metadata import upload_sessions as session_rows
 from cangku.registry import usage
 
@@ -36,6 +36,8 @@ def open_session(
 ) -> TooManyRequests | None:
     """Record a new session; the refusal instead when `owner` holds `limit` already."""
     if owner is not None:
+        # Counted and inserted by one replica at a time, or two could both pass the cap.
+        locks.hold(connection, counters=[f"upload-sessions:{owner}"])
         held = session_rows.count_owned(connection, owner)
         if held >= limit:
             return TooManyRequests(

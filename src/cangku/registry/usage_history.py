@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from cangku.metadata import Connection, usage_days
+from cangku.metadata import Connection, locks, usage_days
 from cangku.metadata.store import MetadataStore
 from cangku.registry import usage
 
@@ -48,6 +48,7 @@ async def snapshot_usage(metadata: MetadataStore, now: float | None = None) -> N
     moment = time.time() if now is None else now
 
     def take(connection: Connection) -> None:
+        locks.hold(connection, counters=["usage-days"])  # Rows inserted on first use.
         report = usage.usage_report(connection)
         stored = {ns.namespace: ns.deduplicated_bytes for ns in report.namespaces}
         usage_days.record_snapshot(connection, moment, stored)

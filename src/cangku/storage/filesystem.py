@@ -11,6 +11,12 @@ A blob file appears only by `os.replace` of a fully written and verified file, s
 digests are validated here (hex only), and every path is built from those validated parts,
 so nothing can reach outside `root`.
 
+Several processes may share the data directory (replicas on a shared filesystem, the CLI):
+an append, a commit or a cancel holds an exclusive `flock` on the session's file for its
+whole duration, so requests for one session never interleave even on different processes;
+after waiting, it checks that the path still names the file it locked (a commit renames the
+session's file into `blobs/`). NFS: Linux maps `flock` to NFS byte-range locks.
+
 fsync policy: with `fsync=True` a blob's bytes and its directory entry are flushed before the
 blob is recorded, so a power loss cannot leave a recorded blob with missing bytes. A killed
 process never needs it: the page cache survives the process.
@@ -20,13 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import anyio.to_thread
 
@@ -60,10 +67,12 @@ class FilesystemStorage:
         self.tmp_dir = root / "tmp"
         for directory in (self.blobs_dir, self.uploads_dir, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        # Running sha256 per upload session, valid while it matches the file's size. Another
-        # process (or a restart) simply rehashes the file at commit.
+        # Running sha256 per upload session, valid while it matches the file's size (appends
+        # only grow a session, one at a time under its lock). Another process (or a restart)
+        # simply rehashes the file at commit.
         self._upload_hashers: dict[str, tuple[int, _Hash]] = {}
-        # One request at a time per upload: two overlapping PATCHes must not interleave bytes.
+        # One request at a time per upload in this process (then the file lock, across them):
+        # two overlapping PATCHes must not interleave bytes.
         self._upload_locks: dict[str, asyncio.Lock] = {}
 
     async def check_writable(self) -> None:
@@ -191,44 +200,38 @@ class FilesystemStorage:
         expected_offset: int | None = None,
     ) -> int:
         path = self._upload_path(upload_id)
-        async with self._session_locked(upload_id, path):
+        async with self._session_locked(upload_id, path, "r+b") as file:
+            start = file.seek(0, os.SEEK_END)
+            if expected_offset is not None and expected_offset != start:
+                raise UploadOutOfOrder(
+                    f"chunk starts at {expected_offset} but the upload has {start} bytes", start
+                )
+            hashed_size, hasher = self._upload_hashers.get(upload_id, (-1, hashlib.sha256()))
+            running = hasher.copy() if hashed_size == start else _NullHasher()
             try:
-                file = open(path, "r+b")  # noqa: SIM115 - closed below, after a truncation
-            except FileNotFoundError:
-                raise BlobUploadUnknown("unknown upload") from None
-            with file:
-                start = file.seek(0, os.SEEK_END)
-                if expected_offset is not None and expected_offset != start:
-                    raise UploadOutOfOrder(
-                        f"chunk starts at {expected_offset} but the upload has {start} bytes", start
-                    )
-                hashed_size, hasher = self._upload_hashers.get(upload_id, (-1, hashlib.sha256()))
-                running = hasher.copy() if hashed_size == start else _NullHasher()
-                try:
-                    written = await _write_hashed(chunks, file, running)
-                    _check_length(written, expected_length)
-                except BaseException:
-                    # All of the chunk or none of it: the client retries from the old offset.
-                    file.truncate(start)
-                    raise
-                end = start + written
-                if isinstance(running, _NullHasher):
-                    self._upload_hashers.pop(upload_id, None)
-                else:
-                    self._upload_hashers[upload_id] = (end, running)
-                return end
+                written = await _write_hashed(chunks, file, running)
+                _check_length(written, expected_length)
+            except BaseException:
+                # All of the chunk or none of it: the client retries from the old offset.
+                file.truncate(start)
+                raise
+            end = start + written
+            if isinstance(running, _NullHasher):
+                self._upload_hashers.pop(upload_id, None)
+            else:
+                self._upload_hashers[upload_id] = (end, running)
+            return end
 
     async def commit_upload(self, upload_id: str, digest: Digest) -> int:
         path = self._upload_path(upload_id)
-        async with self._session_locked(upload_id, path):
-            size = path.stat().st_size
+        async with self._session_locked(upload_id, path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
             hashed_size, hasher = self._upload_hashers.get(upload_id, (-1, hashlib.sha256()))
             if hashed_size != size or digest.algorithm != hasher.name:
                 hasher = await anyio.to_thread.run_sync(_hash_file, path, digest.algorithm)
             if hasher.hexdigest() != digest.hex:
                 raise DigestInvalid("the uploaded content does not match the digest", str(digest))
-            with open(path, "rb") as file:
-                await self._publish(path, digest, file)
+            await self._publish(path, digest, file)
             self._forget_upload(upload_id)
             return size
 
@@ -236,16 +239,27 @@ class FilesystemStorage:
         return self._upload_locks.setdefault(upload_id, asyncio.Lock())
 
     @contextlib.asynccontextmanager
-    async def _session_locked(self, upload_id: str, path: Path) -> AsyncIterator[None]:
-        """Hold the session's lock; BlobUploadUnknown, leaving no lock behind, if there is
-        no such session (else every request with a made-up id would leave one)."""
+    async def _session_locked(
+        self, upload_id: str, path: Path, mode: str
+    ) -> AsyncIterator[BinaryIO]:
+        """The session's file, opened in `mode` and locked against every other request for
+        it, of this process and of others; BlobUploadUnknown, leaving no lock behind, if
+        there is no such session (else every request with a made-up id would leave one)."""
         if not path.exists():
             raise BlobUploadUnknown("unknown upload")
         async with self._upload_lock(upload_id):
-            if not path.exists():  # Finished or cancelled while we waited.
+            try:
+                file = cast(BinaryIO, open(path, mode))  # noqa: SIM115 - closed below
+            except FileNotFoundError:  # Finished or cancelled while we waited.
                 self._forget_upload(upload_id)
-                raise BlobUploadUnknown("unknown upload")
-            yield
+                raise BlobUploadUnknown("unknown upload") from None
+            with file:
+                # In a thread: another process may hold it for a whole PATCH.
+                await anyio.to_thread.run_sync(fcntl.flock, file.fileno(), fcntl.LOCK_EX)
+                if not _names(path, file):  # Committed or cancelled elsewhere meanwhile.
+                    self._forget_upload(upload_id)
+                    raise BlobUploadUnknown("unknown upload")
+                yield file
 
     def _forget_upload(self, upload_id: str) -> None:
         self._upload_hashers.pop(upload_id, None)
@@ -253,9 +267,12 @@ class FilesystemStorage:
 
     async def delete_upload(self, upload_id: str) -> None:
         path = self._upload_path(upload_id)
-        async with self._upload_lock(upload_id):
-            path.unlink(missing_ok=True)
-            self._forget_upload(upload_id)
+        try:
+            async with self._session_locked(upload_id, path, "rb"):
+                path.unlink(missing_ok=True)
+        except BlobUploadUnknown:
+            pass  # Gone already.
+        self._forget_upload(upload_id)
 
     async def iterate_uploads(self) -> AsyncIterator[tuple[str, float]]:
         for path in self.uploads_dir.iterdir():
@@ -325,6 +342,16 @@ async def _write_hashed(
         flush(batch)
         written += len(batch)
     return written
+
+
+def _names(path: Path, file: BinaryIO) -> bool:
+    """Whether `path` still names the open `file` (not renamed or unlinked since)."""
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(file.fileno())
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _check_length(actual: int, expected: int | None) -> None:

@@ -20,10 +20,12 @@ it), and any part or tail written by an append that failed is simply not referen
 overwritten, or deleted with the session).
 
 Running digests. hashlib state cannot be serialised, so each process keeps the running hash
-of the sessions it appended to, valid while it matches the session's size (as the filesystem
-driver does); a commit on a process without it (the PATCH went elsewhere, or a restart)
-re-hashes the assembled object by reading it back from the store. That costs one read of the
-blob only in that case, and needs no shared state beyond the store.
+of the sessions it appended to, valid only for the exact `state` it wrote: every saved state
+carries a fresh random `generation`, and a hash is used only while the stored state still has
+the generation it was made for (a size alone could match bytes another replica wrote from
+the same offset at the same moment). A commit on a process without it (the PATCH went
+elsewhere, or a restart) re-hashes the assembled object by reading it back from the store.
+That costs one read of the blob only in that case, and needs no shared state beyond the store.
 
 A commit completes the multipart upload under `uploads/<session>/data`, verifies the digest,
 and only then copies it to `blobs/...`: a blob key never holds unverified bytes.
@@ -87,10 +89,13 @@ class _Session:
     parts: list[tuple[int, str]] = field(default_factory=list)  # (part number, ETag)
     tail: str | None = None  # key of the bytes after the last part
     tail_size: int = 0
+    # Random, new with every saved state: which running hash (if any) describes these bytes.
+    generation: str = ""
 
     def dump(self) -> bytes:
         return json.dumps(
             {
+                "generation": self.generation,
                 "size": self.size,
                 "multipart": self.multipart,
                 "parts": self.parts,
@@ -108,6 +113,7 @@ class _Session:
             parts=[(int(number), str(etag)) for number, etag in raw["parts"]],
             tail=raw["tail"],
             tail_size=int(raw["tail_size"]),
+            generation=str(raw.get("generation", "")),  # none in states saved before it
         )
 
 
@@ -139,7 +145,8 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix
         self.redirect = redirect
-        self._hashers: dict[str, tuple[int, _Hash]] = {}
+        # Running hash per session, with the generation of the state it describes.
+        self._hashers: dict[str, tuple[str, _Hash]] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
     @classmethod
@@ -313,8 +320,9 @@ class S3Storage:
     # -- upload sessions ---------------------------------------------------------------------
     async def create_upload(self, upload_id: str, algorithm: str = "sha256") -> None:
         directory = self._session_dir(upload_id)
-        await self._save(directory, _Session())
-        self._hashers[upload_id] = (0, hashlib.new(algorithm))
+        session = _Session()
+        await self._save(directory, session)
+        self._hashers[upload_id] = (session.generation, hashlib.new(algorithm))
 
     async def _load(self, directory: str) -> _Session | None:
         body = await self._get(directory + "state")
@@ -327,6 +335,7 @@ class S3Storage:
         return _Session.load(data)
 
     async def _save(self, directory: str, session: _Session) -> None:
+        session.generation = uuid.uuid4().hex
         await self._call(
             self.client.put_object,
             Bucket=self.bucket,
@@ -357,8 +366,7 @@ class S3Storage:
                     f"chunk starts at {expected_offset} but the upload has {session.size} bytes",
                     session.size,
                 )
-            hashed_size, hasher = self._hashers.get(upload_id, (-1, hashlib.sha256()))
-            running = hasher.copy() if hashed_size == session.size else _NullHasher()
+            running = self._running_hash(upload_id, session)
             tail = await self._read_tail(session)
             updated = await self._append_parts(
                 directory, session, tail, chunks, running, expected_length
@@ -374,7 +382,7 @@ class S3Storage:
             if isinstance(running, _NullHasher):
                 self._hashers.pop(upload_id, None)
             else:
-                self._hashers[upload_id] = (updated.size, running)
+                self._hashers[upload_id] = (updated.generation, running)
             return updated.size
 
     async def _read_tail(self, session: _Session) -> bytes:
@@ -498,8 +506,8 @@ class S3Storage:
             if session is None:
                 self._forget(upload_id)
                 raise BlobUploadUnknown("unknown upload")
-            hashed_size, hasher = self._hashers.get(upload_id, (-1, hashlib.sha256()))
-            known = hashed_size == session.size and digest.algorithm == hasher.name
+            hasher = self._running_hash(upload_id, session)
+            known = digest.algorithm == hasher.name
             if known and hasher.hexdigest() != digest.hex:
                 # Refused before assembling: the session stays as it was.
                 raise DigestInvalid("the uploaded content does not match the digest", str(digest))
@@ -524,9 +532,19 @@ class S3Storage:
             await anyio.to_thread.run_sync(hasher.update, chunk)
         return hasher.hexdigest()
 
+    def _running_hash(self, upload_id: str, session: _Session) -> _Hash | _NullHasher:
+        """A copy of this process's running hash of the session's bytes, if it has one for
+        exactly the stored state; else a stand-in (the commit then re-hashes)."""
+        generation, hasher = self._hashers.get(upload_id, ("", None))
+        if hasher is None or not session.generation or generation != session.generation:
+            return _NullHasher()
+        return hasher.copy()
+
     def _lock(self, upload_id: str) -> anyio.Lock:
-        # One request at a time per session in this process; sessions shared between
-        # replicas need the shared session state of issue 15 (not done yet).
+        # One request at a time per session in this process. Two replicas appending to one
+        # session at once (a client sending PATCHes in parallel) are not serialised: the
+        # last state written wins, and the generation check makes every commit after such
+        # a race re-hash what the store holds, so no unverified byte becomes a blob.
         return self._locks.setdefault(upload_id, anyio.Lock())
 
     def _forget(self, upload_id: str) -> None:
