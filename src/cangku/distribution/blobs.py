@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from cangku.asgi import ZERO_COPY_SEND
 from cangku.content.digest import Digest
-from cangku.content.errors import BlobUnknown, RangeInvalid
+from cangku.content.errors import RangeInvalid, RegistryError
 from cangku.distribution.http import request_context, warning
 from cangku.http_errors import render_error
 from cangku.registry import Registry
@@ -114,11 +114,10 @@ class BlobResponse(Response):
             # Opened before answering: once open, the bytes stay readable even if garbage
             # collection deletes the (then unreferenced) blob meanwhile.
             content = await self.blobs.open(self.digest, self.start, self.end)
-        except BlobUnknown:
-            response = render_error(
-                BlobUnknown("blob unknown to registry", detail=str(self.digest))
-            )
-            await response(scope, receive, send)
+        except RegistryError as error:
+            # Nothing sent yet: a blob gone meanwhile (BLOB_UNKNOWN), or a mirror's upstream
+            # failing (TOOMANYREQUESTS, UNAVAILABLE) is still a proper error response.
+            await render_error(error)(scope, receive, send)
             return
         if isinstance(content, Redirect):
             await _redirect(content.url, scope, receive, send)
