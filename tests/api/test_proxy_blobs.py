@@ -365,3 +365,34 @@ async def test_blobs_of_a_mirror_cannot_be_pushed_mounted_or_deleted(setup: Setu
         content=b"x",
     )
     assert posted.status_code == 403 and "is a mirror" in posted.text
+
+
+async def test_a_first_client_that_disconnects_does_not_cut_the_transfer_short_for_others(
+    setup: Setup,
+) -> None:
+    layer = os.urandom(6 * UPSTREAM_CHUNK)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    setup.gate.hold = asyncio.Event()
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    first_body = asyncio.Event()
+    leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, [], first_body))
+    await asyncio.wait_for(first_body.wait(), 10)
+    joiner = asyncio.create_task(setup.mirror.get(path))
+    await asyncio.sleep(0.05)  # the joiner waits for the transfer in progress
+    leader.cancel()  # the first client goes away mid-transfer
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    setup.gate.hold.set()
+    answer = await asyncio.wait_for(joiner, 10)
+    assert answer.status_code == 200 and answer.content == layer
+    assert len(setup.gate.blob_gets()) == 1
+
+
+async def test_in_process_readers_get_an_uncached_blob_through_the_cache(setup: Setup) -> None:
+    layer = os.urandom(100_000)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    blobs = setup.registry.repository("docker.io/library/alpine").blobs
+    digest, size = await blobs.stat(sha256(layer))
+    assert b"".join([chunk async for chunk in blobs.read(digest, 0, size)]) == layer
+    setup.gate.down = True
+    assert b"".join([chunk async for chunk in blobs.read(digest, 10, 20)]) == layer[10:20]
