@@ -396,3 +396,28 @@ async def test_in_process_readers_get_an_uncached_blob_through_the_cache(setup: 
     assert b"".join([chunk async for chunk in blobs.read(digest, 0, size)]) == layer
     setup.gate.down = True
     assert b"".join([chunk async for chunk in blobs.read(digest, 10, 20)]) == layer[10:20]
+
+
+async def test_a_transfer_cancelled_mid_way_aborts_the_first_client_and_fails_the_others(
+    setup: Setup,
+) -> None:
+    layer = os.urandom(6 * UPSTREAM_CHUNK)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    setup.gate.hold = asyncio.Event()
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    sent: list[Message] = []
+    first_body = asyncio.Event()
+    leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, sent, first_body))
+    await asyncio.wait_for(first_body.wait(), 10)
+    joiner = asyncio.create_task(setup.mirror.get(path))
+    await asyncio.sleep(0.05)
+    blobs = setup.registry.repository("docker.io/library/alpine").blobs
+    flight = blobs.flights[sha256(layer)]  # type: ignore[attr-defined]
+    flight.task.cancel()  # as when the server stops
+    with pytest.raises(Exception, match="interrupted"):
+        await asyncio.wait_for(leader, 10)
+    assert not _completed(sent)
+    answer = await asyncio.wait_for(joiner, 10)
+    assert answer.status_code == 503 and error_code(answer) == "UNAVAILABLE"
+    assert await setup.registry.storage.stat(Digest.parse(sha256(layer))) is None
+    setup.gate.hold.set()

@@ -91,11 +91,18 @@ class Flight:
     def leader_chunks(self) -> LeaderChunks:
         return LeaderChunks(self)
 
-    def fail(self, error: Exception) -> None:
-        """Resolve whatever is still pending with `error` (nobody may wait forever)."""
+    def interrupt(self, error: Exception) -> None:
+        """The transfer stopped without an outcome (cancelled: the server stopping). Nobody
+        may wait forever: pending futures fail with `error`, and the leader's response is
+        aborted (its queued chunks dropped, `error` raised in their place)."""
         for future in (self.opened, self.done):
             if not future.done():
                 future.set_exception(error)
+        queue = self._leader
+        if queue is not None:
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(error)
 
 
 class LeaderChunks:
@@ -280,8 +287,8 @@ class MirroredBlobs:
                 flight.done.set_exception(mapped)
             await flight.offer(mapped)
         finally:
-            # Cancelled (the server stopping): waiters hear of it instead of hanging.
-            flight.fail(Unavailable("the transfer from the upstream was interrupted"))
+            if not flight.done.done():
+                flight.interrupt(Unavailable("the transfer from the upstream was interrupted"))
             self.flights.pop(str(digest), None)
 
 
