@@ -39,7 +39,6 @@ from cangku.proxy.routing import UpstreamRouting
 from cangku.proxy.upstream import Upstream
 from cangku.registry import Registry
 from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
-from cangku.registry.manifests import Manifests
 from cangku.registry.pulls import flush_periodically
 from cangku.registry.repository import RepositoryWrapper
 from cangku.registry.retention import RetainingCollector
@@ -81,11 +80,6 @@ def build_registry(settings: Settings, tracing: Tracing | None = None) -> Regist
         max_open_uploads=settings.uploads.max_open_per_owner,
     )
     if settings.proxy.upstreams:
-        # Said at every start until it is true: operators must not mistake it for a mirror.
-        log.warning(
-            "proxy.upstreams: the pull-through cache is work in progress; it fetches manifests "
-            "but not yet blobs, so pulls of uncached images fail (docs/proxy.md)"
-        )
         registry.wrap = mirror_registry(settings.proxy, registry)
     return registry
 
@@ -93,7 +87,7 @@ def build_registry(settings: Settings, tracing: Tracing | None = None) -> Regist
 def mirror_registry(proxy: ProxySettings, registry: Registry) -> RepositoryWrapper:
     """The pull-through cache's wrapper (issue 13, docs/proxy.md) for `registry`."""
     upstreams = {upstream.name: Upstream(upstream) for upstream in proxy.upstreams}
-    return mirror_wrapper(proxy, upstreams, lambda name: Manifests(registry.core, name))
+    return mirror_wrapper(proxy, upstreams, registry.core)
 
 
 def build_access_control(settings: Settings, registry: Registry) -> AccessControl | None:

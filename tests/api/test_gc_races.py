@@ -26,6 +26,7 @@ from cangku.content.digest import Digest
 from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
 from cangku.registry.gc import GarbageCollector
+from cangku.registry.repository import Repository
 from cangku.storage.filesystem import FilesystemStorage
 from tests.api.helpers import (
     OCI_CONFIG,
@@ -343,17 +344,24 @@ async def test_a_blob_collected_between_lookup_and_read_answers_404_not_a_broken
     client: httpx.AsyncClient,
     registry: Registry,
     collector: GarbageCollector,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     digest = await push_blob(client, "jimo/app", os.urandom(900))  # unreferenced
-    original = registry.stat_blob
 
-    async def stat_then_collect(name: str, wanted: str) -> tuple[Digest, int]:
-        found = await original(name, wanted)
-        await collector.collect()
-        return found
+    def collect_after_stat(handle: Repository) -> Repository:
+        inner = handle.blobs
 
-    monkeypatch.setattr(registry, "stat_blob", stat_then_collect)
+        class StatThenCollect:
+            def __getattr__(self, attribute: str) -> Any:
+                return getattr(inner, attribute)
+
+            async def stat(self, wanted: str) -> tuple[Digest, int]:
+                found = await inner.stat(wanted)
+                await collector.collect()
+                return found
+
+        return replace(handle, blobs=StatThenCollect())
+
+    registry.wrap = collect_after_stat
     response = await client.get(f"/v2/jimo/app/blobs/{digest}")
 
     assert response.status_code == 404

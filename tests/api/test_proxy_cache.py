@@ -82,9 +82,7 @@ async def setup(registry: Registry, data_dir: Path, tmp_path: Path) -> AsyncIter
     clock = Clock()
     upstreams = {"docker.io": Upstream(proxy.upstreams[0], gate)}
     mirrored = Registry(registry.storage, registry.metadata)
-    mirrored.wrap = mirror_wrapper(
-        proxy, upstreams, lambda name: Manifests(mirrored.core, name), clock
-    )
+    mirrored.wrap = mirror_wrapper(proxy, upstreams, mirrored.core, clock)
     settings = Settings(data=data_dir, auth={"open": True}, proxy=proxy)
     async with _client(upstream_app) as upstream, _client(create_app(settings, mirrored)) as mirror:
         yield Setup(upstream, mirror, gate, clock, mirrored)

@@ -7,12 +7,14 @@ import base64
 import hashlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
 from cangku.config import UpstreamSettings
+from cangku.content.digest import Digest
 from cangku.content.mediatypes import OCI_MANIFEST
 from cangku.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
 
@@ -187,3 +189,54 @@ async def test_credentials_and_tokens_are_never_logged_nor_in_errors(
     for text in (caplog.text, str(raised.value)):
         assert PASSWORD not in text and token not in text
         assert base64.b64encode(f"ci-bot:{PASSWORD}".encode()).decode() not in text
+
+
+BLOB = b"layer bytes" * 100
+BLOB_DIGEST = Digest.parse("sha256:" + hashlib.sha256(BLOB).hexdigest())
+
+
+def _blob_host(seen: list[httpx.Request], *, length: bool = True) -> httpx.MockTransport:
+    """hub.test wants ci-bot's Basic credentials and redirects blobs to cdn.test (as Docker
+    Hub redirects to its CDN); cdn.test serves them to anyone."""
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "cdn.test":
+            if not length:
+                return httpx.Response(200, content=_chunks(BLOB))  # chunked: no length
+            return httpx.Response(200, content=BLOB)
+        if request.headers.get("authorization") != _basic("ci-bot", PASSWORD):
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="hub"'})
+        return httpx.Response(307, headers={"Location": "http://cdn.test/blob?signed=1"})
+
+    return httpx.MockTransport(handle)
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def test_blob_redirects_are_followed_without_sending_the_credentials_on() -> None:
+    seen: list[httpx.Request] = []
+    settings = UpstreamSettings.model_validate(
+        {"name": "docker.io", "url": "http://hub.test", "username": "ci-bot", "password": PASSWORD}
+    )
+    upstream = Upstream(settings, _blob_host(seen))
+    assert await upstream.head_blob("jimo/private", BLOB_DIGEST) == len(BLOB)
+    response, length = await upstream.get_blob("jimo/private", BLOB_DIGEST)
+    try:
+        assert length == len(BLOB) and await response.aread() == BLOB
+    finally:
+        await response.aclose()
+    cdn = [request for request in seen if request.url.host == "cdn.test"]
+    assert [request.method for request in cdn] == ["HEAD", "GET"]
+    assert all("authorization" not in request.headers for request in cdn)
+
+
+async def test_a_blob_answer_without_a_valid_content_length_is_an_upstream_error() -> None:
+    settings = UpstreamSettings.model_validate(
+        {"name": "docker.io", "url": "http://hub.test", "username": "ci-bot", "password": PASSWORD}
+    )
+    upstream = Upstream(settings, _blob_host([], length=False))
+    with pytest.raises(UpstreamError, match="Content-Length"):
+        await upstream.get_blob("jimo/private", BLOB_DIGEST)

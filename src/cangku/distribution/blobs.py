@@ -12,10 +12,11 @@ from starlette.types import Receive, Scope, Send
 
 from cangku.asgi import ZERO_COPY_SEND
 from cangku.content.digest import Digest
-from cangku.content.errors import BlobUnknown, RangeInvalid
+from cangku.content.errors import RangeInvalid, RegistryError
 from cangku.distribution.http import request_context, warning
 from cangku.http_errors import render_error
 from cangku.registry import Registry
+from cangku.registry.protocols import BlobService
 from cangku.storage.base import LocalFile, Redirect
 
 BYTE_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
@@ -23,12 +24,13 @@ SEND_CHUNK = 1024 * 1024
 
 
 async def head_blob(request: Request, registry: Registry, name: str, digest: str) -> Response:
-    parsed, size = await registry.stat_blob(name, digest)
+    parsed, size = await registry.repository(name).blobs.stat(digest)
     return Response(b"", headers=_blob_headers(parsed, size))
 
 
 async def get_blob(request: Request, registry: Registry, name: str, digest: str) -> Response:
-    parsed, size = await registry.stat_blob(name, digest)
+    blobs = registry.repository(name).blobs
+    parsed, size = await blobs.stat(digest)
     headers = _blob_headers(parsed, size)
     start, end = 0, size
     status = 200
@@ -41,7 +43,7 @@ async def get_blob(request: Request, registry: Registry, name: str, digest: str)
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         headers["Content-Length"] = str(end - start)
-    return BlobResponse(registry, parsed, start, end, status, headers)
+    return BlobResponse(blobs, parsed, start, end, status, headers)
 
 
 async def delete_blob(request: Request, registry: Registry, name: str, digest: str) -> Response:
@@ -81,13 +83,16 @@ def _requested_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 class BlobResponse(Response):
-    """Sends a blob range as the storage offers it (`Registry.open_blob`): a local file
-    zero-copy where the server can (cangku/server.py) or in 1 MiB reads in a worker thread, a
-    307 redirect to where the client fetches it itself, or a stream of chunks."""
+    """Sends a blob range as the repository's blobs offer it (`BlobService.open`): a local
+    file zero-copy where the server can (cangku/server.py) or in 1 MiB reads in a worker
+    thread, a 307 redirect to where the client fetches it itself, or a stream of chunks.
+    A stream that fails mid-way (a mirror's upstream sent bytes that do not match the
+    digest) aborts the response: the exception reaches the server, which drops the
+    connection, so the client sees a short body and never a complete wrong one."""
 
     def __init__(
         self,
-        registry: Registry,
+        blobs: BlobService,
         digest: Digest,
         start: int,
         end: int,
@@ -95,7 +100,7 @@ class BlobResponse(Response):
         headers: dict[str, str],
     ) -> None:
         super().__init__(status_code=status, headers=headers)
-        self.registry = registry
+        self.blobs = blobs
         self.digest = digest
         self.start = start
         self.end = end
@@ -108,12 +113,11 @@ class BlobResponse(Response):
         try:
             # Opened before answering: once open, the bytes stay readable even if garbage
             # collection deletes the (then unreferenced) blob meanwhile.
-            content = await self.registry.open_blob(self.digest, self.start, self.end)
-        except BlobUnknown:
-            response = render_error(
-                BlobUnknown("blob unknown to registry", detail=str(self.digest))
-            )
-            await response(scope, receive, send)
+            content = await self.blobs.open(self.digest, self.start, self.end)
+        except RegistryError as error:
+            # Nothing sent yet: a blob gone meanwhile (BLOB_UNKNOWN), or a mirror's upstream
+            # failing (TOOMANYREQUESTS, UNAVAILABLE) is still a proper error response.
+            await render_error(error)(scope, receive, send)
             return
         if isinstance(content, Redirect):
             await _redirect(content.url, scope, receive, send)

@@ -1,5 +1,5 @@
-"""The pull-through cache as a wrapper around a repository's manifest service (DESIGN.md,
-"features as wrappers, not branches"; registry/protocols.py).
+"""The pull-through cache as a wrapper around a repository's services (DESIGN.md,
+"features as wrappers, not branches"; registry/protocols.py). Blobs: proxy/blobs.py.
 
 A repository `<upstream>/<name>` (e.g. `docker.io/library/alpine`) is a mirror of `<name>`
 upstream. Its manifests:
@@ -26,14 +26,14 @@ from cangku.content.errors import (
     Denied,
     ManifestUnknown,
     NameUnknown,
-    RegistryError,
-    TooManyRequests,
-    Unavailable,
 )
+from cangku.proxy.blobs import Flight, MirroredBlobs, never_cached
 from cangku.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
+from cangku.registry.blobs import Blobs
 from cangku.registry.context import RequestContext
+from cangku.registry.core import Core
 from cangku.registry.manifests import Manifests
-from cangku.registry.protocols import BlobService, ManifestService
+from cangku.registry.protocols import ManifestService
 from cangku.registry.records import PushedManifest, StoredManifest
 from cangku.registry.repository import Repository, RepositoryWrapper
 
@@ -112,7 +112,7 @@ class MirroredManifests:
                 upstream = self.upstream.settings.name
                 stale = f"served from the cache: upstream {upstream} failed ({error})"
                 return replace(cached, warnings=(*cached.warnings, stale))
-            raise _never_cached(error) from None
+            raise never_cached(error) from None
         self.checked[key] = self.clock()
         if cached is not None and cached.digest == digest:
             return cached
@@ -130,7 +130,7 @@ class MirroredManifests:
         except UpstreamNotFound:
             raise ManifestUnknown("manifest unknown upstream", digest) from None
         except UpstreamError as error:
-            raise _never_cached(error) from None
+            raise never_cached(error) from None
         actor = f"mirror:{self.upstream.settings.name}"
         await self.store.store_mirrored(
             tag, manifest.content, manifest.media_type, manifest.digest, actor
@@ -178,71 +178,31 @@ class MirrorUploads:
         raise Denied(self.refusal)
 
 
-class MirrorBlobs:
-    """`BlobService` of a mirror repository: reads pass to `inner`; monolithic uploads,
-    mounts and deletes are refused (DENIED)."""
-
-    def __init__(self, inner: BlobService, mirror: str) -> None:
-        self.inner = inner
-        self.refusal = f"{mirror} is a mirror: it cannot be pushed to; push to another repository"
-
-    async def stat(self, digest: str) -> tuple[Digest, int]:
-        return await self.inner.stat(digest)
-
-    async def delete(self, digest: str, context: RequestContext) -> None:
-        raise Denied(self.refusal)
-
-    async def upload(
-        self,
-        digest: str,
-        body: AsyncIterable[bytes],
-        length: int | None,
-        context: RequestContext,
-    ) -> Digest:
-        raise Denied(self.refusal)
-
-    async def mount(self, digest: str, source: str, context: RequestContext) -> Digest | None:
-        raise Denied(self.refusal)
-
-
-def _never_cached(error: UpstreamError) -> RegistryError:
-    if error.status == 429:
-        return TooManyRequests(
-            f"the upstream is throttling: {error}", float(error.retry_after or 60)
-        )
-    return Unavailable(f"the upstream cannot be reached and this is not cached: {error}")
-
-
 def mirror_wrapper(
     proxy: ProxySettings,
     upstreams: dict[str, Upstream],
-    store: Callable[[str], Manifests],
+    core: Core,
     clock: Callable[[], float] = time.monotonic,
 ) -> RepositoryWrapper:
     """The Registry's `wrap` hook: repositories under an upstream's name get their manifests
-    from that upstream; the others are handed back untouched. `store(name)` is the
-    repository's own `Manifests` (where the cache keeps what it fetched)."""
+    and blobs from that upstream; the others are handed back untouched. `core` is the
+    Registry's (the repository's own `Manifests` and `Blobs` keep what the cache fetched)."""
     checked: dict[tuple[str, str], float] = {}
+    flights: dict[str, Flight] = {}
 
     def wrap(handle: Repository) -> Repository:
         first, _, rest = handle.name.partition("/")
         upstream = upstreams.get(first)
         if upstream is None or not rest or proxy.upstream(first) is None:
             return handle
+        remote = upstream_name(first, rest)
         manifests = MirroredManifests(
-            handle.manifests,
-            store(handle.name),
-            upstream,
-            upstream_name(first, rest),
-            checked,
-            clock,
+            handle.manifests, Manifests(core, handle.name), upstream, remote, checked, clock
         )
-        mirror = f"{handle.name} (of {upstream_name(first, rest)} on {first})"
-        return replace(
-            handle,
-            manifests=manifests,
-            uploads=MirrorUploads(mirror),
-            blobs=MirrorBlobs(handle.blobs, mirror),
+        mirror = f"{handle.name} (of {remote} on {first})"
+        blobs = MirroredBlobs(
+            handle.blobs, Blobs(core, handle.name), upstream, remote, flights, mirror
         )
+        return replace(handle, manifests=manifests, uploads=MirrorUploads(mirror), blobs=blobs)
 
     return wrap

@@ -1,4 +1,4 @@
-"""The client side of a mirrored registry: the Docker token flow and manifest reads.
+"""The client side of a mirrored registry: the Docker token flow, manifest and blob reads.
 
 The token flow (Docker "Token Authentication Specification"; the OCI distribution spec leaves
 authentication to the registry): a request answered 401 with
@@ -124,12 +124,34 @@ class Upstream:
                 raise UpstreamError(f"{self.settings.name}: manifest digest does not match")
         return UpstreamManifest(digest, media_type, bytes(content))
 
+    async def head_blob(self, name: str, digest: Digest) -> int:
+        """The size in bytes of blob `digest` upstream, from a HEAD (OCI dist-spec "Checking
+        if content exists in the registry"; redirects followed, credentials never sent to
+        another origin). UpstreamNotFound, UpstreamError (also without a valid
+        Content-Length)."""
+        request = self.client.build_request("HEAD", f"/v2/{name}/blobs/{digest}")
+        response = await self._authenticated(request, name, stream=False, redirects=True)
+        return _content_length(response, self.settings.name)
+
+    async def get_blob(self, name: str, digest: Digest) -> tuple[httpx.Response, int]:
+        """The open response to a GET of blob `digest` (OCI dist-spec "Pulling blobs";
+        redirects, e.g. Docker Hub's to its CDN, followed without our credentials) and its
+        Content-Length. The caller reads the body (`aiter_bytes`), verifies it, and closes
+        it. UpstreamNotFound, UpstreamError."""
+        request = self.client.build_request("GET", f"/v2/{name}/blobs/{digest}")
+        response = await self._authenticated(request, name, stream=True, redirects=True)
+        try:
+            return response, _content_length(response, self.settings.name)
+        except UpstreamError:
+            await response.aclose()
+            raise
+
     async def _send(self, method: str, name: str, path: str) -> httpx.Response:
         request = self.client.build_request(method, path, headers={"Accept": ACCEPT_MANIFESTS})
         return await self._authenticated(request, name, stream=False)
 
     async def _authenticated(
-        self, request: httpx.Request, name: str, *, stream: bool
+        self, request: httpx.Request, name: str, *, stream: bool, redirects: bool = False
     ) -> httpx.Response:
         """Send `request` with the token held for the repository's pull scope, fetching one
         on a 401 challenge and retrying once. Answers 2xx only (the body still open when
@@ -138,7 +160,7 @@ class Upstream:
         token = self.tokens.get(scope)
         if token is not None and token.expires > self.clock():
             request.headers["Authorization"] = f"Bearer {token.value}"
-        response = await self._exchange(request, stream)
+        response = await self._exchange(request, stream, redirects)
         if response.status_code == 401:
             challenge = response.headers.get("www-authenticate", "")
             await response.aclose()
@@ -146,7 +168,7 @@ class Upstream:
             if authorization is None:
                 raise UpstreamNotFound(f"{self.settings.name}: {name} needs credentials")
             request.headers["Authorization"] = authorization
-            response = await self._exchange(request, stream)
+            response = await self._exchange(request, stream, redirects)
         if 200 <= response.status_code < 300:
             return response
         await response.aclose()
@@ -160,9 +182,12 @@ class Upstream:
             int(retry_after) if retry_after.isdigit() and len(retry_after) < 10 else None,
         )
 
-    async def _exchange(self, request: httpx.Request, stream: bool) -> httpx.Response:
+    async def _exchange(
+        self, request: httpx.Request, stream: bool, redirects: bool = False
+    ) -> httpx.Response:
         try:
-            return await self.client.send(request, stream=stream)
+            # httpx drops the Authorization header on a redirect to another origin.
+            return await self.client.send(request, stream=stream, follow_redirects=redirects)
         except httpx.HTTPError as error:
             # The error's class only: its text may carry the URL, never a credential, but
             # stays short and uniform in the log.
@@ -213,3 +238,10 @@ class Upstream:
         password = self.settings.read_password() or ""
         pair = f"{self.settings.username}:{password}".encode()
         return f"Basic {base64.b64encode(pair).decode('ascii')}"  # RFC 7617
+
+
+def _content_length(response: httpx.Response, upstream: str) -> int:
+    length = response.headers.get("content-length", "")
+    if not length.isdigit() or len(length) > 18:
+        raise UpstreamError(f"{upstream}: blob answer without a valid Content-Length")
+    return int(length)

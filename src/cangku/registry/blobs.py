@@ -8,7 +8,7 @@ written only while storage holds the file, and only within the namespace's quota
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 
 from cangku.content.digest import Digest
 from cangku.content.errors import BlobUnknown, BlobUploadInvalid, Denied, RegistryError
@@ -19,6 +19,7 @@ from cangku.registry import upload_limits, usage
 from cangku.registry.context import RequestContext
 from cangku.registry.core import Core
 from cangku.registry.files import TransactionFiles
+from cangku.storage.base import BlobContent
 
 
 class Blobs:
@@ -41,6 +42,13 @@ class Blobs:
         if size is None:
             raise BlobUnknown("blob unknown to registry", text)
         return parsed, size
+
+    async def open(self, digest: Digest, start: int, end: int) -> BlobContent:
+        """Bytes [start, end) as the storage serves them (storage/base.py `open`)."""
+        return await self.core.storage.open(digest, start, end)
+
+    def read(self, digest: Digest, start: int, end: int) -> AsyncIterator[bytes]:
+        return self.core.storage.read(digest, start, end)
 
     async def delete(self, digest: str, context: RequestContext) -> None:
         """Unlink a blob from the repository; garbage collection frees the bytes later."""
@@ -108,6 +116,37 @@ class Blobs:
                 raise outcome
             return None  # Collected meanwhile: the client uploads it instead.
         return parsed if outcome else None
+
+    async def keep_mirrored(self, chunks: AsyncIterable[bytes], digest: Digest, length: int) -> int:
+        """Keep a blob fetched from an upstream registry (the pull-through cache,
+        docs/proxy.md) and link it into this repository; its size in bytes. The storage
+        writes it aside and verifies it against `digest` and `length` before it becomes
+        visible, so a wrong or cut-short transfer leaves nothing behind. DIGEST_INVALID,
+        SIZE_INVALID, BLOB_UPLOAD_INVALID (too short, or garbage-collected meanwhile),
+        DENIED (quota)."""
+        size = await self.core.storage.write_blob(chunks, digest, length)
+        name, files = self.name, self.core.files
+        raise_if_refused(
+            await self.core.metadata.write(
+                lambda connection: record_blob(connection, files, name, digest, size)
+            )
+        )
+        return size
+
+    async def link_stored(self, digest: Digest) -> bool:
+        """Link a blob the storage already holds (cached for another repository) into this
+        one; False when the storage does not hold it (or garbage collection took it
+        meanwhile). DENIED (quota)."""
+        size = await self.core.storage.stat(digest)
+        if size is None:
+            return False
+        name, files = self.name, self.core.files
+        refusal = await self.core.metadata.write(
+            lambda connection: record_blob(connection, files, name, digest, size)
+        )
+        if isinstance(refusal, Denied):
+            raise refusal
+        return refusal is None
 
 
 def record_blob(

@@ -191,12 +191,11 @@ def _from_manifests(
 
 async def _config_labels(registry: Registry, name: str, config_digest: str) -> dict[str, str]:
     try:
-        digest, size = await registry.stat_blob(name, config_digest)
+        blobs = registry.repository(name).blobs
+        digest, size = await blobs.stat(config_digest)
         if size > MAX_CONFIG_BYTES:
             return {}
-        document: Any = json.loads(
-            b"".join([chunk async for chunk in registry.read_blob(digest, 0, size)])
-        )
+        document: Any = json.loads(b"".join([chunk async for chunk in blobs.read(digest, 0, size)]))
     except (RegistryError, OSError, ValueError, RecursionError):
         return {}
     config = document.get("config") if isinstance(document, dict) else None

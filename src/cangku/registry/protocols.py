@@ -12,7 +12,7 @@ OCI dist-spec error code.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol
 
 from cangku.content.digest import Digest
@@ -27,6 +27,7 @@ from cangku.registry.records import (
     VersionTree,
 )
 from cangku.registry.tags import TagPolicy
+from cangku.storage.base import BlobContent
 
 
 class BlobService(Protocol):
@@ -34,6 +35,19 @@ class BlobService(Protocol):
 
     async def stat(self, digest: str) -> tuple[Digest, int]:
         """The parsed digest and size in bytes. DIGEST_INVALID, BLOB_UNKNOWN."""
+        ...
+
+    async def open(self, digest: Digest, start: int, end: int) -> BlobContent:
+        """Bytes [start, end) of a blob `stat` answered for (which gave its size), as the
+        storage serves them best: a LocalFile, a Redirect or a Stream (storage/base.py).
+        Opened before this returns, so that a blob gone meanwhile raises BLOB_UNKNOWN here
+        and not mid-response; a Stream may still fail mid-way (a mirror's upstream), and
+        its receiver must then abort the response, never complete it."""
+        ...
+
+    def read(self, digest: Digest, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of a blob `stat` answered for, as chunks (in-process readers
+        such as the UI's config view). BLOB_UNKNOWN, OSError."""
         ...
 
     async def delete(self, digest: str, context: RequestContext) -> None:

@@ -10,7 +10,7 @@ the row modules of metadata/), and raises `RegistryError`s carrying the OCI erro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 
 from cangku.content.digest import Digest
 from cangku.content.errors import NameInvalid
@@ -34,7 +34,7 @@ from cangku.registry.tagging import Tags, page_of, page_size
 from cangku.registry.tags import TagPolicy, resolve_policy, set_policy
 from cangku.registry.uploads import Uploads
 from cangku.registry.usage import Quota, RepositoryUsage, UsageReport
-from cangku.storage.base import BlobContent, BlobStorage
+from cangku.storage.base import BlobStorage
 
 __all__ = ["MAX_PAGE_SIZE", "MAX_REFERRERS_PER_PAGE", "MAX_TAGS_PER_PUSH", "Registry"]
 
@@ -110,7 +110,7 @@ class Registry:
         )
         return handle if self.wrap is None else self.wrap(handle)
 
-    # -- blob reads (kept here until storage answers LocalFile / Redirect / Stream) --------
+    # -- shortcuts to one repository's blobs ----------------------------------------------
     async def stat_blob(self, name: str, digest: str) -> tuple[Digest, int]:
         """The size of a blob repository `name` holds (BLOB_UNKNOWN otherwise)."""
         return await self.repository(name).blobs.stat(digest)
@@ -120,14 +120,6 @@ class Registry:
     ) -> None:
         """Unlink a blob from repository `name` (see `BlobService.delete`)."""
         await self.repository(name).blobs.delete(digest, context)
-
-    async def open_blob(self, digest: Digest, start: int, end: int) -> BlobContent:
-        """Bytes [start, end) of a stored blob as the storage serves them best: a LocalFile,
-        a Redirect or a Stream (storage/base.py). BlobUnknown if the bytes are gone."""
-        return await self.storage.open(digest, start, end)
-
-    def read_blob(self, digest: Digest, start: int, end: int) -> AsyncIterator[bytes]:
-        return self.storage.read(digest, start, end)
 
     # -- across repositories ---------------------------------------------------------------
     async def repositories_holding(self, digest: str, limit: int = MAX_MOUNT_SOURCES) -> list[str]:

@@ -339,7 +339,9 @@ async def _write_hashed(
         if pending is not None:
             await asyncio.shield(pending)
     if batch:
-        flush(batch)
+        # In a thread as well: a write can block on the disk (dirty-page throttling when the
+        # machine writes a lot), and the event loop serves every other request meanwhile.
+        await anyio.to_thread.run_sync(flush, batch)
         written += len(batch)
     return written
 

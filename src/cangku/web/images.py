@@ -17,7 +17,7 @@ from cangku.content import mediatypes
 from cangku.content.digest import Digest
 from cangku.content.errors import RegistryError
 from cangku.content.manifest import Descriptor, parse_manifest
-from cangku.registry import Registry
+from cangku.registry.protocols import BlobService
 from cangku.registry.records import StoredManifest
 
 # A config larger than this is not shown (they are a few KiB; the spec has no limit).
@@ -188,9 +188,9 @@ class ConfigBlob:
     problem: str | None = None
 
 
-async def read_config(registry: Registry, facts: ImageFacts, size: int | None) -> ConfigBlob:
-    """The image's config blob, which the repository holds with `size` bytes (None: it does
-    not hold it), parsed as JSON (at most 4 MiB), or the reason it cannot be."""
+async def read_config(blobs: BlobService, facts: ImageFacts, size: int | None) -> ConfigBlob:
+    """The image's config blob, which the repository (`blobs`) holds with `size` bytes
+    (None: it does not hold it), parsed as JSON (at most 4 MiB), or the reason it cannot be."""
     if facts.config is None:
         return ConfigBlob(problem="the manifest names no config blob.")
     if facts.config.size > MAX_CONFIG_BYTES:
@@ -201,7 +201,7 @@ async def read_config(registry: Registry, facts: ImageFacts, size: int | None) -
         return ConfigBlob(problem="it is larger than 4 MiB.")
     try:
         digest = Digest.parse(facts.config.digest)
-        chunks = [chunk async for chunk in registry.read_blob(digest, 0, size)]
+        chunks = [chunk async for chunk in blobs.read(digest, 0, size)]
     except (RegistryError, OSError):
         return ConfigBlob(problem="it is missing from storage.")
     try:

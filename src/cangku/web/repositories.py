@@ -14,6 +14,7 @@ from cangku.auth.permissions import DELETE, PUSH
 from cangku.content.digest import Digest
 from cangku.content.errors import RegistryError
 from cangku.content.names import validate_repository_name, validate_tag
+from cangku.registry.protocols import BlobService
 from cangku.web import descriptions
 from cangku.web.images import (
     ImageFacts,
@@ -124,7 +125,7 @@ def routes(site: Site) -> list[BaseRoute]:
                 measure_platforms(facts, table.manifests)
                 known = facts_by_digest[tag.digest] = (
                     facts,
-                    await _platforms(site, facts, table.blob_sizes),
+                    await _platforms(registry.repository(name).blobs, facts, table.blob_sizes),
                 )
             facts, platforms = known
             # Issue 17: pulls by this tag (web/descriptions.py reads them).
@@ -188,7 +189,7 @@ def routes(site: Site) -> list[BaseRoute]:
         config = None
         if not facts.is_index and not facts.is_artifact and facts.problem is None:
             size = parts.blob_sizes.get(facts.config.digest) if facts.config else None
-            config = config_view(await read_config(registry, facts, size))
+            config = config_view(await read_config(registry.repository(name).blobs, facts, size))
         referrers = await registry.repository(name).referrers.list(manifest.digest, None)
         tags_here = await registry.tags_on(name, manifest.digest, MAX_TAGS_ON_IMAGE + 1)
         host = pull_host(site, request)
@@ -350,9 +351,11 @@ def pull_command(host: str, name: str, facts: ImageFacts, tag: str | None) -> st
     return f"oras pull {reference}" if facts.is_artifact else f"docker pull {reference}"
 
 
-async def _platforms(site: Site, facts: ImageFacts, blob_sizes: Mapping[str, int]) -> list[str]:
+async def _platforms(
+    blobs: BlobService, facts: ImageFacts, blob_sizes: Mapping[str, int]
+) -> list[str]:
     """What the repository page's Platforms column says about an image, index or artifact;
-    `blob_sizes`: the config blobs the repository holds (`Registry.tag_table`)."""
+    `blob_sizes`: the config blobs the repository (`blobs`) holds (`Registry.tag_table`)."""
     if facts.problem is not None:
         return ["cannot be parsed"]
     if facts.is_index:
@@ -360,5 +363,5 @@ async def _platforms(site: Site, facts: ImageFacts, blob_sizes: Mapping[str, int
     if facts.is_artifact:
         return [f"artifact: {facts.artifact_type}"]
     size = blob_sizes.get(facts.config.digest) if facts.config is not None else None
-    view = config_view(await read_config(site.registry, facts, size))
+    view = config_view(await read_config(blobs, facts, size))
     return [view["platform"] if view["unreadable"] is None else "unknown"]

@@ -1,0 +1,423 @@
+"""Issue 13: blobs through the pull-through cache (proxy/blobs.py). The upstream is a second
+cangku app in-process (httpx's ASGI transport) behind a `Gate` that records, slows, throttles,
+cuts off or corrupts what it answers; the mirror keeps its blobs on the filesystem or on S3
+(CANGKU_TEST_S3). The mirror's app is driven through ASGI directly where a test must see the
+response as it is sent (streaming, an aborted transfer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.types import ASGIApp, Message
+
+from cangku.app import create_app
+from cangku.config import ProxySettings, Settings
+from cangku.content.digest import Digest
+from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.proxy.cache import mirror_wrapper
+from cangku.proxy.upstream import Upstream
+from cangku.registry import Registry
+from cangku.storage.base import BlobStorage
+from cangku.storage.filesystem import FilesystemStorage
+from cangku.storage.s3 import S3Storage
+from tests.api.helpers import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    descriptor,
+    error_code,
+    pull_image,
+    push_blob,
+    sha256,
+)
+from tests.s3 import remove_everything, s3_settings
+
+UPSTREAM_CHUNK = 64 * 1024
+
+
+@dataclass
+class Gate(httpx.AsyncBaseTransport):
+    """The way to the upstream. Records each request; `down` refuses connections; `status`
+    answers everything with that status (Retry-After: 7). Blob GETs are streamed in 64 KiB
+    chunks, each after `delay` seconds; `hold` (when set) stops a blob GET after its first
+    chunk until it is set; `corrupt` flips a byte in the middle. `blob_bytes` counts the
+    blob bytes sent."""
+
+    inner: httpx.AsyncBaseTransport
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    down: bool = False
+    status: int | None = None
+    delay: float = 0.0
+    corrupt: bool = False
+    hold: asyncio.Event | None = None
+    blob_bytes: int = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.method, request.url.path))
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        if self.status is not None:
+            return httpx.Response(self.status, headers={"Retry-After": "7"})
+        response = await self.inner.handle_async_request(request)
+        if request.method != "GET" or "/blobs/" not in request.url.path:
+            return response
+        body = bytearray(await response.aread())
+        if self.corrupt and body:
+            body[len(body) // 2] ^= 1
+        return httpx.Response(
+            response.status_code, headers=response.headers, content=self._trickle(bytes(body))
+        )
+
+    async def _trickle(self, body: bytes) -> AsyncIterator[bytes]:
+        for offset in range(0, len(body), UPSTREAM_CHUNK):
+            await asyncio.sleep(self.delay)
+            if offset >= 2 * UPSTREAM_CHUNK and self.hold is not None:
+                await self.hold.wait()
+            chunk = body[offset : offset + UPSTREAM_CHUNK]
+            self.blob_bytes += len(chunk)
+            yield chunk
+
+    def blob_gets(self) -> list[str]:
+        return [path for method, path in self.requests if method == "GET" and "/blobs/" in path]
+
+
+@dataclass
+class Setup:
+    upstream: httpx.AsyncClient  # pushes to the stand-in for docker.io
+    mirror: httpx.AsyncClient  # the cangku mirroring it
+    mirror_app: ASGIApp
+    gate: Gate
+    registry: Registry
+
+
+def _client(app: object) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url="http://registry.test")
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def storage(
+    request: pytest.FixtureRequest, data_dir: Path, database_url: str
+) -> Iterator[BlobStorage]:
+    if request.param == "filesystem":
+        yield FilesystemStorage(data_dir)
+        return
+    storage = S3Storage.from_settings(s3_settings())
+    try:
+        yield storage
+    finally:
+        remove_everything(storage)
+
+
+@pytest.fixture
+async def setup(
+    storage: BlobStorage, database_url: str, data_dir: Path, tmp_path: Path
+) -> AsyncIterator[Setup]:
+    upstream_dir = tmp_path / "upstream"
+    upstream_dir.mkdir()
+    upstream_metadata = MetadataStore.open(sqlite_url(upstream_dir))
+    upstream_app = create_app(
+        Settings(data=upstream_dir, auth={"open": True}),
+        Registry(FilesystemStorage(upstream_dir), upstream_metadata),
+    )
+    gate = Gate(httpx.ASGITransport(app=upstream_app))
+    proxy = ProxySettings.model_validate(
+        {"upstreams": [{"name": "docker.io", "url": "http://up.test", "default": True}]}
+    )
+    metadata = MetadataStore.open(database_url)
+    mirrored = Registry(storage, metadata)
+    mirrored.wrap = mirror_wrapper(
+        proxy, {"docker.io": Upstream(proxy.upstreams[0], gate)}, mirrored.core
+    )
+    mirror_app = create_app(Settings(data=data_dir, auth={"open": True}, proxy=proxy), mirrored)
+    async with _client(upstream_app) as upstream, _client(mirror_app) as mirror:
+        yield Setup(upstream, mirror, mirror_app, gate, mirrored)
+    await metadata.close()
+    await upstream_metadata.close()
+
+
+async def _push(client: httpx.AsyncClient, name: str, tag: str, layers: list[bytes]) -> str:
+    """Push an image with these layers; its manifest digest."""
+    config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    await push_blob(client, name, config)
+    for layer in layers:
+        await push_blob(client, name, layer)
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [descriptor(OCI_LAYER, layer) for layer in layers],
+    }
+    content = json.dumps(document).encode()
+    response = await client.put(
+        f"/v2/{name}/manifests/{tag}", content=content, headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert response.status_code == 201, response.text
+    return sha256(content)
+
+
+async def _asgi_get(
+    app: ASGIApp, path: str, sent: list[Message], first_body: asyncio.Event | None = None
+) -> None:
+    """GET `path` from `app` over ASGI, keeping every message it sends in `sent`."""
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # The client never disconnects on its own.
+        raise AssertionError
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        body = message["type"] == "http.response.body" and message.get("body")
+        if first_body is not None and body:
+            first_body.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"registry.test")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("registry.test", 80),
+    }
+    await app(scope, receive, send)
+
+
+def _body(sent: list[Message]) -> bytes:
+    return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def _completed(sent: list[Message]) -> bool:
+    return any(m["type"] == "http.response.body" and not m.get("more_body") for m in sent)
+
+
+async def test_a_cold_pull_caches_every_blob_and_by_digest_never_goes_upstream_again(
+    setup: Setup,
+) -> None:
+    layers = [os.urandom(300_000), os.urandom(70_000)]
+    await _push(setup.upstream, "library/alpine", "3", layers)
+    await pull_image(setup.mirror, "docker.io/library/alpine", "3")
+    assert sorted(setup.gate.blob_gets()) == sorted(
+        f"/v2/library/alpine/blobs/{sha256(blob)}"
+        for blob in [json.dumps({"architecture": "amd64", "os": "linux"}).encode(), *layers]
+    )
+    # Cached: served with the upstream down, no request reaches it for a blob.
+    before = len(setup.gate.requests)
+    setup.gate.down = True
+    for layer in layers:
+        path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+        got = await setup.mirror.get(path)
+        assert got.status_code == 200 and got.content == layer
+        head = await setup.mirror.head(path)
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(layer))
+    assert len(setup.gate.requests) == before
+
+
+async def test_the_first_client_gets_bytes_before_the_upstream_finished(setup: Setup) -> None:
+    layer = os.urandom(5 * UPSTREAM_CHUNK)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    setup.gate.hold = asyncio.Event()
+    sent: list[Message] = []
+    first_body = asyncio.Event()
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    pull = asyncio.create_task(_asgi_get(setup.mirror_app, path, sent, first_body))
+    # The upstream sent one chunk and waits: the client already has it.
+    await asyncio.wait_for(first_body.wait(), 10)
+    assert 0 < len(_body(sent)) < len(layer) and not _completed(sent)
+    # Not visible in the cache before it is verified.
+    cached = await setup.registry.storage.stat(Digest.parse(sha256(layer)))
+    assert cached is None
+    setup.gate.hold.set()
+    await asyncio.wait_for(pull, 10)
+    assert _body(sent) == layer and _completed(sent)
+    assert await setup.registry.storage.stat(Digest.parse(sha256(layer))) == len(layer)
+
+
+async def test_eight_concurrent_cold_pulls_transfer_each_blob_once(setup: Setup) -> None:
+    layers = [os.urandom(400_000) for _ in range(3)]
+    digest = await _push(setup.upstream, "library/python", "3.12", layers)
+    setup.gate.delay = 0.01  # Each transfer lasts long enough for all eight to meet it.
+
+    await asyncio.gather(
+        *(pull_image(setup.mirror, "docker.io/library/python", digest) for _ in range(8))
+    )
+    gets = setup.gate.blob_gets()
+    assert len(gets) == len(set(gets)) == 4  # config and three layers, each once
+    config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    assert setup.gate.blob_bytes == sum(len(blob) for blob in [config, *layers])
+
+
+async def test_a_blob_corrupted_upstream_aborts_the_transfer_and_is_not_cached(
+    setup: Setup,
+) -> None:
+    layer = os.urandom(4 * UPSTREAM_CHUNK)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    setup.gate.corrupt = True
+    setup.gate.delay = 0.01
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    sent: list[Message] = []
+    leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, sent))
+    await asyncio.sleep(0.005)
+    joiner = await setup.mirror.get(path)  # joins the transfer in progress
+    with pytest.raises(Exception, match="does not match"):
+        await leader
+    # The leader got a head start of bytes, never the whole body nor its end.
+    assert len(_body(sent)) < len(layer) and not _completed(sent)
+    assert joiner.status_code == 503 and error_code(joiner) == "UNAVAILABLE"
+    assert "does not match" in joiner.json()["errors"][0]["message"]
+    assert await setup.registry.storage.stat(Digest.parse(sha256(layer))) is None
+    assert len(setup.gate.blob_gets()) == 1
+    # Fixed upstream: fetched again, right.
+    setup.gate.corrupt = False
+    again = await setup.mirror.get(path)
+    assert again.status_code == 200 and again.content == layer
+
+
+async def test_upstream_failures_on_uncached_blobs_map_to_spec_errors(setup: Setup) -> None:
+    layer = os.urandom(1000)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    setup.gate.status = 429
+    for method in ("GET", "HEAD"):
+        throttled = await setup.mirror.request(method, path)
+        assert throttled.status_code == 429 and throttled.headers["retry-after"] == "7"
+    assert error_code(await setup.mirror.get(path)) == "TOOMANYREQUESTS"
+    setup.gate.status = None
+    setup.gate.down = True
+    down = await setup.mirror.get(path)
+    assert down.status_code == 503 and error_code(down) == "UNAVAILABLE"
+    setup.gate.down = False
+    missing = await setup.mirror.get(f"/v2/docker.io/library/alpine/blobs/{sha256(b'none')}")
+    assert missing.status_code == 404 and error_code(missing) == "BLOB_UNKNOWN"
+
+
+async def test_head_of_an_uncached_blob_asks_the_upstream_without_transferring_it(
+    setup: Setup,
+) -> None:
+    layer = os.urandom(1000)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    head = await setup.mirror.head(f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}")
+    assert head.status_code == 200
+    assert head.headers["content-length"] == "1000"
+    assert head.headers["docker-content-digest"] == sha256(layer)
+    assert setup.gate.blob_gets() == []
+
+
+async def test_ranges_are_served_from_the_cached_blob(setup: Setup) -> None:
+    layer = os.urandom(200_000)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    # Uncached: the whole blob is fetched and verified, then the range served from it.
+    first = await setup.mirror.get(path, headers={"Range": "bytes=1000-1999"})
+    assert first.status_code == 206 and first.content == layer[1000:2000]
+    setup.gate.down = True
+    tail = await setup.mirror.get(path, headers={"Range": "bytes=-100"})
+    assert tail.status_code == 206 and tail.content == layer[-100:]
+    assert tail.headers["content-range"] == f"bytes {len(layer) - 100}-{len(layer) - 1}/200000"
+    assert len(setup.gate.blob_gets()) == 1
+
+
+async def test_a_blob_cached_for_one_mirror_repository_is_linked_into_another_without_transfer(
+    setup: Setup,
+) -> None:
+    shared = os.urandom(100_000)
+    await _push(setup.upstream, "library/alpine", "3", [shared])
+    await _push(setup.upstream, "library/python", "3", [shared])
+    await pull_image(setup.mirror, "docker.io/library/alpine", "3")
+    gets = len(setup.gate.blob_gets())
+    got = await setup.mirror.get(f"/v2/docker.io/library/python/blobs/{sha256(shared)}")
+    assert got.status_code == 200 and got.content == shared
+    assert len(setup.gate.blob_gets()) == gets  # a HEAD upstream confirmed it, no GET
+
+
+async def test_a_blob_the_upstream_repository_lacks_is_not_served_from_another_mirror(
+    setup: Setup,
+) -> None:
+    private = os.urandom(1000)
+    await _push(setup.upstream, "library/alpine", "3", [private])
+    await pull_image(setup.mirror, "docker.io/library/alpine", "3")
+    other = await setup.mirror.get(f"/v2/docker.io/library/python/blobs/{sha256(private)}")
+    assert other.status_code == 404 and error_code(other) == "BLOB_UNKNOWN"
+
+
+async def test_blobs_of_a_mirror_cannot_be_pushed_mounted_or_deleted(setup: Setup) -> None:
+    layer = os.urandom(1000)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    await pull_image(setup.mirror, "docker.io/library/alpine", "3")
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    deleted = await setup.mirror.delete(path)
+    assert deleted.status_code == 403 and error_code(deleted) == "DENIED"
+    posted = await setup.mirror.post(
+        "/v2/docker.io/library/alpine/blobs/uploads/",
+        params={"digest": sha256(b"x")},
+        content=b"x",
+    )
+    assert posted.status_code == 403 and "is a mirror" in posted.text
+
+
+async def test_a_first_client_that_disconnects_does_not_cut_the_transfer_short_for_others(
+    setup: Setup,
+) -> None:
+    layer = os.urandom(6 * UPSTREAM_CHUNK)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    setup.gate.hold = asyncio.Event()
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    first_body = asyncio.Event()
+    leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, [], first_body))
+    await asyncio.wait_for(first_body.wait(), 10)
+    joiner = asyncio.create_task(setup.mirror.get(path))
+    await asyncio.sleep(0.05)  # the joiner waits for the transfer in progress
+    leader.cancel()  # the first client goes away mid-transfer
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    setup.gate.hold.set()
+    answer = await asyncio.wait_for(joiner, 10)
+    assert answer.status_code == 200 and answer.content == layer
+    assert len(setup.gate.blob_gets()) == 1
+
+
+async def test_in_process_readers_get_an_uncached_blob_through_the_cache(setup: Setup) -> None:
+    layer = os.urandom(100_000)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    blobs = setup.registry.repository("docker.io/library/alpine").blobs
+    digest, size = await blobs.stat(sha256(layer))
+    assert b"".join([chunk async for chunk in blobs.read(digest, 0, size)]) == layer
+    setup.gate.down = True
+    assert b"".join([chunk async for chunk in blobs.read(digest, 10, 20)]) == layer[10:20]
+
+
+async def test_a_transfer_cancelled_mid_way_aborts_the_first_client_and_fails_the_others(
+    setup: Setup,
+) -> None:
+    layer = os.urandom(6 * UPSTREAM_CHUNK)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    setup.gate.hold = asyncio.Event()
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    sent: list[Message] = []
+    first_body = asyncio.Event()
+    leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, sent, first_body))
+    await asyncio.wait_for(first_body.wait(), 10)
+    joiner = asyncio.create_task(setup.mirror.get(path))
+    await asyncio.sleep(0.05)
+    blobs = setup.registry.repository("docker.io/library/alpine").blobs
+    flight = blobs.flights[sha256(layer)]  # type: ignore[attr-defined]
+    flight.task.cancel()  # as when the server stops
+    with pytest.raises(Exception, match="interrupted"):
+        await asyncio.wait_for(leader, 10)
+    assert not _completed(sent)
+    answer = await asyncio.wait_for(joiner, 10)
+    assert answer.status_code == 503 and error_code(answer) == "UNAVAILABLE"
+    assert await setup.registry.storage.stat(Digest.parse(sha256(layer))) is None
+    setup.gate.hold.set()
