@@ -35,10 +35,17 @@ from cangku.observability import (
     metrics_route,
 )
 from cangku.proxy.cache import mirror_wrapper
+from cangku.proxy.eviction import EvictingCollector, Evictor
 from cangku.proxy.routing import UpstreamRouting
+from cangku.proxy.stats import CacheStats
 from cangku.proxy.upstream import Upstream
 from cangku.registry import Registry
-from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
+from cangku.registry.gc import (
+    CollectionPolicy,
+    Collector,
+    GarbageCollector,
+    collect_periodically,
+)
 from cangku.registry.manifests import Manifests
 from cangku.registry.pulls import flush_periodically
 from cangku.registry.repository import RepositoryWrapper
@@ -90,7 +97,11 @@ def build_registry(settings: Settings, tracing: Tracing | None = None) -> Regist
 def mirror_registry(proxy: ProxySettings, registry: Registry) -> RepositoryWrapper:
     """The pull-through cache's wrapper (issue 13, docs/proxy.md) for `registry`."""
     upstreams = {upstream.name: Upstream(upstream) for upstream in proxy.upstreams}
-    return mirror_wrapper(proxy, upstreams, lambda name: Manifests(registry.core, name))
+    stats = CacheStats(registry.pulls)
+    registry.cache_stats = stats  # observability.py exports it; eviction counts into it
+    return mirror_wrapper(
+        proxy, upstreams, lambda name: Manifests(registry.core, name), stats=stats
+    )
 
 
 def build_access_control(settings: Settings, registry: Registry) -> AccessControl | None:
@@ -129,6 +140,16 @@ def build_collector(settings: Settings, registry: Registry) -> GarbageCollector:
     return GarbageCollector(registry.storage, registry.metadata, policy)
 
 
+def build_evictor(settings: Settings, registry: Registry) -> Evictor | None:
+    """Eviction from the pull-through cache (proxy/eviction.py), None when the settings ask
+    for none (no upstreams, or neither `proxy.max_size` nor `proxy.evict_after`)."""
+    stats = registry.cache_stats if isinstance(registry.cache_stats, CacheStats) else None
+    evictor = Evictor(
+        registry.metadata, settings.proxy, registry.pulls, protect=settings.gc.grace, stats=stats
+    )
+    return evictor if evictor.enabled else None
+
+
 def create_app(
     settings: Settings, registry: Registry | None = None, tracing: Tracing | None = None
 ) -> ASGIApp:
@@ -148,14 +169,17 @@ def create_app(
         collecting = None
         if settings.gc.interval > 0:
             collector = build_collector(settings, registry)
+            scheduled: Collector = (
+                MeteredCollector(collector, metrics) if metrics is not None else collector
+            )
+            # Issue 13: eviction from the pull-through cache before the collection.
+            evictor = build_evictor(settings, registry)
+            if evictor is not None:
+                scheduled = EvictingCollector(scheduled, evictor)
             # Issue 17: retention policies run first, in every scheduled collection.
             collecting = asyncio.create_task(
                 collect_periodically(
-                    RetainingCollector(
-                        MeteredCollector(collector, metrics) if metrics is not None else collector,
-                        registry.metadata,
-                        registry.pulls,
-                    ),
+                    RetainingCollector(scheduled, registry.metadata, registry.pulls),
                     settings.gc.interval,
                 )
             )
