@@ -97,7 +97,7 @@ def build_registry(settings: Settings, tracing: Tracing | None = None) -> Regist
 def mirror_registry(proxy: ProxySettings, registry: Registry) -> RepositoryWrapper:
     """The pull-through cache's wrapper (issue 13, docs/proxy.md) for `registry`."""
     upstreams = {upstream.name: Upstream(upstream) for upstream in proxy.upstreams}
-    stats = CacheStats(registry.pulls)
+    stats = CacheStats.of_upstreams(registry.pulls, [upstream.name for upstream in proxy.upstreams])
     registry.cache_stats = stats  # observability.py exports it; eviction counts into it
     return mirror_wrapper(
         proxy, upstreams, lambda name: Manifests(registry.core, name), stats=stats

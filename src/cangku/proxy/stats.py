@@ -39,6 +39,14 @@ class CacheStats:
     # Revalidations by (upstream, outcome): unchanged, moved, new, gone, failed.
     revalidation_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
 
+    @classmethod
+    def of_upstreams(cls, pulls: PullCounter, names: list[str]) -> CacheStats:
+        """Counters for `names` from zero (so every configured upstream is exported)."""
+        stats = cls(pulls)
+        for name in names:
+            stats.upstreams[name] = UpstreamCounts()
+        return stats
+
     def _of(self, upstream: str) -> UpstreamCounts:
         counts = self.upstreams.get(upstream)
         if counts is None:
@@ -47,8 +55,8 @@ class CacheStats:
 
     def count(self, upstream: str, repository: str, event: str, outcome: str, size: int) -> None:
         """One event of the manifest path (proxy/cache.py): "hit"; "miss" (with the `size`
-        fetched); "checked" (`outcome`: unchanged, moved, new, gone, failed); "stale" (a
-        cached tag served while the upstream failed: also a hit)."""
+        fetched); "checked" (`outcome`: unchanged, which is also a hit; moved, new, gone,
+        failed); "stale" (a cached tag served while the upstream failed: also a hit)."""
         if event == "hit":
             self.hit(upstream, repository)
         elif event == "miss":
@@ -56,6 +64,8 @@ class CacheStats:
             self.fetched(upstream, size)
         elif event == "checked":
             self.checked(upstream, repository, outcome)
+            if outcome == "unchanged":  # served from the cache after the check
+                self.hit(upstream, repository)
         elif event == "stale":
             self.stale(upstream)
             self.hit(upstream, repository)
