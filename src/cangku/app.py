@@ -108,7 +108,11 @@ def build_access_control(settings: Settings, registry: Registry) -> AccessContro
     """None in the explicit no-authentication mode."""
     if settings.auth.open:
         return None
-    accounts = Accounts(registry.metadata, public_by_default=settings.auth.public_by_default)
+    accounts = Accounts(
+        registry.metadata,
+        public_by_default=settings.auth.public_by_default,
+        mirrors=settings.proxy,
+    )
     key = load_or_create_signing_key(
         settings.auth.token_key or settings.data / "token-signing-key.pem"
     )

@@ -181,8 +181,8 @@ class Site:
     async def actions(self, viewer: Viewer, repository: str) -> frozenset[str]:
         if self.access is None:
             return ALL_ACTIONS
-        public = await self.access.accounts.is_public(repository)
-        return viewer.principal.actions(repository, public)
+        open_to = await self.access.accounts.open_to(viewer.principal, repository)
+        return viewer.principal.actions(repository, open_to)
 
     async def is_public(self, repository: str) -> bool:
         return True if self.access is None else await self.access.accounts.is_public(repository)
