@@ -14,7 +14,7 @@ from cangku.auth.permissions import DELETE, PUSH
 from cangku.content.digest import Digest
 from cangku.content.errors import RegistryError
 from cangku.content.names import validate_repository_name, validate_tag
-from cangku.web import descriptions
+from cangku.web import descriptions, mirrors
 from cangku.web.images import (
     ImageFacts,
     config_view,
@@ -167,6 +167,7 @@ def routes(site: Site) -> list[BaseRoute]:
                 "repository_url": repository_url,
                 "usage": await registry.repository_usage(name),
                 **about,
+                **await mirrors.page_context(site, name),  # issue 13
             },
         )
 
