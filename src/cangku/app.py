@@ -35,7 +35,7 @@ from cangku.observability import (
     metrics_route,
 )
 from cangku.proxy.cache import mirror_wrapper
-from cangku.proxy.eviction import EvictingCollector, Evictor
+from cangku.proxy.eviction import MIN_PROTECT, EvictingCollector, Evictor
 from cangku.proxy.routing import UpstreamRouting
 from cangku.proxy.stats import CacheStats
 from cangku.proxy.upstream import Upstream
@@ -149,7 +149,11 @@ def build_evictor(settings: Settings, registry: Registry) -> Evictor | None:
     for none (no upstreams, or neither `proxy.max_size` nor `proxy.evict_after`)."""
     stats = registry.cache_stats if isinstance(registry.cache_stats, CacheStats) else None
     evictor = Evictor(
-        registry.metadata, settings.proxy, registry.pulls, protect=settings.gc.grace, stats=stats
+        registry.metadata,
+        settings.proxy,
+        registry.pulls,
+        protect=max(settings.gc.grace, MIN_PROTECT),
+        stats=stats,
     )
     return evictor if evictor.enabled else None
 

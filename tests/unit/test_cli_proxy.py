@@ -148,3 +148,22 @@ def test_gc_evicts_what_proxy_evict_after_says_and_a_dry_run_only_lists(
     out = capsys.readouterr().out
     assert "evicted 3 cached manifests" in out and "deleted 0 manifests, 6 blobs" in out
     assert tagged(data) == ["jimo/app"]
+
+
+def test_gc_with_no_grace_still_keeps_what_was_read_minutes_ago(
+    config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Cached (and so last used) just now; gc.grace is 0 in this configuration: the
+    # protection window is still five minutes, so a pull in progress keeps its image.
+    config.write_text(config.read_text() + "  evict_after: 1s\n")
+    later = time.time() + 60
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert cli.main(["gc", "--config", str(config)]) == 0
+    assert "evicted 0 cached manifests" in capsys.readouterr().out
+    assert tagged(tmp_path / "data") == [*CACHED, "jimo/app"]
+    later += 300
+    assert cli.main(["gc", "--config", str(config)]) == 0
+    assert "evicted 3 cached manifests" in capsys.readouterr().out

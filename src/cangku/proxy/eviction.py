@@ -14,8 +14,9 @@ references. Only repositories under a configured upstream are ever touched.
 
 Never removed while being served:
 - a unit read (any manifest GET or HEAD through the cache) within the protection window,
-  the garbage-collection grace period: reads are counted in memory and written every 10 s
-  (registry/pulls.py, no write per read), and this process's unwritten reads count too; so
+  the garbage-collection grace period (at least MIN_PROTECT): reads are counted in memory
+  and written every 10 s (registry/pulls.py, no write per read), and this process's
+  unwritten reads count too; so
   a client that read a manifest fetches its blobs within the grace period undisturbed;
 - a blob being streamed: its file is already open (storage LocalFile), and unlinking it
   does not cut the open file short; nor does deleting an S3 object end a GET under way.
@@ -49,6 +50,9 @@ from cangku.registry.tags import TagPolicy, remove_tags
 log = logging.getLogger("cangku.proxy")
 
 EVICTION = RequestContext(caller="gc:eviction")
+# The protection window is the GC grace period, but never shorter than this: with
+# `gc.grace: 0` an image read a moment ago still has its pull in progress.
+MIN_PROTECT = 300.0
 
 Key = tuple[int, str]  # (repository id, manifest digest)
 
