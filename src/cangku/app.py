@@ -35,10 +35,17 @@ from cangku.observability import (
     metrics_route,
 )
 from cangku.proxy.cache import mirror_wrapper
+from cangku.proxy.eviction import MIN_PROTECT, EvictingCollector, Evictor
 from cangku.proxy.routing import UpstreamRouting
+from cangku.proxy.stats import CacheStats
 from cangku.proxy.upstream import Upstream
 from cangku.registry import Registry
-from cangku.registry.gc import CollectionPolicy, GarbageCollector, collect_periodically
+from cangku.registry.gc import (
+    CollectionPolicy,
+    Collector,
+    GarbageCollector,
+    collect_periodically,
+)
 from cangku.registry.pulls import flush_periodically
 from cangku.registry.repository import RepositoryWrapper
 from cangku.registry.retention import RetainingCollector
@@ -87,14 +94,20 @@ def build_registry(settings: Settings, tracing: Tracing | None = None) -> Regist
 def mirror_registry(proxy: ProxySettings, registry: Registry) -> RepositoryWrapper:
     """The pull-through cache's wrapper (issue 13, docs/proxy.md) for `registry`."""
     upstreams = {upstream.name: Upstream(upstream) for upstream in proxy.upstreams}
-    return mirror_wrapper(proxy, upstreams, registry.core)
+    stats = CacheStats.of_upstreams(registry.pulls, [upstream.name for upstream in proxy.upstreams])
+    registry.cache_stats = stats  # observability.py exports it; eviction counts into it
+    return mirror_wrapper(proxy, upstreams, registry.core, stats=stats)
 
 
 def build_access_control(settings: Settings, registry: Registry) -> AccessControl | None:
     """None in the explicit no-authentication mode."""
     if settings.auth.open:
         return None
-    accounts = Accounts(registry.metadata, public_by_default=settings.auth.public_by_default)
+    accounts = Accounts(
+        registry.metadata,
+        public_by_default=settings.auth.public_by_default,
+        mirrors=settings.proxy,
+    )
     key = load_or_create_signing_key(
         settings.auth.token_key or settings.data / "token-signing-key.pem"
     )
@@ -126,6 +139,20 @@ def build_collector(settings: Settings, registry: Registry) -> GarbageCollector:
     return GarbageCollector(registry.storage, registry.metadata, policy)
 
 
+def build_evictor(settings: Settings, registry: Registry) -> Evictor | None:
+    """Eviction from the pull-through cache (proxy/eviction.py), None when the settings ask
+    for none (no upstreams, or neither `proxy.max_size` nor `proxy.evict_after`)."""
+    stats = registry.cache_stats if isinstance(registry.cache_stats, CacheStats) else None
+    evictor = Evictor(
+        registry.metadata,
+        settings.proxy,
+        registry.pulls,
+        protect=max(settings.gc.grace, MIN_PROTECT),
+        stats=stats,
+    )
+    return evictor if evictor.enabled else None
+
+
 def create_app(
     settings: Settings, registry: Registry | None = None, tracing: Tracing | None = None
 ) -> ASGIApp:
@@ -145,14 +172,17 @@ def create_app(
         collecting = None
         if settings.gc.interval > 0:
             collector = build_collector(settings, registry)
+            scheduled: Collector = (
+                MeteredCollector(collector, metrics) if metrics is not None else collector
+            )
+            # Issue 13: eviction from the pull-through cache before the collection.
+            evictor = build_evictor(settings, registry)
+            if evictor is not None:
+                scheduled = EvictingCollector(scheduled, evictor)
             # Issue 17: retention policies run first, in every scheduled collection.
             collecting = asyncio.create_task(
                 collect_periodically(
-                    RetainingCollector(
-                        MeteredCollector(collector, metrics) if metrics is not None else collector,
-                        registry.metadata,
-                        registry.pulls,
-                    ),
+                    RetainingCollector(scheduled, registry.metadata, registry.pulls),
                     settings.gc.interval,
                 )
             )
@@ -200,7 +230,7 @@ def create_app(
         routes += token_routes(access)
     routes.append(Mount("/api/v1", routes=api_routes(registry, access, settings.events)))
     session_key = load_or_create_session_key(settings.data / "web-session-key")
-    routes.append(Mount("/", app=web_app(registry, access, session_key)))
+    routes.append(Mount("/", app=web_app(registry, access, session_key, settings.proxy)))
     site = Starlette(routes=routes, lifespan=lifespan)
     distribution: ASGIApp = DistributionApp(registry, access)
     if settings.proxy.upstreams:

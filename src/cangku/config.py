@@ -35,7 +35,7 @@ from pydantic_settings import (
 )
 
 from cangku.content.names import REPOSITORY_NAME
-from cangku.content.units import format_duration, parse_duration
+from cangku.content.units import format_duration, parse_duration, parse_size
 
 
 class S3Settings(BaseModel):
@@ -105,6 +105,9 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
+
+# Bytes, written as "200GiB", "500MB" or a number of bytes.
+Size = Annotated[int, BeforeValidator(parse_size)]
 
 
 class GcSettings(BaseModel):
@@ -217,6 +220,9 @@ class UpstreamSettings(BaseModel):
     password_file: Path | None = None
     # A tag is checked upstream (manifest HEAD) at most this often.
     revalidate: Duration = Field(default=300.0, ge=0)
+    # Who may pull through this upstream when its repository has no visibility of its own
+    # (`cangku repo visibility`): everyone (True), or only signed-in users (False).
+    public: bool = True
 
     @field_validator("name")
     @classmethod
@@ -259,6 +265,11 @@ class ProxySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
+    # Garbage collection evicts the least recently pulled cached content until what only
+    # mirrors hold fits in this many bytes (proxy/eviction.py); None: no limit.
+    max_size: Size | None = Field(default=None, ge=0)
+    # Garbage collection evicts cached content not pulled for this long; None: never.
+    evict_after: Duration | None = Field(default=None, gt=0)
 
     @field_validator("upstreams")
     @classmethod

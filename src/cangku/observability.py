@@ -55,6 +55,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cangku.asgi import ZERO_COPY_SEND
 from cangku.config import Settings, split_listen
+from cangku.proxy.stats import CacheStats
 from cangku.registry.context import REQUEST_ID
 from cangku.registry.usage import stored_content
 
@@ -222,8 +223,11 @@ class Metrics:
             self.gc_freed.inc(report.freed_bytes)
 
     def watch_registry(self, registry: Registry) -> None:
-        """Stored-content gauges, read from the database at each scrape; transaction timing."""
+        """Stored-content gauges, read from the database at each scrape; transaction timing;
+        the pull-through cache's counters when the registry mirrors upstreams."""
         self.registry.register(StoredContentCollector(registry))
+        if isinstance(registry.cache_stats, CacheStats):
+            self.registry.register(CacheCollector(registry.cache_stats))
         registry.metadata.on_transaction = self.observe_transaction
         registry.metadata.on_group_commit = self.observe_group_commit
 
@@ -342,6 +346,54 @@ class StoredContentCollector(Collector):
             value=stored.manifests,
         )
         yield GaugeMetricFamily("cangku_repositories", "Repositories.", value=stored.repositories)
+
+
+class CacheCollector(Collector):
+    """The pull-through cache's counters (proxy/stats.py), per upstream: never the
+    repository as a label (an unbounded set)."""
+
+    COUNTERS = (
+        ("cangku_proxy_cache_hits", "Manifests served from the pull-through cache.", "hits"),
+        ("cangku_proxy_cache_misses", "Manifests fetched from the upstream.", "misses"),
+        (
+            "cangku_proxy_upstream_fetched_bytes",
+            "Bytes received from the upstream (manifests and blobs).",
+            "fetched_bytes",
+        ),
+        (
+            "cangku_proxy_served_stale",
+            "Cached tags served while the upstream failed (with a Warning header).",
+            "served_stale",
+        ),
+        (
+            "cangku_proxy_evicted_manifests",
+            "Cached manifests evicted (proxy.max_size, proxy.evict_after).",
+            "evicted_manifests",
+        ),
+    )
+
+    def __init__(self, stats: CacheStats) -> None:
+        self.stats = stats
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        upstreams = sorted(self.stats.upstreams.items())
+        for name, documentation, attribute in self.COUNTERS:
+            family = CounterMetricFamily(name, documentation, labels=["upstream"])
+            for upstream, counts in upstreams:
+                family.add_metric([upstream], getattr(counts, attribute))
+            yield family
+        revalidations = CounterMetricFamily(
+            "cangku_proxy_revalidations",
+            "Tags checked upstream (manifest HEAD), by outcome: unchanged, moved, new, gone, "
+            "failed.",
+            labels=["upstream", "outcome"],
+        )
+        for (upstream, outcome), count in sorted(self.stats.revalidation_outcomes.items()):
+            revalidations.add_metric([upstream, outcome], count)
+        yield revalidations
 
 
 class MeteredCollector:

@@ -52,6 +52,44 @@ def test_no_upstreams_by_default() -> None:
     assert ProxySettings().upstreams == [] and ProxySettings().default is None
 
 
+def test_eviction_and_access_settings_load(tmp_path: Path) -> None:
+    config = tmp_path / "cangku.yaml"
+    config.write_text(
+        "proxy:\n"
+        "  upstreams:\n"
+        "    - name: docker.io\n"
+        "      url: https://registry-1.docker.io\n"
+        "    - name: ghcr.io\n"
+        "      url: https://ghcr.io\n"
+        "      public: false\n"
+        "  max_size: 200GiB\n"
+        "  evict_after: 30d\n"
+    )
+    proxy = load_settings(config).proxy
+    assert proxy.max_size == 200 * 1024**3 and proxy.evict_after == 30 * 86400.0
+    assert [u.public for u in proxy.upstreams] == [True, False]
+    unlimited = ProxySettings()
+    assert unlimited.max_size is None and unlimited.evict_after is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"max_size": "lots"},
+        {"max_size": -1},
+        {"max_size": True},
+        {"max_size": [1]},
+        {"evict_after": "0"},
+        {"evict_after": "-1d"},
+        {"evict_after": [1]},
+        {"evict_after": {"d": 1}},
+    ],
+)
+def test_hostile_eviction_settings_are_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        ProxySettings.model_validate(fields)
+
+
 @pytest.mark.parametrize(
     "fields",
     [
@@ -74,6 +112,7 @@ def test_no_upstreams_by_default() -> None:
         },
         {"name": "docker.io", "url": "https://x.test", "revalidate": "-1"},
         {"name": "docker.io", "url": "https://x.test", "max_size": "1GiB"},
+        {"name": "docker.io", "url": "https://x.test", "public": "maybe"},
     ],
 )
 def test_hostile_upstreams_are_refused(fields: dict[str, object]) -> None:

@@ -46,6 +46,15 @@ def test_negative_or_boolean_durations_are_refused() -> None:
         parse_duration(True)
 
 
+@pytest.mark.parametrize("value", [[1], {"h": 1}, None, b"1h"])
+def test_values_of_other_types_are_a_value_error_not_a_crash(value: object) -> None:
+    # From YAML or JSON settings: the settings must report a validation error.
+    with pytest.raises(ValueError):
+        parse_duration(value)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        parse_size(value)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [(0, "0"), (3600, "1h"), (5400, "1h30m"), (86400, "1d"), (90, "1m30s"), (0.25, "0.25s")],

@@ -88,6 +88,7 @@ class AccessControl:
         action: str | None,
         *,
         wanted: Sequence[tuple[str, str]] = (),
+        requested: str | None = None,
     ) -> Caller:
         """The caller, if they may do `action` on `repository`; raise Challenge/Denied if not.
 
@@ -95,9 +96,14 @@ class AccessControl:
         pull on a mount's `from` repository: every challenge names them too, and a bearer
         token that lacks one the account has gets an insufficient_scope challenge, so that a
         client following challenges gets a token that can mount.
+
+        `requested`: the name the client used when the pull-through cache routed the read
+        to `repository` (`library/alpine?ns=docker.io` reaches `docker.io/library/alpine`):
+        challenges name it (clients ask for tokens for the name they use) and a token for
+        it serves; the rights are judged on `repository`, the one read.
         """
         scope = (
-            _scope(repository, action, wanted)
+            _scope(requested or repository, action, wanted)
             if repository and action and action != CATALOG
             else None
         )
@@ -119,7 +125,7 @@ class AccessControl:
                 raise self.challenge(request, None, "authentication required")
             return caller
         assert repository is not None
-        if await self.may(caller, repository, action):
+        if await self.may(caller, repository, action, requested=requested):
             for other, other_action in wanted:
                 if not await self.may(caller, other, other_action) and await self._account_may(
                     caller, other, other_action
@@ -142,21 +148,30 @@ class AccessControl:
         `authenticate` loaded the account as it is now, so this is its current right."""
         if caller.token is None or caller.principal.name is None:
             return False
-        return action in caller.principal.actions(
-            repository, await self.accounts.is_public(repository)
-        )
+        open_to = await self.accounts.open_to(caller.principal, repository)
+        return action in caller.principal.actions(repository, open_to)
 
-    async def may(self, caller: Caller, repository: str, action: str) -> bool:
+    async def may(
+        self, caller: Caller, repository: str, action: str, *, requested: str | None = None
+    ) -> bool:
         """Whether the caller may do `action` on `repository` now.
 
         A bearer token grants at most its `access` claim, and never more than its account
         (or, for an anonymous token, anyone) may do at the time of the request: a member
         removed from an organization, a repository made private or a disabled account
         takes effect on the next request, not when the token expires (issue 12, item 9).
-        The membership and visibility reads go through the metadata read cache."""
-        if caller.token is not None and not caller.token.allows("repository", repository, action):
+        The membership and visibility reads go through the metadata read cache.
+
+        A read the pull-through cache routed (`requested`: the client's name) is allowed by
+        a token for either name: tokens are asked for the name a client uses."""
+        if caller.token is not None and not (
+            caller.token.allows("repository", repository, action)
+            or (requested is not None and caller.token.allows("repository", requested, action))
+        ):
             return False
-        public = await self.accounts.is_public(repository) if action == PULL else False
+        public = (
+            await self.accounts.open_to(caller.principal, repository) if action == PULL else False
+        )
         return action in caller.principal.actions(repository, public)
 
     async def visibility(self, caller: Caller) -> Visibility | None:
@@ -172,6 +187,8 @@ class AccessControl:
             if PULL in principal.limit
             else frozenset(),
             public_by_default=self.accounts.public_by_default,
+            mirrors=self.accounts.visible_mirrors(principal),
+            hidden_mirrors=self.accounts.hidden_mirrors(principal),
         )
 
     async def authenticate(self, request: Request) -> Caller:

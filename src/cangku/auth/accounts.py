@@ -28,6 +28,7 @@ from cangku.auth.passwords import (
     verify_password,
 )
 from cangku.auth.permissions import ALL_ACTIONS, ROLES, TOKEN_SCOPES, Principal
+from cangku.config import ProxySettings, UpstreamSettings
 from cangku.content.names import validate_repository_name
 from cangku.metadata import Connection, MetadataStore, namespaces, visibility, web_sessions
 from cangku.metadata import accounts as rows
@@ -58,9 +59,18 @@ def validate_account_name(name: str) -> str:
 
 
 class Accounts:
-    def __init__(self, metadata: MetadataStore, *, public_by_default: bool = False) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        *,
+        public_by_default: bool = False,
+        mirrors: ProxySettings | None = None,
+    ) -> None:
+        """`mirrors`: the pull-through cache's upstreams, whose repositories (`<upstream>/…`)
+        follow the upstream's `public` when they have no visibility of their own."""
         self.metadata = metadata
         self.public_by_default = public_by_default
+        self.mirrors = mirrors or ProxySettings()
 
     # -- users -----------------------------------------------------------------------------
     async def add_user(self, name: str, password: str, *, admin: bool = False) -> None:
@@ -315,10 +325,59 @@ class Accounts:
 
     # -- visibility ------------------------------------------------------------------------
     async def is_public(self, repository: str) -> bool:
+        """Whether anyone may pull the repository: its own choice; else, for a mirror, its
+        upstream's `public` (default true); else the server's `public_by_default`."""
         public = await self.metadata.read_cached(
             ("public", repository), lambda c: visibility.chosen_public(c, repository)
         )
-        return self.public_by_default if public is None else public
+        if public is not None:
+            return public
+        upstream = self.mirror_of(repository)
+        return upstream.public if upstream is not None else self.public_by_default
+
+    def mirror_of(self, repository: str) -> UpstreamSettings | None:
+        """The upstream whose mirror `repository` is (`docker.io/library/alpine`), or None."""
+        first, _, rest = repository.partition("/")
+        return self.mirrors.upstream(first) if rest else None
+
+    async def open_to(self, principal: Principal, repository: str) -> bool:
+        """Whether `principal` may pull `repository` by its visibility alone (rights from
+        namespaces come on top): a public one, or a mirror of an upstream that is not
+        public, with no visibility of its own, for any signed-in user (docs/proxy.md)."""
+        if await self.is_public(repository):
+            return True
+        if principal.is_anonymous:
+            return False
+        upstream = self.mirror_of(repository)
+        if upstream is None:
+            return False
+        chosen = await self.metadata.read_cached(
+            ("public", repository), lambda c: visibility.chosen_public(c, repository)
+        )
+        return chosen is None
+
+    def routes(self, name: str) -> list[str]:
+        """The repositories a pull of `name` may reach (docs/proxy.md, "Three ways in"):
+        `name` itself, and `<upstream>/name` for each upstream (by `ns`, or the default
+        upstream) unless `name` already starts with an upstream's name."""
+        if self.mirror_of(name) is not None:
+            return [name]
+        return [name, *(f"{upstream.name}/{name}" for upstream in self.mirrors.upstreams)]
+
+    def visible_mirrors(self, principal: Principal) -> frozenset[str]:
+        """The upstreams whose mirrors (without a visibility of their own) `principal` may
+        list: the public ones; for a signed-in user, all."""
+        return frozenset(
+            upstream.name
+            for upstream in self.mirrors.upstreams
+            if upstream.public or not principal.is_anonymous
+        )
+
+    def hidden_mirrors(self, principal: Principal) -> frozenset[str]:
+        """The upstreams whose mirrors (without a visibility of their own) `principal` may
+        not list."""
+        names = frozenset(upstream.name for upstream in self.mirrors.upstreams)
+        return names - self.visible_mirrors(principal)
 
     async def set_public(self, repository: str, public: bool) -> None:
         validate_repository_name(repository)

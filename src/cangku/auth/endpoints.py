@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from cangku.auth.access import AccessControl, parse_basic
 from cangku.auth.errors import Unauthorized
-from cangku.auth.permissions import ANONYMOUS, Principal
+from cangku.auth.permissions import ANONYMOUS, PULL, Principal
 from cangku.auth.tokens import Access
 from cangku.content.errors import RegistryError
 from cangku.content.names import REPOSITORY_NAME
@@ -114,7 +114,17 @@ async def _grants(access: AccessControl, principal: Principal, scopes: list[str]
             grants.append(Access("registry", "catalog", wanted & {"*"}))
         elif match["type"] == "repository" and REPOSITORY_NAME.fullmatch(match["name"]):
             name = match["name"]
-            allowed = principal.actions(name, await access.accounts.is_public(name))
+            allowed = principal.actions(name, await access.accounts.open_to(principal, name))
+            if PULL in wanted and PULL not in allowed:
+                # The pull-through cache: a pull of `name` may be routed to a mirror
+                # (`ns`, the default upstream). The token may claim it when one of those
+                # may be pulled; each request is still judged on the repository it
+                # reaches (AccessControl.may), so the claim never grants more.
+                for route in access.accounts.routes(name)[1:]:
+                    open_to = await access.accounts.open_to(principal, route)
+                    if PULL in principal.actions(route, open_to):
+                        allowed = allowed | {PULL}
+                        break
             granted = wanted & allowed
             if granted:
                 grants.append(Access("repository", name, granted))

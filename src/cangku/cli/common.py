@@ -73,7 +73,11 @@ async def _with_registry(settings: Settings, work: Callable[..., Awaitable[T]]) 
     from cangku.auth.accounts import Accounts
 
     registry = build_registry(settings)
-    accounts = Accounts(registry.metadata, public_by_default=settings.auth.public_by_default)
+    accounts = Accounts(
+        registry.metadata,
+        public_by_default=settings.auth.public_by_default,
+        mirrors=settings.proxy,
+    )
     try:
         return await work(registry, accounts)
     finally:

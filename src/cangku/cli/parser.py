@@ -17,6 +17,7 @@ from cangku.cli.common import (
 from cangku.cli.database import DB_UPGRADE_HELP, db_upgrade_run
 from cangku.cli.gc import GC_HELP, gc_run
 from cangku.cli.organizations import member_remove_run, member_set, org_add, org_del, org_list
+from cangku.cli.proxy import PURGE_HELP, purge_run
 from cangku.cli.quotas import quota_run
 from cangku.cli.repositories import release_tag_run, repo_set_run, tag_policy_run
 from cangku.cli.tokens import token_create, token_list, token_revoke
@@ -152,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace",
         type=_duration,
         help="keep unreferenced blobs younger than this (default: gc.grace, 1h)",
+    )
+    proxy = commands.add_parser("proxy", help="the pull-through cache").add_subparsers(
+        dest="action", required=True
+    )
+    proxy_purge = _command(proxy, "purge", "purge cached repositories", run=purge_run)
+    proxy_purge.description = PURGE_HELP
+    proxy_purge.add_argument(
+        "target", help="a mirror repository (docker.io/library/alpine) or an upstream (docker.io)"
     )
     usage = _command(
         commands, "usage", "bytes stored per namespace and repository, and quotas", run=usage_run

@@ -42,7 +42,9 @@ _BYTES_PER_UNIT = {
 
 def parse_duration(value: str | float | int) -> float:
     """Seconds in `value`: "90s", "30m", "1h", "1h30m", "7d", "2w", "0"; a number is seconds."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        # Any other type (a list, a mapping from YAML or JSON) is a ValueError too, so that
+        # the settings report it as a validation error rather than crash.
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
@@ -87,7 +89,7 @@ def format_duration(seconds: float) -> str:
 
 def parse_size(value: str | int) -> int:
     """Bytes in `value`: "10GiB", "1.5G" (powers of 1024), "500MB" (powers of 1000), "1024"."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"not a size: {value!r}")
     if isinstance(value, int):
         size = value

@@ -21,6 +21,7 @@ from cangku.content.errors import NameUnknown, RegistryError, Unsupported
 from cangku.distribution import base, blobs, catalog, manifests, referrers, tags, uploads
 from cangku.distribution.http import API_VERSION_HEADER, upload_location
 from cangku.http_errors import render_error
+from cangku.proxy.routing import REQUESTED_NAME
 from cangku.registry import Registry
 
 Handler = Callable[..., Awaitable[Response]]
@@ -122,7 +123,12 @@ class DistributionApp:
                         uploads.wanted_access(request) if handler is uploads.start_upload else []
                     )
                     caller = await self.access.authorize(
-                        request, params.get("name"), action, wanted=wanted
+                        request,
+                        params.get("name"),
+                        action,
+                        wanted=wanted,
+                        # proxy/routing.py: the name the client used, when it rewrote it.
+                        requested=request.scope.get(REQUESTED_NAME),
                     )
                     request.scope["cangku.access"] = self.access
                     request.scope["cangku.caller"] = caller

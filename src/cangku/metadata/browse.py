@@ -53,6 +53,12 @@ class Visible(Protocol):
     @property
     def public_by_default(self) -> bool: ...
 
+    @property
+    def mirrors(self) -> frozenset[str]: ...
+
+    @property
+    def hidden_mirrors(self) -> frozenset[str]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class RepositoryRow:
@@ -88,7 +94,12 @@ class ManifestRow:
 
 def visible_to(visible: Visible) -> ColumnElement[bool]:
     """Repositories the caller may pull (the condition lives with the visibility rows)."""
-    return visibility.visible_to(visible.namespaces, public_by_default=visible.public_by_default)
+    return visibility.visible_to(
+        visible.namespaces,
+        public_by_default=visible.public_by_default,
+        mirrors=visible.mirrors,
+        hidden_mirrors=visible.hidden_mirrors,
+    )
 
 
 def repository_rows(

@@ -6,12 +6,13 @@ row). `public` is NULL when nobody chose: the server's `public_by_default` then 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from sqlalchemy import ColumnElement, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.namespaces import in_namespace
+from cangku.metadata.proxy_cache import in_mirrors
 from cangku.metadata.schema import repositories
 
 PUBLIC = select(repositories.c.public).where(repositories.c.name == bindparam("name"))
@@ -34,13 +35,27 @@ def set_public(connection: Connection, repository: str, public: bool, *, now: fl
         )
 
 
-def visible_to(namespaces: Iterable[str], *, public_by_default: bool) -> ColumnElement[bool]:
+def visible_to(
+    namespaces: Iterable[str],
+    *,
+    public_by_default: bool,
+    mirrors: Collection[str] = (),
+    hidden_mirrors: Collection[str] = (),
+) -> ColumnElement[bool]:
     """A condition on `repositories` rows: those a caller may pull, the public ones and
-    those of the caller's `namespaces` (a namespace owns `ns/...` and the repository `ns`)."""
-    public = (
+    those of the caller's `namespaces` (a namespace owns `ns/...` and the repository `ns`);
+    and the mirrors of the upstreams in `mirrors` (`<upstream>/...`) that have no visibility
+    of their own (their upstream's `public` decides for them), but not those of the
+    upstreams in `hidden_mirrors` (whatever `public_by_default` says)."""
+    public: ColumnElement[bool] = (
         repositories.c.public.is_not(False)
         if public_by_default
         else repositories.c.public.is_(True)
     )
+    if hidden_mirrors:
+        public = public & ~(repositories.c.public.is_(None) & in_mirrors(hidden_mirrors))
     owned = [in_namespace(repositories.c.name, namespace) for namespace in sorted(namespaces)]
-    return or_(public, *owned)
+    conditions = [public, *owned]
+    if mirrors:
+        conditions.append(repositories.c.public.is_(None) & in_mirrors(mirrors))
+    return or_(*conditions)

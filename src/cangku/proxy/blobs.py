@@ -41,6 +41,7 @@ from cangku.content.errors import (
     TooManyRequests,
     Unavailable,
 )
+from cangku.proxy.stats import CacheStats
 from cangku.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
 from cangku.registry.blobs import Blobs
 from cangku.registry.context import RequestContext
@@ -165,8 +166,10 @@ class MirroredBlobs:
         remote: str,
         flights: dict[str, Flight],
         mirror: str,
+        stats: CacheStats | None = None,
     ) -> None:
         self.inner = inner
+        self.stats = stats
         self.store = store
         self.upstream = upstream
         self.remote = remote
@@ -270,6 +273,8 @@ class MirroredBlobs:
                 await self.store.keep_mirrored(chunks, digest, length)
             finally:
                 await response.aclose()
+            if self.stats is not None:
+                self.stats.fetched(self.upstream.settings.name, length)
             # Verified and recorded: the leader may complete its response now.
             for chunk in last:
                 await flight.offer(chunk)

@@ -28,6 +28,7 @@ from cangku.content.errors import (
     NameUnknown,
 )
 from cangku.proxy.blobs import Flight, MirroredBlobs, never_cached
+from cangku.proxy.stats import CacheStats
 from cangku.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
 from cangku.registry.blobs import Blobs
 from cangku.registry.context import RequestContext
@@ -60,7 +61,9 @@ class MirroredManifests:
         remote: str,
         checked: dict[tuple[str, str], float],
         clock: Callable[[], float] = time.monotonic,
+        stats: CacheStats | None = None,
     ) -> None:
+        self.stats = stats  # proxy/stats.py: hits, misses, checks, reads (eviction)
         self.inner = inner
         self.store = store
         self.upstream = upstream
@@ -86,22 +89,33 @@ class MirroredManifests:
         raise Denied(f"{self._mirror}: its content follows the upstream")
 
     async def get(self, reference: str) -> StoredManifest:
+        manifest = await self._get(reference)
+        if self.stats is not None:  # proxy/stats.py: the last use, which eviction goes by
+            self.stats.read(self.upstream.settings.name, self.store.name, manifest.digest)
+        return manifest
+
+    async def _get(self, reference: str) -> StoredManifest:
         cached = await self._cached(reference)
         if ":" in reference:  # a digest: content-addressed, never revalidated
             if cached is not None:
+                self._count("hit")
                 return cached
             return await self._fetch(reference, None)
         key = (self.store.name, reference)
         revalidate = self.upstream.settings.revalidate
         last = self.checked.get(key)
         if cached is not None and last is not None and self.clock() - last < revalidate:
+            self._count("hit")
             return cached
         try:
             digest = await self.upstream.head_manifest(self.remote, reference)
         except UpstreamNotFound:
+            self._count("checked", "gone")
             raise ManifestUnknown("manifest unknown upstream", reference) from None
         except UpstreamError as error:
+            self._count("checked", "failed")
             if cached is not None:
+                self._count("stale")
                 log.warning(
                     "serving %s:%s from the cache: upstream %s (%s)",
                     self.store.name,
@@ -115,8 +129,15 @@ class MirroredManifests:
             raise never_cached(error) from None
         self.checked[key] = self.clock()
         if cached is not None and cached.digest == digest:
+            self._count("checked", "unchanged")
             return cached
+        self._count("checked", "moved" if cached is not None else "new")
         return await self._fetch(digest, reference)
+
+    def _count(self, event: str, outcome: str = "", size: int = 0) -> None:
+        """Tell proxy/stats.py (hits, misses, checks, served stale, upstream bytes)."""
+        if self.stats is not None:
+            self.stats.count(self.upstream.settings.name, self.store.name, event, outcome, size)
 
     async def _cached(self, reference: str) -> StoredManifest | None:
         try:
@@ -131,6 +152,7 @@ class MirroredManifests:
             raise ManifestUnknown("manifest unknown upstream", digest) from None
         except UpstreamError as error:
             raise never_cached(error) from None
+        self._count("miss", size=len(manifest.content))
         actor = f"mirror:{self.upstream.settings.name}"
         await self.store.store_mirrored(
             tag, manifest.content, manifest.media_type, manifest.digest, actor
@@ -183,6 +205,7 @@ def mirror_wrapper(
     upstreams: dict[str, Upstream],
     core: Core,
     clock: Callable[[], float] = time.monotonic,
+    stats: CacheStats | None = None,
 ) -> RepositoryWrapper:
     """The Registry's `wrap` hook: repositories under an upstream's name get their manifests
     and blobs from that upstream; the others are handed back untouched. `core` is the
@@ -197,11 +220,11 @@ def mirror_wrapper(
             return handle
         remote = upstream_name(first, rest)
         manifests = MirroredManifests(
-            handle.manifests, Manifests(core, handle.name), upstream, remote, checked, clock
+            handle.manifests, Manifests(core, handle.name), upstream, remote, checked, clock, stats
         )
         mirror = f"{handle.name} (of {remote} on {first})"
         blobs = MirroredBlobs(
-            handle.blobs, Blobs(core, handle.name), upstream, remote, flights, mirror
+            handle.blobs, Blobs(core, handle.name), upstream, remote, flights, mirror, stats
         )
         return replace(handle, manifests=manifests, uploads=MirrorUploads(mirror), blobs=blobs)
 

@@ -31,6 +31,9 @@ _REPOSITORY_PATH = re.compile(
 )
 
 NAMESPACE_HEADER = b"oci-namespace"
+# The scope key holding the name the client used, when the path was rewritten: the access
+# control accepts tokens for it and names it in challenges (auth/access.py).
+REQUESTED_NAME = "cangku.requested_name"
 
 
 class UpstreamRouting:
@@ -58,7 +61,7 @@ class UpstreamRouting:
         upstream, answer_header = namespace
         if not name.startswith(f"{upstream}/"):
             path = f"/v2/{upstream}/{name}{rest}"
-            scope = {**scope, "path": path, "raw_path": path.encode()}
+            scope = {**scope, "path": path, "raw_path": path.encode(), REQUESTED_NAME: name}
         if not answer_header:
             await self.app(scope, receive, send)
             return

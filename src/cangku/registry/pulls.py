@@ -133,6 +133,22 @@ class PullCounter:
         if len(pending) >= MAX_PENDING and (self._flushing is None or self._flushing.done()):
             self._flushing = asyncio.ensure_future(self._flush_logged())
 
+    def note(self, repository: str, kind: str, reference: str, count: int = 1) -> None:
+        """Add `count` to another kind of counter kept in the same batches (the cache's
+        reads, hits, misses and checks: metadata/proxy_cache.py), its time now. No I/O."""
+        self._add((repository, kind, reference), count, time.time())
+        if len(self._pending) >= MAX_PENDING and (self._flushing is None or self._flushing.done()):
+            self._flushing = asyncio.ensure_future(self._flush_logged())
+
+    def pending_times(self, kind: str) -> dict[tuple[str, str], float]:
+        """(repository, reference) → the last time of the counts of `kind` not written yet
+        (what this process saw in the last flush interval)."""
+        return {
+            (repository, reference): last
+            for (repository, counted, reference), (_, last) in self._pending.items()
+            if counted == kind
+        }
+
     def _remember(self, key: tuple[str, str, str], tag: str | None, moment: float) -> None:
         self._recent[key] = (tag, moment)
         self._recent.move_to_end(key)

@@ -43,6 +43,11 @@ class Visibility:
 
     namespaces: frozenset[str]
     public_by_default: bool
+    # Upstreams whose mirrors (`<upstream>/…`, without a visibility of their own) are listed
+    # too: the public ones, and for a signed-in user all (docs/proxy.md, "Access").
+    mirrors: frozenset[str] = frozenset()
+    # Upstreams whose mirrors (without a visibility of their own) the caller may not list.
+    hidden_mirrors: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,9 @@ class Registry:
         self.wrap = wrap
         # Issue 17: pulls counted in memory, flushed in batches (registry/pulls.py).
         self.pulls = PullCounter(metadata)
+        # Issue 13: the pull-through cache's counters (proxy/stats.py CacheStats) when this
+        # registry mirrors upstreams; typed loosely so that registry/ does not import proxy/.
+        self.cache_stats: object | None = None
 
     # Settings live in `core`, shared by every service the handles hold (tests change them).
     @property

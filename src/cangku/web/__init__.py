@@ -12,18 +12,25 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from cangku.auth.access import AccessControl
+from cangku.config import ProxySettings
 from cangku.registry import Registry
-from cangku.web import account, admin, repositories, retention, signin, usage_pages
+from cangku.web import account, admin, mirrors, repositories, retention, signin, usage_pages
 from cangku.web.sessions import SessionCookies
 from cangku.web.site import Site
 
 STATIC = Path(__file__).parent / "static"
 
 
-def web_app(registry: Registry, access: AccessControl | None, session_key: bytes) -> Starlette:
-    """`access` None is the no-authentication mode: everyone may do everything."""
+def web_app(
+    registry: Registry,
+    access: AccessControl | None,
+    session_key: bytes,
+    proxy: ProxySettings | None = None,
+) -> Starlette:
+    """`access` None is the no-authentication mode: everyone may do everything. `proxy`:
+    the pull-through cache's upstreams (the mirror pages)."""
     scheme_of = (lambda request: access.base_url(request).split(":", 1)[0]) if access else None
-    site = Site(registry, access, SessionCookies(session_key, scheme_of))
+    site = Site(registry, access, SessionCookies(session_key, scheme_of), proxy=proxy)
     routes: list[BaseRoute] = [
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         *signin.routes(site),
@@ -32,6 +39,7 @@ def web_app(registry: Registry, access: AccessControl | None, session_key: bytes
         # Issue 17: before repositories' catch-all /r/{name:path}.
         *retention.routes(site, repositories.repository_url),
         *usage_pages.routes(site),
+        *mirrors.routes(site),  # issue 13
         *repositories.routes(site),
     ]
 

@@ -15,7 +15,7 @@ from cangku.content.digest import Digest
 from cangku.content.errors import RegistryError
 from cangku.content.names import validate_repository_name, validate_tag
 from cangku.registry.protocols import BlobService
-from cangku.web import descriptions
+from cangku.web import descriptions, mirrors
 from cangku.web.images import (
     ImageFacts,
     config_view,
@@ -168,6 +168,7 @@ def routes(site: Site) -> list[BaseRoute]:
                 "repository_url": repository_url,
                 "usage": await registry.repository_usage(name),
                 **about,
+                **await mirrors.page_context(site, name),  # issue 13
             },
         )
 

@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from cangku.auth.access import AccessControl, Caller
 from cangku.auth.permissions import ALL_ACTIONS, ANONYMOUS, PULL, Principal
+from cangku.config import ProxySettings
 from cangku.content.errors import RegistryError
 from cangku.content.units import format_size
 from cangku.http_errors import page_status, page_title
@@ -137,11 +138,14 @@ class Site:
         access: AccessControl | None,
         cookies: SessionCookies,
         templates: jinja2.Environment | None = None,
+        proxy: ProxySettings | None = None,
     ) -> None:
         self.registry = registry
         self.access = access
         self.cookies = cookies
         self.templates = templates or build_templates()
+        # Issue 13: the upstreams mirrored (web/mirrors.py); the nav links to /mirrors.
+        self.proxy = proxy or ProxySettings()
 
     # -- who is looking --------------------------------------------------------------------
     def context(self, request: Request, viewer: Viewer) -> RequestContext:
@@ -181,8 +185,8 @@ class Site:
     async def actions(self, viewer: Viewer, repository: str) -> frozenset[str]:
         if self.access is None:
             return ALL_ACTIONS
-        public = await self.access.accounts.is_public(repository)
-        return viewer.principal.actions(repository, public)
+        open_to = await self.access.accounts.open_to(viewer.principal, repository)
+        return viewer.principal.actions(repository, open_to)
 
     async def is_public(self, repository: str) -> bool:
         return True if self.access is None else await self.access.accounts.is_public(repository)
@@ -255,7 +259,11 @@ class Site:
         status: int = 200,
     ) -> Response:
         body = self.templates.get_template(template).render(
-            viewer=viewer, csrf=viewer.session.csrf, request_path=request.url.path, **context
+            viewer=viewer,
+            csrf=viewer.session.csrf,
+            request_path=request.url.path,
+            mirrors_nav=bool(self.proxy.upstreams),
+            **context,
         )
         response = HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
         if viewer.new_session:

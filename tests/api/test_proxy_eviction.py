@@ -1,0 +1,292 @@
+"""Issue 13: eviction from the pull-through cache by `proxy.evict_after` and
+`proxy.max_size`, run before garbage collection (proxy/eviction.py).
+
+Content is put under `docker.io/...` through a registry that does not mirror (a mirror
+refuses pushes); the registry under test mirrors `docker.io`, so those repositories are its
+cache. Reads go through the mirror's manifest path (served from the cache by digest, the
+upstream unreachable), which is what eviction's "last used" counts. The wall clock is the
+test's: `time.time` is replaced, so that days pass in a moment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cangku.app import build_evictor, create_app
+from cangku.config import ProxySettings, Settings
+from cangku.content.digest import Digest
+from cangku.metadata.proxy_cache import READ
+from cangku.proxy.cache import mirror_wrapper
+from cangku.proxy.eviction import EvictingCollector, Evictor, plan_eviction
+from cangku.proxy.stats import CacheStats
+from cangku.proxy.upstream import Upstream
+from cangku.registry import Registry
+from cangku.registry.gc import CollectionPolicy, GarbageCollector
+from tests.api.helpers import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    blob_files,
+    descriptor,
+    pull_image,
+    push_image,
+    push_manifest_of,
+    put_manifest,
+    random_config,
+)
+
+DAY = 86400.0
+GRACE = 3600.0
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Refused(httpx.AsyncBaseTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("no upstream in these tests", request=request)
+
+
+@dataclass
+class Setup:
+    pusher: httpx.AsyncClient  # no mirroring: puts content under docker.io/...
+    mirror: httpx.AsyncClient  # the cache, reading what is cached
+    registry: Registry
+    stats: CacheStats
+    clock: WallClock
+    data_dir: Path
+
+    def evictor(self, *, max_size: int | None = None, evict_after: float | None = None) -> Evictor:
+        proxy = ProxySettings.model_validate(
+            {
+                "upstreams": [{"name": "docker.io", "url": "http://up.test"}],
+                "max_size": max_size,
+                "evict_after": evict_after,
+            }
+        )
+        return Evictor(self.registry.metadata, proxy, self.registry.pulls, GRACE, self.stats)
+
+    async def collect(self) -> None:
+        policy = CollectionPolicy(grace=GRACE)
+        await GarbageCollector(self.registry.storage, self.registry.metadata, policy).collect()
+
+    async def read(self, name: str, digest: str) -> None:
+        answer = await self.mirror.get(
+            f"/v2/{name}/manifests/{digest}", headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
+        )
+        assert answer.status_code == 200, answer.text
+
+    async def tags(self, name: str) -> list[str]:
+        answer = await self.pusher.get(f"/v2/{name}/tags/list")
+        return answer.json()["tags"] or [] if answer.status_code == 200 else []
+
+
+def _client(app: object) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url="http://registry.test")
+
+
+@pytest.fixture
+async def setup(
+    registry: Registry, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Setup]:
+    clock = WallClock()
+    monkeypatch.setattr(time, "time", clock)
+    proxy = ProxySettings.model_validate(
+        {"upstreams": [{"name": "docker.io", "url": "http://up.test"}]}
+    )
+    mirrored = Registry(registry.storage, registry.metadata)
+    mirrored.pulls = registry.pulls  # one process: one buffer of counts
+    stats = CacheStats(registry.pulls)
+    upstreams = {"docker.io": Upstream(proxy.upstreams[0], Refused())}
+    mirrored.wrap = mirror_wrapper(proxy, upstreams, mirrored.core, stats=stats)
+    plain = create_app(Settings(data=data_dir, auth={"open": True}), registry)
+    cache = create_app(Settings(data=data_dir, auth={"open": True}, proxy=proxy), mirrored)
+    async with _client(plain) as pusher, _client(cache) as mirror:
+        yield Setup(pusher, mirror, registry, stats, clock, data_dir)
+
+
+async def test_content_not_read_for_evict_after_goes_and_the_collection_frees_it(
+    setup: Setup,
+) -> None:
+    old, old_content = await push_image(setup.pusher, "docker.io/library/alpine", "3")
+    kept, _ = await push_image(setup.pusher, "docker.io/library/busybox", "1")
+    local, _ = await push_image(setup.pusher, "jimo/app", "1")  # never read: never evicted
+    await setup.read("docker.io/library/alpine", old)
+    setup.clock.now += 20 * DAY
+    await setup.read("docker.io/library/busybox", kept)
+    await setup.registry.pulls.flush()
+    setup.clock.now += 5 * DAY
+    files_before = blob_files(setup.data_dir)
+
+    report = await setup.evictor(evict_after=10 * DAY).evict()
+
+    assert [(m.repository, m.digest, m.reason) for m in report.manifests] == [
+        ("docker.io/library/alpine", old, "evict_after")
+    ]
+    assert await setup.tags("docker.io/library/alpine") == []
+    assert await setup.tags("docker.io/library/busybox") == ["1"]
+    history = await setup.registry.repository("docker.io/library/alpine").tags.history("3")
+    assert (history[0].old_digest, history[0].new_digest, history[0].actor) == (
+        old,
+        None,
+        "gc:eviction",
+    )
+    await setup.collect()
+    # The evicted image's config and two layers are gone from storage; nothing else.
+    gone = files_before - blob_files(setup.data_dir)
+    document = json.loads(old_content)
+    assert gone == {
+        document["config"]["digest"],
+        *(layer["digest"] for layer in document["layers"]),
+    }
+    await pull_image(setup.pusher, "docker.io/library/busybox", "1")
+    await pull_image(setup.pusher, "jimo/app", "1")
+    assert setup.stats.upstreams["docker.io"].evicted_manifests == 1
+    assert local
+
+
+async def test_max_size_evicts_the_least_recently_read_first(setup: Setup) -> None:
+    names = ["docker.io/library/a", "docker.io/library/b", "docker.io/library/c"]
+    digests = [(await push_image(setup.pusher, name, "1"))[0] for name in names]
+    setup.clock.now += DAY
+    for index in (1, 0, 2):  # read order: b, a, c
+        await setup.read(names[index], digests[index])
+        setup.clock.now += 60
+    await setup.registry.pulls.flush()
+    setup.clock.now += 2 * GRACE
+
+    dry = await setup.evictor(max_size=0).evict(dry_run=True)
+    assert dry.dry_run and len(dry.manifests) == 3
+    assert await setup.tags("docker.io/library/b") == ["1"]  # a dry run changes nothing
+
+    sizes = dry.cached_bytes
+    each = sizes // 3
+    report = await setup.evictor(max_size=sizes - 1).evict()
+    assert [m.repository for m in report.manifests] == ["docker.io/library/b"]
+    assert report.remaining_bytes <= sizes - 1
+    report = await setup.evictor(max_size=each).evict()
+    assert [m.repository for m in report.manifests] == ["docker.io/library/a"]
+    assert await setup.tags("docker.io/library/c") == ["1"]
+
+
+async def test_blobs_local_repositories_use_do_not_count_and_are_never_freed(
+    setup: Setup,
+) -> None:
+    config, layer = random_config(), b"shared layer" * 100
+    mirrored = await push_manifest_of(setup.pusher, "docker.io/library/a", "1", config, [layer])
+    await push_manifest_of(setup.pusher, "jimo/app", "1", random_config(), [layer])
+    setup.clock.now += 2 * GRACE
+    report = await setup.evictor(max_size=10**9).evict(dry_run=True)
+    # The cache holds the manifest and the config: the shared layer is the local image's too.
+    manifest = await setup.registry.repository("docker.io/library/a").manifests.get(mirrored)
+    assert report.cached_bytes == manifest.size + len(config)
+    await setup.evictor(evict_after=GRACE).evict()
+    await setup.collect()
+    await pull_image(setup.pusher, "jimo/app", "1")
+    assert f"sha256:{hashlib.sha256(layer).hexdigest()}" in blob_files(setup.data_dir)
+
+
+async def test_what_was_read_within_the_grace_period_is_never_evicted(setup: Setup) -> None:
+    digest, _ = await push_image(setup.pusher, "docker.io/library/alpine", "3")
+    local, _ = await push_image(setup.pusher, "jimo/app", "1")
+    setup.clock.now += 30 * DAY
+    # Read just now and not yet written to the database (the 10 s batches): still counted.
+    await setup.read("docker.io/library/alpine", digest)
+    assert setup.registry.pulls.pending_times(READ)
+    setup.clock.now += GRACE - 1
+    evictor = setup.evictor(max_size=0, evict_after=DAY)
+    assert (await evictor.evict()).manifests == []
+    assert await setup.tags("docker.io/library/alpine") == ["3"]
+    # Once the window has passed, it goes; the local repository never does.
+    setup.clock.now += 2
+    assert [m.digest for m in (await evictor.evict()).manifests] == [digest]
+    assert await setup.tags("jimo/app") == ["1"] and local
+
+
+async def test_an_index_and_its_images_go_together_and_a_read_image_keeps_the_index(
+    setup: Setup,
+) -> None:
+    name = "docker.io/library/multi"
+    children = [
+        (await push_image(setup.pusher, name, None, architecture=arch))
+        for arch in ("amd64", "arm64")
+    ]
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [descriptor(OCI_MANIFEST, content) for _, content in children],
+    }
+    answer = await put_manifest(setup.pusher, name, "latest", document, OCI_INDEX)
+    assert answer.status_code == 201
+    setup.clock.now += 30 * DAY
+    await setup.read(name, children[1][0])  # a client pulled the arm64 image only
+    setup.clock.now += 2 * GRACE
+    assert (await setup.evictor(evict_after=2 * DAY).evict()).manifests == []
+    setup.clock.now += 3 * DAY
+    report = await setup.evictor(evict_after=2 * DAY).evict()
+    assert len(report.manifests) == 3  # the index and both images
+    assert {m.digest for m in report.manifests} >= {digest for digest, _ in children}
+
+
+async def test_a_blob_being_streamed_is_read_to_its_end_while_evicted_and_collected(
+    setup: Setup,
+) -> None:
+    _, content = await push_image(setup.pusher, "docker.io/library/alpine", "3")
+    layer = json.loads(content)["layers"][0]
+    setup.clock.now += 30 * DAY
+    # The blob GET has opened its file (storage LocalFile) and sent part of it.
+    opened = await setup.registry.storage.open(Digest.parse(layer["digest"]), 0, layer["size"])
+    assert opened.__class__.__name__ == "LocalFile"
+    first = opened.file.read(100)  # type: ignore[union-attr]
+    await setup.evictor(evict_after=DAY).evict()
+    await setup.collect()
+    assert layer["digest"] not in blob_files(setup.data_dir)  # unlinked...
+    rest = opened.file.read()  # type: ignore[union-attr]
+    opened.file.close()  # type: ignore[union-attr]
+    # ...and the transfer still completes with the right bytes.
+    assert f"sha256:{hashlib.sha256(first + rest).hexdigest()}" == layer["digest"]
+
+
+async def test_the_server_schedule_evicts_before_collecting(setup: Setup, data_dir: Path) -> None:
+    digest, _ = await push_image(setup.pusher, "docker.io/library/alpine", "3")
+    setup.clock.now += 30 * DAY
+    settings = Settings(
+        data=data_dir,
+        auth={"open": True},
+        gc={"grace": "1h"},
+        proxy={
+            "upstreams": [{"name": "docker.io", "url": "http://up.test"}],
+            "evict_after": "7d",
+        },
+    )
+    assert (
+        build_evictor(settings.model_copy(update={"proxy": ProxySettings()}), setup.registry)
+        is None
+    )
+    evictor = build_evictor(settings, setup.registry)
+    assert evictor is not None
+    policy = CollectionPolicy(grace=GRACE)
+    collector = EvictingCollector(
+        GarbageCollector(setup.registry.storage, setup.registry.metadata, policy), evictor
+    )
+    report = await collector.collect()
+    assert len(report.blobs) == 3  # the evicted image's config and layers, in the same run
+    assert await setup.tags("docker.io/library/alpine") == [] and digest
+
+
+def test_the_plan_with_nothing_cached_evicts_nothing() -> None:
+    plan = plan_eviction([], [], [], set(), {}, now=0.0, protect=0.0, evict_after=1.0, max_size=0)
+    assert plan.doomed == {} and plan.cached_bytes == 0

@@ -1,0 +1,143 @@
+"""Issue 13/14: what the pull-through cache counts: per upstream at /metrics (never the
+repository as a label), per repository in the pull statistics' batches (the pages, and
+eviction's last use). The upstream is a second cangku in-process."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cangku.app import create_app
+from cangku.config import ProxySettings, Settings
+from cangku.metadata.proxy_cache import mirror_repositories
+from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.proxy.cache import mirror_wrapper
+from cangku.proxy.stats import CacheStats
+from cangku.proxy.upstream import Upstream
+from cangku.registry import Registry
+from cangku.storage.filesystem import FilesystemStorage
+from tests.api.helpers import OCI_MANIFEST, push_image
+from tests.api.test_proxy_cache import Clock, Gate
+
+REVALIDATE = 300.0
+
+
+@dataclass
+class Setup:
+    upstream: httpx.AsyncClient
+    mirror: httpx.AsyncClient
+    gate: Gate
+    clock: Clock
+    registry: Registry
+    stats: CacheStats
+
+
+def _client(app: object) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url="http://registry.test")
+
+
+@pytest.fixture
+async def setup(registry: Registry, data_dir: Path, tmp_path: Path) -> AsyncIterator[Setup]:
+    upstream_dir = tmp_path / "upstream"
+    upstream_dir.mkdir()
+    upstream_metadata = MetadataStore.open(sqlite_url(upstream_dir))
+    upstream_app = create_app(
+        Settings(data=upstream_dir, auth={"open": True}),
+        Registry(FilesystemStorage(upstream_dir), upstream_metadata),
+    )
+    gate = Gate(httpx.ASGITransport(app=upstream_app))
+    proxy = ProxySettings.model_validate(
+        {
+            "upstreams": [
+                {"name": "docker.io", "url": "http://up.test", "revalidate": REVALIDATE},
+                {"name": "ghcr.io", "url": "http://127.0.0.1:9"},
+            ]
+        }
+    )
+    clock = Clock()
+    mirrored = Registry(registry.storage, registry.metadata)
+    stats = CacheStats.of_upstreams(mirrored.pulls, ["docker.io", "ghcr.io"])
+    mirrored.cache_stats = stats
+    upstreams = {"docker.io": Upstream(proxy.upstreams[0], gate)}
+    mirrored.wrap = mirror_wrapper(proxy, upstreams, mirrored.core, clock, stats)
+    settings = Settings(data=data_dir, auth={"open": True}, proxy=proxy)
+    async with _client(upstream_app) as upstream, _client(create_app(settings, mirrored)) as mirror:
+        yield Setup(upstream, mirror, gate, clock, mirrored, stats)
+    await upstream_metadata.close()
+
+
+async def _get(client: httpx.AsyncClient, path: str) -> httpx.Response:
+    return await client.get(path, headers={"Accept": OCI_MANIFEST})
+
+
+def _metric(text: str, name: str, labels: str) -> float:
+    match = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.MULTILINE)
+    assert match is not None, f"{name}{{{labels}}} not in the exposition"
+    return float(match[1])
+
+
+async def test_hits_misses_checks_and_stale_are_counted_per_upstream_and_repository(
+    setup: Setup,
+) -> None:
+    first, content = await push_image(setup.upstream, "library/alpine", "3")
+    path = "/v2/docker.io/library/alpine/manifests/3"
+    assert (await _get(setup.mirror, path)).status_code == 200  # new tag: a check, a miss
+    await _get(setup.mirror, path)  # within revalidate: a hit
+    await _get(setup.mirror, f"/v2/docker.io/library/alpine/manifests/{first}")  # a hit
+    setup.clock.now += REVALIDATE
+    await _get(setup.mirror, path)  # checked, unchanged: a hit
+    moved, _ = await push_image(setup.upstream, "library/alpine", "3")
+    setup.clock.now += REVALIDATE
+    await _get(setup.mirror, path)  # checked, moved: a miss
+    setup.clock.now += REVALIDATE
+    setup.gate.down = True
+    stale = await _get(setup.mirror, path)  # checked, failed: served stale (a hit)
+    assert stale.status_code == 200 and "warning" in stale.headers
+
+    counts = setup.stats.upstreams["docker.io"]
+    assert (counts.hits, counts.misses, counts.served_stale) == (4, 2, 1)
+    assert counts.revalidations == 4
+    assert counts.fetched_bytes == len(content) * 2  # two manifests of the same length
+    exposition = (await setup.mirror.get("/metrics")).text
+    assert _metric(exposition, "cangku_proxy_cache_hits_total", 'upstream="docker.io"') == 4
+    assert _metric(exposition, "cangku_proxy_cache_misses_total", 'upstream="docker.io"') == 2
+    assert _metric(exposition, "cangku_proxy_cache_hits_total", 'upstream="ghcr.io"') == 0
+    assert _metric(exposition, "cangku_proxy_served_stale_total", 'upstream="docker.io"') == 1
+    assert (
+        _metric(exposition, "cangku_proxy_upstream_fetched_bytes_total", 'upstream="docker.io"')
+        == counts.fetched_bytes
+    )
+    for outcome, expected in (("new", 1), ("unchanged", 1), ("moved", 1), ("failed", 1)):
+        labels = f'outcome="{outcome}",upstream="docker.io"'
+        assert _metric(exposition, "cangku_proxy_revalidations_total", labels) == expected
+    assert "library/alpine" not in exposition  # never the repository as a label
+
+    # Per repository, through the pull statistics' batch (nothing written before a flush).
+    rows = await setup.registry.metadata.read(lambda c: mirror_repositories(c, "docker.io"))
+    assert [(r.name, r.hits, r.misses) for r in rows] == [("docker.io/library/alpine", 0, 0)]
+    await setup.registry.pulls.flush()
+    rows = await setup.registry.metadata.read(lambda c: mirror_repositories(c, "docker.io"))
+    assert [(r.name, r.manifests, r.hits, r.misses) for r in rows] == [
+        ("docker.io/library/alpine", 2, 4, 2)
+    ]
+    assert rows[0].checked_at is not None and rows[0].last_read_at is not None
+    assert moved
+
+
+async def test_blob_bytes_from_the_upstream_are_counted_once_verified(setup: Setup) -> None:
+    _, content = await push_image(setup.upstream, "library/busybox", "1")
+    layers = json.loads(content)["layers"]
+    manifest_bytes = setup.stats.upstreams["docker.io"].fetched_bytes
+    for layer in layers:
+        path = f"/v2/docker.io/library/busybox/blobs/{layer['digest']}"
+        assert (await setup.mirror.get(path)).status_code == 200
+        assert (await setup.mirror.get(path)).status_code == 200  # cached: nothing fetched
+    fetched = setup.stats.upstreams["docker.io"].fetched_bytes - manifest_bytes
+    assert fetched == sum(layer["size"] for layer in layers)
