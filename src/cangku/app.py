@@ -164,20 +164,22 @@ def create_app(
         flushing_pulls = asyncio.create_task(flush_periodically(registry.pulls))
         snapshots = asyncio.create_task(snapshot_periodically(registry.metadata))
         # Issue 16: the outbox goes to the configured endpoints (events/delivery.py).
-        deliverer = (
-            Deliverer(registry.metadata, settings.events) if settings.events.endpoints else None
+        # Always running: owners add webhooks at run time (events/webhooks.py).
+        deliverer = Deliverer(
+            registry.metadata,
+            settings.events,
+            observe=metrics.observe_event_delivery if metrics is not None else None,
         )
-        delivering = asyncio.create_task(deliverer.run()) if deliverer is not None else None
+        delivering = asyncio.create_task(deliverer.run())
         if access is not None:
             await create_initial_admin(settings, access)
         if listener is not None:
             listener.start()
         yield
-        if delivering is not None and deliverer is not None:
-            delivering.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await delivering
-            await deliverer.close()
+        delivering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await delivering
+        await deliverer.close()
         for task in (flushing_pulls, snapshots):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

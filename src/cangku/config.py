@@ -334,6 +334,9 @@ class EventSettings(BaseModel):
     timeout: Duration = Field(default=5.0, gt=0, le=60)
     # Retries back off from 1 s, doubling up to an hour; an event this old is given up.
     max_age: Duration = Field(default=86400.0, gt=0)
+    # Events (and their deliveries) older than this, delivered or given up, are pruned from
+    # the outbox: the delivery history reaches back this far.
+    keep: Duration = Field(default=7 * 86400.0, gt=0)
 
 
 class Settings(BaseSettings):
