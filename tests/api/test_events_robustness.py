@@ -14,6 +14,7 @@ from sqlalchemy import event
 from cangku.config import EventEndpoint, EventSettings
 from cangku.events.delivery import Deliverer
 from cangku.metadata import events as event_rows
+from cangku.metadata.schema import event_deliveries
 from cangku.observability import Metrics
 from cangku.registry import Registry
 from tests.api.events_receiver import Receiver
@@ -119,7 +120,7 @@ async def test_deliveries_are_counted_by_outcome_and_endpoint_kind_never_by_url(
     await worker.deliver_due()
     receiver.status = 204
     await registry.metadata.write(
-        lambda c: c.execute(event_rows.event_deliveries.update().values(next_attempt_at=0))
+        lambda c: c.execute(event_deliveries.update().values(next_attempt_at=0))
     )
     await worker.deliver_due()
     # A delivery whose event is older than max_age when its attempt fails: failed.
