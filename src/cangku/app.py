@@ -135,6 +135,7 @@ def create_app(
     """The whole application. `registry` (tests) is used as given: wrapping its storage and
     metadata for tracing is then the caller's part (build_registry does it)."""
     registry = registry or build_registry(settings, tracing)
+    registry.pulls.pulled_events = settings.events.pulled  # issue 16, opt-in
     access = build_access_control(settings, registry)
     metrics = Metrics() if settings.metrics.enabled else None
     if metrics is not None:

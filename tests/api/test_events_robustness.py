@@ -24,6 +24,7 @@ from tests.api.test_observability import value
 
 REPO = "jimo/my-image"
 PUBLIC = "93.184.216.34"
+PUSHED = "io.cangku.manifest.pushed"
 
 
 @pytest.fixture
@@ -71,7 +72,9 @@ async def test_the_checked_address_is_the_one_connected_to(
 ) -> None:
     dns = RebindingDns([[PUBLIC], ["127.0.0.1"]])
     config = EventSettings(
-        endpoints=[EventEndpoint(url="https://hooks.example:8443/hook", secret=SECRET)]
+        endpoints=[
+            EventEndpoint(url="https://hooks.example:8443/hook", secret=SECRET, types=[PUSHED])
+        ]
     )
     worker = Deliverer(registry.metadata, config, resolver=dns.resolve, transport=dns.transport())
     await push_image(client, REPO)
@@ -87,7 +90,9 @@ async def test_every_address_of_the_name_is_checked(
     client: httpx.AsyncClient, registry: Registry
 ) -> None:
     dns = RebindingDns([[PUBLIC, "127.0.0.1"]])
-    config = EventSettings(endpoints=[EventEndpoint(url="http://hooks.example/h", secret=SECRET)])
+    config = EventSettings(
+        endpoints=[EventEndpoint(url="http://hooks.example/h", secret=SECRET, types=[PUSHED])]
+    )
     worker = Deliverer(registry.metadata, config, resolver=dns.resolve, transport=dns.transport())
     await push_image(client, REPO)
     await worker.fan_out()
@@ -106,14 +111,16 @@ async def test_deliveries_are_counted_by_outcome_and_endpoint_kind_never_by_url(
     metrics = Metrics()
     metrics.watch_registry(registry)
     config = EventSettings(
-        endpoints=[EventEndpoint(url=receiver.url, secret=SECRET)], allow_private=True
+        endpoints=[EventEndpoint(url=receiver.url, secret=SECRET, types=[PUSHED])],
+        allow_private=True,
     )
     worker = Deliverer(registry.metadata, config, observe=metrics.observe_event_delivery)
     clock = Clock()
     await push_image(client, REPO)
     await push_image(client, REPO)
     text = metrics.exposition().decode()
-    assert value(text, "cangku_event_backlog") == 2  # two events not handed out yet
+    # Three events not handed out yet: the repository's creation, two pushes.
+    assert value(text, "cangku_event_backlog") == 3
     await worker.fan_out()
     assert value(metrics.exposition().decode(), "cangku_event_backlog") == 2  # two pending
     receiver.status = 503
@@ -169,7 +176,7 @@ async def test_pruning_removes_old_finished_events_and_keeps_the_rest(
 ) -> None:
     clock = Clock()
     config = EventSettings(
-        endpoints=[EventEndpoint(url=receiver.url, secret=SECRET)],
+        endpoints=[EventEndpoint(url=receiver.url, secret=SECRET, types=[PUSHED])],
         allow_private=True,
         keep=3600,
     )
@@ -183,9 +190,9 @@ async def test_pruning_removes_old_finished_events_and_keeps_the_rest(
     await worker.fan_out()
     await worker.deliver_due()  # one pending (retrying)
     await push_image(client, REPO)  # one not handed out
-    assert await registry.metadata.read(event_rows.count) == (4, 3)
+    assert await registry.metadata.read(event_rows.count) == (5, 3)
     clock.now += 3601
-    assert await worker.prune() == 2
+    assert await worker.prune() == 3  # the creation (sent nowhere) and two delivered
     # The retrying delivery's event and the one not handed out stay; the others went.
     assert await registry.metadata.read(event_rows.count) == (2, 1)
     # Bulk: more than one batch of old events goes, in batches.

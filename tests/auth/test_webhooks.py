@@ -193,6 +193,7 @@ async def test_a_repository_webhook_gets_its_events_signed_with_its_secret(
     # not `latest`) and the push naming one.
     assert sorted(by_hook["app"], key=str) == sorted(
         [
+            ("io.cangku.repository.created", "jimo/app", None),
             ("io.cangku.manifest.pushed", "jimo/app", None),
             ("io.cangku.tag.created", "jimo/app", "1.0.0"),
             ("io.cangku.tag.created", "jimo/app", "1.0"),

@@ -76,6 +76,8 @@ class Endpoint:
         tags matching one (events about no tag pass the tag filter)."""
         if self.types and kind not in self.types:
             return False
+        if kind == records.PULLED and kind not in self.types:
+            return False  # opt-in: only for endpoints that name it
         if self.format == "distribution" and kind not in distribution.TYPES:
             return False
         if not self.tags:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterable
 
 from cangku.content.digest import Digest
 from cangku.content.errors import BlobUnknown, BlobUploadInvalid, Denied, RegistryError
+from cangku.events import records as events
 from cangku.metadata import Connection
 from cangku.metadata import blobs as blob_rows
 from cangku.metadata import repositories as repository_rows
@@ -78,7 +79,7 @@ class Blobs:
         size = await self.core.storage.write_blob(body, parsed, length)
 
         def record(connection: Connection) -> RegistryError | None:
-            return record_blob(connection, self.core.files, name, parsed, size)
+            return record_blob(connection, self.core.files, name, parsed, size, context)
 
         raise_if_refused(await self.core.metadata.write(record))
         return parsed
@@ -97,7 +98,13 @@ class Blobs:
             size = blob_rows.size_in_repository(connection, source, str(parsed))
             if size is None:
                 return False
-            return record_blob(connection, self.core.files, self.name, parsed, size) or True
+            refused = record_blob(connection, self.core.files, self.name, parsed, size, context)
+            if refused is not None:
+                return refused
+            events.blob_mounted(
+                connection, self.name, context, digest=str(parsed), size=size, source=source
+            )
+            return True
 
         outcome = await self.core.metadata.write(link)
         if isinstance(outcome, RegistryError):
@@ -108,9 +115,15 @@ class Blobs:
 
 
 def record_blob(
-    connection: Connection, files: TransactionFiles, name: str, digest: Digest, size: int
+    connection: Connection,
+    files: TransactionFiles,
+    name: str,
+    digest: Digest,
+    size: int,
+    context: RequestContext,
 ) -> RegistryError | None:
-    """Record a blob that storage holds and link it into repository `name`.
+    """Record a blob that storage holds and link it into repository `name` (the first
+    blob of a repository records its `repository.created` event, as `context`'s caller).
 
     Returns the refusal instead of raising it, so that the caller's transaction still commits
     its own clean-up (an upload session's row); the caller raises it afterwards.
@@ -131,7 +144,9 @@ def record_blob(
     now = time.time()
     # A fresh upload of known content restarts its garbage-collection grace period.
     blob_rows.record(connection, str(digest), size, now, known=recorded is not None)
-    repository_id = repository_rows.ensure_repository(connection, name)
+    repository_id = repository_rows.ensure_repository(
+        connection, name, lambda: events.repository_created(connection, name, context)
+    )
     blob_rows.link(connection, repository_id, str(digest), now)
     return None
 

@@ -80,7 +80,9 @@ class Manifests:
         name = self.name
 
         def store(connection: Connection) -> list[str]:
-            repository_id = repository_rows.ensure_repository(connection, name)
+            repository_id = repository_rows.ensure_repository(
+                connection, name, lambda: events.repository_created(connection, name, context)
+            )
             _check_references(connection, repository_id, manifest)
             stored_type = manifest_rows.stored_media_type(connection, repository_id, str(digest))
             if stored_type is not None and stored_type != manifest.media_type:
@@ -153,7 +155,11 @@ class Manifests:
         mirror_policy = TagPolicy(floating=False, immutable_versions=False)
 
         def store(connection: Connection) -> None:
-            repository_id = repository_rows.ensure_repository(connection, name)
+            repository_id = repository_rows.ensure_repository(
+                connection,
+                name,
+                lambda: events.repository_created(connection, name, RequestContext(caller=actor)),
+            )
             if manifest_rows.stored_media_type(connection, repository_id, digest) is None:
                 manifest_rows.insert_manifest(
                     connection,
