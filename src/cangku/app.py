@@ -206,7 +206,7 @@ def create_app(
         routes += token_routes(access)
     routes.append(Mount("/api/v1", routes=api_routes(registry, access, settings.events)))
     session_key = load_or_create_session_key(settings.data / "web-session-key")
-    routes.append(Mount("/", app=web_app(registry, access, session_key)))
+    routes.append(Mount("/", app=web_app(registry, access, session_key, settings.events)))
     site = Starlette(routes=routes, lifespan=lifespan)
     distribution: ASGIApp = DistributionApp(registry, access)
     if settings.proxy.upstreams:

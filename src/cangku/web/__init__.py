@@ -12,16 +12,23 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from cangku.auth.access import AccessControl
+from cangku.config import EventSettings
 from cangku.registry import Registry
-from cangku.web import account, admin, repositories, retention, signin, usage_pages
+from cangku.web import account, admin, repositories, retention, signin, usage_pages, webhooks
 from cangku.web.sessions import SessionCookies
 from cangku.web.site import Site
 
 STATIC = Path(__file__).parent / "static"
 
 
-def web_app(registry: Registry, access: AccessControl | None, session_key: bytes) -> Starlette:
-    """`access` None is the no-authentication mode: everyone may do everything."""
+def web_app(
+    registry: Registry,
+    access: AccessControl | None,
+    session_key: bytes,
+    events: EventSettings | None = None,
+) -> Starlette:
+    """`access` None is the no-authentication mode: everyone may do everything. `events`:
+    the SSRF guard's setting for webhooks made on the pages."""
     scheme_of = (lambda request: access.base_url(request).split(":", 1)[0]) if access else None
     site = Site(registry, access, SessionCookies(session_key, scheme_of))
     routes: list[BaseRoute] = [
@@ -31,6 +38,7 @@ def web_app(registry: Registry, access: AccessControl | None, session_key: bytes
         *admin.routes(site),
         # Issue 17: before repositories' catch-all /r/{name:path}.
         *retention.routes(site, repositories.repository_url),
+        *webhooks.routes(site, events or EventSettings()),  # issue 16
         *usage_pages.routes(site),
         *repositories.routes(site),
     ]
