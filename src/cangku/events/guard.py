@@ -52,9 +52,13 @@ async def resolve(url: str, allow_private: bool, resolver: Resolver = system_res
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        addresses = await resolver(host, port)
-    except OSError as error:
-        raise Refused(f"cannot resolve {host[:100]}: {error}") from None
+        # An address in the URL is its own answer (no lookup, nothing to rebind).
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        try:
+            addresses = await resolver(host, port)
+        except OSError as error:
+            raise Refused(f"cannot resolve {host[:100]}: {error}") from None
     if not addresses:
         raise Refused(f"{host[:100]} has no address")
     for text in addresses:
