@@ -8,15 +8,16 @@ import hmac
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from typing import Any
 
 
 class Receiver:
     """A webhook receiver on loopback: records each request; `status` and `delay` set how
-    it replies."""
+    it replies. `threaded`: a thread per request and a long accept queue, for many senders
+    at once."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, *, threaded: bool = False) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.status = 204
         self.delay = 0.0
@@ -34,7 +35,14 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = HTTPServer(("127.0.0.1", port), Handler)
+        if threaded:
+
+            class Server(ThreadingHTTPServer):
+                request_queue_size = 512
+
+            self.server: HTTPServer = Server(("127.0.0.1", port), Handler)
+        else:
+            self.server = HTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
