@@ -3,6 +3,7 @@ pruning keeps the outbox bounded without making a push cost more."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -236,3 +237,37 @@ async def test_a_push_costs_the_same_with_a_large_outbox(
     # The outbox is only appended to by a push, never read.
     touching = [s for s in large if " events" in s.lower()]
     assert touching and all(s.lstrip().upper().startswith("INSERT") for s in touching)
+
+
+async def test_a_slow_receiver_does_not_hold_up_the_others(
+    client: httpx.AsyncClient, registry: Registry
+) -> None:
+    slow, fast = Receiver(threaded=True), Receiver(threaded=True)
+    slow.delay = 3.0
+    config = EventSettings(
+        endpoints=[
+            EventEndpoint(url=slow.url.replace("/hook", "/slow"), secret=SECRET, types=[PUSHED]),
+            EventEndpoint(url=fast.url, secret=SECRET, types=[PUSHED]),
+        ],
+        allow_private=True,
+        timeout=10,
+    )
+    worker = Deliverer(registry.metadata, config)
+    running = asyncio.create_task(worker.run())
+    try:
+        await push_image(client, REPO)
+        while not slow.requests:  # the slow receiver is busy with the first event
+            await asyncio.sleep(0.05)
+        await push_image(client, REPO)
+        started = time.monotonic()
+        while len(fast.requests) < 2 and time.monotonic() - started < 2.5:
+            await asyncio.sleep(0.05)
+        # The second event reached the fast receiver while the slow one still sleeps.
+        assert len(fast.requests) == 2, time.monotonic() - started
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await worker.close()
+        slow.stop()
+        fast.stop()

@@ -51,6 +51,8 @@ MAX_REPLY_BYTES = 4096
 FIRST_RETRY = 1.0
 LONGEST_RETRY = 3600.0
 BATCH = 100
+# Attempts one worker runs at once (each holds a connection until its reply or timeout).
+MAX_IN_FLIGHT = 200
 POLL_SECONDS = 0.5
 # Pruning and the backlog gauge run this often, not on every poll.
 HOUSEKEEPING_SECONDS = 60.0
@@ -103,8 +105,13 @@ class Deliverer:
             transport=transport,
         )
         self._housekept = 0.0
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
+        """Stop the attempts in flight (their leases run out: sent again later) and close."""
+        for task in list(self._in_flight):
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
         await self.client.aclose()
 
     async def run(self) -> None:
@@ -113,7 +120,7 @@ class Deliverer:
         while True:
             try:
                 await self.fan_out()
-                await self.deliver_due()
+                await self.dispatch_due()
                 if self.clock() - self._housekept >= HOUSEKEEPING_SECONDS:
                     self._housekept = self.clock()
                     await self.prune()
@@ -175,24 +182,41 @@ class Deliverer:
         return len(found), len(deliveries)
 
     async def deliver_due(self) -> int:
-        """Send every delivery due now (concurrently); returns how many were attempted."""
+        """Send every delivery due now (concurrently) and wait for the replies; returns how
+        many were attempted."""
+        claimed = await self._claim(BATCH)
+        await asyncio.gather(*(self._attempt(row, endpoint) for row, endpoint in claimed))
+        return len(claimed)
+
+    async def dispatch_due(self) -> int:
+        """Start sending the deliveries due now without waiting for their replies (the
+        worker's loop): a slow receiver holds only its own attempts, never the next events
+        for the others. At most MAX_IN_FLIGHT attempts run at once; returns how many began."""
+        room = MAX_IN_FLIGHT - len(self._in_flight)
+        if room <= 0:
+            return 0
+        claimed = await self._claim(min(room, BATCH))
+        for row, endpoint in claimed:
+            task = asyncio.create_task(self._attempt(row, endpoint))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        return len(claimed)
+
+    async def _claim(self, limit: int) -> list[tuple[Row[Any], Endpoint | None]]:
+        """Lease up to `limit` due deliveries, with their endpoints (None: gone)."""
         now = self.clock()
         lease = self.settings.timeout + 30.0
 
         def claim(connection: Connection) -> tuple[list[Row[Any]], dict[str, Endpoint]]:
-            rows = event_rows.claim_due(connection, now, lease, BATCH)
+            rows = event_rows.claim_due(connection, now, lease, limit)
             ids = [found for row in rows if (found := webhook_id(row.endpoint)) is not None]
             hooks = [Endpoint.of_row(hook) for hook in webhook_rows.by_ids(connection, ids)]
             return rows, {hook.key: hook for hook in hooks}
 
         claimed, hooks = await self.metadata.write(claim)
-        await asyncio.gather(
-            *(
-                self._attempt(row, self.endpoints.get(row.endpoint) or hooks.get(row.endpoint))
-                for row in claimed
-            )
-        )
-        return len(claimed)
+        return [
+            (row, self.endpoints.get(row.endpoint) or hooks.get(row.endpoint)) for row in claimed
+        ]
 
     async def _attempt(self, row: Row[Any], endpoint: Endpoint | None) -> None:
         attempts = row.attempts + 1
