@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/events_slow_receiver.py [--pushes 30] [--delay 5]
 
-Starts two `cangku serve --open` processes on free loopback ports, identical except that one
-sends every event to a receiver (in this process, on loopback) that takes `--delay` seconds
-to answer each request (the events go out with a 10 s attempt timeout, so none fails). Then
-pushes small images (a new config and layer each, tagged 1.0.N so each push also moves the
-floating tags: 6 events) alternately to both, timing the whole push (two blob uploads and the
-manifest PUT) and the manifest PUT alone, and prints a markdown table of medians and 95th
-percentiles, and how many requests the slow receiver had taken. Stops what it started.
+Starts three `cangku serve --open` processes on free loopback ports, identical except that
+one sends every event to a receiver (in this process, on loopback) that takes `--delay`
+seconds to answer each request (the events go out with a 10 s attempt timeout, so none
+fails), one to a receiver that answers at once (the cost of delivering at all), and one has
+no endpoint. Then pushes small images (a new config and layer each, tagged 1.0.N so each
+push also moves floating tags: about 5 events) to each in turn, rotating the order, timing
+the whole push (two blob uploads and the manifest PUT) and the manifest PUT alone, and
+prints a markdown table of medians and 95th percentiles, and how many requests the slow
+receiver had taken. Stops what it started.
 """
 
 from __future__ import annotations
@@ -147,10 +149,12 @@ def main() -> int:
     parser.add_argument("--delay", type=float, default=5.0)
     args = parser.parse_args()
     receiver = SlowReceiver(args.delay)
+    quick = SlowReceiver(0.0)
     with tempfile.TemporaryDirectory(prefix="cangku-events-bench-") as temp:
         root = Path(temp)
         servers = [
             Server("slow-receiver", root, receiver.url),
+            Server("fast-receiver", root, quick.url),
             Server("no-endpoint", root, None),
         ]
         whole: dict[str, list[float]] = {server.name: [] for server in servers}
@@ -160,7 +164,8 @@ def main() -> int:
                 server.wait_until_ready()
             with httpx.Client(trust_env=False, timeout=60) as client:
                 for version in range(args.pushes + 1):
-                    order = servers if version % 2 == 0 else servers[::-1]
+                    shift = version % len(servers)
+                    order = servers[shift:] + servers[:shift]
                     for server in order:
                         seconds, put_seconds = push(client, server.base, version)
                         if version > 0:  # the first push of each warms up
@@ -171,7 +176,8 @@ def main() -> int:
             for server in servers:
                 server.stop()
             receiver.stop()
-    print(f"{args.pushes} pushes each, alternating; receiver delay {args.delay:g} s\n")
+            quick.stop()
+    print(f"{args.pushes} pushes each, rotating; slow receiver delay {args.delay:g} s\n")
     print("| server | push median | push p95 | manifest PUT median | manifest PUT p95 |")
     print("|---|---:|---:|---:|---:|")
     for server in servers:
