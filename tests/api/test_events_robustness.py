@@ -4,8 +4,10 @@ pruning keeps the outbox bounded without making a push cost more."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +24,7 @@ from tests.api.events_receiver import Receiver
 from tests.api.helpers import OCI_MANIFEST, push_image
 from tests.api.test_events_delivery import SECRET, Clock
 from tests.api.test_observability import value
+from tests.tls import make_tls_files
 
 REPO = "jimo/my-image"
 PUBLIC = "93.184.216.34"
@@ -271,3 +274,49 @@ async def test_a_slow_receiver_does_not_hold_up_the_others(
         await worker.close()
         slow.stop()
         fast.stop()
+
+
+async def test_over_https_the_pinned_address_is_verified_against_the_name(
+    client: httpx.AsyncClient, registry: Registry, tmp_path: Path
+) -> None:
+    # A receiver whose certificate names `localhost` (and 127.0.0.1); names seen via SNI.
+    files = make_tls_files(tmp_path / "tls", [])
+    receiver = Receiver(threaded=True)
+    server_names: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.cert, files.key)
+    context.sni_callback = lambda _socket, name, _context: server_names.append(name)
+    receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+    port = receiver.port
+
+    async def loopback(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    right = f"https://localhost:{port}/hook"
+    wrong = f"https://wrong.example:{port}/hook"  # also pinned to 127.0.0.1, which it covers
+    config = EventSettings(
+        endpoints=[
+            EventEndpoint(url=right, secret=SECRET, types=[PUSHED]),
+            EventEndpoint(url=wrong, secret=SECRET, types=[PUSHED]),
+        ],
+        allow_private=True,
+    )
+    worker = Deliverer(
+        registry.metadata,
+        config,
+        resolver=loopback,
+        transport=httpx.AsyncHTTPTransport(verify=files.context()),
+    )
+    try:
+        await push_image(client, REPO)
+        await worker.fan_out()
+        assert await worker.deliver_due() == 2
+    finally:
+        await worker.close()
+        receiver.stop()
+    assert [headers["host"] for headers, _ in receiver.requests] == [f"localhost:{port}"]
+    assert "localhost" in server_names
+    [right_row] = await registry.metadata.read(lambda c: event_rows.history(c, right, 10))
+    [wrong_row] = await registry.metadata.read(lambda c: event_rows.history(c, wrong, 10))
+    assert right_row.state == "delivered"
+    assert wrong_row.state == "pending" and "CERTIFICATE_VERIFY_FAILED" in wrong_row.last_error
