@@ -257,3 +257,18 @@ async def test_history_test_event_and_redeliver(
     assert await worker.deliver_due() == 0
     await worker.close()
     assert len(receiver.requests) == sent
+
+
+async def test_a_distribution_webhook_gets_an_empty_envelope_as_its_test_event(
+    client: httpx.AsyncClient, registry: Registry, settings: Settings, receiver: Receiver
+) -> None:
+    made = await create(client, "namespaces/jimo", "jimo", url=receiver.url, format="distribution")
+    hook, secret = made.json()["id"], made.json()["secret"]
+    worker = Deliverer(registry.metadata, settings.events)
+    with As(client, basic("jimo")):
+        assert (await client.post(f"/api/v1/webhooks/{hook}/test")).status_code == 202
+    assert await worker.deliver_due() == 1
+    await worker.close()
+    [(headers, body)] = receiver.requests
+    assert headers["content-type"] == "application/vnd.docker.distribution.events.v2+json"
+    assert json.loads(body) == {"events": []} and verify(secret, headers, body)
