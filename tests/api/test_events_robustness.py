@@ -320,3 +320,28 @@ async def test_over_https_the_pinned_address_is_verified_against_the_name(
     [wrong_row] = await registry.metadata.read(lambda c: event_rows.history(c, wrong, 10))
     assert right_row.state == "delivered"
     assert wrong_row.state == "pending" and "CERTIFICATE_VERIFY_FAILED" in wrong_row.last_error
+
+
+async def test_an_idle_worker_takes_no_write_transaction(
+    client: httpx.AsyncClient, registry: Registry, receiver: Receiver
+) -> None:
+    config = EventSettings(
+        endpoints=[EventEndpoint(url=receiver.url, secret=SECRET)], allow_private=True
+    )
+    kinds: list[str] = []
+    registry.metadata.on_transaction = lambda kind, seconds: kinds.append(kind)
+    worker = Deliverer(registry.metadata, config)
+    worker._housekept = time.time()  # no pruning in this window
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(1.2)  # three polls of an empty outbox
+        assert "read" in kinds and "write" not in kinds
+        await push_image(client, REPO)
+        while len(receiver.requests) < 2:  # the creation and the push, delivered
+            await asyncio.sleep(0.05)
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await worker.close()
+        registry.metadata.on_transaction = None

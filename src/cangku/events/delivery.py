@@ -119,8 +119,11 @@ class Deliverer:
         loop goes on."""
         while True:
             try:
-                await self.fan_out()
-                await self.dispatch_due()
+                unfanned, due = await self.metadata.read(self._work_waiting)
+                if unfanned:
+                    await self.fan_out()
+                if unfanned or due:
+                    await self.dispatch_due()
                 if self.clock() - self._housekept >= HOUSEKEEPING_SECONDS:
                     self._housekept = self.clock()
                     await self.prune()
@@ -129,6 +132,9 @@ class Deliverer:
             except Exception:
                 log.exception("event delivery failed; trying again")
             await asyncio.sleep(POLL_SECONDS)
+
+    def _work_waiting(self, connection: Connection) -> tuple[bool, bool]:
+        return event_rows.work_waiting(connection, self.clock())
 
     async def prune(self) -> int:
         """Delete events older than `events.keep` that are handed out and no longer pending

@@ -191,3 +191,18 @@ def count(connection: Connection) -> tuple[int, int]:
         int(connection.execute(select(func.count()).select_from(events)).scalar_one()),
         int(connection.execute(select(func.count()).select_from(event_deliveries)).scalar_one()),
     )
+
+
+def work_waiting(connection: Connection, now: float) -> tuple[bool, bool]:
+    """(an event not handed out yet, a delivery due at `now`): two index lookups, so an
+    idle worker polls with reads and takes no write transaction."""
+    unfanned = select(events.c.id).where(events.c.fanned_out.is_(None)).limit(1)
+    due = (
+        select(event_deliveries.c.id)
+        .where(event_deliveries.c.state == "pending", event_deliveries.c.next_attempt_at <= now)
+        .limit(1)
+    )
+    return (
+        connection.execute(unfanned).first() is not None,
+        connection.execute(due).first() is not None,
+    )
