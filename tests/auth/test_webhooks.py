@@ -272,3 +272,18 @@ async def test_a_distribution_webhook_gets_an_empty_envelope_as_its_test_event(
     [(headers, body)] = receiver.requests
     assert headers["content-type"] == "application/vnd.docker.distribution.events.v2+json"
     assert json.loads(body) == {"events": []} and verify(secret, headers, body)
+
+
+async def test_at_most_20_webhooks_per_namespace_or_repository(
+    client: httpx.AsyncClient, accounts: Accounts, receiver: Receiver
+) -> None:
+    for _ in range(20):
+        assert (
+            await create(client, "namespaces/jimo", "jimo", url=receiver.url)
+        ).status_code == 201
+    refused = await create(client, "namespaces/jimo", "jimo", url=receiver.url)
+    assert refused.status_code == 400 and "at most 20" in refused.json()["error"]["message"]
+    # A repository of the namespace is a scope of its own.
+    assert (
+        await create(client, "repositories/jimo/app", "jimo", url=receiver.url)
+    ).status_code == 201

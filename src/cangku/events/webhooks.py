@@ -264,10 +264,6 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-class TooManyWebhooks(RequestInvalid):
-    pass
-
-
 async def create(
     metadata: MetadataStore,
     settings: EventSettings,
@@ -297,7 +293,7 @@ async def create(
 
     def add(connection: Connection) -> int:
         if len(webhook_rows.in_scope(connection, namespace, repository)) >= MAX_PER_SCOPE:
-            raise TooManyWebhooks(f"at most {MAX_PER_SCOPE} webhooks per namespace or repository")
+            raise RequestInvalid(f"at most {MAX_PER_SCOPE} webhooks per namespace or repository")
         return webhook_rows.insert_webhook(
             connection,
             {

@@ -176,12 +176,12 @@ def _spec(form: FormData) -> Spec:
     url = form.get("url")
     tags = form.get("tags")
     format_ = form.get("format") or "cloudevents"
+    lines = (tags if isinstance(tags, str) else "").splitlines()[:100]
     spec = Spec(
         url=url.strip() if isinstance(url, str) else "",
         types=[value for value in form.getlist("types") if isinstance(value, str)][:50],
-        tags=[line.strip() for line in (tags if isinstance(tags, str) else "").splitlines()][:100],
+        tags=[line.strip() for line in lines if line.strip()],
         format=format_ if isinstance(format_, str) else "",
     )
-    spec = Spec(spec.url, spec.types, [tag for tag in spec.tags if tag], spec.format)
     spec.check()
     return spec
