@@ -1,15 +1,23 @@
-"""Delivering the outbox to the configured endpoints: at least once, signed, with backoff.
+"""Delivering the outbox to the endpoints: at least once, signed, with backoff.
 
-The worker (started in the app's lifespan when `events.endpoints` is set) loops over:
+The endpoints are the configured ones (`events.endpoints`) and the webhooks of namespaces
+and repositories (events/webhooks.py). The worker (started in every server's lifespan, as
+owners add webhooks at run time) polls with one read (anything to hand out, anything due?)
+and, when there is work:
 1. fan-out: each committed event not yet handed out gets a delivery row per endpoint whose
-   filters take it, and is marked handed out — one transaction, the event rows locked
-   (`FOR UPDATE SKIP LOCKED`), so replicas never add the same delivery twice;
+   scope covers its repository and whose filters take it, and is marked handed out — one
+   transaction, the event rows locked (`FOR UPDATE SKIP LOCKED`), so replicas never add the
+   same delivery twice;
 2. claim: due deliveries are leased (pushed ahead by the attempt's time limit, attempt
    counted) in one transaction, skipping rows another replica holds (PostgreSQL `FOR UPDATE
    SKIP LOCKED`); a worker killed mid-send leaves them due again when the lease ends;
-3. send: POST the event (CloudEvents structured mode) with the Standard Webhooks headers;
-   2xx is delivered; anything else is retried after 1 s, 2 s, 4 s, … (at most an hour) until
-   the event is older than `events.max_age`, then marked failed.
+3. send, each attempt on its own (at most MAX_IN_FLIGHT), so a slow receiver holds up only
+   itself: resolve the host once, check every address (the SSRF guard, events/guard.py),
+   connect to the checked one, POST the event (CloudEvents structured mode, or the
+   Distribution envelope) with the Standard Webhooks headers; 2xx is delivered; anything
+   else is retried after 1 s, 2 s, 4 s, … (at most an hour) until the event is older than
+   `events.max_age`, then marked failed;
+4. every minute, prune events older than `events.keep` that are delivered or given up.
 
 Every attempt of an event carries the same `webhook-id` (the CloudEvents `id`): receivers
 de-duplicate by it, as at-least-once delivery can repeat one whose reply was lost.
