@@ -159,6 +159,7 @@ def create_app(
     """The whole application. `registry` (tests) is used as given: wrapping its storage and
     metadata for tracing is then the caller's part (build_registry does it)."""
     registry = registry or build_registry(settings, tracing)
+    registry.pulls.pulled_events = settings.events.pulled  # issue 16, opt-in
     access = build_access_control(settings, registry)
     metrics = Metrics() if settings.metrics.enabled else None
     if metrics is not None:
@@ -191,20 +192,22 @@ def create_app(
         flushing_pulls = asyncio.create_task(flush_periodically(registry.pulls))
         snapshots = asyncio.create_task(snapshot_periodically(registry.metadata))
         # Issue 16: the outbox goes to the configured endpoints (events/delivery.py).
-        deliverer = (
-            Deliverer(registry.metadata, settings.events) if settings.events.endpoints else None
+        # Always running: owners add webhooks at run time (events/webhooks.py).
+        deliverer = Deliverer(
+            registry.metadata,
+            settings.events,
+            observe=metrics.observe_event_delivery if metrics is not None else None,
         )
-        delivering = asyncio.create_task(deliverer.run()) if deliverer is not None else None
+        delivering = asyncio.create_task(deliverer.run())
         if access is not None:
             await create_initial_admin(settings, access)
         if listener is not None:
             listener.start()
         yield
-        if delivering is not None and deliverer is not None:
-            delivering.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await delivering
-            await deliverer.close()
+        delivering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await delivering
+        await deliverer.close()
         for task in (flushing_pulls, snapshots):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -230,7 +233,9 @@ def create_app(
         routes += token_routes(access)
     routes.append(Mount("/api/v1", routes=api_routes(registry, access, settings.events)))
     session_key = load_or_create_session_key(settings.data / "web-session-key")
-    routes.append(Mount("/", app=web_app(registry, access, session_key, settings.proxy)))
+    routes.append(
+        Mount("/", app=web_app(registry, access, session_key, settings.proxy, settings.events))
+    )
     site = Starlette(routes=routes, lifespan=lifespan)
     distribution: ASGIApp = DistributionApp(registry, access)
     if settings.proxy.upstreams:

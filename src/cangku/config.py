@@ -345,6 +345,12 @@ class EventSettings(BaseModel):
     timeout: Duration = Field(default=5.0, gt=0, le=60)
     # Retries back off from 1 s, doubling up to an hour; an event this old is given up.
     max_age: Duration = Field(default=86400.0, gt=0)
+    # Events (and their deliveries) older than this, delivered or given up, are pruned from
+    # the outbox: the delivery history reaches back this far.
+    keep: Duration = Field(default=7 * 86400.0, gt=0)
+    # Record `io.cangku.pulled` events: one per repository and manifest digest per pull
+    # statistics flush (10 s), with the count; sent only to endpoints naming the type.
+    pulled: bool = False
 
 
 class Settings(BaseSettings):

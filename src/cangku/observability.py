@@ -55,6 +55,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cangku.asgi import ZERO_COPY_SEND
 from cangku.config import Settings, split_listen
+from cangku.metadata import events as event_rows
 from cangku.proxy.stats import CacheStats
 from cangku.registry.context import REQUEST_ID
 from cangku.registry.usage import stored_content
@@ -199,6 +200,21 @@ class Metrics:
             buckets=GROUP_COMMIT_BUCKETS,
             registry=r,
         )
+        # Issue 16/14: event deliveries. Labels are bounded: never a URL or a repository.
+        self.event_deliveries = Counter(
+            "cangku_event_deliveries",
+            "Event delivery attempts by outcome (delivered, retry, failed) and endpoint kind "
+            "(server, namespace, repository).",
+            ["outcome", "endpoint_kind"],
+            registry=r,
+        )
+        self.event_delivery_latency = Histogram(
+            "cangku_event_delivery_duration_seconds",
+            "Event delivery attempts: from resolving the endpoint to its reply (or the error).",
+            ["endpoint_kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self._db_read = self.db_transaction.labels("read")
         self._db_write = self.db_transaction.labels("write")
 
@@ -221,6 +237,11 @@ class Metrics:
         self.gc_duration.observe(seconds)
         if report is not None:
             self.gc_freed.inc(report.freed_bytes)
+
+    def observe_event_delivery(self, kind: str, outcome: str, seconds: float) -> None:
+        """One delivery attempt (events/delivery.py): endpoint kind, outcome, its seconds."""
+        self.event_deliveries.labels(outcome, kind).inc()
+        self.event_delivery_latency.labels(kind).observe(seconds)
 
     def watch_registry(self, registry: Registry) -> None:
         """Stored-content gauges, read from the database at each scrape; transaction timing;
@@ -346,6 +367,16 @@ class StoredContentCollector(Collector):
             value=stored.manifests,
         )
         yield GaugeMetricFamily("cangku_repositories", "Repositories.", value=stored.repositories)
+        try:
+            backlog = self.registry.metadata.read_now(event_rows.backlog)
+        except Exception:
+            log.exception("metrics: reading the event backlog failed")
+            return
+        yield GaugeMetricFamily(
+            "cangku_event_backlog",
+            "Event deliveries pending plus events not yet handed out to endpoints.",
+            value=backlog,
+        )
 
 
 class CacheCollector(Collector):

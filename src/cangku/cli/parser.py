@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from cangku import __version__
-from cangku.cli import descriptions, retention
+from cangku.cli import descriptions, events, retention
 from cangku.cli.common import (
     _add_delete_repositories,
     _add_policy_switches,
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("tag", help="the floating tag, e.g. latest")
     _add_description_commands(repo)
     retention.add_commands(commands, _command)
+    events.add_commands(commands, _command)  # issue 16: cangku webhooks
 
     namespace = commands.add_parser("namespace", help="namespaces").add_subparsers(
         dest="action", required=True

@@ -151,6 +151,13 @@ class DeliveryUnknown(RegistryError):
     status = 404
 
 
+class WebhookUnknown(RegistryError):
+    """A webhook id the JSON API does not know (issue 16), answered with 404."""
+
+    code = "WEBHOOK_UNKNOWN"
+    status = 404
+
+
 class RequestInvalid(RegistryError):
     """A malformed body or query for the JSON API (/api/v1), answered with 400."""
 

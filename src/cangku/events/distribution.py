@@ -5,7 +5,8 @@ distribution/distribution: an envelope `{"events": [...]}` sent as
 `application/vnd.docker.distribution.events.v2+json`) take these unchanged. Mapping:
 `manifest.pushed` → one `push` per tag the push named (one without a tag for a push by
 digest); `manifest.deleted` → `delete` of the digest; `tag.deleted` → `delete` of the tag;
-`repository.deleted` → `delete` of the repository. Distribution has no tag-move events:
+`repository.deleted` → `delete` of the repository; `blob.mounted` → `mount` (with
+`fromRepository`). Distribution has no tag-move events:
 `tag.created` and `tag.moved` (the floating tags) are not sent in this format.
 """
 
@@ -21,6 +22,7 @@ TYPES = (
     records.MANIFEST_DELETED,
     records.TAG_DELETED,
     records.REPOSITORY_DELETED,
+    records.BLOB_MOUNTED,
 )
 
 
@@ -53,6 +55,16 @@ def envelope(event: dict[str, Any]) -> dict[str, Any]:
         return {"events": found}
     if kind == records.MANIFEST_DELETED:
         target["digest"] = data["digest"]
+    elif kind == records.BLOB_MOUNTED:
+        # Distribution's `mount`: the blob's target, with the repository it came from.
+        target.update(
+            mediaType="application/octet-stream",
+            digest=data["digest"],
+            size=data["size"],
+            length=data["size"],
+            fromRepository=data["from"],
+        )
+        return {"events": [{"id": event["id"], "action": "mount", "target": target, **common}]}
     elif kind == records.TAG_DELETED:
         target.update(tag=data["tag"], digest=data["previousDigest"])
     elif kind != records.REPOSITORY_DELETED:

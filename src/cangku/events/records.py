@@ -33,13 +33,21 @@ TAG_CREATED = "io.cangku.tag.created"
 TAG_MOVED = "io.cangku.tag.moved"
 TAG_DELETED = "io.cangku.tag.deleted"
 REPOSITORY_DELETED = "io.cangku.repository.deleted"
+REPOSITORY_CREATED = "io.cangku.repository.created"
+BLOB_MOUNTED = "io.cangku.blob.mounted"
+# Opt-in twice: recorded only with `events.pulled` on, and sent only to endpoints that name
+# it in their `types` (a busy registry would otherwise flood every receiver).
+PULLED = "io.cangku.pulled"
 TYPES = (
     MANIFEST_PUSHED,
     MANIFEST_DELETED,
     TAG_CREATED,
     TAG_MOVED,
     TAG_DELETED,
+    REPOSITORY_CREATED,
     REPOSITORY_DELETED,
+    BLOB_MOUNTED,
+    PULLED,
 )
 
 
@@ -137,6 +145,80 @@ def repository_deleted(connection: Connection, repository: str, context: Request
     )
 
 
+def repository_created(connection: Connection, repository: str, context: RequestContext) -> None:
+    """A repository came to be: the first blob or manifest pushed (or mounted) into it."""
+    _append(
+        connection, repository, [_event(REPOSITORY_CREATED, repository, repository, {}, context)]
+    )
+
+
+def blob_mounted(
+    connection: Connection,
+    repository: str,
+    context: RequestContext,
+    *,
+    digest: str,
+    size: int,
+    source: str,
+) -> None:
+    """A blob of repository `source` was linked into `repository` (a cross-repository mount,
+    OCI dist-spec "Mounting a blob from another repository")."""
+    data: dict[str, object] = {"digest": digest, "size": size, "from": source}
+    _append(
+        connection,
+        repository,
+        [_event(BLOB_MOUNTED, repository, f"{repository}@{digest}", data, context)],
+    )
+
+
+def pulled(connection: Connection, counts: list[tuple[str, str, int, float]], since: float) -> None:
+    """Pulls of manifests counted since `since` (Unix seconds), one event per (repository,
+    digest) with its `count` and when it was `lastPulledAt`: written with the pull
+    statistics' periodic flush (registry/pulls.py), never a write per pull. `counts`:
+    (repository, digest, count, last pulled at)."""
+    context = RequestContext()
+    found = [
+        (
+            repository,
+            _event(
+                PULLED,
+                repository,
+                f"{repository}@{digest}",
+                {
+                    "digest": digest,
+                    "count": count,
+                    "since": _rfc3339(since),
+                    "lastPulledAt": _rfc3339(last),
+                },
+                context,
+            ),
+        )
+        for repository, digest, count, last in counts
+    ]
+    event_rows.insert_events(
+        connection,
+        [
+            {
+                "event_id": event["id"],
+                "type": event["type"],
+                "repository": repository,
+                "created_at": time.time(),
+                "payload": json.dumps(event, separators=(",", ":")),
+            }
+            for repository, event in found
+        ],
+    )
+
+
+def _rfc3339(moment: float) -> str:
+    # RFC 3339 (CloudEvents 1.0 §3.1.4 "time"), UTC, millisecond precision.
+    return (
+        datetime.fromtimestamp(moment, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
 def _event(
     kind: str, repository: str, subject: str, data: dict[str, object], context: RequestContext
 ) -> dict[str, object]:
@@ -148,10 +230,7 @@ def _event(
         "source": f"/api/v1/repositories/{repository}",
         "type": kind,
         "subject": subject,
-        # RFC 3339 (CloudEvents 1.0 §3.1.4 "time"), UTC, millisecond precision.
-        "time": datetime.fromtimestamp(now, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
+        "time": _rfc3339(now),
         "datacontenttype": "application/json",
         "data": {
             "repository": repository,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.schema import event_deliveries, events
@@ -34,7 +34,9 @@ def not_fanned_out(connection: Connection, limit: int) -> list[Row[Any]]:
     the end of the transaction; rows another replica holds are skipped (PostgreSQL
     `FOR UPDATE SKIP LOCKED`), so two replicas never add the same deliveries."""
     query = (
-        select(events.c.id, events.c.type, events.c.created_at, events.c.payload)
+        select(
+            events.c.id, events.c.type, events.c.repository, events.c.created_at, events.c.payload
+        )
         .where(events.c.fanned_out.is_(None))
         .order_by(events.c.id)
         .limit(limit)
@@ -100,6 +102,7 @@ def history(connection: Connection, endpoint: str, limit: int) -> list[Row[Any]]
     query = (
         select(
             event_deliveries.c.id,
+            event_deliveries.c.endpoint,
             event_deliveries.c.state,
             event_deliveries.c.attempts,
             event_deliveries.c.created_at,
@@ -127,3 +130,79 @@ def redeliver(connection: Connection, delivery_id: int, now: float) -> bool:
         .values(state="pending", next_attempt_at=now, finished_at=None)
     )
     return result.rowcount > 0
+
+
+def insert_event(connection: Connection, row: dict[str, object]) -> int:
+    """Append one outbox row; returns its id (a test event's delivery refers to it)."""
+    return int(connection.execute(_INSERT.values(**row).returning(events.c.id)).scalar_one())
+
+
+def insert_delivery(connection: Connection, row: dict[str, object]) -> int:
+    """Add one `event_deliveries` row; returns its id."""
+    result = connection.execute(
+        insert(event_deliveries).values(**row).returning(event_deliveries.c.id)
+    )
+    return int(result.scalar_one())
+
+
+def delivery_endpoint(connection: Connection, delivery_id: int) -> str | None:
+    """The endpoint key of delivery `delivery_id` (None: no such delivery)."""
+    query = select(event_deliveries.c.endpoint).where(event_deliveries.c.id == delivery_id)
+    found: str | None = connection.execute(query).scalar()
+    return found
+
+
+def backlog(connection: Connection) -> int:
+    """Deliveries still pending plus events not yet handed out (both by index)."""
+    pending = select(func.count()).select_from(event_deliveries)
+    pending = pending.where(event_deliveries.c.state == "pending")
+    waiting = select(func.count()).select_from(events).where(events.c.fanned_out.is_(None))
+    return int(connection.execute(pending).scalar_one()) + int(
+        connection.execute(waiting).scalar_one()
+    )
+
+
+def prune(connection: Connection, before: float, limit: int) -> int:
+    """Delete up to `limit` of the oldest events recorded before `before` that are handed out
+    and have no pending delivery, with their deliveries; returns how many events went.
+    Walks `ix_events_created` from the oldest, so a call costs the rows it removes, not the
+    size of the outbox."""
+    pending = (
+        select(event_deliveries.c.id)
+        .where(event_deliveries.c.event_id == events.c.id, event_deliveries.c.state == "pending")
+        .exists()
+    )
+    query = (
+        select(events.c.id)
+        .where(events.c.created_at < before, events.c.fanned_out.is_not(None), ~pending)
+        .order_by(events.c.created_at)
+        .limit(limit)
+    )
+    ids = list(connection.execute(query).scalars())
+    if ids:
+        connection.execute(delete(event_deliveries).where(event_deliveries.c.event_id.in_(ids)))
+        connection.execute(delete(events).where(events.c.id.in_(ids)))
+    return len(ids)
+
+
+def count(connection: Connection) -> tuple[int, int]:
+    """(events, deliveries) in the outbox."""
+    return (
+        int(connection.execute(select(func.count()).select_from(events)).scalar_one()),
+        int(connection.execute(select(func.count()).select_from(event_deliveries)).scalar_one()),
+    )
+
+
+def work_waiting(connection: Connection, now: float) -> tuple[bool, bool]:
+    """(an event not handed out yet, a delivery due at `now`): two index lookups, so an
+    idle worker polls with reads and takes no write transaction."""
+    unfanned = select(events.c.id).where(events.c.fanned_out.is_(None)).limit(1)
+    due = (
+        select(event_deliveries.c.id)
+        .where(event_deliveries.c.state == "pending", event_deliveries.c.next_attempt_at <= now)
+        .limit(1)
+    )
+    return (
+        connection.execute(unfanned).first() is not None,
+        connection.execute(due).first() is not None,
+    )

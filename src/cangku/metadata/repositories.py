@@ -8,6 +8,7 @@ visibility columns belong to their own row module (auth's concern).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.engine import Connection
@@ -25,11 +26,16 @@ def repository_id(connection: Connection, name: str) -> int | None:
     return connection.scalar(REPOSITORY_ID, {"name": name})
 
 
-def ensure_repository(connection: Connection, name: str) -> int:
-    """The id of repository `name`, inserting its row on first use (a push)."""
+def ensure_repository(
+    connection: Connection, name: str, on_create: Callable[[], None] | None = None
+) -> int:
+    """The id of repository `name`, inserting its row on first use (a push); `on_create`
+    is called, in the transaction, when it did (the `repository.created` event)."""
     found = repository_id(connection, name)
     if found is None:
         found = connection.scalar(_INSERT_REPOSITORY, {"name": name, "created_at": time.time()})
+        if on_create is not None:
+            on_create()
     return int(found)
 
 

@@ -328,6 +328,8 @@ events = Table(
     # NULL until the delivery worker has added its deliveries (one per endpoint taking it).
     Column("fanned_out", Boolean),
     Index("ix_events_fan_out", "fanned_out", "id"),
+    # Pruning (events/pruning.py) walks the oldest events first.
+    Index("ix_events_created", "created_at"),
 )
 
 # One event to one endpoint. `state`: "pending" (due at `next_attempt_at`; a claimed attempt
@@ -350,4 +352,27 @@ event_deliveries = Table(
     Column("latency", Float),
     Index("ix_event_deliveries_due", "state", "next_attempt_at"),
     Index("ix_event_deliveries_endpoint", "endpoint", "id"),
+    # Pruning asks, per old event, whether a delivery of it is still pending.
+    Index("ix_event_deliveries_event", "event_id"),
+)
+
+# Issue 16: webhook endpoints of a namespace (`repository` NULL) or of one repository, made by
+# their owners (events/webhooks.py). Their deliveries name them as `webhook:<id>` in
+# `event_deliveries.endpoint` (server-wide endpoints from the configuration go by their URL).
+# `secret` is the Standard Webhooks secret: stored, as signing needs it, and shown only once,
+# in the reply that created the endpoint. `types` and `tags` are JSON lists (empty: all).
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("namespace", String(255), nullable=False),
+    Column("repository", String(255)),
+    Column("url", String(2000), nullable=False),
+    Column("secret", String(200), nullable=False),
+    Column("types", Text, nullable=False),
+    Column("tags", Text, nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("created_by", String(255)),
+    Column("created_at", Float, nullable=False),
+    Index("ix_webhooks_scope", "namespace", "repository"),
 )

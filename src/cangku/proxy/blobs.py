@@ -170,6 +170,8 @@ class MirroredBlobs:
     ) -> None:
         self.inner = inner
         self.stats = stats
+        # Who the cache's writes are recorded as (events, tag history): the upstream.
+        self.context = RequestContext(caller=f"mirror:{upstream.settings.name}")
         self.store = store
         self.upstream = upstream
         self.remote = remote
@@ -252,13 +254,13 @@ class MirroredBlobs:
         may have been another mirror repository's)."""
         # Shielded: a joiner that gives up must not cancel the others' transfer.
         await asyncio.shield(flight.done)
-        if not await self._held(digest) and not await self.store.link_stored(digest):
+        if not await self._held(digest) and not await self.store.link_stored(digest, self.context):
             raise BlobUnknown("blob unknown to registry", str(digest))
 
     async def _transfer(self, flight: Flight, digest: Digest) -> None:
         try:
             try:
-                if await self.store.link_stored(digest):
+                if await self.store.link_stored(digest, self.context):
                     flight.opened.set_result(None)
                     flight.done.set_result(None)
                     return
@@ -270,7 +272,7 @@ class MirroredBlobs:
             try:
                 last: list[bytes] = []
                 chunks = _held_back(response.aiter_bytes(), length, flight, last)
-                await self.store.keep_mirrored(chunks, digest, length)
+                await self.store.keep_mirrored(chunks, digest, length, self.context)
             finally:
                 await response.aclose()
             if self.stats is not None:

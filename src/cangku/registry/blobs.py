@@ -12,6 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 from cangku.content.digest import Digest
 from cangku.content.errors import BlobUnknown, BlobUploadInvalid, Denied, RegistryError
+from cangku.events import records as events
 from cangku.metadata import Connection, locks
 from cangku.metadata import blobs as blob_rows
 from cangku.metadata import repositories as repository_rows
@@ -87,7 +88,7 @@ class Blobs:
         size = await self.core.storage.write_blob(body, parsed, length)
 
         def record(connection: Connection) -> RegistryError | None:
-            return record_blob(connection, self.core.files, name, parsed, size)
+            return record_blob(connection, self.core.files, name, parsed, size, context)
 
         raise_if_refused(await self.core.metadata.write(record))
         return parsed
@@ -108,7 +109,13 @@ class Blobs:
             size = blob_rows.size_in_repository(connection, source, str(parsed))
             if size is None:
                 return False
-            return record_blob(connection, self.core.files, self.name, parsed, size) or True
+            refused = record_blob(connection, self.core.files, self.name, parsed, size, context)
+            if refused is not None:
+                return refused
+            events.blob_mounted(
+                connection, self.name, context, digest=str(parsed), size=size, source=source
+            )
+            return True
 
         outcome = await self.core.metadata.write(link)
         if isinstance(outcome, RegistryError):
@@ -117,7 +124,13 @@ class Blobs:
             return None  # Collected meanwhile: the client uploads it instead.
         return parsed if outcome else None
 
-    async def keep_mirrored(self, chunks: AsyncIterable[bytes], digest: Digest, length: int) -> int:
+    async def keep_mirrored(
+        self,
+        chunks: AsyncIterable[bytes],
+        digest: Digest,
+        length: int,
+        context: RequestContext,
+    ) -> int:
         """Keep a blob fetched from an upstream registry (the pull-through cache,
         docs/proxy.md) and link it into this repository; its size in bytes. The storage
         writes it aside and verifies it against `digest` and `length` before it becomes
@@ -128,12 +141,12 @@ class Blobs:
         name, files = self.name, self.core.files
         raise_if_refused(
             await self.core.metadata.write(
-                lambda connection: record_blob(connection, files, name, digest, size)
+                lambda connection: record_blob(connection, files, name, digest, size, context)
             )
         )
         return size
 
-    async def link_stored(self, digest: Digest) -> bool:
+    async def link_stored(self, digest: Digest, context: RequestContext) -> bool:
         """Link a blob the storage already holds (cached for another repository) into this
         one; False when the storage does not hold it (or garbage collection took it
         meanwhile). DENIED (quota)."""
@@ -142,7 +155,7 @@ class Blobs:
             return False
         name, files = self.name, self.core.files
         refusal = await self.core.metadata.write(
-            lambda connection: record_blob(connection, files, name, digest, size)
+            lambda connection: record_blob(connection, files, name, digest, size, context)
         )
         if isinstance(refusal, Denied):
             raise refusal
@@ -150,9 +163,15 @@ class Blobs:
 
 
 def record_blob(
-    connection: Connection, files: TransactionFiles, name: str, digest: Digest, size: int
+    connection: Connection,
+    files: TransactionFiles,
+    name: str,
+    digest: Digest,
+    size: int,
+    context: RequestContext,
 ) -> RegistryError | None:
-    """Record a blob that storage holds and link it into repository `name`.
+    """Record a blob that storage holds and link it into repository `name` (the first
+    blob of a repository records its `repository.created` event, as `context`'s caller).
 
     Returns the refusal instead of raising it, so that the caller's transaction still commits
     its own clean-up (an upload session's row); the caller raises it afterwards.
@@ -175,7 +194,9 @@ def record_blob(
     now = time.time()
     # A fresh upload of known content restarts its garbage-collection grace period.
     blob_rows.record(connection, str(digest), size, now, known=recorded is not None)
-    repository_id = repository_rows.ensure_repository(connection, name)
+    repository_id = repository_rows.ensure_repository(
+        connection, name, lambda: events.repository_created(connection, name, context)
+    )
     blob_rows.link(connection, repository_id, str(digest), now)
     return None
 

@@ -83,7 +83,9 @@ class Manifests:
             # Alone in this repository (floating tags) and namespace (quota); beside other
             # pushes, but never inside a garbage-collection step (metadata/locks.py).
             locks.for_repository_content(connection, name)
-            repository_id = repository_rows.ensure_repository(connection, name)
+            repository_id = repository_rows.ensure_repository(
+                connection, name, lambda: events.repository_created(connection, name, context)
+            )
             _check_references(connection, repository_id, manifest)
             stored_type = manifest_rows.stored_media_type(connection, repository_id, str(digest))
             if stored_type is not None and stored_type != manifest.media_type:
@@ -157,7 +159,11 @@ class Manifests:
 
         def store(connection: Connection) -> None:
             locks.for_repository_content(connection, name)
-            repository_id = repository_rows.ensure_repository(connection, name)
+            repository_id = repository_rows.ensure_repository(
+                connection,
+                name,
+                lambda: events.repository_created(connection, name, RequestContext(caller=actor)),
+            )
             if manifest_rows.stored_media_type(connection, repository_id, digest) is None:
                 manifest_rows.insert_manifest(
                     connection,

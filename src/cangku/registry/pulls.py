@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cangku.content.mediatypes import INDEXES
+from cangku.events import records as events
 from cangku.metadata import Connection, descriptions, locks, pull_stats, usage_days
 from cangku.metadata.pull_stats import DIGEST, TAG, TOTAL, PullCount
 from cangku.metadata.store import MetadataStore
@@ -85,6 +86,10 @@ class PullCounter:
         self._flushing: asyncio.Task[None] | None = None
         # (client, repository, digest) -> (tag or None for an index's child, when noted)
         self._recent: OrderedDict[tuple[str, str, str], tuple[str | None, float]] = OrderedDict()
+        # Issue 16: with `events.pulled` on, each flush also records one `pulled` event per
+        # (repository, digest) pulled since the last, with its count, in the same write.
+        self.pulled_events = False
+        self._since = time.time()
 
     def note_resolution(self, repository: str, tag: str, digest: str, client: str) -> None:
         """A HEAD by tag: the client's GET of `digest` soon after is a pull of `tag`."""
@@ -190,16 +195,26 @@ class PullCounter:
                 namespace = name.split("/", 1)[0]
                 per_namespace[namespace] = per_namespace.get(namespace, 0) + pulls
         today = usage_days.day_of(time.time())
+        since = self._since
+        pulled = [
+            (name, reference, pulls, last)
+            for name, kind, reference, pulls, last in rows
+            if kind == DIGEST and self.pulled_events
+        ]
 
         def write(connection: Connection) -> int:
             # Counter rows are inserted on first use: flushes of several replicas take turns.
             locks.hold(connection, counters=["pull-statistics", "usage-days"])
             # Usage over time: the day's pulls per namespace (registry/usage_history.py).
             usage_days.add_pulls(connection, today, per_namespace)
+            if pulled:
+                events.pulled(connection, pulled, since)
             return pull_stats.add_pulls(connection, rows)
 
         try:
-            return await self.metadata.write(write)
+            written = await self.metadata.write(write)
+            self._since = time.time()
+            return written
         except BaseException:
             for key, (count, last) in batch.items():
                 self._add(key, count, last)

@@ -106,7 +106,7 @@ class Uploads:
 
         def record(connection: Connection) -> RegistryError | None:
             upload_limits.close_sessions(connection, [session])
-            return record_blob(connection, self.core.files, self.name, parsed, size)
+            return record_blob(connection, self.core.files, self.name, parsed, size, context)
 
         raise_if_refused(await self.core.metadata.write(record))
         return parsed

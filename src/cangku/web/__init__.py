@@ -12,9 +12,18 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from cangku.auth.access import AccessControl
-from cangku.config import ProxySettings
+from cangku.config import EventSettings, ProxySettings
 from cangku.registry import Registry
-from cangku.web import account, admin, mirrors, repositories, retention, signin, usage_pages
+from cangku.web import (
+    account,
+    admin,
+    mirrors,
+    repositories,
+    retention,
+    signin,
+    usage_pages,
+    webhooks,
+)
 from cangku.web.sessions import SessionCookies
 from cangku.web.site import Site
 
@@ -26,9 +35,11 @@ def web_app(
     access: AccessControl | None,
     session_key: bytes,
     proxy: ProxySettings | None = None,
+    events: EventSettings | None = None,
 ) -> Starlette:
     """`access` None is the no-authentication mode: everyone may do everything. `proxy`:
-    the pull-through cache's upstreams (the mirror pages)."""
+    the pull-through cache's upstreams (the mirror pages); `events`: the SSRF guard's
+    setting for webhooks made on the pages."""
     scheme_of = (lambda request: access.base_url(request).split(":", 1)[0]) if access else None
     site = Site(registry, access, SessionCookies(session_key, scheme_of), proxy=proxy)
     routes: list[BaseRoute] = [
@@ -38,6 +49,7 @@ def web_app(
         *admin.routes(site),
         # Issue 17: before repositories' catch-all /r/{name:path}.
         *retention.routes(site, repositories.repository_url),
+        *webhooks.routes(site, events or EventSettings()),  # issue 16
         *usage_pages.routes(site),
         *mirrors.routes(site),  # issue 13
         *repositories.routes(site),
