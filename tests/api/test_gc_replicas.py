@@ -56,7 +56,7 @@ async def test_one_collection_at_a_time_across_replicas(
         running = asyncio.ensure_future(first.collect())
         await asyncio.wait_for(first.started.wait(), 10)
         waiting = asyncio.ensure_future(second.collect())
-        await asyncio.sleep(1.5)  # Three rounds of asking for the lock.
+        await asyncio.sleep(1.5)  # It waits in the lock queue meanwhile.
         assert not second.started.is_set()
 
         # A push meanwhile is served, and kept by both collections.

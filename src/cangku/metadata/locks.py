@@ -37,6 +37,7 @@ from typing import Literal
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 
 # The first int4 of every advisory key we take; the second names the thing.
 LIFECYCLE = 0x636B0001
@@ -45,6 +46,8 @@ REPOSITORY = 0x636B0003
 DIGEST = 0x636B0004
 COUNTER = 0x636B0005
 COLLECTOR = 0x636B0006  # session-level: one garbage collection at a time (registry/gc.py)
+
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout that ran out
 
 _EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:kind, :key)")
 _SHARED = text("SELECT pg_advisory_xact_lock_shared(:kind, :key)")
@@ -98,16 +101,29 @@ def for_repository_content(connection: Connection, repository: str, *digests: st
     )
 
 
-def try_collector(connection: Connection) -> bool:
-    """Take the collector's session-level lock on `connection` if it is free; True when
-    taken (always True on SQLite, whose collections serialise on the writer)."""
+def wait_for_collector(connection: Connection, seconds: float) -> bool:
+    """Wait up to `seconds` for the collector's session-level lock on `connection`; True when
+    taken (always at once on SQLite, whose collections serialise on the writer).
+
+    The wait is in PostgreSQL's lock queue, so collectors take turns in the order they
+    asked; bounded so that a caller can give up (a server shutting down) between waits."""
     if connection.dialect.name != "postgresql":
         return True
-    taken = connection.execute(
-        text("SELECT pg_try_advisory_lock(:kind, 0)"), {"kind": COLLECTOR}
-    ).scalar()
-    connection.commit()  # Session-level: it outlives this statement's transaction.
-    return bool(taken)
+    connection.execute(
+        text("SELECT set_config('lock_timeout', :timeout, false)"),
+        {"timeout": f"{int(seconds * 1000)}ms"},
+    )
+    try:
+        connection.execute(text("SELECT pg_advisory_lock(:kind, 0)"), {"kind": COLLECTOR})
+    except OperationalError as error:
+        connection.rollback()
+        if getattr(error.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            return False
+        raise
+    finally:
+        connection.execute(text("RESET lock_timeout"))
+        connection.commit()  # Session-level: the lock outlives this transaction.
+    return True
 
 
 def release_collector(connection: Connection) -> None:

@@ -50,8 +50,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
 READ_CACHE_ENTRIES = 4096
 MAX_WRITE_BATCH = 64
-# How often a garbage collection waiting for another replica's asks again (seconds).
-COLLECTOR_POLL = 0.5
+# A garbage collection waits for another replica's in PostgreSQL's lock queue, in waits this
+# long (seconds), so that a server shutting down stops waiting soon.
+COLLECTOR_WAIT = 2.0
 _MISSING = object()
 
 
@@ -322,16 +323,18 @@ class MetadataStore:
     async def collector_lock(self) -> AsyncIterator[None]:
         """Hold the garbage collector's lock for the block: one collection at a time across
         every process on this database. PostgreSQL: a session-level advisory lock on a
-        connection of its own, asked for every `COLLECTOR_POLL` seconds while another
-        process holds it (no thread waits meanwhile); a process that dies loses it with its
-        connection. SQLite: nothing (a collection's steps are writes, one at a time)."""
+        connection of its own, waited for in PostgreSQL's queue (collectors take turns in
+        order) in bounded waits of `COLLECTOR_WAIT` seconds; a process that dies loses it
+        with its connection. SQLite: nothing (a collection's steps are writes, one at a time)."""
         if self.is_sqlite:
             yield
             return
         connection = await anyio.to_thread.run_sync(self.engine.connect)
         try:
-            while not await anyio.to_thread.run_sync(locks.try_collector, connection):
-                await asyncio.sleep(COLLECTOR_POLL)
+            while not await anyio.to_thread.run_sync(
+                locks.wait_for_collector, connection, COLLECTOR_WAIT
+            ):
+                pass  # Waited COLLECTOR_WAIT in the queue: a cancellation may land here.
             try:
                 yield
             finally:
