@@ -1,6 +1,6 @@
 """Issue 15: failed logins counted in the database, so that every replica sees the same counts.
 
-Revision ID: 0015
+Revision ID: 0012
 Revises: 0011
 """
 

@@ -1,8 +1,8 @@
 """Issue 16: per-namespace and per-repository webhook endpoints, managed by their owners;
 an index for pruning the outbox by age.
 
-Revision ID: 0014
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 """
 
 from __future__ import annotations
