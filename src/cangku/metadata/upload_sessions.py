@@ -37,6 +37,26 @@ def insert_session(
     )
 
 
+def insert_sessions(
+    connection: Connection, rows: list[tuple[str, str, str, str | None, float]]
+) -> None:
+    """Several sessions at once: (session, repository, namespace, owner, created_at)."""
+    if rows:
+        connection.execute(
+            insert(upload_sessions),
+            [
+                {
+                    "session": session,
+                    "repository": repository,
+                    "namespace": namespace,
+                    "owner": owner,
+                    "created_at": created_at,
+                }
+                for session, repository, namespace, owner, created_at in rows
+            ],
+        )
+
+
 def delete_sessions(connection: Connection, sessions: list[str]) -> None:
     if sessions:
         connection.execute(delete(upload_sessions).where(upload_sessions.c.session.in_(sessions)))
