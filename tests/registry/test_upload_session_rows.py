@@ -66,7 +66,7 @@ async def test_a_session_finished_before_its_row_is_due_never_gets_one(
     writes = 0
     write = registry.metadata.write
 
-    async def counting(work):  # type: ignore[no-untyped-def]
+    async def counting(work):
         nonlocal writes
         writes += 1
         return await write(work)
