@@ -11,7 +11,6 @@ from sqlalchemy.engine import Connection
 
 from cangku.metadata.schema import upload_sessions
 
-
 # On every upload start (registry/uploads.py): built once.
 COUNT_OWNED = (
     select(func.count())
