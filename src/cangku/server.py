@@ -15,13 +15,13 @@ without it), asyncio falls back to 16 KiB reads by itself: slower, still correct
 Receiving (issue 18): uvicorn hands a request body to the application one TCP read at a
 time: a new bytes object per `recv`, an ASGI message and a wake-up of the application's task
 per read, and it pauses and resumes reading the socket every 64 KiB. On a slow stream of
-small reads (`docker push`, which gzips as it sends) that per-read overhead, not hashing or
-the disk, was most of the server's CPU per megabyte. Here the socket is read with
-`recv_into` into one reused buffer per connection (asyncio's `BufferedProtocol`, over TLS
-too), the parser's body pieces are kept as they are (no re-copying), and the application is
+small reads (`docker push`, which gzips as it sends) that per-read overhead came on top of
+hashing and the disk (docs/performance.md, "Push CPU"). Here the socket is read with
+`recv_into` into one reused buffer (asyncio's `BufferedProtocol`, over TLS too), the
+parser's body pieces are kept as they are (no re-copying), and the application is
 woken once per `BODY_BATCH` bytes, or when the body ends or the client goes away. Reading
-pauses while a whole batch waits for the application, so a connection holds at most about
-one batch plus one read.
+pauses while a whole batch waits for the application, and a read mid-body takes no more than
+the batch has room for, so a connection holds at most a batch and 64 KiB of its body.
 
 This builds on uvicorn internals (`_start_asgi_task`, `on_body`, the request cycle's fields
 and `receive`). uvicorn is pinned in pyproject.toml; tests/api/test_zero_copy_server.py and
@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import threading
 from collections import OrderedDict
 from typing import Any, ClassVar, cast
 
@@ -53,8 +54,19 @@ MAX_TLS_PROBERS_REMEMBERED = 4096
 # one task wake-up and one ASGI message per batch instead of per TCP read. The storage writer
 # hashes and writes in batches of the same size (storage/filesystem.py, WRITE_BATCH).
 BODY_BATCH = 1024 * 1024
-# Bytes one `recv_into` may take; asyncio's own reads take up to 256 KiB too.
-RECEIVE_BUFFER = 256 * 1024
+# Bytes one `recv_into` may take (asyncio's own reads take up to 256 KiB). One buffer per
+# event-loop thread, shared by its connections: each read is parsed, and everything kept of it
+# copied out, before the loop reads anything else, so idle connections cost no buffer.
+RECEIVE_BUFFER = 1024 * 1024
+_receive_buffers = threading.local()
+MIN_READ = 64 * 1024
+
+
+def _receive_buffer() -> memoryview:
+    view: memoryview | None = getattr(_receive_buffers, "view", None)
+    if view is None:
+        view = _receive_buffers.view = memoryview(bytearray(RECEIVE_BUFFER))
+    return view
 
 
 def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -103,12 +115,17 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # Before the parent's: a refused connection (per-address cap) still closes normally.
-        self._receive_view = memoryview(bytearray(RECEIVE_BUFFER))
+        self._receive_view = _receive_buffer()
         self._first_data = True
         super().connection_made(transport)
 
     # -- asyncio.BufferedProtocol: the transport reads with recv_into into our buffer --------
     def get_buffer(self, sizehint: int) -> memoryview:
+        cycle = self.cycle
+        if isinstance(cycle, ZeroCopyCycle) and cycle.more_body:
+            # Mid-body: read no more than the batch has room for (at least MIN_READ), so
+            # that a connection whose batch waits holds little more than the batch.
+            return self._receive_view[: max(BODY_BATCH - cycle.body_pending, MIN_READ)]
         return self._receive_view
 
     def buffer_updated(self, nbytes: int) -> None:
