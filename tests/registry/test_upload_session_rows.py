@@ -111,3 +111,18 @@ async def test_a_session_ending_while_its_row_is_written_leaves_no_row(
     await uploads.cancel(upload_id, CLIENT)
     await recording
     assert await rows_of(registry) == 0
+
+
+async def test_a_deleted_repository_s_sessions_get_no_rows_afterwards(
+    two_processes: tuple[Registry, Registry],
+) -> None:
+    registry, _ = two_processes
+    data = b"a layer"  # The repository exists once something was pushed to it.
+    await registry.repository("jimo/app").blobs.upload(
+        str(Digest.of(data)), chunks(data), len(data), CLIENT
+    )
+    await registry.repository("jimo/app").uploads.start(CLIENT)
+    await registry.repository("jimo/other").uploads.start(CLIENT)
+    await registry.delete_repository("jimo/app")
+    await asyncio.sleep(DELAY * 4)
+    assert await rows_of(registry) == 1  # jimo/other's only.

@@ -113,6 +113,14 @@ class SessionLedger:
             await asyncio.shield(writing)
         return True
 
+    async def drop_repository(self, repository: str) -> None:
+        """The repository's sessions are being deleted with their rows: write none of theirs
+        from now on, and wait for any rows being written (so that the deletion sees them)."""
+        for row in [row for row in self._unrecorded.values() if row.repository == repository]:
+            self._forget(row.session)
+        for writing in set(self._writing.values()):
+            await asyncio.shield(writing)
+
     async def record(self) -> None:
         """Write every unrecorded session's row now (also when the server stops)."""
         rows = list(self._unrecorded.values())
