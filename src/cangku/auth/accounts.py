@@ -34,6 +34,7 @@ from cangku.metadata import accounts as rows
 from cangku.metadata.accounts import TokenInfo, UserInfo
 from cangku.registry.browse import remove_repository
 from cangku.registry.context import IN_PROCESS
+from cangku.registry.upload_limits import SessionLedger
 
 # An account or organization name is one repository-name component: it is a namespace.
 ACCOUNT_NAME = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
@@ -106,6 +107,8 @@ class Accounts:
             _release_namespace(connection, name, delete_repositories)
             return rows.delete_user(connection, name)
 
+        # Its open sessions' rows go with it: also those this process has not written yet.
+        await SessionLedger.for_store(self.metadata).drop_namespace(name)
         if not await self.metadata.write(remove):
             raise AccountError(f"no user {name!r}")
 
@@ -182,6 +185,8 @@ class Accounts:
             _release_namespace(connection, name, delete_repositories)
             return rows.delete_organization(connection, name)
 
+        # Its open sessions' rows go with it: also those this process has not written yet.
+        await SessionLedger.for_store(self.metadata).drop_namespace(name)
         if not await self.metadata.write(remove):
             raise AccountError(f"no organization {name!r}")
 

@@ -35,4 +35,4 @@ class Core:
 
     def __post_init__(self) -> None:
         self.files = TransactionFiles(self.storage)
-        self.sessions = SessionLedger(self.metadata)
+        self.sessions = SessionLedger.for_store(self.metadata)

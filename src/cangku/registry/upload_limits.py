@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
@@ -70,7 +71,16 @@ class SessionRow:
 class SessionLedger:
     """The upload sessions this process opened whose rows are not written yet (see above).
 
-    Every method runs on the event loop; `record` and `settle` are the only ones that wait."""
+    One per metadata store (`for_store`), so that whatever deletes rows of sessions (a
+    repository's, a namespace's) can first drop the ones not written yet. Every method runs
+    on the event loop; `record`, `settle` and the `drop_*` ones are those that wait."""
+
+    @staticmethod
+    def for_store(metadata: MetadataStore) -> SessionLedger:
+        ledger = _LEDGERS.get(metadata)
+        if ledger is None:
+            ledger = _LEDGERS[metadata] = SessionLedger(metadata)
+        return ledger
 
     def __init__(self, metadata: MetadataStore, delay: float = RECORD_DELAY) -> None:
         self.metadata = metadata
@@ -118,6 +128,15 @@ class SessionLedger:
         from now on, and wait for any rows being written (so that the deletion sees them)."""
         for row in [row for row in self._unrecorded.values() if row.repository == repository]:
             self._forget(row.session)
+        await self._written()
+
+    async def drop_namespace(self, namespace: str) -> None:
+        """As `drop_repository`, for a namespace's sessions (its account is being deleted)."""
+        for row in [row for row in self._unrecorded.values() if row.namespace == namespace]:
+            self._forget(row.session)
+        await self._written()
+
+    async def _written(self) -> None:
         for writing in set(self._writing.values()):
             await asyncio.shield(writing)
 
@@ -164,6 +183,9 @@ class SessionLedger:
         except Exception:
             # The sessions go on without rows (as after a crash): not counted, still expiring.
             log.exception("could not record open upload sessions")
+
+
+_LEDGERS: weakref.WeakKeyDictionary[MetadataStore, SessionLedger] = weakref.WeakKeyDictionary()
 
 
 def open_session(
