@@ -52,6 +52,7 @@ from typing import Any
 import httpx
 
 MiB = 1 << 20
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CANGKU_CMD = (
     f"{REPO_ROOT}/.venv/bin/cangku serve --listen 127.0.0.1:{{port}} --data {{data}} --open"
@@ -229,6 +230,16 @@ class Registry:
                 with contextlib.suppress(OSError):
                     pending.extend(int(c) for c in children.read_text().split())
         return found
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server and its descendants so far (/proc/PID/stat)."""
+        ticks = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # Fields after the parenthesized command: utime and stime are 14th and 15th.
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / CLOCK_TICKS
 
     def rss_peak_kib(self) -> tuple[int, int]:
         """(VmHWM of the main process, sum of VmHWM over it and its descendants) in KiB."""
@@ -813,6 +824,10 @@ class Row:
     lower_is_better: bool = False
     values: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # per registry: errors, details
+    # Push rows: megabytes (10^6 bytes) one sample sends, so that the server's CPU time per
+    # MB can be reported (robust to other work on the machine, unlike the throughputs).
+    megabytes: float | None = None
+    cpu_ms_per_mb: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -832,14 +847,22 @@ class Bench:
             return True
         return any(key == token or key.startswith(token + "-") for token in self.only)
 
-    def add_row(self, key: str, label: str, *, lower_is_better: bool = False) -> Row:
-        row = Row(key=key, label=label, lower_is_better=lower_is_better)
+    def add_row(
+        self,
+        key: str,
+        label: str,
+        *,
+        lower_is_better: bool = False,
+        megabytes: float | None = None,
+    ) -> Row:
+        row = Row(key=key, label=label, lower_is_better=lower_is_better, megabytes=megabytes)
         self.rows.append(row)
         return row
 
     def measure(self, row: Row, repetitions: int, measure: Callable[[Registry], float]) -> None:
         """Median over repetitions, interleaving registries so both see the same machine state."""
         samples: dict[str, list[float]] = {r.name: [] for r in self.registries}
+        cpu: dict[str, list[float]] = {r.name: [] for r in self.registries}
         for repetition in range(repetitions):
             for registry in self.in_turn(repetition):
                 if registry.name in row.notes:
@@ -848,7 +871,11 @@ class Bench:
                 # gigabytes would otherwise slow whichever server runs next.
                 os.sync()
                 try:
+                    cpu_before = registry.cpu_seconds()
                     samples[registry.name].append(measure(registry))
+                    if row.megabytes:
+                        spent = registry.cpu_seconds() - cpu_before
+                        cpu[registry.name].append(spent * 1000 / row.megabytes)
                 except Exception as error:
                     row.notes[registry.name] = f"error: {error}"[:200]
                     log(f"{row.label} / {registry.name}: {row.notes[registry.name]}")
@@ -863,6 +890,9 @@ class Bench:
         for name, values in samples.items():
             if values:
                 row.values[name] = statistics.median(values)
+        for name, values in cpu.items():
+            if values:
+                row.cpu_ms_per_mb[name] = statistics.median(values)
 
     def in_turn(self, repetition: int) -> list[Registry]:
         """The registries in alternating order, so neither always goes first."""
@@ -899,7 +929,7 @@ class Bench:
                         f"chunked blob push {size_mib} MiB, "
                         f"{self.settings.patch_chunk // MiB} MiB PATCHes (MiB/s)"
                     )
-                row = self.add_row(key, label)
+                row = self.add_row(key, label, megabytes=blob.size / 1e6)
 
                 def measure(registry: Registry, blob: BlobFile = blob, mode: str = mode) -> float:
                     with new_client() as client:
@@ -1006,6 +1036,12 @@ class Bench:
             key,
             f"{s.image_clients} clients pushing images of {s.layers_per_image} x "
             f"{s.layer_size // MiB} MiB layers (images/s)",
+            # The layers' bytes (configs and manifests are a few hundred bytes each).
+            megabytes=s.image_clients
+            * s.images_per_client
+            * s.layers_per_image
+            * s.layer_size
+            / 1e6,
         )
 
         def measure(registry: Registry) -> float:
@@ -1231,7 +1267,14 @@ class Bench:
         s = self.settings
         size_mb = s.docker_layers * s.docker_layer_size // 1_000_000
         what = f"{s.docker_layers}-layer {size_mb} MB image"
-        push_row = self.add_row("docker-push", f"docker push {what} (s)", lower_is_better=True)
+        push_row = self.add_row(
+            "docker-push",
+            f"docker push {what} (s)",
+            lower_is_better=True,
+            # Random layers: gzip leaves their size as it is.
+            megabytes=s.docker_layers * s.docker_layer_size / 1e6,
+        )
+        push_cpu: dict[str, list[float]] = {r.name: [] for r in self.registries}
         pull_row = self.add_row("docker-pull", f"docker pull {what} (s)", lower_is_better=True)
         if docker(["info"], timeout=30).returncode != 0:
             for row in (push_row, pull_row):
@@ -1254,7 +1297,11 @@ class Bench:
                 if registry.name in push_row.notes:
                     continue
                 try:
+                    os.sync()
+                    cpu_before = registry.cpu_seconds()
                     pushes[registry.name].append(timed_docker(["push", ref]))
+                    spent = registry.cpu_seconds() - cpu_before
+                    push_cpu[registry.name].append(spent * 1000 / (push_row.megabytes or 1))
                     log(f"docker push {registry.name}: {pushes[registry.name][-1]:.2f} s")
                 except Exception as error:
                     push_row.notes[registry.name] = f"error: {error}"[:200]
@@ -1262,6 +1309,9 @@ class Bench:
         for name, values in pushes.items():
             if values:
                 push_row.values[name] = statistics.median(values)
+        for name, values in push_cpu.items():
+            if values:
+                push_row.cpu_ms_per_mb[name] = statistics.median(values)
         # Remove every local copy so that the pulls really transfer every layer.
         for ref in reversed(self.docker_refs):
             docker(["rmi", ref], timeout=120)
@@ -1417,8 +1467,8 @@ def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> st
         "",
     ]
     lines += [
-        "| workload | reference | cangku | ratio |",
-        "|---|---:|---:|---:|",
+        "| workload | reference | cangku | ratio | server CPU ms/MB: reference / cangku |",
+        "|---|---:|---:|---:|---:|",
     ]
     footnotes: list[str] = []
     for row in bench.rows:
@@ -1434,7 +1484,13 @@ def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> st
         ratio = "n/a"
         if ref and can:
             ratio = f"{(ref / can if row.lower_is_better else can / ref):.2f}"
-        lines.append(f"| {row.label} | {cells[0]} | {cells[1]} | {ratio} |")
+        cpu = ""
+        if row.cpu_ms_per_mb:
+            cpu = " / ".join(
+                f"{row.cpu_ms_per_mb[name]:.2f}" if name in row.cpu_ms_per_mb else "n/a"
+                for name in ("reference", "cangku")
+            )
+        lines.append(f"| {row.label} | {cells[0]} | {cells[1]} | {ratio} | {cpu} |")
     lines += ["", "Server RSS peak (VmHWM; main process + descendants):", ""]
     for name, (main, total) in rss.items():
         lines.append(f"- {name}: {main / 1024:.0f} MiB (with descendants: {total / 1024:.0f} MiB)")
@@ -1443,6 +1499,10 @@ def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> st
         "Notes:",
         "- ratio = cangku/reference for throughputs, reference/cangku for the docker times; "
         "higher is better for cangku in every row.",
+        "- server CPU ms/MB (push rows): user + system CPU time of the server process (and "
+        "its descendants) from /proc/PID/stat across each sample, per 10^6 bytes pushed, "
+        "median; it counts only the server's work, so other load on the machine moves it far "
+        "less than the throughputs.",
         "- every row runs the registries interleaved, alternating which goes first (each run "
         "after a `sync`, so no run pays for an earlier one's writeback), and "
         "reports the median of the repetitions.",

@@ -216,6 +216,10 @@ def create_app(
             await registry.pulls.flush()
         except Exception:
             log.exception("could not write the last pull statistics")
+        try:
+            await registry.core.sessions.record()
+        except Exception:
+            log.exception("could not record the open upload sessions")
         if listener is not None:
             listener.stop()
         if collecting is not None:

@@ -93,6 +93,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._awaiting_body = False
+        self._last_read_at = self.loop.time()
         host = self.client[0] if self.client else ""
         if self.limits.capped(host):
             # `connections` already holds this one.
@@ -125,11 +126,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # httptools calls on_message_complete for a request without a body before any
         # body timer could matter; for one with a body, wait for its bytes from here.
         self._awaiting_body = True
+        self._last_read_at = self.loop.time()
         self._arm_body_timer()
 
-    def on_body(self, body: bytes) -> None:
-        super().on_body(body)
-        self._arm_body_timer()
+    def data_received(self, data: bytes) -> None:
+        # Any bytes from the client count as progress of a body (chunk framing too): a time
+        # stamp per read, where re-arming a timer per body piece cost a TimerHandle each.
+        self._last_read_at = self.loop.time()
+        super().data_received(data)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -156,10 +160,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.write(REQUEST_TIMEOUT)  # Nothing of ours is being sent: say why.
         self.transport.close()
 
-    def _arm_body_timer(self) -> None:
+    def _arm_body_timer(self, delay: float | None = None) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
-        self._body_timer = self.loop.call_later(self.limits.body_idle_timeout, self._body_timed_out)
+        self._body_timer = self.loop.call_later(
+            self.limits.body_idle_timeout if delay is None else delay, self._body_timed_out
+        )
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
@@ -171,7 +177,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.flow.read_paused or cycle.waiting_for_100_continue:
             # We are not reading (the application is busy with what it has, or has not asked
             # for the body yet): the client is not the slow one.
+            self._last_read_at = self.loop.time()
             self._arm_body_timer()
+            return
+        idle = self.loop.time() - self._last_read_at
+        if idle < self.limits.body_idle_timeout:
+            # Bytes came since the timer was set: wait out the rest from the last of them.
+            self._arm_body_timer(self.limits.body_idle_timeout - idle)
             return
         log.warning(
             "closed a connection from %s: no request body bytes for %.0f s",

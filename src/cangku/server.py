@@ -1,4 +1,5 @@
-"""The HTTP server: uvicorn's httptools protocol, plus zero-copy file sending for blob pulls.
+"""The HTTP server: uvicorn's httptools protocol, plus zero-copy file sending for blob pulls
+and batched request bodies for blob pushes.
 
 uvicorn implements no ASGI extension for sending files, so every pulled byte would be read into
 Python and written back to the socket on the one event-loop thread. This protocol adds the
@@ -11,8 +12,20 @@ and asyncio's fallback for it reads 16 KiB per thread hop) and on asyncio's own 
 thread (distribution/blobs.py). Should the kernel refuse sendfile for a file (a filesystem
 without it), asyncio falls back to 16 KiB reads by itself: slower, still correct.
 
-This builds on uvicorn internals (`_start_asgi_task`, the request cycle's fields). uvicorn is
-pinned in pyproject.toml; tests/api/test_zero_copy_server.py is what says an upgrade still fits.
+Receiving (issue 18): uvicorn hands a request body to the application one TCP read at a
+time: a new bytes object per `recv`, an ASGI message and a wake-up of the application's task
+per read, and it pauses and resumes reading the socket every 64 KiB. On a slow stream of
+small reads (`docker push`, which gzips as it sends) that per-read overhead came on top of
+hashing and the disk (docs/performance.md, "Push CPU"). Here the socket is read with
+`recv_into` into one reused buffer (asyncio's `BufferedProtocol`, over TLS too), the
+parser's body pieces are kept as they are (no re-copying), and the application is
+woken once per `BODY_BATCH` bytes, or when the body ends or the client goes away. Reading
+pauses while a whole batch waits for the application, and a read mid-body takes no more than
+the batch has room for, so a connection holds at most a batch and 64 KiB of its body.
+
+This builds on uvicorn internals (`_start_asgi_task`, `on_body`, the request cycle's fields
+and `receive`). uvicorn is pinned in pyproject.toml; tests/api/test_zero_copy_server.py and
+tests/api/test_request_bodies.py are what say an upgrade still fits.
 """
 
 from __future__ import annotations
@@ -20,13 +33,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import threading
 from collections import OrderedDict
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import uvicorn
 from starlette.types import ASGIApp
-from uvicorn._types import ASGI3Application
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn._types import ASGI3Application, ASGIReceiveEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from cangku.asgi import ZERO_COPY_SEND
 from cangku.config import Settings
@@ -36,6 +50,23 @@ from cangku.connections import ConnectionLimits, GuardedHttpProtocol, LimitedCon
 TLS_HANDSHAKE_RECORD = 0x16
 # Client addresses whose TLS attempt on a plain-HTTP port was logged (the oldest forgotten).
 MAX_TLS_PROBERS_REMEMBERED = 4096
+# The application receives request bodies in pieces of at least this many bytes (bar the last):
+# one task wake-up and one ASGI message per batch instead of per TCP read. The storage writer
+# hashes and writes in batches of the same size (storage/filesystem.py, WRITE_BATCH).
+BODY_BATCH = 1024 * 1024
+# Bytes one `recv_into` may take (asyncio's own reads take up to 256 KiB). One buffer per
+# event-loop thread, shared by its connections: each read is parsed, and everything kept of it
+# copied out, before the loop reads anything else, so idle connections cost no buffer.
+RECEIVE_BUFFER = 1024 * 1024
+_receive_buffers = threading.local()
+MIN_READ = 64 * 1024
+
+
+def _receive_buffer() -> memoryview:
+    view: memoryview | None = getattr(_receive_buffers, "view", None)
+    if view is None:
+        view = _receive_buffers.view = memoryview(bytearray(RECEIVE_BUFFER))
+    return view
 
 
 def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -73,17 +104,53 @@ def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn
     return LimitedConfig(app, connection_limits=limits, **(options | overrides))
 
 
-class ZeroCopyHttpProtocol(GuardedHttpProtocol):
+class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
     """uvicorn's httptools protocol, with cangku/connections.py's limits, whose requests may
-    answer with `http.response.zerocopysend`, and which knows a TLS handshake sent to a
-    plain-HTTP port for what it is."""
+    answer with `http.response.zerocopysend`, which reads into a reused buffer and hands
+    request bodies over in batches, and which knows a TLS handshake sent to a plain-HTTP port
+    for what it is."""
 
     # Shared by every connection of the process: one debug line per client address.
     tls_probers: ClassVar[OrderedDict[str, None]] = OrderedDict()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # Before the parent's: a refused connection (per-address cap) still closes normally.
+        self._receive_view = _receive_buffer()
         self._first_data = True
+        super().connection_made(transport)
+
+    # -- asyncio.BufferedProtocol: the transport reads with recv_into into our buffer --------
+    def get_buffer(self, sizehint: int) -> memoryview:
+        cycle = self.cycle
+        if isinstance(cycle, ZeroCopyCycle) and cycle.more_body:
+            # Mid-body: read no more than the batch has room for (at least MIN_READ), so
+            # that a connection whose batch waits holds little more than the batch.
+            return self._receive_view[: max(BODY_BATCH - cycle.body_pending, MIN_READ)]
+        return self._receive_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # The parser copies what it keeps (URL, headers, body pieces) into bytes of their
+        # own before this returns, so the buffer is free for the next read.
+        self.data_received(self._receive_view[:nbytes])  # type: ignore[arg-type]
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        if type(cycle) is RequestResponseCycle:  # A new request (not a refused upgrade).
+            cycle.__class__ = ZeroCopyCycle
+            cast(ZeroCopyCycle, cycle).start_body()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if not isinstance(cycle, ZeroCopyCycle):
+            HttpToolsProtocol.on_body(self, body)
+            return
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return  # As uvicorn: answered already, the rest of the body is dropped.
+        if cycle.add_body(body) >= BODY_BATCH:
+            # A batch for the application: wake it, and read no more until it takes it.
+            self.flow.pause_reading()
+            cycle.message_event.set()
 
     def data_received(self, data: bytes) -> None:
         if self._first_data and data:
@@ -121,18 +188,52 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol):
         # covers every request, pipelined ones too (uvicorn starts those here later). The
         # extension is offered only to a cycle that did become ours.
         plain_tcp = self.transport.get_extra_info("sslcontext") is None
+        if type(cycle) is RequestResponseCycle:  # Not through on_headers_complete: ours now.
+            cycle.__class__ = ZeroCopyCycle
+            cast(ZeroCopyCycle, cycle).start_body()
         if (
-            type(cycle) is RequestResponseCycle
+            isinstance(cycle, ZeroCopyCycle)
             and plain_tcp
             and isinstance(self.loop, asyncio.BaseEventLoop)
         ):
-            cycle.__class__ = ZeroCopyCycle
             cycle.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
         super()._start_asgi_task(cycle, app)
 
 
 class ZeroCopyCycle(RequestResponseCycle):
-    """One request/response, answering `http.response.zerocopysend` with `loop.sendfile`."""
+    """One request/response, answering `http.response.zerocopysend` with `loop.sendfile`, and
+    receiving the body in batches (`ZeroCopyHttpProtocol.on_body`)."""
+
+    def start_body(self) -> None:
+        # The parser's body pieces, kept as they came (uvicorn's bytearray would copy each
+        # one in, and copy them all out again for every message).
+        self.body_pieces: list[bytes] = []
+        self.body_pending = 0
+
+    def add_body(self, piece: bytes) -> int:
+        """Keep a piece of the request body; returns the bytes now waiting (bytes)."""
+        self.body_pieces.append(piece)
+        self.body_pending += len(piece)
+        return self.body_pending
+
+    async def receive(self) -> ASGIReceiveEvent:
+        # uvicorn's receive, over body_pieces instead of its bytearray.
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            # Set by on_body for a whole batch, by the body's end, a disconnect, or the end
+            # of our response.
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        pieces = self.body_pieces
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self.body_pieces = []
+        self.body_pending = 0
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
 
     async def send(self, message: Any) -> None:
         if message["type"] != ZERO_COPY_SEND:

@@ -35,6 +35,7 @@ from cangku.metadata import accounts as rows
 from cangku.metadata.accounts import TokenInfo, UserInfo
 from cangku.registry.browse import remove_repository
 from cangku.registry.context import IN_PROCESS
+from cangku.registry.upload_limits import SessionLedger
 
 # An account or organization name is one repository-name component: it is a namespace.
 ACCOUNT_NAME = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
@@ -116,6 +117,8 @@ class Accounts:
             _release_namespace(connection, name, delete_repositories)
             return rows.delete_user(connection, name)
 
+        # Its open sessions' rows go with it: also those this process has not written yet.
+        await SessionLedger.for_store(self.metadata).drop_namespace(name)
         if not await self.metadata.write(remove):
             raise AccountError(f"no user {name!r}")
 
@@ -192,6 +195,8 @@ class Accounts:
             _release_namespace(connection, name, delete_repositories)
             return rows.delete_organization(connection, name)
 
+        # Its open sessions' rows go with it: also those this process has not written yet.
+        await SessionLedger.for_store(self.metadata).drop_namespace(name)
         if not await self.metadata.write(remove):
             raise AccountError(f"no organization {name!r}")
 

@@ -6,16 +6,22 @@ Plain functions over a `Connection`; the caller holds the transaction.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.schema import upload_sessions
 
+# On every upload start (registry/uploads.py): built once.
+COUNT_OWNED = (
+    select(func.count())
+    .select_from(upload_sessions)
+    .where(upload_sessions.c.owner == bindparam("owner_name"))
+)
+
 
 def count_owned(connection: Connection, owner: str) -> int:
     """How many sessions `owner` (a user's name, or `address:<ip>`) holds open."""
-    query = select(func.count()).select_from(upload_sessions)
-    return int(connection.scalar(query.where(upload_sessions.c.owner == owner)) or 0)
+    return int(connection.scalar(COUNT_OWNED, {"owner_name": owner}) or 0)
 
 
 def insert_session(
@@ -35,6 +41,26 @@ def insert_session(
             created_at=created_at,
         )
     )
+
+
+def insert_sessions(
+    connection: Connection, rows: list[tuple[str, str, str, str | None, float]]
+) -> None:
+    """Several sessions at once: (session, repository, namespace, owner, created_at)."""
+    if rows:
+        connection.execute(
+            insert(upload_sessions),
+            [
+                {
+                    "session": session,
+                    "repository": repository,
+                    "namespace": namespace,
+                    "owner": owner,
+                    "created_at": created_at,
+                }
+                for session, repository, namespace, owner, created_at in rows
+            ],
+        )
 
 
 def delete_sessions(connection: Connection, sessions: list[str]) -> None:

@@ -217,7 +217,8 @@ async def within_quota(
         lambda connection: upload_limits.quota_state(connection, namespace)
     )
     parked = 0
-    for session in sessions:
+    # Sessions opened here whose rows are not written yet hold bytes too.
+    for session in {*sessions, *core.sessions.unrecorded_in(namespace)}:
         parked += await core.storage.upload_size(session) or 0
     allowance = limit - used - parked
     # Of unknown length: refused as soon as it needs one byte more than is left.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from cangku.metadata.store import MetadataStore
 from cangku.registry.files import TransactionFiles
 from cangku.registry.tags import TagPolicy
+from cangku.registry.upload_limits import SessionLedger
 from cangku.storage.base import BlobStorage
 
 # Listing pages: the spec lets a registry cap `n`; clients follow the Link header.
@@ -21,6 +22,7 @@ class Core:
     without `from` may link the blob from any repository the caller may pull.
     `max_open_uploads`: upload sessions one owner may keep open (registry/upload_limits.py).
     `tag_defaults`: the server-wide tag policy; namespaces and repositories may override it.
+    `sessions`: upload sessions opened here whose rows are not written yet (upload_limits.py).
     """
 
     storage: BlobStorage
@@ -29,6 +31,8 @@ class Core:
     automatic_mount: bool
     max_open_uploads: int
     files: TransactionFiles = field(init=False)
+    sessions: SessionLedger = field(init=False)
 
     def __post_init__(self) -> None:
         self.files = TransactionFiles(self.storage)
+        self.sessions = SessionLedger.for_store(self.metadata)

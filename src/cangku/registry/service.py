@@ -276,6 +276,7 @@ class Registry:
             forget_repository(connection, repository_id)
 
         self.pulls.forget(name)
+        await self.core.sessions.drop_repository(name)
         await self.metadata.write(remove)
         sessions = [session async for session, _ in self.storage.iterate_uploads()]
         for session in sessions:

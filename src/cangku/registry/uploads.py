@@ -6,12 +6,14 @@ A session's bytes live in storage under `sessions.session_name(name, id)`; its r
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterable
 
 from cangku.content.digest import HEX_LENGTHS, Digest
 from cangku.content.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RegistryError
 from cangku.metadata import Connection
-from cangku.registry import upload_limits
+from cangku.metadata import upload_sessions as session_rows
+from cangku.registry import upload_limits, usage
 from cangku.registry.blobs import raise_if_refused, record_blob, within_quota
 from cangku.registry.context import RequestContext
 from cangku.registry.core import Core
@@ -37,9 +39,31 @@ class Uploads:
         upload_id = new_upload_id()
         session = session_name(self.name, upload_id)
         owner, cap = context.owner, self.core.max_open_uploads
+        ledger = self.core.sessions
+        row = upload_limits.SessionRow(
+            session, self.name, usage.namespace_of(self.name), owner, time.time()
+        )
+        held = ledger.held_by(owner)
+        if owner is not None:
+            held += await self.core.metadata.read(
+                lambda connection: session_rows.count_owned(connection, owner)
+            )
+        if owner is None or held < cap:
+            # Within the cap: the row is written later, with others (upload_limits.py).
+            # Counted before the wait below, so that concurrent starts see each other.
+            ledger.add(row)
+            try:
+                await self.core.storage.create_upload(session, algorithm)
+            except BaseException:
+                await ledger.settle(session)
+                raise
+            return upload_id
+        # At the cap, as far as this process knows: decided by the rows, as they are now.
+        unrecorded = ledger.take(owner)
+        live = [r for r in unrecorded if await self.core.storage.upload_size(r.session) is not None]
         refusal = await self.core.metadata.write(
             lambda connection: upload_limits.open_session(
-                connection, session, self.name, owner, cap
+                connection, session, self.name, owner, cap, live
             )
         )
         raise_if_refused(refusal)
@@ -104,9 +128,15 @@ class Uploads:
                 await self._close(session)
             raise
 
+        has_row = await self.core.sessions.settle(session)
+
         def record(connection: Connection) -> RegistryError | None:
-            upload_limits.close_sessions(connection, [session])
-            return record_blob(connection, self.core.files, self.name, parsed, size, context)
+            # record_blob first: it takes the transaction's locks (metadata/locks.py), which
+            # come before any row this transaction writes.
+            refusal = record_blob(connection, self.core.files, self.name, parsed, size, context)
+            if has_row:
+                upload_limits.close_sessions(connection, [session])
+            return refusal
 
         raise_if_refused(await self.core.metadata.write(record))
         return parsed
@@ -119,6 +149,8 @@ class Uploads:
         await self._close(session)
 
     async def _close(self, session: str) -> None:
+        if not await self.core.sessions.settle(session):
+            return  # No row to delete: it was never written.
         await self.core.metadata.write(
             lambda connection: upload_limits.close_sessions(connection, [session])
         )

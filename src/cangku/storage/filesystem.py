@@ -321,19 +321,26 @@ async def _write_hashed(
     written = 0
     pending: asyncio.Future[None] | None = None
 
-    def flush(data: bytearray) -> None:
+    def flush(data: bytes | bytearray) -> None:
         hasher.update(data)
         file.write(data)
 
     try:
         async for chunk in chunks:
-            batch += chunk
-            if len(batch) >= WRITE_BATCH:
-                if pending is not None:
-                    await pending
-                pending = asyncio.ensure_future(anyio.to_thread.run_sync(flush, batch))
-                written += len(batch)
-                batch = bytearray()
+            if not batch and len(chunk) >= WRITE_BATCH and isinstance(chunk, bytes):
+                # A whole batch as it came (the server hands bodies over in batches of this
+                # size, server.py BODY_BATCH): hashed and written without a copy. Only bytes:
+                # a producer may reuse a bytearray while the thread still reads it.
+                ready: bytes | bytearray = chunk
+            else:
+                batch += chunk
+                if len(batch) < WRITE_BATCH:
+                    continue
+                ready, batch = batch, bytearray()
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(anyio.to_thread.run_sync(flush, ready))
+            written += len(ready)
     finally:
         # Never leave a write running behind the caller's back (e.g. a truncate on failure).
         if pending is not None:

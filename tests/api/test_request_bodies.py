@@ -1,0 +1,265 @@
+"""Request bodies through the real server's receive path (cangku/server.py): read with
+`recv_into` into one buffer per connection, handed to the application in batches of
+`BODY_BATCH` bytes. Bodies of every shape must arrive whole and in order: tiny reads, chunked
+transfer-encoding split anywhere, `Expect: 100-continue`, over TLS; a body cut short keeps
+nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cangku import server
+from cangku.server import BODY_BATCH, MIN_READ, ZeroCopyCycle
+from tests.api.helpers import sha256
+from tests.api.test_slow_clients import BOUND, httpx_client, serving
+from tests.api.test_zero_copy_server import serve
+from tests.tls import make_tls_files
+
+NAME = "jimo/bodies"
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Each write its own segment: the server sees the pieces as separate reads.
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length body (100 Continue lines skipped)."""
+    while True:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        if status != 100:
+            break
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:] if line)
+    }
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+async def start_upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    writer.write(f"POST /v2/{NAME}/blobs/uploads/ HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    status, headers, _ = await read_response(reader)
+    assert status == 202
+    return headers["location"]
+
+
+def chunked(data: bytes, sizes: list[int]) -> bytes:
+    """`data` in transfer-encoding chunks of the given sizes (the rest in one), with a chunk
+    extension and a trailer, as RFC 9112 section 7.1 allows."""
+    encoded, offset = b"", 0
+    for size in [*sizes, len(data)]:
+        piece = data[offset : offset + size]
+        if piece:
+            encoded += b"%x;ext=1\r\n" % len(piece) + piece + b"\r\n"
+        offset += len(piece)
+    return encoded + b"0\r\nX-Trailer: t\r\n\r\n"
+
+
+async def test_a_body_sent_a_byte_at_a_time_arrives_whole(app: ASGIApp, data_dir: Path) -> None:
+    data = os.urandom(3000)
+    async with serving(app, data_dir) as port:
+        reader, writer = await connect(port)
+        writer.write(
+            f"POST /v2/{NAME}/blobs/uploads/?digest={sha256(data)} HTTP/1.1\r\n"
+            f"Host: t\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        )
+        for index in range(len(data)):
+            writer.write(data[index : index + 1])
+            await writer.drain()
+            if index % 100 == 0:
+                await asyncio.sleep(0)  # Let the server read between some of them.
+        status, headers, _ = await read_response(reader)
+        writer.close()
+    assert status == 201
+    assert headers["docker-content-digest"] == sha256(data)
+
+
+async def test_a_chunked_body_split_at_every_byte_boundary_arrives_whole(
+    app: ASGIApp, data_dir: Path
+) -> None:
+    piece = os.urandom(40)
+    encoded = chunked(piece, [1, 16, 3])
+    async with serving(app, data_dir) as port:
+        reader, writer = await connect(port)
+        location = await start_upload(reader, writer)
+        # One PATCH per split point on one keep-alive connection: the framing, a size line,
+        # an extension, the CRLFs, the trailer, each cut between two reads.
+        for split in range(1, len(encoded)):
+            head = f"PATCH {location} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            writer.write(head.encode() + encoded[:split])
+            await writer.drain()
+            await asyncio.sleep(0.002)
+            writer.write(encoded[split:])
+            status, headers, _ = await read_response(reader)
+            assert status == 202, split
+            assert headers["range"] == f"0-{split * len(piece) - 1}"
+            location = headers["location"]
+        digest = sha256(piece * (len(encoded) - 1))
+        writer.write(
+            f"PUT {location}?digest={digest} HTTP/1.1\r\nHost: t\r\n"
+            "Content-Length: 0\r\n\r\n".encode()
+        )
+        status, _, _ = await read_response(reader)
+        writer.close()
+    assert status == 201
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(
+    app: ASGIApp, data_dir: Path
+) -> None:
+    data = os.urandom(3 * BODY_BATCH + 17)
+    async with serving(app, data_dir) as port:
+        reader, writer = await connect(port)
+        location = await start_upload(reader, writer)
+        writer.write(
+            f"PATCH {location} HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode()
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        writer.write(data)
+        status, headers, _ = await read_response(reader)
+        writer.close()
+    assert status == 202
+    assert headers["range"] == f"0-{len(data) - 1}"
+
+
+async def test_a_body_shorter_than_its_content_length_keeps_nothing(
+    app: ASGIApp, data_dir: Path
+) -> None:
+    """The client promises more than it sends and hangs up mid-body (here mid-batch and
+    after whole batches): the chunk is not kept, the upload stays where it was."""
+    async with serving(app, data_dir) as port:
+        async with httpx_client(port) as client:
+            started = await client.post(f"/v2/{NAME}/blobs/uploads/")
+            location = started.headers["location"]
+            first = await client.patch(location, content=b"a" * 10)
+            assert first.status_code == 202
+            location = first.headers["location"]
+        for sent in (1000, 2 * BODY_BATCH + 5):
+            _, writer = await connect(port)
+            writer.write(
+                f"PATCH {location} HTTP/1.1\r\nHost: t\r\n"
+                f"Content-Length: {sent + 100}\r\n\r\n".encode()
+                + os.urandom(sent)
+            )
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.close()
+            await writer.wait_closed()
+        async with httpx_client(port) as client:
+            for _ in range(50):  # The server notices the disconnect in its own time.
+                status = await client.get(location)
+                if status.headers.get("range") == "0-9":
+                    break
+                await asyncio.sleep(0.05)
+    assert status.status_code == 204
+    assert status.headers["range"] == "0-9"
+
+
+async def test_bytes_past_the_content_length_are_the_next_request_not_the_upload(
+    app: ASGIApp, data_dir: Path
+) -> None:
+    """A request pipelined right behind a body (in the same reads): the upload gets exactly
+    the promised bytes, and the next request is answered after it."""
+    data = os.urandom(BODY_BATCH + 3)
+    async with serving(app, data_dir) as port:
+        reader, writer = await connect(port)
+        location = await start_upload(reader, writer)
+        writer.write(
+            f"PATCH {location} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+            + f"GET {location} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+        )
+        patched, patched_headers, _ = await read_response(reader)
+        status, status_headers, _ = await read_response(reader)
+        writer.close()
+    assert (patched, status) == (202, 204)
+    assert patched_headers["range"] == status_headers["range"] == f"0-{len(data) - 1}"
+
+
+async def test_the_application_receives_a_streamed_body_in_whole_batches(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small reads are gathered: one ASGI message per BODY_BATCH bytes (the last shorter),
+    and while the application does not take a batch, no more than a batch and a read wait."""
+    received: list[int] = []
+    waiting: list[int] = []
+    add_body = ZeroCopyCycle.add_body
+
+    def recording_add_body(cycle: ZeroCopyCycle, piece: bytes) -> int:
+        pending = add_body(cycle, piece)
+        waiting.append(pending)
+        return pending
+
+    monkeypatch.setattr(ZeroCopyCycle, "add_body", recording_add_body)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(0.3)  # Slow to start: the body piles up meanwhile.
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+            received.append(len(message.get("body", b"")))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    data = os.urandom(4 * BODY_BATCH + 12345)
+    async with serving(app, data_dir) as port:
+        reader, writer = await connect(port)
+        writer.write(
+            b"PUT /anything HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunked(data, [16 * 1024] * (len(data) // (16 * 1024)))
+        )
+        await writer.drain()
+        status, _, _ = await read_response(reader)
+        writer.close()
+    assert status == 204
+    assert sum(received) == len(data)
+    assert all(size >= BODY_BATCH for size in received[:-1]), received
+    assert len(received) <= len(data) // BODY_BATCH + 1
+    assert max(waiting) < BODY_BATCH + MIN_READ
+
+
+async def test_over_tls_bodies_arrive_whole_through_the_same_path(
+    app: ASGIApp, tmp_path: Path
+) -> None:
+    tls = make_tls_files(tmp_path / "tls", [])
+    data = os.urandom(3 * BODY_BATCH + 7)
+    async for port in serve(app, tmp_path / "data", tls):
+        base_url = f"https://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base_url, verify=tls.context()) as client:
+            started = await client.post(f"/v2/{NAME}/blobs/uploads/")
+
+            async def pieces() -> AsyncIterator[bytes]:
+                for offset in range(0, len(data), 10_000):
+                    yield data[offset : offset + 10_000]
+
+            patched = await client.patch(started.headers["location"], content=pieces())
+            assert patched.status_code == 202
+            finished = await client.put(
+                patched.headers["location"], params={"digest": sha256(data)}
+            )
+            pulled = await client.get(f"/v2/{NAME}/blobs/{sha256(data)}")
+    assert finished.status_code == 201
+    assert pulled.content == data
+
+
+def test_the_server_protocol_reads_into_its_own_buffer() -> None:
+    # asyncio's transports call get_buffer/buffer_updated (recv_into) for a BufferedProtocol.
+    assert issubclass(server.ZeroCopyHttpProtocol, asyncio.BufferedProtocol)
