@@ -51,6 +51,11 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir.resolve() / 'cangku.db'}"
 
 
+def describe_database(url: str) -> str:
+    """The database `url` names, without its password: for messages and bookkeeping."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 class MetadataStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
