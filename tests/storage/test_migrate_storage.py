@@ -1,9 +1,9 @@
 """`cangku migrate-storage`: a whole registry copied between databases and blob stores.
 
-SQLite + filesystem to SQLite + filesystem always runs; the PostgreSQL + S3 (Ceph) legs need
-CANGKU_TEST_POSTGRES and CANGKU_TEST_S3, and skip without them (fail under
-CANGKU_REQUIRE_CLIENTS=1). tests/e2e/test_e2e_migrate_storage.py pulls from a copy with docker
-and skopeo.
+SQLite + filesystem to SQLite + filesystem always runs; the PostgreSQL + S3 (Ceph) legs
+(marked `postgresql`: `make test-postgresql` runs them) need CANGKU_TEST_POSTGRES and
+CANGKU_TEST_S3, and skip without them (fail under CANGKU_REQUIRE_CLIENTS=1).
+tests/e2e/test_e2e_migrate_storage.py pulls from a copy with docker and skopeo.
 """
 
 from __future__ import annotations
@@ -341,6 +341,7 @@ def test_the_command_exits_1_with_the_reason_when_refused(
 # -- PostgreSQL + S3 (Ceph) -------------------------------------------------------------------
 
 
+@pytest.mark.postgresql
 async def test_round_trip_through_postgresql_and_s3_ends_identical(tmp_path: Path) -> None:
     source = embedded(tmp_path / "source")
     pushed = await populate(source)
@@ -359,6 +360,7 @@ async def test_round_trip_through_postgresql_and_s3_ends_identical(tmp_path: Pat
         await assert_copy_of(scaled, back, pushed)
 
 
+@pytest.mark.postgresql
 async def test_interrupted_run_into_s3_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
