@@ -198,7 +198,7 @@ def cpu_seconds(registry: rb.Registry) -> float:
 @dataclass
 class Sample:
     rate: float  # MiB/s or requests/s
-    cpu: float  # server CPU: seconds per MiB (push, pull) or milliseconds per request
+    cpu: float  # server CPU milliseconds per MiB (push, pull) or per request
 
 
 @dataclass
@@ -248,7 +248,7 @@ def push_and_pull(registry: rb.Registry, blob: rb.BlobFile, count: int, results:
                 pushed.append(rb.push_blob_monolithic(client, registry.base, REPOSITORY, blob))
             return time.perf_counter() - started
 
-        seconds, cpu = measured([registry], push, count * blob.size / MiB)
+        seconds, cpu = measured([registry], push, count * blob.size / MiB / 1000)
         mib = sum(size for _, size in pushed) / MiB
         results.add("push", registry.name, Sample(mib / seconds, cpu))
 
@@ -258,7 +258,7 @@ def push_and_pull(registry: rb.Registry, blob: rb.BlobFile, count: int, results:
             for digest, size in pushed
         )
 
-    seconds, cpu = measured([registry], pull, mib)
+    seconds, cpu = measured([registry], pull, mib / 1000)
     results.add("pull", registry.name, Sample(mib / seconds, cpu))
 
 
@@ -402,8 +402,8 @@ def render(results: Results, arguments: argparse.Namespace, load: tuple[str, str
             "|---|---|---|---|---|---|---|",
         ]
     for row, unit, cpu_unit in (
-        ("push", "MiB/s", "s/MiB"),
-        ("pull", "MiB/s", "s/MiB"),
+        ("push", "MiB/s", "ms/MiB"),
+        ("pull", "MiB/s", "ms/MiB"),
         ("manifest GET", "req/s", "ms/req"),
     ):
         reference, cangku = results.median(row, "reference"), results.median(row, "cangku")
@@ -414,7 +414,7 @@ def render(results: Results, arguments: argparse.Namespace, load: tuple[str, str
             f"| {cangku.rate:,.1f} [{results.values(row, 'cangku')}] "
             f"| {cangku.rate / reference.rate:.2f}x "
             f"| {', '.join(f'{r:.2f}' for r in results.ratios(row, 'cangku', 'reference'))} "
-            f"| {reference.cpu:.4f} {cpu_unit} | {cangku.cpu:.4f} {cpu_unit} |"
+            f"| {reference.cpu:.2f} {cpu_unit} | {cangku.cpu:.2f} {cpu_unit} |"
         )
     one = results.median("manifest GET, replicas", "1 replica")
     two = results.median("manifest GET, replicas", "2 replicas")

@@ -248,6 +248,21 @@ async def test_a_target_holding_only_blobs_is_refused(tmp_path: Path) -> None:
         await command.migrate(source, target)
 
 
+async def test_moving_only_the_database_keeps_the_blobs_where_they_are(tmp_path: Path) -> None:
+    source = embedded(tmp_path / "source")
+    pushed = await populate(source)
+    # The same data directory (its blobs), another database.
+    target = Settings(
+        data=source.data, database_url=sqlite_url(tmp_path / "elsewhere"), auth={"open": True}
+    )
+    (tmp_path / "elsewhere").mkdir()
+
+    report = await command.migrate(source, target)
+
+    assert (report.copied, report.skipped) == (0, len(dump(source)["blobs"]))
+    await assert_copy_of(source, target, pushed)
+
+
 async def test_a_target_migrated_from_another_source_is_refused(tmp_path: Path) -> None:
     first, second = embedded(tmp_path / "first"), embedded(tmp_path / "second")
     target = embedded(tmp_path / "target")

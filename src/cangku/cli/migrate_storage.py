@@ -204,7 +204,7 @@ async def _migrate(source: Side, target: Side, console: Console, overwrite: bool
         )
     runs = await target.metadata.read(copying.migration_sources)
     if source.description not in runs and not overwrite:
-        await _refuse_unless_empty(target, runs)
+        await _refuse_unless_empty(source, target, runs)
     await target.metadata.write(
         lambda connection: copying.start_migration(connection, source.description, time.time())
     )
@@ -225,7 +225,7 @@ async def _migrate(source: Side, target: Side, console: Console, overwrite: bool
     return report
 
 
-async def _refuse_unless_empty(target: Side, runs: dict[str, float | None]) -> None:
+async def _refuse_unless_empty(source: Side, target: Side, runs: dict[str, float | None]) -> None:
     if runs:
         raise MigrationRefused(
             f"the target ({target.description}) was migrated into from another registry "
@@ -236,6 +236,8 @@ async def _refuse_unless_empty(target: Side, runs: dict[str, float | None]) -> N
             f"the target database ({target.database}) already holds a registry; pass "
             "--overwrite to replace its rows with the source's"
         )
+    if target.blob_store == source.blob_store:
+        return  # Only the database moves: the blobs there are the source's own.
     async for digest, _, _ in target.storage.iterate():
         raise MigrationRefused(
             f"the target blob store ({target.blob_store}) already holds blobs ({digest}, …); "
