@@ -214,8 +214,11 @@ async def test_interrupted_run_resumes_copying_only_what_is_missing(
     await assert_copy_of(source, target, pushed)
     assert None not in migrations_recorded(target).values()
 
-    # A third run finds nothing to do and leaves the copy as it is.
-    again = await command.migrate(source, target)
+    # A finished copy may have taken pushes since: a third run must be told to overwrite,
+    # and then finds nothing to do.
+    with pytest.raises(command.MigrationRefused, match="finished copy"):
+        await command.migrate(source, target)
+    again = await command.migrate(source, target, overwrite=True)
     assert (again.skipped, again.copied) == (blobs, 0)
     assert sum(changes.total for changes in again.rows.values()) == 0
     await assert_copy_of(source, target, pushed)

@@ -9,8 +9,8 @@ be missing from the target (docs/scale-out.md).
 The order makes it safe to interrupt and resume:
 
 1. Both schemas are brought to the newest migration (the target's created if empty).
-2. The target is checked: it must hold nothing, or be an unfinished (or finished) run from
-   this same source (the `storage_migrations` row says which), or `--overwrite` was given.
+2. The target is checked: it must hold nothing, or be an unfinished run from this same
+   source (the `storage_migrations` row says which), or `--overwrite` was given.
 3. Every recorded blob is copied, streamed and verified against its digest by the target
    driver's `write_blob` before it becomes visible there; a blob the target already holds at
    the recorded size is skipped (a driver never shows a blob whose bytes it did not verify),
@@ -203,8 +203,16 @@ async def _migrate(source: Side, target: Side, console: Console, overwrite: bool
             "a database of its own"
         )
     runs = await target.metadata.read(copying.migration_sources)
-    if source.description not in runs and not overwrite:
-        await _refuse_unless_empty(source, target, runs)
+    if not overwrite:
+        if source.description not in runs:
+            await _refuse_unless_empty(source, target, runs)
+        elif (finished := runs[source.description]) is not None:
+            # A finished copy may have taken pushes since; a new run would drop them.
+            raise MigrationRefused(
+                f"the target is a finished copy of this registry (finished "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(finished))}); pass "
+                "--overwrite to copy again (rows written to the target since are replaced)"
+            )
     await target.metadata.write(
         lambda connection: copying.start_migration(connection, source.description, time.time())
     )
