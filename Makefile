@@ -23,16 +23,18 @@ install: $(BIN)/cangku
 run: install
 	$(BIN)/cangku serve --listen $(LISTEN) --data $(DATA)
 
-# The three-replica test needs PostgreSQL: `make test-postgresql` runs it.
+# Tests marked `postgresql` need a PostgreSQL (migrate-storage into PostgreSQL + S3, the
+# three replicas behind nginx): they run in `make test-postgresql`.
 test: install
-	$(BIN)/pytest --ignore=tests/e2e/test_e2e_replicas.py
+	$(BIN)/pytest -m "not postgresql"
 
 # The API, account and UI tests again, each on a fresh PostgreSQL database (.ci/run sets
-# up the server and the role).
+# up the server and the role); then the tests that need PostgreSQL itself (marked
+# `postgresql`: `migrate-storage` into PostgreSQL + S3 and back, which also need CANGKU_TEST_S3).
 POSTGRES_ADMIN_URL ?= postgresql+psycopg://cangku:cangku@127.0.0.1:5432/postgres
 test-postgresql: install
-	CANGKU_TEST_POSTGRES=$(POSTGRES_ADMIN_URL) $(BIN)/pytest tests/api tests/auth tests/web tests/metadata tests/registry \
-		tests/e2e/test_e2e_replicas.py
+	CANGKU_TEST_POSTGRES=$(POSTGRES_ADMIN_URL) $(BIN)/pytest tests/api tests/auth tests/web tests/metadata tests/registry
+	CANGKU_TEST_POSTGRES=$(POSTGRES_ADMIN_URL) $(BIN)/pytest -m postgresql
 
 check: install
 	$(BIN)/ruff format --check src tests benchmarks

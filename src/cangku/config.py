@@ -454,8 +454,14 @@ class _FileSource(PydanticBaseSettingsSource):
         return self.values
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings; `overrides` are CLI flags (None means "not given")."""
+def load_settings(
+    config_file: Path | None = None, *, environment: bool = True, **overrides: Any
+) -> Settings:
+    """Build the settings; `overrides` are CLI flags (None means "not given").
+
+    `environment=False` ignores the `CANGKU_*` variables: for a second registry's file (the
+    target of `migrate-storage`) while the variables describe the first.
+    """
     file_values: dict[str, Any] = {}
     if config_file is not None:
         loaded = yaml.safe_load(config_file.read_text())
@@ -473,6 +479,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
+            if not environment:
+                return (init_settings, _FileSource(settings_cls, file_values))
             return (init_settings, env_settings, _FileSource(settings_cls, file_values))
 
     given = {key: value for key, value in overrides.items() if value is not None}

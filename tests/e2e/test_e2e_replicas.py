@@ -41,7 +41,7 @@ from .conftest import (
     sha256_digest,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.postgresql]
 
 MiB = 1024 * 1024
 

@@ -22,6 +22,7 @@ from cangku.content.errors import (
     DigestInvalid,
     RegistryError,
     SizeInvalid,
+    UploadOutOfOrder,
 )
 from cangku.registry.sessions import session_name
 from cangku.storage import filesystem
@@ -261,6 +262,23 @@ async def test_open_of_unknown_blob_raises_blob_unknown(storage: BlobStorage) ->
         await storage.open(Digest.of(b"never stored"), 0, 1)
 
 
+async def test_read_of_unknown_blob_raises_blob_unknown(storage: BlobStorage) -> None:
+    with pytest.raises(BlobUnknown):
+        await read_all(storage, Digest.of(b"never stored"))
+
+
+async def test_blocking_stat_and_delete_act_like_their_async_forms(storage: BlobStorage) -> None:
+    # Metadata transactions call these from a worker thread (storage/base.py).
+    digest = Digest.of(DATA)
+    await storage.write_blob(stream(DATA), digest, len(DATA))
+
+    assert await asyncio.to_thread(storage.stat_blocking, digest) == len(DATA)
+    await asyncio.to_thread(storage.delete_blocking, digest)
+    assert await asyncio.to_thread(storage.stat_blocking, digest) is None
+    assert await storage.stat(digest) is None
+    await asyncio.to_thread(storage.delete_blocking, digest)  # a second delete is a no-op
+
+
 async def test_delete_removes_the_blob(storage: BlobStorage) -> None:
     kept, deleted = Digest.of(b"kept"), Digest.of(DATA)
     await storage.write_blob(stream(b"kept"), kept, 4)
@@ -326,6 +344,20 @@ async def test_appending_several_chunks_grows_the_upload(storage: BlobStorage) -
 
     assert sizes == [1500, 3000, 4500, 5000]
     assert await storage.upload_size(upload_id) == len(DATA)
+
+
+async def test_append_at_another_offset_raises_upload_out_of_order_and_keeps_the_upload(
+    storage: BlobStorage,
+) -> None:
+    upload_id = await new_upload(storage, DATA[:1000])
+
+    for offset in (0, 999, 1001):
+        with pytest.raises(UploadOutOfOrder):
+            await storage.append_upload(upload_id, stream(DATA[1000:2000]), 1000, offset)
+
+    assert await storage.upload_size(upload_id) == 1000
+    assert await storage.append_upload(upload_id, stream(DATA[1000:]), None, 1000) == len(DATA)
+    assert await storage.commit_upload(upload_id, Digest.of(DATA)) == len(DATA)
 
 
 async def test_commit_verifies_the_upload_and_makes_it_the_blob(storage: BlobStorage) -> None:
@@ -441,6 +473,52 @@ async def test_first_append_that_fails_leaves_the_upload_empty(storage: BlobStor
     assert await storage.upload_size(upload_id) == 0
     await storage.append_upload(upload_id, stream(b"abc"), 3)
     assert await storage.commit_upload(upload_id, Digest.of(b"abc")) == 3
+
+
+# More than two of the S3 driver's 8 MiB multipart parts, in chunks that end off the part
+# boundaries: what a chunked docker push of a large layer does.
+LARGE = bytes(range(256)) * (17 * 4096) + b"tail!"
+LARGE_CHUNKS = (5 * 1024 * 1024 + 3, 7 * 1024 * 1024, len(LARGE))
+
+
+async def test_upload_spanning_several_multipart_parts_commits_the_whole_blob(
+    storage: BlobStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filesystem, "WRITE_BATCH", 1024 * 1024)  # not a thread hop per KiB
+    upload_id = await new_upload(storage)
+    start = 0
+    for end in LARGE_CHUNKS:
+        chunk = LARGE[start:end]
+        size = await storage.append_upload(upload_id, stream(*split(chunk, 1024 * 1024)), None)
+        assert size == end
+        start = end
+    digest = Digest.of(LARGE)
+
+    with pytest.raises(DigestInvalid):
+        await storage.commit_upload(upload_id, Digest.of(LARGE[:-1]))
+    assert await storage.commit_upload(upload_id, digest) == len(LARGE)
+
+    assert await storage.stat(digest) == len(LARGE)
+    assert Digest.of(await read_all(storage, digest)) == digest
+    boundary = 8 * 1024 * 1024  # across the first part boundary
+    assert (
+        await read_all(storage, digest, boundary - 10, boundary + 10)
+        == (LARGE[boundary - 10 : boundary + 10])
+    )
+
+
+async def test_write_blob_larger_than_a_multipart_part(
+    storage: BlobStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filesystem, "WRITE_BATCH", 1024 * 1024)
+    digest = Digest.of(LARGE)
+
+    assert await storage.write_blob(stream(*split(LARGE, 1024 * 1024)), digest, len(LARGE)) == (
+        len(LARGE)
+    )
+
+    assert await storage.stat(digest) == len(LARGE)
+    assert Digest.of(await read_all(storage, digest)) == digest
 
 
 async def test_interleaved_uploads_do_not_mix(storage: BlobStorage) -> None:

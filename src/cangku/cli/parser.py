@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from cangku import __version__
-from cangku.cli import descriptions, events, retention
+from cangku.cli import descriptions, events, migrate_storage, retention
 from cangku.cli.common import (
     _add_delete_repositories,
     _add_policy_switches,
@@ -162,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     proxy_purge.description = PURGE_HELP
     proxy_purge.add_argument(
         "target", help="a mirror repository (docker.io/library/alpine) or an upstream (docker.io)"
+    )
+    migrate_storage.add_command(
+        _command(
+            commands,
+            "migrate-storage",
+            "copy the registry into other stores (e.g. PostgreSQL + S3) and back",
+            run=migrate_storage.migrate_storage_run,
+        )
     )
     usage = _command(
         commands, "usage", "bytes stored per namespace and repository, and quotas", run=usage_run

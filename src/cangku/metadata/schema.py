@@ -376,3 +376,15 @@ webhooks = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_webhooks_scope", "namespace", "repository"),
 )
+
+# Issue 15: `cangku migrate-storage` runs into this database from the registry named by
+# `source` (its database and blob store, without secrets). A row without `finished_at` is an
+# interrupted run, which the same source may resume; any other content makes the command
+# refuse the target unless told to overwrite it. Never copied by the command itself.
+storage_migrations = Table(
+    "storage_migrations",
+    metadata,
+    Column("source", String(2000), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+)

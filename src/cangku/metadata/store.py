@@ -64,6 +64,11 @@ def is_sqlite_url(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def describe_database(url: str) -> str:
+    """The database `url` names, without its password: for messages and bookkeeping."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 class MetadataStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -66,7 +66,8 @@ class BlobStorage(Protocol):
         """
 
     def read(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Stream bytes [start, end) of a stored blob."""
+        """Stream bytes [start, end) of a stored blob; BlobUnknown (on the first iteration)
+        when there is none."""
 
     async def delete(self, digest: Digest) -> None: ...
 

@@ -116,7 +116,11 @@ class FilesystemStorage:
     async def read(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        with open(self.blob_path(digest), "rb") as file:
+        try:
+            file = open(self.blob_path(digest), "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise BlobUnknown("blob unknown to registry", str(digest)) from None
+        with file:
             file.seek(start)
             remaining = None if end is None else end - start
             while remaining is None or remaining > 0:

@@ -38,7 +38,10 @@ class MemoryStorage:
     async def read(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        yield self.blobs[digest][0][start:end]
+        entry = self.blobs.get(digest)
+        if entry is None:
+            raise BlobUnknown("blob unknown to registry", str(digest))
+        yield entry[0][start:end]
 
     async def delete(self, digest: Digest) -> None:
         self.delete_blocking(digest)
