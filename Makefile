@@ -30,7 +30,8 @@ test: install
 
 # The API, account and UI tests again, each on a fresh PostgreSQL database (.ci/run sets
 # up the server and the role); then the tests that need PostgreSQL itself (marked
-# `postgresql`: `migrate-storage` into PostgreSQL + S3 and back, which also need CANGKU_TEST_S3).
+# `postgresql`: `migrate-storage` into PostgreSQL + S3 and back, and the three replicas behind
+# nginx; these also need CANGKU_TEST_S3).
 POSTGRES_ADMIN_URL ?= postgresql+psycopg://cangku:cangku@127.0.0.1:5432/postgres
 test-postgresql: install
 	CANGKU_TEST_POSTGRES=$(POSTGRES_ADMIN_URL) $(BIN)/pytest tests/api tests/auth tests/web tests/metadata tests/registry
