@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from cangku.content.mediatypes import INDEXES
@@ -192,14 +192,18 @@ class PullCounter:
         entry = self._pending.get((repository, TOTAL, ""))
         return int(entry[0]) if entry else 0
 
-    async def repository(self, name: str) -> RepositoryPulls:
-        """The stored counts plus those still buffered in this process."""
+    async def repository(self, name: str, tags: Collection[str] | None = None) -> RepositoryPulls:
+        """The stored counts plus those still buffered in this process. With `tags` given
+        (a page of the tag table), only the total and those tags' counts: a read bounded by
+        the page, not by how many tags and digests were ever pulled."""
         stored = await self.metadata.read(
-            lambda connection: pull_stats.repository_pulls(connection, name)
+            lambda connection: pull_stats.repository_pulls(connection, name, tags)
         )
         merged = dict(stored)
         for (repository, kind, reference), (pulls, last) in self._pending.items():
             if repository != name:
+                continue
+            if tags is not None and not (kind == TOTAL or (kind == TAG and reference in tags)):
                 continue
             before = merged.get((kind, reference))
             if before is None:

@@ -68,6 +68,8 @@ class Registry:
         self.wrap = wrap
         # Issue 17: pulls counted in memory, flushed in batches (registry/pulls.py).
         self.pulls = PullCounter(metadata)
+        # The repository page's usage figures (registry/browse.py).
+        self.usage_cache = browse.UsageCache()
 
     # Settings live in `core`, shared by every service the handles hold (tests change them).
     @property
@@ -194,6 +196,15 @@ class Registry:
 
         return await self.metadata.read(measure)
 
+    async def page_usage(self, name: str) -> browse.CachedUsage:
+        """`repository_usage` for the repository page, reused for up to
+        `browse.USAGE_MAX_AGE` seconds (the aggregate grows with the repository; the page
+        must not). NAME_INVALID, NAME_UNKNOWN."""
+        cached = self.usage_cache.get(name)
+        if cached is None:
+            cached = self.usage_cache.put(name, await self.repository_usage(name))
+        return cached
+
     async def set_quota(self, namespace: str, limit_bytes: int) -> Quota:
         """Cap a namespace's deduplicated usage; pushes beyond it are refused with DENIED."""
         _validate_namespace(namespace)
@@ -233,13 +244,13 @@ class Registry:
             )
         )
 
-    async def tag_table(self, name: str, limit: int) -> browse.TagTable:
-        """The repository page's tag table: the first `limit` tags by name with their
-        manifests, newest pushes, index children and config sizes, in one read of two
-        statements (NAME_UNKNOWN for an unknown repository)."""
+    async def tag_table(self, name: str, limit: int, after: str | None = None) -> browse.TagTable:
+        """The repository page's tag table: the first `limit` tags by name (after the tag
+        `after`, if given) with their manifests, newest pushes, index children and config
+        sizes, in one read of two statements (NAME_UNKNOWN for an unknown repository)."""
         validate_repository_name(name)
         return await self.metadata.read(
-            lambda connection: browse.tag_table(connection, name, min(limit, MAX_PAGE_SIZE))
+            lambda connection: browse.tag_table(connection, name, min(limit, MAX_PAGE_SIZE), after)
         )
 
     async def image_parts(
@@ -276,6 +287,7 @@ class Registry:
 
         self.pulls.forget(name)
         await self.metadata.write(remove)
+        self.usage_cache.forget(name)
         sessions = [session async for session, _ in self.storage.iterate_uploads()]
         for session in sessions:
             if belongs_to(session, name):
