@@ -10,6 +10,7 @@ the rows a statement scans; PostgreSQL: the rows the statements return). Both mu
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,3 +193,35 @@ async def test_no_step_costs_more_with_more_versions(
         or (large[name].effort > small[name].effort * 1.3 + 10 and name not in COUNTS_ALL)
     }
     assert not grew, f"(statements, effort) at {SMALL} and {LARGE} versions: {grew}"
+
+
+async def test_a_release_push_sends_as_many_statements_as_a_plain_tag_push(
+    client: httpx.AsyncClient, registry: Registry, meter: Meter
+) -> None:
+    """Issue 20's second goal (a version push within 1.2x a plain-tag push): moving the
+    three floating tags reads them with the lines' newest releases in one statement and
+    writes all four tags in one, so only rows, not statements, are added."""
+    images = (await push_image(client, REPO, layers=1))[1], (await push_image(client, REPO))[1]
+    await seed(registry, images, 0, 300)
+    _, other = await push_image(client, REPO, layers=1)
+    plain, release = [], []
+    for round_ in range(2):
+        for tag, counts in ((f"build-{round_}", plain), (f"{100 + round_}.0.0", release)):
+            content = json.loads(other)
+            content["annotations"] = {"round": tag}
+            body = json.dumps(content).encode()
+
+            async def put(tag: str = tag, body: bytes = body) -> None:
+                response = await client.put(
+                    f"/v2/{REPO}/manifests/{tag}",
+                    content=body,
+                    headers={"Content-Type": OCI_MANIFEST},
+                )
+                assert response.status_code == 201, response.text
+
+            counts.append((await meter.measure(put)).statements)
+    # The last release push moved `latest` (and its lines) onto itself.
+    newest = await client.get(f"/v2/{REPO}/manifests/101.0.0", headers={"Accept": OCI_MANIFEST})
+    latest = await client.get(f"/v2/{REPO}/manifests/latest", headers={"Accept": OCI_MANIFEST})
+    assert latest.headers["docker-content-digest"] == newest.headers["docker-content-digest"]
+    assert release == plain, f"statements: release pushes {release}, plain-tag pushes {plain}"
