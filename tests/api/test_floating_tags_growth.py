@@ -204,7 +204,8 @@ async def test_a_release_push_sends_as_many_statements_as_a_plain_tag_push(
     images = (await push_image(client, REPO, layers=1))[1], (await push_image(client, REPO))[1]
     await seed(registry, images, 0, 300)
     _, other = await push_image(client, REPO, layers=1)
-    plain, release = [], []
+    plain: list[int] = []
+    release: list[int] = []
     for round_ in range(2):
         for tag, counts in ((f"build-{round_}", plain), (f"{100 + round_}.0.0", release)):
             content = json.loads(other)
