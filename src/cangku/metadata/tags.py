@@ -41,6 +41,12 @@ _POLICY_ROWS = select(
     ((tag_policies.c.scope == "repository") & (tag_policies.c.name == bindparam("repository")))
     | ((tag_policies.c.scope == "namespace") & (tag_policies.c.name == bindparam("namespace")))
 )
+_NAMES = (
+    select(tags.c.name)
+    .where(tags.c.repository_id == bindparam("repository_id"), tags.c.name > bindparam("after"))
+    .order_by(tags.c.name)
+    .limit(bindparam("limit"))
+)
 _TAG_DIGEST = select(tags.c.manifest_digest).where(
     tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
 )
@@ -170,11 +176,10 @@ _VERSIONS = (
 
 
 def names(connection: Connection, repository_id: int, after: str | None, limit: int) -> list[str]:
-    """Up to `limit` tag names of the repository after `after`, in name order."""
-    query = select(tags.c.name).where(tags.c.repository_id == repository_id)
-    if after:
-        query = query.where(tags.c.name > after)
-    return list(connection.scalars(query.order_by(tags.c.name).limit(limit)).all())
+    """Up to `limit` tag names of the repository after `after`, in name order (a range of
+    the primary key; every tag name is above "")."""
+    parameters = {"repository_id": repository_id, "after": after or "", "limit": limit}
+    return list(connection.scalars(_NAMES, parameters).all())
 
 
 def on_manifest(connection: Connection, repository_id: int, digest: str) -> list[str]:
