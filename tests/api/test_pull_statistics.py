@@ -231,3 +231,47 @@ async def test_stopping_the_server_writes_the_buffered_counts(
         assert (await PullCounter(reopened).repository("team/app")).total.pulls == 1
     finally:
         await reopened.close()
+
+
+async def test_a_get_the_accept_header_refuses_is_not_a_pull(client: httpx.AsyncClient) -> None:
+    await push_image(client, "team/app", "1")
+    refused = await client.get("/v2/team/app/manifests/1", headers={"Accept": OCI_INDEX})
+    assert refused.status_code == 404
+    assert (await pulls_json(client, "team/app"))["pulls"] == 0
+
+
+async def test_an_index_is_parsed_once_however_often_it_is_pulled(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its children (for the "index then image is one pull" rule) are remembered by digest,
+    which names immutable content: no JSON parse per GET."""
+    image_digest, image = await push_image(client, "team/multi")
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": image_digest, "size": len(image)}],
+    }
+    put = await client.put(
+        "/v2/team/multi/manifests/1",
+        content=json.dumps(index).encode(),
+        headers={"Content-Type": OCI_INDEX},
+    )
+    assert put.status_code == 201, put.text
+    parsed: list[bytes] = []
+
+    class CountingJson:
+        @staticmethod
+        def loads(content: bytes) -> Any:
+            parsed.append(content)
+            return json.loads(content)
+
+    monkeypatch.setattr("cangku.registry.pulls.json", CountingJson)
+    accept = {"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"}
+    for _ in range(3):
+        assert (await client.get("/v2/team/multi/manifests/1", headers=accept)).is_success
+        got = await client.get(f"/v2/team/multi/manifests/{image_digest}", headers=accept)
+        assert got.is_success
+    assert len(parsed) == 1
+    stats = await pulls_json(client, "team/multi")
+    # Each index GET and the image GET after it are one pull, as before.
+    assert stats["pulls"] == 3 and stats["manifests"][image_digest]["pulls"] == 3

@@ -103,3 +103,48 @@ async def test_the_handle_validates_the_name_once_before_any_wrapper(registry: R
     assert seen == []
     assert wrapped.repository("jimo/app").name == "jimo/app"
     assert seen == ["jimo/app"]
+
+
+async def test_a_name_s_handle_is_built_once_and_wrap_still_sees_every_one(
+    registry: Registry,
+) -> None:
+    """Issue 11: the services hold only the core and the name, so a manifest GET reuses the
+    name's handle instead of building five service objects."""
+    assert registry.repository("jimo/app") is registry.repository("jimo/app")
+    assert registry.repository("jimo/app") is not registry.repository("jimo/other")
+    seen: list[str] = []
+
+    def wrap(handle: Repository) -> Repository:
+        seen.append(handle.name)
+        return handle
+
+    wrapped = Registry(registry.storage, registry.metadata, wrap=wrap)
+    first, second = wrapped.repository("jimo/app"), wrapped.repository("jimo/app")
+    assert first.manifests is second.manifests
+    assert seen == ["jimo/app", "jimo/app"]
+    with pytest.raises(NameInvalid):  # an invalid name is refused each time, never kept
+        wrapped.repository("Jimo/../app")
+    with pytest.raises(NameInvalid):
+        wrapped.repository("Jimo/../app")
+
+
+async def test_pulls_are_counted_around_a_wrapped_manifest_service(
+    registry: Registry, data_dir: Path
+) -> None:
+    """Pull counting is itself a wrapper, outermost: what a wrapper (a cache) serves counts."""
+    calls: list[tuple[str, str, str, RequestContext | None]] = []
+
+    def wrap(handle: Repository) -> Repository:
+        return replace(handle, manifests=Recording(handle.manifests, handle.name, calls))
+
+    wrapped = Registry(registry.storage, registry.metadata, wrap=wrap)
+    app = create_app(Settings(data=data_dir, auth={"open": True}), wrapped)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
+        await push_image(client, "jimo/app", "1.0.0")
+        accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        assert (await client.get("/v2/jimo/app/manifests/1.0.0", headers=accept)).is_success
+        assert (await client.head("/v2/jimo/app/manifests/1.0.0", headers=accept)).is_success
+    assert [call[1:3] for call in calls if call[1] == "get"] == [("get", "1.0.0")] * 2
+    counted = await wrapped.pulls.repository("jimo/app")
+    assert counted.total.pulls == 1 and counted.tags["1.0.0"].pulls == 1

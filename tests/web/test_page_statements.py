@@ -7,6 +7,7 @@ number of tags (or images).
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from sqlalchemy import event
 
 from cangku.metadata import browse as metadata_browse
 from cangku.registry import Registry
+from cangku.registry.browse import UsageCache
 from cangku.registry.context import IN_PROCESS, RequestContext
 from cangku.web import repositories as repositories_page
 from tests.web.test_page_content import (
@@ -112,9 +114,62 @@ async def test_the_repository_page_sends_as_many_statements_for_300_tags_as_for_
     # whose child the description fallback of issue 17 reads for its annotations.)
     assert many <= few, f"{few} statements for 4 tags, {many} for {MANY_TAGS + 1}"
 
-    text = text_of(await client.get("/r/jimo/many"))
-    assert len(re.findall(r"\bv0\d{3}\b", text)) >= MANY_TAGS
-    assert "linux/amd64" in text
+    # A page of the table at a time; "Next tags" leads through all of them, by name.
+    shown: list[str] = []
+    path: str | None = "/r/jimo/many"
+    pages = 0
+    while path is not None:
+        page = await client.get(path)
+        assert page.status_code == 200
+        table = page.text.split("<tbody>")[1].split("</tbody>")[0]
+        rows = re.findall(r'data-label="Tag"><a href="[^"]*">([^<]+)</a>', table)
+        assert 0 < len(rows) <= repositories_page.TAGS_PER_PAGE
+        shown += rows
+        assert "linux/amd64" in text_of(page)
+        found = re.search(r'<a href="([^"]+)" id="more-tags"', page.text)
+        path = html.unescape(found.group(1)) if found else None
+        pages += 1
+    assert shown == ["multi"] + [f"v{number:04d}" for number in range(MANY_TAGS)]
+    assert pages == 4
+
+
+async def test_a_page_of_tags_after_the_last_one_says_so_and_a_bad_name_is_404(
+    site: tuple[Registry, httpx.AsyncClient],  # noqa: F811
+) -> None:
+    registry, client = site
+    await push_images(registry, "jimo/many", 0, 2)
+    page = await client.get("/r/jimo/many?tags_after=v0000")
+    assert page.status_code == 200
+    assert re.findall(r'data-label="Tag"><a href="[^"]*">([^<]+)</a>', page.text) == ["v0001"]
+    assert "more-tags" not in page.text and "First tags" in page.text
+    past = await client.get("/r/jimo/many?tags_after=v0001")
+    assert past.status_code == 200 and "No tags after v0001." in text_of(past)
+    assert (await client.get("/r/jimo/many?tags_after=-bad")).status_code == 404
+
+
+async def test_the_usage_figures_are_reused_for_30_seconds_then_measured_again(
+    site: tuple[Registry, httpx.AsyncClient],  # noqa: F811
+) -> None:
+    """They aggregate the whole repository: the page reads them at most every 30 s."""
+    registry, client = site
+    now = [1000.0]
+    registry.usage_cache = UsageCache(max_age=30.0, clock=lambda: now[0])
+    await push_images(registry, "jimo/many", 0, 2)
+    aggregate = "count(*) AS manifest_count"
+    with counted_statements(registry) as sent:
+        assert "2 tags · 2 images" in text_of(await client.get("/r/jimo/many"))
+    assert sum(aggregate in statement for statement in sent) == 1
+    await push_images(registry, "jimo/many", 2, 1)
+    now[0] += 29
+    with counted_statements(registry) as sent:
+        assert "2 tags · 2 images" in text_of(await client.get("/r/jimo/many"))
+    assert not any(aggregate in statement for statement in sent)
+    now[0] += 2
+    with counted_statements(registry) as sent:
+        assert "3 tags · 3 images" in text_of(await client.get("/r/jimo/many"))
+    assert sum(aggregate in statement for statement in sent) == 1
+    # The JSON usage is always measured now.
+    assert (await registry.repository_usage("jimo/many")).tags == 3
 
 
 async def test_the_image_page_finds_the_tags_on_a_manifest_in_a_bounded_number_of_statements(

@@ -7,11 +7,11 @@ from starlette.responses import Response
 
 from cangku.content.errors import ManifestUnknown, PayloadTooLarge, TooManyTags
 from cangku.content.manifest import MAX_MANIFEST_BYTES
-from cangku.content.mediatypes import INDEXES, is_acceptable, parse_accept
+from cangku.content.mediatypes import is_acceptable, parse_accept
 from cangku.distribution.http import content_length, request_body, request_context, warning
 from cangku.registry import Registry
 from cangku.registry.manifests import MAX_TAGS_PER_PUSH
-from cangku.registry.pulls import counts_as_pull, index_children
+from cangku.registry.pulls import Reader
 
 
 async def put_manifest(request: Request, registry: Registry, name: str, reference: str) -> Response:
@@ -48,32 +48,31 @@ async def put_manifest(request: Request, registry: Registry, name: str, referenc
 
 
 async def get_manifest(request: Request, registry: Registry, name: str, reference: str) -> Response:
-    manifest = await registry.repository(name).manifests.get(reference)
+    headers = request.headers
     # Clients send one Accept header per media type (docker, skopeo): read them all.
-    accepted = parse_accept(",".join(request.headers.getlist("accept")))
+    accepted = parse_accept(",".join(headers.getlist("accept")))
+    # Issue 17: this client's GET is a pull, counted by the wrapper the reader installs
+    # (registry/pulls.py, CountedManifests), in memory only.
+    method = request.method
+    reader = Reader(
+        request.client.host if request.client else "",
+        method,
+        headers.get("user-agent") if method == "GET" else None,
+        accepted,
+    )
+    manifest = await registry.repository(name, reader).manifests.get(reference)
     if not is_acceptable(manifest.media_type, accepted):
         raise ManifestUnknown(
             f"the manifest is a {manifest.media_type}, which the Accept header does not allow",
             reference,
         )
-    headers = {
+    reply = {
         "Docker-Content-Digest": manifest.digest,
         "Content-Length": str(manifest.size),
         "ETag": f'"{manifest.digest}"',
     }
-    body = b"" if request.method == "HEAD" else manifest.content
-    # Issue 17: a client's GET is a pull (registry/pulls.py); counted in memory only.
-    client = request.client.host if request.client else ""
-    if request.method == "HEAD":
-        if reference != manifest.digest:
-            registry.pulls.note_resolution(name, reference, manifest.digest, client)
-    elif counts_as_pull(request.method, request.headers.get("user-agent")):
-        if manifest.media_type in INDEXES:
-            children = index_children(manifest.media_type, manifest.content)
-            registry.pulls.record(name, reference, manifest.digest, client, children)
-        else:
-            registry.pulls.record(name, reference, manifest.digest, client)
-    response = Response(body, headers=headers, media_type=manifest.media_type)
+    body = b"" if method == "HEAD" else manifest.content
+    response = Response(body, headers=reply, media_type=manifest.media_type)
     for text in manifest.warnings:
         response.headers.append("Warning", warning(text))
     return response

@@ -28,10 +28,10 @@ Handler = Callable[..., Awaitable[Response]]
 Methods = dict[str, tuple[Handler, str | None]]
 
 # (pattern, route name, methods). The name labels metrics and spans: never the repository.
+# Tried in order: the busiest first (manifests, then blobs), each failed try costs a regular
+# expression over the path. The patterns exclude each other (each ends in its own literal
+# segment) but for uploads, which must come before blobs.
 ROUTES: list[tuple[re.Pattern[str], str, Methods]] = [
-    (re.compile(r"/v2/?"), "v2.base", {"GET": (base.api_version, None)}),
-    (re.compile(r"/v2/_catalog"), "v2.catalog", {"GET": (catalog.list_repositories, CATALOG)}),
-    (re.compile(r"/v2/(?P<name>.+)/tags/list"), "v2.tags", {"GET": (tags.list_tags, PULL)}),
     (
         re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)"),
         "v2.manifest",
@@ -66,11 +66,14 @@ ROUTES: list[tuple[re.Pattern[str], str, Methods]] = [
             "DELETE": (blobs.delete_blob, DELETE),
         },
     ),
+    (re.compile(r"/v2/(?P<name>.+)/tags/list"), "v2.tags", {"GET": (tags.list_tags, PULL)}),
     (
         re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)"),
         "v2.referrers",
         {"GET": (referrers.list_referrers, PULL)},
     ),
+    (re.compile(r"/v2/?"), "v2.base", {"GET": (base.api_version, None)}),
+    (re.compile(r"/v2/_catalog"), "v2.catalog", {"GET": (catalog.list_repositories, CATALOG)}),
 ]
 
 

@@ -182,16 +182,21 @@ _TAG_TABLE = (
         )
         .outerjoin(tag_history, tag_history.c.id == _NEWEST_PUSH)
     )
-    .where(repositories.c.name == bindparam("name"))
+    .where(repositories.c.name == bindparam("name"), tags.c.name > bindparam("after"))
     .order_by(tags.c.name)
     .limit(bindparam("limit"))
 )
 
 
-def tag_table(connection: Connection, repository: str, limit: int) -> list[TaggedManifest]:
-    """The first `limit` tags of a repository by name, each with its manifest and newest
-    push, in one statement. A tag whose manifest is gone is left out."""
-    rows = connection.execute(_TAG_TABLE, {"name": repository, "limit": limit}).all()
+def tag_table(
+    connection: Connection, repository: str, limit: int, after: str = ""
+) -> list[TaggedManifest]:
+    """The first `limit` tags of a repository by name after `after` ("": from the first),
+    each with its manifest and newest push, in one statement (a range of the tags' primary
+    key). A tag whose manifest is gone is left out."""
+    rows = connection.execute(
+        _TAG_TABLE, {"name": repository, "limit": limit, "after": after}
+    ).all()
     return [
         TaggedManifest(
             tag=row.tag,

@@ -64,15 +64,21 @@ def write_description(
 def newest_tagged_manifest(
     connection: Connection, repository_id: int
 ) -> tuple[str, str, bytes] | None:
-    """(digest, media type, content) of the most recently pushed manifest a tag points at."""
+    """(digest, media type, content) of the most recently pushed manifest a tag points at.
+
+    Walks `ix_manifests_created` from the newest manifest, asking `ix_tags_manifest` of each
+    whether a tag points at it: usually one step, not a sort of all the manifests."""
+    tagged = (
+        select(tags.c.name)
+        .where(
+            tags.c.repository_id == manifests.c.repository_id,
+            tags.c.manifest_digest == manifests.c.digest,
+        )
+        .exists()
+    )
     row = connection.execute(
         select(manifests.c.digest, manifests.c.media_type, manifests.c.content)
-        .where(
-            manifests.c.repository_id == repository_id,
-            manifests.c.digest.in_(
-                select(tags.c.manifest_digest).where(tags.c.repository_id == repository_id)
-            ),
-        )
+        .where(manifests.c.repository_id == repository_id, tagged)
         .order_by(manifests.c.created_at.desc(), manifests.c.digest)
         .limit(1)
     ).first()

@@ -7,7 +7,7 @@ Counts only grow; `last_pulled_at` only moves on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -83,9 +83,12 @@ _INCREMENT = (
 )
 
 
-def repository_pulls(connection: Connection, name: str) -> dict[tuple[str, str], PullCount]:
-    """Every row of one repository, keyed by (kind, reference)."""
-    rows = connection.execute(
+def repository_pulls(
+    connection: Connection, name: str, tags: Collection[str] | None = None
+) -> dict[tuple[str, str], PullCount]:
+    """Every row of one repository, keyed by (kind, reference); with `tags` given, only its
+    total and the rows of those tags (primary-key seeks, however many tags were pulled)."""
+    query = (
         select(
             pull_statistics.c.kind,
             pull_statistics.c.reference,
@@ -95,6 +98,12 @@ def repository_pulls(connection: Connection, name: str) -> dict[tuple[str, str],
         .join(repositories, repositories.c.id == pull_statistics.c.repository_id)
         .where(repositories.c.name == name)
     )
+    if tags is not None:
+        query = query.where(
+            (pull_statistics.c.kind == TOTAL)
+            | ((pull_statistics.c.kind == TAG) & pull_statistics.c.reference.in_(sorted(tags)))
+        )
+    rows = connection.execute(query)
     return {(row.kind, row.reference): PullCount(row.pulls, row.last_pulled_at) for row in rows}
 
 

@@ -80,6 +80,8 @@ manifests = Table(
     # NULL while it is kept. The `gc.untagged: delete-after` policy counts from here.
     Column("untagged_since", Float),
     Index("ix_manifests_subject", "repository_id", "subject_digest"),
+    # A repository's manifests newest first (the newest tagged one: registry/descriptions.py).
+    Index("ix_manifests_created", "repository_id", "created_at"),
 )
 
 # What a manifest points at: its config and layers (kind "blob"), an index's children

@@ -13,17 +13,23 @@ from typing import Any
 
 from sqlalchemy import (
     BindParameter,
+    Boolean,
+    Float,
+    LargeBinary,
     Row,
     Select,
     bindparam,
+    cast,
     delete,
     insert,
     literal,
+    null,
     select,
     tuple_,
     union_all,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.schema import tag_history, tag_policies, tags
@@ -34,6 +40,12 @@ _POLICY_ROWS = select(
 ).where(
     ((tag_policies.c.scope == "repository") & (tag_policies.c.name == bindparam("repository")))
     | ((tag_policies.c.scope == "namespace") & (tag_policies.c.name == bindparam("namespace")))
+)
+_NAMES = (
+    select(tags.c.name)
+    .where(tags.c.repository_id == bindparam("repository_id"), tags.c.name > bindparam("after"))
+    .order_by(tags.c.name)
+    .limit(bindparam("limit"))
 )
 _TAG_DIGEST = select(tags.c.manifest_digest).where(
     tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
@@ -69,31 +81,58 @@ _NEWEST_RELEASE = _newest_release_of(bindparam("prefix"))
 _NEWEST_RELEASE_OF_BOTH = union_all(
     select(_newest_release_of("").subquery()), select(_newest_release_of("v").subquery())
 )
-# A pushed release's three lines in one statement (one seek per line and spelling), keyed by
-# the version's prefix: MAJOR.MINOR, MAJOR, then `latest` of both spellings.
-_LINES_OF_RELEASE = {
-    prefix: union_all(
-        select(_newest_release_of(prefix, "minor_low", "minor_high", "minor").subquery()),
-        select(_newest_release_of(prefix, "major_low", "major_high", "major").subquery()),
-        select(_newest_release_of("", "all_low", "all_high", "latest").subquery()),
-        select(_newest_release_of("v", "all_low", "all_high", "latest").subquery()),
-    )
-    for prefix in ("", "v")
-}
 _TAG_STATES = select(tags.c.name, tags.c.manifest_digest, tags.c.client_managed).where(
     tags.c.repository_id == bindparam("repository_id"),
     tags.c.name.in_(bindparam("names", expanding=True)),
 )
-_INSERT_TAG = insert(tags)
-_UPDATE_TAG = (
-    update(tags)
-    .where(tags.c.repository_id == bindparam("b_repository_id"), tags.c.name == bindparam("b_tag"))
-    .values(
-        manifest_digest=bindparam("digest"),
-        updated_at=bindparam("now"),
-        client_managed=bindparam("managed"),
+# A pushed release's tags' states and its three lines' newest releases in one statement
+# (the push's only read of tags), keyed by the version's prefix: one seek per line and
+# spelling — MAJOR.MINOR, MAJOR, then `latest` of both spellings — each row labelled by
+# `line` with a NULL client_managed; and the states, labelled "state".
+_STATES_AND_LINES = {
+    prefix: union_all(
+        *(
+            select(*line.c, cast(null(), Boolean).label("client_managed"))
+            for line in (
+                _newest_release_of(prefix, "minor_low", "minor_high", "minor").subquery(),
+                _newest_release_of(prefix, "major_low", "major_high", "major").subquery(),
+                _newest_release_of("", "all_low", "all_high", "latest").subquery(),
+                _newest_release_of("v", "all_low", "all_high", "latest").subquery(),
+            )
+        ),
+        select(
+            literal("state").label("line"),
+            tags.c.name,
+            tags.c.manifest_digest,
+            cast(null(), LargeBinary).label("release_key"),
+            cast(null(), Float).label("updated_at"),
+            tags.c.client_managed,
+        ).where(
+            tags.c.repository_id == bindparam("repository_id"),
+            tags.c.name.in_(bindparam("names", expanding=True)),
+        ),
     )
-)
+    for prefix in ("", "v")
+}
+
+
+def _upsert(dialect_insert: Any) -> Any:
+    # A tag's version columns follow from its name, so an existing row keeps them as they
+    # are; only where it points, when and whether a client manages it change.
+    statement = dialect_insert(tags)
+    return statement.on_conflict_do_update(
+        index_elements=[tags.c.repository_id, tags.c.name],
+        set_={
+            "manifest_digest": statement.excluded.manifest_digest,
+            "updated_at": statement.excluded.updated_at,
+            "client_managed": statement.excluded.client_managed,
+        },
+    )
+
+
+# New and existing tags pointed in one statement (INSERT … ON CONFLICT DO UPDATE, SQLite 3.24+
+# and PostgreSQL 9.5+), by dialect name.
+_POINT_TAGS = {"sqlite": _upsert(sqlite.insert), "postgresql": _upsert(postgresql.insert)}
 _RELEASE_TAG = (
     update(tags)
     .where(tags.c.repository_id == bindparam("b_repository_id"), tags.c.name == bindparam("b_tag"))
@@ -137,11 +176,10 @@ _VERSIONS = (
 
 
 def names(connection: Connection, repository_id: int, after: str | None, limit: int) -> list[str]:
-    """Up to `limit` tag names of the repository after `after`, in name order."""
-    query = select(tags.c.name).where(tags.c.repository_id == repository_id)
-    if after:
-        query = query.where(tags.c.name > after)
-    return list(connection.scalars(query.order_by(tags.c.name).limit(limit)).all())
+    """Up to `limit` tag names of the repository after `after`, in name order (a range of
+    the primary key; every tag name is above "")."""
+    parameters = {"repository_id": repository_id, "after": after or "", "limit": limit}
+    return list(connection.scalars(_NAMES, parameters).all())
 
 
 def on_manifest(connection: Connection, repository_id: int, digest: str) -> list[str]:
@@ -184,30 +222,36 @@ def newest_releases_of_line(
     return list(connection.execute(_NEWEST_RELEASE_OF_BOTH, parameters).all())
 
 
-def newest_releases_of_lines(
+def states_and_newest_releases(
     connection: Connection,
     repository_id: int,
+    names: Sequence[str],
     prefix: str,
     minor: tuple[bytes, bytes],
     major: tuple[bytes, bytes],
     every: tuple[bytes, bytes],
-) -> list[Row[Any, Any, Any, Any, Any]]:
-    """The newest release of three lines in one statement, each row labelled by `line`:
-    "minor" and "major" (release keys in [low, high), spelt with `prefix`) and "latest"
-    (release keys in `every`, one row per spelling). One index seek per row."""
-    return list(
-        connection.execute(
-            _LINES_OF_RELEASE[prefix],
-            {
-                "repository_id": repository_id,
-                "minor_low": minor[0],
-                "minor_high": minor[1],
-                "major_low": major[0],
-                "major_high": major[1],
-                "all_low": every[0],
-                "all_high": every[1],
-            },
-        ).all()
+) -> tuple[list[Row[Any, Any, Any]], list[Row[Any, Any, Any, Any, Any]]]:
+    """`states` of the tags `names`, and the newest release (line, name, manifest_digest,
+    release_key, updated_at) of a pushed release's three lines: "minor" and "major"
+    (release keys in [low, high), spelt with `prefix`) and "latest" (release keys in
+    `every`, one row per spelling). One statement, one index seek per line row:
+    (the states, the lines' rows)."""
+    rows = connection.execute(
+        _STATES_AND_LINES[prefix],
+        {
+            "repository_id": repository_id,
+            "names": list(names),
+            "minor_low": minor[0],
+            "minor_high": minor[1],
+            "major_low": major[0],
+            "major_high": major[1],
+            "all_low": every[0],
+            "all_high": every[1],
+        },
+    ).all()
+    return (
+        [row for row in rows if row.line == "state"],
+        [row for row in rows if row.line != "state"],
     )
 
 
@@ -226,34 +270,11 @@ def digest_of(connection: Connection, repository_id: int, tag: str) -> str | Non
     return connection.scalar(_TAG_DIGEST, {"repository_id": repository_id, "tag": tag})
 
 
-def insert_tags(connection: Connection, rows: list[dict[str, object]]) -> None:
-    """New `tags` rows (all columns given: see `registry.tags.version_columns`), one
-    statement."""
-    connection.execute(_INSERT_TAG, rows)
-
-
-def move_tags(
-    connection: Connection,
-    repository_id: int,
-    digest: str,
-    updated_at: float,
-    moved: list[tuple[str, bool | None]],
-) -> None:
-    """Point the existing tags (name, client_managed) at `digest`, changed at `updated_at`
-    (Unix seconds): one statement."""
-    connection.execute(
-        _UPDATE_TAG,
-        [
-            {
-                "b_repository_id": repository_id,
-                "b_tag": tag,
-                "digest": digest,
-                "now": updated_at,
-                "managed": managed,
-            }
-            for tag, managed in moved
-        ],
-    )
+def point_tags(connection: Connection, rows: list[dict[str, object]]) -> None:
+    """Point these tags where the rows say (all `tags` columns given: see
+    `registry.tags.version_columns`), creating those that do not exist: one statement,
+    however many of each."""
+    connection.execute(_POINT_TAGS[connection.dialect.name], rows)
 
 
 def clear_client_managed(connection: Connection, repository_id: int, tag: str) -> None:

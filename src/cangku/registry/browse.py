@@ -6,7 +6,9 @@ The functions taking a `Connection` run inside the caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from cangku.content.digest import Digest
@@ -21,6 +23,58 @@ from cangku.registry.records import StoredManifest, Visibility
 from cangku.registry.tags import TagPolicy, remove_tags
 
 SORTS = ("name", "pushed")
+
+# The repository page's usage figures (tags, images, bytes) are an aggregate over all of a
+# repository's tags, manifests and blobs (registry/usage.py): O(size of the repository). The
+# page reuses one computed at most this many seconds ago, so reading the page costs the same
+# at 10 versions and at 10,000 (issue 20); the JSON usage API stays exact.
+USAGE_MAX_AGE = 30.0
+# Repositories whose figures are kept (least recently read dropped first).
+USAGE_CACHED_REPOSITORIES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CachedUsage:
+    usage: usage.RepositoryUsage
+    # Unix seconds when the figures were computed.
+    measured_at: float
+
+
+class UsageCache:
+    """Per process: a repository's usage figures, each recomputed at most every `max_age`
+    seconds (`clock`: monotonic seconds, replaceable in tests)."""
+
+    def __init__(
+        self,
+        max_age: float = USAGE_MAX_AGE,
+        clock: Callable[[], float] = time.monotonic,
+        entries: int = USAGE_CACHED_REPOSITORIES,
+    ) -> None:
+        self.max_age = max_age
+        self.clock = clock
+        self.entries = entries
+        # name -> (monotonic time computed, figures)
+        self._found: OrderedDict[str, tuple[float, CachedUsage]] = OrderedDict()
+
+    def get(self, name: str) -> CachedUsage | None:
+        """The figures of `name` if computed within `max_age` seconds, else None."""
+        found = self._found.get(name)
+        if found is None or self.clock() - found[0] > self.max_age:
+            return None
+        self._found.move_to_end(name)
+        return found[1]
+
+    def put(self, name: str, figures: usage.RepositoryUsage) -> CachedUsage:
+        cached = CachedUsage(figures, time.time())
+        self._found[name] = (self.clock(), cached)
+        self._found.move_to_end(name)
+        while len(self._found) > self.entries:
+            self._found.popitem(last=False)
+        return cached
+
+    def forget(self, name: str) -> None:
+        """Drop the figures of a repository (it was deleted)."""
+        self._found.pop(name, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +109,7 @@ class TagTable:
 
     `manifests` holds every tagged manifest and the child manifests of tagged indexes that
     the repository has; `blob_sizes` the sizes (bytes) of the tagged images' config blobs
-    that it holds. `truncated`: there are more tags than the limit.
+    that it holds. `truncated`: there are more tags than the limit (after the last row).
     """
 
     rows: list[TagRow]
@@ -92,12 +146,12 @@ def list_summaries(
     return RepositoryListing(summaries, total)
 
 
-def tag_table(connection: Connection, name: str, limit: int) -> TagTable:
-    """The first `limit` tags of a repository by name, their manifests, the child manifests
-    of the indexes among them and the config blob sizes of the images, in two statements
-    whatever the number of tags. NAME_UNKNOWN when the repository has no tags and does not
-    exist."""
-    tagged = rows.tag_table(connection, name, limit + 1)
+def tag_table(connection: Connection, name: str, limit: int, after: str | None = None) -> TagTable:
+    """The first `limit` tags of a repository by name (after the tag `after`, if given),
+    their manifests, the child manifests of the indexes among them and the config blob
+    sizes of the images, in two statements whatever the number of tags. NAME_UNKNOWN when
+    the repository has no tags and does not exist."""
+    tagged = rows.tag_table(connection, name, limit + 1, after or "")
     if not tagged and rows.repository_id(connection, name) is None:
         raise NameUnknown("repository name not known to registry", name)
     shown = tagged[:limit]

@@ -25,14 +25,18 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from cangku.content.mediatypes import INDEXES
+from cangku.content.mediatypes import INDEXES, is_acceptable
 from cangku.events import records as events
 from cangku.metadata import Connection, descriptions, locks, pull_stats, usage_days
 from cangku.metadata.pull_stats import DIGEST, TAG, TOTAL, PullCount
 from cangku.metadata.store import MetadataStore
+from cangku.registry.context import RequestContext
+from cangku.registry.protocols import ManifestService
+from cangku.registry.records import PushedManifest, StoredManifest
 
 log = logging.getLogger("cangku")
 
@@ -44,6 +48,9 @@ MAX_PENDING = 10_000
 RESOLUTION_SECONDS = 60.0
 MAX_INDEX_CHILDREN = 64
 MAX_REMEMBERED = 10_000
+# Indexes whose children are remembered (a digest's content never changes), so a pull of a
+# popular multi-platform image does not parse its JSON again on every GET.
+MAX_INDEXES_REMEMBERED = 1024
 # User-Agent prefixes of tools that read manifests to inspect images, not to pull them.
 INSPECTION_AGENTS = ("skopeo/",)
 
@@ -90,6 +97,8 @@ class PullCounter:
         # (repository, digest) pulled since the last, with its count, in the same write.
         self.pulled_events = False
         self._since = time.time()
+        # index digest -> the digests it names (`index_children`), oldest remembered first
+        self._children: dict[str, list[str]] = {}
 
     def note_resolution(self, repository: str, tag: str, digest: str, client: str) -> None:
         """A HEAD by tag: the client's GET of `digest` soon after is a pull of `tag`."""
@@ -153,6 +162,19 @@ class PullCounter:
             for (repository, counted, reference), (_, last) in self._pending.items()
             if counted == kind
         }
+
+    def children_of(self, manifest: StoredManifest) -> list[str]:
+        """The digests an index names (`index_children`), parsed once per digest; [] for
+        anything else, without parsing it."""
+        if manifest.media_type not in INDEXES:
+            return []
+        children = self._children.get(manifest.digest)
+        if children is None:
+            children = index_children(manifest.media_type, manifest.content)
+            if len(self._children) >= MAX_INDEXES_REMEMBERED:
+                del self._children[next(iter(self._children))]
+            self._children[manifest.digest] = children
+        return children
 
     def _remember(self, key: tuple[str, str, str], tag: str | None, moment: float) -> None:
         self._recent[key] = (tag, moment)
@@ -225,14 +247,18 @@ class PullCounter:
         entry = self._pending.get((repository, TOTAL, ""))
         return int(entry[0]) if entry else 0
 
-    async def repository(self, name: str) -> RepositoryPulls:
-        """The stored counts plus those still buffered in this process."""
+    async def repository(self, name: str, tags: Collection[str] | None = None) -> RepositoryPulls:
+        """The stored counts plus those still buffered in this process. With `tags` given
+        (a page of the tag table), only the total and those tags' counts: a read bounded by
+        the page, not by how many tags and digests were ever pulled."""
         stored = await self.metadata.read(
-            lambda connection: pull_stats.repository_pulls(connection, name)
+            lambda connection: pull_stats.repository_pulls(connection, name, tags)
         )
         merged = dict(stored)
         for (repository, kind, reference), (pulls, last) in self._pending.items():
             if repository != name:
+                continue
+            if tags is not None and not (kind == TOTAL or (kind == TAG and reference in tags)):
                 continue
             before = merged.get((kind, reference))
             if before is None:
@@ -245,6 +271,67 @@ class PullCounter:
         digests = {ref: count for (kind, ref), count in merged.items() if kind == DIGEST}
         total = merged.get((TOTAL, ""), PullCount(0, None))
         return RepositoryPulls(name, total, tags, digests)
+
+
+class Reader(NamedTuple):
+    """A client reading manifests through /v2, as the pull statistics see it: its address,
+    the request's method ("GET" or "HEAD"), its User-Agent (None: not sent, or not needed:
+    a HEAD) and the media types its Accept headers name (`mediatypes.parse_accept`; empty:
+    any). A tuple: built on every manifest request, it must cost next to nothing."""
+
+    address: str
+    method: str
+    user_agent: str | None
+    accepted: list[str]
+
+
+class CountedManifests:
+    """`ManifestService` wrapper (DESIGN.md "features as wrappers"; `Registry.repository`
+    installs it outermost for a /v2 reader): a manifest the inner service finds for
+    `reader` is counted in `counter`, in memory (`PullCounter.record`).
+
+    A GET by a client that its Accept allows is a pull; a HEAD by tag is remembered for
+    the GET by digest that follows (`PullCounter.note_resolution`); the rest passes through
+    uncounted. Reads of the registry itself (pages, garbage collection, the cache) use
+    handles without a reader, so they never count."""
+
+    __slots__ = ("counter", "inner", "name", "reader")
+
+    def __init__(
+        self, inner: ManifestService, counter: PullCounter, name: str, reader: Reader
+    ) -> None:
+        self.inner = inner
+        self.counter = counter
+        self.name = name
+        self.reader = reader
+
+    async def put(
+        self,
+        reference: str,
+        content: bytes,
+        content_type: str | None,
+        context: RequestContext,
+        extra_tags: list[str] | None = None,
+    ) -> PushedManifest:
+        return await self.inner.put(reference, content, content_type, context, extra_tags)
+
+    async def get(self, reference: str) -> StoredManifest:
+        manifest = await self.inner.get(reference)
+        reader = self.reader
+        if reader.method == "HEAD":
+            if reference != manifest.digest:
+                self.counter.note_resolution(self.name, reference, manifest.digest, reader.address)
+        elif counts_as_pull(reader.method, reader.user_agent) and is_acceptable(
+            manifest.media_type, reader.accepted
+        ):
+            counter = self.counter
+            counter.record(
+                self.name, reference, manifest.digest, reader.address, counter.children_of(manifest)
+            )
+        return manifest
+
+    async def delete(self, reference: str, context: RequestContext) -> None:
+        await self.inner.delete(reference, context)
 
 
 def forget_repository(connection: Connection, repository_id: int) -> None:

@@ -25,7 +25,7 @@ from cangku.registry.blobs import Blobs
 from cangku.registry.context import IN_PROCESS, RequestContext
 from cangku.registry.core import MAX_PAGE_SIZE, Core
 from cangku.registry.manifests import MAX_TAGS_PER_PUSH, Manifests, known_repository_id
-from cangku.registry.pulls import PullCounter, forget_repository
+from cangku.registry.pulls import CountedManifests, PullCounter, Reader, forget_repository
 from cangku.registry.records import Page, Visibility
 from cangku.registry.referrers import MAX_REFERRERS_PER_PAGE, Referrers
 from cangku.registry.repository import Repository, RepositoryWrapper
@@ -40,6 +40,8 @@ __all__ = ["MAX_PAGE_SIZE", "MAX_REFERRERS_PER_PAGE", "MAX_TAGS_PER_PUSH", "Regi
 
 # An automatic mount looks at this many repositories holding the blob, at most.
 MAX_MOUNT_SOURCES = 50
+# Repository handles kept for reuse (`Registry.repository`): a few hundred bytes each.
+MAX_HANDLES = 4096
 
 
 class Registry:
@@ -71,6 +73,9 @@ class Registry:
         # Issue 13: the pull-through cache's counters (proxy/stats.py CacheStats) when this
         # registry mirrors upstreams; typed loosely so that registry/ does not import proxy/.
         self.cache_stats: object | None = None
+        self._handles: dict[str, Repository] = {}
+        # The repository page's usage figures (registry/browse.py).
+        self.usage_cache = browse.UsageCache()
 
     # Settings live in `core`, shared by every service the handles hold (tests change them).
     @property
@@ -97,21 +102,45 @@ class Registry:
     def tag_defaults(self, value: TagPolicy) -> None:
         self.core.tag_defaults = value
 
-    def repository(self, name: str) -> Repository:
+    def repository(self, name: str, reader: Reader | None = None) -> Repository:
         """The services of repository `name`. NAME_INVALID for a name outside the OCI
         dist-spec grammar; a repository not pushed to yet is a valid handle (its reads
-        answer NAME_UNKNOWN / BLOB_UNKNOWN, its first push creates it)."""
-        validate_repository_name(name)
-        core = self.core
-        handle = Repository(
-            name,
-            Blobs(core, name),
-            Uploads(core, name),
-            Manifests(core, name),
-            Tags(core, name),
-            Referrers(core, name),
-        )
-        return handle if self.wrap is None else self.wrap(handle)
+        answer NAME_UNKNOWN / BLOB_UNKNOWN, its first push creates it).
+
+        `reader`: a client reading through /v2 (issue 17): the manifests it gets through
+        this handle count as its pulls (`pulls.CountedManifests`, around any `wrap`).
+
+        The services hold only the shared `core` and the name, so the handle of a name is
+        built (and the name validated) once and reused, up to `MAX_HANDLES` names: a
+        manifest GET allocates nothing here (issue 11). `wrap` still sees every handle."""
+        handle = self._handles.get(name)
+        if handle is None:
+            validate_repository_name(name)
+            core = self.core
+            handle = Repository(
+                name,
+                Blobs(core, name),
+                Uploads(core, name),
+                Manifests(core, name),
+                Tags(core, name),
+                Referrers(core, name),
+            )
+            if len(self._handles) >= MAX_HANDLES:
+                # Valid names are unbounded (anyone may ask for any): drop the oldest.
+                del self._handles[next(iter(self._handles))]
+            self._handles[name] = handle
+        if self.wrap is not None:
+            handle = self.wrap(handle)
+        if reader is not None:
+            handle = Repository(
+                name,
+                handle.blobs,
+                handle.uploads,
+                CountedManifests(handle.manifests, self.pulls, name, reader),
+                handle.tags,
+                handle.referrers,
+            )
+        return handle
 
     # -- shortcuts to one repository's blobs ----------------------------------------------
     async def stat_blob(self, name: str, digest: str) -> tuple[Digest, int]:
@@ -190,6 +219,15 @@ class Registry:
 
         return await self.metadata.read(measure)
 
+    async def page_usage(self, name: str) -> browse.CachedUsage:
+        """`repository_usage` for the repository page, reused for up to
+        `browse.USAGE_MAX_AGE` seconds (the aggregate grows with the repository; the page
+        must not). NAME_INVALID, NAME_UNKNOWN."""
+        cached = self.usage_cache.get(name)
+        if cached is None:
+            cached = self.usage_cache.put(name, await self.repository_usage(name))
+        return cached
+
     async def set_quota(self, namespace: str, limit_bytes: int) -> Quota:
         """Cap a namespace's deduplicated usage; pushes beyond it are refused with DENIED."""
         _validate_namespace(namespace)
@@ -233,13 +271,13 @@ class Registry:
             )
         )
 
-    async def tag_table(self, name: str, limit: int) -> browse.TagTable:
-        """The repository page's tag table: the first `limit` tags by name with their
-        manifests, newest pushes, index children and config sizes, in one read of two
-        statements (NAME_UNKNOWN for an unknown repository)."""
+    async def tag_table(self, name: str, limit: int, after: str | None = None) -> browse.TagTable:
+        """The repository page's tag table: the first `limit` tags by name (after the tag
+        `after`, if given) with their manifests, newest pushes, index children and config
+        sizes, in one read of two statements (NAME_UNKNOWN for an unknown repository)."""
         validate_repository_name(name)
         return await self.metadata.read(
-            lambda connection: browse.tag_table(connection, name, min(limit, MAX_PAGE_SIZE))
+            lambda connection: browse.tag_table(connection, name, min(limit, MAX_PAGE_SIZE), after)
         )
 
     async def image_parts(
@@ -278,6 +316,7 @@ class Registry:
         self.pulls.forget(name)
         await self.core.sessions.drop_repository(name)
         await self.metadata.write(remove)
+        self.usage_cache.forget(name)
         sessions = [session async for session, _ in self.storage.iterate_uploads()]
         for session in sessions:
             if belongs_to(session, name):

@@ -230,8 +230,15 @@ def push_tag(
         if version is not None and version.is_release and policy.floating
         else ()
     )
-    # The tag's own state and its floating tags' in one statement.
-    states = tag_states(connection, repository_id, [tag, *floating_tags])
+    # The tag's own state and its floating tags' in one statement; for a release whose
+    # floating tags move, with its lines' newest releases in that same statement.
+    newest: tuple[Release | None, Release | None, Release | None] | None = None
+    if version is not None and floating_tags:
+        states, newest = _states_and_newest_releases(
+            connection, repository_id, [tag, *floating_tags], version
+        )
+    else:
+        states = tag_states(connection, repository_id, [tag, *floating_tags])
     state = states.get(tag)
     previous = state.digest if state is not None else None
     if version is not None and policy.immutable_versions and previous not in (None, digest):
@@ -247,11 +254,10 @@ def push_tag(
     now = time.time()
     reason = "pushed; client-managed from now on" if warning else "pushed"
     moves: list[_Move] = [(tag, previous, reason, managed, None)]
-    if version is not None and floating_tags:
+    if version is not None and newest is not None:
         # Read before the write, and rank the pushed tag as the write will leave it (changed
         # now), so that all the tags are written together.
         pushed = (version.precedence_key(), now, tag)
-        newest = _newest_releases(connection, repository_id, version)
         for floating, best in zip(floating_tags, newest, strict=True):
             # Lines nest: not the newest of MAJOR.MINOR, not the newest of the wider ones.
             if best is not None and best.tag != tag and best.rank > pushed:
@@ -267,19 +273,24 @@ def push_tag(
     return warning
 
 
-def _newest_releases(
-    connection: Connection, repository_id: int, version: Version
-) -> tuple[Release | None, Release | None, Release | None]:
-    """The newest release of `version`'s MAJOR.MINOR line, MAJOR line and of all releases."""
+def _states_and_newest_releases(
+    connection: Connection, repository_id: int, names: list[str], version: Version
+) -> tuple[dict[str, TagState], tuple[Release | None, Release | None, Release | None]]:
+    """`tag_states` of `names`, and the newest release of `version`'s MAJOR.MINOR line,
+    MAJOR line and of all releases: one statement."""
     minor, major = line_key(version.major, version.minor), line_key(version.major)
-    rows = tag_rows.newest_releases_of_lines(
+    state_rows, rows = tag_rows.states_and_newest_releases(
         connection,
         repository_id,
+        names,
         version.prefix,
         (minor, minor + LINE_END),
         (major, major + LINE_END),
         ALL_KEYS,
     )
+    states = {
+        row.name: TagState(row.manifest_digest, bool(row.client_managed)) for row in state_rows
+    }
 
     def best(line: str) -> Release | None:
         found = [row for row in rows if row.line == line]
@@ -288,7 +299,7 @@ def _newest_releases(
         row = max(found, key=lambda row: (row.release_key, row.updated_at, row.name))
         return Release(row.name, row.manifest_digest, (row.release_key, row.updated_at, row.name))
 
-    return best("minor"), best("major"), best("latest")
+    return states, (best("minor"), best("major"), best("latest"))
 
 
 def remove_tags(
@@ -451,27 +462,22 @@ def _write_moves(
     now: float,
     history: list[_Change],
 ) -> None:
-    """Point each move (`_Move`) at `digest`: new tags in one statement, existing ones in
-    another; the changes join `history`."""
-    new = [
-        {
-            "repository_id": repository_id,
-            "name": tag,
-            "manifest_digest": digest,
-            "updated_at": now,
-            "client_managed": managed or None,
-            **version_columns(tag),
-        }
-        for tag, previous, _, managed, _ in moves
-        if previous is None
-    ]
-    existing: list[tuple[str, bool | None]] = [
-        (tag, managed or None) for tag, previous, _, managed, _ in moves if previous is not None
-    ]
-    if new:
-        tag_rows.insert_tags(connection, new)
-    if existing:
-        tag_rows.move_tags(connection, repository_id, digest, now, existing)
+    """Point each move (`_Move`) at `digest`, new tags and existing ones in one statement;
+    the changes join `history`."""
+    tag_rows.point_tags(
+        connection,
+        [
+            {
+                "repository_id": repository_id,
+                "name": tag,
+                "manifest_digest": digest,
+                "updated_at": now,
+                "client_managed": managed or None,
+                **version_columns(tag),
+            }
+            for tag, _, _, managed, _ in moves
+        ],
+    )
     for tag, previous, reason, _, follows in moves:
         if previous != digest:
             _record(repository_id, tag, previous, digest, reason, follows, history)

@@ -3,7 +3,7 @@ edited by its owners with a form posted to `/r/<name>/-/description`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from starlette.requests import Request
@@ -24,13 +24,14 @@ from cangku.web.markdown import render_markdown
 from cangku.web.site import PageError, Site, Viewer, not_found
 
 
-async def page_context(site: Site, name: str) -> dict[str, Any]:
-    """What repository.html shows of the repository's texts and pulls."""
+async def page_context(site: Site, name: str, tags: Collection[str]) -> dict[str, Any]:
+    """What repository.html shows of the repository's texts and pulls (its total, and those
+    of the `tags` on the page)."""
     about = await describe(site.registry, name)
     return {
         "about": about,
         "overview_html": render_markdown(about.overview) if about.overview else None,
-        "pulls": await site.registry.pulls.repository(name),
+        "pulls": await site.registry.pulls.repository(name, tags),
     }
 
 

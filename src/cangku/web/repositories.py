@@ -26,7 +26,10 @@ from cangku.web.images import (
 from cangku.web.site import Site, Viewer, not_found, page_number
 
 PAGE_SIZE = 25
-# The repository page shows this many tags (newest pushes are not special: by name).
+# The repository page shows this many tags at a time, by name (newest pushes are not
+# special), with a link to the next ones: the page costs the same at 10 tags and 10,000.
+TAGS_PER_PAGE = 100
+# The delete confirmation names this many of a repository's tags.
 MAX_TAGS_SHOWN = 500
 # The image page and the delete confirmation name this many of the tags on one manifest.
 MAX_TAGS_ON_IMAGE = 100
@@ -112,12 +115,17 @@ def routes(site: Site) -> list[BaseRoute]:
     async def repository_page(request: Request, viewer: Viewer) -> Response:
         name = repository_name(request)
         actions = await site.require_visible(viewer, name)
-        # One read for the whole table, whatever the number of tags (metadata/browse.py).
-        table = await registry.tag_table(name, MAX_TAGS_SHOWN)
-        about = await descriptions.page_context(site, name)  # issue 17
+        after = _tags_after(request)
+        # One read for a page of the table (metadata/browse.py), whatever the number of tags.
+        table = await registry.tag_table(name, TAGS_PER_PAGE, after)
+        # Issue 17: the texts, and the pulls of the repository and of the tags shown.
+        about = await descriptions.page_context(site, name, [tag.tag for tag in table.rows])
         rows = []
-        # Floating tags share their release's image: read each one once.
+        # Floating tags share their release's image: read each one once. Images share
+        # their config blob (versions of one build): read and parse each config once.
         facts_by_digest: dict[str, tuple[ImageFacts, list[str]]] = {}
+        configs: dict[str, list[str]] = {}
+        blobs = registry.repository(name).blobs
         for tag in table.rows:
             known = facts_by_digest.get(tag.digest)
             if known is None:
@@ -125,7 +133,7 @@ def routes(site: Site) -> list[BaseRoute]:
                 measure_platforms(facts, table.manifests)
                 known = facts_by_digest[tag.digest] = (
                     facts,
-                    await _platforms(registry.repository(name).blobs, facts, table.blob_sizes),
+                    await _platforms(blobs, facts, table.blob_sizes, configs),
                 )
             facts, platforms = known
             # Issue 17: pulls by this tag (web/descriptions.py reads them).
@@ -157,7 +165,13 @@ def routes(site: Site) -> list[BaseRoute]:
             {
                 "name": name,
                 "rows": rows,
-                "more_tags": table.truncated,
+                # The next page of tags (by name, after the last one shown), and the first.
+                "more_tags_url": (
+                    repository_url(name) + "?" + urlencode({"tags_after": table.rows[-1].tag})
+                    if table.truncated and table.rows
+                    else None
+                ),
+                "tags_after": after,
                 "tree": await registry.repository(name).tags.version_tree(),
                 "pull": pull,
                 "host": host,
@@ -166,7 +180,10 @@ def routes(site: Site) -> list[BaseRoute]:
                 "may_change": DELETE in actions,
                 "may_push": PUSH in actions,
                 "repository_url": repository_url,
-                "usage": await registry.repository_usage(name),
+                # Reused for up to browse.USAGE_MAX_AGE seconds: an aggregate over the
+                # whole repository (registry/browse.py).
+                "usage": (usage := await registry.page_usage(name)).usage,
+                "usage_measured_at": usage.measured_at,
                 **about,
                 **await mirrors.page_context(site, name),  # issue 13
             },
@@ -352,17 +369,40 @@ def pull_command(host: str, name: str, facts: ImageFacts, tag: str | None) -> st
     return f"oras pull {reference}" if facts.is_artifact else f"docker pull {reference}"
 
 
+def _tags_after(request: Request) -> str | None:
+    """The `tags_after` query parameter: the tag the table's page starts after (None: from
+    the first tag). Anything that is not a tag name is a 404, like a wrong path."""
+    after = request.query_params.get("tags_after")
+    if after is None or after == "":
+        return None
+    try:
+        return validate_tag(after)
+    except RegistryError:
+        raise not_found(f"{after[:200]!r} is not a tag name.") from None
+
+
 async def _platforms(
-    blobs: BlobService, facts: ImageFacts, blob_sizes: Mapping[str, int]
+    blobs: BlobService,
+    facts: ImageFacts,
+    blob_sizes: Mapping[str, int],
+    configs: dict[str, list[str]],
 ) -> list[str]:
     """What the repository page's Platforms column says about an image, index or artifact;
-    `blob_sizes`: the config blobs the repository (`blobs`) holds (`Registry.tag_table`)."""
+    `blob_sizes`: the config blobs the repository (`blobs`) holds (`Registry.tag_table`); `configs`:
+    the answers for config digests already read for this page (content-addressed: one
+    digest, one answer), which this adds to."""
     if facts.problem is not None:
         return ["cannot be parsed"]
     if facts.is_index:
         return [platform.name for platform in facts.platforms]
     if facts.is_artifact:
         return [f"artifact: {facts.artifact_type}"]
-    size = blob_sizes.get(facts.config.digest) if facts.config is not None else None
+    config_digest = facts.config.digest if facts.config is not None else None
+    if config_digest is not None and config_digest in configs:
+        return configs[config_digest]
+    size = blob_sizes.get(config_digest) if config_digest is not None else None
     view = config_view(await read_config(blobs, facts, size))
-    return [view["platform"] if view["unreadable"] is None else "unknown"]
+    answer = [view["platform"] if view["unreadable"] is None else "unknown"]
+    if config_digest is not None:
+        configs[config_digest] = answer
+    return answer
