@@ -7,20 +7,29 @@ PostgreSQL only (CANGKU_TEST_POSTGRES, `make test-postgresql`): SQLite has one w
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from cangku.auth.accounts import AccountError, Accounts
+from cangku.config import EventSettings
+from cangku.content.errors import RequestInvalid
+from cangku.events import webhooks
+from cangku.events.webhooks import Spec
+from cangku.metadata import webhooks as webhook_rows
 from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
 from cangku.registry import manifests as manifests_module
 from cangku.registry.context import IN_PROCESS
 from cangku.registry.tags import push_tag
 from cangku.storage.filesystem import FilesystemStorage
-from tests.api.helpers import OCI_MANIFEST
-from tests.api.test_floating_tags import _repository_with_images
+from tests.api.helpers import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, descriptor, push_blob
+from tests.api.test_floating_tags import _app, _repository_with_images
 from tests.databases import POSTGRES_ADMIN_URL, same_database
 
 pytestmark = pytest.mark.skipif(
@@ -112,3 +121,95 @@ async def test_two_processes_pushing_patches_at_once_move_the_minor_to_the_highe
                 assert stored.digest == high_digest, (round_number, floating)
     finally:
         await other.metadata.close()
+
+
+async def test_two_replicas_creating_webhooks_at_once_keep_the_cap_per_scope(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = MetadataStore.open(same_database(registry.metadata))
+    settings = EventSettings(allow_private=True)
+    spec = Spec.parse({"url": "http://127.0.0.1:9/hook"})
+
+    async def add(metadata: MetadataStore) -> str:
+        try:
+            await webhooks.create(
+                metadata, settings, namespace="jimo", repository=None, spec=spec, actor="jimo"
+            )
+        except RequestInvalid:
+            return "refused"
+        return "created"
+
+    try:
+        for _ in range(webhooks.MAX_PER_SCOPE - 1):
+            assert await add(registry.metadata) == "created"
+        entered, release = threading.Event(), threading.Event()
+        counted = webhook_rows.in_scope
+
+        def paused_in_scope(connection: Any, *arguments: Any) -> Any:
+            # The first replica stops after counting, before inserting.
+            found = counted(connection, *arguments)
+            if not entered.is_set():
+                entered.set()
+                assert release.wait(20)
+            return found
+
+        monkeypatch.setattr(webhook_rows, "in_scope", paused_in_scope)
+        first = asyncio.ensure_future(add(registry.metadata))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(add(other))
+        await asyncio.sleep(0.5)  # Without the lock the second counts 19 now, and inserts.
+        release.set()
+        assert sorted(await asyncio.gather(first, second)) == ["created", "refused"]
+        listed = await webhooks.listing(registry.metadata, "jimo", None)
+        assert len(listed) == webhooks.MAX_PER_SCOPE
+    finally:
+        await other.close()
+
+
+async def test_deleting_an_account_waits_for_a_push_into_its_namespace(
+    registry: Registry, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # jimo/app holds blobs but no image yet, so the deletion (without --delete-repositories)
+    # may go on. A first image being pushed at that moment: without the namespace lock the
+    # deletion's check saw no image and it went on beside the push (the image deleted with the
+    # repository, or one of the two failing half-way); with it, it waits and then refuses.
+    other = MetadataStore.open(same_database(registry.metadata))
+    try:
+        await Accounts(registry.metadata).add_user("jimo", "a-long-password-1")
+        transport = httpx.ASGITransport(app=_app(registry, data_dir))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+            layer = os.urandom(256)
+            await push_blob(client, "jimo/app", config)
+            await push_blob(client, "jimo/app", layer)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": descriptor(OCI_CONFIG, config),
+                "layers": [descriptor(OCI_LAYER, layer)],
+            }
+        ).encode()
+        entered, release = threading.Event(), threading.Event()
+
+        def paused_push_tag(connection: Any, repository_id: int, name: str, *rest: Any) -> Any:
+            entered.set()
+            assert release.wait(20)
+            return push_tag(connection, repository_id, name, *rest)
+
+        monkeypatch.setattr(manifests_module, "push_tag", paused_push_tag)
+        app = registry.repository("jimo/app")
+        push = asyncio.ensure_future(app.manifests.put("1.0.0", manifest, OCI_MANIFEST, IN_PROCESS))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        deletion = asyncio.ensure_future(Accounts(other).delete_user("jimo"))
+        await asyncio.sleep(0.5)
+        assert not deletion.done()  # It waits for the push's transaction.
+        release.set()
+        stored = await push
+        with pytest.raises(AccountError, match="still owns repositories with images"):
+            await deletion
+        assert (await app.manifests.get("1.0.0")).digest == str(stored.digest)
+    finally:
+        await other.close()

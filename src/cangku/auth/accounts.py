@@ -30,7 +30,14 @@ from cangku.auth.passwords import (
 from cangku.auth.permissions import ALL_ACTIONS, ROLES, TOKEN_SCOPES, Principal
 from cangku.config import ProxySettings, UpstreamSettings
 from cangku.content.names import validate_repository_name
-from cangku.metadata import Connection, MetadataStore, namespaces, visibility, web_sessions
+from cangku.metadata import (
+    Connection,
+    MetadataStore,
+    locks,
+    namespaces,
+    visibility,
+    web_sessions,
+)
 from cangku.metadata import accounts as rows
 from cangku.metadata.accounts import TokenInfo, UserInfo
 from cangku.registry.browse import remove_repository
@@ -112,6 +119,9 @@ class Accounts:
         images and `delete_repositories` is false: deleting those is an explicit choice."""
 
         def remove(connection: Connection) -> int:
+            # Alone against the namespace's pushes (metadata/locks.py): none lands between
+            # the check for images and the deletion of its repositories.
+            locks.hold(connection, namespaces=[name])
             if rows.user_id(connection, name) is None:
                 return 0
             _release_namespace(connection, name, delete_repositories)
@@ -190,6 +200,9 @@ class Accounts:
         """As `delete_user`, for an organization."""
 
         def remove(connection: Connection) -> int:
+            # Alone against the namespace's pushes (metadata/locks.py): none lands between
+            # the check for images and the deletion of its repositories.
+            locks.hold(connection, namespaces=[name])
             if rows.organization_id(connection, name) is None:
                 return 0
             _release_namespace(connection, name, delete_repositories)

@@ -30,7 +30,7 @@ from cangku.content.errors import DeliveryUnknown, NameInvalid, RequestInvalid
 from cangku.content.names import validate_repository_name
 from cangku.events import distribution, records
 from cangku.events.guard import Refused, Resolver, check_address, system_resolver
-from cangku.metadata import Connection, MetadataStore, Row
+from cangku.metadata import Connection, MetadataStore, Row, locks
 from cangku.metadata import events as event_rows
 from cangku.metadata import webhooks as webhook_rows
 from cangku.registry.context import RequestContext
@@ -292,6 +292,8 @@ async def create(
     now = time.time()
 
     def add(connection: Connection) -> int:
+        # Counted and inserted by one transaction at a time, or two could both pass the cap.
+        locks.hold(connection, counters=[f"webhooks:{namespace}:{repository or ''}"])
         if len(webhook_rows.in_scope(connection, namespace, repository)) >= MAX_PER_SCOPE:
             raise RequestInvalid(f"at most {MAX_PER_SCOPE} webhooks per namespace or repository")
         return webhook_rows.insert_webhook(
