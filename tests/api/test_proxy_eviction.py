@@ -31,9 +31,11 @@ from cangku.metadata.proxy_cache import READ
 from cangku.metadata.schema import tags
 from cangku.proxy.cache import mirror_wrapper
 from cangku.proxy.eviction import EvictingCollector, Evictor, plan_eviction
+from cangku.proxy.purge import purge
 from cangku.proxy.stats import CacheStats
 from cangku.proxy.upstream import Upstream
 from cangku.registry import Registry
+from cangku.registry.context import RequestContext
 from cangku.registry.gc import CollectionPolicy, GarbageCollector
 from tests.api.helpers import (
     OCI_INDEX,
@@ -375,3 +377,23 @@ async def test_two_evictions_at_once_evict_each_unit_once(
     ]
     history = await setup.registry.repository(name).tags.history("3")
     assert [h.actor for h in history].count("gc:eviction") == 1
+
+
+async def test_eviction_and_purge_wait_for_a_collection_in_progress(setup: Setup) -> None:
+    if setup.registry.metadata.is_sqlite:
+        pytest.skip("SQLite: a collection's steps are writes, one at a time; no collector lock")
+    name = "docker.io/library/alpine"
+    await _two_images(setup, name)
+    proxy = ProxySettings.model_validate(
+        {"upstreams": [{"name": "docker.io", "url": "http://up.test"}]}
+    )
+    context = RequestContext(caller="test")
+    async with setup.registry.metadata.collector_lock():  # another replica collecting
+        eviction = asyncio.create_task(setup.evictor(evict_after=10 * DAY).evict())
+        purging = asyncio.create_task(purge(setup.registry, proxy, name, context))
+        await asyncio.sleep(1.0)
+        assert not eviction.done() and not purging.done()
+        assert await setup.tags(name) == ["3", "edge", "latest"]
+    assert (await asyncio.wait_for(purging, 30)) == [name]
+    await asyncio.wait_for(eviction, 30)
+    assert await setup.tags(name) == []
