@@ -20,11 +20,13 @@ from starlette.types import ASGIApp, Message
 from cangku.app import create_app
 from cangku.config import ProxySettings, Settings
 from cangku.content.digest import Digest
+from cangku.content.errors import Unavailable
 from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.proxy import blobs as proxy_blobs
 from cangku.proxy.cache import mirror_wrapper
 from cangku.proxy.upstream import Upstream
 from cangku.registry import Registry
-from cangku.storage.base import BlobStorage
+from cangku.storage.base import BlobStorage, Stream
 from cangku.storage.filesystem import FilesystemStorage
 from cangku.storage.s3 import S3Storage
 from tests.api.helpers import (
@@ -421,3 +423,80 @@ async def test_a_transfer_cancelled_mid_way_aborts_the_first_client_and_fails_th
     assert answer.status_code == 503 and error_code(answer) == "UNAVAILABLE"
     assert await setup.registry.storage.stat(Digest.parse(sha256(layer))) is None
     setup.gate.hold.set()
+
+
+async def _stalled_leader(setup: Setup, layer: bytes) -> tuple[AsyncIterator[bytes], bytes]:
+    """Start the blob's transfer as its leader in-process, read one chunk and stop reading
+    (as a client that keeps its connection open but takes nothing more): the stream, and
+    the chunk read."""
+    blobs = setup.registry.repository("docker.io/library/alpine").blobs
+    digest, size = await blobs.stat(sha256(layer))
+    content = await blobs.open(digest, 0, size)
+    assert isinstance(content, Stream)
+    first = await asyncio.wait_for(anext(content.chunks), 10)
+    return content.chunks, first
+
+
+async def test_a_leader_that_stops_reading_is_cut_off_and_the_joiners_get_the_blob(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proxy_blobs, "LEADER_QUEUE", 2)
+    monkeypatch.setattr(proxy_blobs, "OFFER_TIMEOUT", 0.2)
+    layer = os.urandom(8 * UPSTREAM_CHUNK)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    chunks, first = await _stalled_leader(setup, layer)
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    joiner = await asyncio.wait_for(setup.mirror.get(path), 10)
+    assert joiner.status_code == 200 and joiner.content == layer
+    assert len(setup.gate.blob_gets()) == 1
+    # The leader, reading again, is told it was cut off: its response is aborted, never
+    # ended as if complete.
+    received = bytearray(first)
+    with pytest.raises(Unavailable, match="did not read"):
+        async for chunk in chunks:
+            received += chunk
+    assert len(received) < len(layer)
+
+
+async def test_joiners_do_not_wait_for_a_slow_leader_once_the_blob_is_verified(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The leader's queue takes every chunk but the held-back last one: the transfer ends,
+    # and only handing the leader its last chunk waits (for as long as OFFER_TIMEOUT).
+    monkeypatch.setattr(proxy_blobs, "LEADER_QUEUE", 3)
+    monkeypatch.setattr(proxy_blobs, "OFFER_TIMEOUT", 60.0)
+    layer = os.urandom(5 * UPSTREAM_CHUNK)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    chunks, first = await _stalled_leader(setup, layer)
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    joiner = await asyncio.wait_for(setup.mirror.get(path), 10)
+    assert joiner.status_code == 200 and joiner.content == layer
+    # The leader, reading on, gets the whole verified blob.
+    rest = b"".join([chunk async for chunk in chunks])
+    assert first + rest == layer
+
+
+async def test_a_failed_transfer_is_not_joined_by_a_later_request(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A corrupted blob fails verification while its stalled leader's queue is full: telling
+    # the leader waits, but the flight is already gone, so the next request fetches anew.
+    monkeypatch.setattr(proxy_blobs, "LEADER_QUEUE", 3)
+    monkeypatch.setattr(proxy_blobs, "OFFER_TIMEOUT", 60.0)
+    layer = os.urandom(5 * UPSTREAM_CHUNK)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    setup.gate.corrupt = True
+    chunks, _ = await _stalled_leader(setup, layer)
+    blobs = setup.registry.repository("docker.io/library/alpine").blobs
+    flight = blobs.flights[sha256(layer)]  # type: ignore[attr-defined]
+    with pytest.raises(Unavailable, match="does not match"):
+        await asyncio.wait_for(asyncio.shield(flight.done), 10)
+    setup.gate.corrupt = False
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    again = await asyncio.wait_for(setup.mirror.get(path), 10)
+    assert again.status_code == 200 and again.content == layer
+    assert len(setup.gate.blob_gets()) == 2
+    # The first leader still learns of its failure: aborted.
+    with pytest.raises(Unavailable, match="does not match"):
+        async for _ in chunks:
+            pass

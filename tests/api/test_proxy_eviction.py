@@ -10,25 +10,32 @@ test's: `time.time` is replaced, so that days pass in a moment.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import update
+from sqlalchemy.engine import Connection
 
 from cangku.app import build_evictor, create_app
 from cangku.config import ProxySettings, Settings
 from cangku.content.digest import Digest
+from cangku.metadata import proxy_cache
 from cangku.metadata.proxy_cache import READ
+from cangku.metadata.schema import tags
 from cangku.proxy.cache import mirror_wrapper
 from cangku.proxy.eviction import EvictingCollector, Evictor, plan_eviction
+from cangku.proxy.purge import purge
 from cangku.proxy.stats import CacheStats
 from cangku.proxy.upstream import Upstream
 from cangku.registry import Registry
+from cangku.registry.context import RequestContext
 from cangku.registry.gc import CollectionPolicy, GarbageCollector
 from tests.api.helpers import (
     OCI_INDEX,
@@ -290,3 +297,103 @@ async def test_the_server_schedule_evicts_before_collecting(setup: Setup, data_d
 def test_the_plan_with_nothing_cached_evicts_nothing() -> None:
     plan = plan_eviction([], [], [], set(), {}, now=0.0, protect=0.0, evict_after=1.0, max_size=0)
     assert plan.doomed == {} and plan.cached_bytes == 0
+
+
+async def _two_images(setup: Setup, name: str) -> tuple[str, str]:
+    """`old` tagged 3 and latest, unread for 30 days; `new` tagged edge, read just now."""
+    old, content = await push_image(setup.pusher, name, "3")
+    answer = await setup.pusher.put(
+        f"/v2/{name}/manifests/latest", content=content, headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert answer.status_code == 201
+    new, _ = await push_image(setup.pusher, name, "edge")
+    setup.clock.now += 30 * DAY
+    await setup.read(name, new)
+    await setup.registry.pulls.flush()
+    setup.clock.now += 2 * GRACE
+    return old, new
+
+
+async def test_a_tag_moved_after_eviction_read_it_is_not_deleted(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "docker.io/library/alpine"
+    old, new = await _two_images(setup, name)
+    read_tags = proxy_cache.tags_on
+
+    def tags_on_then_moved(
+        connection: Connection, repository_id: int, digests: Sequence[str]
+    ) -> dict[str, str]:
+        found = read_tags(connection, repository_id, digests)
+        # Right after eviction read the tags on what it evicts, `latest` moves to the image
+        # kept (as a mirror's revalidation committing meanwhile, which READ COMMITTED shows
+        # to eviction's next statement).
+        connection.execute(
+            update(tags)
+            .where(tags.c.repository_id == repository_id, tags.c.name == "latest")
+            .values(manifest_digest=new)
+        )
+        return found
+
+    monkeypatch.setattr(proxy_cache, "tags_on", tags_on_then_moved)
+    report = await setup.evictor(evict_after=10 * DAY).evict()
+
+    assert [m.digest for m in report.manifests] == [old]
+    assert await setup.tags(name) == ["edge", "latest"]
+    answer = await setup.pusher.head(
+        f"/v2/{name}/manifests/latest", headers={"Accept": OCI_MANIFEST}
+    )
+    assert answer.headers["docker-content-digest"] == new
+    tag_service = setup.registry.repository(name).tags
+    newest = (await tag_service.history("3"))[0]
+    assert (newest.old_digest, newest.new_digest, newest.actor) == (old, None, "gc:eviction")
+    assert all(h.actor != "gc:eviction" for h in await tag_service.history("latest"))
+
+
+async def test_two_evictions_at_once_evict_each_unit_once(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if setup.registry.metadata.is_sqlite:
+        pytest.skip("SQLite runs one write at a time: two evictions cannot overlap")
+    name = "docker.io/library/alpine"
+    old, _ = await _two_images(setup, name)
+    read_tags = proxy_cache.tags_on
+
+    def slow_tags_on(
+        connection: Connection, repository_id: int, digests: Sequence[str]
+    ) -> dict[str, str]:
+        found = read_tags(connection, repository_id, digests)
+        time.sleep(0.5)  # in the worker thread: the other eviction gets its chance to overlap
+        return found
+
+    monkeypatch.setattr(proxy_cache, "tags_on", slow_tags_on)
+    first, second = await asyncio.gather(
+        setup.evictor(evict_after=10 * DAY).evict(),
+        setup.evictor(evict_after=10 * DAY).evict(),
+    )
+    assert sorted([[m.digest for m in first.manifests], [m.digest for m in second.manifests]]) == [
+        [],
+        [old],
+    ]
+    history = await setup.registry.repository(name).tags.history("3")
+    assert [h.actor for h in history].count("gc:eviction") == 1
+
+
+async def test_eviction_and_purge_wait_for_a_collection_in_progress(setup: Setup) -> None:
+    if setup.registry.metadata.is_sqlite:
+        pytest.skip("SQLite: a collection's steps are writes, one at a time; no collector lock")
+    name = "docker.io/library/alpine"
+    await _two_images(setup, name)
+    proxy = ProxySettings.model_validate(
+        {"upstreams": [{"name": "docker.io", "url": "http://up.test"}]}
+    )
+    context = RequestContext(caller="test")
+    async with setup.registry.metadata.collector_lock():  # another replica collecting
+        eviction = asyncio.create_task(setup.evictor(evict_after=10 * DAY).evict())
+        purging = asyncio.create_task(purge(setup.registry, proxy, name, context))
+        await asyncio.sleep(1.0)
+        assert not eviction.done() and not purging.done()
+        assert await setup.tags(name) == ["3", "edge", "latest"]
+    assert (await asyncio.wait_for(purging, 30)) == [name]
+    await asyncio.wait_for(eviction, 30)
+    assert await setup.tags(name) == []

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, and_, delete, false, func, or_, select, tuple_
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.schema import (
@@ -147,6 +147,25 @@ def tags_on(connection: Connection, repository_id: int, digests: Sequence[str]) 
         tags.c.repository_id == repository_id, tags.c.manifest_digest.in_(list(digests))
     )
     return {row[0]: row[1] for row in connection.execute(query)}
+
+
+def delete_tags_still_on(
+    connection: Connection, repository_id: int, expected: dict[str, str]
+) -> dict[str, str]:
+    """Delete those of the repository's tags (tag → digest) that still point at the digest
+    given, in one statement; the ones deleted. A tag moved to another manifest since it was
+    read stays (eviction must not delete what no longer points at what it evicts)."""
+    if not expected:
+        return {}
+    statement = (
+        delete(tags)
+        .where(
+            tags.c.repository_id == repository_id,
+            tuple_(tags.c.name, tags.c.manifest_digest).in_(list(expected.items())),
+        )
+        .returning(tags.c.name, tags.c.manifest_digest)
+    )
+    return {row[0]: row[1] for row in connection.execute(statement)}
 
 
 def mirror_repositories(connection: Connection, upstream: str) -> list[MirrorRow]:

@@ -17,7 +17,12 @@ redirects); the upstream is never asked again for it. A blob it does not hold:
     cannot be read), serves joiners only verified bytes, and costs them the time of one
     transfer, which the leader pays anyway;
   - the transfer runs as its own task: a leader that disconnects does not cut it short for
-    the joiners.
+    the joiners, and neither does one that stops reading: a chunk the leader has not taken
+    within `OFFER_TIMEOUT` seconds cuts it off (its response is aborted, never ended short
+    cleanly) while the transfer goes on into the cache;
+  - joiners are released as soon as the blob is verified and recorded, before the leader
+    was handed its held-back last chunks; a failed transfer leaves `flights` before its
+    leader is told, so a later request starts a new one.
 - a blob the storage already holds for another repository is linked without a transfer,
   once the upstream confirmed (HEAD) that this repository has it;
 - upstream failures before any byte was sent: 404 → BLOB_UNKNOWN, 429 → TOOMANYREQUESTS with
@@ -55,6 +60,11 @@ log = logging.getLogger("cangku.proxy")
 LEADER_QUEUE = 64
 # The most bytes handed to the server in one send when the leader is behind.
 COALESCE_BYTES = 1024 * 1024
+# Seconds a chunk may wait for the leader to take it (one slot of its queue to free up)
+# before the leader is cut off: a client that stops reading (the server has no send
+# timeout) must not hold up the transfer the joiners wait for. A leader taking one
+# coalesced send (<= COALESCE_BYTES) per OFFER_TIMEOUT keeps up.
+OFFER_TIMEOUT = 10.0
 
 
 class Flight:
@@ -74,14 +84,37 @@ class Flight:
         self._leader: asyncio.Queue[bytes | BaseException | None] | None = asyncio.Queue(
             LEADER_QUEUE
         )
+        # Why the leader was cut off (it stopped reading): raised to it instead of an end.
+        self.cut: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
 
     async def offer(self, item: bytes | BaseException | None) -> None:
         """Hand a chunk (None: the end; an exception: the failure) to the leader, if one
-        still listens."""
+        still listens. A leader that does not take it within `OFFER_TIMEOUT` seconds is cut
+        off (`cut_leader`), so the transfer never waits on a stalled client for longer."""
         queue = self._leader
+        if queue is None:
+            return
+        try:
+            await asyncio.wait_for(queue.put(item), OFFER_TIMEOUT)
+        except TimeoutError:
+            self.cut_leader(
+                Unavailable(
+                    f"the client did not read the blob for {OFFER_TIMEOUT:g} s: "
+                    "cut off (the transfer goes on into the cache; fetch it again)"
+                )
+            )
+
+    def cut_leader(self, error: BaseException) -> None:
+        """Stop feeding the leader: its queued chunks are dropped and its next read raises
+        `error`, so its response is aborted rather than ended short as if complete."""
+        self.cut = error
+        queue, self._leader = self._leader, None
         if queue is not None:
-            await queue.put(item)
+            while not queue.empty():
+                queue.get_nowait()
+            # Wakes a leader blocked on this queue (it has room: just emptied).
+            queue.put_nowait(error)
 
     def detach_leader(self) -> None:
         """The leader left (or never streamed): drop its queue, waking a blocked `offer`."""
@@ -99,11 +132,7 @@ class Flight:
         for future in (self.opened, self.done):
             if not future.done():
                 future.set_exception(error)
-        queue = self._leader
-        if queue is not None:
-            while not queue.empty():
-                queue.get_nowait()
-            queue.put_nowait(error)
+        self.cut_leader(error)
 
 
 class LeaderChunks:
@@ -122,6 +151,8 @@ class LeaderChunks:
     async def __anext__(self) -> bytes:
         queue = self.flight._leader
         if queue is None:
+            if self.flight.cut is not None:
+                raise self.flight.cut
             raise StopAsyncIteration
         item = self._pending.pop() if self._pending else await queue.get()
         if item is None:
@@ -258,6 +289,7 @@ class MirroredBlobs:
             raise BlobUnknown("blob unknown to registry", str(digest))
 
     async def _transfer(self, flight: Flight, digest: Digest) -> None:
+        ended = False  # the leader was handed the end or the failure
         try:
             try:
                 if await self.store.link_stored(digest, self.context):
@@ -277,11 +309,14 @@ class MirroredBlobs:
                 await response.aclose()
             if self.stats is not None:
                 self.stats.fetched(self.upstream.settings.name, length)
-            # Verified and recorded: the leader may complete its response now.
+            # Verified and recorded: the joiners read it from storage now, whatever pace
+            # the leader goes at; then the leader may complete its response.
+            self._land(flight, digest)
+            flight.done.set_result(None)
             for chunk in last:
                 await flight.offer(chunk)
             await flight.offer(None)
-            flight.done.set_result(None)
+            ended = True
         except Exception as error:
             log.warning(
                 "blob %s from upstream %s not cached: %s",
@@ -290,13 +325,26 @@ class MirroredBlobs:
                 error,
             )
             mapped = _mapped(error)
+            # Out of `flights` first: a request from now on starts a new transfer rather
+            # than join this failed one.
+            self._land(flight, digest)
             if not flight.done.done():
                 flight.done.set_exception(mapped)
             await flight.offer(mapped)
+            ended = True
         finally:
-            if not flight.done.done():
+            self._land(flight, digest)
+            if not ended:
+                # Cancelled (the server stopping), perhaps after `done` while handing the
+                # leader its last chunks: nobody may wait forever, nor get a short body.
                 flight.interrupt(Unavailable("the transfer from the upstream was interrupted"))
-            self.flights.pop(str(digest), None)
+
+    def _land(self, flight: Flight, digest: Digest) -> None:
+        """Take `flight` out of `flights` (only it: a later flight of the digest may have
+        taken its place)."""
+        key = str(digest)
+        if self.flights.get(key) is flight:
+            del self.flights[key]
 
 
 async def _held_back(

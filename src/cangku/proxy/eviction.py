@@ -20,6 +20,12 @@ Never removed while being served:
   a client that read a manifest fetches its blobs within the grace period undisturbed;
 - a blob being streamed: its file is already open (storage LocalFile), and unlinking it
   does not cut the open file short; nor does deleting an S3 object end a GET under way.
+Never racing another writer: eviction runs under the collector's lock (one collection or
+eviction or purge at a time across every process on the database: two replicas, or the
+schedule and `cangku proxy purge`, never evict the same units at once), and its transaction
+first holds the blob lifecycle exclusive (metadata/locks.py), so every transaction adding a
+reference (a tag moved by a mirror's revalidation, a manifest cached) runs wholly before or
+after it. A tag is deleted only if it still points at the manifest being evicted.
 What this cannot see: a read on *another* replica in its last flush interval (≤ 10 s) of
 a unit otherwise unused for the whole window. That client's next requests find the content
 gone and the cache fetches it again from the upstream.
@@ -36,7 +42,7 @@ from typing import Any
 
 from cangku.config import ProxySettings
 from cangku.content.units import format_size
-from cangku.metadata import Connection
+from cangku.metadata import Connection, locks
 from cangku.metadata import collection as collection_rows
 from cangku.metadata import proxy_cache as rows
 from cangku.metadata.proxy_cache import READ, CachedManifest
@@ -45,7 +51,7 @@ from cangku.proxy.stats import CacheStats
 from cangku.registry.context import RequestContext
 from cangku.registry.gc import CollectionReport, Collector
 from cangku.registry.pulls import PullCounter
-from cangku.registry.tags import TagPolicy, remove_tags
+from cangku.registry.tags import TagPolicy, record_removed_tags
 
 log = logging.getLogger("cangku.proxy")
 
@@ -231,6 +237,8 @@ class Evictor:
         unwritten = self.pulls.pending_times(READ)
 
         def run(connection: Connection) -> None:
+            # Locks first, so every read below sees what the writers it waited for committed.
+            locks.hold(connection, lifecycle="exclusive")
             children, layers = rows.cached_references(connection, upstreams)
             plan = plan_eviction(
                 rows.cached_manifests(connection, upstreams),
@@ -252,7 +260,8 @@ class Evictor:
         if dry_run:
             await self.metadata.rehearse(run)
         else:
-            await self.metadata.write(run)
+            async with self.metadata.collector_lock():
+                await self.metadata.write(run)
             if self.stats is not None:
                 for upstream, count in _per_upstream(report.manifests).items():
                     self.stats.evicted(upstream, count)
@@ -267,12 +276,15 @@ def _delete(connection: Connection, doomed: dict[Key, EvictedManifest]) -> None:
         names[repository_id] = manifest.repository
     for repository_id, digests in sorted(by_repository.items()):
         tags = rows.tags_on(connection, repository_id, digests)
-        # Recorded in the tag history as deletions by gc:eviction; mirrors do not float.
-        remove_tags(
+        # Deleted only where still on the doomed manifest (checked by the DELETE itself): a
+        # tag moved since it was read stays. Recorded in the tag history as deletions by
+        # gc:eviction; mirrors do not float.
+        removed = rows.delete_tags_still_on(connection, repository_id, tags)
+        record_removed_tags(
             connection,
             repository_id,
             names[repository_id],
-            tags,
+            removed,
             TagPolicy(floating=False),
             EVICTION,
         )

@@ -3,8 +3,11 @@
 
 A purge deletes the repositories as `Registry.delete_repository` does (tags, manifests,
 links, upload sessions, pull and cache statistics; the tag history records the deletions),
-one transaction per repository; garbage collection then frees the bytes nothing else
-holds. The next pull fetches from the upstream again. Local repositories are never purged.
+one transaction per repository (each holding the repository's lock first); garbage
+collection then frees the bytes nothing else holds. The next pull fetches from the upstream
+again. Local repositories are never purged. A purge runs under the collector's lock, as
+eviction does, so a purge and an eviction (another replica's, the schedule's) never delete
+the same content at once.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ async def purge(
         if target not in cached:
             raise NameUnknown(f"nothing is cached in {target!r}", {"repository": target})
         cached = [target]
-    for name in cached:
-        await registry.delete_repository(name, context)
+    async with registry.metadata.collector_lock():
+        for name in cached:
+            await registry.delete_repository(name, context)
     return cached

@@ -312,9 +312,23 @@ def remove_tags(
 ) -> None:
     """Tags of repository `name` were deleted (tag → the digest it had): record it, fall
     floating tags back."""
+    for tag in removed:
+        tag_rows.delete_tag(connection, repository_id, tag)
+    record_removed_tags(connection, repository_id, name, removed, policy, context)
+
+
+def record_removed_tags(
+    connection: Connection,
+    repository_id: int,
+    name: str,
+    removed: dict[str, str],
+    policy: TagPolicy,
+    context: RequestContext,
+) -> None:
+    """`remove_tags` for tags whose rows the caller already deleted (tag → the digest it
+    had): record it in the tag history, fall floating tags back."""
     history: list[_Change] = []
     for tag, digest in removed.items():
-        tag_rows.delete_tag(connection, repository_id, tag)
         _record(repository_id, tag, digest, None, "deleted", None, history)
     if policy.floating:
         _fall_back(connection, repository_id, removed, history)
