@@ -264,3 +264,27 @@ async def test_a_start_at_the_cap_takes_its_lock_before_writing_rows(
     await uploads.start(CLIENT)
     assert await outcomes([uploads.start(CLIENT)]) == (0, 1)
     assert calls[:2] == ["lock", "insert"]
+
+
+async def test_a_repository_deleted_while_a_start_at_the_cap_writes_its_rows_keeps_none(
+    two_processes: tuple[Registry, Registry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, _ = two_processes
+    registry.max_open_uploads = 1
+    registry.core.sessions.delay = 10.0
+    data = b"a layer"  # The repository exists once something was pushed to it.
+    await registry.repository("jimo/app").blobs.upload(
+        str(Digest.of(data)), chunks(data), len(data), CLIENT
+    )
+    await registry.repository("jimo/app").uploads.start(CLIENT)
+    reached, gate = gated_writes(registry, monkeypatch)
+    # At the cap: takes the open session's row to write it in its own transaction.
+    second = asyncio.ensure_future(registry.repository("jimo/other").uploads.start(CLIENT))
+    await reached.wait()
+    deleting = asyncio.ensure_future(registry.delete_repository("jimo/app"))
+    await asyncio.wait([deleting], timeout=0.2)
+    gate.set()
+    assert await outcomes([second]) == (0, 1)
+    await deleting
+    await registry.core.sessions.record()
+    assert await rows_of(registry) == 0
