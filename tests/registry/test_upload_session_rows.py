@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cangku.content.digest import Digest
-from cangku.content.errors import TooManyRequests
+from cangku.content.errors import Denied, TooManyRequests
 from cangku.metadata import locks
 from cangku.metadata import upload_sessions as session_rows
 from cangku.metadata.store import MetadataStore
@@ -288,3 +288,26 @@ async def test_a_repository_deleted_while_a_start_at_the_cap_writes_its_rows_kee
     await deleting
     await registry.core.sessions.record()
     assert await rows_of(registry) == 0
+
+
+async def test_sessions_whose_rows_commit_during_the_quota_s_read_still_count(
+    two_processes: tuple[Registry, Registry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, _ = two_processes
+    registry.core.sessions.delay = 10.0
+    await registry.set_quota("jimo", 10)
+    uploads = registry.repository("jimo/app").uploads
+    parking = await uploads.start(CLIENT)
+    await uploads.append(parking, chunks(b"8 bytes!"), 8, None, CLIENT)
+    second = await uploads.start(CLIENT)
+    read = registry.metadata.read
+
+    async def read_then_record(work):
+        # What was read is what was committed before the rows' write commits.
+        result = await read(work)
+        await registry.core.sessions.record()
+        return result
+
+    monkeypatch.setattr(registry.metadata, "read", read_then_record)
+    with pytest.raises(Denied):  # 8 parked + 5 > 10.
+        await uploads.append(second, chunks(b"5 byt"), 5, None, CLIENT)
