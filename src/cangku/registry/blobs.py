@@ -213,12 +213,15 @@ async def within_quota(
     )
     if limit is None:
         return body
+    # Sessions opened here whose rows are not committed yet hold bytes too. Named before the
+    # read as well as after: a row whose write commits while the read runs (PostgreSQL: in a
+    # thread) may be neither in what it read nor in the ledger afterwards.
+    unrecorded = core.sessions.unrecorded_in(namespace)
     used, sessions = await core.metadata.read(
         lambda connection: upload_limits.quota_state(connection, namespace)
     )
     parked = 0
-    # Sessions opened here whose rows are not written yet hold bytes too.
-    for session in {*sessions, *core.sessions.unrecorded_in(namespace)}:
+    for session in {*sessions, *unrecorded, *core.sessions.unrecorded_in(namespace)}:
         parked += await core.storage.upload_size(session) or 0
     allowance = limit - used - parked
     # Of unknown length: refused as soon as it needs one byte more than is left.

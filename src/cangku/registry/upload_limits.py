@@ -22,11 +22,17 @@ writes their rows together, `RECORD_DELAY` seconds later, or at once when they m
 
 - a session finished or cancelled before then never gets a row;
 - the cap stays exact within the process: a start counts the owner's rows plus the owner's
-  sessions not recorded yet; one that would reach the cap records them first and decides in
-  the same transaction as before (so a refusal is always decided by the rows);
+  sessions whose rows are not committed yet (unrecorded, or being written: until their write
+  commits no count sees them), with no wait between that count and taking the new session
+  into account; one that would reach the cap, or whose count of rows a write of rows ended
+  during, records them first and decides in the same transaction as before (so a refusal is
+  always decided by the rows), after the owner's rows being written are committed;
 - across processes a row is at most `RECORD_DELAY` late: another process may let the owner
   open up to its own cap meanwhile, never more than that;
-- the quota counts the bytes of this process's unrecorded sessions too (`unrecorded_in`);
+- the quota counts the bytes of this process's sessions whose rows are not committed yet
+  too (`unrecorded_in`);
+- a session's row being written (by a batch, or by a start at the cap) is waited for before
+  the session's end deletes it, so that no row outlives its session;
 - if the process dies before recording, its sessions are open without a row: they do not
   count against the cap, and expire in storage as always.
 """
@@ -86,17 +92,25 @@ class SessionLedger:
         self.metadata = metadata
         self.delay = delay
         self._unrecorded: dict[str, SessionRow] = {}
-        self._held: dict[str | None, int] = {}  # unrecorded sessions per owner
+        # Sessions per owner, unrecorded or being written: a row counts here until its write
+        # has committed, since until then no other transaction sees it.
+        self._held: dict[str | None, int] = {}
         # Rows being written now: a session ending must wait for its row before deleting it.
-        self._writing: dict[str, asyncio.Future[None]] = {}
+        self._writing: dict[str, tuple[SessionRow, asyncio.Future[None]]] = {}
+        # How many writes of rows have ended: a count read across one of them may have missed
+        # rows that `held_by` no longer counts (`Uploads.start` then decides by the rows).
+        self.writes_ended = 0
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def held_by(self, owner: str | None) -> int:
+        """The owner's sessions whose rows no other transaction can see yet."""
         return self._held.get(owner, 0)
 
     def unrecorded_in(self, namespace: str) -> list[str]:
-        return [row.session for row in self._unrecorded.values() if row.namespace == namespace]
+        """The namespace's sessions whose rows no other transaction can see yet."""
+        rows = [*self._unrecorded.values(), *(row for row, _ in self._writing.values())]
+        return [row.session for row in rows if row.namespace == namespace]
 
     def add(self, row: SessionRow) -> None:
         """A session opened; its row is written within `delay` seconds unless it ends first."""
@@ -105,12 +119,30 @@ class SessionLedger:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.delay, self._record_later)
 
-    def take(self, owner: str | None) -> list[SessionRow]:
-        """Remove and return the owner's unrecorded sessions (the caller writes them)."""
+    def take(self, owner: str | None, new: SessionRow) -> Writing:
+        """The owner's unrecorded sessions, for the caller to write with `new` (a session
+        being opened). Until the caller passes the result to `written` (whether its write
+        committed or failed), they count as held, and a session among them that ends waits
+        for that write before deleting its row."""
         rows = [row for row in self._unrecorded.values() if row.owner == owner]
         for row in rows:
-            self._forget(row.session)
-        return rows
+            del self._unrecorded[row.session]
+        # `new` counts as held too: concurrent starts must see it before its row commits.
+        self._held[owner] = self._held.get(owner, 0) + 1
+        return Writing(rows, new, self._begin(rows))
+
+    async def written_before(self, writing: Writing) -> None:
+        """Wait for the other writes of the owner's rows in progress, so that a transaction
+        counting the owner's rows afterwards sees them."""
+        owner = writing.new.owner
+        for row, done in list(self._writing.values()):
+            if row.owner == owner and done is not writing.done:
+                await asyncio.shield(done)
+
+    def written(self, writing: Writing) -> None:
+        """`take`'s write has ended (committed or not)."""
+        self._end(writing.rows, writing.done)
+        self._release(writing.new.owner)
 
     async def settle(self, session: str) -> bool:
         """Before a session's row is deleted: False if it has none and never will (it was
@@ -120,7 +152,7 @@ class SessionLedger:
             return False
         writing = self._writing.get(session)
         if writing is not None:
-            await asyncio.shield(writing)
+            await asyncio.shield(writing[1])
         return True
 
     async def drop_repository(self, repository: str) -> None:
@@ -137,19 +169,16 @@ class SessionLedger:
         await self._written()
 
     async def _written(self) -> None:
-        for writing in set(self._writing.values()):
+        for writing in {done for _, done in self._writing.values()}:
             await asyncio.shield(writing)
 
     async def record(self) -> None:
         """Write every unrecorded session's row now (also when the server stops)."""
         rows = list(self._unrecorded.values())
-        for row in rows:
-            self._forget(row.session)
         if not rows:
             return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for row in rows:
-            self._writing[row.session] = done
+        self._unrecorded.clear()
+        done = self._begin(rows)
         values = [
             (row.session, row.repository, row.namespace, row.owner, row.created_at) for row in rows
         ]
@@ -158,18 +187,33 @@ class SessionLedger:
                 lambda connection: session_rows.insert_sessions(connection, values)
             )
         finally:
-            done.set_result(None)
-            for row in rows:
-                if self._writing.get(row.session) is done:
-                    del self._writing[row.session]
+            self._end(rows, done)
+
+    def _begin(self, rows: list[SessionRow]) -> asyncio.Future[None]:
+        """`rows` (no longer in `_unrecorded`, still in `_held`) are being written."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for row in rows:
+            self._writing[row.session] = (row, done)
+        return done
+
+    def _end(self, rows: list[SessionRow], done: asyncio.Future[None]) -> None:
+        """The write `_begin` announced has committed, or failed: the rows are visible to
+        every transaction now, or will never be."""
+        self.writes_ended += 1
+        for row in rows:
+            del self._writing[row.session]  # A row is in one write only (taken from above).
+            self._release(row.owner)
+        done.set_result(None)
 
     def _forget(self, session: str) -> None:
-        row = self._unrecorded.pop(session)
-        left = self._held[row.owner] - 1
+        self._release(self._unrecorded.pop(session).owner)
+
+    def _release(self, owner: str | None) -> None:
+        left = self._held[owner] - 1
         if left:
-            self._held[row.owner] = left
+            self._held[owner] = left
         else:
-            del self._held[row.owner]
+            del self._held[owner]
 
     def _record_later(self) -> None:
         self._timer = None
@@ -185,6 +229,15 @@ class SessionLedger:
             log.exception("could not record open upload sessions")
 
 
+@dataclass(frozen=True, slots=True)
+class Writing:
+    """Rows `SessionLedger.take` handed to a caller to write, with the session it opens."""
+
+    rows: list[SessionRow]
+    new: SessionRow
+    done: asyncio.Future[None]
+
+
 _LEDGERS: weakref.WeakKeyDictionary[MetadataStore, SessionLedger] = weakref.WeakKeyDictionary()
 
 
@@ -198,14 +251,16 @@ def open_session(
 ) -> TooManyRequests | None:
     """Record a new session (after the owner's `unrecorded` ones, taken from the ledger);
     the refusal instead when `owner` holds `limit` already."""
+    if owner is not None:
+        # Counted and inserted by one replica at a time, or two could both pass the cap. Taken
+        # before any write, as every transaction takes its locks (metadata/locks.py).
+        locks.hold(connection, counters=[f"upload-sessions:{owner}"])
     if unrecorded:
         session_rows.insert_sessions(
             connection,
             [(r.session, r.repository, r.namespace, r.owner, r.created_at) for r in unrecorded],
         )
     if owner is not None:
-        # Counted and inserted by one replica at a time, or two could both pass the cap.
-        locks.hold(connection, counters=[f"upload-sessions:{owner}"])
         held = session_rows.count_owned(connection, owner)
         if held >= limit:
             return TooManyRequests(

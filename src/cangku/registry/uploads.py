@@ -43,12 +43,17 @@ class Uploads:
         row = upload_limits.SessionRow(
             session, self.name, usage.namespace_of(self.name), owner, time.time()
         )
-        held = ledger.held_by(owner)
-        if owner is not None:
-            held += await self.core.metadata.read(
+        if owner is None:
+            within = True  # Not counted.
+        else:
+            ended = ledger.writes_ended
+            rows = await self.core.metadata.read(
                 lambda connection: session_rows.count_owned(connection, owner)
             )
-        if owner is None or held < cap:
+            # Read after the wait, with none before `add`: concurrent starts see each other.
+            # A write of rows that ended meanwhile may have left its rows out of both counts.
+            within = ledger.writes_ended == ended and rows + ledger.held_by(owner) < cap
+        if within:
             # Within the cap: the row is written later, with others (upload_limits.py).
             # Counted before the wait below, so that concurrent starts see each other.
             ledger.add(row)
@@ -59,13 +64,21 @@ class Uploads:
                 raise
             return upload_id
         # At the cap, as far as this process knows: decided by the rows, as they are now.
-        unrecorded = ledger.take(owner)
-        live = [r for r in unrecorded if await self.core.storage.upload_size(r.session) is not None]
-        refusal = await self.core.metadata.write(
-            lambda connection: upload_limits.open_session(
-                connection, session, self.name, owner, cap, live
+        writing = ledger.take(owner, row)
+        try:
+            await ledger.written_before(writing)
+            live = [
+                r
+                for r in writing.rows
+                if await self.core.storage.upload_size(r.session) is not None
+            ]
+            refusal = await self.core.metadata.write(
+                lambda connection: upload_limits.open_session(
+                    connection, session, self.name, owner, cap, live
+                )
             )
-        )
+        finally:
+            ledger.written(writing)
         raise_if_refused(refusal)
         try:
             await self.core.storage.create_upload(session, algorithm)
