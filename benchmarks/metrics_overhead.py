@@ -37,17 +37,28 @@ CONNECTIONS = 16
 
 
 class Server:
-    def __init__(self, name: str, metrics: bool, root: Path) -> None:
+    """A `cangku serve --open` on a free loopback port with its own data directory, without
+    per-request logging; `env` adds environment variables, `command` replaces the program
+    (the arguments after it stay those of `cangku`)."""
+
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.name = name
         self.port = free_loopback_port()
         self.data = root / name
         self.log = (root / f"{name}.log").open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CANGKU_")}
-        env["CANGKU_METRICS__ENABLED"] = "true" if metrics else "false"
-        env["CANGKU_LOG_LEVEL"] = "warning"  # no access line per request, in both
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("CANGKU_")}
+        environment["CANGKU_LOG_LEVEL"] = "warning"  # no access line per request, in both
+        environment.update(env or {})
+        program = command or [str(REPO_ROOT / ".venv/bin/cangku")]
         self.process = subprocess.Popen(
             [
-                str(REPO_ROOT / ".venv/bin/cangku"),
+                *program,
                 "serve",
                 "--open",
                 "--listen",
@@ -58,7 +69,7 @@ class Server:
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=environment,
         )
 
     @property
@@ -89,6 +100,63 @@ class Server:
         self.log.close()
 
 
+def push_small_image(servers: list[Server], repository: str) -> None:
+    """Wait for each server, then push the same kind of small image as `repository:v1`."""
+    for server in servers:
+        server.wait_until_ready()
+        config, layers = small_image(repository.rsplit("/", 1)[-1])
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            push_image(client, server.base, repository, "v1", config, layers)
+
+
+def measure_manifest_gets(
+    servers: list[Server], repository: str, seconds: int, repetitions: int, root: Path
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """wrk GETs of `repository:v1` on each server, alternating which goes first; per server,
+    req/s and server CPU µs per request of every repetition."""
+    results: dict[str, list[float]] = {server.name: [] for server in servers}
+    cpu: dict[str, list[float]] = {server.name: [] for server in servers}
+    for repetition in range(repetitions):
+        order = servers if repetition % 2 == 0 else servers[::-1]
+        for server in order:
+            url = f"{server.base}/v2/{repository}/manifests/v1"
+            cpu_before = server.cpu_seconds()
+            result = run_wrk(wrk_fetch_script("GET"), url, CONNECTIONS, seconds, root)
+            if result.errors:
+                raise RuntimeError(f"{server.name}: {result.errors} errors")
+            results[server.name].append(result.requests_per_second)
+            cpu[server.name].append((server.cpu_seconds() - cpu_before) / result.requests * 1e6)
+            print(
+                f"{server.name}: {result.requests_per_second:.0f} req/s, "
+                f"{cpu[server.name][-1]:.1f} us CPU/request",
+                file=sys.stderr,
+            )
+    return results, cpu
+
+
+def print_table(
+    results: dict[str, list[float]], cpu: dict[str, list[float]], seconds: int, repetitions: int
+) -> None:
+    """The markdown table of `measure_manifest_gets`'s figures: medians and every run."""
+    print(f"manifest GET, wrk c={CONNECTIONS}, {repetitions} x {seconds} s each\n")
+    print("| | req/s (median) | runs | server CPU µs/request (median) | runs |")
+    print("|---|---:|---|---:|---|")
+    for name, values in results.items():
+        runs = ", ".join(f"{value:.0f}" for value in values)
+        cpu_runs = ", ".join(f"{value:.1f}" for value in cpu[name])
+        print(
+            f"| {name} | {statistics.median(values):.0f} | {runs} "
+            f"| {statistics.median(cpu[name]):.1f} | {cpu_runs} |"
+        )
+
+
+def cost(results: dict[str, list[float]], cpu: dict[str, list[float]], on: str, off: str) -> str:
+    """What `on` costs against `off`: in req/s and in CPU per request (medians)."""
+    requests = 1 - statistics.median(results[on]) / statistics.median(results[off])
+    more_cpu = statistics.median(cpu[on]) / statistics.median(cpu[off]) - 1
+    return f"{requests * 100:.1f} % of req/s, {more_cpu * 100:.1f} % more CPU per request"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -96,31 +164,15 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cangku-metrics-bench-") as temp:
         root = Path(temp)
-        servers = [Server("with-metrics", True, root), Server("without-metrics", False, root)]
+        servers = [
+            Server("with-metrics", root, {"CANGKU_METRICS__ENABLED": "true"}),
+            Server("without-metrics", root, {"CANGKU_METRICS__ENABLED": "false"}),
+        ]
         try:
-            for server in servers:
-                server.wait_until_ready()
-                config, layers = small_image("metrics")
-                with httpx.Client(trust_env=False, timeout=30) as client:
-                    push_image(client, server.base, "bench/metrics", "v1", config, layers)
-            results: dict[str, list[float]] = {server.name: [] for server in servers}
-            cpu: dict[str, list[float]] = {server.name: [] for server in servers}
-            for repetition in range(args.repetitions):
-                order = servers if repetition % 2 == 0 else servers[::-1]
-                for server in order:
-                    url = f"{server.base}/v2/bench/metrics/manifests/v1"
-                    cpu_before = server.cpu_seconds()
-                    result = run_wrk(wrk_fetch_script("GET"), url, CONNECTIONS, args.seconds, root)
-                    if result.errors:
-                        raise RuntimeError(f"{server.name}: {result.errors} errors")
-                    results[server.name].append(result.requests_per_second)
-                    used = server.cpu_seconds() - cpu_before
-                    cpu[server.name].append(used / result.requests * 1e6)
-                    print(
-                        f"{server.name}: {result.requests_per_second:.0f} req/s, "
-                        f"{cpu[server.name][-1]:.1f} us CPU/request",
-                        file=sys.stderr,
-                    )
+            push_small_image(servers, "bench/metrics")
+            results, cpu = measure_manifest_gets(
+                servers, "bench/metrics", args.seconds, args.repetitions, root
+            )
             with httpx.Client(trust_env=False) as client:
                 scraped = client.get(f"{servers[0].base}/metrics").text
             counted = [
@@ -133,22 +185,8 @@ def main() -> int:
         finally:
             for server in servers:
                 server.stop()
-    with_metrics = statistics.median(results["with-metrics"])
-    without = statistics.median(results["without-metrics"])
-    print(f"manifest GET, wrk c={CONNECTIONS}, {args.repetitions} x {args.seconds} s each\n")
-    print("| | req/s (median) | runs | server CPU µs/request (median) | runs |")
-    print("|---|---:|---|---:|---|")
-    for name, values in results.items():
-        runs = ", ".join(f"{value:.0f}" for value in values)
-        cpu_runs = ", ".join(f"{value:.1f}" for value in cpu[name])
-        print(
-            f"| {name} | {statistics.median(values):.0f} | {runs} "
-            f"| {statistics.median(cpu[name]):.1f} | {cpu_runs} |"
-        )
-    cpu_with = statistics.median(cpu["with-metrics"])
-    cpu_without = statistics.median(cpu["without-metrics"])
-    print(f"\nmetrics cost: {(1 - with_metrics / without) * 100:.1f} % of req/s, ", end="")
-    print(f"{(cpu_with / cpu_without - 1) * 100:.1f} % more CPU per request")
+    print_table(results, cpu, args.seconds, args.repetitions)
+    print(f"\nmetrics cost: {cost(results, cpu, 'with-metrics', 'without-metrics')}")
     print(f"counted by the server with metrics: {counted}")
     return 0
 
