@@ -51,7 +51,7 @@ from cangku.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
 from cangku.registry.blobs import Blobs
 from cangku.registry.context import RequestContext
 from cangku.registry.protocols import BlobService
-from cangku.storage.base import BlobContent, Stream
+from cangku.storage.base import BlobContent, Stream, closing_chunks
 
 log = logging.getLogger("cangku.proxy")
 
@@ -252,8 +252,10 @@ class MirroredBlobs:
             if leader:
                 flight.detach_leader()
             await self._wait(flight, digest)
-        async for chunk in self.inner.read(digest, start, end):
-            yield chunk
+        # aclosing: a reader that stops closes the storage's stream now, not at collection.
+        async with closing_chunks(self.inner.read(digest, start, end)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def delete(self, digest: str, context: RequestContext) -> None:
         raise Denied(self.refusal)
