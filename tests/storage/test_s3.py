@@ -378,7 +378,7 @@ async def test_a_read_that_fails_in_the_read_thread_fails_the_stream() -> None:
         async for chunk in _pumped(body):
             received += len(chunk)
     assert received == 2 * READ_CHUNK
-    assert body.closed and read_threads_end()
+    assert read_threads_end() and body.closed
 
 
 async def test_a_reader_that_stops_stops_the_read_thread_at_once(

@@ -75,8 +75,9 @@ T = TypeVar("T")
 PART_SIZE = 8 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 # Chunks of a GetObject body read ahead of the client (memory per stream: this many
-# READ_CHUNKs at most, plus the one being sent).
-STREAM_AHEAD = 4
+# READ_CHUNKs at most, plus the one being sent). Two: the thread reads the next chunk while
+# the server sends one; more only costs memory per concurrent pull.
+STREAM_AHEAD = 2
 # Pre-signed GETs live this long: long enough for the client to follow the redirect, short
 # enough that a leaked URL soon stops working (Distribution's default is 20 minutes).
 PRESIGNED_SECONDS = 300
