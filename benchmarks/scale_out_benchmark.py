@@ -12,7 +12,8 @@ What it does, on loopback only:
   gives each registry its own key prefix in the bucket of `--s3-env` (start-ceph-rgw.sh's
   s3.env); redirects off for both, so every blob byte goes through the registry;
 - **push / pull**: `--blobs` blobs of `--blob-mib` MiB each, pushed monolithically
-  (POST + PUT ?digest=, which both registries take), then pulled with curl one at a time;
+  (POST + PUT ?digest=, which both registries take), then each pulled `--pull-repeats`
+  times, one GET at a time, with curl (`--pull-client socket`: plain sockets, cheaper);
 - **manifest GETs**: wrk for `--seconds` with `--connections` connections on one tag;
 - **replicas**: cangku's manifest GETs from one replica to two, each `cangku serve` pinned to
   its own core with `taskset` (wrk and PostgreSQL run unpinned beside them);
@@ -31,6 +32,7 @@ import contextlib
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +46,7 @@ import psycopg
 from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import proxy_benchmark
 import registry_benchmark as rb
 
 MiB = rb.MiB
@@ -129,6 +132,16 @@ def remove_prefix(store: Store) -> None:
 
 
 def cangku_config(path: Path, store: Store, data: Path) -> None:
+    """Write cangku's configuration and migrate the fresh database (on PostgreSQL `serve`
+    refuses a database without its schema; docs/scale-out.md: `cangku db upgrade` once)."""
+    write_cangku_config(path, store, data)
+    program = str(Path(sys.executable).with_name("cangku"))
+    subprocess.run(
+        [program, "db", "upgrade", "--config", str(path)], check=True, capture_output=True
+    )
+
+
+def write_cangku_config(path: Path, store: Store, data: Path) -> None:
     path.write_text(
         f"data: {data}\n"
         f"database_url: {store.database_url}\n"
@@ -238,6 +251,24 @@ def measured(
     return result, spent / per
 
 
+def socket_pull(url: str, size: int) -> float:
+    """Seconds for one GET of url read with plain sockets (proxy_benchmark.http_get: a
+    reused 1 MiB recv_into buffer, ~0.18 ms of CPU per MiB against curl's ~0.5)."""
+    started = time.perf_counter()
+    status, length, _ = proxy_benchmark.http_get(url, bytearray(MiB))
+    if status != 200 or length != size:
+        raise RuntimeError(f"GET {url}: {status}, {length} bytes")
+    return time.perf_counter() - started
+
+
+PULL_CLIENTS: dict[str, Callable[[str, int], float]] = {
+    "curl": lambda url, size: rb.curl_pull(url, 1, size),
+    "socket": socket_pull,
+}
+PULL_CLIENT = "curl"  # --pull-client
+PULL_REPEATS = 3  # --pull-repeats: each pushed blob is pulled this many times per round
+
+
 def push_and_pull(registry: rb.Registry, blob: rb.BlobFile, count: int, results: Results) -> None:
     pushed: list[tuple[str, int]] = []
     with rb.new_client() as client:
@@ -254,10 +285,11 @@ def push_and_pull(registry: rb.Registry, blob: rb.BlobFile, count: int, results:
 
     def pull() -> float:
         return sum(
-            rb.curl_pull(f"{registry.base}/v2/{REPOSITORY}/blobs/{digest}", 1, size)
-            for digest, size in pushed
+            PULL_CLIENTS[PULL_CLIENT](f"{registry.base}/v2/{REPOSITORY}/blobs/{digest}", size)
+            for digest, size in pushed * PULL_REPEATS
         )
 
+    mib *= PULL_REPEATS
     seconds, cpu = measured([registry], pull, mib / 1000)
     results.add("pull", registry.name, Sample(mib / seconds, cpu))
 
@@ -389,7 +421,8 @@ def replicas(arguments: argparse.Namespace, store: Store, workdir: Path, results
 def render(results: Results, arguments: argparse.Namespace, load: tuple[str, str]) -> str:
     lines = [
         f"{arguments.rounds} rounds, interleaved; medians (each round's value in brackets). "
-        f"Push/pull: {arguments.blobs} x {arguments.blob_mib} MiB, one at a time; manifest "
+        f"Push/pull: {arguments.blobs} x {arguments.blob_mib} MiB, one at a time (pulled "
+        f"{arguments.pull_repeats} times, {arguments.pull_client}); manifest "
         f"GETs: wrk, {arguments.connections} connections, {arguments.seconds} s. CPU: the "
         "servers' user + system time (not PostgreSQL's or Ceph's).",
         f"Load average before: {load[0]}; after: {load[1]}.",
@@ -461,13 +494,28 @@ def parse_arguments() -> argparse.Namespace:
         ),
         help="URL of a role that may create databases (default: $CANGKU_TEST_POSTGRES)",
     )
+    parser.add_argument(
+        "--pull-client",
+        choices=sorted(PULL_CLIENTS),
+        default="curl",
+        help="the pull row's client (socket: cheaper than curl, which shares the 2 cores)",
+    )
+    parser.add_argument(
+        "--pull-repeats",
+        type=int,
+        default=3,
+        help="pulls of each pushed blob per round (CPU is counted in 10 ms ticks: more MiB, "
+        "finer ms/MiB)",
+    )
     parser.add_argument("--skip-replicas", action="store_true")
     parser.add_argument("--skip-compare", action="store_true")
     return parser.parse_args()
 
 
 def main() -> int:
+    global PULL_CLIENT, PULL_REPEATS
     arguments = parse_arguments()
+    PULL_CLIENT, PULL_REPEATS = arguments.pull_client, arguments.pull_repeats
     for program in ("wrk", "curl", "taskset", rb.REFERENCE_BINARY):
         if shutil.which(program) is None:
             log(f"{program} is missing")

@@ -23,7 +23,7 @@ from starlette.types import Scope
 
 from cangku.content.digest import Digest
 from cangku.observability import method_label
-from cangku.storage.base import BlobContent, BlobStorage
+from cangku.storage.base import BlobContent, BlobStorage, closing_chunks
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -166,9 +166,12 @@ class TracedStorage:
     async def read(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
+        # aclosing: a reader that stops closes the storage's stream (an S3 body's read
+        # thread, a file) and ends the span now, not when the generator is collected.
         with self.tracing.span_not_current("storage.read"):
-            async for chunk in self.storage.read(digest, start, end):
-                yield chunk
+            async with closing_chunks(self.storage.read(digest, start, end)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     async def delete(self, digest: Digest) -> None:
         with self.tracing.span("storage.delete"):

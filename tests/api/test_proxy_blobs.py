@@ -500,3 +500,39 @@ async def test_a_failed_transfer_is_not_joined_by_a_later_request(
     with pytest.raises(Unavailable, match="does not match"):
         async for _ in chunks:
             pass
+
+
+async def test_a_reader_of_a_cached_blob_that_stops_closes_the_storage_stream_at_once() -> None:
+    # MirroredBlobs.read wraps the cached repository's stream (an S3 body read by a thread
+    # of its own, a file): closing it closes that stream then, not at garbage collection.
+    closed: list[bool] = []
+
+    class Held:
+        async def stat(self, digest: str) -> tuple[Digest, int]:
+            return Digest.parse(digest), 2
+
+        async def read(self, digest: Digest, start: int, end: int) -> AsyncIterator[bytes]:
+            try:
+                yield b"a"
+                yield b"b"
+            finally:
+                closed.append(True)
+
+    class Settings_:
+        name = "docker.io"
+
+    class Upstream_:
+        settings = Settings_()
+
+    mirrored = proxy_blobs.MirroredBlobs(
+        Held(),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        Upstream_(),  # type: ignore[arg-type]
+        "library/alpine",
+        {},
+        "docker.io/library/alpine",
+    )
+    chunks = mirrored.read(Digest.of(b"ab"), 0, 2)
+    assert await anext(chunks) == b"a"
+    await chunks.aclose()  # type: ignore[attr-defined]
+    assert closed == [True]  # no await in between: no finalizer could have run

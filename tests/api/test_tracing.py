@@ -157,3 +157,29 @@ async def test_reading_a_blob_through_the_storage_is_a_child_span(
     child = by_name["storage.read"]
     assert child.parent is not None
     assert child.parent.span_id == parent.get_span_context().span_id
+
+
+async def test_a_storage_read_that_stops_closes_the_stream_and_ends_its_span_at_once(
+    exporter: InMemorySpanExporter,
+) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    closed: list[bool] = []
+
+    class Storage:
+        async def read(
+            self, digest: Digest, start: int = 0, end: int | None = None
+        ) -> AsyncIterator[bytes]:
+            try:
+                yield b"a"
+                yield b"b"
+            finally:
+                closed.append(True)
+
+    traced = TracedStorage(Storage(), Tracing(provider.get_tracer("cangku-test")))  # type: ignore[arg-type]
+    chunks = traced.read(Digest.of(b"ab"))
+    await anext(chunks)
+    await chunks.aclose()  # type: ignore[attr-defined]
+    # No await in between: nothing but aclose itself could have closed the inner stream.
+    assert closed == [True]
+    assert [span.name for span in exporter.get_finished_spans()] == ["storage.read"]

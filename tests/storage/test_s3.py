@@ -4,8 +4,12 @@ and its settings. The shared contract is tests/storage/test_drivers.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
+import time
+from typing import Any
 
 import pytest
 
@@ -13,7 +17,8 @@ from cangku.config import Settings
 from cangku.content.digest import Digest
 from cangku.content.errors import BlobUploadUnknown, DigestInvalid
 from cangku.storage import open_storage, s3
-from cangku.storage.s3 import S3Storage
+from cangku.storage.base import Stream
+from cangku.storage.s3 import READ_CHUNK, STREAM_AHEAD, S3Storage, _pumped
 from tests.s3 import remove_everything, s3_settings
 from tests.storage.test_drivers import (
     ClientDisconnected,
@@ -267,3 +272,127 @@ def test_settings_in_issue_15_shape_from_yaml_and_environment(
 def test_incomplete_or_wrong_s3_settings_are_refused(storage: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="storage"):
         Settings(storage=storage)
+
+
+class RecordedBody:
+    """A GetObject body that records which thread each read ran on, and its closing."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+        self.threads: list[str] = []
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        self.threads.append(threading.current_thread().name)
+        data: bytes = self.body.read(size)
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+        self.body.close()
+
+
+def recorded_bodies(storage: S3Storage, monkeypatch: pytest.MonkeyPatch) -> list[RecordedBody]:
+    bodies: list[RecordedBody] = []
+    get = storage._get
+
+    async def recorded(key: str, start: int = 0, end: int | None = None) -> Any:
+        body = RecordedBody(await get(key, start, end))
+        bodies.append(body)
+        return body
+
+    monkeypatch.setattr(storage, "_get", recorded)
+    return bodies
+
+
+def read_threads_end(deadline: float = 5.0) -> bool:
+    until = time.monotonic() + deadline
+    while any(t.name == "cangku-s3-read" for t in threading.enumerate()):
+        if time.monotonic() > until:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+async def test_a_large_blob_is_read_by_one_thread_of_its_own_a_few_chunks_ahead(
+    s3: S3Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One worker-thread call per MiB cost a quarter of an S3 pull's CPU (docs/performance.md
+    # "Scale-out"): the body is read by one thread from start to end, bounded ahead.
+    digest = Digest.of(BIG)
+    await s3.write_blob(stream(BIG), digest, len(BIG))
+    bodies = recorded_bodies(s3, monkeypatch)
+
+    content = await s3.open(digest, 0, len(BIG))
+    assert isinstance(content, Stream)
+    chunks = aiter(content.chunks)
+    received = [await anext(chunks)]
+    await asyncio.sleep(0.3)  # a slow client: the thread reads ahead, but only so far
+    assert len(bodies[0].threads) <= 1 + STREAM_AHEAD + 1
+    received += [chunk async for chunk in chunks]
+
+    assert b"".join(received) == BIG
+    assert set(bodies[0].threads) == {"cangku-s3-read"}
+    assert len(bodies[0].threads) > 2  # several chunks, one thread
+    assert read_threads_end() and bodies[0].closed
+
+
+async def test_a_client_that_stops_reading_stops_the_read_thread_and_closes_the_body(
+    s3: S3Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = Digest.of(BIG)
+    await s3.write_blob(stream(BIG), digest, len(BIG))
+    bodies = recorded_bodies(s3, monkeypatch)
+
+    content = await s3.open(digest, 0, len(BIG))
+    assert isinstance(content, Stream)
+    chunks = aiter(content.chunks)
+    assert await anext(chunks) == BIG[:READ_CHUNK]
+    await asyncio.sleep(0.2)  # the thread waits for room now
+    await chunks.aclose()  # type: ignore[attr-defined]
+
+    assert read_threads_end()
+    assert bodies[0].closed
+    assert len(bodies[0].threads) <= 1 + STREAM_AHEAD + 1
+
+
+class BreakingBody:
+    def __init__(self) -> None:
+        self.reads = 0
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads > 2:
+            raise ConnectionResetError("the store went away")
+        return b"x" * size
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_read_that_fails_in_the_read_thread_fails_the_stream() -> None:
+    body = BreakingBody()
+    received = 0
+    with pytest.raises(ConnectionResetError):
+        async for chunk in _pumped(body):
+            received += len(chunk)
+    assert received == 2 * READ_CHUNK
+    assert read_threads_end() and body.closed
+
+
+async def test_a_reader_that_stops_stops_the_read_thread_at_once(
+    s3: S3Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `read` wraps the body's stream: closing it must close that stream then and there
+    # (not when the garbage collector gets to it, a loop iteration or more later).
+    digest = Digest.of(BIG)
+    await s3.write_blob(stream(BIG), digest, len(BIG))
+    bodies = recorded_bodies(s3, monkeypatch)
+
+    chunks = s3.read(digest)
+    assert await anext(chunks) == BIG[:READ_CHUNK]
+    await chunks.aclose()  # type: ignore[attr-defined]
+
+    assert read_threads_end()  # blocks the event loop: no finalizer runs meanwhile
+    assert bodies[0].closed

@@ -3,6 +3,7 @@ fake upstream (httpx MockTransport; nothing leaves the process)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -240,3 +241,37 @@ async def test_a_blob_answer_without_a_valid_content_length_is_an_upstream_error
     upstream = Upstream(settings, _blob_host([], length=False))
     with pytest.raises(UpstreamError, match="Content-Length"):
         await upstream.get_blob("jimo/private", BLOB_DIGEST)
+
+
+async def test_a_blob_is_read_from_a_real_connection_in_pieces_larger_than_64_kib() -> None:
+    # httpcore reads 64 KiB at a time by default: every chunk of a blob took a trip through
+    # h11, httpx and the cache's flight (docs/performance.md "Pull-through cache"). The
+    # upstream client reads what one recv() gives instead. A loopback server sends 4 MiB at
+    # once; by the time the body is read, the socket holds more than 64 KiB of it.
+    body = bytes(range(256)) * (16 * 1024)
+    digest = Digest.of(body)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        writer.write(body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    upstream = Upstream(UpstreamSettings(name="local", url=f"http://127.0.0.1:{port}"))
+    try:
+        response, length = await upstream.get_blob("library/alpine", digest)
+        await asyncio.sleep(0.2)  # the sender fills the socket's buffer meanwhile
+        sizes = [len(chunk) async for chunk in response.aiter_bytes()]
+        await response.aclose()
+    finally:
+        await upstream.close()
+        server.close()
+        await server.wait_closed()
+    assert length == sum(sizes) == len(body)
+    assert max(sizes) > 64 * 1024, sizes

@@ -51,13 +51,14 @@ from cangku.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
 from cangku.registry.blobs import Blobs
 from cangku.registry.context import RequestContext
 from cangku.registry.protocols import BlobService
-from cangku.storage.base import BlobContent, Stream
+from cangku.storage.base import BlobContent, Stream, closing_chunks
 
 log = logging.getLogger("cangku.proxy")
 
-# Chunks (as the upstream connection delivers them, ~64 KiB) queued for a leader slower
-# than the upstream; beyond that the transfer waits for it, so memory stays bounded.
-LEADER_QUEUE = 64
+# Chunks (as the upstream connection delivers them, up to 256 KiB: one recv()) queued for a
+# leader slower than the upstream; beyond that the transfer waits for it, so memory stays
+# bounded (<= 4 MiB a leader).
+LEADER_QUEUE = 16
 # The most bytes handed to the server in one send when the leader is behind.
 COALESCE_BYTES = 1024 * 1024
 # Seconds a chunk may wait for the leader to take it (one slot of its queue to free up)
@@ -94,6 +95,10 @@ class Flight:
         off (`cut_leader`), so the transfer never waits on a stalled client for longer."""
         queue = self._leader
         if queue is None:
+            return
+        if not queue.full():
+            # The common case, without wait_for's timer and task (per upstream chunk).
+            queue.put_nowait(item)
             return
         try:
             await asyncio.wait_for(queue.put(item), OFFER_TIMEOUT)
@@ -164,15 +169,18 @@ class LeaderChunks:
         if queue.empty():
             return item
         # Behind the upstream: what is queued goes out in one larger send (fewer trips
-        # through the server's send path, ~64 KiB per upstream read otherwise).
-        joined = bytearray(item)
-        while len(joined) < COALESCE_BYTES and not queue.empty():
+        # through the server's send path, one upstream read each otherwise), joined with
+        # one copy.
+        pieces = [item]
+        size = len(item)
+        while size < COALESCE_BYTES and not queue.empty():
             following = queue.get_nowait()
             if not isinstance(following, bytes):
                 self._pending.append(following)  # the end or a failure: after these bytes
                 break
-            joined += following
-        return bytes(joined)
+            pieces.append(following)
+            size += len(following)
+        return b"".join(pieces)
 
     async def aclose(self) -> None:
         self.flight.detach_leader()
@@ -244,8 +252,10 @@ class MirroredBlobs:
             if leader:
                 flight.detach_leader()
             await self._wait(flight, digest)
-        async for chunk in self.inner.read(digest, start, end):
-            yield chunk
+        # aclosing: a reader that stops closes the storage's stream now, not at collection.
+        async with closing_chunks(self.inner.read(digest, start, end)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def delete(self, digest: str, context: RequestContext) -> None:
         raise Denied(self.refusal)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpcore
 import httpx
 
 from cangku.config import UpstreamSettings
@@ -31,6 +32,16 @@ EXPIRY_MARGIN = 5.0
 DEFAULT_TOKEN_LIFETIME = 60.0
 MAX_TOKEN_RESPONSE = 64 * 1024
 _CHALLENGE_PARAMETER = re.compile(r'(\w+)="([^"]*)"')
+# The most bytes one read from an upstream connection may return. httpcore asks its network
+# stream for 64 KiB at a time; anyio hands over what one recv() gave (asyncio's up to
+# 256 KiB) and splits a larger piece by slicing, which copies the rest of it again for every
+# 64 KiB taken. A blob then moved through the HTTP stack in 64 KiB steps, each a trip through
+# h11, httpx and the cache's flight (~0.2 s of CPU for 200 MiB, docs/performance.md). With
+# this, a read returns whatever one recv() gave, unsplit. httpcore has no per-client setting:
+# it is its class attribute (httpcore is pinned in pyproject.toml), so every async HTTP/1.1
+# connection of the process (webhook deliveries too) reads this way, which costs them nothing.
+UPSTREAM_READ_BYTES = 1024 * 1024
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = UPSTREAM_READ_BYTES
 
 
 class UpstreamError(Exception):

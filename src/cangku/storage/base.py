@@ -6,6 +6,7 @@ digest; upload sessions append to a private staging area until then.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -36,6 +37,21 @@ class Redirect:
     """Where the client fetches the bytes itself (an S3 pre-signed GET): answered with 307."""
 
     url: str
+
+
+@contextlib.asynccontextmanager
+async def closing_chunks(chunks: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
+    """`chunks` (e.g. a driver's `read`), closed on leaving when it can be (an async
+    generator: `aclose`). A generator that re-yields another's chunks must close the inner
+    one itself when it is closed: otherwise that one (an open file, an S3 body with its read
+    thread) stays open until the garbage collector finalizes it, a loop iteration or more
+    later."""
+    try:
+        yield chunks
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
 
 
 @dataclass(frozen=True)

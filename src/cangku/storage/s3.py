@@ -37,8 +37,9 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import threading
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -73,6 +74,10 @@ T = TypeVar("T")
 # at most one part (plus one network chunk) in memory.
 PART_SIZE = 8 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+# Chunks of a GetObject body read ahead of the client (memory per stream: this many
+# READ_CHUNKs at most, plus the one being sent). Two: the thread reads the next chunk while
+# the server sends one; more only costs memory per concurrent pull.
+STREAM_AHEAD = 2
 # Pre-signed GETs live this long: long enough for the client to follow the redirect, short
 # enough that a leaked URL soon stops working (Distribution's default is 20 minutes).
 PRESIGNED_SECONDS = 300
@@ -200,7 +205,7 @@ class S3Storage:
         body = await self._get(self.blob_key(digest), start, end)
         if body is None:
             raise BlobUnknown("blob unknown to registry", str(digest))
-        return Stream(self._stream(body))
+        return Stream(self._stream(body, end - start))
 
     async def read(
         self, digest: Digest, start: int = 0, end: int | None = None
@@ -210,8 +215,10 @@ class S3Storage:
         body = await self._get(self.blob_key(digest), start, end)
         if body is None:
             raise BlobUnknown("blob unknown to registry", str(digest))
-        async for chunk in self._stream(body):
-            yield chunk
+        length = None if end is None else end - start
+        async with contextlib.aclosing(self._stream(body, length)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def _get(self, key: str, start: int = 0, end: int | None = None) -> Any | None:
         """The streaming body of bytes [start, end) of `key`; None when there is no such
@@ -229,12 +236,22 @@ class S3Storage:
             raise
         return answer["Body"]
 
-    async def _stream(self, body: Any) -> AsyncIterator[bytes]:
-        try:
-            while data := await anyio.to_thread.run_sync(body.read, READ_CHUNK):
+    async def _stream(self, body: Any, length: int | None) -> AsyncGenerator[bytes, None]:
+        """The chunks (<= READ_CHUNK bytes) of a GetObject `body` of about `length` bytes
+        (None: unknown); closes it. botocore's `read` raises when the body ends before its
+        Content-Length."""
+        if length is not None and length <= READ_CHUNK:
+            try:
+                while data := await anyio.to_thread.run_sync(body.read, READ_CHUNK):
+                    yield data
+            finally:
+                body.close()
+            return
+        # aclosing: a consumer that stops closes the pump now (stopping its thread), not
+        # whenever the garbage collector finalizes it.
+        async with contextlib.aclosing(_pumped(body)) as chunks:
+            async for data in chunks:
                 yield data
-        finally:
-            body.close()
 
     async def delete(self, digest: Digest) -> None:
         await anyio.to_thread.run_sync(self.delete_blocking, digest)
@@ -528,7 +545,7 @@ class S3Storage:
         body = await self._get(key)
         if body is None:
             raise BlobUploadUnknown("unknown upload")
-        async for chunk in self._stream(body):
+        async for chunk in self._stream(body, None):
             await anyio.to_thread.run_sync(hasher.update, chunk)
         return hasher.hexdigest()
 
@@ -637,6 +654,56 @@ class _NullHasher:
 
     def hexdigest(self) -> str:
         return ""
+
+
+async def _pumped(body: Any) -> AsyncGenerator[bytes, None]:
+    """The chunks of `body` (a GetObject body), read by one thread of its own from start to
+    end and handed to the event loop as they come, at most STREAM_AHEAD ahead of the
+    consumer; closes the body.
+
+    Why: one worker-thread call per chunk (anyio.to_thread, the earlier way) cost a round
+    trip through anyio's worker queue and two wake-ups per MiB: ~25 % of the server's CPU
+    per MiB of an S3 pull (docs/performance.md "Scale-out"). A thread of its own, rather
+    than one of anyio's: it lives as long as the client reads, and slow clients must not
+    take the worker threads every other request needs. A consumer that stops (the client
+    went away) stops the thread after its current read."""
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+    room = threading.Semaphore(STREAM_AHEAD)
+    stop = threading.Event()
+
+    def hand_over(item: bytes | BaseException) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is left to read
+            loop.call_soon_threadsafe(chunks.put_nowait, item)
+
+    def pump() -> None:
+        try:
+            while True:
+                room.acquire()
+                if stop.is_set():
+                    return
+                data = body.read(READ_CHUNK)
+                hand_over(data)
+                if not data:
+                    return
+        except BaseException as error:  # handed to the consumer, which raises it
+            hand_over(error)
+        finally:
+            body.close()
+
+    threading.Thread(target=pump, name="cangku-s3-read", daemon=True).start()
+    try:
+        while True:
+            item = await chunks.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return
+            room.release()
+            yield item
+    finally:
+        stop.set()
+        room.release()  # wakes the thread if it waits for room
 
 
 async def _nothing() -> AsyncIterator[bytes]:
