@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,7 @@ def checks_meet(monkeypatch: pytest.MonkeyPatch) -> None:
     barrier = threading.Barrier(2, timeout=1.0)
     holder = account_rows.namespace_holder
 
-    def meeting(connection, name):  # type: ignore[no-untyped-def]
+    def meeting(connection, name):
         found = holder(connection, name)
         # Broken: the other waits for our lock, nothing to meet.
         with contextlib.suppress(threading.BrokenBarrierError):
@@ -48,8 +48,8 @@ def checks_meet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(account_rows, "namespace_holder", meeting)
 
 
-async def outcomes(*attempts: object) -> list[str]:
-    results = await asyncio.gather(*attempts, return_exceptions=True)  # type: ignore[arg-type]
+async def outcomes(*attempts: Awaitable[None]) -> list[str]:
+    results = await asyncio.gather(*attempts, return_exceptions=True)
     described = []
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, AccountError):
