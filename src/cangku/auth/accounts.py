@@ -402,9 +402,14 @@ class Accounts:
 
     async def set_public(self, repository: str, public: bool) -> None:
         validate_repository_name(repository)
-        await self.metadata.write(
-            lambda c: visibility.set_public(c, repository, public, now=time.time())
-        )
+
+        def choose(connection: Connection) -> None:
+            # Alone against a first push creating the repository's row (metadata/locks.py):
+            # neither inserts a row the other just did (a unique violation, a 500).
+            locks.hold(connection, repositories=[repository])
+            visibility.set_public(connection, repository, public, now=time.time())
+
+        await self.metadata.write(choose)
 
     # -- browser sessions ------------------------------------------------------------------
     async def start_web_session(
