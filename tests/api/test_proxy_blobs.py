@@ -49,8 +49,8 @@ class Gate(httpx.AsyncBaseTransport):
     """The way to the upstream. Records each request; `down` refuses connections; `status`
     answers everything with that status (Retry-After: 7). Blob GETs are streamed in 64 KiB
     chunks, each after `delay` seconds; `hold` (when set) stops a blob GET after its first
-    chunk until it is set; `corrupt` flips a byte in the middle. `blob_bytes` counts the
-    blob bytes sent."""
+    chunk until it is set; `corrupt` flips a byte in the middle; `resize` adds (or cuts)
+    that many bytes and declares the new length. `blob_bytes` counts the blob bytes sent."""
 
     inner: httpx.AsyncBaseTransport
     requests: list[tuple[str, str]] = field(default_factory=list)
@@ -58,6 +58,7 @@ class Gate(httpx.AsyncBaseTransport):
     status: int | None = None
     delay: float = 0.0
     corrupt: bool = False
+    resize: int = 0
     hold: asyncio.Event | None = None
     blob_bytes: int = 0
 
@@ -73,8 +74,12 @@ class Gate(httpx.AsyncBaseTransport):
         body = bytearray(await response.aread())
         if self.corrupt and body:
             body[len(body) // 2] ^= 1
+        headers = httpx.Headers(response.headers)
+        if self.resize:
+            body = body + b"x" * self.resize if self.resize > 0 else body[: self.resize]
+            headers["Content-Length"] = str(len(body))
         return httpx.Response(
-            response.status_code, headers=response.headers, content=self._trickle(bytes(body))
+            response.status_code, headers=headers, content=self._trickle(bytes(body))
         )
 
     async def _trickle(self, body: bytes) -> AsyncIterator[bytes]:
@@ -283,6 +288,32 @@ async def test_a_blob_corrupted_upstream_aborts_the_transfer_and_is_not_cached(
     assert len(setup.gate.blob_gets()) == 1
     # Fixed upstream: fetched again, right.
     setup.gate.corrupt = False
+    again = await setup.mirror.get(path)
+    assert again.status_code == 200 and again.content == layer
+
+
+@pytest.mark.parametrize("resize", [7, -7])
+async def test_an_upstream_declaring_another_length_than_the_manifest_is_refused_before_streaming(
+    setup: Setup, resize: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    layer = os.urandom(4 * UPSTREAM_CHUNK)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    # The manifest is cached first (as every client pulls): its descriptor gives the size.
+    manifest = await setup.mirror.get(
+        "/v2/docker.io/library/alpine/manifests/3", headers={"Accept": OCI_MANIFEST}
+    )
+    assert manifest.status_code == 200
+    setup.gate.resize = resize
+    sent_before = setup.gate.blob_bytes
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    refused = await setup.mirror.get(path)
+    # A whole error response (not a 200 cut short), before one byte was read upstream.
+    assert refused.status_code == 503 and error_code(refused) == "UNAVAILABLE"
+    assert f"declares {len(layer) + resize} bytes" in refused.json()["errors"][0]["message"]
+    assert setup.gate.blob_bytes == sent_before
+    assert await setup.registry.storage.stat(Digest.parse(sha256(layer))) is None
+    assert any("not cached" in record.getMessage() for record in caplog.records)
+    setup.gate.resize = 0
     again = await setup.mirror.get(path)
     assert again.status_code == 200 and again.content == layer
 

@@ -43,6 +43,7 @@ from cangku.content.errors import (
     BlobUnknown,
     Denied,
     RegistryError,
+    SizeInvalid,
     TooManyRequests,
     Unavailable,
 )
@@ -296,7 +297,15 @@ class MirroredBlobs:
                     flight.opened.set_result(None)
                     flight.done.set_result(None)
                     return
+                expected = await self.store.expected_size(digest)
                 response, length = await self.upstream.get_blob(self.remote, digest)
+                if expected is not None and length != expected:
+                    # Refused before a byte is read: nothing streams, nothing is cached.
+                    await response.aclose()
+                    raise SizeInvalid(
+                        f"the upstream declares {length} bytes for {digest}; "
+                        f"the registry expects {expected}"
+                    )
             except Exception as error:
                 flight.opened.set_exception(_mapped(error))
                 raise
