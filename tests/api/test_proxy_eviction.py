@@ -397,3 +397,39 @@ async def test_eviction_and_purge_wait_for_a_collection_in_progress(setup: Setup
     assert (await asyncio.wait_for(purging, 30)) == [name]
     await asyncio.wait_for(eviction, 30)
     assert await setup.tags(name) == []
+
+
+async def test_a_large_eviction_commits_in_batches_and_keeps_what_is_read_meanwhile(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"docker.io/library/image{number}" for number in range(7)]
+    digests = [(await push_image(setup.pusher, name, "1"))[0] for name in names]
+    local, _ = await push_image(setup.pusher, "jimo/app", "1")
+    setup.clock.now += 30 * DAY
+    monkeypatch.setattr(
+        Evictor, "BATCH", 2, raising=False
+    )  # two manifests (two images) per transaction
+    metadata = setup.registry.metadata
+    write = metadata.write
+    batches: list[int] = []
+
+    async def write_then_read(work):
+        done = await write(work)
+        batches.append(len(done) if isinstance(done, list) else -1)  # -1: not a batch
+        if len(batches) == 1:
+            # Between two batches a client reads the last image of the plan: it must stay.
+            await setup.read(names[-1], digests[-1])
+        return done
+
+    monkeypatch.setattr(metadata, "write", write_then_read)
+    report = await setup.evictor(evict_after=10 * DAY).evict()
+    monkeypatch.setattr(metadata, "write", write)
+
+    assert batches == [2, 2, 2, 0]  # four transactions; the last one's image was read
+    assert sorted(m.digest for m in report.manifests) == sorted(digests[:-1])
+    for name in names[:-1]:
+        assert await setup.tags(name) == []
+    assert await setup.tags(names[-1]) == ["1"]
+    assert await setup.tags("jimo/app") == ["1"] and local
+    await setup.collect()
+    await pull_image(setup.pusher, names[-1], "1")  # every blob of the kept image is there
