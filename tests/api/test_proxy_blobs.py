@@ -10,25 +10,23 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from starlette.types import ASGIApp, Message
 
-from cangku.app import create_app
-from cangku.config import ProxySettings, Settings
+from cangku.config import ProxySettings
 from cangku.content.digest import Digest
 from cangku.content.errors import Unavailable
-from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.metadata.store import MetadataStore
 from cangku.proxy import blobs as proxy_blobs
-from cangku.proxy.cache import mirror_wrapper
-from cangku.proxy.upstream import Upstream
 from cangku.registry import Registry
 from cangku.storage.base import BlobStorage, Stream
 from cangku.storage.filesystem import FilesystemStorage
 from cangku.storage.s3 import S3Storage
+from tests.api import proxy_upstream as upstream_gate
 from tests.api.helpers import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -39,23 +37,19 @@ from tests.api.helpers import (
     push_blob,
     sha256,
 )
+from tests.api.proxy_upstream import Mirror, mirror_of_upstream
 from tests.s3 import remove_everything, s3_settings
 
 UPSTREAM_CHUNK = 64 * 1024
 
 
 @dataclass
-class Gate(httpx.AsyncBaseTransport):
-    """The way to the upstream. Records each request; `down` refuses connections; `status`
-    answers everything with that status (Retry-After: 7). Blob GETs are streamed in 64 KiB
+class Gate(upstream_gate.Gate):
+    """The way to the upstream (proxy_upstream.Gate), with blob GETs streamed in 64 KiB
     chunks, each after `delay` seconds; `hold` (when set) stops a blob GET after its first
     chunk until it is set; `corrupt` flips a byte in the middle; `resize` adds (or cuts)
     that many bytes and declares the new length. `blob_bytes` counts the blob bytes sent."""
 
-    inner: httpx.AsyncBaseTransport
-    requests: list[tuple[str, str]] = field(default_factory=list)
-    down: bool = False
-    status: int | None = None
     delay: float = 0.0
     corrupt: bool = False
     resize: int = 0
@@ -63,13 +57,9 @@ class Gate(httpx.AsyncBaseTransport):
     blob_bytes: int = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append((request.method, request.url.path))
-        if self.down:
-            raise httpx.ConnectError("connection refused", request=request)
-        if self.status is not None:
-            return httpx.Response(self.status, headers={"Retry-After": "7"})
-        response = await self.inner.handle_async_request(request)
-        if request.method != "GET" or "/blobs/" not in request.url.path:
+        response = await super().handle_async_request(request)
+        blob_get = request.method == "GET" and "/blobs/" in request.url.path
+        if self.status is not None or not blob_get:
             return response
         body = bytearray(await response.aread())
         if self.corrupt and body:
@@ -95,18 +85,7 @@ class Gate(httpx.AsyncBaseTransport):
         return [path for method, path in self.requests if method == "GET" and "/blobs/" in path]
 
 
-@dataclass
-class Setup:
-    upstream: httpx.AsyncClient  # pushes to the stand-in for docker.io
-    mirror: httpx.AsyncClient  # the cangku mirroring it
-    mirror_app: ASGIApp
-    gate: Gate
-    registry: Registry
-
-
-def _client(app: object) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://registry.test")
+Setup = Mirror[Gate]
 
 
 @pytest.fixture(params=["filesystem", "s3"])
@@ -127,27 +106,17 @@ def storage(
 async def setup(
     storage: BlobStorage, database_url: str, data_dir: Path, tmp_path: Path
 ) -> AsyncIterator[Setup]:
-    upstream_dir = tmp_path / "upstream"
-    upstream_dir.mkdir()
-    upstream_metadata = MetadataStore.open(sqlite_url(upstream_dir))
-    upstream_app = create_app(
-        Settings(data=upstream_dir, auth={"open": True}),
-        Registry(FilesystemStorage(upstream_dir), upstream_metadata),
-    )
-    gate = Gate(httpx.ASGITransport(app=upstream_app))
     proxy = ProxySettings.model_validate(
         {"upstreams": [{"name": "docker.io", "url": "http://up.test", "default": True}]}
     )
     metadata = MetadataStore.open(database_url)
-    mirrored = Registry(storage, metadata)
-    mirrored.wrap = mirror_wrapper(
-        proxy, {"docker.io": Upstream(proxy.upstreams[0], gate)}, mirrored.core
-    )
-    mirror_app = create_app(Settings(data=data_dir, auth={"open": True}, proxy=proxy), mirrored)
-    async with _client(upstream_app) as upstream, _client(mirror_app) as mirror:
-        yield Setup(upstream, mirror, mirror_app, gate, mirrored)
-    await metadata.close()
-    await upstream_metadata.close()
+    try:
+        async with mirror_of_upstream(
+            Registry(storage, metadata), data_dir, tmp_path / "upstream", proxy, Gate
+        ) as mirror:
+            yield mirror
+    finally:
+        await metadata.close()
 
 
 async def _push(client: httpx.AsyncClient, name: str, tag: str, layers: list[bytes]) -> str:
