@@ -212,3 +212,20 @@ async def test_garbage_collection_deletes_leases_left_by_requests_that_died_long
         lambda connection: sorted(connection.scalars(select(lease_table.c.session)))
     )
     assert left == ["live", "recent"]
+
+
+async def test_a_lease_that_cannot_be_released_does_not_fail_the_request(
+    replicas: tuple[Registry, Registry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, other = replicas
+    uploads = registry.repository(REPOSITORY).uploads
+    upload_id = await uploads.start(CLIENT)
+
+    def unreachable(connection, session, holder):
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(lease_rows, "release", unreachable)
+    assert await uploads.append(upload_id, body(b"x" * 10), 10, None, CLIENT) == 10
+    # The lease stays until it expires: meanwhile another request is refused, not corrupted.
+    with pytest.raises(UploadOutOfOrder):
+        await other.repository(REPOSITORY).uploads.append(upload_id, body(b"y"), 1, None, CLIENT)

@@ -88,10 +88,17 @@ async def leased(core: Core, session: str, upload_id: str) -> AsyncIterator[Leas
         renewing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewing
-        # Shielded: a cancelled request still gives the session back at once.
-        await asyncio.shield(
-            core.metadata.write(lambda connection: lease_rows.release(connection, session, holder))
-        )
+        # Shielded: a cancelled request still gives the session back at once. A release
+        # that fails (the database unreachable) does not fail the request: the lease
+        # expires by itself.
+        try:
+            await asyncio.shield(
+                core.metadata.write(
+                    lambda connection: lease_rows.release(connection, session, holder)
+                )
+            )
+        except Exception:
+            log.exception("could not release the lease of upload session %s", session)
 
 
 async def _renew(core: Core, session: str, holder: str, lease: Lease) -> None:
