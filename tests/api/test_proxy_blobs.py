@@ -58,8 +58,13 @@ class Gate(upstream_gate.Gate):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await super().handle_async_request(request)
-        blob_get = request.method == "GET" and "/blobs/" in request.url.path
-        if self.status is not None or not blob_get:
+        if self.status is not None or "/blobs/" not in request.url.path:
+            return response
+        if request.method == "HEAD" and self.resize:
+            headers = httpx.Headers(response.headers)
+            headers["Content-Length"] = str(int(headers["Content-Length"]) + self.resize)
+            return httpx.Response(response.status_code, headers=headers)
+        if request.method != "GET":
             return response
         body = bytearray(await response.aread())
         if self.corrupt and body:
@@ -281,8 +286,18 @@ async def test_an_upstream_declaring_another_length_than_the_manifest_is_refused
     assert f"declares {len(layer) + resize} bytes" in refused.json()["errors"][0]["message"]
     assert setup.gate.blob_bytes == sent_before
     assert await setup.registry.storage.stat(Digest.parse(sha256(layer))) is None
-    assert any("not cached" in record.getMessage() for record in caplog.records)
+    assert any("declares" in record.getMessage() for record in caplog.records)
+    # A HEAD is refused the same way: the client never sees the wrong length.
+    head = await setup.mirror.head(path)
+    assert head.status_code == 503
+    # And the transfer itself (what a GET opens after that check), before reading a byte.
+    blobs = setup.registry.repository("docker.io/library/alpine").blobs
+    with pytest.raises(Unavailable, match=f"declares {len(layer) + resize} bytes"):
+        await blobs.open(Digest.parse(sha256(layer)), 0, len(layer))
+    assert setup.gate.blob_bytes == sent_before
+    assert await setup.registry.storage.stat(Digest.parse(sha256(layer))) is None
     setup.gate.resize = 0
+    assert (await setup.mirror.head(path)).headers["content-length"] == str(len(layer))
     again = await setup.mirror.get(path)
     assert again.status_code == 200 and again.content == layer
 
