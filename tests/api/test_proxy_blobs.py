@@ -176,6 +176,15 @@ async def _asgi_get(
     await app(scope, receive, send)
 
 
+async def _joined(setup: Setup) -> None:
+    """Until a second request has asked the upstream for the blob's size (the HEAD its
+    `stat` sends), and a moment more: it has joined the transfer in progress by then."""
+    async with asyncio.timeout(30):
+        while [method for method, _ in setup.gate.requests].count("HEAD") < 2:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)
+
+
 def _body(sent: list[Message]) -> bytes:
     return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
@@ -250,7 +259,11 @@ async def test_a_blob_corrupted_upstream_aborts_the_transfer_and_is_not_cached(
     path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
     sent: list[Message] = []
     leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, sent))
-    await asyncio.sleep(0.005)
+    # The leader's transfer has started (its GET upstream): not a fixed sleep, which a busy
+    # machine or a database read in a thread can outlast, making the "joiner" the leader.
+    async with asyncio.timeout(30):
+        while not setup.gate.blob_gets():
+            await asyncio.sleep(0.001)
     joiner = await setup.mirror.get(path)  # joins the transfer in progress
     with pytest.raises(Exception, match="does not match"):
         await leader
@@ -395,7 +408,7 @@ async def test_a_first_client_that_disconnects_does_not_cut_the_transfer_short_f
     leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, [], first_body))
     await asyncio.wait_for(first_body.wait(), 10)
     joiner = asyncio.create_task(setup.mirror.get(path))
-    await asyncio.sleep(0.05)  # the joiner waits for the transfer in progress
+    await _joined(setup)  # the joiner waits for the transfer in progress
     leader.cancel()  # the first client goes away mid-transfer
     with pytest.raises(asyncio.CancelledError):
         await leader
@@ -427,7 +440,7 @@ async def test_a_transfer_cancelled_mid_way_aborts_the_first_client_and_fails_th
     leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, sent, first_body))
     await asyncio.wait_for(first_body.wait(), 10)
     joiner = asyncio.create_task(setup.mirror.get(path))
-    await asyncio.sleep(0.05)
+    await _joined(setup)
     blobs = setup.registry.repository("docker.io/library/alpine").blobs
     flight = blobs.flights[sha256(layer)]  # type: ignore[attr-defined]
     flight.task.cancel()  # as when the server stops
