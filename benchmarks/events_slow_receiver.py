@@ -19,7 +19,6 @@ import argparse
 import base64
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from metrics_overhead import Server
 from registry_benchmark import (
     OCI_MANIFEST,
-    REPO_ROOT,
-    free_loopback_port,
     image_manifest,
     push_small_blob,
     small_image,
@@ -70,55 +68,15 @@ class SlowReceiver:
         self.server.server_close()
 
 
-class Server:
-    def __init__(self, name: str, root: Path, receiver: str | None) -> None:
-        self.name = name
-        self.port = free_loopback_port()
-        config = root / f"{name}.yaml"
-        lines = ["log_level: warning", "events:", "  allow_private: true", "  timeout: 10s"]
-        if receiver is not None:
-            lines += ["  endpoints:", f"    - url: {receiver}", f"      secret: {SECRET}"]
-        config.write_text("\n".join(lines) + "\n")
-        self.log = (root / f"{name}.log").open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CANGKU_")}
-        self.process = subprocess.Popen(
-            [
-                str(REPO_ROOT / ".venv/bin/cangku"),
-                "serve",
-                "--open",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--data",
-                str(root / name),
-                "--config",
-                str(config),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_until_ready(self) -> None:
-        deadline = time.monotonic() + 30
-        with httpx.Client(trust_env=False, timeout=1) as client:
-            while time.monotonic() < deadline:
-                try:
-                    if client.get(f"{self.base}/v2/").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        self.log.close()
+def events_server(name: str, root: Path, receiver: str | None) -> Server:
+    """metrics_overhead.py's server, with a configuration file sending every event to
+    `receiver` (None: no endpoint)."""
+    config = root / f"{name}.yaml"
+    lines = ["log_level: warning", "events:", "  allow_private: true", "  timeout: 10s"]
+    if receiver is not None:
+        lines += ["  endpoints:", f"    - url: {receiver}", f"      secret: {SECRET}"]
+    config.write_text("\n".join(lines) + "\n")
+    return Server(name, root, arguments=["--config", str(config)])
 
 
 def push(client: httpx.Client, base: str, version: int) -> tuple[float, float]:
@@ -153,9 +111,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cangku-events-bench-") as temp:
         root = Path(temp)
         servers = [
-            Server("slow-receiver", root, receiver.url),
-            Server("fast-receiver", root, quick.url),
-            Server("no-endpoint", root, None),
+            events_server("slow-receiver", root, receiver.url),
+            events_server("fast-receiver", root, quick.url),
+            events_server("no-endpoint", root, None),
         ]
         whole: dict[str, list[float]] = {server.name: [] for server in servers}
         put: dict[str, list[float]] = {server.name: [] for server in servers}

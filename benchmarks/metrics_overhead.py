@@ -39,7 +39,8 @@ CONNECTIONS = 16
 class Server:
     """A `cangku serve --open` on a free loopback port with its own data directory, without
     per-request logging; `env` adds environment variables, `command` replaces the program
-    (the arguments after it stay those of `cangku`)."""
+    (the arguments after it stay those of `cangku`), `arguments` go after them (e.g.
+    `--config FILE`)."""
 
     def __init__(
         self,
@@ -47,6 +48,7 @@ class Server:
         root: Path,
         env: dict[str, str] | None = None,
         command: list[str] | None = None,
+        arguments: list[str] | None = None,
     ) -> None:
         self.name = name
         self.port = free_loopback_port()
@@ -65,6 +67,7 @@ class Server:
                 f"127.0.0.1:{self.port}",
                 "--data",
                 str(self.data),
+                *(arguments or []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=self.log,

@@ -85,6 +85,8 @@ def build_registry(settings: Settings, tracing: Tracing | None = None) -> Regist
         tag_defaults,
         automatic_mount=settings.uploads.automatic_mount,
         max_open_uploads=settings.uploads.max_open_per_owner,
+        # The filesystem driver locks a session's file across processes; S3 needs the lease.
+        session_leases=settings.storage.driver == "s3",
     )
     if settings.proxy.upstreams:
         registry.wrap = mirror_registry(settings.proxy, registry)

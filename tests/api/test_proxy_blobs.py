@@ -10,25 +10,23 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from starlette.types import ASGIApp, Message
 
-from cangku.app import create_app
-from cangku.config import ProxySettings, Settings
+from cangku.config import ProxySettings
 from cangku.content.digest import Digest
 from cangku.content.errors import Unavailable
-from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.metadata.store import MetadataStore
 from cangku.proxy import blobs as proxy_blobs
-from cangku.proxy.cache import mirror_wrapper
-from cangku.proxy.upstream import Upstream
 from cangku.registry import Registry
 from cangku.storage.base import BlobStorage, Stream
 from cangku.storage.filesystem import FilesystemStorage
 from cangku.storage.s3 import S3Storage
+from tests.api import proxy_upstream as upstream_gate
 from tests.api.helpers import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -39,42 +37,44 @@ from tests.api.helpers import (
     push_blob,
     sha256,
 )
+from tests.api.proxy_upstream import Mirror, mirror_of_upstream
 from tests.s3 import remove_everything, s3_settings
 
 UPSTREAM_CHUNK = 64 * 1024
 
 
 @dataclass
-class Gate(httpx.AsyncBaseTransport):
-    """The way to the upstream. Records each request; `down` refuses connections; `status`
-    answers everything with that status (Retry-After: 7). Blob GETs are streamed in 64 KiB
+class Gate(upstream_gate.Gate):
+    """The way to the upstream (proxy_upstream.Gate), with blob GETs streamed in 64 KiB
     chunks, each after `delay` seconds; `hold` (when set) stops a blob GET after its first
-    chunk until it is set; `corrupt` flips a byte in the middle. `blob_bytes` counts the
-    blob bytes sent."""
+    chunk until it is set; `corrupt` flips a byte in the middle; `resize` adds (or cuts)
+    that many bytes and declares the new length. `blob_bytes` counts the blob bytes sent."""
 
-    inner: httpx.AsyncBaseTransport
-    requests: list[tuple[str, str]] = field(default_factory=list)
-    down: bool = False
-    status: int | None = None
     delay: float = 0.0
     corrupt: bool = False
+    resize: int = 0
     hold: asyncio.Event | None = None
     blob_bytes: int = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append((request.method, request.url.path))
-        if self.down:
-            raise httpx.ConnectError("connection refused", request=request)
-        if self.status is not None:
-            return httpx.Response(self.status, headers={"Retry-After": "7"})
-        response = await self.inner.handle_async_request(request)
-        if request.method != "GET" or "/blobs/" not in request.url.path:
+        response = await super().handle_async_request(request)
+        if self.status is not None or "/blobs/" not in request.url.path:
+            return response
+        if request.method == "HEAD" and self.resize:
+            headers = httpx.Headers(response.headers)
+            headers["Content-Length"] = str(int(headers["Content-Length"]) + self.resize)
+            return httpx.Response(response.status_code, headers=headers)
+        if request.method != "GET":
             return response
         body = bytearray(await response.aread())
         if self.corrupt and body:
             body[len(body) // 2] ^= 1
+        headers = httpx.Headers(response.headers)
+        if self.resize:
+            body = body + b"x" * self.resize if self.resize > 0 else body[: self.resize]
+            headers["Content-Length"] = str(len(body))
         return httpx.Response(
-            response.status_code, headers=response.headers, content=self._trickle(bytes(body))
+            response.status_code, headers=headers, content=self._trickle(bytes(body))
         )
 
     async def _trickle(self, body: bytes) -> AsyncIterator[bytes]:
@@ -90,18 +90,7 @@ class Gate(httpx.AsyncBaseTransport):
         return [path for method, path in self.requests if method == "GET" and "/blobs/" in path]
 
 
-@dataclass
-class Setup:
-    upstream: httpx.AsyncClient  # pushes to the stand-in for docker.io
-    mirror: httpx.AsyncClient  # the cangku mirroring it
-    mirror_app: ASGIApp
-    gate: Gate
-    registry: Registry
-
-
-def _client(app: object) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://registry.test")
+Setup = Mirror[Gate]
 
 
 @pytest.fixture(params=["filesystem", "s3"])
@@ -122,27 +111,17 @@ def storage(
 async def setup(
     storage: BlobStorage, database_url: str, data_dir: Path, tmp_path: Path
 ) -> AsyncIterator[Setup]:
-    upstream_dir = tmp_path / "upstream"
-    upstream_dir.mkdir()
-    upstream_metadata = MetadataStore.open(sqlite_url(upstream_dir))
-    upstream_app = create_app(
-        Settings(data=upstream_dir, auth={"open": True}),
-        Registry(FilesystemStorage(upstream_dir), upstream_metadata),
-    )
-    gate = Gate(httpx.ASGITransport(app=upstream_app))
     proxy = ProxySettings.model_validate(
         {"upstreams": [{"name": "docker.io", "url": "http://up.test", "default": True}]}
     )
     metadata = MetadataStore.open(database_url)
-    mirrored = Registry(storage, metadata)
-    mirrored.wrap = mirror_wrapper(
-        proxy, {"docker.io": Upstream(proxy.upstreams[0], gate)}, mirrored.core
-    )
-    mirror_app = create_app(Settings(data=data_dir, auth={"open": True}, proxy=proxy), mirrored)
-    async with _client(upstream_app) as upstream, _client(mirror_app) as mirror:
-        yield Setup(upstream, mirror, mirror_app, gate, mirrored)
-    await metadata.close()
-    await upstream_metadata.close()
+    try:
+        async with mirror_of_upstream(
+            Registry(storage, metadata), data_dir, tmp_path / "upstream", proxy, Gate
+        ) as mirror:
+            yield mirror
+    finally:
+        await metadata.close()
 
 
 async def _push(client: httpx.AsyncClient, name: str, tag: str, layers: list[bytes]) -> str:
@@ -195,6 +174,15 @@ async def _asgi_get(
         "server": ("registry.test", 80),
     }
     await app(scope, receive, send)
+
+
+async def _joined(setup: Setup) -> None:
+    """Until a second request has asked the upstream for the blob's size (the HEAD its
+    `stat` sends), and a moment more: it has joined the transfer in progress by then."""
+    async with asyncio.timeout(30):
+        while [method for method, _ in setup.gate.requests].count("HEAD") < 2:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)
 
 
 def _body(sent: list[Message]) -> bytes:
@@ -271,7 +259,11 @@ async def test_a_blob_corrupted_upstream_aborts_the_transfer_and_is_not_cached(
     path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
     sent: list[Message] = []
     leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, sent))
-    await asyncio.sleep(0.005)
+    # The leader's transfer has started (its GET upstream): not a fixed sleep, which a busy
+    # machine or a database read in a thread can outlast, making the "joiner" the leader.
+    async with asyncio.timeout(30):
+        while not setup.gate.blob_gets():
+            await asyncio.sleep(0.001)
     joiner = await setup.mirror.get(path)  # joins the transfer in progress
     with pytest.raises(Exception, match="does not match"):
         await leader
@@ -283,6 +275,42 @@ async def test_a_blob_corrupted_upstream_aborts_the_transfer_and_is_not_cached(
     assert len(setup.gate.blob_gets()) == 1
     # Fixed upstream: fetched again, right.
     setup.gate.corrupt = False
+    again = await setup.mirror.get(path)
+    assert again.status_code == 200 and again.content == layer
+
+
+@pytest.mark.parametrize("resize", [7, -7])
+async def test_an_upstream_declaring_another_length_than_the_manifest_is_refused_before_streaming(
+    setup: Setup, resize: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    layer = os.urandom(4 * UPSTREAM_CHUNK)
+    await _push(setup.upstream, "library/alpine", "3", [layer])
+    # The manifest is cached first (as every client pulls): its descriptor gives the size.
+    manifest = await setup.mirror.get(
+        "/v2/docker.io/library/alpine/manifests/3", headers={"Accept": OCI_MANIFEST}
+    )
+    assert manifest.status_code == 200
+    setup.gate.resize = resize
+    sent_before = setup.gate.blob_bytes
+    path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
+    refused = await setup.mirror.get(path)
+    # A whole error response (not a 200 cut short), before one byte was read upstream.
+    assert refused.status_code == 503 and error_code(refused) == "UNAVAILABLE"
+    assert f"declares {len(layer) + resize} bytes" in refused.json()["errors"][0]["message"]
+    assert setup.gate.blob_bytes == sent_before
+    assert await setup.registry.storage.stat(Digest.parse(sha256(layer))) is None
+    assert any("declares" in record.getMessage() for record in caplog.records)
+    # A HEAD is refused the same way: the client never sees the wrong length.
+    head = await setup.mirror.head(path)
+    assert head.status_code == 503
+    # And the transfer itself (what a GET opens after that check), before reading a byte.
+    blobs = setup.registry.repository("docker.io/library/alpine").blobs
+    with pytest.raises(Unavailable, match=f"declares {len(layer) + resize} bytes"):
+        await blobs.open(Digest.parse(sha256(layer)), 0, len(layer))
+    assert setup.gate.blob_bytes == sent_before
+    assert await setup.registry.storage.stat(Digest.parse(sha256(layer))) is None
+    setup.gate.resize = 0
+    assert (await setup.mirror.head(path)).headers["content-length"] == str(len(layer))
     again = await setup.mirror.get(path)
     assert again.status_code == 200 and again.content == layer
 
@@ -380,7 +408,7 @@ async def test_a_first_client_that_disconnects_does_not_cut_the_transfer_short_f
     leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, [], first_body))
     await asyncio.wait_for(first_body.wait(), 10)
     joiner = asyncio.create_task(setup.mirror.get(path))
-    await asyncio.sleep(0.05)  # the joiner waits for the transfer in progress
+    await _joined(setup)  # the joiner waits for the transfer in progress
     leader.cancel()  # the first client goes away mid-transfer
     with pytest.raises(asyncio.CancelledError):
         await leader
@@ -412,7 +440,7 @@ async def test_a_transfer_cancelled_mid_way_aborts_the_first_client_and_fails_th
     leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, sent, first_body))
     await asyncio.wait_for(first_body.wait(), 10)
     joiner = asyncio.create_task(setup.mirror.get(path))
-    await asyncio.sleep(0.05)
+    await _joined(setup)
     blobs = setup.registry.repository("docker.io/library/alpine").blobs
     flight = blobs.flights[sha256(layer)]  # type: ignore[attr-defined]
     flight.task.cancel()  # as when the server stops

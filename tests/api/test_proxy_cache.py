@@ -6,87 +6,28 @@ The token flow against a challenging upstream is covered in tests/unit/test_prox
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from cangku.app import create_app
 from cangku.config import ProxySettings, Settings
-from cangku.metadata.store import MetadataStore, sqlite_url
-from cangku.proxy.cache import mirror_wrapper
-from cangku.proxy.upstream import Upstream
 from cangku.registry import Registry
 from cangku.registry.manifests import Manifests
-from cangku.storage.filesystem import FilesystemStorage
 from tests.api.helpers import OCI_MANIFEST, push_blob, push_image
+from tests.api.proxy_upstream import Gate, Mirror, mirror_of_upstream
 
 REVALIDATE = 300.0
-
-
-@dataclass
-class Gate(httpx.AsyncBaseTransport):
-    """The way to the upstream: records each request; `down` refuses connections, `status`
-    answers every request with that status (Retry-After: 7)."""
-
-    inner: httpx.AsyncBaseTransport
-    requests: list[tuple[str, str]] = field(default_factory=list)
-    down: bool = False
-    status: int | None = None
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append((request.method, request.url.path))
-        if self.down:
-            raise httpx.ConnectError("connection refused", request=request)
-        if self.status is not None:
-            return httpx.Response(self.status, headers={"Retry-After": "7"})
-        return await self.inner.handle_async_request(request)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class Setup:
-    upstream: httpx.AsyncClient  # pushes to the stand-in for docker.io
-    mirror: httpx.AsyncClient  # the cangku mirroring it
-    gate: Gate
-    clock: Clock
-    registry: Registry
-
-
-def _client(app: object) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://registry.test")
+Setup = Mirror[Gate]
 
 
 @pytest.fixture
 async def setup(registry: Registry, data_dir: Path, tmp_path: Path) -> AsyncIterator[Setup]:
-    upstream_dir = tmp_path / "upstream"
-    upstream_dir.mkdir()
-    upstream_metadata = MetadataStore.open(sqlite_url(upstream_dir))
-    upstream_app = create_app(
-        Settings(data=upstream_dir, auth={"open": True}),
-        Registry(FilesystemStorage(upstream_dir), upstream_metadata),
-    )
-    gate = Gate(httpx.ASGITransport(app=upstream_app))
     proxy = ProxySettings.model_validate(
         {"upstreams": [{"name": "docker.io", "url": "http://up.test", "revalidate": REVALIDATE}]}
     )
-    clock = Clock()
-    upstreams = {"docker.io": Upstream(proxy.upstreams[0], gate)}
-    mirrored = Registry(registry.storage, registry.metadata)
-    mirrored.wrap = mirror_wrapper(proxy, upstreams, mirrored.core, clock)
-    settings = Settings(data=data_dir, auth={"open": True}, proxy=proxy)
-    async with _client(upstream_app) as upstream, _client(create_app(settings, mirrored)) as mirror:
-        yield Setup(upstream, mirror, gate, clock, mirrored)
-    await upstream_metadata.close()
+    async with mirror_of_upstream(registry, data_dir, tmp_path / "upstream", proxy, Gate) as mirror:
+        yield mirror
 
 
 async def _get(client: httpx.AsyncClient, path: str) -> httpx.Response:

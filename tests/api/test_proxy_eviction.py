@@ -397,3 +397,79 @@ async def test_eviction_and_purge_wait_for_a_collection_in_progress(setup: Setup
     assert (await asyncio.wait_for(purging, 30)) == [name]
     await asyncio.wait_for(eviction, 30)
     assert await setup.tags(name) == []
+
+
+async def test_a_large_eviction_commits_in_batches_and_keeps_what_is_read_meanwhile(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"docker.io/library/image{number}" for number in range(7)]
+    digests = [(await push_image(setup.pusher, name, "1"))[0] for name in names]
+    local, _ = await push_image(setup.pusher, "jimo/app", "1")
+    setup.clock.now += 30 * DAY
+    monkeypatch.setattr(
+        Evictor, "BATCH", 2, raising=False
+    )  # two manifests (two images) per transaction
+    metadata = setup.registry.metadata
+    write = metadata.write
+    batches: list[int] = []
+
+    async def write_then_read(work):
+        done = await write(work)
+        batches.append(len(done) if isinstance(done, list) else -1)  # -1: not a batch
+        if len(batches) == 1:
+            # Between two batches a client reads the last image of the plan: it must stay.
+            await setup.read(names[-1], digests[-1])
+        return done
+
+    monkeypatch.setattr(metadata, "write", write_then_read)
+    report = await setup.evictor(evict_after=10 * DAY).evict()
+    monkeypatch.setattr(metadata, "write", write)
+
+    assert batches == [2, 2, 2, 0]  # four transactions; the last one's image was read
+    assert sorted(m.digest for m in report.manifests) == sorted(digests[:-1])
+    for name in names[:-1]:
+        assert await setup.tags(name) == []
+    assert await setup.tags(names[-1]) == ["1"]
+    assert await setup.tags("jimo/app") == ["1"] and local
+    await setup.collect()
+    await pull_image(setup.pusher, names[-1], "1")  # every blob of the kept image is there
+
+
+async def test_an_image_an_index_cached_during_the_eviction_lists_is_kept(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "docker.io/library/multi"
+    first, _ = await push_image(setup.pusher, "docker.io/library/a", "1")
+    image, content = await push_image(setup.pusher, name, "1")
+    setup.clock.now += 30 * DAY
+    monkeypatch.setattr(Evictor, "BATCH", 1, raising=False)
+    metadata = setup.registry.metadata
+    write = metadata.write
+    writes = 0
+
+    async def write_then_index(work):
+        nonlocal writes
+        done = await write(work)
+        writes += 1
+        if writes == 1:
+            # Between two batches an index listing the planned image is cached (as a pull
+            # of a multi-platform tag through the mirror would): the image is part of it now.
+            document = {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [descriptor(OCI_MANIFEST, content)],
+            }
+            answer = await put_manifest(setup.pusher, name, "latest", document, OCI_INDEX)
+            assert answer.status_code == 201
+        return done
+
+    monkeypatch.setattr(metadata, "write", write_then_index)
+    report = await setup.evictor(evict_after=10 * DAY).evict()
+    monkeypatch.setattr(metadata, "write", write)
+
+    assert [m.digest for m in report.manifests] == [first]
+    assert await setup.tags(name) == ["1", "latest"]  # the image and its tag kept
+    fetched = await setup.pusher.get(
+        f"/v2/{name}/manifests/{image}", headers={"Accept": OCI_MANIFEST}
+    )
+    assert fetched.status_code == 200

@@ -7,52 +7,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from cangku.app import create_app
-from cangku.config import ProxySettings, Settings
+from cangku.config import ProxySettings
 from cangku.metadata.proxy_cache import mirror_repositories
-from cangku.metadata.store import MetadataStore, sqlite_url
-from cangku.proxy.cache import mirror_wrapper
-from cangku.proxy.stats import CacheStats
-from cangku.proxy.upstream import Upstream
 from cangku.registry import Registry
-from cangku.storage.filesystem import FilesystemStorage
 from tests.api.helpers import OCI_MANIFEST, push_image
-from tests.api.test_proxy_cache import Clock, Gate
+from tests.api.proxy_upstream import Gate, Mirror, mirror_of_upstream
 
 REVALIDATE = 300.0
-
-
-@dataclass
-class Setup:
-    upstream: httpx.AsyncClient
-    mirror: httpx.AsyncClient
-    gate: Gate
-    clock: Clock
-    registry: Registry
-    stats: CacheStats
-
-
-def _client(app: object) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://registry.test")
+Setup = Mirror[Gate]
 
 
 @pytest.fixture
 async def setup(registry: Registry, data_dir: Path, tmp_path: Path) -> AsyncIterator[Setup]:
-    upstream_dir = tmp_path / "upstream"
-    upstream_dir.mkdir()
-    upstream_metadata = MetadataStore.open(sqlite_url(upstream_dir))
-    upstream_app = create_app(
-        Settings(data=upstream_dir, auth={"open": True}),
-        Registry(FilesystemStorage(upstream_dir), upstream_metadata),
-    )
-    gate = Gate(httpx.ASGITransport(app=upstream_app))
     proxy = ProxySettings.model_validate(
         {
             "upstreams": [
@@ -61,16 +32,8 @@ async def setup(registry: Registry, data_dir: Path, tmp_path: Path) -> AsyncIter
             ]
         }
     )
-    clock = Clock()
-    mirrored = Registry(registry.storage, registry.metadata)
-    stats = CacheStats.of_upstreams(mirrored.pulls, ["docker.io", "ghcr.io"])
-    mirrored.cache_stats = stats
-    upstreams = {"docker.io": Upstream(proxy.upstreams[0], gate)}
-    mirrored.wrap = mirror_wrapper(proxy, upstreams, mirrored.core, clock, stats)
-    settings = Settings(data=data_dir, auth={"open": True}, proxy=proxy)
-    async with _client(upstream_app) as upstream, _client(create_app(settings, mirrored)) as mirror:
-        yield Setup(upstream, mirror, gate, clock, mirrored, stats)
-    await upstream_metadata.close()
+    async with mirror_of_upstream(registry, data_dir, tmp_path / "upstream", proxy, Gate) as mirror:
+        yield mirror
 
 
 async def _get(client: httpx.AsyncClient, path: str) -> httpx.Response:

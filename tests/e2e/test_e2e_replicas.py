@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -288,6 +289,69 @@ def test_a_chunked_upload_moves_between_replicas_and_its_digest_is_verified(
             assert hashlib.sha256(fetched.content).hexdigest() == digest.split(":")[1]
     patches = [_served_by(r, r"PATCH /v2/jimo/chunked/") for r in cluster.replicas]
     assert all(count >= 1 for count in patches), patches
+
+
+def test_two_patches_for_one_session_on_two_replicas_at_once_refuse_the_second_with_its_range(
+    cluster: Cluster,
+) -> None:
+    # Issue 15: while one replica appends to a session (its lease row held), a PATCH of the
+    # same session on another replica is refused with 416 and the Range stored so far, never
+    # appended from the same offset (which silently dropped one of the two chunks before).
+    urls = [r.url for r in cluster.replicas]
+    head, chunk = os.urandom(MiB), os.urandom(9 * MiB)  # the chunk: a whole part and a tail
+    half = len(chunk) // 2
+    sent_half, go = threading.Event(), threading.Event()
+    answers: dict[str, httpx.Response] = {}
+
+    def held_body() -> Iterator[bytes]:
+        yield chunk[:half]
+        sent_half.set()
+        go.wait(60)
+        yield chunk[half:]
+
+    range_of_chunk = f"{len(head)}-{len(head) + len(chunk) - 1}"
+    with http_client(timeout=120.0) as client:
+        started = client.post(f"{urls[0]}/v2/jimo/racing/blobs/uploads/")
+        assert started.status_code == 202, started.text
+        path = httpx.URL(started.headers["location"]).raw_path.decode()
+        patched = client.patch(
+            f"{urls[0]}{path}", content=head, headers={"Content-Range": f"0-{len(head) - 1}"}
+        )
+        assert patched.status_code == 202, patched.text
+        path = httpx.URL(patched.headers["location"]).raw_path.decode()
+
+        def slow_patch() -> None:
+            with http_client(timeout=120.0) as other:
+                answers["slow"] = other.patch(
+                    f"{urls[1]}{path}",
+                    content=held_body(),
+                    headers={"Content-Range": range_of_chunk, "Content-Length": str(len(chunk))},
+                )
+
+        slow = threading.Thread(target=slow_patch)
+        slow.start()
+        try:
+            assert sent_half.wait(30)
+            time.sleep(0.5)  # the replica has taken the lease and is reading the body
+            racing = client.patch(
+                f"{urls[2]}{path}",
+                content=b"o" * len(chunk),
+                headers={"Content-Range": range_of_chunk},
+            )
+        finally:
+            go.set()
+            slow.join(120)
+        assert racing.status_code == 416, racing.text
+        assert racing.json()["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+        assert racing.headers["range"] == f"0-{len(head) - 1}"
+        assert answers["slow"].status_code == 202, answers["slow"].text
+        assert answers["slow"].headers["range"] == f"0-{len(head) + len(chunk) - 1}"
+
+        digest = sha256_digest(head + chunk)
+        finished = client.put(f"{urls[2]}{path}", params={"digest": digest})
+        assert finished.status_code == 201, finished.text
+        fetched = client.get(f"{urls[0]}/v2/jimo/racing/blobs/{digest}")
+        assert fetched.status_code == 200 and fetched.content == head + chunk
 
 
 def test_a_replica_killed_mid_push_and_the_retry_through_another_succeeds(

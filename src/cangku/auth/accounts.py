@@ -87,6 +87,7 @@ class Accounts:
         password_hash = await anyio.to_thread.run_sync(hash_password, password)
 
         def add(connection: Connection) -> None:
+            _take_namespaces(connection, [name])
             _refuse_taken_namespace(connection, name)
             rows.insert_user(connection, name, password_hash, admin=admin, now=time.time())
 
@@ -156,6 +157,7 @@ class Accounts:
             entries.append((name, password_hash.replace("$2y$", "$2b$", 1)))
 
         def add(connection: Connection) -> None:
+            _take_namespaces(connection, [name for name, _ in entries])
             for name, password_hash in entries:
                 try:
                     _refuse_taken_namespace(connection, name)
@@ -191,6 +193,7 @@ class Accounts:
         validate_account_name(name)
 
         def add(connection: Connection) -> None:
+            _take_namespaces(connection, [name])
             _refuse_taken_namespace(connection, name)
             rows.insert_organization(connection, name, now=time.time())
 
@@ -399,9 +402,14 @@ class Accounts:
 
     async def set_public(self, repository: str, public: bool) -> None:
         validate_repository_name(repository)
-        await self.metadata.write(
-            lambda c: visibility.set_public(c, repository, public, now=time.time())
-        )
+
+        def choose(connection: Connection) -> None:
+            # Alone against a first push creating the repository's row (metadata/locks.py):
+            # neither inserts a row the other just did (a unique violation, a 500).
+            locks.hold(connection, repositories=[repository])
+            visibility.set_public(connection, repository, public, now=time.time())
+
+        await self.metadata.write(choose)
 
     # -- browser sessions ------------------------------------------------------------------
     async def start_web_session(
@@ -467,6 +475,15 @@ def _refuse_owned_repositories(connection: Connection, namespace: str) -> None:
             f"{namespace} still owns repositories with images ({shown}); delete them first "
             "or delete with them (cangku user|org del --delete-repositories)"
         )
+
+
+def _take_namespaces(connection: Connection, names: list[str]) -> None:
+    """Alone against every other creation of these names, on all replicas (PostgreSQL; one
+    writer on SQLite): users and organizations are two tables sharing one space of names, so
+    no unique index stops a user and an organization of one name, and two creations of one
+    user would both pass the check below and the second end in a unique violation (a 500)
+    instead of "already a user"."""
+    locks.hold(connection, namespaces=names)
 
 
 def _refuse_taken_namespace(connection: Connection, name: str) -> None:

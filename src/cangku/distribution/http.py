@@ -90,10 +90,16 @@ def request_context(request: Request) -> RequestContext:
     when anonymous or without authentication), the request id the access log carries, and
     the client address (behind trusted proxies, the one they forwarded for)."""
     checked = caller_of(request)
+    caller = None if checked is None else checked[1].name
+    return RequestContext(
+        caller=caller, request_id=REQUEST_ID.get(), address=client_address(request)
+    )
+
+
+def client_address(request: Request, unknown: str = "-") -> str:
+    """The client's address as the access control resolves it: behind trusted proxies the
+    one they forwarded for (auth/access.py), else the peer; `unknown` without a peer."""
+    checked = caller_of(request)
     if checked is not None:
-        address = checked[0].client_address(request)
-        caller = checked[1].name
-    else:
-        address = request.client.host if request.client else "-"
-        caller = None
-    return RequestContext(caller=caller, request_id=REQUEST_ID.get(), address=address)
+        return checked[0].client_address(request)
+    return request.client.host if request.client else unknown

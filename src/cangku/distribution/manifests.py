@@ -8,7 +8,13 @@ from starlette.responses import Response
 from cangku.content.errors import ManifestUnknown, PayloadTooLarge, TooManyTags
 from cangku.content.manifest import MAX_MANIFEST_BYTES
 from cangku.content.mediatypes import is_acceptable, parse_accept
-from cangku.distribution.http import content_length, request_body, request_context, warning
+from cangku.distribution.http import (
+    client_address,
+    content_length,
+    request_body,
+    request_context,
+    warning,
+)
 from cangku.registry import Registry
 from cangku.registry.manifests import MAX_TAGS_PER_PUSH
 from cangku.registry.pulls import Reader
@@ -55,7 +61,8 @@ async def get_manifest(request: Request, registry: Registry, name: str, referenc
     # (registry/pulls.py, CountedManifests), in memory only.
     method = request.method
     reader = Reader(
-        request.client.host if request.client else "",
+        # Resolved as the access control does: behind one proxy, clients stay apart.
+        client_address(request, ""),
         method,
         headers.get("user-agent") if method == "GET" else None,
         accepted,

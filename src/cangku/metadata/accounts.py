@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.schema import access_tokens, organization_members, organizations, users
+from cangku.metadata.upserts import upsert
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,13 +200,15 @@ def set_membership(
     member = (organization_members.c.organization_id == organization_id) & (
         organization_members.c.user_id == user_id
     )
-    connection.execute(delete(organization_members).where(member))
-    if role is not None:
-        connection.execute(
-            insert(organization_members).values(
-                organization_id=organization_id, user_id=user_id, role=role
-            )
-        )
+    if role is None:
+        connection.execute(delete(organization_members).where(member))
+        return
+    upsert(
+        connection,
+        organization_members,
+        {"organization_id": organization_id, "user_id": user_id},
+        {"role": role},
+    )
 
 
 def list_organizations(connection: Connection) -> dict[str, dict[str, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.schema import (
@@ -14,6 +14,7 @@ from cangku.metadata.schema import (
     repository_descriptions,
     tags,
 )
+from cangku.metadata.upserts import upsert
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +55,7 @@ def write_description(
         "updated_at": now,
         "updated_by": actor,
     }
-    if connection.execute(update(repository_descriptions).where(where).values(**values)).rowcount:
-        return
-    connection.execute(
-        insert(repository_descriptions).values(repository_id=repository_id, **values)
-    )
+    upsert(connection, repository_descriptions, {"repository_id": repository_id}, values)
 
 
 def newest_tagged_manifest(

@@ -214,3 +214,33 @@ def annotations_of(connection: Connection, name: str, digests: list[str]) -> dic
         .where(repositories.c.name == name, manifests.c.digest.in_(digests))
     )
     return {row.digest: row.annotations for row in connection.execute(query)}
+
+
+# The pull-through cache, before fetching a blob (proxy/blobs.py): which manifests of the
+# repository name it, to read its size from their descriptors.
+_REFERENCING = (
+    select(manifests.c.media_type, manifests.c.content)
+    .join(repositories, repositories.c.id == manifests.c.repository_id)
+    .join(
+        manifest_references,
+        and_(
+            manifest_references.c.repository_id == manifests.c.repository_id,
+            manifest_references.c.manifest_digest == manifests.c.digest,
+        ),
+    )
+    .where(
+        repositories.c.name == bindparam("name"),
+        manifest_references.c.kind == "blob",
+        manifest_references.c.target_digest == bindparam("digest"),
+    )
+    .limit(bindparam("limit"))
+)
+
+
+def referencing(
+    connection: Connection, name: str, digest: str, limit: int
+) -> list[tuple[str, bytes]]:
+    """(media type, content) of up to `limit` manifests of repository `name` that need blob
+    `digest` (as their config or a layer)."""
+    rows = connection.execute(_REFERENCING, {"name": name, "digest": digest, "limit": limit})
+    return [(row.media_type, row.content) for row in rows]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, delete, false, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, ScalarSelect, and_, delete, false, func, or_, select, tuple_
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.schema import (
@@ -71,9 +71,9 @@ def in_mirrors(upstreams: Collection[str]) -> ColumnElement[bool]:
     )
 
 
-def cached_manifests(connection: Connection, upstreams: Collection[str]) -> list[CachedManifest]:
-    """Every manifest of every mirror repository, with its last read written so far."""
-    last_read = (
+def _last_read() -> ScalarSelect[float | None]:
+    """The last read of the `manifests` row at hand that is written so far (a subquery)."""
+    return (
         select(pull_statistics.c.last_pulled_at)
         .where(
             pull_statistics.c.repository_id == manifests.c.repository_id,
@@ -82,6 +82,11 @@ def cached_manifests(connection: Connection, upstreams: Collection[str]) -> list
         )
         .scalar_subquery()
     )
+
+
+def cached_manifests(connection: Connection, upstreams: Collection[str]) -> list[CachedManifest]:
+    """Every manifest of every mirror repository, with its last read written so far."""
+    last_read = _last_read()
     query = (
         select(
             manifests.c.repository_id,
@@ -212,3 +217,34 @@ def mirror_repositories(connection: Connection, upstream: str) -> list[MirrorRow
         MirrorRow(row[0], int(row[1]), int(row[2] or 0), int(row[3] or 0), row[4], row[5])
         for row in connection.execute(query)
     ]
+
+
+def usage_of(
+    connection: Connection, keys: Sequence[tuple[int, str]]
+) -> dict[tuple[int, str], tuple[float, float | None]]:
+    """(cached at, last read written so far) of those of the (repository id, digest)
+    manifests that still exist; for eviction's batches, which re-check what they delete."""
+    if not keys:
+        return {}
+    last_read = _last_read()
+    query = select(
+        manifests.c.repository_id, manifests.c.digest, manifests.c.created_at, last_read
+    ).where(tuple_(manifests.c.repository_id, manifests.c.digest).in_(list(keys)))
+    return {(row[0], row[1]): (row[2], row[3]) for row in connection.execute(query)}
+
+
+def parents_of(
+    connection: Connection, keys: Sequence[tuple[int, str]]
+) -> list[tuple[int, str, str]]:
+    """(repository id, index, child) of every index that lists one of the (repository id,
+    digest) manifests."""
+    if not keys:
+        return []
+    references = manifest_references.c
+    query = select(
+        references.repository_id, references.manifest_digest, references.target_digest
+    ).where(
+        references.kind == "manifest",
+        tuple_(references.repository_id, references.target_digest).in_(list(keys)),
+    )
+    return [(row[0], row[1], row[2]) for row in connection.execute(query)]

@@ -25,9 +25,7 @@ from sqlalchemy import (
     cast,
     delete,
     func,
-    insert,
     select,
-    update,
 )
 from sqlalchemy.engine import Connection
 
@@ -41,6 +39,7 @@ from cangku.metadata.schema import (
     repository_blobs,
     tags,
 )
+from cangku.metadata.upserts import upsert
 
 
 def namespace_of(name: str) -> str:
@@ -279,16 +278,12 @@ def quota_limit(connection: Connection, namespace: str) -> int | None:
 
 
 def set_quota(connection: Connection, namespace: str, limit_bytes: int) -> None:
-    now = time.time()
-    changed = connection.execute(
-        update(quotas)
-        .where(quotas.c.namespace == namespace)
-        .values(limit_bytes=limit_bytes, updated_at=now)
+    upsert(
+        connection,
+        quotas,
+        {"namespace": namespace},
+        {"limit_bytes": limit_bytes, "updated_at": time.time()},
     )
-    if not changed.rowcount:
-        connection.execute(
-            insert(quotas).values(namespace=namespace, limit_bytes=limit_bytes, updated_at=now)
-        )
 
 
 def unset_quota(connection: Connection, namespace: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.pull_stats import DIGEST, TAG
@@ -17,6 +17,7 @@ from cangku.metadata.schema import (
     tag_history,
     tags,
 )
+from cangku.metadata.upserts import upsert
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +55,12 @@ def set_policy(connection: Connection, scope: str, name: str, rules: str | None)
     if rules is None:
         connection.execute(delete(retention_policies).where(where))
         return
-    values = {"rules": rules, "updated_at": time.time()}
-    if connection.execute(update(retention_policies).where(where).values(**values)).rowcount:
-        return
-    connection.execute(insert(retention_policies).values(scope=scope, name=name, **values))
+    upsert(
+        connection,
+        retention_policies,
+        {"scope": scope, "name": name},
+        {"rules": rules, "updated_at": time.time()},
+    )
 
 
 def repositories_with_tags(connection: Connection) -> list[tuple[int, str]]:

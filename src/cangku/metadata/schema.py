@@ -253,6 +253,18 @@ upload_sessions = Table(
     Index("ix_upload_sessions_namespace", "namespace"),
 )
 
+# Who may write to an upload session right now (issue 15, registry/upload_leases.py): a row
+# per session being appended to, finished or cancelled; a lease past `expires_at` (seconds
+# since the epoch) was left by a request that died and may be taken over.
+upload_leases = Table(
+    "upload_leases",
+    metadata,
+    Column("session", String(64), primary_key=True),
+    Column("holder", String(32), nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_upload_leases_expires", "expires_at"),
+)
+
 # What a repository is, set by its owners (issue 17): a one-line description and a Markdown
 # overview. NULL: not set, the pages fall back to the newest image's annotations and labels.
 repository_descriptions = Table(

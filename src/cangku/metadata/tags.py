@@ -33,6 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.schema import tag_history, tag_policies, tags
+from cangku.metadata.upserts import upsert
 
 # Statements built once (building one costs more than running it on SQLite).
 _POLICY_ROWS = select(
@@ -203,11 +204,7 @@ def policy_rows(
 def write_policy(connection: Connection, scope: str, name: str, values: dict[str, bool]) -> None:
     """Set these columns (`floating`, `immutable_versions`) of the policy of `scope`
     ("repository" or "namespace") `name`, creating its row if it has none."""
-    where = (tag_policies.c.scope == scope) & (tag_policies.c.name == name)
-    if connection.execute(select(tag_policies.c.name).where(where)).first() is None:
-        connection.execute(insert(tag_policies).values(scope=scope, name=name, **values))
-    elif values:
-        connection.execute(update(tag_policies).where(where).values(**values))
+    upsert(connection, tag_policies, {"scope": scope, "name": name}, values)
 
 
 def newest_releases_of_line(

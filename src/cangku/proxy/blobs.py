@@ -43,6 +43,7 @@ from cangku.content.errors import (
     BlobUnknown,
     Denied,
     RegistryError,
+    SizeInvalid,
     TooManyRequests,
     Unavailable,
 )
@@ -224,11 +225,23 @@ class MirroredBlobs:
             pass
         parsed = Digest.parse(digest)
         try:
-            return parsed, await self.upstream.head_blob(self.remote, parsed)
+            size = await self.upstream.head_blob(self.remote, parsed)
         except UpstreamNotFound:
             raise BlobUnknown("blob unknown to registry and upstream", str(parsed)) from None
         except UpstreamError as error:
             raise never_cached(error) from None
+        expected = await self.store.expected_size(parsed)
+        if expected is not None and size != expected:
+            # As for a GET (`_transfer`): never pass on a length the registry knows is wrong.
+            log.warning(
+                "blob %s from upstream %s: it declares %d bytes, the registry expects %d",
+                parsed,
+                self.upstream.settings.name,
+                size,
+                expected,
+            )
+            raise _mapped(_declared_length(parsed, size, expected))
+        return parsed, size
 
     async def open(self, digest: Digest, start: int, end: int) -> BlobContent:
         if await self._held(digest):
@@ -306,7 +319,12 @@ class MirroredBlobs:
                     flight.opened.set_result(None)
                     flight.done.set_result(None)
                     return
+                expected = await self.store.expected_size(digest)
                 response, length = await self.upstream.get_blob(self.remote, digest)
+                if expected is not None and length != expected:
+                    # Refused before a byte is read: nothing streams, nothing is cached.
+                    await response.aclose()
+                    raise _declared_length(digest, length, expected)
             except Exception as error:
                 flight.opened.set_exception(_mapped(error))
                 raise
@@ -382,6 +400,12 @@ async def _held_back(
         raise UpstreamError(f"transfer failed: {type(error).__name__}") from None
     if held is not None:
         last.append(held)
+
+
+def _declared_length(digest: Digest, declared: int, expected: int) -> SizeInvalid:
+    return SizeInvalid(
+        f"the upstream declares {declared} bytes for {digest}; the registry expects {expected}"
+    )
 
 
 def _mapped(error: Exception) -> Exception:

@@ -22,10 +22,12 @@ Never removed while being served:
   does not cut the open file short; nor does deleting an S3 object end a GET under way.
 Never racing another writer: eviction runs under the collector's lock (one collection or
 eviction or purge at a time across every process on the database: two replicas, or the
-schedule and `cangku proxy purge`, never evict the same units at once), and its transaction
-first holds the blob lifecycle exclusive (metadata/locks.py), so every transaction adding a
+schedule and `cangku proxy purge`, never evict the same units at once); the plan is read
+first and applied in batches of whole units (`Evictor.BATCH`), each a transaction that first
+holds the blob lifecycle exclusive (metadata/locks.py), so every transaction adding a
 reference (a tag moved by a mirror's revalidation, a manifest cached) runs wholly before or
-after it. A tag is deleted only if it still points at the manifest being evicted.
+after it, and that re-checks its units (read since the plan, gone, or listed by a kept
+index: they stay). A tag is deleted only if it still points at the manifest being evicted.
 What this cannot see: a read on *another* replica in its last flush interval (≤ 10 s) of
 a unit otherwise unused for the whole window. That client's next requests find the content
 gone and the cache fetches it again from the upstream.
@@ -38,7 +40,10 @@ import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
+
+import anyio.to_thread
 
 from cangku.config import ProxySettings
 from cangku.content.units import format_size
@@ -95,6 +100,9 @@ class EvictionPlan:
     doomed: dict[Key, EvictedManifest]
     cached_bytes: int
     remaining_bytes: int
+    # Root of each evicted unit → its manifests that go, in the order the units were chosen
+    # (a manifest two units share goes with the second: both are evicted by then).
+    units: dict[Key, list[Key]] = field(default_factory=dict)
 
 
 def plan_eviction(
@@ -169,9 +177,11 @@ def plan_eviction(
         key=lambda root: (unit_last[root], manifests[root].repository, root[1]),
     )
     doomed: dict[Key, EvictedManifest] = {}
+    going: dict[Key, list[Key]] = {}
 
     def evict(root: Key, reason: str) -> None:
         nonlocal remaining
+        going[root] = []
         for key in units[root]:
             owners[key] -= 1
             if owners[key] == 0:
@@ -179,6 +189,7 @@ def plan_eviction(
                 doomed[key] = EvictedManifest(
                     manifest.repository, manifest.digest, manifest.size, unit_last[root], reason
                 )
+                going[root].append(key)
                 remaining -= manifest.size
             for blob, size in blobs_of.get(key, ()):
                 holding = holders[blob]
@@ -200,12 +211,21 @@ def plan_eviction(
             if root not in evicted:
                 evict(root, "max_size")
                 evicted.add(root)
-    return EvictionPlan(doomed, cached_bytes, remaining)
+    return EvictionPlan(doomed, cached_bytes, remaining, going)
 
 
 class Evictor:
-    """Applies `plan_eviction` to the database in one write transaction (a dry run: in one
-    that is rolled back). `protect`: the protection window in seconds (the GC grace)."""
+    """Applies `plan_eviction` to the database (a dry run: in one transaction that is rolled
+    back). `protect`: the protection window in seconds (the GC grace).
+
+    The plan is read first; its units are then deleted in batches of about `BATCH` manifests,
+    each its own write transaction, so that a large cache never holds the writer (SQLite) or
+    the blob lifecycle lock (PostgreSQL) for the whole eviction. Each batch holds the
+    lifecycle exclusive and re-checks its units as they are now: a unit read since the plan
+    (written, or this process's unwritten reads), one whose manifest is gone, or one an index
+    not being evicted lists now, stays. The collector's lock is held throughout."""
+
+    BATCH = 500
 
     def __init__(
         self,
@@ -234,13 +254,12 @@ class Evictor:
             return report
         now = time.time() if now is None else now
         upstreams = [upstream.name for upstream in self.proxy.upstreams]
+
         unwritten = self.pulls.pending_times(READ)
 
-        def run(connection: Connection) -> None:
-            # Locks first, so every read below sees what the writers it waited for committed.
-            locks.hold(connection, lifecycle="exclusive")
+        def plan(connection: Connection) -> EvictionPlan:
             children, layers = rows.cached_references(connection, upstreams)
-            plan = plan_eviction(
+            return plan_eviction(
                 rows.cached_manifests(connection, upstreams),
                 children,
                 layers,
@@ -251,21 +270,107 @@ class Evictor:
                 evict_after=self.proxy.evict_after,
                 max_size=self.proxy.max_size,
             )
-            report.cached_bytes, report.remaining_bytes = plan.cached_bytes, plan.remaining_bytes
-            report.manifests = sorted(
-                plan.doomed.values(), key=lambda m: (m.last_used, m.repository, m.digest)
-            )
-            _delete(connection, plan.doomed)
 
         if dry_run:
-            await self.metadata.rehearse(run)
+
+            def rehearse(connection: Connection) -> EvictionPlan:
+                locks.hold(connection, lifecycle="exclusive")
+                planned = plan(connection)
+                _delete(connection, planned.doomed)
+                report.manifests = list(planned.doomed.values())
+                return planned
+
+            planned = await self.metadata.rehearse(rehearse)
         else:
             async with self.metadata.collector_lock():
-                await self.metadata.write(run)
+                # In a thread on every database: on a large cache this read takes a while.
+                planned = await anyio.to_thread.run_sync(self.metadata.read_now, plan)
+                for batch in _batches(planned, self.BATCH):
+                    report.manifests += await self.metadata.write(
+                        partial(
+                            _evict_batch,
+                            batch=batch,
+                            plan=planned,
+                            unwritten=self.pulls.pending_times(READ),
+                        )
+                    )
             if self.stats is not None:
                 for upstream, count in _per_upstream(report.manifests).items():
                     self.stats.evicted(upstream, count)
+        report.manifests.sort(key=lambda m: (m.last_used, m.repository, m.digest))
+        report.cached_bytes = planned.cached_bytes
+        # Units that stayed after all keep their manifests' bytes (their blobs' too, which
+        # the plan's total no longer tells apart: those are left out).
+        kept = sum(m.size for m in planned.doomed.values()) - sum(m.size for m in report.manifests)
+        report.remaining_bytes = planned.remaining_bytes + kept
         return report
+
+
+def _batches(plan: EvictionPlan, size: int) -> Iterable[list[Key]]:
+    """The plan's units, whole, in the order chosen: roots of about `size` manifests each."""
+    batch: list[Key] = []
+    count = 0
+    for root, keys in plan.units.items():
+        if batch and count + len(keys) > size:
+            yield batch
+            batch, count = [], 0
+        batch.append(root)
+        count += len(keys)
+    if batch:
+        yield batch
+
+
+def _evict_batch(
+    connection: Connection,
+    *,
+    batch: list[Key],
+    plan: EvictionPlan,
+    unwritten: dict[tuple[str, str], float],
+) -> list[EvictedManifest]:
+    """Delete the units rooted at `batch` that may still go (see `Evictor`); what went."""
+    # Locks first, so every read below sees what the writers it waited for committed.
+    locks.hold(connection, lifecycle="exclusive")
+    keys = [key for root in batch for key in plan.units[root]]
+    usage = rows.usage_of(connection, keys)
+    listed_by: dict[Key, list[Key]] = defaultdict(list)
+    for repository_id, index, child in rows.parents_of(connection, keys):
+        listed_by[(repository_id, child)].append((repository_id, index))
+    going = [
+        root
+        for root in batch
+        if all(_may_go(key, plan, usage, unwritten) for key in plan.units[root])
+    ]
+    # A manifest an index lists goes only with that index (or after it: then the index is
+    # gone and not listed here). A unit staying can keep another one, so to a fixed point.
+    while True:
+        doomed = {key: plan.doomed[key] for root in going for key in plan.units[root]}
+        staying = [
+            root
+            for root in going
+            if any(index not in doomed for key in plan.units[root] for index in listed_by[key])
+        ]
+        if not staying:
+            break
+        going = [root for root in going if root not in staying]
+    _delete(connection, doomed)
+    return list(doomed.values())
+
+
+def _may_go(
+    key: Key,
+    plan: EvictionPlan,
+    usage: dict[Key, tuple[float, float | None]],
+    unwritten: dict[tuple[str, str], float],
+) -> bool:
+    found = usage.get(key)
+    if found is None:
+        return False  # Gone meanwhile (a purge, another eviction): nothing to do.
+    manifest = plan.doomed[key]
+    last_used = max(
+        found[0], found[1] or 0.0, unwritten.get((manifest.repository, manifest.digest), 0.0)
+    )
+    # Read (or cached again) since the plan: in use.
+    return last_used <= manifest.last_used
 
 
 def _delete(connection: Connection, doomed: dict[Key, EvictedManifest]) -> None:

@@ -11,10 +11,17 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 
 from cangku.content.digest import Digest
-from cangku.content.errors import BlobUnknown, BlobUploadInvalid, Denied, RegistryError
+from cangku.content.errors import (
+    BlobUnknown,
+    BlobUploadInvalid,
+    Denied,
+    RegistryError,
+)
+from cangku.content.manifest import Descriptor, parse_manifest
 from cangku.events import records as events
 from cangku.metadata import Connection, locks
 from cangku.metadata import blobs as blob_rows
+from cangku.metadata import manifests as manifest_rows
 from cangku.metadata import repositories as repository_rows
 from cangku.registry import upload_limits, usage
 from cangku.registry.context import RequestContext
@@ -31,6 +38,24 @@ class Blobs:
     def __init__(self, core: Core, name: str) -> None:
         self.core = core
         self.name = name
+
+    async def expected_size(self, digest: Digest) -> int | None:
+        """The size in bytes blob `digest` must have, as far as the registry knows: its
+        recorded size, else the size a manifest of this repository declares for it (the
+        pull-through cache checks an upstream's Content-Length against it); None: unknown."""
+        name, text = self.name, str(digest)
+
+        def find(connection: Connection) -> int | None:
+            recorded = blob_rows.recorded_size(connection, text)
+            if recorded is not None:
+                return recorded
+            for media_type, content in manifest_rows.referencing(connection, name, text, 4):
+                for descriptor in _blob_descriptors(media_type, content):
+                    if descriptor.digest == digest:
+                        return descriptor.size
+            return None
+
+        return await self.core.metadata.read(find)
 
     async def stat(self, digest: str) -> tuple[Digest, int]:
         """The size of a blob this repository holds (BLOB_UNKNOWN otherwise)."""
@@ -237,3 +262,12 @@ async def within_quota(
 def raise_if_refused(refusal: RegistryError | None) -> None:
     if refusal is not None:
         raise refusal
+
+
+def _blob_descriptors(media_type: str, content: bytes) -> list[Descriptor]:
+    """The config and layer descriptors of a stored manifest (validated when it was
+    stored, so a failure here only means none are known)."""
+    try:
+        return parse_manifest(content, media_type, Digest.of(content)).blobs
+    except RegistryError:
+        return []

@@ -23,6 +23,9 @@ class Core:
     `max_open_uploads`: upload sessions one owner may keep open (registry/upload_limits.py).
     `tag_defaults`: the server-wide tag policy; namespaces and repositories may override it.
     `sessions`: upload sessions opened here whose rows are not written yet (upload_limits.py).
+    `session_leases`: hold a lease row while a request writes to an upload session, for a
+    storage driver that does not serialise a session's requests across processes (S3;
+    registry/upload_leases.py).
     """
 
     storage: BlobStorage
@@ -30,6 +33,7 @@ class Core:
     tag_defaults: TagPolicy
     automatic_mount: bool
     max_open_uploads: int
+    session_leases: bool = False
     files: TransactionFiles = field(init=False)
     sessions: SessionLedger = field(init=False)
 

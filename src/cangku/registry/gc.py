@@ -35,6 +35,7 @@ from cangku.content.digest import Digest
 from cangku.content.units import format_size
 from cangku.metadata import Connection, locks
 from cangku.metadata import collection as collection_rows
+from cangku.metadata import upload_leases as lease_rows
 from cangku.metadata.store import MetadataStore
 from cangku.registry import upload_limits
 from cangku.registry.files import TransactionFiles
@@ -265,9 +266,13 @@ class GarbageCollector:
             await self.storage.delete_upload(session)
         live = {session async for session, _ in self.storage.iterate_uploads()}
         cutoff = now - self.policy.upload_expiry
-        await self.metadata.write(
-            lambda connection: upload_limits.forget_vanished(connection, live, cutoff)
-        )
+
+        def forget(connection: Connection) -> None:
+            upload_limits.forget_vanished(connection, live, cutoff)
+            # Leases of requests that died (registry/upload_leases.py); live ones are renewed.
+            lease_rows.delete_expired(connection, cutoff)
+
+        await self.metadata.write(forget)
         # A one-shot upload cut short by a crash leaves its temporary file; the same expiry.
         await self.storage.delete_stale_temporary(now - self.policy.upload_expiry)
         return [upload_id_of(session) for session in idle]

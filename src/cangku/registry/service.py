@@ -53,16 +53,20 @@ class Registry:
         *,
         automatic_mount: bool = False,
         max_open_uploads: int = upload_limits.DEFAULT_MAX_OPEN_PER_OWNER,
+        session_leases: bool = False,
         wrap: RepositoryWrapper | None = None,
     ) -> None:
         """`wrap`: called on every repository handle built (registry/repository.py): the
-        seam where a cache, events or metrics put a class around a service."""
+        seam where a cache, events or metrics put a class around a service.
+        `session_leases`: for a storage driver that serialises an upload session's requests
+        only within one process (S3): hold a lease row while one runs (upload_leases.py)."""
         self.core = Core(
             storage=storage,
             metadata=metadata,
             tag_defaults=tag_defaults or TagPolicy(),
             automatic_mount=automatic_mount,
             max_open_uploads=max_open_uploads,
+            session_leases=session_leases,
         )
         self.storage = storage
         self.metadata = metadata

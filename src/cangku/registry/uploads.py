@@ -18,6 +18,7 @@ from cangku.registry.blobs import raise_if_refused, record_blob, within_quota
 from cangku.registry.context import RequestContext
 from cangku.registry.core import Core
 from cangku.registry.sessions import new_upload_id, session_name
+from cangku.registry.upload_leases import Lease, leased
 
 
 class Uploads:
@@ -101,8 +102,21 @@ class Uploads:
         content_range: tuple[int, int] | None,
         context: RequestContext,
     ) -> int:
-        """Append one chunk; with Content-Range it must start where the upload ends."""
+        """Append one chunk; with Content-Range it must start where the upload ends. While
+        another request writes to the session: UploadOutOfOrder (416, upload_leases.py)."""
         session = session_name(self.name, upload_id)
+        async with leased(self.core, session, upload_id) as lease:
+            return await self._append(session, upload_id, lease, body, length, content_range)
+
+    async def _append(
+        self,
+        session: str,
+        upload_id: str,
+        lease: Lease,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        content_range: tuple[int, int] | None,
+    ) -> int:
         start = None
         if content_range is not None:
             start, end = content_range
@@ -111,7 +125,7 @@ class Uploads:
             length = end - start + 1
         body = await within_quota(self.core, self.name, body, length)
         try:
-            return await self.core.storage.append_upload(session, body, length, start)
+            return await self.core.storage.append_upload(session, lease.guard(body), length, start)
         except BlobUploadUnknown:
             raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
 
@@ -126,20 +140,21 @@ class Uploads:
     ) -> Digest:
         """Take the last chunk (if any), verify the whole upload and keep it as the blob."""
         parsed = Digest.parse(digest)
-        if length != 0:
-            # The same rules as a PATCH: a final chunk out of order is refused (416).
-            await self.append(upload_id, body, length, content_range, context)
         session = session_name(self.name, upload_id)
         storage = self.core.storage
-        try:
-            # The session ends here: its bytes become the blob (unless a quota refuses it).
-            size = await storage.commit_upload(session, parsed)
-        except BlobUploadUnknown:
-            raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
-        except BaseException:
-            if await storage.upload_size(session) is None:  # Refused and ended.
-                await self._close(session)
-            raise
+        async with leased(self.core, session, upload_id) as lease:
+            if length != 0:
+                # The same rules as a PATCH: a final chunk out of order is refused (416).
+                await self._append(session, upload_id, lease, body, length, content_range)
+            try:
+                # The session ends here: its bytes become the blob (unless a quota refuses it).
+                size = await storage.commit_upload(session, parsed)
+            except BlobUploadUnknown:
+                raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
+            except BaseException:
+                if await storage.upload_size(session) is None:  # Refused and ended.
+                    await self._close(session)
+                raise
 
         has_row = await self.core.sessions.settle(session)
 
@@ -156,9 +171,10 @@ class Uploads:
 
     async def cancel(self, upload_id: str, context: RequestContext) -> None:
         session = session_name(self.name, upload_id)
-        if await self.core.storage.upload_size(session) is None:
-            raise BlobUploadUnknown("upload unknown to registry", upload_id)
-        await self.core.storage.delete_upload(session)
+        async with leased(self.core, session, upload_id):
+            if await self.core.storage.upload_size(session) is None:
+                raise BlobUploadUnknown("upload unknown to registry", upload_id)
+            await self.core.storage.delete_upload(session)
         await self._close(session)
 
     async def _close(self, session: str) -> None:

@@ -558,10 +558,8 @@ class S3Storage:
         return hasher.copy()
 
     def _lock(self, upload_id: str) -> anyio.Lock:
-        # One request at a time per session in this process. Two replicas appending to one
-        # session at once (a client sending PATCHes in parallel) are not serialised: the
-        # last state written wins, and the generation check makes every commit after such
-        # a race re-hash what the store holds, so no unverified byte becomes a blob.
+        # One request at a time per session in this process; across replicas the registry
+        # holds the session's lease row while a request runs (registry/upload_leases.py).
         return self._locks.setdefault(upload_id, anyio.Lock())
 
     def _forget(self, upload_id: str) -> None:
