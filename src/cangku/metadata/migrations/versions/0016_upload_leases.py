@@ -3,7 +3,7 @@
 taking `PATCH`es for one session at once would both append from the same offset; a request
 holds the session's lease row while it appends, finishes or cancels (registry/upload_leases.py).
 
-Revision ID: 0019
+Revision ID: 0016
 Revises: 0015
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0019"
+revision = "0016"
 down_revision = "0015"
 branch_labels = None
 depends_on = None
