@@ -23,6 +23,14 @@ woken once per `BODY_BATCH` bytes, or when the body ends or the client goes away
 pauses while a whole batch waits for the application, and a read mid-body takes no more than
 the batch has room for, so a connection holds at most a batch and 64 KiB of its body.
 
+A body with a Content-Length (and no Transfer-Encoding) of at least `DIRECT_BODY_MIN` bytes
+goes past the parser: once its headers are parsed, the socket is read with `recv_into` straight
+into the batch the application will receive (a `ReceivedBody`), so its bytes are never copied
+in user space; the storage writer hashes and writes that very buffer. The parser, which still
+waits for the body, is replaced by a fresh one for the next request on the connection (the
+framing of a Content-Length body is its length: nothing in it is the parser's business).
+Bytes of the body that came in the headers' read go through the parser once, as before.
+
 This builds on uvicorn internals (`_start_asgi_task`, `on_body`, the request cycle's fields
 and `receive`). uvicorn is pinned in pyproject.toml; tests/api/test_zero_copy_server.py and
 tests/api/test_request_bodies.py are what say an upgrade still fits.
@@ -37,12 +45,13 @@ import threading
 from collections import OrderedDict
 from typing import Any, ClassVar, cast
 
+import httptools
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn._types import ASGI3Application, ASGIReceiveEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from cangku.asgi import ZERO_COPY_SEND
+from cangku.asgi import ZERO_COPY_SEND, ReceivedBody
 from cangku.config import Settings
 from cangku.connections import ConnectionLimits, GuardedHttpProtocol, LimitedConfig
 
@@ -60,6 +69,11 @@ BODY_BATCH = 1024 * 1024
 RECEIVE_BUFFER = 1024 * 1024
 _receive_buffers = threading.local()
 MIN_READ = 64 * 1024
+# Content-Length bodies from this size on are read straight into the application's batches
+# (below it, the few bytes a manifest or small blob has are not worth a parser per request).
+DIRECT_BODY_MIN = 64 * 1024
+# Bytes of a direct body that arrive with its headers fill at most one batch.
+assert RECEIVE_BUFFER <= BODY_BATCH
 
 
 def _receive_buffer() -> memoryview:
@@ -117,11 +131,15 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         # Before the parent's: a refused connection (per-address cap) still closes normally.
         self._receive_view = _receive_buffer()
         self._first_data = True
+        # Bytes of the current request's body still to come past the parser (0: none).
+        self._direct_left = 0
         super().connection_made(transport)
 
     # -- asyncio.BufferedProtocol: the transport reads with recv_into into our buffer --------
     def get_buffer(self, sizehint: int) -> memoryview:
         cycle = self.cycle
+        if self._direct_left:
+            return cast(ZeroCopyCycle, cycle).direct_buffer(self._direct_left, self._receive_view)
         if isinstance(cycle, ZeroCopyCycle) and cycle.more_body:
             # Mid-body: read no more than the batch has room for (at least MIN_READ), so
             # that a connection whose batch waits holds little more than the batch.
@@ -129,28 +147,73 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         return self._receive_view
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._direct_left:
+            self._direct_received(nbytes)
+            return
         # The parser copies what it keeps (URL, headers, body pieces) into bytes of their
         # own before this returns, so the buffer is free for the next read.
         self.data_received(self._receive_view[:nbytes])  # type: ignore[arg-type]
 
+    def _direct_received(self, nbytes: int) -> None:
+        """`nbytes` of a direct body were read into where `get_buffer` said (never more than
+        the body has left, so never a byte of the next request)."""
+        # What data_received does for a read besides parsing: progress for the body idle
+        # timeout (connections.py), and no keep-alive timeout while a request is under way.
+        self._last_read_at = self.loop.time()
+        self._unset_keepalive_if_required()
+        self._direct_left -= nbytes
+        cycle = cast(ZeroCopyCycle, self.cycle)
+        if cycle.direct_received(nbytes):
+            # A batch for the application: wake it, and read no more until it takes it.
+            self.flow.pause_reading()
+            cycle.message_event.set()
+        if not self._direct_left:
+            # The old parser still waits for the body; the next request gets a new one.
+            self.parser = self._new_parser()
+            self.on_message_complete()
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # As uvicorn's own (HttpToolsProtocol.__init__).
+        parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        return parser
+
     def on_headers_complete(self) -> None:
+        previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
-        if type(cycle) is RequestResponseCycle:  # A new request (not a refused upgrade).
+        if cycle is previous:
+            return  # No new request: an upgrade, which uvicorn handles.
+        if type(cycle) is RequestResponseCycle:  # Pipelined: not started (_start_asgi_task).
             cycle.__class__ = ZeroCopyCycle
             cast(ZeroCopyCycle, cycle).start_body()
+        if not self.parser.should_upgrade():
+            length = _direct_body_length(self.headers)
+            if length >= DIRECT_BODY_MIN:
+                self._direct_left = length
+                cast(ZeroCopyCycle, cycle).direct = True
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
         if not isinstance(cycle, ZeroCopyCycle):
             HttpToolsProtocol.on_body(self, body)
             return
+        direct = self._direct_left
+        if direct:
+            # Body bytes that came in the headers' read: the parser's, once.
+            self._direct_left -= len(body)
         if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
             return  # As uvicorn: answered already, the rest of the body is dropped.
-        if cycle.add_body(body) >= BODY_BATCH:
+        full = cycle.direct_copy(body, direct) if direct else cycle.add_body(body) >= BODY_BATCH
+        if full:
             # A batch for the application: wake it, and read no more until it takes it.
             self.flow.pause_reading()
             cycle.message_event.set()
+
+    def on_message_complete(self) -> None:
+        # The parser saw the whole body in the headers' read: nothing left to read past it.
+        self._direct_left = 0
+        super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         if self._first_data and data:
@@ -206,9 +269,54 @@ class ZeroCopyCycle(RequestResponseCycle):
 
     def start_body(self) -> None:
         # The parser's body pieces, kept as they came (uvicorn's bytearray would copy each
-        # one in, and copy them all out again for every message).
-        self.body_pieces: list[bytes] = []
+        # one in, and copy them all out again for every message); or, for a direct body,
+        # whole batches.
+        self.body_pieces: list[bytes | ReceivedBody] = []
         self.body_pending = 0
+        self.direct = False
+        # A direct body's batch being filled, and how much of it is.
+        self.batch: ReceivedBody | None = None
+        self.batch_filled = 0
+
+    def direct_buffer(self, left: int, scratch: memoryview) -> memoryview:
+        """Where the next read of a direct body goes: the rest of the batch being filled,
+        sized to end with the body (`left` bytes still to come) if it ends within a batch;
+        `scratch` (the bytes are dropped) once the response is complete, as uvicorn drops
+        the rest of a body answered without it."""
+        if self.response_complete or self.disconnected:
+            return scratch[: min(left, len(scratch))]
+        batch = self.batch
+        if batch is None:
+            batch = self.batch = ReceivedBody(min(left, BODY_BATCH))
+            self.batch_filled = 0
+        return memoryview(batch)[self.batch_filled :]
+
+    def direct_received(self, nbytes: int) -> bool:
+        """`nbytes` were read into `direct_buffer`'s answer; True if that filled a batch,
+        which is now the application's."""
+        batch = self.batch
+        if batch is None or self.response_complete or self.disconnected:
+            return False  # Read into the scratch buffer: dropped.
+        self.batch_filled += nbytes
+        self.body_pending += nbytes
+        if self.batch_filled < len(batch):
+            return False
+        self.body_pieces.append(batch)
+        self.batch = None
+        return True
+
+    def direct_copy(self, piece: bytes, left: int) -> bool:
+        """Copy a piece of a direct body that the parser produced (`left` bytes of the body
+        were still to come before it) into the batches; True if a batch filled."""
+        full = False
+        view = memoryview(piece)
+        while view:
+            target = self.direct_buffer(left, view)
+            taken = min(len(target), len(view))
+            target[:taken] = view[:taken]
+            full = self.direct_received(taken) or full
+            view, left = view[taken:], left - taken
+        return full
 
     def add_body(self, piece: bytes) -> int:
         """Keep a piece of the request body; returns the bytes now waiting (bytes)."""
@@ -221,7 +329,7 @@ class ZeroCopyCycle(RequestResponseCycle):
         if self.waiting_for_100_continue and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.waiting_for_100_continue = False
-        if not self.disconnected and not self.response_complete:
+        if not self.disconnected and not self.response_complete and not self._batch_ready():
             self.flow.resume_reading()
             # Set by on_body for a whole batch, by the body's end, a disconnect, or the end
             # of our response.
@@ -230,10 +338,23 @@ class ZeroCopyCycle(RequestResponseCycle):
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
         pieces = self.body_pieces
-        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        self.body_pieces = []
-        self.body_pending = 0
-        return {"type": "http.request", "body": body, "more_body": self.more_body}
+        if self.direct:
+            # Whole batches, each handed over as it was read into (the body ends with one).
+            body: bytes | ReceivedBody = pieces.pop(0) if pieces else b""
+            self.body_pending -= len(body)
+            more_body = self.more_body or bool(pieces) or self.batch is not None
+        else:
+            body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            self.body_pieces = []
+            self.body_pending = 0
+            more_body = self.more_body
+        # A ReceivedBody is a bytearray: a byte string to every consumer of the body here
+        # (ASGI's type says bytes), and theirs to keep.
+        return {"type": "http.request", "body": cast(bytes, body), "more_body": more_body}
+
+    def _batch_ready(self) -> bool:
+        # A direct body may have a second whole batch waiting (read while the first did).
+        return self.direct and bool(self.body_pieces)
 
     async def send(self, message: Any) -> None:
         if message["type"] != ZERO_COPY_SEND:
@@ -291,3 +412,19 @@ class ZeroCopyCycle(RequestResponseCycle):
     def _abandon(self) -> None:
         self.disconnected = True  # Later sends are no-ops, as after a client disconnect.
         self.transport.close()
+
+
+def _direct_body_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The Content-Length of a request whose body can be read past the parser (bytes); 0 if
+    it has none or a Transfer-Encoding (then the parser's framing counts, RFC 9112 6.3).
+    The parser has already refused a malformed or repeated Content-Length."""
+    length = 0
+    for name, value in headers:  # Names lower-cased by uvicorn's on_header.
+        if name == b"transfer-encoding":
+            return 0
+        if name == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or len(value) > 19:
+                return 0
+            length = int(value)
+    return length

@@ -7,6 +7,7 @@ nothing."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -17,7 +18,8 @@ import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cangku import server
-from cangku.server import BODY_BATCH, MIN_READ, ZeroCopyCycle
+from cangku.asgi import ReceivedBody
+from cangku.server import BODY_BATCH, DIRECT_BODY_MIN, MIN_READ, ZeroCopyCycle
 from tests.api.helpers import sha256
 from tests.api.test_slow_clients import BOUND, httpx_client, serving
 from tests.api.test_zero_copy_server import serve
@@ -263,3 +265,110 @@ async def test_over_tls_bodies_arrive_whole_through_the_same_path(
 def test_the_server_protocol_reads_into_its_own_buffer() -> None:
     # asyncio's transports call get_buffer/buffer_updated (recv_into) for a BufferedProtocol.
     assert issubclass(server.ZeroCopyHttpProtocol, asyncio.BufferedProtocol)
+
+
+class Recorder:
+    """An ASGI app that answers `/early` at once, without reading the body, and anything else
+    with the sha256 of the body it read; it notes each body message it received."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, type, int]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/early":
+            headers = [(b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 413, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        hasher, more = hashlib.sha256(), True
+        while more:
+            message = await receive()
+            assert message["type"] == "http.request"
+            body = message.get("body", b"")
+            self.messages.append((scope["path"], type(body), len(body)))
+            hasher.update(body)
+            more = message.get("more_body", False)
+        digest = hasher.hexdigest().encode()
+        headers = [(b"content-length", str(len(digest)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": digest})
+
+
+def request(path: str, body: bytes) -> bytes:
+    return f"PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def test_a_content_length_body_is_read_straight_into_the_batches_the_application_gets(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its headers, a large Content-Length body never goes through the parser: each
+    read lands in the batch that the application then receives as it is (ReceivedBody)."""
+    through_parser: list[int] = []
+    on_body = server.ZeroCopyHttpProtocol.on_body
+
+    def counting_on_body(protocol: server.ZeroCopyHttpProtocol, body: bytes) -> None:
+        through_parser.append(len(body))
+        on_body(protocol, body)
+
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "on_body", counting_on_body)
+    recorder = Recorder()
+    data = os.urandom(3 * BODY_BATCH + 17)
+    async with serving(recorder, data_dir) as port:
+        reader, writer = await connect(port)
+        message = request("/upload", data)
+        writer.write(message[: -len(data) + 1000])  # The headers and the body's first bytes.
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(message[-len(data) + 1000 :])
+        status, _, digest = await read_response(reader)
+        writer.close()
+    assert (status, digest.decode()) == (200, sha256(data).removeprefix("sha256:"))
+    assert sum(through_parser) <= 1000
+    assert [kind for _, kind, _ in recorder.messages] == [ReceivedBody] * 4
+    assert [size for _, _, size in recorder.messages] == [BODY_BATCH] * 3 + [17]
+
+
+async def test_direct_bodies_pipelined_with_early_answers_and_small_bodies(
+    data_dir: Path,
+) -> None:
+    """On one keep-alive connection, in one write: a large body answered before it was read
+    (its bytes are dropped), a large body read, a body of DIRECT_BODY_MIN bytes (likely whole
+    in the headers' read), a small one and a chunked one: each answered in turn, rightly."""
+    recorder = Recorder()
+    large, second = os.urandom(2 * BODY_BATCH + 5), os.urandom(BODY_BATCH + 1)
+    edge, small, encoded = os.urandom(DIRECT_BODY_MIN), b"small", os.urandom(70_000)
+    async with serving(recorder, data_dir) as port:
+        reader, writer = await connect(port)
+        writer.write(
+            request("/early", large)
+            + request("/second", second)
+            + request("/edge", edge)
+            + request("/small", small)
+            + b"PUT /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunked(encoded, [1000, 30_000])
+            + request("/last", large)
+        )
+        await writer.drain()
+        answers = [await read_response(reader) for _ in range(6)]
+        writer.close()
+    assert [status for status, _, _ in answers] == [413, 200, 200, 200, 200, 200]
+    assert [body.decode() for _, _, body in answers[1:]] == [
+        sha256(body).removeprefix("sha256:") for body in (second, edge, small, encoded, large)
+    ]
+    assert "/early" not in {path for path, _, _ in recorder.messages}
+
+
+async def test_over_tls_a_content_length_body_is_read_straight_into_batches_too(
+    tmp_path: Path,
+) -> None:
+    tls = make_tls_files(tmp_path / "tls", [])
+    recorder = Recorder()
+    data = os.urandom(2 * BODY_BATCH + 3)
+    async for port in serve(recorder, tmp_path / "data", tls):
+        base_url = f"https://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base_url, verify=tls.context()) as client:
+            answer = await client.put("/upload", content=data)
+    assert answer.text == sha256(data).removeprefix("sha256:")
+    assert [kind for _, kind, _ in recorder.messages] == [ReceivedBody] * 3

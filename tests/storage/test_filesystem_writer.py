@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import AsyncIterator
+from typing import cast
 
+from cangku.asgi import ReceivedBody
 from cangku.storage import filesystem
 
 
@@ -15,16 +17,18 @@ class RecordingFile(io.BytesIO):
     def __init__(self) -> None:
         super().__init__()
         self.write_sizes: list[int] = []
+        self.sources: list[object] = []
 
     def write(self, data: object) -> int:
         written = super().write(data)  # type: ignore[arg-type]
         self.write_sizes.append(written)
+        self.sources.append(data.obj if isinstance(data, memoryview) else data)
         return written
 
 
-async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+async def chunks(*parts: bytes | bytearray) -> AsyncIterator[bytes]:
     for part in parts:
-        yield part
+        yield cast(bytes, part)  # As the server's ReceivedBody batches reach the writer.
 
 
 async def test_writes_reach_the_file_in_pieces_no_larger_than_file_write() -> None:
@@ -41,3 +45,18 @@ async def test_writes_reach_the_file_in_pieces_no_larger_than_file_write() -> No
     assert file.getvalue() == data
     assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
     assert max(file.write_sizes) == filesystem.FILE_WRITE
+
+
+async def test_the_servers_batches_are_hashed_and_written_without_a_copy() -> None:
+    # server.py reads a large body straight into ReceivedBody batches and never touches one
+    # again: the writer may keep it as it is, like bytes (a plain bytearray it must copy).
+    first = ReceivedBody(b"a" * filesystem.WRITE_BATCH)
+    second = ReceivedBody(b"b" * filesystem.WRITE_BATCH)
+    file = RecordingFile()
+    hasher = hashlib.sha256()
+
+    await filesystem._write_hashed(chunks(first, second), file, hasher)
+
+    assert file.getvalue() == first + second
+    assert hasher.hexdigest() == hashlib.sha256(first + second).hexdigest()
+    assert {id(source) for source in file.sources} == {id(first), id(second)}

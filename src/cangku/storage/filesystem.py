@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 
 import anyio.to_thread
 
+from cangku.asgi import ReceivedBody
 from cangku.content.digest import HEX_LENGTHS, Digest
 from cangku.content.errors import (
     BlobUnknown,
@@ -337,10 +338,11 @@ async def _write_hashed(
 
     try:
         async for chunk in chunks:
-            if not batch and len(chunk) >= WRITE_BATCH and isinstance(chunk, bytes):
+            if not batch and len(chunk) >= WRITE_BATCH and isinstance(chunk, bytes | ReceivedBody):
                 # A whole batch as it came (the server hands bodies over in batches of this
-                # size, server.py BODY_BATCH): hashed and written without a copy. Only bytes:
-                # a producer may reuse a bytearray while the thread still reads it.
+                # size, server.py BODY_BATCH): hashed and written without a copy. Only bytes
+                # or the server's own buffers: a producer may reuse a plain bytearray while
+                # the thread still reads it.
                 ready: bytes | bytearray = chunk
             else:
                 batch += chunk
