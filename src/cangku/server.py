@@ -61,7 +61,7 @@ TLS_HANDSHAKE_RECORD = 0x16
 MAX_TLS_PROBERS_REMEMBERED = 4096
 # The application receives request bodies in pieces of at least this many bytes (bar the last):
 # one task wake-up and one ASGI message per batch instead of per TCP read. The storage writer
-# hashes and writes in batches of the same size (storage/filesystem.py, WRITE_BATCH).
+# keeps such batches as they are, four to a thread hop (storage/filesystem.py, WRITE_BATCH).
 BODY_BATCH = 1024 * 1024
 # Bytes one `recv_into` may take (asyncio's own reads take up to 256 KiB). One buffer per
 # event-loop thread, shared by its connections: each read is parsed, and everything kept of it
