@@ -372,3 +372,47 @@ async def test_over_tls_a_content_length_body_is_read_straight_into_batches_too(
             answer = await client.put("/upload", content=data)
     assert answer.text == sha256(data).removeprefix("sha256:")
     assert [kind for _, kind, _ in recorder.messages] == [ReceivedBody] * 3
+
+
+def test_a_pooled_batch_is_reused_only_once_nobody_holds_it() -> None:
+    pool = server.BatchPool()
+    first = pool.take(BODY_BATCH)
+    second = pool.take(BODY_BATCH)
+    assert second is not first  # `first` is still held here.
+    view = memoryview(second)
+    del first
+    third = pool.take(BODY_BATCH)
+    assert third is not second  # A memoryview of `second` can still read it.
+    view.release()
+    del view, second, third
+    assert pool.take(BODY_BATCH) in pool.batches
+    assert pool.take(BODY_BATCH - 1) not in pool.batches  # The last of a body: its own.
+
+
+async def test_batches_the_application_keeps_are_never_read_into_again(data_dir: Path) -> None:
+    """Batches come from a pool (BatchPool): one the application still holds after its
+    request keeps its bytes through the requests after it."""
+    kept: list[bytes] = []
+
+    async def keeping_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            message = await receive()
+            kept.append(message["body"])
+            more = message.get("more_body", False)
+        headers = [(b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    bodies = [os.urandom(3 * BODY_BATCH) for _ in range(8)]
+    async with serving(keeping_app, data_dir) as port:
+        reader, writer = await connect(port)
+        for body in bodies:
+            writer.write(request("/keep", body))
+            status, _, _ = await read_response(reader)
+            assert status == 200
+        writer.close()
+    assert b"".join(kept) == b"".join(bodies)
+    assert all(isinstance(body, ReceivedBody) for body in kept)
