@@ -230,10 +230,13 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             cycle.__class__ = ZeroCopyCycle
             cast(ZeroCopyCycle, cycle).start_body()
         if not self.parser.should_upgrade():
-            length = _direct_body_length(self.headers)
-            if length >= DIRECT_BODY_MIN:
+            length, chunked = _body_framing(self.headers)
+            if chunked:
+                # Its pieces copied into pooled batches (joining them took a fresh buffer).
+                cast(ZeroCopyCycle, cycle).in_batches = True
+            elif length >= DIRECT_BODY_MIN:
                 self._direct_left = length
-                cast(ZeroCopyCycle, cycle).direct = True
+                cast(ZeroCopyCycle, cycle).in_batches = True
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
@@ -246,7 +249,10 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             self._direct_left -= len(body)
         if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
             return  # As uvicorn: answered already, the rest of the body is dropped.
-        full = cycle.direct_copy(body, direct) if direct else cycle.add_body(body) >= BODY_BATCH
+        if cycle.in_batches:
+            full = cycle.copy_into_batches(body, direct or None)
+        else:
+            full = cycle.add_body(body) >= BODY_BATCH
         if full:
             # A batch for the application: wake it, and read no more until it takes it.
             self.flow.pause_reading()
@@ -311,12 +317,12 @@ class ZeroCopyCycle(RequestResponseCycle):
 
     def start_body(self) -> None:
         # The parser's body pieces, kept as they came (uvicorn's bytearray would copy each
-        # one in, and copy them all out again for every message); or, for a direct body,
-        # whole batches.
+        # one in, and copy them all out again for every message); or, for a direct or a
+        # chunked body (in_batches), whole batches.
         self.body_pieces: list[bytes | ReceivedBody] = []
         self.body_pending = 0
-        self.direct = False
-        # A direct body's batch being filled, and how much of it is.
+        self.in_batches = False
+        # The batch being filled, and how much of it is.
         self.batch: ReceivedBody | None = None
         self.batch_filled = 0
 
@@ -347,17 +353,20 @@ class ZeroCopyCycle(RequestResponseCycle):
         self.batch = None
         return True
 
-    def direct_copy(self, piece: bytes, left: int) -> bool:
-        """Copy a piece of a direct body that the parser produced (`left` bytes of the body
-        were still to come before it) into the batches; True if a batch filled."""
+    def copy_into_batches(self, piece: bytes, left: int | None) -> bool:
+        """Copy a piece of the body that the parser produced into the batches (`left`: the
+        bytes of a direct body still to come before it; None for a chunked body, whose
+        length nobody knows); True if a batch filled."""
         full = False
         view = memoryview(piece)
         while view:
-            target = self.direct_buffer(left, view)
+            target = self.direct_buffer(BODY_BATCH if left is None else left, view)
             taken = min(len(target), len(view))
             target[:taken] = view[:taken]
             full = self.direct_received(taken) or full
-            view, left = view[taken:], left - taken
+            view = view[taken:]
+            if left is not None:
+                left -= taken
         return full
 
     def add_body(self, piece: bytes) -> int:
@@ -376,13 +385,23 @@ class ZeroCopyCycle(RequestResponseCycle):
             # Set by on_body for a whole batch, by the body's end, a disconnect, or the end
             # of our response.
             await self.message_event.wait()
-            self.message_event.clear()
+        # A wake-up only (the state says what happened): one set for a batch taken now
+        # without waiting must not wake the next receive before its batch is there.
+        self.message_event.clear()
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
         pieces = self.body_pieces
-        if self.direct:
-            # Whole batches, each handed over as it was read into (the body ends with one).
-            body: bytes | ReceivedBody = pieces.pop(0) if pieces else b""
+        body: bytes | ReceivedBody
+        if self.in_batches:
+            # Whole batches, each handed over as it was filled (a direct body ends with one).
+            if pieces:
+                body = pieces.pop(0)
+            elif not self.more_body and self.batch is not None:
+                # A chunked body's last, partial batch: a copy, the batch stays pooled.
+                body = bytes(memoryview(self.batch)[: self.batch_filled])
+                self.batch = None
+            else:
+                body = b""
             self.body_pending -= len(body)
             more_body = self.more_body or bool(pieces) or self.batch is not None
         else:
@@ -395,8 +414,11 @@ class ZeroCopyCycle(RequestResponseCycle):
         return {"type": "http.request", "body": cast(bytes, body), "more_body": more_body}
 
     def _batch_ready(self) -> bool:
-        # A direct body may have a second whole batch waiting (read while the first did).
-        return self.direct and bool(self.body_pieces)
+        # A second whole batch may be waiting (read while the first did), or the last of a
+        # chunked body after the one before it was taken.
+        return self.in_batches and (
+            bool(self.body_pieces) or (not self.more_body and self.batch is not None)
+        )
 
     async def send(self, message: Any) -> None:
         if message["type"] != ZERO_COPY_SEND:
@@ -456,17 +478,18 @@ class ZeroCopyCycle(RequestResponseCycle):
         self.transport.close()
 
 
-def _direct_body_length(headers: list[tuple[bytes, bytes]]) -> int:
-    """The Content-Length of a request whose body can be read past the parser (bytes); 0 if
-    it has none or a Transfer-Encoding (then the parser's framing counts, RFC 9112 6.3).
-    The parser has already refused a malformed or repeated Content-Length."""
+def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
+    """(Content-Length, chunked): the length of a request body the server may read past the
+    parser (bytes; 0 if it has none), or True if a Transfer-Encoding frames it instead
+    (RFC 9112 6.3: it then overrides any Content-Length; the parser has refused a body
+    framed by neither). The parser has already refused a malformed or repeated length."""
     length = 0
     for name, value in headers:  # Names lower-cased by uvicorn's on_header.
         if name == b"transfer-encoding":
-            return 0
+            return 0, True
         if name == b"content-length":
             value = value.strip()
             if not value.isdigit() or len(value) > 19:
-                return 0
+                return 0, False
             length = int(value)
-    return length
+    return length, False

@@ -196,18 +196,20 @@ async def test_bytes_past_the_content_length_are_the_next_request_not_the_upload
 async def test_the_application_receives_a_streamed_body_in_whole_batches(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Small reads are gathered: one ASGI message per BODY_BATCH bytes (the last shorter),
-    and while the application does not take a batch, no more than a batch and a read wait."""
+    """Small reads of a chunked body are gathered: one ASGI message per BODY_BATCH bytes
+    (the last shorter), and while the application does not take a batch, no more than a
+    batch and a read wait."""
     received: list[int] = []
+    kinds: list[type] = []
     waiting: list[int] = []
-    add_body = ZeroCopyCycle.add_body
+    copy_into_batches = ZeroCopyCycle.copy_into_batches
 
-    def recording_add_body(cycle: ZeroCopyCycle, piece: bytes) -> int:
-        pending = add_body(cycle, piece)
-        waiting.append(pending)
-        return pending
+    def recording_copy(cycle: ZeroCopyCycle, piece: bytes, left: int | None) -> bool:
+        full = copy_into_batches(cycle, piece, left)
+        waiting.append(cycle.body_pending)
+        return full
 
-    monkeypatch.setattr(ZeroCopyCycle, "add_body", recording_add_body)
+    monkeypatch.setattr(ZeroCopyCycle, "copy_into_batches", recording_copy)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -218,6 +220,7 @@ async def test_the_application_receives_a_streamed_body_in_whole_batches(
             message = await receive()
             more = message.get("more_body", False)
             received.append(len(message.get("body", b"")))
+            kinds.append(type(message.get("body", b"")))
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -236,6 +239,9 @@ async def test_the_application_receives_a_streamed_body_in_whole_batches(
     assert all(size >= BODY_BATCH for size in received[:-1]), received
     assert len(received) <= len(data) // BODY_BATCH + 1
     assert max(waiting) < BODY_BATCH + MIN_READ
+    # Copied into pooled batches (a join took a fresh buffer each time); the last, partial
+    # one copied out of its batch.
+    assert kinds == [ReceivedBody] * (len(kinds) - 1) + [bytes]
 
 
 async def test_over_tls_bodies_arrive_whole_through_the_same_path(
