@@ -75,6 +75,10 @@ MIN_READ = 64 * 1024
 DIRECT_BODY_MIN = 64 * 1024
 # Bytes of a direct body that arrive with its headers fill at most one batch.
 assert RECEIVE_BUFFER <= BODY_BATCH
+# A read mid-body smaller than this pauses reading for COALESCE_DELAY seconds, so that the
+# next read takes what came meanwhile (at 40 MB/s, ~200 KB) instead of each small write.
+COALESCE_BELOW = 256 * 1024
+COALESCE_DELAY = 0.005
 # Whole batches kept for reuse per event-loop thread (BODY_BATCH bytes each): a fresh 1 MiB
 # buffer costs ~200 page faults per MB pushed (the allocator hands such sizes back to the
 # kernel when freed), a reused one none. One upload in flight holds up to ~10.
@@ -175,7 +179,14 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         self._first_data = True
         # Bytes of the current request's body still to come past the parser (0: none).
         self._direct_left = 0
+        self._coalescing: asyncio.TimerHandle | None = None
         super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._coalescing is not None:
+            self._coalescing.cancel()
+            self._coalescing = None
+        super().connection_lost(exc)
 
     # -- asyncio.BufferedProtocol: the transport reads with recv_into into our buffer --------
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -191,10 +202,42 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._direct_left:
             self._direct_received(nbytes)
+        else:
+            # The parser copies what it keeps (URL, headers, body pieces) into bytes of their
+            # own before this returns, so the buffer is free for the next read.
+            self.data_received(self._receive_view[:nbytes])  # type: ignore[arg-type]
+        if nbytes < COALESCE_BELOW:
+            self._coalesce_reads()
+
+    def _coalesce_reads(self) -> None:
+        """After a small read of a body that goes on, let the next bytes pile up in the
+        socket for COALESCE_DELAY before reading them: a slow stream (docker push) then costs
+        one wake-up per ~100 KiB instead of one per write of the client."""
+        cycle = self.cycle
+        if (
+            not isinstance(cycle, ZeroCopyCycle)
+            or cycle.body_seen < BODY_BATCH  # Not a stream (yet): no delay for small bodies.
+            or not cycle.more_body
+            or cycle.response_complete
+            or cycle.disconnected
+            or self.flow.read_paused
+            or self._coalescing is not None
+        ):
             return
-        # The parser copies what it keeps (URL, headers, body pieces) into bytes of their
-        # own before this returns, so the buffer is free for the next read.
-        self.data_received(self._receive_view[:nbytes])  # type: ignore[arg-type]
+        self.flow.pause_reading()
+        self._coalescing = self.loop.call_later(COALESCE_DELAY, self._coalesced, cycle)
+
+    def _coalesced(self, cycle: ZeroCopyCycle) -> None:
+        self._coalescing = None
+        # Resumed only if nothing else wants reading paused now: a whole batch waiting for
+        # the application, or a pipelined request waiting for the one before.
+        if (
+            self.cycle is cycle
+            and cycle.body_pending < BODY_BATCH
+            and not self.pipeline
+            and not self.transport.is_closing()
+        ):
+            self.flow.resume_reading()
 
     def _direct_received(self, nbytes: int) -> None:
         """`nbytes` of a direct body were read into where `get_buffer` said (never more than
@@ -321,6 +364,7 @@ class ZeroCopyCycle(RequestResponseCycle):
         # chunked body (in_batches), whole batches.
         self.body_pieces: list[bytes | ReceivedBody] = []
         self.body_pending = 0
+        self.body_seen = 0  # Bytes of the body received so far.
         self.in_batches = False
         # The batch being filled, and how much of it is.
         self.batch: ReceivedBody | None = None
@@ -347,6 +391,7 @@ class ZeroCopyCycle(RequestResponseCycle):
             return False  # Read into the scratch buffer: dropped.
         self.batch_filled += nbytes
         self.body_pending += nbytes
+        self.body_seen += nbytes
         if self.batch_filled < len(batch):
             return False
         self.body_pieces.append(batch)
@@ -373,6 +418,7 @@ class ZeroCopyCycle(RequestResponseCycle):
         """Keep a piece of the request body; returns the bytes now waiting (bytes)."""
         self.body_pieces.append(piece)
         self.body_pending += len(piece)
+        self.body_seen += len(piece)
         return self.body_pending
 
     async def receive(self) -> ASGIReceiveEvent:

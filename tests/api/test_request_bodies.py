@@ -422,3 +422,34 @@ async def test_batches_the_application_keeps_are_never_read_into_again(data_dir:
         writer.close()
     assert b"".join(kept) == b"".join(bodies)
     assert all(isinstance(body, ReceivedBody) for body in kept)
+
+
+async def test_a_slow_stream_is_read_in_fewer_larger_reads(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its first batch, a body arriving in small writes is read after COALESCE_DELAY
+    pauses, many writes at a time (one wake-up each), and still arrives whole."""
+    reads: list[int] = []
+    buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
+
+    def counting(protocol: server.ZeroCopyHttpProtocol, nbytes: int) -> None:
+        reads.append(nbytes)
+        buffer_updated(protocol, nbytes)
+
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", counting)
+    recorder = Recorder()
+    piece, pieces = 8 * 1024, 3 * BODY_BATCH // (8 * 1024)
+    data = os.urandom(piece * pieces)
+    async with serving(recorder, data_dir) as port:
+        reader, writer = await connect(port)
+        writer.write(b"PUT /slow HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for offset in range(0, len(data), piece):
+            writer.write(b"%x\r\n" % piece + data[offset : offset + piece] + b"\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.0005)  # ~16 MB/s: slower than the server reads.
+        writer.write(b"0\r\n\r\n")
+        status, _, digest = await read_response(reader)
+        writer.close()
+    assert (status, digest.decode()) == (200, sha256(data).removeprefix("sha256:"))
+    # The first batch as it comes (one read per write, about); the rest in fewer reads.
+    assert len(reads) < pieces * 2 // 3, (len(reads), pieces)
