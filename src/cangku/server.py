@@ -90,27 +90,28 @@ class BatchPool:
 
     A batch handed to the application may be kept for a while (the storage writer gathers
     four and hashes them in a worker thread), and the server cannot be told when it is done
-    with one. CPython's reference count can: a pooled batch referenced only by the pool (and
-    the call asking) is free, since anyone who could still read it (a list, a memoryview of
-    it, a worker thread's argument) holds a reference.
+    with one. CPython's reference count can: anyone who could still read a batch (a list, a
+    memoryview of it, a worker thread's argument) holds a reference, so a pooled batch whose
+    count equals that of the pool's own never-lent entry, read the same way, is free. (The
+    comparison, not a constant, so that an interpreter counting its own references
+    differently still reuses only free batches.)
     """
 
-    # sys.getrefcount's answer for a batch only the pool holds: the pool's list, the loop
-    # variable, getrefcount's own argument.
-    FREE = 3
-
     def __init__(self) -> None:
-        self.batches: list[ReceivedBody] = []
+        # batches[0] is never lent out: the measure of a batch only the pool holds.
+        self.batches: list[ReceivedBody] = [ReceivedBody(0)]
 
     def take(self, size: int) -> ReceivedBody:
         """A batch of `size` bytes, its content undefined (every byte is read into)."""
         if size == BODY_BATCH:
-            for batch in self.batches:
-                if sys.getrefcount(batch) == self.FREE:
-                    return batch
-            if len(self.batches) < POOLED_BATCHES:
+            batches = self.batches
+            free = sys.getrefcount(batches[0])
+            for index in range(1, len(batches)):
+                if sys.getrefcount(batches[index]) == free:
+                    return batches[index]
+            if len(batches) <= POOLED_BATCHES:
                 batch = ReceivedBody(size)
-                self.batches.append(batch)
+                batches.append(batch)
                 return batch
         return ReceivedBody(size)
 
