@@ -51,8 +51,9 @@ async def test_writes_reach_the_file_in_pieces_no_larger_than_file_write() -> No
 
 
 async def test_the_servers_batches_are_hashed_and_written_without_a_copy() -> None:
-    # server.py reads a large body straight into ReceivedBody batches and never touches one
-    # again: the writer may keep it as it is, like bytes (a plain bytearray it must copy).
+    # server.py reads a large body straight into ReceivedBody batches and reuses one only
+    # once nobody holds it: the writer may keep it as it is, like bytes (a plain bytearray
+    # it must copy).
     first = ReceivedBody(b"a" * filesystem.WRITE_BATCH)
     second = ReceivedBody(b"b" * filesystem.WRITE_BATCH)
     file = RecordingFile()
