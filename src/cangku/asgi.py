@@ -7,3 +7,13 @@ from __future__ import annotations
 # `scope["extensions"]` by server.py's protocol, used by distribution/blobs.py. Message:
 # `{"type": ZERO_COPY_SEND, "file": BinaryIO, "offset": int, "count": int}` (bytes).
 ZERO_COPY_SEND = "http.response.zerocopysend"
+
+
+class ReceivedBody(bytearray):
+    """A piece of a request body as the server read it from the socket (server.py, `recv_into`
+    straight into it), handed to the application in an `http.request` message; the server
+    reuses it only once nobody else holds a reference to it (server.BatchPool). So a consumer
+    may keep it (e.g. hash and write it in a worker thread, storage/filesystem.py) without
+    copying it first, as it may keep `bytes`."""
+
+    __slots__ = ()

@@ -23,6 +23,14 @@ woken once per `BODY_BATCH` bytes, or when the body ends or the client goes away
 pauses while a whole batch waits for the application, and a read mid-body takes no more than
 the batch has room for, so a connection holds at most a batch and 64 KiB of its body.
 
+A body with a Content-Length (and no Transfer-Encoding) of at least `DIRECT_BODY_MIN` bytes
+goes past the parser: once its headers are parsed, the socket is read with `recv_into` straight
+into the batch the application will receive (a `ReceivedBody`), so its bytes are never copied
+in user space; the storage writer hashes and writes that very buffer. The parser, which still
+waits for the body, is replaced by a fresh one for the next request on the connection (the
+framing of a Content-Length body is its length: nothing in it is the parser's business).
+Bytes of the body that came in the headers' read go through the parser once, as before.
+
 This builds on uvicorn internals (`_start_asgi_task`, `on_body`, the request cycle's fields
 and `receive`). uvicorn is pinned in pyproject.toml; tests/api/test_zero_copy_server.py and
 tests/api/test_request_bodies.py are what say an upgrade still fits.
@@ -33,16 +41,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import sys
 import threading
 from collections import OrderedDict
 from typing import Any, ClassVar, cast
 
+import httptools
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn._types import ASGI3Application, ASGIReceiveEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from cangku.asgi import ZERO_COPY_SEND
+from cangku.asgi import ZERO_COPY_SEND, ReceivedBody
 from cangku.config import Settings
 from cangku.connections import ConnectionLimits, GuardedHttpProtocol, LimitedConfig
 
@@ -52,7 +62,7 @@ TLS_HANDSHAKE_RECORD = 0x16
 MAX_TLS_PROBERS_REMEMBERED = 4096
 # The application receives request bodies in pieces of at least this many bytes (bar the last):
 # one task wake-up and one ASGI message per batch instead of per TCP read. The storage writer
-# hashes and writes in batches of the same size (storage/filesystem.py, WRITE_BATCH).
+# keeps such batches as they are, four to a thread hop (storage/filesystem.py, WRITE_BATCH).
 BODY_BATCH = 1024 * 1024
 # Bytes one `recv_into` may take (asyncio's own reads take up to 256 KiB). One buffer per
 # event-loop thread, shared by its connections: each read is parsed, and everything kept of it
@@ -60,6 +70,57 @@ BODY_BATCH = 1024 * 1024
 RECEIVE_BUFFER = 1024 * 1024
 _receive_buffers = threading.local()
 MIN_READ = 64 * 1024
+# Content-Length bodies from this size on are read straight into the application's batches
+# (below it, the few bytes a manifest or small blob has are not worth a parser per request).
+DIRECT_BODY_MIN = 64 * 1024
+# Bytes of a direct body that arrive with its headers fill at most one batch.
+assert RECEIVE_BUFFER <= BODY_BATCH
+# A read mid-body smaller than this pauses reading for COALESCE_DELAY seconds, so that the
+# next read takes what came meanwhile (at 40 MB/s, ~200 KB) instead of each small write.
+COALESCE_BELOW = 256 * 1024
+COALESCE_DELAY = 0.005
+# Whole batches kept for reuse per event-loop thread (BODY_BATCH bytes each): a fresh 1 MiB
+# buffer costs ~200 page faults per MB pushed (the allocator hands such sizes back to the
+# kernel when freed), a reused one none. One upload in flight holds up to ~10.
+POOLED_BATCHES = 16
+
+
+class BatchPool:
+    """Direct bodies' batches, reused once nobody else holds them.
+
+    A batch handed to the application may be kept for a while (the storage writer gathers
+    four and hashes them in a worker thread), and the server cannot be told when it is done
+    with one. CPython's reference count can: anyone who could still read a batch (a list, a
+    memoryview of it, a worker thread's argument) holds a reference, so a pooled batch whose
+    count equals that of the pool's own never-lent entry, read the same way, is free. (The
+    comparison, not a constant, so that an interpreter counting its own references
+    differently still reuses only free batches.)
+    """
+
+    def __init__(self) -> None:
+        # batches[0] is never lent out: the measure of a batch only the pool holds.
+        self.batches: list[ReceivedBody] = [ReceivedBody(0)]
+
+    def take(self, size: int) -> ReceivedBody:
+        """A batch of `size` bytes, its content undefined (every byte is read into)."""
+        if size == BODY_BATCH:
+            batches = self.batches
+            free = sys.getrefcount(batches[0])
+            for index in range(1, len(batches)):
+                if sys.getrefcount(batches[index]) == free:
+                    return batches[index]
+            if len(batches) <= POOLED_BATCHES:
+                batch = ReceivedBody(size)
+                batches.append(batch)
+                return batch
+        return ReceivedBody(size)
+
+
+def _batch_pool() -> BatchPool:
+    pool: BatchPool | None = getattr(_receive_buffers, "pool", None)
+    if pool is None:
+        pool = _receive_buffers.pool = BatchPool()
+    return pool
 
 
 def _receive_buffer() -> memoryview:
@@ -117,11 +178,22 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         # Before the parent's: a refused connection (per-address cap) still closes normally.
         self._receive_view = _receive_buffer()
         self._first_data = True
+        # Bytes of the current request's body still to come past the parser (0: none).
+        self._direct_left = 0
+        self._coalescing: asyncio.TimerHandle | None = None
         super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._coalescing is not None:
+            self._coalescing.cancel()
+            self._coalescing = None
+        super().connection_lost(exc)
 
     # -- asyncio.BufferedProtocol: the transport reads with recv_into into our buffer --------
     def get_buffer(self, sizehint: int) -> memoryview:
         cycle = self.cycle
+        if self._direct_left:
+            return cast(ZeroCopyCycle, cycle).direct_buffer(self._direct_left, self._receive_view)
         if isinstance(cycle, ZeroCopyCycle) and cycle.more_body:
             # Mid-body: read no more than the batch has room for (at least MIN_READ), so
             # that a connection whose batch waits holds little more than the batch.
@@ -129,28 +201,111 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         return self._receive_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        # The parser copies what it keeps (URL, headers, body pieces) into bytes of their
-        # own before this returns, so the buffer is free for the next read.
-        self.data_received(self._receive_view[:nbytes])  # type: ignore[arg-type]
+        if self._direct_left:
+            self._direct_received(nbytes)
+        else:
+            # The parser copies what it keeps (URL, headers, body pieces) into bytes of their
+            # own before this returns, so the buffer is free for the next read.
+            self.data_received(self._receive_view[:nbytes])  # type: ignore[arg-type]
+        if nbytes < COALESCE_BELOW:
+            self._coalesce_reads()
+
+    def _coalesce_reads(self) -> None:
+        """After a small read of a body that goes on, let the next bytes pile up in the
+        socket for COALESCE_DELAY before reading them: a slow stream (docker push) then costs
+        one wake-up per ~100 KiB instead of one per write of the client."""
+        cycle = self.cycle
+        if (
+            not isinstance(cycle, ZeroCopyCycle)
+            or cycle.body_seen < BODY_BATCH  # Not a stream (yet): no delay for small bodies.
+            or not cycle.more_body
+            or cycle.response_complete
+            or cycle.disconnected
+            or self.flow.read_paused
+            or self._coalescing is not None
+        ):
+            return
+        self.flow.pause_reading()
+        self._coalescing = self.loop.call_later(COALESCE_DELAY, self._coalesced, cycle)
+
+    def _coalesced(self, cycle: ZeroCopyCycle) -> None:
+        self._coalescing = None
+        # Resumed only if nothing else wants reading paused now: a whole batch waiting for
+        # the application, or a pipelined request waiting for the one before.
+        if (
+            self.cycle is cycle
+            and cycle.body_pending < BODY_BATCH
+            and not self.pipeline
+            and not self.transport.is_closing()
+        ):
+            self.flow.resume_reading()
+
+    def _direct_received(self, nbytes: int) -> None:
+        """`nbytes` of a direct body were read into where `get_buffer` said (never more than
+        the body has left, so never a byte of the next request)."""
+        # What data_received does for a read besides parsing: progress for the body idle
+        # timeout (connections.py), and no keep-alive timeout while a request is under way.
+        self._last_read_at = self.loop.time()
+        self._unset_keepalive_if_required()
+        self._direct_left -= nbytes
+        cycle = cast(ZeroCopyCycle, self.cycle)
+        if cycle.direct_received(nbytes):
+            # A batch for the application: wake it, and read no more until it takes it.
+            self.flow.pause_reading()
+            cycle.message_event.set()
+        if not self._direct_left:
+            # The old parser still waits for the body; the next request gets a new one.
+            self.parser = self._new_parser()
+            self.on_message_complete()
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # As uvicorn's own (HttpToolsProtocol.__init__).
+        parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        return parser
 
     def on_headers_complete(self) -> None:
+        previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
-        if type(cycle) is RequestResponseCycle:  # A new request (not a refused upgrade).
+        if cycle is previous:
+            return  # No new request: an upgrade, which uvicorn handles.
+        if type(cycle) is RequestResponseCycle:  # Pipelined: not started (_start_asgi_task).
             cycle.__class__ = ZeroCopyCycle
             cast(ZeroCopyCycle, cycle).start_body()
+        if not self.parser.should_upgrade():
+            length, chunked = _body_framing(self.headers)
+            if chunked:
+                # Its pieces copied into pooled batches (joining them took a fresh buffer).
+                cast(ZeroCopyCycle, cycle).in_batches = True
+            elif length >= DIRECT_BODY_MIN:
+                self._direct_left = length
+                cast(ZeroCopyCycle, cycle).in_batches = True
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
         if not isinstance(cycle, ZeroCopyCycle):
             HttpToolsProtocol.on_body(self, body)
             return
+        direct = self._direct_left
+        if direct:
+            # Body bytes that came in the headers' read: the parser's, once.
+            self._direct_left -= len(body)
         if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
             return  # As uvicorn: answered already, the rest of the body is dropped.
-        if cycle.add_body(body) >= BODY_BATCH:
+        if cycle.in_batches:
+            full = cycle.copy_into_batches(body, direct or None)
+        else:
+            full = cycle.add_body(body) >= BODY_BATCH
+        if full:
             # A batch for the application: wake it, and read no more until it takes it.
             self.flow.pause_reading()
             cycle.message_event.set()
+
+    def on_message_complete(self) -> None:
+        # The parser saw the whole body in the headers' read: nothing left to read past it.
+        self._direct_left = 0
+        super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         if self._first_data and data:
@@ -206,14 +361,65 @@ class ZeroCopyCycle(RequestResponseCycle):
 
     def start_body(self) -> None:
         # The parser's body pieces, kept as they came (uvicorn's bytearray would copy each
-        # one in, and copy them all out again for every message).
-        self.body_pieces: list[bytes] = []
+        # one in, and copy them all out again for every message); or, for a direct or a
+        # chunked body (in_batches), whole batches.
+        self.body_pieces: list[bytes | ReceivedBody] = []
         self.body_pending = 0
+        self.body_seen = 0  # Bytes of the body received so far.
+        self.in_batches = False
+        # The batch being filled, and how much of it is.
+        self.batch: ReceivedBody | None = None
+        self.batch_filled = 0
+
+    def direct_buffer(self, left: int, scratch: memoryview) -> memoryview:
+        """Where the next read of a direct body goes: the rest of the batch being filled,
+        sized to end with the body (`left` bytes still to come) if it ends within a batch;
+        `scratch` (the bytes are dropped) once the response is complete, as uvicorn drops
+        the rest of a body answered without it."""
+        if self.response_complete or self.disconnected:
+            return scratch[: min(left, len(scratch))]
+        batch = self.batch
+        if batch is None:
+            batch = self.batch = _batch_pool().take(min(left, BODY_BATCH))
+            self.batch_filled = 0
+        return memoryview(batch)[self.batch_filled :]
+
+    def direct_received(self, nbytes: int) -> bool:
+        """`nbytes` were read into `direct_buffer`'s answer; True if that filled a batch,
+        which is now the application's."""
+        batch = self.batch
+        if batch is None or self.response_complete or self.disconnected:
+            return False  # Read into the scratch buffer: dropped.
+        self.batch_filled += nbytes
+        self.body_pending += nbytes
+        self.body_seen += nbytes
+        if self.batch_filled < len(batch):
+            return False
+        self.body_pieces.append(batch)
+        self.batch = None
+        return True
+
+    def copy_into_batches(self, piece: bytes, left: int | None) -> bool:
+        """Copy a piece of the body that the parser produced into the batches (`left`: the
+        bytes of a direct body still to come before it; None for a chunked body, whose
+        length nobody knows); True if a batch filled."""
+        full = False
+        view = memoryview(piece)
+        while view:
+            target = self.direct_buffer(BODY_BATCH if left is None else left, view)
+            taken = min(len(target), len(view))
+            target[:taken] = view[:taken]
+            full = self.direct_received(taken) or full
+            view = view[taken:]
+            if left is not None:
+                left -= taken
+        return full
 
     def add_body(self, piece: bytes) -> int:
         """Keep a piece of the request body; returns the bytes now waiting (bytes)."""
         self.body_pieces.append(piece)
         self.body_pending += len(piece)
+        self.body_seen += len(piece)
         return self.body_pending
 
     async def receive(self) -> ASGIReceiveEvent:
@@ -221,19 +427,45 @@ class ZeroCopyCycle(RequestResponseCycle):
         if self.waiting_for_100_continue and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.waiting_for_100_continue = False
-        if not self.disconnected and not self.response_complete:
+        if not self.disconnected and not self.response_complete and not self._batch_ready():
             self.flow.resume_reading()
             # Set by on_body for a whole batch, by the body's end, a disconnect, or the end
             # of our response.
             await self.message_event.wait()
-            self.message_event.clear()
+        # A wake-up only (the state says what happened): one set for a batch taken now
+        # without waiting must not wake the next receive before its batch is there.
+        self.message_event.clear()
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
         pieces = self.body_pieces
-        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        self.body_pieces = []
-        self.body_pending = 0
-        return {"type": "http.request", "body": body, "more_body": self.more_body}
+        body: bytes | ReceivedBody
+        if self.in_batches:
+            # Whole batches, each handed over as it was filled (a direct body ends with one).
+            if pieces:
+                body = pieces.pop(0)
+            elif not self.more_body and self.batch is not None:
+                # A chunked body's last, partial batch: a copy, the batch stays pooled.
+                body = bytes(memoryview(self.batch)[: self.batch_filled])
+                self.batch = None
+            else:
+                body = b""
+            self.body_pending -= len(body)
+            more_body = self.more_body or bool(pieces) or self.batch is not None
+        else:
+            body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            self.body_pieces = []
+            self.body_pending = 0
+            more_body = self.more_body
+        # A ReceivedBody is a bytearray: a byte string to every consumer of the body here
+        # (ASGI's type says bytes), and theirs to keep.
+        return {"type": "http.request", "body": cast(bytes, body), "more_body": more_body}
+
+    def _batch_ready(self) -> bool:
+        # A second whole batch may be waiting (read while the first did), or the last of a
+        # chunked body after the one before it was taken.
+        return self.in_batches and (
+            bool(self.body_pieces) or (not self.more_body and self.batch is not None)
+        )
 
     async def send(self, message: Any) -> None:
         if message["type"] != ZERO_COPY_SEND:
@@ -291,3 +523,20 @@ class ZeroCopyCycle(RequestResponseCycle):
     def _abandon(self) -> None:
         self.disconnected = True  # Later sends are no-ops, as after a client disconnect.
         self.transport.close()
+
+
+def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
+    """(Content-Length, chunked): the length of a request body the server may read past the
+    parser (bytes; 0 if it has none), or True if a Transfer-Encoding frames it instead
+    (RFC 9112 6.3: it then overrides any Content-Length; the parser has refused a body
+    framed by neither). The parser has already refused a malformed or repeated length."""
+    length = 0
+    for name, value in headers:  # Names lower-cased by uvicorn's on_header.
+        if name == b"transfer-encoding":
+            return 0, True
+        if name == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or len(value) > 19:
+                return 0, False
+            length = int(value)
+    return length, False

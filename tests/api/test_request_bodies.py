@@ -7,6 +7,7 @@ nothing."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -17,7 +18,8 @@ import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cangku import server
-from cangku.server import BODY_BATCH, MIN_READ, ZeroCopyCycle
+from cangku.asgi import ReceivedBody
+from cangku.server import BODY_BATCH, DIRECT_BODY_MIN, MIN_READ, ZeroCopyCycle
 from tests.api.helpers import sha256
 from tests.api.test_slow_clients import BOUND, httpx_client, serving
 from tests.api.test_zero_copy_server import serve
@@ -194,18 +196,20 @@ async def test_bytes_past_the_content_length_are_the_next_request_not_the_upload
 async def test_the_application_receives_a_streamed_body_in_whole_batches(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Small reads are gathered: one ASGI message per BODY_BATCH bytes (the last shorter),
-    and while the application does not take a batch, no more than a batch and a read wait."""
+    """Small reads of a chunked body are gathered: one ASGI message per BODY_BATCH bytes
+    (the last shorter), and while the application does not take a batch, no more than a
+    batch and a read wait."""
     received: list[int] = []
+    kinds: list[type] = []
     waiting: list[int] = []
-    add_body = ZeroCopyCycle.add_body
+    copy_into_batches = ZeroCopyCycle.copy_into_batches
 
-    def recording_add_body(cycle: ZeroCopyCycle, piece: bytes) -> int:
-        pending = add_body(cycle, piece)
-        waiting.append(pending)
-        return pending
+    def recording_copy(cycle: ZeroCopyCycle, piece: bytes, left: int | None) -> bool:
+        full = copy_into_batches(cycle, piece, left)
+        waiting.append(cycle.body_pending)
+        return full
 
-    monkeypatch.setattr(ZeroCopyCycle, "add_body", recording_add_body)
+    monkeypatch.setattr(ZeroCopyCycle, "copy_into_batches", recording_copy)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -216,6 +220,7 @@ async def test_the_application_receives_a_streamed_body_in_whole_batches(
             message = await receive()
             more = message.get("more_body", False)
             received.append(len(message.get("body", b"")))
+            kinds.append(type(message.get("body", b"")))
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -234,6 +239,9 @@ async def test_the_application_receives_a_streamed_body_in_whole_batches(
     assert all(size >= BODY_BATCH for size in received[:-1]), received
     assert len(received) <= len(data) // BODY_BATCH + 1
     assert max(waiting) < BODY_BATCH + MIN_READ
+    # Copied into pooled batches (a join took a fresh buffer each time); the last, partial
+    # one copied out of its batch.
+    assert kinds == [ReceivedBody] * (len(kinds) - 1) + [bytes]
 
 
 async def test_over_tls_bodies_arrive_whole_through_the_same_path(
@@ -263,3 +271,188 @@ async def test_over_tls_bodies_arrive_whole_through_the_same_path(
 def test_the_server_protocol_reads_into_its_own_buffer() -> None:
     # asyncio's transports call get_buffer/buffer_updated (recv_into) for a BufferedProtocol.
     assert issubclass(server.ZeroCopyHttpProtocol, asyncio.BufferedProtocol)
+
+
+class Recorder:
+    """An ASGI app that answers `/early` at once, without reading the body, and anything else
+    with the sha256 of the body it read; it notes each body message it received."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, type, int]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/early":
+            headers = [(b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 413, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        hasher, more = hashlib.sha256(), True
+        while more:
+            message = await receive()
+            assert message["type"] == "http.request"
+            body = message.get("body", b"")
+            self.messages.append((scope["path"], type(body), len(body)))
+            hasher.update(body)
+            more = message.get("more_body", False)
+        digest = hasher.hexdigest().encode()
+        headers = [(b"content-length", str(len(digest)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": digest})
+
+
+def request(path: str, body: bytes) -> bytes:
+    return f"PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def test_a_content_length_body_is_read_straight_into_the_batches_the_application_gets(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its headers, a large Content-Length body never goes through the parser: each
+    read lands in the batch that the application then receives as it is (ReceivedBody)."""
+    through_parser: list[int] = []
+    on_body = server.ZeroCopyHttpProtocol.on_body
+
+    def counting_on_body(protocol: server.ZeroCopyHttpProtocol, body: bytes) -> None:
+        through_parser.append(len(body))
+        on_body(protocol, body)
+
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "on_body", counting_on_body)
+    recorder = Recorder()
+    data = os.urandom(3 * BODY_BATCH + 17)
+    async with serving(recorder, data_dir) as port:
+        reader, writer = await connect(port)
+        message = request("/upload", data)
+        writer.write(message[: -len(data) + 1000])  # The headers and the body's first bytes.
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(message[-len(data) + 1000 :])
+        status, _, digest = await read_response(reader)
+        writer.close()
+    assert (status, digest.decode()) == (200, sha256(data).removeprefix("sha256:"))
+    assert sum(through_parser) <= 1000
+    assert [kind for _, kind, _ in recorder.messages] == [ReceivedBody] * 4
+    assert [size for _, _, size in recorder.messages] == [BODY_BATCH] * 3 + [17]
+
+
+async def test_direct_bodies_pipelined_with_early_answers_and_small_bodies(
+    data_dir: Path,
+) -> None:
+    """On one keep-alive connection, in one write: a large body answered before it was read
+    (its bytes are dropped), a large body read, a body of DIRECT_BODY_MIN bytes (likely whole
+    in the headers' read), a small one and a chunked one: each answered in turn, rightly."""
+    recorder = Recorder()
+    large, second = os.urandom(2 * BODY_BATCH + 5), os.urandom(BODY_BATCH + 1)
+    edge, small, encoded = os.urandom(DIRECT_BODY_MIN), b"small", os.urandom(70_000)
+    async with serving(recorder, data_dir) as port:
+        reader, writer = await connect(port)
+        writer.write(
+            request("/early", large)
+            + request("/second", second)
+            + request("/edge", edge)
+            + request("/small", small)
+            + b"PUT /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunked(encoded, [1000, 30_000])
+            + request("/last", large)
+        )
+        await writer.drain()
+        answers = [await read_response(reader) for _ in range(6)]
+        writer.close()
+    assert [status for status, _, _ in answers] == [413, 200, 200, 200, 200, 200]
+    assert [body.decode() for _, _, body in answers[1:]] == [
+        sha256(body).removeprefix("sha256:") for body in (second, edge, small, encoded, large)
+    ]
+    assert "/early" not in {path for path, _, _ in recorder.messages}
+
+
+async def test_over_tls_a_content_length_body_is_read_straight_into_batches_too(
+    tmp_path: Path,
+) -> None:
+    tls = make_tls_files(tmp_path / "tls", [])
+    recorder = Recorder()
+    data = os.urandom(2 * BODY_BATCH + 3)
+    async for port in serve(recorder, tmp_path / "data", tls):
+        base_url = f"https://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base_url, verify=tls.context()) as client:
+            answer = await client.put("/upload", content=data)
+    assert answer.text == sha256(data).removeprefix("sha256:")
+    assert [kind for _, kind, _ in recorder.messages] == [ReceivedBody] * 3
+
+
+def test_a_pooled_batch_is_reused_only_once_nobody_holds_it() -> None:
+    pool = server.BatchPool()
+    first = pool.take(BODY_BATCH)
+    second = pool.take(BODY_BATCH)
+    assert second is not first  # `first` is still held here.
+    view = memoryview(second)
+    del first
+    third = pool.take(BODY_BATCH)
+    assert third is not second  # A memoryview of `second` can still read it.
+    view.release()
+    del view, second
+    reused = pool.take(BODY_BATCH)
+    assert reused is not third
+    assert any(batch is reused for batch in pool.batches[1:])
+    last = pool.take(BODY_BATCH - 1)  # The last of a body: its own.
+    assert not any(batch is last for batch in pool.batches)
+
+
+async def test_batches_the_application_keeps_are_never_read_into_again(data_dir: Path) -> None:
+    """Batches come from a pool (BatchPool): one the application still holds after its
+    request keeps its bytes through the requests after it."""
+    kept: list[bytes] = []
+
+    async def keeping_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            message = await receive()
+            kept.append(message["body"])
+            more = message.get("more_body", False)
+        headers = [(b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    bodies = [os.urandom(3 * BODY_BATCH) for _ in range(8)]
+    async with serving(keeping_app, data_dir) as port:
+        reader, writer = await connect(port)
+        for body in bodies:
+            writer.write(request("/keep", body))
+            status, _, _ = await read_response(reader)
+            assert status == 200
+        writer.close()
+    assert b"".join(kept) == b"".join(bodies)
+    assert all(isinstance(body, ReceivedBody) for body in kept)
+
+
+async def test_a_slow_stream_is_read_in_fewer_larger_reads(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its first batch, a body arriving in small writes is read after COALESCE_DELAY
+    pauses, many writes at a time (one wake-up each), and still arrives whole."""
+    reads: list[int] = []
+    buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
+
+    def counting(protocol: server.ZeroCopyHttpProtocol, nbytes: int) -> None:
+        reads.append(nbytes)
+        buffer_updated(protocol, nbytes)
+
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", counting)
+    recorder = Recorder()
+    piece, pieces = 8 * 1024, 3 * BODY_BATCH // (8 * 1024)
+    data = os.urandom(piece * pieces)
+    async with serving(recorder, data_dir) as port:
+        reader, writer = await connect(port)
+        writer.write(b"PUT /slow HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for offset in range(0, len(data), piece):
+            writer.write(b"%x\r\n" % piece + data[offset : offset + piece] + b"\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.0005)  # ~16 MB/s: slower than the server reads.
+        writer.write(b"0\r\n\r\n")
+        status, _, digest = await read_response(reader)
+        writer.close()
+    assert (status, digest.decode()) == (200, sha256(data).removeprefix("sha256:"))
+    # The first batch as it comes (one read per write, about); the rest in fewer reads.
+    assert len(reads) < pieces * 2 // 3, (len(reads), pieces)

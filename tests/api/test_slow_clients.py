@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
 from cangku.config import Settings
 from cangku.connections import LimitedConfig
-from cangku.server import server_config
+from cangku.server import DIRECT_BODY_MIN, server_config
 from tests.api.helpers import push_blob, sha256
 
 HEADER_TIMEOUT = 0.6
@@ -133,16 +134,24 @@ async def test_a_pipelined_request_s_header_deadline_waits_for_a_long_response(
     assert rest[len(data) :].startswith(b"HTTP/1.1 408 ")
 
 
+# A small body goes through the parser; a large one is read past it (server.py, direct).
+BODY_SIZES = [1000, 4 * DIRECT_BODY_MIN]
+
+
+@pytest.mark.parametrize("size", BODY_SIZES)
 async def test_a_client_that_stops_sending_its_body_is_disconnected(
-    app: ASGIApp, data_dir: Path
+    app: ASGIApp, data_dir: Path, size: int
 ) -> None:
-    data = b"x" * 1000
+    data = b"x" * size
     async with serving(app, data_dir) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
             b"POST /v2/jimo/app/blobs/uploads/?digest=" + sha256(data).encode() + b" HTTP/1.1\r\n"
-            b"Host: registry.test\r\nContent-Length: 1000\r\n\r\n" + data[:100]
+            b"Host: registry.test\r\nContent-Length: %d\r\n\r\n" % size + data[:100]
         )
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(data[100 : size // 2])  # Past the headers' read, then nothing.
         await writer.drain()
         received, elapsed = await read_until_closed(reader)
         writer.close()
@@ -154,17 +163,21 @@ async def test_a_client_that_stops_sending_its_body_is_disconnected(
         assert head.status_code == 404
 
 
-async def test_a_slow_but_steady_body_is_not_cut_off(app: ASGIApp, data_dir: Path) -> None:
-    data = b"y" * 8
+@pytest.mark.parametrize("size", BODY_SIZES)
+async def test_a_slow_but_steady_body_is_not_cut_off(
+    app: ASGIApp, data_dir: Path, size: int
+) -> None:
+    data = os.urandom(size)
     async with serving(app, data_dir) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
             b"POST /v2/jimo/app/blobs/uploads/?digest=" + sha256(data).encode() + b" HTTP/1.1\r\n"
-            b"Host: registry.test\r\nContent-Length: 8\r\nConnection: close\r\n\r\n"
+            b"Host: registry.test\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size
         )
-        for byte in data:  # 8 x 0.25 s: longer in total than the idle timeout, never idle.
+        step = -(-size // 8)
+        for offset in range(0, size, step):  # 8 x 0.25 s: longer than the idle timeout.
             await asyncio.sleep(0.25)
-            writer.write(bytes([byte]))
+            writer.write(data[offset : offset + step])
             await writer.drain()
         received, _ = await read_until_closed(reader)
         writer.close()

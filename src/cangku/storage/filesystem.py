@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 
 import anyio.to_thread
 
+from cangku.asgi import ReceivedBody
 from cangku.content.digest import HEX_LENGTHS, Digest
 from cangku.content.errors import (
     BlobUnknown,
@@ -50,8 +51,16 @@ from cangku.storage.base import LocalFile, UploadAborted
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-# Hash and write in batches this large, off the event loop (hashlib releases the GIL).
-WRITE_BATCH = 1024 * 1024
+# Hash and write in batches this large, off the event loop (hashlib releases the GIL): a
+# thread hop per batch, ~55 us of CPU each on the project's machine (docs/performance.md).
+WRITE_BATCH = 4 * 1024 * 1024
+# Chunks from this size on that the writer may keep (bytes, the server's ReceivedBody) join a
+# batch as they are; smaller ones are copied together.
+KEEP_CHUNK = 64 * 1024
+# Bytes one write() call hands the kernel. The page cache sizes a new folio after the write
+# (ext4 on Linux >= 6.16): 1 MiB writes into a large file cost 0.9-1.3 ms of system time per
+# MB on the project's machine, 256 KiB writes 0.17 (docs/performance.md, "Push CPU").
+FILE_WRITE = 256 * 1024
 READ_CHUNK = 1024 * 1024
 # registry/sessions.py: upload id + repository key. Bare 32-digit ids are sessions from
 # before migration 0005; they are still listed so that garbage collection expires them.
@@ -315,45 +324,60 @@ class _NullHasher:
 async def _write_hashed(
     chunks: AsyncIterable[bytes], file: BinaryIO, hasher: _Hash | _NullHasher
 ) -> int:
-    """Stream chunks to `file`, hashing the same buffers.
+    """Stream chunks to `file`, hashing the same buffers; returns the bytes written.
 
-    Batches are hashed and written in a worker thread while the event loop keeps receiving
-    the next batch (hashlib and file writes release the GIL), so the network, the hash and
-    the disk overlap instead of taking turns. At most two batches are in memory.
+    Batches of WRITE_BATCH bytes are hashed and written in a worker thread while the event
+    loop keeps receiving the next batch (hashlib and file writes release the GIL), so the
+    network, the hash and the disk overlap instead of taking turns. A batch is a list of
+    the chunks as they came where the writer may keep them (bytes, the server's
+    ReceivedBody), copies of the others: at most two batches are in memory.
     """
-    batch = bytearray()
+    batch: list[bytes | bytearray] = []
+    batched = 0
+    copied = bytearray()  # Small or borrowed chunks, gathered into one piece of the batch.
     written = 0
     pending: asyncio.Future[None] | None = None
 
-    def flush(data: bytes | bytearray) -> None:
-        hasher.update(data)
-        file.write(data)
+    def flush(pieces: list[bytes | bytearray]) -> None:
+        for piece in pieces:
+            hasher.update(piece)
+            view = memoryview(piece)
+            for start in range(0, len(view), FILE_WRITE):
+                file.write(view[start : start + FILE_WRITE])
 
     try:
         async for chunk in chunks:
-            if not batch and len(chunk) >= WRITE_BATCH and isinstance(chunk, bytes):
-                # A whole batch as it came (the server hands bodies over in batches of this
-                # size, server.py BODY_BATCH): hashed and written without a copy. Only bytes:
-                # a producer may reuse a bytearray while the thread still reads it.
-                ready: bytes | bytearray = chunk
+            if len(chunk) >= KEEP_CHUNK and isinstance(chunk, bytes | ReceivedBody):
+                # Kept as it is. Only bytes or the server's own buffers: a producer may
+                # reuse a plain bytearray while the thread still reads it.
+                if copied:
+                    batch.append(copied)
+                    copied = bytearray()
+                batch.append(chunk)
             else:
-                batch += chunk
-                if len(batch) < WRITE_BATCH:
-                    continue
-                ready, batch = batch, bytearray()
+                copied += chunk
+            batched += len(chunk)
+            if batched < WRITE_BATCH:
+                continue
+            if copied:
+                batch.append(copied)
+                copied = bytearray()
             if pending is not None:
                 await pending
-            pending = asyncio.ensure_future(anyio.to_thread.run_sync(flush, ready))
-            written += len(ready)
+            pending = asyncio.ensure_future(anyio.to_thread.run_sync(flush, batch))
+            written += batched
+            batch, batched = [], 0
     finally:
         # Never leave a write running behind the caller's back (e.g. a truncate on failure).
         if pending is not None:
             await asyncio.shield(pending)
+    if copied:
+        batch.append(copied)
     if batch:
         # In a thread as well: a write can block on the disk (dirty-page throttling when the
         # machine writes a lot), and the event loop serves every other request meanwhile.
         await anyio.to_thread.run_sync(flush, batch)
-        written += len(batch)
+        written += batched
     return written
 
 
