@@ -4,6 +4,7 @@ reads on the event loop keep one connection and still see every commit."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -177,3 +178,22 @@ async def test_reads_on_another_thread_use_a_connection_of_their_own(
 
     assert await asyncio.to_thread(elsewhere) == names == ["one"]
     assert checkouts[0] == 1
+
+
+async def test_a_write_transaction_holds_the_write_lock_from_its_start(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    # BEGIN IMMEDIATE: another process's writer waits (busy timeout) from the first moment,
+    # not only once this transaction has written something.
+    def attempt_elsewhere(connection: Connection) -> str:
+        assert connection.connection.driver_connection.in_transaction  # type: ignore[union-attr]
+        other = sqlite3.connect(tmp_path / "cangku.db", timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            return str(error)
+        finally:
+            other.close()
+        return "not locked"
+
+    assert await store.write(attempt_elsewhere) == "database is locked"
