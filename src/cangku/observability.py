@@ -539,7 +539,7 @@ class ObservedApp:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        # 64 random bits as 16 hex digits; os.urandom directly, not a UUID object (~1.5 µs).
+        # 64 random bits as 16 hex digits; os.urandom directly, not a UUID object (~2 µs less).
         request_id = os.urandom(8).hex()
         # Not reset afterwards: each request runs in a task (and context) of its own, and
         # uvicorn's own record of an unhandled error comes after the app returned.
