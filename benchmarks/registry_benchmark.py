@@ -991,6 +991,7 @@ class Bench:
             ) -> float:
                 manifest = self.prepare_manifests(registry)
                 seconds = self.settings.wrk_seconds
+                cpu_before = registry.cpu_seconds()
                 url = f"{registry.base}/v2/bench/manifests/manifests/v1"
                 if method == "PUT":
                     prefix = f"c{c}-{time.time_ns()}"  # a distinct tag for every request
@@ -1002,6 +1003,10 @@ class Bench:
                 else:
                     result = run_hey(url, "HEAD", c, seconds, OCI_MANIFEST)
                 detail = f"p99 {result.p99_ms:.1f} ms"
+                if result.requests:
+                    # The server's CPU per request: steadier than req/s on a shared machine.
+                    spent = registry.cpu_seconds() - cpu_before
+                    detail += f", server CPU {spent / result.requests * 1e6:.0f} µs/request"
                 if result.errors:
                     detail += f", {result.errors} errors of {result.requests}"
                     row.notes[registry.name] = detail

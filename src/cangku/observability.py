@@ -21,10 +21,10 @@ import bisect
 import itertools
 import json
 import logging
+import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -539,7 +539,8 @@ class ObservedApp:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = uuid.uuid4().hex[:16]
+        # 64 random bits as 16 hex digits; os.urandom directly, not a UUID object (~2 µs less).
+        request_id = os.urandom(8).hex()
         # Not reset afterwards: each request runs in a task (and context) of its own, and
         # uvicorn's own record of an unhandled error comes after the app returned.
         REQUEST_ID.set(request_id)

@@ -6,10 +6,13 @@ only the directory (and `flock`, which locks per open file, as between processes
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import anyio.to_thread
 import pytest
 
 from cangku.content.digest import Digest
@@ -67,3 +70,25 @@ async def test_an_append_waiting_while_another_process_commits_finds_no_session(
     with pytest.raises(BlobUploadUnknown):
         await other.append_upload(upload_id, stream(b"more"), 4)
     assert await one.stat(Digest.of(data + late)) == len(data) + len(late)
+
+
+async def test_a_free_session_lock_is_taken_without_a_worker_thread(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread hop costs ~50 µs of CPU; a finishing PUT takes the lock twice. Only a lock
+    # another process holds is waited for in a thread (the tests above).
+    storage = FilesystemStorage(data_root)
+    upload_id = await new_upload(storage)
+    in_threads: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def recording(function: Any, *arguments: Any) -> Any:
+        in_threads.append(function)
+        return await run_sync(function, *arguments)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", recording)
+    data = os.urandom(100)
+    assert await storage.append_upload(upload_id, stream(data), len(data)) == len(data)
+    assert await storage.commit_upload(upload_id, Digest.of(data)) == len(data)
+    assert fcntl.flock not in in_threads
+    assert await storage.stat(Digest.of(data)) == len(data)

@@ -1,15 +1,17 @@
-"""MetadataStore: concurrent writes are committed together, each refused one alone."""
+"""MetadataStore: concurrent writes are committed together, each refused one alone; SQLite
+reads on the event loop keep one connection and still see every commit."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from cangku.metadata.schema import repositories
 from cangku.metadata.store import MetadataStore, sqlite_url
@@ -107,3 +109,91 @@ async def test_writes_queued_behind_a_fatal_error_end_instead_of_waiting(
     assert isinstance(first.exception(), Halt)
     assert behind.cancelled()
     assert await store.write(add("later")) == "later"  # a new writer task takes over
+
+
+def count_checkouts(store: MetadataStore) -> list[int]:
+    checkouts = [0]
+
+    def checked_out(*_: object) -> None:
+        checkouts[0] += 1
+
+    event.listen(store.engine, "checkout", checked_out)
+    return checkouts
+
+
+async def test_reads_on_the_event_loop_keep_one_connection(store: MetadataStore) -> None:
+    # A pool checkout and checkin cost ~30 µs, more than a typical read.
+    await store.read(lambda c: c.scalar(select(func.count()).select_from(repositories)))
+    checkouts = count_checkouts(store)
+    for _ in range(10):
+        await store.read(lambda c: c.scalar(select(func.count()).select_from(repositories)))
+        await store.read_cached(
+            ("names", _), lambda c: c.scalars(select(repositories.c.name)).all()
+        )
+    assert checkouts[0] == 0
+
+
+async def test_the_kept_read_connection_sees_every_commit(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    def count(connection: Connection) -> int:
+        return int(connection.scalar(select(func.count()).select_from(repositories)) or 0)
+
+    assert await store.read(count) == 0
+    await store.write(add("ours"))
+    assert await store.read(count) == 1
+    other = MetadataStore.open(sqlite_url(tmp_path))  # another process's connections
+    try:
+        await other.write(add("theirs"))
+    finally:
+        await other.close()
+    assert await store.read(count) == 2
+    assert await store.read(lambda c: c.scalars(select(repositories.c.name)).all()) == [
+        "ours",
+        "theirs",
+    ]
+
+
+async def test_a_failed_read_does_not_spoil_the_next(store: MetadataStore) -> None:
+    await store.write(add("one"))
+
+    def broken(connection: Connection) -> None:
+        connection.execute(text("SELECT no_such_column FROM repositories"))
+
+    with pytest.raises(OperationalError):
+        await store.read(broken)
+    assert await store.read(lambda c: c.scalars(select(repositories.c.name)).all()) == ["one"]
+
+
+async def test_reads_on_another_thread_use_a_connection_of_their_own(
+    store: MetadataStore,
+) -> None:
+    await store.write(add("one"))
+    names = await store.read(lambda c: c.scalars(select(repositories.c.name)).all())
+    checkouts = count_checkouts(store)
+
+    def elsewhere() -> list[str]:
+        # Another event loop in another thread (a metrics scrape, a test's own loop).
+        return asyncio.run(store.read(lambda c: list(c.scalars(select(repositories.c.name)))))
+
+    assert await asyncio.to_thread(elsewhere) == names == ["one"]
+    assert checkouts[0] == 1
+
+
+async def test_a_write_transaction_holds_the_write_lock_from_its_start(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    # BEGIN IMMEDIATE: another process's writer waits (busy timeout) from the first moment,
+    # not only once this transaction has written something.
+    def attempt_elsewhere(connection: Connection) -> str:
+        assert connection.connection.driver_connection.in_transaction  # type: ignore[union-attr]
+        other = sqlite3.connect(tmp_path / "cangku.db", timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            return str(error)
+        finally:
+            other.close()
+        return "not locked"
+
+    assert await store.write(attempt_elsewhere) == "database is locked"

@@ -22,6 +22,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
+    bindparam,
     cast,
     delete,
     func,
@@ -272,8 +273,14 @@ def namespace_holds(connection: Connection, namespace: str, digest: str) -> bool
     return bool(connection.scalar(select(held.c.digest).where(held.c.digest == digest).limit(1)))
 
 
+# On every blob upload request and every push's transaction (registry/blobs.py, usage.py):
+# built once (building it costs more than running it).
+QUOTA_LIMIT = select(quotas.c.limit_bytes).where(quotas.c.namespace == bindparam("quota_namespace"))
+
+
 def quota_limit(connection: Connection, namespace: str) -> int | None:
-    limit = connection.scalar(select(quotas.c.limit_bytes).where(quotas.c.namespace == namespace))
+    """The namespace's quota in bytes, None without one."""
+    limit = connection.scalar(QUOTA_LIMIT, {"quota_namespace": namespace})
     return None if limit is None else int(limit)
 
 

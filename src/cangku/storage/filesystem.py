@@ -267,8 +267,13 @@ class FilesystemStorage:
                 self._forget_upload(upload_id)
                 raise BlobUploadUnknown("unknown upload") from None
             with file:
-                # In a thread: another process may hold it for a whole PATCH.
-                await anyio.to_thread.run_sync(fcntl.flock, file.fileno(), fcntl.LOCK_EX)
+                try:
+                    # Free (the usual case): taken here, without a thread hop (~50 µs of CPU,
+                    # twice per finishing PUT).
+                    fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    # In a thread: another process may hold it for a whole PATCH.
+                    await anyio.to_thread.run_sync(fcntl.flock, file.fileno(), fcntl.LOCK_EX)
                 if not _names(path, file):  # Committed or cancelled elsewhere meanwhile.
                     self._forget_upload(upload_id)
                     raise BlobUploadUnknown("unknown upload")

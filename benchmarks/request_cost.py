@@ -1,0 +1,386 @@
+"""What one small request costs the server: CPU per request of each kind, builds side by side.
+
+    .venv/bin/python benchmarks/request_cost.py [--cangku PROGRAM ...] [--auth] [--rounds 3]
+        [--requests 2000] [--only KIND,...] [--profile DIR]
+
+Starts one `cangku serve` per `--cangku` program (default: this tree's `.venv/bin/cangku`;
+e.g. `/work/bench-old/.venv/bin/cangku` for an older build) on free loopback ports, each with
+its own data directory and without per-request logging, pushes the same small image to each,
+then sends loops of each small request kind over one keep-alive connection (http.client: a
+lean client, as the image-pusher row of registry_benchmark.py) and reads the server's CPU time
+(user + system, /proc/PID/stat) before and after each loop. Rounds alternate the servers'
+order (A, B, B, A, ...). Prints, per kind, the median over rounds of server CPU µs per request
+and the load average; the wall time per request is printed too, but on a shared machine it
+is noise.
+
+Kinds: `base` (GET /v2/), `blob-head` (HEAD of a blob), `manifest-get`, `manifest-head` (by
+tag), `upload-post` (POST .../blobs/uploads/), `upload-put` (PUT ?digest= finishing each
+session with a 1 KiB blob: the monolithic upload's second request), `upload-put-1m` (the same
+with 1 MiB blobs, a tenth as many), `manifest-put` (a new tag each time, the same manifest).
+
+`--auth` starts the servers with authentication (not `--open`): every request carries a bearer
+token for `bench/cost` fetched once from /auth/token with the initial admin's password.
+`--profile DIR` records each kind's loop with py-spy (`-f raw`, and `--profile-options`,
+default `--nonblocking`), one file per
+server and kind, in the first round only; `py-spy` must be on PATH or beside the interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+
+from registry_benchmark import (
+    CLOCK_TICKS,
+    OCI_MANIFEST,
+    REPO_ROOT,
+    free_loopback_port,
+    image_manifest,
+)
+
+KINDS = (
+    "base",
+    "blob-head",
+    "manifest-get",
+    "manifest-head",
+    "upload-post",
+    "upload-put",
+    "upload-put-1m",
+    "manifest-put",
+)
+REPOSITORY = "bench/cost"
+# Upload sessions open at once per loop step: below uploads.max_open_per_owner (64).
+SESSION_BATCH = 32
+
+
+class Server:
+    def __init__(self, label: str, program: str, root: Path, auth: bool) -> None:
+        self.label = label
+        self.port = free_loopback_port()
+        self.data = root / label / "data"
+        self.data.mkdir(parents=True)
+        self.log_path = root / label / "server.log"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("CANGKU_")}
+        environment["CANGKU_LOG_LEVEL"] = "warning"
+        argv = [program, "serve", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data)]
+        if not auth:
+            argv.append("--open")
+        with self.log_path.open("wb") as log_file:
+            self.process = subprocess.Popen(
+                argv,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.headers: dict[str, str] = {}
+        self.connection: http.client.HTTPConnection | None = None
+
+    def wait_until_ready(self, auth: bool) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.label} exited:\n{self.log_path.read_text()[-2000:]}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                connection.request("GET", "/v2/")
+                status = connection.getresponse().status
+                connection.close()
+                if status in (200, 401):
+                    break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"{self.label} did not answer in 60 s")
+        if auth:
+            self.headers = {"Authorization": f"Bearer {self.fetch_token()}"}
+        self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+
+    def fetch_token(self) -> str:
+        password_file = self.data / "initial-admin-password"
+        for _ in range(100):
+            if password_file.exists():
+                break
+            time.sleep(0.1)
+        password = password_file.read_text().strip()
+        basic = base64.b64encode(f"admin:{password}".encode()).decode()
+        query = urllib.parse.urlencode(
+            {"service": self.service(), "scope": f"repository:{REPOSITORY}:pull,push"}
+        )
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        connection.request(
+            "GET", f"/auth/token?{query}", headers={"Authorization": f"Basic {basic}"}
+        )
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        if response.status != 200:
+            raise RuntimeError(f"{self.label}: token: HTTP {response.status} {body[:200]!r}")
+        return str(json.loads(body)["token"])
+
+    def service(self) -> str:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        connection.request("GET", "/v2/")
+        response = connection.getresponse()
+        response.read()
+        challenge = response.headers.get("WWW-Authenticate", "")
+        connection.close()
+        for part in challenge.split(","):
+            key, _, value = part.strip().partition("=")
+            if key.endswith("service"):
+                return value.strip('"')
+        raise RuntimeError(f"{self.label}: no service in the challenge {challenge!r}")
+
+    def reconnect(self) -> None:
+        """A fresh connection and one unmeasured request: the server closes idle ones."""
+        if self.connection is not None:
+            self.connection.close()
+        self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        self.expect(200, "GET", "/v2/")
+
+    def request(
+        self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> http.client.HTTPResponse:
+        assert self.connection is not None
+        self.connection.request(
+            method, target, body=body, headers={**self.headers, **(headers or {})}
+        )
+        response = self.connection.getresponse()
+        response.read()
+        return response
+
+    def expect(
+        self,
+        status: int,
+        method: str,
+        target: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> http.client.HTTPResponse:
+        response = self.request(method, target, body, headers)
+        if response.status != status:
+            raise RuntimeError(f"{self.label}: {method} {target}: HTTP {response.status}")
+        return response
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def stop(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def push_blob(server: Server, data: bytes) -> str:
+    digest = sha256_digest(data)
+    started = server.expect(202, "POST", f"/v2/{REPOSITORY}/blobs/uploads/")
+    server.expect(201, "PUT", with_digest(started.headers["Location"], digest), data)
+    return digest
+
+
+def with_digest(location: str, digest: str) -> str:
+    parts = urllib.parse.urlsplit(location)
+    separator = "&" if parts.query else ""
+    return f"{parts.path}?{parts.query}{separator}digest={digest}"
+
+
+class Fixture:
+    """The image every server holds before the loops: a config and one layer, tag `v1`."""
+
+    def __init__(self) -> None:
+        self.layer = os.urandom(1024)
+        self.config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+        self.manifest = image_manifest(self.config, [self.layer])
+        self.layer_digest = sha256_digest(self.layer)
+
+    def push(self, server: Server) -> None:
+        push_blob(server, self.config)
+        push_blob(server, self.layer)
+        server.expect(
+            201,
+            "PUT",
+            f"/v2/{REPOSITORY}/manifests/v1",
+            self.manifest,
+            {"Content-Type": OCI_MANIFEST},
+        )
+
+
+def measure_kind(
+    server: Server, kind: str, count: int, fixture: Fixture, round_index: int
+) -> tuple[float, float, int]:
+    """(server CPU seconds, wall seconds, requests) of `count` requests of `kind`."""
+    accept = {"Accept": OCI_MANIFEST}
+    simple: dict[str, Callable[[], object]] = {
+        "base": lambda: server.expect(200, "GET", "/v2/"),
+        "blob-head": lambda: server.expect(
+            200, "HEAD", f"/v2/{REPOSITORY}/blobs/{fixture.layer_digest}"
+        ),
+        "manifest-get": lambda: server.expect(
+            200, "GET", f"/v2/{REPOSITORY}/manifests/v1", headers=accept
+        ),
+        "manifest-head": lambda: server.expect(
+            200, "HEAD", f"/v2/{REPOSITORY}/manifests/v1", headers=accept
+        ),
+    }
+    if kind in simple:
+        call = simple[kind]
+        cpu, wall = server.cpu_seconds(), time.perf_counter()
+        for _ in range(count):
+            call()
+        return server.cpu_seconds() - cpu, time.perf_counter() - wall, count
+    if kind == "manifest-put":
+        headers = {"Content-Type": OCI_MANIFEST}
+        cpu, wall = server.cpu_seconds(), time.perf_counter()
+        for index in range(count):
+            server.expect(
+                201,
+                "PUT",
+                f"/v2/{REPOSITORY}/manifests/r{round_index}-{index}",
+                fixture.manifest,
+                headers,
+            )
+        return server.cpu_seconds() - cpu, time.perf_counter() - wall, count
+    # The upload kinds: sessions started in batches, then finished; only the kind's own
+    # requests are inside the measured interval.
+    size = 1024 * 1024 if kind == "upload-put-1m" else 1024
+    if kind == "upload-put-1m":
+        count = max(SESSION_BATCH, count // 10)
+    total_cpu = total_wall = 0.0
+    done = 0
+    while done < count:
+        batch = min(SESSION_BATCH, count - done)
+        blobs = [os.urandom(size) for _ in range(batch)]
+        digests = [sha256_digest(blob) for blob in blobs]
+        cpu, wall = server.cpu_seconds(), time.perf_counter()
+        locations = [
+            server.expect(202, "POST", f"/v2/{REPOSITORY}/blobs/uploads/").headers["Location"]
+            for _ in range(batch)
+        ]
+        if kind == "upload-post":
+            total_cpu += server.cpu_seconds() - cpu
+            total_wall += time.perf_counter() - wall
+        cpu, wall = server.cpu_seconds(), time.perf_counter()
+        for location, blob, digest in zip(locations, blobs, digests, strict=True):
+            server.expect(201, "PUT", with_digest(location, digest), blob)
+        if kind != "upload-post":
+            total_cpu += server.cpu_seconds() - cpu
+            total_wall += time.perf_counter() - wall
+        done += batch
+    return total_cpu, total_wall, done
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(found).exists():
+        raise SystemExit("--profile needs py-spy (pip install py-spy)")
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cangku", action="append", help="a cangku program (repeatable)")
+    parser.add_argument("--label", action="append", help="a label per --cangku")
+    parser.add_argument("--auth", action="store_true", help="bearer tokens instead of --open")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=2000, help="per kind and round")
+    parser.add_argument("--only", help="comma-separated kinds")
+    parser.add_argument("--profile", type=Path, help="directory for py-spy raw profiles")
+    parser.add_argument(
+        "--profile-options",
+        default="--nonblocking",
+        help="py-spy record options (e.g. '--gil': only the thread holding the GIL)",
+    )
+    args = parser.parse_args()
+    programs = args.cangku or [str(REPO_ROOT / ".venv/bin/cangku")]
+    labels = args.label or [f"build-{i}" for i in range(len(programs))]
+    if len(labels) != len(programs):
+        parser.error("one --label per --cangku")
+    kinds = [k for k in KINDS if args.only is None or k in args.only.split(",")]
+    root = Path(tempfile.mkdtemp(prefix="cangku-request-cost-"))
+    servers = [
+        Server(label, program, root, args.auth)
+        for label, program in zip(labels, programs, strict=True)
+    ]
+    fixture = Fixture()
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    try:
+        for server in servers:
+            server.wait_until_ready(args.auth)
+            fixture.push(server)
+        print(f"load average before: {os.getloadavg()}", flush=True)
+        for round_index in range(args.rounds):
+            order = servers if round_index % 2 == 0 else list(reversed(servers))
+            for kind in kinds:
+                for server in order:
+                    profiler = None
+                    if args.profile is not None and round_index == 0:
+                        args.profile.mkdir(parents=True, exist_ok=True)
+                        output = args.profile / f"{server.label}-{kind}.txt"
+                        command = [py_spy(), "record", *args.profile_options.split()]
+                        command += ["-f", "raw", "-r", "250", "-o", str(output)]
+                        profiler = subprocess.Popen(
+                            [*command, "-p", str(server.process.pid)],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                        time.sleep(1.0)
+                    server.reconnect()
+                    cpu, wall, count = measure_kind(
+                        server, kind, args.requests, fixture, round_index
+                    )
+                    if profiler is not None:
+                        profiler.send_signal(signal.SIGINT)
+                        profiler.wait(timeout=30)
+                    per_request = (cpu / count * 1e6, wall / count * 1e6)
+                    results.setdefault((server.label, kind), []).append(per_request)
+                    print(
+                        f"round {round_index + 1} {server.label:>10} {kind:>14}: "
+                        f"{per_request[0]:8.1f} µs CPU, {per_request[1]:8.1f} µs wall",
+                        flush=True,
+                    )
+        print(f"load average after: {os.getloadavg()}")
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    mode = "bearer token" if args.auth else "--open"
+    print(f"\nserver CPU µs per request, median of {args.rounds} rounds ({mode}; all rounds):\n")
+    print("| request | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for kind in kinds:
+        cells = []
+        for label in labels:
+            values = [cpu for cpu, _ in results[(label, kind)]]
+            rounds = ", ".join(f"{v:.0f}" for v in values)
+            cells.append(f"{statistics.median(values):.0f} ({rounds})")
+        print(f"| {kind} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
