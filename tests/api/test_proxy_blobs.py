@@ -124,6 +124,24 @@ async def setup(
         await metadata.close()
 
 
+@pytest.fixture
+def joined(monkeypatch: pytest.MonkeyPatch) -> asyncio.Queue[None]:
+    """One item each time a request starts waiting for a transfer another request leads
+    (`MirroredBlobs._wait`): the test knows the joiner has joined, rather than guessing
+    with a sleep (a sleep let the joiner lead instead on a slow storage, e.g. S3)."""
+    joins: asyncio.Queue[None] = asyncio.Queue()
+    wait = proxy_blobs.MirroredBlobs._wait
+
+    async def counted(
+        self: proxy_blobs.MirroredBlobs, flight: proxy_blobs.Flight, digest: Digest
+    ) -> None:
+        joins.put_nowait(None)
+        await wait(self, flight, digest)
+
+    monkeypatch.setattr(proxy_blobs.MirroredBlobs, "_wait", counted)
+    return joins
+
+
 async def _push(client: httpx.AsyncClient, name: str, tag: str, layers: list[bytes]) -> str:
     """Push an image with these layers; its manifest digest."""
     config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
@@ -174,15 +192,6 @@ async def _asgi_get(
         "server": ("registry.test", 80),
     }
     await app(scope, receive, send)
-
-
-async def _joined(setup: Setup) -> None:
-    """Until a second request has asked the upstream for the blob's size (the HEAD its
-    `stat` sends), and a moment more: it has joined the transfer in progress by then."""
-    async with asyncio.timeout(30):
-        while [method for method, _ in setup.gate.requests].count("HEAD") < 2:
-            await asyncio.sleep(0.005)
-    await asyncio.sleep(0.05)
 
 
 def _body(sent: list[Message]) -> bytes:
@@ -250,23 +259,24 @@ async def test_eight_concurrent_cold_pulls_transfer_each_blob_once(setup: Setup)
 
 
 async def test_a_blob_corrupted_upstream_aborts_the_transfer_and_is_not_cached(
-    setup: Setup,
+    setup: Setup, joined: asyncio.Queue[None]
 ) -> None:
     layer = os.urandom(4 * UPSTREAM_CHUNK)
     await _push(setup.upstream, "library/alpine", "3", [layer])
     setup.gate.corrupt = True
-    setup.gate.delay = 0.01
+    setup.gate.hold = asyncio.Event()
     path = f"/v2/docker.io/library/alpine/blobs/{sha256(layer)}"
     sent: list[Message] = []
-    leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, sent))
-    # The leader's transfer has started (its GET upstream): not a fixed sleep, which a busy
-    # machine or a database read in a thread can outlast, making the "joiner" the leader.
-    async with asyncio.timeout(30):
-        while not setup.gate.blob_gets():
-            await asyncio.sleep(0.001)
-    joiner = await setup.mirror.get(path)  # joins the transfer in progress
+    first_body = asyncio.Event()
+    leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, sent, first_body))
+    # The leader streams (the upstream holds after its first chunks) before the joiner asks.
+    await asyncio.wait_for(first_body.wait(), 10)
+    joining = asyncio.create_task(setup.mirror.get(path))
+    await asyncio.wait_for(joined.get(), 10)  # joined the transfer in progress
+    setup.gate.hold.set()
     with pytest.raises(Exception, match="does not match"):
-        await leader
+        await asyncio.wait_for(leader, 10)
+    joiner = await asyncio.wait_for(joining, 10)
     # The leader got a head start of bytes, never the whole body nor its end.
     assert len(_body(sent)) < len(layer) and not _completed(sent)
     assert joiner.status_code == 503 and error_code(joiner) == "UNAVAILABLE"
@@ -398,7 +408,7 @@ async def test_blobs_of_a_mirror_cannot_be_pushed_mounted_or_deleted(setup: Setu
 
 
 async def test_a_first_client_that_disconnects_does_not_cut_the_transfer_short_for_others(
-    setup: Setup,
+    setup: Setup, joined: asyncio.Queue[None]
 ) -> None:
     layer = os.urandom(6 * UPSTREAM_CHUNK)
     await _push(setup.upstream, "library/alpine", "3", [layer])
@@ -408,7 +418,7 @@ async def test_a_first_client_that_disconnects_does_not_cut_the_transfer_short_f
     leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, [], first_body))
     await asyncio.wait_for(first_body.wait(), 10)
     joiner = asyncio.create_task(setup.mirror.get(path))
-    await _joined(setup)  # the joiner waits for the transfer in progress
+    await asyncio.wait_for(joined.get(), 10)  # the joiner waits for the transfer in progress
     leader.cancel()  # the first client goes away mid-transfer
     with pytest.raises(asyncio.CancelledError):
         await leader
@@ -429,7 +439,7 @@ async def test_in_process_readers_get_an_uncached_blob_through_the_cache(setup: 
 
 
 async def test_a_transfer_cancelled_mid_way_aborts_the_first_client_and_fails_the_others(
-    setup: Setup,
+    setup: Setup, joined: asyncio.Queue[None]
 ) -> None:
     layer = os.urandom(6 * UPSTREAM_CHUNK)
     await _push(setup.upstream, "library/alpine", "3", [layer])
@@ -440,7 +450,7 @@ async def test_a_transfer_cancelled_mid_way_aborts_the_first_client_and_fails_th
     leader = asyncio.create_task(_asgi_get(setup.mirror_app, path, sent, first_body))
     await asyncio.wait_for(first_body.wait(), 10)
     joiner = asyncio.create_task(setup.mirror.get(path))
-    await _joined(setup)
+    await asyncio.wait_for(joined.get(), 10)
     blobs = setup.registry.repository("docker.io/library/alpine").blobs
     flight = blobs.flights[sha256(layer)]  # type: ignore[attr-defined]
     flight.task.cancel()  # as when the server stops
