@@ -13,7 +13,10 @@ long as it likes; a few hundred such connections exhaust the server. These hooks
   `connections.body_idle_timeout` seconds may pass without any, else the connection closes
   and the application sees a disconnect (an upload keeps nothing of the cut-off chunk).
   Time in which *we* stopped reading (flow control, `Expect: 100-continue` not yet
-  answered) does not count against the client (nginx's `client_body_timeout`);
+  answered) does not count against the client (nginx's `client_body_timeout`). A body
+  answered before it all came (401, 404, 413) is read and dropped for at most
+  `connections.header_timeout` seconds from the answer, then the connection closes (nginx's
+  `lingering_time`);
 - a **per-address cap**: an address holding `connections.per_address` connections gets a
   503 with `Retry-After` on the next one, closed at once. Addresses in
   `auth.trusted_proxies` are exempt: every client behind a reverse proxy shares its address.
@@ -141,6 +144,28 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.response_complete
+            and not self.pipeline
+            and self.timeout_keep_alive_task is None
+            and not self.transport.is_closing()
+        ):
+            # The end of a body answered before it came (dropped meanwhile): the connection
+            # is idle from here, as after a response; its bytes cancelled uvicorn's timer.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._awaiting_body and not self.transport.is_closing():
+            # Answered before the body was all there (401, 404, 413): the rest is read and
+            # dropped so that the connection can serve a next request, but for no longer than
+            # that request's headers may take (nginx's lingering_time); else any byte now and
+            # then would hold the connection open for good (uvicorn re-arms no timer).
+            self._arm_body_timer(self.limits.header_timeout)
 
     # -- timers ----------------------------------------------------------------------------
     def _arm_header_timer(self) -> None:
@@ -172,8 +197,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self._awaiting_body or self.transport.is_closing():
             return
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
-            return  # Answered without the body (uvicorn closes a connection left so).
+        if cycle is None:
+            return
+        if cycle.response_complete:
+            # The rest of a body answered without it did not come in time (on_response_complete).
+            log.info(
+                "closed a connection from %s: the rest of an answered body took over %.0f s",
+                self.client[0] if self.client else "?",
+                self.limits.header_timeout,
+            )
+            self.transport.close()
+            return
         if self.flow.read_paused or cycle.waiting_for_100_continue:
             # We are not reading (the application is busy with what it has, or has not asked
             # for the body yet): the client is not the slow one.
