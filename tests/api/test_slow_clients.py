@@ -218,6 +218,28 @@ async def test_a_body_answered_early_and_trickled_on_is_not_kept_open_for_good(
 
 
 @pytest.mark.parametrize("framing", LARGE_BODY_HEADS)
+async def test_a_body_answered_early_whose_rest_stops_coming_is_closed_after_keep_alive(
+    app: ASGIApp, data_dir: Path, framing: str
+) -> None:
+    # A byte after the answer cancelled uvicorn's keep-alive timeout; silence after it must
+    # not keep the connection open until the (long) header timeout, let alone for good.
+    async with serving(app, data_dir, keep_alive=0.5, header_timeout=30.0) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(UNKNOWN_UPLOAD + LARGE_BODY_HEADS[framing] + b"x")
+        head = await read_one_response(reader)
+        await asyncio.sleep(0.1)
+        writer.write(b"y")
+        await writer.drain()
+        started = time.monotonic()
+        received, _ = await read_until_closed(reader)
+        elapsed = time.monotonic() - started
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 404 ")
+    assert received == b""
+    assert 0.5 * 0.9 <= elapsed < BOUND
+
+
+@pytest.mark.parametrize("framing", LARGE_BODY_HEADS)
 async def test_a_body_answered_early_then_finished_is_closed_by_the_keep_alive_timeout(
     app: ASGIApp, data_dir: Path, framing: str
 ) -> None:
