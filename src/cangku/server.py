@@ -190,6 +190,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         # Bytes of the current request's body still to come past the parser (0: none).
         self._direct_left = 0
         self._coalescing: asyncio.TimerHandle | None = None
+        self._offered = RECEIVE_BUFFER  # Bytes the last get_buffer offered.
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -202,12 +203,15 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         cycle = self.cycle
         if self._direct_left:
-            return cast(ZeroCopyCycle, cycle).direct_buffer(self._direct_left, self._receive_view)
-        if isinstance(cycle, ZeroCopyCycle) and cycle.more_body:
+            view = cast(ZeroCopyCycle, cycle).direct_buffer(self._direct_left, self._receive_view)
+        elif isinstance(cycle, ZeroCopyCycle) and cycle.more_body:
             # Mid-body: read no more than the batch has room for (at least MIN_READ), so
             # that a connection whose batch waits holds little more than the batch.
-            return self._receive_view[: max(BODY_BATCH - cycle.body_pending, MIN_READ)]
-        return self._receive_view
+            view = self._receive_view[: max(BODY_BATCH - cycle.body_pending, MIN_READ)]
+        else:
+            view = self._receive_view
+        self._offered = len(view)
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._direct_left:
@@ -216,7 +220,9 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             # The parser copies what it keeps (URL, headers, body pieces) into bytes of their
             # own before this returns, so the buffer is free for the next read.
             self.data_received(self._receive_view[:nbytes])  # type: ignore[arg-type]
-        if nbytes < COALESCE_BELOW:
+        # A read cut short by the room we gave (a batch's staged start, its last bytes) says
+        # nothing of the client's pace: only one that took less than offered is slow.
+        if nbytes < COALESCE_BELOW and nbytes < self._offered:
             self._coalesce_reads()
 
     def _coalesce_reads(self) -> None:
