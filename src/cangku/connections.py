@@ -13,7 +13,11 @@ long as it likes; a few hundred such connections exhaust the server. These hooks
   `connections.body_idle_timeout` seconds may pass without any, else the connection closes
   and the application sees a disconnect (an upload keeps nothing of the cut-off chunk).
   Time in which *we* stopped reading (flow control, `Expect: 100-continue` not yet
-  answered) does not count against the client (nginx's `client_body_timeout`);
+  answered) does not count against the client (nginx's `client_body_timeout`). A body
+  answered before it all came (401, 404, 413) is read and dropped for at most
+  `connections.header_timeout` seconds from the answer, with pauses no longer than uvicorn's
+  keep-alive timeout, then the connection closes (nginx's `lingering_time` and
+  `lingering_timeout`);
 - a **per-address cap**: an address holding `connections.per_address` connections gets a
   503 with `Retry-After` on the next one, closed at once. Addresses in
   `auth.trusted_proxies` are exempt: every client behind a reverse proxy shares its address.
@@ -94,6 +98,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._awaiting_body = False
         self._last_read_at = self.loop.time()
+        # While the rest of a body answered early is dropped: since when, and until when.
+        self._discard_started = self._discard_until = 0.0
         host = self.client[0] if self.client else ""
         if self.limits.capped(host):
             # `connections` already holds this one.
@@ -141,6 +147,32 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.response_complete
+            and not self.pipeline
+            and self.timeout_keep_alive_task is None
+            and not self.transport.is_closing()
+        ):
+            # The end of a body answered before it came (dropped meanwhile): the connection
+            # is idle from here, as after a response; its bytes cancelled uvicorn's timer.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._awaiting_body and not self.transport.is_closing():
+            # Answered before the body was all there (401, 404, 413): the rest is read and
+            # dropped so that the connection can serve a next request, but for no longer than
+            # that request's headers may take, nor with pauses longer than the keep-alive
+            # timeout (nginx's lingering_time and lingering_timeout); else any byte now and
+            # then would hold the connection open for good (uvicorn re-arms no timer).
+            now = self.loop.time()
+            self._discard_started = now
+            self._discard_until = now + self.limits.header_timeout
+            self._arm_body_timer(min(self.timeout_keep_alive, self.limits.header_timeout))
 
     # -- timers ----------------------------------------------------------------------------
     def _arm_header_timer(self) -> None:
@@ -172,8 +204,23 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self._awaiting_body or self.transport.is_closing():
             return
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
-            return  # Answered without the body (uvicorn closes a connection left so).
+        if cycle is None:
+            return
+        if cycle.response_complete:
+            # The rest of a body answered without it (on_response_complete): still coming?
+            now = self.loop.time()
+            idle_left = max(self._last_read_at, self._discard_started) + self.timeout_keep_alive
+            left = min(idle_left, self._discard_until) - now
+            if left > 0:
+                self._arm_body_timer(left)
+                return
+            log.info(
+                "closed a connection from %s: the rest of an answered request body did not "
+                "come in time",
+                self.client[0] if self.client else "?",
+            )
+            self.transport.close()
+            return
         if self.flow.read_paused or cycle.waiting_for_100_continue:
             # We are not reading (the application is busy with what it has, or has not asked
             # for the body yet): the client is not the slow one.

@@ -30,6 +30,9 @@ in user space; the storage writer hashes and writes that very buffer. The parser
 waits for the body, is replaced by a fresh one for the next request on the connection (the
 framing of a Content-Length body is its length: nothing in it is the parser's business).
 Bytes of the body that came in the headers' read go through the parser once, as before.
+A batch is taken only once `STAGED_MAX` bytes of it have come (they wait in a small buffer
+meanwhile), and a connection's batches are dropped with its response: a client that promises a
+large body and sends a byte holds a byte, not a 1 MiB batch.
 
 This builds on uvicorn internals (`_start_asgi_task`, `on_body`, the request cycle's fields
 and `receive`). uvicorn is pinned in pyproject.toml; tests/api/test_zero_copy_server.py and
@@ -75,6 +78,12 @@ MIN_READ = 64 * 1024
 DIRECT_BODY_MIN = 64 * 1024
 # Bytes of a direct body that arrive with its headers fill at most one batch.
 assert RECEIVE_BUFFER <= BODY_BATCH
+# A batch is taken once this much of it has come (or the rest of the body, if less): the
+# first read of each batch goes into the shared buffer, no larger than this, and is copied
+# out (one 64 KiB copy per 1 MiB); a batch taken at the first byte let a client that
+# promised a large body hold 1 MiB for a byte (100 connections: +100 MiB).
+STAGED_MAX = 64 * 1024
+assert STAGED_MAX <= RECEIVE_BUFFER
 # A read mid-body smaller than this pauses reading for COALESCE_DELAY seconds, so that the
 # next read takes what came meanwhile (at 40 MB/s, ~200 KB) instead of each small write.
 COALESCE_BELOW = 256 * 1024
@@ -181,6 +190,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         # Bytes of the current request's body still to come past the parser (0: none).
         self._direct_left = 0
         self._coalescing: asyncio.TimerHandle | None = None
+        self._offered = RECEIVE_BUFFER  # Bytes the last get_buffer offered.
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -193,12 +203,15 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         cycle = self.cycle
         if self._direct_left:
-            return cast(ZeroCopyCycle, cycle).direct_buffer(self._direct_left, self._receive_view)
-        if isinstance(cycle, ZeroCopyCycle) and cycle.more_body:
+            view = cast(ZeroCopyCycle, cycle).direct_buffer(self._direct_left, self._receive_view)
+        elif isinstance(cycle, ZeroCopyCycle) and cycle.more_body:
             # Mid-body: read no more than the batch has room for (at least MIN_READ), so
             # that a connection whose batch waits holds little more than the batch.
-            return self._receive_view[: max(BODY_BATCH - cycle.body_pending, MIN_READ)]
-        return self._receive_view
+            view = self._receive_view[: max(BODY_BATCH - cycle.body_pending, MIN_READ)]
+        else:
+            view = self._receive_view
+        self._offered = len(view)
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._direct_left:
@@ -207,7 +220,9 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             # The parser copies what it keeps (URL, headers, body pieces) into bytes of their
             # own before this returns, so the buffer is free for the next read.
             self.data_received(self._receive_view[:nbytes])  # type: ignore[arg-type]
-        if nbytes < COALESCE_BELOW:
+        # A read cut short by the room we gave (a batch's staged start, its last bytes) says
+        # nothing of the client's pace: only one that took less than offered is slow.
+        if nbytes < COALESCE_BELOW and nbytes < self._offered:
             self._coalesce_reads()
 
     def _coalesce_reads(self) -> None:
@@ -249,7 +264,11 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         self._unset_keepalive_if_required()
         self._direct_left -= nbytes
         cycle = cast(ZeroCopyCycle, self.cycle)
-        if cycle.direct_received(nbytes):
+        if cycle.batch is None:  # Read into the shared buffer (direct_buffer).
+            full = cycle.stage(self._receive_view[:nbytes], self._direct_left)
+        else:
+            full = cycle.direct_received(nbytes)
+        if full:
             # A batch for the application: wake it, and read no more until it takes it.
             self.flow.pause_reading()
             cycle.message_event.set()
@@ -370,23 +389,24 @@ class ZeroCopyCycle(RequestResponseCycle):
         # The batch being filled, and how much of it is.
         self.batch: ReceivedBody | None = None
         self.batch_filled = 0
+        # The start of the next batch, until enough of it came to take one (`stage`).
+        self.staged = bytearray()
 
     def direct_buffer(self, left: int, scratch: memoryview) -> memoryview:
-        """Where the next read of a direct body goes: the rest of the batch being filled,
-        sized to end with the body (`left` bytes still to come) if it ends within a batch;
-        `scratch` (the bytes are dropped) once the response is complete, as uvicorn drops
-        the rest of a body answered without it."""
+        """Where the next read of a direct body goes (`left`: its bytes still to come): the
+        rest of the batch being filled; else `scratch` (the shared receive buffer), for at
+        most what may still be staged, to be passed to `stage` (or dropped, once the
+        response is complete, as uvicorn drops the rest of a body answered without it)."""
         if self.response_complete or self.disconnected:
             return scratch[: min(left, len(scratch))]
         batch = self.batch
         if batch is None:
-            batch = self.batch = _batch_pool().take(min(left, BODY_BATCH))
-            self.batch_filled = 0
+            return scratch[: min(left, STAGED_MAX - len(self.staged))]
         return memoryview(batch)[self.batch_filled :]
 
     def direct_received(self, nbytes: int) -> bool:
-        """`nbytes` were read into `direct_buffer`'s answer; True if that filled a batch,
-        which is now the application's."""
+        """`nbytes` were read into the batch `direct_buffer` gave; True if that filled it,
+        and it is now the application's."""
         batch = self.batch
         if batch is None or self.response_complete or self.disconnected:
             return False  # Read into the scratch buffer: dropped.
@@ -399,21 +419,62 @@ class ZeroCopyCycle(RequestResponseCycle):
         self.batch = None
         return True
 
+    def stage(self, data: memoryview, left: int | None) -> bool:
+        """Keep `data`, the start of a batch, read into a buffer not ours (`left`: the bytes
+        of the body still to come after it; None for a chunked body). A batch is taken only
+        once STAGED_MAX bytes of it have come, or its part of the body has: a client that
+        promises a large body and sends a byte holds a byte, not a batch. True if a batch
+        filled."""
+        if self.response_complete or self.disconnected:
+            return False  # Dropped.
+        staged = self.staged
+        total = len(staged) + len(data)
+        self.body_pending += len(data)
+        self.body_seen += len(data)
+        if total < STAGED_MAX and left != 0:
+            staged += data
+            return False
+        size = BODY_BATCH if left is None else min(total + left, BODY_BATCH)
+        batch = self.batch = _batch_pool().take(size)
+        batch[: len(staged)] = staged
+        batch[len(staged) : total] = data
+        self.staged = bytearray()
+        self.batch_filled = total
+        if total < size:
+            return False
+        self.body_pieces.append(batch)
+        self.batch = None
+        return True
+
     def copy_into_batches(self, piece: bytes, left: int | None) -> bool:
         """Copy a piece of the body that the parser produced into the batches (`left`: the
         bytes of a direct body still to come before it; None for a chunked body, whose
         length nobody knows); True if a batch filled."""
         full = False
         view = memoryview(piece)
-        while view:
-            target = self.direct_buffer(BODY_BATCH if left is None else left, view)
-            taken = min(len(target), len(view))
-            target[:taken] = view[:taken]
-            full = self.direct_received(taken) or full
+        while view and not (self.response_complete or self.disconnected):
+            if self.batch is None:
+                taken = min(len(view), STAGED_MAX - len(self.staged))
+                after = None if left is None else left - taken
+                full = self.stage(view[:taken], after) or full
+            else:
+                target = memoryview(self.batch)[self.batch_filled :]
+                taken = min(len(target), len(view))
+                target[:taken] = view[:taken]
+                full = self.direct_received(taken) or full
             view = view[taken:]
             if left is not None:
                 left -= taken
         return full
+
+    def drop_body(self) -> None:
+        """Forget what was received of the body (the response is complete: nobody will read
+        it, and a connection kept open must not keep its batches)."""
+        self.body_pieces = []
+        self.body_pending = 0
+        self.batch = None
+        self.batch_filled = 0
+        self.staged = bytearray()
 
     def add_body(self, piece: bytes) -> int:
         """Keep a piece of the request body; returns the bytes now waiting (bytes)."""
@@ -447,10 +508,14 @@ class ZeroCopyCycle(RequestResponseCycle):
                 # A chunked body's last, partial batch: a copy, the batch stays pooled.
                 body = bytes(memoryview(self.batch)[: self.batch_filled])
                 self.batch = None
+            elif not self.more_body and self.staged:
+                body, self.staged = bytes(self.staged), bytearray()
             else:
                 body = b""
             self.body_pending -= len(body)
-            more_body = self.more_body or bool(pieces) or self.batch is not None
+            more_body = (
+                self.more_body or bool(pieces) or self.batch is not None or bool(self.staged)
+            )
         else:
             body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             self.body_pieces = []
@@ -464,12 +529,15 @@ class ZeroCopyCycle(RequestResponseCycle):
         # A second whole batch may be waiting (read while the first did), or the last of a
         # chunked body after the one before it was taken.
         return self.in_batches and (
-            bool(self.body_pieces) or (not self.more_body and self.batch is not None)
+            bool(self.body_pieces)
+            or (not self.more_body and (self.batch is not None or bool(self.staged)))
         )
 
     async def send(self, message: Any) -> None:
         if message["type"] != ZERO_COPY_SEND:
             await super().send(message)
+            if self.response_complete and self.in_batches:
+                self.drop_body()
             return
         if not self.response_started or self.response_complete:
             raise RuntimeError(f"Unexpected ASGI message '{ZERO_COPY_SEND}' at this point.")
@@ -479,7 +547,7 @@ class ZeroCopyCycle(RequestResponseCycle):
         if self.scope["method"] != "HEAD" and not await self._send_file(message):
             return
         more_body = bool(message.get("more_body", False))
-        await super().send({"type": "http.response.body", "body": b"", "more_body": more_body})
+        await self.send({"type": "http.response.body", "body": b"", "more_body": more_body})
 
     async def _send_file(self, message: Any) -> bool:
         """Send the file range; False if the connection is gone (closed here or by the peer)."""

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -456,3 +457,84 @@ async def test_a_slow_stream_is_read_in_fewer_larger_reads(
     assert (status, digest.decode()) == (200, sha256(data).removeprefix("sha256:"))
     # The first batch as it comes (one read per write, about); the rest in fewer reads.
     assert len(reads) < pieces * 2 // 3, (len(reads), pieces)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Content-Length: 1048576\r\n\r\nx",
+        b"Transfer-Encoding: chunked\r\n\r\n100000\r\nx",
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_a_body_promised_large_holds_what_came_not_a_batch(
+    app: ASGIApp, data_dir: Path, head: bytes
+) -> None:
+    """A client that promises a 1 MiB body, sends a byte, is answered (404: no such upload)
+    and sends another byte holds about what it sent: a batch is taken only once STAGED_MAX
+    bytes of it came, and dropped with the answer (taken at the first byte, 40 such
+    connections held 40 MiB)."""
+    connections = 40
+    async with serving(app, data_dir, per_address=0) as port:
+        reader, writer = await connect(port)  # What the first request allocates once.
+        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert (await read_response(reader))[0] == 200
+        writer.close()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            opened = [await connect(port) for _ in range(connections)]
+            for _, writer in opened:
+                writer.write(
+                    b"PATCH /v2/jimo/bodies/blobs/uploads/0123456789abcdef0123456789abcdef"
+                    b" HTTP/1.1\r\nHost: t\r\n" + head
+                )
+            statuses = {(await read_response(reader))[0] for reader, _ in opened}
+            for _, writer in opened:
+                writer.write(b"y")
+                await writer.drain()
+            await asyncio.sleep(0.3)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        for _, writer in opened:
+            writer.close()
+    assert statuses == {404}
+    # Each connection's protocol, parser, cycle and buffers: ~14 KiB (a batch each: 0.6-1 MiB).
+    assert held < connections * 32 * 1024, f"{held / connections:.0f} bytes each"
+
+
+async def test_a_read_cut_short_by_the_room_it_was_given_never_pauses_reading(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch of a direct body starts with a read of at most STAGED_MAX bytes: that read
+    is small because the server asked for little, not because the client is slow, so it must
+    not pause reading for COALESCE_DELAY (5 ms per MiB: a fast push fell from ~600 to ~150
+    MiB/s)."""
+    offered: list[int] = []
+    paused_after_full_reads: list[int] = []
+    get_buffer = server.ZeroCopyHttpProtocol.get_buffer
+    buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
+
+    def recording_get_buffer(protocol: server.ZeroCopyHttpProtocol, hint: int) -> memoryview:
+        view = get_buffer(protocol, hint)
+        offered.append(len(view))
+        return view
+
+    def recording_buffer_updated(protocol: server.ZeroCopyHttpProtocol, nbytes: int) -> None:
+        buffer_updated(protocol, nbytes)
+        # Reading is paused during a coalescing delay: a timer now is this read's.
+        if protocol._coalescing is not None and nbytes == offered[-1]:
+            paused_after_full_reads.append(nbytes)
+
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "get_buffer", recording_get_buffer)
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", recording_buffer_updated)
+    data = os.urandom(8 * BODY_BATCH)
+    async with serving(Recorder(), data_dir) as port:
+        reader, writer = await connect(port)
+        writer.write(request("/upload", data))
+        status, _, digest = await read_response(reader)
+        writer.close()
+    assert (status, digest.decode()) == (200, sha256(data).removeprefix("sha256:"))
+    assert server.STAGED_MAX in offered  # Each batch's start was staged.
+    assert paused_after_full_reads == []

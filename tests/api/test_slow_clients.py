@@ -30,8 +30,11 @@ BOUND = 5.0
 
 
 @contextlib.asynccontextmanager
-async def serving(app: ASGIApp, data: Path, **connections: Any) -> AsyncIterator[int]:
-    """The app behind `cangku serve`'s server on a free loopback port, in this event loop."""
+async def serving(
+    app: ASGIApp, data: Path, keep_alive: float = 5.0, **connections: Any
+) -> AsyncIterator[int]:
+    """The app behind `cangku serve`'s server on a free loopback port, in this event loop
+    (`keep_alive`: uvicorn's idle time between requests, its default unless given)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     settings = Settings(
@@ -45,7 +48,9 @@ async def serving(app: ASGIApp, data: Path, **connections: Any) -> AsyncIterator
             **connections,
         },
     )
-    server = uvicorn.Server(server_config(app, settings, lifespan="off", log_config=None))
+    server = uvicorn.Server(
+        server_config(app, settings, lifespan="off", log_config=None, timeout_keep_alive=keep_alive)
+    )
     with listener:
         task = asyncio.create_task(server.serve(sockets=[listener]))
         while not server.started:
@@ -161,6 +166,100 @@ async def test_a_client_that_stops_sending_its_body_is_disconnected(
         async with httpx_client(port) as client:
             head = await client.head(f"/v2/jimo/app/blobs/{sha256(data)}")
         assert head.status_code == 404
+
+
+# An upload session that does not exist: answered 404 before any of the body is read.
+UNKNOWN_UPLOAD = b"PATCH /v2/jimo/app/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
+# The head of a request whose body is 1 MiB (read past the parser, or through it: chunked).
+LARGE_BODY_HEADS = {
+    "content-length": b"Host: registry.test\r\nContent-Length: 1048576\r\n\r\n",
+    "chunked": b"Host: registry.test\r\nTransfer-Encoding: chunked\r\n\r\n100000\r\n",
+}
+
+
+async def read_one_response(reader: asyncio.StreamReader) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+    length = next(
+        int(line.partition(b":")[2])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await asyncio.wait_for(reader.readexactly(length), BOUND)
+    return head
+
+
+@pytest.mark.parametrize("framing", LARGE_BODY_HEADS)
+async def test_a_body_answered_early_and_trickled_on_is_not_kept_open_for_good(
+    app: ASGIApp, data_dir: Path, framing: str
+) -> None:
+    # The rest of a body answered without it is read and dropped, for at most the header
+    # timeout: a byte now and then must not hold the connection open forever.
+    async with serving(app, data_dir) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(UNKNOWN_UPLOAD + LARGE_BODY_HEADS[framing] + b"x")
+        head = await read_one_response(reader)
+        started = time.monotonic()
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):
+                    await asyncio.sleep(0.2)  # Well within every idle timeout.
+                    writer.write(b"y")
+                    await writer.drain()
+
+        trickling = asyncio.create_task(trickle())
+        received, _ = await read_until_closed(reader)
+        elapsed = time.monotonic() - started
+        trickling.cancel()
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 404 ")
+    assert received == b""
+    assert HEADER_TIMEOUT * 0.9 <= elapsed < BOUND
+
+
+@pytest.mark.parametrize("framing", LARGE_BODY_HEADS)
+async def test_a_body_answered_early_whose_rest_stops_coming_is_closed_after_keep_alive(
+    app: ASGIApp, data_dir: Path, framing: str
+) -> None:
+    # A byte after the answer cancelled uvicorn's keep-alive timeout; silence after it must
+    # not keep the connection open until the (long) header timeout, let alone for good.
+    async with serving(app, data_dir, keep_alive=0.5, header_timeout=30.0) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(UNKNOWN_UPLOAD + LARGE_BODY_HEADS[framing] + b"x")
+        head = await read_one_response(reader)
+        await asyncio.sleep(0.1)
+        writer.write(b"y")
+        await writer.drain()
+        started = time.monotonic()
+        received, _ = await read_until_closed(reader)
+        elapsed = time.monotonic() - started
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 404 ")
+    assert received == b""
+    assert 0.5 * 0.9 <= elapsed < BOUND
+
+
+@pytest.mark.parametrize("framing", LARGE_BODY_HEADS)
+async def test_a_body_answered_early_then_finished_is_closed_by_the_keep_alive_timeout(
+    app: ASGIApp, data_dir: Path, framing: str
+) -> None:
+    # Its bytes after the answer cancelled the keep-alive timeout; the body's end re-arms it.
+    keep_alive = 0.5
+    rest = b"y" * (1048576 - 1) + (b"\r\n0\r\n\r\n" if framing == "chunked" else b"")
+    async with serving(app, data_dir, keep_alive=keep_alive, header_timeout=30.0) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(UNKNOWN_UPLOAD + LARGE_BODY_HEADS[framing] + b"x")
+        head = await read_one_response(reader)
+        await asyncio.sleep(0.1)
+        writer.write(rest)
+        await writer.drain()
+        started = time.monotonic()
+        received, _ = await read_until_closed(reader)  # Then silence.
+        elapsed = time.monotonic() - started
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 404 ")
+    assert received == b""
+    assert elapsed < BOUND
 
 
 @pytest.mark.parametrize("size", BODY_SIZES)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import cast
 
@@ -95,3 +97,63 @@ async def test_one_thread_hop_per_write_batch_not_per_chunk(
     assert hops == [4 * 1024 * 1024, 4 * 1024 * 1024, 1024 * 1024 + 4]
     # Gathered without a copy: every write of the nine batches reads one of them.
     assert {id(source) for source in file.sources[:-1]} == {id(batch) for batch in batches}
+
+
+class BlockingFile(io.BytesIO):
+    """A file whose write() (in the writer's thread) blocks until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.writing = threading.Event()
+        self.in_flight = 0
+
+    def write(self, data: object) -> int:
+        self.in_flight += 1
+        self.writing.set()
+        self.release.wait(BOUND)
+        written = super().write(data)  # type: ignore[arg-type]
+        self.in_flight -= 1
+        return written
+
+
+BOUND = 10.0
+
+
+async def stalled_after(*parts: bytes) -> AsyncIterator[bytes]:
+    """The parts, then a body that never goes on (the client stalls)."""
+    for part in parts:
+        yield part
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize(
+    ("body", "cancellations"),
+    [
+        # Cancelled twice while waiting for the body, a batch being written: the second
+        # cancellation used to cut short the shielded wait for the write.
+        (lambda: stalled_after(bytes(filesystem.WRITE_BATCH)), 2),
+        # Cancelled while waiting for the batch before to be written.
+        (lambda: chunks(bytes(filesystem.WRITE_BATCH), bytes(filesystem.WRITE_BATCH)), 1),
+        # Cancelled while the last, partial batch is written.
+        (lambda: chunks(b"tail"), 1),
+    ],
+    ids=["waiting-for-the-body-cancelled-twice", "waiting-for-a-write", "the-last-write"],
+)
+async def test_a_cancelled_writer_returns_only_once_its_thread_stopped_writing(
+    body: Callable[[], AsyncIterator[bytes]], cancellations: int
+) -> None:
+    # The caller truncates the file on failure (FilesystemStorage.append_upload): a write
+    # still running in the thread would land after (or amid) the truncate.
+    file = BlockingFile()
+    task = asyncio.create_task(filesystem._write_hashed(body(), file, hashlib.sha256()))
+    assert await asyncio.to_thread(file.writing.wait, BOUND)
+    for _ in range(cancellations):
+        task.cancel()
+        await asyncio.sleep(0.05)
+    returned_while_writing = task.done()
+    file.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not returned_while_writing
+    assert file.in_flight == 0

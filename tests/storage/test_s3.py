@@ -5,12 +5,15 @@ and its settings. The shared contract is tests/storage/test_drivers.py."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
+import anyio.to_thread
 import pytest
 
 from cangku.config import Settings
@@ -396,3 +399,56 @@ async def test_a_reader_that_stops_stops_the_read_thread_at_once(
 
     assert read_threads_end()  # blocks the event loop: no finalizer runs meanwhile
     assert bodies[0].closed
+
+
+async def _stalled_after(*parts: bytes) -> AsyncIterator[bytes]:
+    """The parts, then a body that never goes on (the client stalls)."""
+    for part in parts:
+        yield part
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize(
+    ("parts", "cancellations"),
+    [(1, 2), (2, 1)],  # Waiting for the body, cancelled twice; waiting for the part before.
+    ids=["waiting-for-the-body-cancelled-twice", "waiting-for-a-part-upload"],
+)
+async def test_a_cancelled_append_aborts_only_once_its_part_upload_stopped(
+    monkeypatch: pytest.MonkeyPatch, parts: int, cancellations: int
+) -> None:
+    # Aborting the multipart upload while a part still uploads in its thread may leave that
+    # part behind in the store (S3: "you might need to abort again"). No store needed here.
+    storage = S3Storage(cast(Any, None), "bucket")
+    release, uploading = threading.Event(), threading.Event()
+    in_flight: list[int] = []
+    aborted_while_uploading: list[bool] = []
+
+    def upload_blocking() -> None:
+        in_flight.append(1)
+        uploading.set()
+        release.wait(10)
+        in_flight.pop()
+
+    async def upload_part(directory: str, session: s3._Session, part: bytes) -> None:
+        session.multipart = "upload-id"
+        await anyio.to_thread.run_sync(upload_blocking)
+
+    async def abort(key: str, upload: str) -> None:
+        aborted_while_uploading.append(bool(in_flight))
+
+    monkeypatch.setattr(storage, "_upload_part", upload_part)
+    monkeypatch.setattr(storage, "_abort", abort)
+    body = _stalled_after(*[bytes(PART)] * parts)
+    task = asyncio.create_task(
+        storage._append_parts("d/", s3._Session(), b"", body, hashlib.sha256(), None)
+    )
+    assert await asyncio.to_thread(uploading.wait, 10)
+    for _ in range(cancellations):
+        task.cancel()
+        await asyncio.sleep(0.05)
+    returned_while_uploading = task.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not returned_while_uploading
+    assert aborted_while_uploading == [False]

@@ -6,6 +6,7 @@ digest; upload sessions append to a private staging area until then.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -140,3 +141,22 @@ class BlobStorage(Protocol):
     async def delete_stale_temporary(self, older_than: float) -> int:
         """Delete the driver's temporary files (a one-shot upload a crash cut short) last
         written before `older_than` (Unix seconds); returns how many went."""
+
+
+async def outwait(pending: asyncio.Future[None]) -> None:
+    """Wait until `pending` (a worker thread's write or upload) is done, whatever happens
+    meanwhile: a cancellation, or a second one (which cuts `asyncio.shield` short), is
+    re-raised only then, so that the caller's cleanup (a truncate, an aborted multipart
+    upload) never runs beside the thread. `pending`'s own error is for the caller's `await`
+    to raise; here it is only retrieved. (anyio's `to_thread.run_sync` does not wait for its
+    thread when its task is cancelled the asyncio way.)"""
+    cancelled: asyncio.CancelledError | None = None
+    while not pending.done():
+        try:
+            await asyncio.wait((pending,))
+        except asyncio.CancelledError as error:
+            cancelled = error
+    if not pending.cancelled():
+        pending.exception()  # Retrieved: no "exception was never retrieved" warning.
+    if cancelled is not None:
+        raise cancelled

@@ -46,7 +46,7 @@ from cangku.content.errors import (
     SizeInvalid,
     UploadOutOfOrder,
 )
-from cangku.storage.base import LocalFile, UploadAborted
+from cangku.storage.base import LocalFile, UploadAborted, outwait
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -368,21 +368,27 @@ async def _write_hashed(
                 batch.append(copied)
                 copied = bytearray()
             if pending is not None:
-                await pending
+                # Shielded: a cancellation must not end `pending` while its thread writes on
+                # (anyio's run_sync returns at once when its task is cancelled).
+                await asyncio.shield(pending)
             pending = asyncio.ensure_future(anyio.to_thread.run_sync(flush, batch))
             written += batched
             batch, batched = [], 0
+        if copied:
+            batch.append(copied)
+        if batch:
+            # In a thread as well: a write can block on the disk (dirty-page throttling when
+            # the machine writes a lot), and the event loop serves every other request
+            # meanwhile.
+            if pending is not None:
+                await asyncio.shield(pending)
+            pending = asyncio.ensure_future(anyio.to_thread.run_sync(flush, batch))
+            await asyncio.shield(pending)
+            written += batched
     finally:
         # Never leave a write running behind the caller's back (e.g. a truncate on failure).
         if pending is not None:
-            await asyncio.shield(pending)
-    if copied:
-        batch.append(copied)
-    if batch:
-        # In a thread as well: a write can block on the disk (dirty-page throttling when the
-        # machine writes a lot), and the event loop serves every other request meanwhile.
-        await anyio.to_thread.run_sync(flush, batch)
-        written += batched
+            await outwait(pending)
     return written
 
 

@@ -58,7 +58,7 @@ from cangku.content.errors import (
     SizeInvalid,
     UploadOutOfOrder,
 )
-from cangku.storage.base import BlobContent, Redirect, Stream, UploadAborted
+from cangku.storage.base import BlobContent, Redirect, Stream, UploadAborted, outwait
 from cangku.storage.filesystem import SESSION_NAME
 
 if TYPE_CHECKING:
@@ -443,10 +443,12 @@ class S3Storage:
                     await anyio.to_thread.run_sync(hasher.update, part[len(tail) :])
                     tail = b""
                     if pending is not None:
-                        await pending  # Parts are numbered in order: one at a time.
+                        # Parts are numbered in order: one at a time. Shielded: a cancellation
+                        # must not end `pending` while its thread uploads on (base.outwait).
+                        await asyncio.shield(pending)
                     pending = asyncio.ensure_future(self._upload_part(directory, updated, part))
             if pending is not None:
-                await pending
+                await asyncio.shield(pending)
             _check_length(updated.size - session.size, expected_length)
             await anyio.to_thread.run_sync(hasher.update, bytes(buffer[len(tail) :]))
             if buffer:
@@ -462,8 +464,8 @@ class S3Storage:
             with anyio.CancelScope(shield=True):
                 if pending is not None:
                     # Never leave a part upload running behind the caller's back.
-                    with contextlib.suppress(Exception, asyncio.CancelledError):
-                        await asyncio.shield(pending)
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await outwait(pending)
                 if session.multipart is None and updated.multipart is not None:
                     await self._abort(directory + "data", updated.multipart)
             raise
