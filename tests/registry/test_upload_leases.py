@@ -15,11 +15,12 @@ import pytest
 from sqlalchemy import select
 
 from cangku.content.digest import Digest
-from cangku.content.errors import UploadOutOfOrder
+from cangku.content.errors import BlobUploadInvalid, BlobUploadUnknown, UploadOutOfOrder
 from cangku.metadata import upload_leases as lease_rows
 from cangku.metadata.schema import upload_leases as lease_table
 from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry, upload_leases
+from cangku.registry import uploads as uploads_module
 from cangku.registry.context import RequestContext
 from cangku.registry.gc import CollectionPolicy, GarbageCollector
 from cangku.registry.sessions import session_name
@@ -134,11 +135,49 @@ async def test_a_finish_waits_for_no_one_but_is_refused_while_a_patch_runs_elsew
     digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
     with pytest.raises(UploadOutOfOrder):
         await second.finish(upload_id, digest, body(b""), 0, None, CLIENT)
-    with pytest.raises(UploadOutOfOrder):
-        await second.cancel(upload_id, CLIENT)
     go.set()
     await running
     await second.finish(upload_id, digest, body(b""), 0, None, CLIENT)
+
+
+async def test_a_cancel_waits_for_a_patch_running_elsewhere_then_deletes_the_upload(
+    replicas: tuple[Registry, Registry],
+) -> None:
+    first, second = (registry.repository(REPOSITORY).uploads for registry in replicas)
+    upload_id = await first.start(CLIENT)
+    started, go = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(
+        first.append(upload_id, held_body(b"d" * 4096, started, go), 4096, None, CLIENT)
+    )
+    await asyncio.wait_for(started.wait(), 30)
+    cancelling = asyncio.create_task(second.cancel(upload_id, CLIENT))
+    await asyncio.sleep(0.3)
+    assert not cancelling.done()  # Waiting for the lease, not refused (DELETE: 204 or 404).
+    go.set()
+    assert await running == 4096
+    await asyncio.wait_for(cancelling, 30)
+    with pytest.raises(BlobUploadUnknown):
+        await first.status(upload_id)
+
+
+async def test_a_cancel_that_waited_in_vain_is_a_400_without_a_range(
+    replicas: tuple[Registry, Registry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uploads_module, "CANCEL_WAIT_SECONDS", 0.3)
+    first, second = (registry.repository(REPOSITORY).uploads for registry in replicas)
+    upload_id = await first.start(CLIENT)
+    started, go = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(
+        first.append(upload_id, held_body(b"d" * 4096, started, go), 4096, None, CLIENT)
+    )
+    await asyncio.wait_for(started.wait(), 30)
+    with pytest.raises(BlobUploadInvalid) as refused:
+        await second.cancel(upload_id, CLIENT)
+    assert refused.value.status == 400
+    assert refused.value.headers() == {}
+    go.set()
+    assert await running == 4096
+    assert await second.status(upload_id) == 4096  # Not deleted: the client may cancel again.
 
 
 async def test_a_lease_left_by_a_request_that_died_expires(
@@ -188,8 +227,10 @@ async def test_a_request_that_loses_its_lease_stops_before_storing_its_chunk(
     )
     await asyncio.sleep(0.3)
     go.set()
-    with pytest.raises(Exception, match="lease was lost"):
+    # 416 with the Range stored so far, as for a request refused at the start.
+    with pytest.raises(UploadOutOfOrder, match="lease was lost") as refused:
         await running
+    assert refused.value.headers() == {"Range": "0-0"}
     assert await uploads.status(upload_id) == 0
 
 

@@ -10,13 +10,19 @@ fails in the store), and a commit on one replica can complete the multipart uplo
 append running on another. So with such a driver (`Core.session_leases`) every append,
 finish and cancel holds the session's lease row (metadata/upload_leases.py) while it runs:
 
-- a request that finds another's live lease is refused at once with 416
+- an append or finish that finds another's live lease is refused at once with 416
   BLOB_UPLOAD_INVALID and the Range stored so far (OCI dist-spec "Pushing a blob in chunks":
   the client resumes from there), never appends from a stale offset;
+- a cancel (DELETE) waits up to `CANCEL_WAIT_SECONDS` for the lease, as a chunk being
+  written usually ends by then; if it does not, 400 BLOB_UPLOAD_INVALID, "the client may
+  ignore this error" (Distribution's API spec, "Cancel Blob Upload": DELETE answers 204, 404,
+  or 400 BLOB_UPLOAD_INVALID; the OCI spec names no other code for it, and a 416 Range means
+  nothing to a client that is not uploading);
 - a lease lasts `LEASE_SECONDS` and is renewed every `RENEW_SECONDS` while the request
   runs, so a replica that dies holding one blocks the session for at most `LEASE_SECONDS`;
 - a request whose lease could not be renewed (the database unreachable that long, or the
-  process stalled past the lease) stops reading its body: the driver then writes no state.
+  process stalled past the lease) stops reading its body: the driver then writes no state,
+  and the client gets 416 with the Range stored so far, as for the refusal above.
 """
 
 from __future__ import annotations
@@ -29,7 +35,12 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from functools import partial
 
-from cangku.content.errors import BlobUploadInvalid, BlobUploadUnknown, UploadOutOfOrder
+from cangku.content.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    RegistryError,
+    UploadOutOfOrder,
+)
 from cangku.metadata import upload_leases as lease_rows
 from cangku.registry.core import Core
 
@@ -37,6 +48,17 @@ log = logging.getLogger("cangku")
 
 LEASE_SECONDS = 60.0
 RENEW_SECONDS = LEASE_SECONDS / 4
+CANCEL_WAIT_SECONDS = 10.0
+# How often a waiting cancel tries to take the lease again.
+CANCEL_POLL_SECONDS = 0.1
+
+
+class LeaseLost(BlobUploadInvalid):
+    """Raised into the body of a request whose lease was lost; `leased` answers it as 416
+    with the Range stored so far."""
+
+
+LEASE_LOST = "the upload's lease was lost to another request; resume from its Range"
 
 
 class Lease:
@@ -55,35 +77,45 @@ class Lease:
     async def _guarded(self, body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         async for chunk in body:
             if self.lost:
-                raise BlobUploadInvalid("the upload's lease was lost; resume from its Range")
+                raise LeaseLost(LEASE_LOST)
             yield chunk
         if self.lost:
-            raise BlobUploadInvalid("the upload's lease was lost; resume from its Range")
+            raise LeaseLost(LEASE_LOST)
 
 
 @contextlib.asynccontextmanager
-async def leased(core: Core, session: str, upload_id: str) -> AsyncIterator[Lease]:
-    """Hold `session`'s lease for the block (nothing to hold unless `core.session_leases`).
+async def leased(
+    core: Core, session: str, upload_id: str, *, wait: float = 0.0
+) -> AsyncIterator[Lease]:
+    """Hold `session`'s lease for the block (nothing to hold unless `core.session_leases`),
+    waiting up to `wait` seconds for another request to give it back.
 
-    Raises UploadOutOfOrder (416, Range so far) when another request holds it, and
-    BlobUploadUnknown when the session does not exist."""
+    Raises UploadOutOfOrder (416, Range so far) when another request still holds it (or took
+    it over from this one mid-way: LeaseLost raised in the block), and BlobUploadUnknown
+    when the session does not exist."""
     if not core.session_leases:
         yield Lease(held=False)
         return
     lease = Lease(held=True)
     holder = uuid.uuid4().hex
-    now = time.time()
-    taken = await core.metadata.write(
-        lambda connection: lease_rows.take(connection, session, holder, now, now + LEASE_SECONDS)
-    )
+    deadline = time.monotonic() + wait
+    while True:
+        now = time.time()
+        taken = await core.metadata.write(
+            partial(
+                lease_rows.take, session=session, holder=holder, now=now, until=now + LEASE_SECONDS
+            )
+        )
+        if taken or time.monotonic() + CANCEL_POLL_SECONDS > deadline:
+            break
+        await asyncio.sleep(CANCEL_POLL_SECONDS)
     if not taken:
-        size = await core.storage.upload_size(session)
-        if size is None:
-            raise BlobUploadUnknown("upload unknown to registry", upload_id)
-        raise UploadOutOfOrder("another request is writing to this upload", size)
+        raise await _refusal(core, session, upload_id, "another request is writing to this upload")
     renewing = asyncio.create_task(_renew(core, session, holder, lease))
     try:
         yield lease
+    except LeaseLost as error:
+        raise await _refusal(core, session, upload_id, str(error)) from None
     finally:
         renewing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -99,6 +131,14 @@ async def leased(core: Core, session: str, upload_id: str) -> AsyncIterator[Leas
             )
         except Exception:
             log.exception("could not release the lease of upload session %s", session)
+
+
+async def _refusal(core: Core, session: str, upload_id: str, message: str) -> RegistryError:
+    """416 with the Range stored so far, or 404 when the session is gone."""
+    size = await core.storage.upload_size(session)
+    if size is None:
+        return BlobUploadUnknown("upload unknown to registry", upload_id)
+    return UploadOutOfOrder(message, size)
 
 
 async def _renew(core: Core, session: str, holder: str, lease: Lease) -> None:
