@@ -20,6 +20,10 @@ finish and cancel holds the session's lease row (metadata/upload_leases.py) whil
   nothing to a client that is not uploading);
 - a lease lasts `LEASE_SECONDS` and is renewed every `RENEW_SECONDS` while the request
   runs, so a replica that dies holding one blocks the session for at most `LEASE_SECONDS`;
+  expiry is by the database's clock (metadata/upload_leases.py), not each replica's own;
+- the lease is confirmed (renewed, within `RENEW_TIMEOUT_SECONDS`) once more right before
+  the driver records a chunk and before a commit, so what follows the body (the last part,
+  the tail, the state, the commit) never runs on a lease already lost;
 - a request whose lease could not be renewed (the database unreachable that long, or the
   process stalled past the lease) stops reading its body: the driver then writes no state,
   and the client gets 416 with the Range stored so far, as for the refusal above.
@@ -48,6 +52,8 @@ log = logging.getLogger("cangku")
 
 LEASE_SECONDS = 60.0
 RENEW_SECONDS = LEASE_SECONDS / 4
+# A renewal that takes longer failed (the database unreachable or stalled).
+RENEW_TIMEOUT_SECONDS = 5.0
 CANCEL_WAIT_SECONDS = 10.0
 # How often a waiting cancel tries to take the lease again.
 CANCEL_POLL_SECONDS = 0.1
@@ -62,13 +68,20 @@ LEASE_LOST = "the upload's lease was lost to another request; resume from its Ra
 
 
 class Lease:
-    """A held lease; `guard(body)` stops a body once the lease is lost."""
+    """A held lease (or none to hold: `core` None); `guard(body)` stops a body once the
+    lease is lost, `confirm()` checks it right before a state save or commit."""
 
-    __slots__ = ("held", "lost")
+    __slots__ = ("core", "holder", "lost", "session")
 
-    def __init__(self, *, held: bool) -> None:
-        self.held = held
+    def __init__(self, core: Core | None, session: str = "", holder: str = "") -> None:
+        self.core = core
+        self.session = session
+        self.holder = holder
         self.lost = False
+
+    @property
+    def held(self) -> bool:
+        return self.core is not None
 
     def guard(self, body: AsyncIterable[bytes]) -> AsyncIterable[bytes]:
         # Without a lease to lose, the body as it is: no generator per chunk on that path.
@@ -82,6 +95,25 @@ class Lease:
         if self.lost:
             raise LeaseLost(LEASE_LOST)
 
+    async def confirm(self) -> None:
+        """Renew the lease now; LeaseLost unless this request still holds it.
+
+        Awaited right before the driver records a chunk (`append_upload`'s `before_save`)
+        and before a commit: the renewals every RENEW_SECONDS only stop the body, and what
+        follows it (the last part, the tail, the state, the commit) takes seconds on S3. A
+        database that does not answer within RENEW_TIMEOUT_SECONDS counts as lost: whether
+        the lease still holds is unknown, and the client resumes from its Range."""
+        if self.core is None:
+            return
+        if not self.lost:
+            try:
+                if await _renew_once(self.core, self.session, self.holder):
+                    return
+            except Exception:
+                log.exception("could not confirm the lease of upload session %s", self.session)
+            self.lost = True
+        raise LeaseLost(LEASE_LOST)
+
 
 @contextlib.asynccontextmanager
 async def leased(
@@ -94,17 +126,14 @@ async def leased(
     it over from this one mid-way: LeaseLost raised in the block), and BlobUploadUnknown
     when the session does not exist."""
     if not core.session_leases:
-        yield Lease(held=False)
+        yield Lease(None)
         return
-    lease = Lease(held=True)
     holder = uuid.uuid4().hex
+    lease = Lease(core, session, holder)
     deadline = time.monotonic() + wait
     while True:
-        now = time.time()
         taken = await core.metadata.write(
-            partial(
-                lease_rows.take, session=session, holder=holder, now=now, until=now + LEASE_SECONDS
-            )
+            partial(lease_rows.take_for, session=session, holder=holder, seconds=LEASE_SECONDS)
         )
         if taken or time.monotonic() + CANCEL_POLL_SECONDS > deadline:
             break
@@ -141,23 +170,32 @@ async def _refusal(core: Core, session: str, upload_id: str, message: str) -> Re
     return UploadOutOfOrder(message, size)
 
 
+async def _renew_once(core: Core, session: str, holder: str) -> bool:
+    """Extend the lease by LEASE_SECONDS from now by the database's clock; False when it is
+    no longer `holder`'s; TimeoutError after RENEW_TIMEOUT_SECONDS."""
+    renewing = core.metadata.write(
+        partial(lease_rows.renew_for, session=session, holder=holder, seconds=LEASE_SECONDS)
+    )
+    return await asyncio.wait_for(renewing, RENEW_TIMEOUT_SECONDS)
+
+
 async def _renew(core: Core, session: str, holder: str, lease: Lease) -> None:
-    held_until = time.time() + LEASE_SECONDS
+    # The lease surely lasts until `held_until` (this process's monotonic clock, counted
+    # from before the renewal that set it: the database's expiry is at least that late).
+    held_until = time.monotonic() + LEASE_SECONDS
     while True:
         await asyncio.sleep(RENEW_SECONDS)
-        until = time.time() + LEASE_SECONDS
+        asked = time.monotonic()
         try:
-            renewed = await core.metadata.write(
-                partial(lease_rows.renew, session=session, holder=holder, until=until)
-            )
+            renewed = await _renew_once(core, session, holder)
         except Exception:
             log.exception("could not renew the lease of upload session %s", session)
             # Tried again while the lease surely lasts; after that another may hold it.
-            if time.time() + RENEW_SECONDS < held_until:
+            if time.monotonic() + RENEW_SECONDS < held_until:
                 continue
             renewed = False
-        held_until = until
         if not renewed:
             log.warning("upload session %s: lease lost to another request", session)
             lease.lost = True
             return
+        held_until = asked + LEASE_SECONDS

@@ -131,7 +131,13 @@ class Uploads:
             length = end - start + 1
         body = await within_quota(self.core, self.name, body, length)
         try:
-            return await self.core.storage.append_upload(session, lease.guard(body), length, start)
+            return await self.core.storage.append_upload(
+                session,
+                lease.guard(body),
+                length,
+                start,
+                before_save=lease.confirm if lease.held else None,
+            )
         except BlobUploadUnknown:
             raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
 
@@ -152,6 +158,7 @@ class Uploads:
             if length != 0:
                 # The same rules as a PATCH: a final chunk out of order is refused (416).
                 await self._append(session, upload_id, lease, body, length, content_range)
+            await lease.confirm()
             try:
                 # The session ends here: its bytes become the blob (unless a quota refuses it).
                 size = await storage.commit_upload(session, parsed)
