@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Scope
@@ -206,10 +206,12 @@ class TracedStorage:
         chunks: AsyncIterable[bytes],
         expected_length: int | None,
         expected_offset: int | None = None,
+        *,
+        before_save: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
         with self.tracing.span("storage.append_upload"):
             return await self.storage.append_upload(
-                upload_id, chunks, expected_length, expected_offset
+                upload_id, chunks, expected_length, expected_offset, before_save=before_save
             )
 
     async def commit_upload(self, upload_id: str, digest: Digest) -> int:

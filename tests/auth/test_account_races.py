@@ -14,6 +14,7 @@ import pytest
 
 from cangku.auth.accounts import AccountError, Accounts
 from cangku.metadata import accounts as account_rows
+from cangku.metadata import locks
 from cangku.metadata.store import MetadataStore
 from tests.databases import fresh_database
 
@@ -87,3 +88,36 @@ async def test_one_organization_created_on_two_replicas_at_once_is_created_once(
         "created",
         "refused",
     ]
+
+
+async def test_a_large_htpasswd_import_takes_its_name_locks_in_bounded_batches(
+    two_replicas: tuple[Accounts, Accounts], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """7,000 names, one advisory lock each: one transaction took them all, and PostgreSQL's
+    shared lock table (max_locks_per_transaction 64 x max_connections 100 by default, with
+    some slack: one transaction failed between 12,000 and 20,000 on the test server) ran
+    out ("out of shared memory"), sooner with other sessions holding locks. Now at most a
+    batch's worth per transaction. Two replicas import overlapping files at once: every
+    name is created once, the other's refusal is a skip, never a unique violation."""
+    first, second = two_replicas
+    taken: list[int] = []
+    hold = locks.hold
+
+    def counting(connection, **arguments):
+        taken.append(len(arguments.get("namespaces") or []))
+        return hold(connection, **arguments)
+
+    monkeypatch.setattr(locks, "hold", counting)
+    hashed = "$2y$04$" + "a" * 53  # Never checked on import: only stored.
+    names = [f"imported{number}" for number in range(7000)]
+    text = "".join(f"{name}:{hashed}\n" for name in names)
+    overlap = "".join(f"{name}:{hashed}\n" for name in names[6500:]) + f"late:{hashed}\n"
+    (added, skipped), (other_added, other_skipped) = await asyncio.gather(
+        first.import_htpasswd(text), second.import_htpasswd(overlap)
+    )
+    assert sorted(added + other_added) == sorted([*names, "late"])
+    assert len(skipped) + len(other_skipped) == 500
+    assert all("already a user" in reason for reason in skipped + other_skipped)
+    assert max(taken) <= 1000  # Not 7,000 in one transaction.
+    assert len(taken) >= 8
+    assert len(await first.list_users()) == 7001

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import time
+from functools import partial
 from pathlib import Path
 
 import anyio.to_thread
@@ -47,6 +48,9 @@ from cangku.registry.upload_limits import SessionLedger
 # An account or organization name is one repository-name component: it is a namespace.
 ACCOUNT_NAME = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 MAX_ACCOUNT_NAME = 64
+# Names an htpasswd import creates per transaction (one advisory lock each; see
+# `import_htpasswd`).
+IMPORT_BATCH = 500
 # Personal access tokens look like `ckt_<id>_<secret>`; only sha256(secret) is stored
 # (the secret is 32 random bytes, so a slow hash adds nothing).
 TOKEN_PATTERN = re.compile(r"ckt_([a-f0-9]{32})_([A-Za-z0-9_-]{43})")
@@ -156,18 +160,33 @@ class Accounts:
                 continue
             entries.append((name, password_hash.replace("$2y$", "$2b$", 1)))
 
-        def add(connection: Connection) -> None:
-            _take_namespaces(connection, [name for name, _ in entries])
-            for name, password_hash in entries:
+        def add(
+            connection: Connection, batch: list[tuple[str, str]]
+        ) -> tuple[list[str], list[str]]:
+            _take_namespaces(connection, [name for name, _ in batch])
+            batch_added: list[str] = []
+            batch_skipped: list[str] = []
+            for name, password_hash in batch:
                 try:
                     _refuse_taken_namespace(connection, name)
                 except AccountError as error:
-                    skipped.append(str(error))
+                    batch_skipped.append(str(error))
                     continue
                 rows.insert_user(connection, name, password_hash, admin=False, now=time.time())
-                added.append(name)
+                batch_added.append(name)
+            return batch_added, batch_skipped
 
-        await self.metadata.write(add)
+        # Bounded batches, each its own transaction: every name's lock lasts until its
+        # transaction ends, and PostgreSQL's shared lock table holds only about
+        # max_locks_per_transaction x max_connections (6,400 by default) for all sessions;
+        # one transaction over a large file ended in "out of shared memory". Each batch is
+        # still alone against every other creation of its names; a name repeated in a later
+        # batch finds the earlier one committed and is skipped as taken.
+        for first in range(0, len(entries), IMPORT_BATCH):
+            batch = entries[first : first + IMPORT_BATCH]
+            batch_added, batch_skipped = await self.metadata.write(partial(add, batch=batch))
+            added += batch_added
+            skipped += batch_skipped
         return added, skipped
 
     async def ensure_initial_admin(self, data_dir: Path, password: str | None) -> str | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import BinaryIO
 
+import anyio
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
@@ -134,15 +136,12 @@ class BlobResponse(Response):
                         }
                     )
                 else:
-                    await _send_file(
-                        content.file, content.offset, content.offset + content.length, send
-                    )
+                    file, start, end = content.file, content.offset, content.offset + content.length
+                    await _until_disconnect(receive, lambda: _send_file(file, start, end, send))
         else:
             try:
                 await self._send_start(send)
-                async for chunk in content.chunks:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+                await _until_disconnect(receive, lambda: _send_chunks(content.chunks, send))
             finally:
                 await content.aclose()
 
@@ -150,6 +149,41 @@ class BlobResponse(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
+
+
+async def _until_disconnect(receive: Receive, sending: Callable[[], Awaitable[None]]) -> None:
+    """Run `sending` (a response body's sends) until it ends or the client goes away.
+
+    Why: once the client is gone, uvicorn's `send` returns without doing anything (ASGI
+    2.3; it raises nothing), so a loop that only sends would go on reading the whole blob
+    (from S3, a mirror's upstream, a file) for nobody. The server's `receive` answers
+    `http.disconnect` when the connection is lost (ASGI HTTP spec, "Disconnected - receive
+    event"): that cancels the sending, and the caller closes what it read from."""
+    failure: Exception | None = None
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            # A GET's request body (empty as a rule) is read and dropped first.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        try:
+            await sending()
+        except Exception as error:
+            # Raised as itself below, not inside the task group's ExceptionGroup: a stream
+            # failing mid-way (a mirror's wrong bytes) must reach the server as it was.
+            failure = error
+        group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+async def _send_chunks(chunks: AsyncIterator[bytes], send: Send) -> None:
+    async for chunk in chunks:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _redirect(url: str, scope: Scope, receive: Receive, send: Send) -> None:

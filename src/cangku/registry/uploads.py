@@ -10,7 +10,13 @@ import time
 from collections.abc import AsyncIterable
 
 from cangku.content.digest import HEX_LENGTHS, Digest
-from cangku.content.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RegistryError
+from cangku.content.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RegistryError,
+    UploadOutOfOrder,
+)
 from cangku.metadata import Connection
 from cangku.metadata import upload_sessions as session_rows
 from cangku.registry import upload_limits, usage
@@ -18,7 +24,7 @@ from cangku.registry.blobs import raise_if_refused, record_blob, within_quota
 from cangku.registry.context import RequestContext
 from cangku.registry.core import Core
 from cangku.registry.sessions import new_upload_id, session_name
-from cangku.registry.upload_leases import Lease, leased
+from cangku.registry.upload_leases import CANCEL_WAIT_SECONDS, Lease, leased
 
 
 class Uploads:
@@ -125,7 +131,13 @@ class Uploads:
             length = end - start + 1
         body = await within_quota(self.core, self.name, body, length)
         try:
-            return await self.core.storage.append_upload(session, lease.guard(body), length, start)
+            return await self.core.storage.append_upload(
+                session,
+                lease.guard(body),
+                length,
+                start,
+                before_save=lease.confirm if lease.held else None,
+            )
         except BlobUploadUnknown:
             raise BlobUploadUnknown("upload unknown to registry", upload_id) from None
 
@@ -146,6 +158,7 @@ class Uploads:
             if length != 0:
                 # The same rules as a PATCH: a final chunk out of order is refused (416).
                 await self._append(session, upload_id, lease, body, length, content_range)
+            await lease.confirm()
             try:
                 # The session ends here: its bytes become the blob (unless a quota refuses it).
                 size = await storage.commit_upload(session, parsed)
@@ -171,10 +184,17 @@ class Uploads:
 
     async def cancel(self, upload_id: str, context: RequestContext) -> None:
         session = session_name(self.name, upload_id)
-        async with leased(self.core, session, upload_id):
-            if await self.core.storage.upload_size(session) is None:
-                raise BlobUploadUnknown("upload unknown to registry", upload_id)
-            await self.core.storage.delete_upload(session)
+        try:
+            async with leased(self.core, session, upload_id, wait=CANCEL_WAIT_SECONDS):
+                if await self.core.storage.upload_size(session) is None:
+                    raise BlobUploadUnknown("upload unknown to registry", upload_id)
+                await self.core.storage.delete_upload(session)
+        except UploadOutOfOrder:
+            # Still being written to after the wait: not a 416 (a Range means nothing to a
+            # client cancelling), Distribution's "may ignore this error" 400 instead.
+            raise BlobUploadInvalid(
+                "another request is still writing to this upload; cancel it again later"
+            ) from None
         await self._close(session)
 
     async def _close(self, session: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -119,11 +119,15 @@ class BlobStorage(Protocol):
         chunks: AsyncIterable[bytes],
         expected_length: int | None,
         expected_offset: int | None = None,
+        *,
+        before_save: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
         """Append a chunk; all of it or (UploadAborted, errors) none of it. Returns the new size.
 
         With `expected_offset`, the chunk must start where the upload ends (UploadOutOfOrder).
-        Appends to one upload never interleave.
+        Appends to one upload never interleave. `before_save` is awaited after the whole
+        chunk arrived and right before the new size is recorded; what it raises aborts the
+        append as a failing body does (registry/upload_leases.py: the lease still held).
         """
 
     async def commit_upload(self, upload_id: str, digest: Digest) -> int:

@@ -31,7 +31,7 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
@@ -211,6 +211,8 @@ class FilesystemStorage:
         chunks: AsyncIterable[bytes],
         expected_length: int | None,
         expected_offset: int | None = None,
+        *,
+        before_save: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
         path = self._upload_path(upload_id)
         async with self._session_locked(upload_id, path, "r+b") as file:
@@ -224,6 +226,8 @@ class FilesystemStorage:
             try:
                 written = await _write_hashed(chunks, file, running)
                 _check_length(written, expected_length)
+                if before_save is not None:
+                    await before_save()
             except BaseException:
                 # All of the chunk or none of it: the client retries from the old offset.
                 file.truncate(start)

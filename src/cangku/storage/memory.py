@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from cangku.content.digest import Digest
 from cangku.content.errors import (
@@ -75,6 +75,8 @@ class MemoryStorage:
         chunks: AsyncIterable[bytes],
         expected_length: int | None,
         expected_offset: int | None = None,
+        *,
+        before_save: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
         if upload_id not in self.uploads:
             raise BlobUploadUnknown("unknown upload")
@@ -85,6 +87,8 @@ class MemoryStorage:
                 len(buffer),
             )
         data = await _collect(chunks, expected_length)
+        if before_save is not None:
+            await before_save()
         buffer += data
         self.uploads[upload_id] = (buffer, time.time())
         return len(buffer)

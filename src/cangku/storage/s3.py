@@ -39,7 +39,7 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -371,6 +371,8 @@ class S3Storage:
         chunks: AsyncIterable[bytes],
         expected_length: int | None,
         expected_offset: int | None = None,
+        *,
+        before_save: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
         directory = self._session_dir(upload_id)
         async with self._lock(upload_id):
@@ -388,6 +390,17 @@ class S3Storage:
             updated = await self._append_parts(
                 directory, session, tail, chunks, running, expected_length
             )
+            if before_save is not None:
+                try:
+                    await before_save()
+                except BaseException:
+                    # Nothing of this call is recorded: its new tail and a multipart upload
+                    # it started are nobody's.
+                    with anyio.CancelScope(shield=True):
+                        await self._delete_keys([updated.tail] if updated.tail else [])
+                        if session.multipart is None and updated.multipart is not None:
+                            await self._abort(directory + "data", updated.multipart)
+                    raise
             try:
                 await self._save(directory, updated)
             except BaseException:
