@@ -45,7 +45,7 @@ from cangku.events.guard import (
     system_resolver,
 )
 from cangku.events.signing import signature
-from cangku.events.webhooks import TEST, Endpoint, webhook_id
+from cangku.events.webhooks import TEST, Endpoint, delivery_json, webhook_id
 from cangku.metadata import Connection, MetadataStore, Row
 from cangku.metadata import events as event_rows
 from cangku.metadata import webhooks as webhook_rows
@@ -324,18 +324,7 @@ async def endpoint_history(
                 "types": endpoint.types,
                 "tags": endpoint.tags,
                 "deliveries": [
-                    {
-                        "id": row.id,
-                        "event": row.event_id,
-                        "type": row.type,
-                        "state": row.state,
-                        "attempts": row.attempts,
-                        "status": row.last_status,
-                        "error": row.last_error,
-                        "latency": row.latency,
-                        "createdAt": row.created_at,
-                        "finishedAt": row.finished_at,
-                    }
+                    delivery_json(row)
                     for row in event_rows.history(connection, endpoint.url, limit)
                 ],
             }
