@@ -187,16 +187,15 @@ async def test_a_lease_left_by_a_request_that_died_expires(
     uploads = first.repository(REPOSITORY).uploads
     upload_id = await uploads.start(CLIENT)
     session = session_name(REPOSITORY, upload_id)
-    now = time.time()
     # A replica that died mid-PATCH: its lease stays until it expires.
     await first.metadata.write(
-        lambda connection: lease_rows.take(connection, session, "dead" * 8, now, now + 60)
+        lambda connection: lease_rows.take_for(connection, session, "dead" * 8, 60)
     )
     with pytest.raises(UploadOutOfOrder):
         await uploads.append(upload_id, body(b"x"), 1, None, CLIENT)
     # A minute later (its expiry moved back instead): any replica may take the session over.
     await second.metadata.write(
-        lambda connection: lease_rows.renew(connection, session, "dead" * 8, now - 1)
+        lambda connection: lease_rows.renew_for(connection, session, "dead" * 8, -1)
     )
     assert (
         await second.repository(REPOSITORY).uploads.append(upload_id, body(b"x"), 1, None, CLIENT)
@@ -218,13 +217,7 @@ async def test_a_request_that_loses_its_lease_stops_before_storing_its_chunk(
     )
     await asyncio.wait_for(started.wait(), 30)
     # Another request took the session over (this one looked dead): the renewal finds out.
-    now = time.time()
-    await registry.metadata.write(
-        lambda connection: lease_rows.delete_expired(connection, now + 3600)
-    )
-    await registry.metadata.write(
-        lambda connection: lease_rows.take(connection, session, "other" * 6 + "xx", now, now + 60)
-    )
+    await take_over(registry, session)
     await asyncio.sleep(0.3)
     go.set()
     # 416 with the Range stored so far, as for a request refused at the start.
@@ -245,7 +238,7 @@ async def test_garbage_collection_deletes_leases_left_by_requests_that_died_long
         ("live", now + 60),
     ):
         await registry.metadata.write(
-            partial(lease_rows.take, session=session, holder="h" * 32, now=0, until=expires_at)
+            partial(lease_rows.take_for, session=session, holder="h" * 32, seconds=expires_at - now)
         )
     collector = GarbageCollector(registry.storage, registry.metadata, CollectionPolicy())
     await collector.collect(now=now)
@@ -279,7 +272,7 @@ async def take_over(registry: Registry, session: str) -> None:
         lambda connection: lease_rows.delete_expired(connection, now + 3600)
     )
     await registry.metadata.write(
-        lambda connection: lease_rows.take(connection, session, "other" * 6 + "xx", now, now + 60)
+        lambda connection: lease_rows.take_for(connection, session, "other" * 6 + "xx", 60)
     )
 
 

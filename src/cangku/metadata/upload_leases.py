@@ -24,34 +24,18 @@ def _database_now(dialect: str) -> ColumnElement[float]:
     return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)
 
 
-def _take(dialect_insert: Any) -> Any:
+def _take_for(dialect_insert: Any, dialect: str) -> Any:
     # One statement decides: a new row, or an expired lease taken over; a live lease of
     # another holder stays as it is (no row changed). Two replicas taking at once: the
-    # second waits for the first's row (the primary key) and then sees it live.
-    statement = dialect_insert(upload_leases).values(
-        session=bindparam("b_session"),
-        holder=bindparam("b_holder"),
-        expires_at=bindparam("b_expires_at"),
-    )
-    # RETURNING, not rowcount: a PostgreSQL driver may not report one for an upsert.
-    return statement.on_conflict_do_update(
-        index_elements=[upload_leases.c.session],
-        set_={
-            "holder": statement.excluded.holder,
-            "expires_at": statement.excluded.expires_at,
-        },
-        where=upload_leases.c.expires_at < bindparam("b_now"),
-    ).returning(upload_leases.c.holder)
-
-
-def _take_for(dialect_insert: Any, dialect: str) -> Any:
-    # As _take, with the expiry and "now" read from the database's clock.
+    # second waits for the first's row (the primary key) and then sees it live. The expiry
+    # and "now" are the database's clock.
     now = _database_now(dialect)
     statement = dialect_insert(upload_leases).values(
         session=bindparam("b_session"),
         holder=bindparam("b_holder"),
         expires_at=now + bindparam("b_seconds", type_=Float),
     )
+    # RETURNING, not rowcount: a PostgreSQL driver may not report one for an upsert.
     return statement.on_conflict_do_update(
         index_elements=[upload_leases.c.session],
         set_={
@@ -63,19 +47,10 @@ def _take_for(dialect_insert: Any, dialect: str) -> Any:
 
 
 # INSERT … ON CONFLICT DO UPDATE … WHERE (SQLite 3.24+, PostgreSQL 9.5+), by dialect name.
-_TAKE = {"sqlite": _take(sqlite.insert), "postgresql": _take(postgresql.insert)}
 _TAKE_FOR = {
     "sqlite": _take_for(sqlite.insert, "sqlite"),
     "postgresql": _take_for(postgresql.insert, "postgresql"),
 }
-_RENEW = (
-    update(upload_leases)
-    .where(
-        upload_leases.c.session == bindparam("b_session"),
-        upload_leases.c.holder == bindparam("b_holder"),
-    )
-    .values(expires_at=bindparam("b_expires_at"))
-)
 _RENEW_FOR = {
     dialect: update(upload_leases)
     .where(
@@ -89,24 +64,6 @@ _RELEASE = delete(upload_leases).where(
     upload_leases.c.session == bindparam("b_session"),
     upload_leases.c.holder == bindparam("b_holder"),
 )
-
-
-def take(connection: Connection, session: str, holder: str, now: float, until: float) -> bool:
-    """Lease `session` to `holder` until `until` (seconds since the epoch) unless another
-    holder's lease is still live at `now`; True when taken."""
-    result = connection.execute(
-        _TAKE[connection.dialect.name],
-        {"b_session": session, "b_holder": holder, "b_expires_at": until, "b_now": now},
-    )
-    return result.first() is not None
-
-
-def renew(connection: Connection, session: str, holder: str, until: float) -> bool:
-    """Extend `holder`'s lease to `until`; False when it is no longer `holder`'s."""
-    result = connection.execute(
-        _RENEW, {"b_session": session, "b_holder": holder, "b_expires_at": until}
-    )
-    return result.rowcount == 1
 
 
 def take_for(connection: Connection, session: str, holder: str, seconds: float) -> bool:
