@@ -58,14 +58,14 @@ WRITE_BATCH = 4 * 1024 * 1024
 # batch as they are; smaller ones are copied together.
 KEEP_CHUNK = 64 * 1024
 # Bytes one write() call hands the kernel. The page cache allocates a new folio as large as
-# the write (ext4 and XFS large folios, Linux >= 6.16). Folios of up to 32 KiB (order 3, the
-# kernel's PAGE_ALLOC_COSTLY_ORDER) come from the per-CPU page lists, where the network
-# stack's 32 KiB socket buffers are freed as each read copies them out: a push reuses memory
-# the machine touched a moment ago. Larger folios split free high-order blocks instead,
-# which on a VM with free page reporting are often memory the host has taken back: their
-# first touch cost 2.0-2.9 ms of system time per MB on the project's machine, against
-# 0.3-0.7 for 32 KiB writes in the same minutes (docs/performance.md, "Push CPU (issue 18)",
-# "Cold memory"). The reference registry writes 32 KiB at a time (Go's io.Copy).
+# the write (ext4 and XFS large folios, Linux >= 6.16). A VM with free page reporting gives
+# the host free blocks of 2 MiB and more (page_reporting_order 9), and a page the host took
+# back costs a fault on the host when first touched again. Folios up to 32 KiB (order 3,
+# the kernel's PAGE_ALLOC_COSTLY_ORDER) are served from the per-CPU lists and small free
+# fragments, which the machine's own churn (socket buffers, above all) keeps warm; larger
+# ones split those big blocks. On the project's machine, in the same minutes: 2.0-2.9 ms of
+# system time per MB pushed with 256 KiB writes, 0.3-0.7 with 32 KiB writes
+# (docs/performance.md, "Cold memory"). The reference registry writes 32 KiB at a time.
 FILE_WRITE = 32 * 1024
 READ_CHUNK = 1024 * 1024
 # registry/sessions.py: upload id + repository key. Bare 32-digit ids are sessions from
