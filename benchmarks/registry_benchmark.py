@@ -233,13 +233,19 @@ class Registry:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server and its descendants so far (/proc/PID/stat)."""
-        ticks = 0
+        user, system = self.cpu_split()
+        return user + system
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the server and its descendants so far."""
+        user = system = 0
         for pid in self.pids():
             with contextlib.suppress(OSError, IndexError, ValueError):
                 # Fields after the parenthesized command: utime and stime are 14th and 15th.
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])
-        return ticks / CLOCK_TICKS
+                user += int(fields[11])
+                system += int(fields[12])
+        return user / CLOCK_TICKS, system / CLOCK_TICKS
 
     def rss_peak_kib(self) -> tuple[int, int]:
         """(VmHWM of the main process, sum of VmHWM over it and its descendants) in KiB."""
@@ -864,6 +870,10 @@ class Bench:
         samples: dict[str, list[float]] = {r.name: [] for r in self.registries}
         cpu: dict[str, list[float]] = {r.name: [] for r in self.registries}
         for repetition in range(repetitions):
+            # Per sample, for the log: user and system ms/MB and the machine's free memory
+            # before it. System time per MB jumps (2-3 ms/MB) when the page cache grows into
+            # memory the host took back (docs/performance.md, "Cold memory"); this shows it.
+            split: list[str] = []
             for registry in self.in_turn(repetition):
                 if registry.name in row.notes:
                     continue  # it already failed this row
@@ -871,11 +881,17 @@ class Bench:
                 # gigabytes would otherwise slow whichever server runs next.
                 os.sync()
                 try:
-                    cpu_before = registry.cpu_seconds()
+                    free_before = free_memory_mib()
+                    user_before, system_before = registry.cpu_split()
                     samples[registry.name].append(measure(registry))
                     if row.megabytes:
-                        spent = registry.cpu_seconds() - cpu_before
-                        cpu[registry.name].append(spent * 1000 / row.megabytes)
+                        user_after, system_after = registry.cpu_split()
+                        user = (user_after - user_before) * 1000 / row.megabytes
+                        system = (system_after - system_before) * 1000 / row.megabytes
+                        cpu[registry.name].append(user + system)
+                        split.append(
+                            f"{registry.name} {user:.2f}+{system:.2f} (free {free_before} MiB)"
+                        )
                 except Exception as error:
                     row.notes[registry.name] = f"error: {error}"[:200]
                     log(f"{row.label} / {registry.name}: {row.notes[registry.name]}")
@@ -886,6 +902,7 @@ class Bench:
                 + ", ".join(
                     f"{name}={values[-1]:.2f}" for name, values in samples.items() if values
                 )
+                + (f"; server CPU ms/MB user+system: {', '.join(split)}" if split else "")
             )
         for name, values in samples.items():
             if values:
@@ -1303,11 +1320,19 @@ class Bench:
                     continue
                 try:
                     os.sync()
-                    cpu_before = registry.cpu_seconds()
+                    free_before = free_memory_mib()
+                    user_before, system_before = registry.cpu_split()
                     pushes[registry.name].append(timed_docker(["push", ref]))
-                    spent = registry.cpu_seconds() - cpu_before
-                    push_cpu[registry.name].append(spent * 1000 / (push_row.megabytes or 1))
-                    log(f"docker push {registry.name}: {pushes[registry.name][-1]:.2f} s")
+                    user_after, system_after = registry.cpu_split()
+                    megabytes = push_row.megabytes or 1
+                    user = (user_after - user_before) * 1000 / megabytes
+                    system = (system_after - system_before) * 1000 / megabytes
+                    push_cpu[registry.name].append(user + system)
+                    log(
+                        f"docker push {registry.name}: {pushes[registry.name][-1]:.2f} s, "
+                        f"server CPU ms/MB user+system {user:.2f}+{system:.2f} "
+                        f"(free {free_before} MiB)"
+                    )
                 except Exception as error:
                     push_row.notes[registry.name] = f"error: {error}"[:200]
                     log(f"docker push {registry.name}: {error}")
@@ -1444,6 +1469,15 @@ def machine_info(registries: list[Registry]) -> list[str]:
     ]
 
 
+def free_memory_mib() -> int:
+    """MemFree of /proc/meminfo in MiB (0 if unreadable)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemFree:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
 def load_average() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -1507,7 +1541,10 @@ def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> st
         "- server CPU ms/MB (push rows): user + system CPU time of the server process (and "
         "its descendants) from /proc/PID/stat across each sample, per 10^6 bytes pushed, "
         "median; it counts only the server's work, so other load on the machine moves it far "
-        "less than the throughputs.",
+        "less than the throughputs. The log gives each sample's user + system split and the "
+        "free memory before it: system time rises by 2-3 ms/MB when a page cache growing "
+        "into free memory touches pages the host took back (docs/performance.md, "
+        '"Cold memory").',
         "- every row runs the registries interleaved, alternating which goes first (each run "
         "after a `sync`, so no run pays for an earlier one's writeback), and "
         "reports the median of the repetitions.",

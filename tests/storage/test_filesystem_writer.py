@@ -52,6 +52,24 @@ async def test_writes_reach_the_file_in_pieces_no_larger_than_file_write() -> No
     assert max(file.write_sizes) == filesystem.FILE_WRITE
 
 
+async def test_no_write_is_larger_than_a_folio_the_per_cpu_page_lists_serve() -> None:
+    # The page cache allocates a folio as large as the write; above 32 KiB (order 3) it
+    # splits free high-order blocks, which on a VM with free page reporting cost 2-3 ms of
+    # system time per MB to touch first (docs/performance.md, "Cold memory"). Odd-sized
+    # chunks in between must not make a write larger either.
+    parts = [b"x" * (1024 * 1024), b"y" * 100_000, b"z" * 3, b"w" * (5 * 1024 * 1024 + 7)]
+    data = b"".join(parts)
+    file = RecordingFile()
+    hasher = hashlib.sha256()
+
+    written = await filesystem._write_hashed(chunks(*parts), file, hasher)
+
+    assert written == len(data)
+    assert file.getvalue() == data
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert max(file.write_sizes) <= 32 * 1024
+
+
 async def test_the_servers_batches_are_hashed_and_written_without_a_copy() -> None:
     # server.py reads a large body straight into ReceivedBody batches and reuses one only
     # once nobody holds it: the writer may keep it as it is, like bytes (a plain bytearray

@@ -57,10 +57,16 @@ WRITE_BATCH = 4 * 1024 * 1024
 # Chunks from this size on that the writer may keep (bytes, the server's ReceivedBody) join a
 # batch as they are; smaller ones are copied together.
 KEEP_CHUNK = 64 * 1024
-# Bytes one write() call hands the kernel. The page cache sizes a new folio after the write
-# (ext4 on Linux >= 6.16): 1 MiB writes into a large file cost 0.9-1.3 ms of system time per
-# MB on the project's machine, 256 KiB writes 0.17 (docs/performance.md, "Push CPU").
-FILE_WRITE = 256 * 1024
+# Bytes one write() call hands the kernel. The page cache allocates a new folio as large as
+# the write (ext4 and XFS large folios, Linux >= 6.16). A VM with free page reporting gives
+# the host free blocks of 2 MiB and more (page_reporting_order 9), and a page the host took
+# back costs a fault on the host when first touched again. Folios up to 32 KiB (order 3,
+# the kernel's PAGE_ALLOC_COSTLY_ORDER) are served from the per-CPU lists and small free
+# fragments, which the machine's own churn (socket buffers, above all) keeps warm; larger
+# ones split those big blocks. On the project's machine, in the same minutes: 2.0-2.9 ms of
+# system time per MB pushed with 256 KiB writes, 0.3-0.7 with 32 KiB writes
+# (docs/performance.md, "Cold memory"). The reference registry writes 32 KiB at a time.
+FILE_WRITE = 32 * 1024
 READ_CHUNK = 1024 * 1024
 # registry/sessions.py: upload id + repository key. Bare 32-digit ids are sessions from
 # before migration 0005; they are still listed so that garbage collection expires them.
