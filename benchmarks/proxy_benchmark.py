@@ -21,7 +21,10 @@ dockerd's `registry-mirrors` would) and Distribution with `proxy.remoteurl`. For
   was slower than both caches' warm answers and measured itself; `--client curl` (one curl
   process per GET, ~0.5 ms/MiB, more than either cache spends warm) still narrows the
   warm ratio towards 1;
-- warm pull: the same again, now from the cache;
+- warm pull: the same again, now from the cache, `--warm` times per round (5 by default),
+  the median counting: one warm pull of the 200 MiB lasts ~0.1 s, so a single scheduling
+  hiccup on the shared machine would move a single sample by half; the rounds' ratios are
+  printed beside the medians' (each round's caches ran seconds apart);
 - 8 concurrent cold pulls (a fresh cache again): the wall time until all eight finished,
   and the blob bytes the upstream sent (from its access log, `http.response.written`) as a
   multiple of the image's size: 1.0 means one transfer per blob.
@@ -392,7 +395,7 @@ def main() -> None:
         help="the timed pulls' client (httpx: the earlier one, slower than both caches warm)",
     )
     parser.add_argument(
-        "--warm", type=int, default=3, help="warm pulls per round (their median counts)"
+        "--warm", type=int, default=5, help="warm pulls per round (their median counts)"
     )
     parser.add_argument(
         "--skip-concurrent", action="store_true", help="only the cold and warm pulls"
@@ -500,7 +503,16 @@ def table(results: dict[str, dict[str, list[float]]], rounds: int) -> str:
         ("cold8", "8 concurrent cold pulls, s"),
     ):
         ours, theirs = median("cangku", key), median("distribution", key)
-        lines.append(f"| {label} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.2f}x |")
+        rounds_ratios = ", ".join(
+            f"{theirs_round / ours_round:.2f}"
+            for ours_round, theirs_round in zip(
+                results["cangku"][key], results["distribution"][key], strict=False
+            )
+        )
+        lines.append(
+            f"| {label} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.2f}x "
+            f"(per round: {rounds_ratios or '-'}) |"
+        )
     ours, theirs = median("cangku", "bytes8"), median("distribution", "bytes8")
     lines.append(
         f"| 8 concurrent cold pulls, upstream blob bytes / image | {ours:.2f} | {theirs:.2f} | — |"

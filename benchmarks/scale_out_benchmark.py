@@ -52,6 +52,9 @@ import registry_benchmark as rb
 MiB = rb.MiB
 TICKS = os.sysconf("SC_CLK_TCK")
 REPOSITORY = "bench/app"
+# The object store's processes whose CPU the pull row reports beside the registry's: how
+# hard each registry's way of reading blobs makes the store work (requests, ranges, sizes).
+STORE_PROCESSES = {"radosgw", "ceph-osd"}
 
 
 def log(message: str) -> None:
@@ -208,10 +211,33 @@ def cpu_seconds(registry: rb.Registry) -> float:
     return total / TICKS
 
 
+def store_pids() -> list[int]:
+    """The Ceph RGW's processes (radosgw, ceph-osd) on this machine, found by name."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() in STORE_PROCESSES:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def store_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the object store's processes so far (all their threads)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
 @dataclass
 class Sample:
     rate: float  # MiB/s or requests/s
     cpu: float  # server CPU milliseconds per MiB (push, pull) or per request
+    # The object store's (Ceph RGW + OSD) CPU milliseconds per MiB pulled; NaN where not read.
+    store_cpu: float = float("nan")
 
 
 @dataclass
@@ -220,14 +246,19 @@ class Results:
 
     def add(self, row: str, registry: str, sample: Sample) -> None:
         self.samples.setdefault((row, registry), []).append(sample)
-        log(f"{row:<22} {registry:<12} {sample.rate:10.1f}  cpu {sample.cpu:.3f}")
+        store = (
+            "" if sample.store_cpu != sample.store_cpu else f"  store cpu {sample.store_cpu:.3f}"
+        )
+        log(f"{row:<22} {registry:<12} {sample.rate:10.1f}  cpu {sample.cpu:.3f}{store}")
 
     def median(self, row: str, registry: str) -> Sample | None:
         samples = self.samples.get((row, registry))
         if not samples:
             return None
         return Sample(
-            statistics.median(s.rate for s in samples), statistics.median(s.cpu for s in samples)
+            statistics.median(s.rate for s in samples),
+            statistics.median(s.cpu for s in samples),
+            statistics.median(s.store_cpu for s in samples),
         )
 
     def ratios(self, row: str, numerator: str, denominator: str) -> list[float]:
@@ -290,8 +321,11 @@ def push_and_pull(registry: rb.Registry, blob: rb.BlobFile, count: int, results:
         )
 
     mib *= PULL_REPEATS
+    ceph = store_pids()
+    store_before = store_cpu_seconds(ceph)
     seconds, cpu = measured([registry], pull, mib / 1000)
-    results.add("pull", registry.name, Sample(mib / seconds, cpu))
+    store_cpu = (store_cpu_seconds(ceph) - store_before) / (mib / 1000)
+    results.add("pull", registry.name, Sample(mib / seconds, cpu, store_cpu))
 
 
 def manifest_gets(
@@ -466,6 +500,21 @@ def render(results: Results, arguments: argparse.Namespace, load: tuple[str, str
                 for r in results.ratios("manifest GET, replicas", "2 replicas", "1 replica")
             )
             + ") | |",
+        ]
+    reference, cangku = results.median("pull", "reference"), results.median("pull", "cangku")
+    if reference is not None and cangku is not None:
+        per_round = ", ".join(
+            f"{r.store_cpu:.2f} / {c.store_cpu:.2f}"
+            for r, c in zip(
+                results.samples[("pull", "reference")],
+                results.samples[("pull", "cangku")],
+                strict=False,
+            )
+        )
+        lines += [
+            "",
+            "Ceph's CPU (radosgw + ceph-osd, ms per MiB pulled), reference / cangku: "
+            f"{reference.store_cpu:.2f} / {cangku.store_cpu:.2f} (per round: {per_round}).",
         ]
     return "\n".join(lines)
 

@@ -4,7 +4,11 @@ and batched request bodies for blob pushes.
 uvicorn implements no ASGI extension for sending files, so every pulled byte would be read into
 Python and written back to the socket on the one event-loop thread. This protocol adds the
 ASGI `http.response.zerocopysend` extension on top of uvicorn's and answers it with
-`loop.sendfile`: the kernel copies the page cache straight to the socket (os.sendfile).
+`os.sendfile`: the kernel copies the page cache straight to the socket. Files of at least
+`THREAD_SEND_MIN` bytes are sent by a thread of their own (`_FileSender`), smaller ones with
+`loop.sendfile` on the event loop: the kernel's work for the bytes (reading the file, which
+may wait for the disk; TCP, and on loopback the receiving side's too) then runs beside the
+event loop instead of stopping it, and several pulls use several cores.
 
 The extension is offered only where that works: on plain TCP (TLS must encrypt in user space,
 and asyncio's fallback for it reads 16 KiB per thread hop) and on asyncio's own event loop
@@ -42,8 +46,11 @@ tests/api/test_request_bodies.py are what say an upgrade still fits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
+import select
+import socket
 import sys
 import threading
 from collections import OrderedDict
@@ -92,6 +99,15 @@ COALESCE_DELAY = 0.005
 # buffer costs ~200 page faults per MB pushed (the allocator hands such sizes back to the
 # kernel when freed), a reused one none. One upload in flight holds up to ~10.
 POOLED_BATCHES = 16
+# Zero-copy sends of at least this many bytes run in a thread of their own (`_FileSender`);
+# smaller ones on the event loop (`loop.sendfile`), where a thread's start costs more than it
+# spares. On loopback and fast links the kernel's work per byte sent (TCP, and on loopback the
+# receiving side's too) is charged to the sender: on the event loop, three blobs at once got
+# one core; in threads they share the cores (docs/performance.md, "Warm pulls").
+THREAD_SEND_MIN = 1024 * 1024
+# A sending thread that finds no room in the socket for this many seconds ends, and the event
+# loop waits for room instead: a client that stops reading holds no thread.
+THREAD_SEND_WAIT = 0.5
 
 
 class BatchPool:
@@ -375,7 +391,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
 
 
 class ZeroCopyCycle(RequestResponseCycle):
-    """One request/response, answering `http.response.zerocopysend` with `loop.sendfile`, and
+    """One request/response, answering `http.response.zerocopysend` with `os.sendfile`, and
     receiving the body in batches (`ZeroCopyHttpProtocol.on_body`)."""
 
     def start_body(self) -> None:
@@ -568,7 +584,11 @@ class ZeroCopyCycle(RequestResponseCycle):
             self._abandon()
             return False
         try:
-            sent = await asyncio.get_running_loop().sendfile(self.transport, file, offset, count)
+            if count >= THREAD_SEND_MIN and self.transport.get_write_buffer_size() == 0:
+                sent = await _FileSender(self.transport, file.fileno()).send(offset, count)
+            else:
+                loop = asyncio.get_running_loop()
+                sent = await loop.sendfile(self.transport, file, offset, count)
         except OSError as error:
             # Mostly the client went away mid-transfer (reset, broken pipe, timed out): nobody
             # is left to answer, and the application did nothing wrong. Anything else (a disk
@@ -591,6 +611,121 @@ class ZeroCopyCycle(RequestResponseCycle):
     def _abandon(self) -> None:
         self.disconnected = True  # Later sends are no-ops, as after a client disconnect.
         self.transport.close()
+
+
+class _FileSender:
+    """Sends a file range to a connection's socket with `os.sendfile` from threads of its own,
+    beside the event loop, and waits on the loop while the socket has no room.
+
+    The socket and the file are used through duplicates of their descriptors, so that the
+    transport closing its own (the client went away, the server stops) or the application
+    closing the file (its response cancelled) cannot hand the number to another connection or
+    file mid-send; the duplicates are closed once no thread uses them. The
+    transport's write buffer must be empty (the response head sent), as `loop.sendfile`
+    waits for it to be. Not one of anyio's worker threads: the send lasts as long as the
+    client reads, and slow clients must not take the threads every other request needs."""
+
+    def __init__(self, transport: asyncio.Transport, file: int) -> None:
+        # `file`: a descriptor (duplicated here; the caller keeps and closes its own).
+        self.socket = cast(socket.socket, transport.get_extra_info("socket")).dup()
+        self.file = os.dup(file)
+        self.running = False  # A thread is sending (it closes the socket if `abandoned`).
+        self.abandoned = False
+        self.lock = threading.Lock()
+
+    async def send(self, offset: int, count: int) -> int:
+        """Send `count` bytes of the file from `offset`; the bytes sent, fewer if the file
+        ended early. Raises OSError as `os.sendfile` does (the client went away: a
+        ConnectionError). Cancelled mid-send, it shuts the socket down, so that the thread
+        stops at its next call."""
+        loop = asyncio.get_running_loop()
+        sent = 0
+        try:
+            while sent < count:
+                moved, ended = await self._in_thread(loop, offset + sent, count - sent)
+                sent += moved
+                if ended or sent == count:
+                    break
+                await self._writable(loop)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
+            raise
+        finally:
+            with self.lock:
+                self.abandoned = True
+                if not self.running:
+                    self._close()
+        return sent
+
+    def _close(self) -> None:
+        self.socket.close()
+        os.close(self.file)
+
+    def _in_thread(
+        self, loop: asyncio.AbstractEventLoop, offset: int, count: int
+    ) -> asyncio.Future[tuple[int, bool]]:
+        future: asyncio.Future[tuple[int, bool]] = loop.create_future()
+
+        def settle(outcome: tuple[int, bool] | BaseException) -> None:
+            if future.done():  # Cancelled meanwhile.
+                return
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        def run() -> None:
+            outcome: tuple[int, bool] | BaseException
+            try:
+                outcome = _send_until_stalled(self.socket.fileno(), self.file, offset, count)
+            except BaseException as error:  # Raised to the awaiting task.
+                outcome = error
+            with self.lock:
+                self.running = False
+                if self.abandoned:
+                    self._close()
+            with contextlib.suppress(RuntimeError):  # The loop closed: nobody awaits it.
+                loop.call_soon_threadsafe(settle, outcome)
+
+        self.running = True
+        threading.Thread(target=run, name="cangku-sendfile", daemon=True).start()
+        return future
+
+    async def _writable(self, loop: asyncio.AbstractEventLoop) -> None:
+        ready: asyncio.Future[None] = loop.create_future()
+        descriptor = self.socket.fileno()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_writer(descriptor, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(descriptor)
+
+
+def _send_until_stalled(out: int, file: int, offset: int, count: int) -> tuple[int, bool]:
+    """`os.sendfile` to the non-blocking socket `out` until `count` bytes went, the file
+    ended, or the socket had no room for THREAD_SEND_WAIT seconds (a poll(2) in between, as
+    a blocking send would wait): (bytes sent, whether the file ended early). Raises OSError
+    (a reset or closed peer: its POLLERR/POLLHUP make the next call fail)."""
+    poller = select.poll()
+    poller.register(out, select.POLLOUT)
+    sent = 0
+    while sent < count:
+        try:
+            moved = os.sendfile(out, file, offset + sent, count - sent)
+        except BlockingIOError:
+            if not poller.poll(THREAD_SEND_WAIT * 1000):
+                return sent, False
+            continue
+        if moved == 0:
+            return sent, True
+        sent += moved
+    return sent, False
 
 
 def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:

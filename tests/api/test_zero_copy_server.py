@@ -14,6 +14,8 @@ import os
 import re
 import socket
 import struct
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cangku import server
 from cangku.asgi import ZERO_COPY_SEND
 from cangku.config import Settings
 from cangku.content.digest import Digest
@@ -35,8 +38,11 @@ from tests.tls import TlsFiles, make_tls_files
 NAME = "jimo/pulls"
 
 
-async def serve(app: ASGIApp, data: Path, tls: TlsFiles | None = None) -> AsyncIterator[int]:
-    """Run the app as `cangku serve` would, on a free loopback port in this event loop."""
+async def serve(
+    app: ASGIApp, data: Path, tls: TlsFiles | None = None, **overrides: Any
+) -> AsyncIterator[int]:
+    """Run the app as `cangku serve` would, on a free loopback port in this event loop
+    (`overrides`: uvicorn.Config's arguments to change)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     settings = Settings(
@@ -47,7 +53,7 @@ async def serve(app: ASGIApp, data: Path, tls: TlsFiles | None = None) -> AsyncI
         tls_key=tls and tls.key,
     )
     # The app's lifespan belongs to the fixtures here, and pytest keeps the logging.
-    config = server_config(app, settings, lifespan="off", log_config=None)
+    config = server_config(app, settings, **({"lifespan": "off", "log_config": None} | overrides))
     server = uvicorn.Server(config)
     with listener:
         task = asyncio.create_task(server.serve(sockets=[listener]))
@@ -354,3 +360,108 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     test that configured logging before this one (`cangku serve`'s INFO level) lets the access
     log's INFO lines of the pushes in: those are not what these tests are about."""
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_slow_disk_read_holds_up_no_other_request(
+    port: int, blob: tuple[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.sendfile reads the file as it sends: a blob not in the page cache waits for the disk.
+    Large files are sent by a thread of their own, so the event loop answers others meanwhile."""
+    digest, data = blob
+    real_sendfile: Callable[..., int] = os.sendfile
+    reading = threading.Event()
+
+    def slow_disk(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        if offset == 0:  # The first read of the blob waits for the "disk".
+            reading.set()
+            time.sleep(1.0)
+        return real_sendfile(out_fd, in_fd, offset, count)
+
+    def another_request() -> float:
+        """Seconds for GET /v2/ sent while the blob's first read waits (not on this loop,
+        which runs the server)."""
+        assert reading.wait(10)
+        started = time.monotonic()
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=10).status_code == 200
+        return time.monotonic() - started
+
+    monkeypatch.setattr(os, "sendfile", slow_disk)
+    path = f"/v2/{NAME}/blobs/{digest}"
+    pull = asyncio.to_thread(requests_on_one_connection, port, [("GET", path, {})])
+    ((status, _, body),), seconds = await asyncio.gather(pull, asyncio.to_thread(another_request))
+    assert status == 200 and body == data
+    assert seconds < 0.5
+
+
+async def test_a_client_that_stops_reading_holds_no_sending_thread(
+    port: int, blob: tuple[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sending thread waits THREAD_SEND_WAIT seconds for room in the socket, then leaves
+    the wait to the event loop; the pull goes on where it stopped once the client reads."""
+    monkeypatch.setattr(server, "THREAD_SEND_WAIT", 0.1)
+    digest, data = blob
+    senders: list[str] = []
+    real_sendfile: Callable[..., int] = os.sendfile
+
+    def recording(*args: Any) -> int:
+        senders.append(threading.current_thread().name)
+        return real_sendfile(*args)
+
+    monkeypatch.setattr(os, "sendfile", recording)
+
+    def sending_threads() -> int:
+        return sum(thread.name == "cangku-sendfile" for thread in threading.enumerate())
+
+    with socket.socket() as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # Room for little.
+        raw.settimeout(30)
+        raw.connect(("127.0.0.1", port))
+        raw.sendall(f"GET /v2/{NAME}/blobs/{digest} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        # The client's reads run in threads: this event loop runs the server.
+        received = bytearray(await asyncio.to_thread(raw.recv, 4096))
+        assert received.startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(1.0)  # The client reads nothing meanwhile.
+        assert senders and set(senders) == {"cangku-sendfile"}
+        assert sending_threads() == 0
+        stalled = len(senders)
+        length = len(data) + received.index(b"\r\n\r\n") + 4
+        while len(received) < length:
+            chunk = await asyncio.to_thread(raw.recv, 1 << 20)
+            assert chunk, "the server closed the connection mid-blob"
+            received += chunk
+    assert received.endswith(data) and len(received) == length
+    assert len(senders) > stalled  # The send went on after the wait.
+    assert set(senders) == {"cangku-sendfile"}
+
+
+async def test_stopping_the_server_mid_send_closes_a_stalled_connection(
+    app: ASGIApp, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The send's duplicate of the socket must not keep a connection open after the server
+    gave up on it: cancelled (the graceful shutdown's time ran out), the send shuts it down."""
+    monkeypatch.setattr(server, "THREAD_SEND_WAIT", 30.0)  # The thread is mid-wait.
+    data = os.urandom(8 * 1024 * 1024)
+    async for port in serve(app, data_dir, timeout_graceful_shutdown=0.2):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            digest = await push_blob(client, NAME, data)
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(10)
+        raw.connect(("127.0.0.1", port))
+        raw.sendall(f"GET /v2/{NAME}/blobs/{digest} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        assert (await asyncio.to_thread(raw.recv, 4096)).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(0.3)  # The send waits for room.
+    # The server stopped (serve's end): the client finds the connection closed, not stalled.
+
+    def drain() -> int:
+        received = 0
+        while chunk := raw.recv(1 << 20):
+            received += len(chunk)
+        return received
+
+    with raw:
+        try:
+            received = await asyncio.to_thread(drain)
+        except ConnectionResetError:
+            received = -1
+    assert received < len(data)
