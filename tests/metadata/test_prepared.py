@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from cangku.metadata import Connection, MetadataStore
 from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import repositories, tags, users
-from tests.databases import fresh_database
+from tests.databases import fresh_database, same_database
 
 _REPOSITORY = insert(repositories).values(name=bindparam("name"), created_at=bindparam("at"))
 _TAG = insert(tags).values(
@@ -218,3 +218,17 @@ def test_a_statement_with_python_side_defaults_is_refused(tmp_path: Path) -> Non
             Prepared(insert(users)).run(connection, {"name": "jimo", "password_hash": "x"})
     finally:
         store.engine.dispose()
+
+
+async def test_reads_see_what_another_connection_committed_in_between(
+    store: MetadataStore,
+) -> None:
+    await fill(store)
+    other = MetadataStore.open(same_database(store))
+    lookup = Prepared(_REPOSITORY_ID)
+    try:
+        assert await store.read(lambda c: lookup.scalar(c, {"name": "jimo/other"})) is None
+        await other.write(lambda c: c.execute(_REPOSITORY, {"name": "jimo/other", "at": 2.0}))
+        assert await store.read(lambda c: lookup.scalar(c, {"name": "jimo/other"})) is not None
+    finally:
+        await other.close()

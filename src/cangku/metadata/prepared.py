@@ -11,7 +11,8 @@ runs it on the DB-API connection under the SQLAlchemy `Connection` it is given:
 - parameters bound in the compiled order, each through the bind processor SQLAlchemy would
   apply (e.g. Boolean as 0/1 on SQLite), literal values of the statement included;
 - inside the connection's transaction (it is begun first, as SQLAlchemy's autobegin would,
-  so the "begin" hook of metadata/store.py still sends BEGIN IMMEDIATE on SQLite writes);
+  so the "begin" hook of metadata/store.py still sends BEGIN IMMEDIATE on SQLite writes;
+  SQLite's autocommit reads, `sqlite_autocommit`, have no transaction to begin);
 - rows as named tuples (`row.name`, `row[0]`, equal to plain tuples), each column through the
   result processor of its type;
 - a driver error raised as SQLAlchemy's (`IntegrityError`, …), the connection invalidated on
@@ -216,8 +217,13 @@ class Prepared:
             bound: Any = compiled.bind(slots, names, parameters)
         else:
             bound = [compiled.bind(slots, names, row) for row in many]
-        if not connection.in_transaction():
-            connection.begin()  # SQLAlchemy's autobegin: the engine's "begin" hook runs.
+        if not connection.in_transaction() and not connection.get_execution_options().get(
+            "sqlite_autocommit"
+        ):
+            # SQLAlchemy's autobegin: the engine's "begin" hook runs (metadata/store.py). Not
+            # on SQLite's autocommit reads, where that hook sends nothing and the transaction
+            # object (~15 µs with its rollback) would only be bookkeeping.
+            connection.begin()
         driver = connection.connection.driver_connection
         assert driver is not None
         cursor = driver.cursor()
