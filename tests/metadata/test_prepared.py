@@ -232,3 +232,16 @@ async def test_reads_see_what_another_connection_committed_in_between(
         assert await store.read(lambda c: lookup.scalar(c, {"name": "jimo/other"})) is not None
     finally:
         await other.close()
+
+
+def test_a_named_parameter_left_out_is_refused(tmp_path: Path) -> None:
+    # Planned without it, a later call's value for it would be ignored.
+    with_default = select(tags.c.name).where(tags.c.name == bindparam("name", value="a"))
+    store = MetadataStore.open(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        with store.engine.connect() as connection:
+            with pytest.raises(ValueError, match="'name'"):
+                Prepared(with_default).rows(connection, {})
+            assert Prepared(with_default).rows(connection, {"name": "b"}) == []
+    finally:
+        store.engine.dispose()

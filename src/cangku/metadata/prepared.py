@@ -96,11 +96,15 @@ class _Compiled:
     ) -> tuple[str, tuple[_Slot, ...], tuple[str, ...]]:
         """The SQL text, the slots in parameter order, and (named paramstyles) their names."""
         probes: dict[str, Any] = {}
-        for key in self.compiled.binds:
+        for key, bind in self.compiled.binds.items():
             if key in self.expanding:
                 probes[key] = [_Probe(key, index) for index in range(len(parameters[key]))]
             elif key in parameters:
                 probes[key] = _Probe(key, None)
+            elif not bind.unique:
+                # A named parameter left out would be planned as its default for good, and a
+                # later call's value for it ignored.
+                raise ValueError(f"Prepared: no value for the parameter {key!r}")
         state = self.compiled.construct_expanded_state(probes)
         ordered = tuple(state.positiontup or state.parameters)
         slots: list[_Slot] = []
