@@ -33,7 +33,7 @@ _MARK_FANNED_OUT = Prepared(
 
 def insert_events(connection: Connection, rows: list[dict[str, object]]) -> None:
     """Append these outbox rows (event_id, type, repository, created_at, payload), in order,
-    in one statement (none: no statement)."""
+    in one `executemany` (one round trip; none: no statement)."""
     if rows:
         _INSERT_PREPARED.run_many(connection, rows)
 

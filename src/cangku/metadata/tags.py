@@ -276,8 +276,8 @@ def digest_of(connection: Connection, repository_id: int, tag: str) -> str | Non
 
 def point_tags(connection: Connection, rows: list[dict[str, object]]) -> None:
     """Point these tags where the rows say (all `tags` columns given: see
-    `registry.tags.version_columns`), creating those that do not exist: one statement,
-    however many of each."""
+    `registry.tags.version_columns`), creating those that do not exist: one statement
+    (one `executemany`), however many of each."""
     _PREPARED_POINT_TAGS[connection.dialect.name].run_many(connection, rows)
 
 
@@ -292,7 +292,7 @@ def delete_tag(connection: Connection, repository_id: int, tag: str) -> None:
 
 
 def insert_history(connection: Connection, changes: list[dict[str, object]]) -> None:
-    """Append these `tag_history` rows, in order, in one statement (none: no statement)."""
+    """Append these `tag_history` rows, in order, in one `executemany` (none: no statement)."""
     if changes:
         _PREPARED_INSERT_HISTORY.run_many(connection, changes)
 
