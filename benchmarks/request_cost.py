@@ -16,7 +16,9 @@ is noise.
 Kinds: `base` (GET /v2/), `blob-head` (HEAD of a blob), `manifest-get`, `manifest-head` (by
 tag), `upload-post` (POST .../blobs/uploads/), `upload-put` (PUT ?digest= finishing each
 session with a 1 KiB blob: the monolithic upload's second request), `upload-put-1m` (the same
-with 1 MiB blobs, a tenth as many), `manifest-put` (a new tag each time, the same manifest).
+with 1 MiB blobs, a tenth as many), `manifest-put` (a new tag each time, the same manifest),
+`tags-page` (GET .../tags/list?n=100&last=..., one page of 100 from the middle of 300 tags,
+as registry_benchmark.py's paged tags row asks for; the 300 tags are pushed beforehand).
 
 `--auth` starts the servers with authentication (not `--open`): every request carries a bearer
 token for `bench/cost` fetched once from /auth/token with the initial admin's password.
@@ -62,10 +64,13 @@ KINDS = (
     "upload-put",
     "upload-put-1m",
     "manifest-put",
+    "tags-page",
 )
 REPOSITORY = "bench/cost"
 # Upload sessions open at once per loop step: below uploads.max_open_per_owner (64).
 SESSION_BATCH = 32
+# Tags pushed for the `tags-page` kind (t-00000 ...), in addition to `v1`.
+LISTED_TAGS = 300
 
 
 class Server:
@@ -219,16 +224,17 @@ class Fixture:
         self.manifest = image_manifest(self.config, [self.layer])
         self.layer_digest = sha256_digest(self.layer)
 
-    def push(self, server: Server) -> None:
+    def push(self, server: Server, listed_tags: int) -> None:
         push_blob(server, self.config)
         push_blob(server, self.layer)
-        server.expect(
-            201,
-            "PUT",
-            f"/v2/{REPOSITORY}/manifests/v1",
-            self.manifest,
-            {"Content-Type": OCI_MANIFEST},
-        )
+        for tag in ["v1", *(f"t-{index:05d}" for index in range(listed_tags))]:
+            server.expect(
+                201,
+                "PUT",
+                f"/v2/{REPOSITORY}/manifests/{tag}",
+                self.manifest,
+                {"Content-Type": OCI_MANIFEST},
+            )
 
 
 def measure_kind(
@@ -246,6 +252,9 @@ def measure_kind(
         ),
         "manifest-head": lambda: server.expect(
             200, "HEAD", f"/v2/{REPOSITORY}/manifests/v1", headers=accept
+        ),
+        "tags-page": lambda: server.expect(
+            200, "GET", f"/v2/{REPOSITORY}/tags/list?n=100&last=t-{LISTED_TAGS // 3:05d}"
         ),
     }
     if kind in simple:
@@ -332,7 +341,7 @@ def main() -> None:
     try:
         for server in servers:
             server.wait_until_ready(args.auth)
-            fixture.push(server)
+            fixture.push(server, LISTED_TAGS if "tags-page" in kinds else 0)
         print(f"load average before: {os.getloadavg()}", flush=True)
         for round_index in range(args.rounds):
             order = servers if round_index % 2 == 0 else list(reversed(servers))

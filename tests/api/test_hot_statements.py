@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ClauseElement
 
 from cangku.registry import Registry
@@ -116,3 +117,40 @@ async def test_the_statements_of_a_request_are_built_once(
     assert second, "the request ran no statement: the test would prove nothing"
     built_anew = [str(s) for s in second if not any(s is known for known in first)]
     assert built_anew == []
+
+
+@contextmanager
+def through_sqlalchemy() -> Iterator[list[str]]:
+    """The statements run through `Connection.execute`/`scalar`/`scalars` in the block."""
+    seen: list[str] = []
+    originals = {name: getattr(Connection, name) for name in ("execute", "scalar", "scalars")}
+
+    def recording(name: str) -> Callable[..., Any]:
+        def run(self: Connection, statement: Any, *arguments: Any, **options: Any) -> Any:
+            seen.append(" ".join(str(statement).split()))
+            return originals[name](self, statement, *arguments, **options)
+
+        return run
+
+    for name in originals:
+        setattr(Connection, name, recording(name))
+    try:
+        yield seen
+    finally:
+        for name, original in originals.items():
+            setattr(Connection, name, original)
+
+
+@pytest.mark.parametrize(
+    "request_kind", [upload_then_put, chunked, single_post, manifest_put, manifest_get, blob_head]
+)
+async def test_the_statements_of_a_request_run_on_the_drivers_cursor(
+    client: httpx.AsyncClient, registry: Registry, request_kind: Request
+) -> None:
+    """Each of SQLAlchemy's executions costs 7-20 µs more than the statement
+    (metadata/prepared.py): the busiest requests run theirs through `Prepared`."""
+    await push_image(client, "jimo/app", "base")
+    await request_kind(client, 0)  # The first of its kind may create the repository's rows.
+    with through_sqlalchemy() as seen:
+        await request_kind(client, 1)
+    assert seen == []

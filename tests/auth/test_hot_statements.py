@@ -15,6 +15,7 @@ from tests.api.test_hot_statements import (
     executed_statements,
     manifest_get,
     manifest_put,
+    through_sqlalchemy,
     upload_then_put,
 )
 from tests.auth.conftest import As, bearer, token_for
@@ -35,3 +36,17 @@ async def test_the_statements_of_an_authenticated_request_are_built_once(
     assert second, "the request ran no statement: the test would prove nothing"
     built_anew = [str(s) for s in second if not any(s is known for known in first)]
     assert built_anew == []
+
+
+@pytest.mark.parametrize("request_kind", [upload_then_put, manifest_put, manifest_get, blob_head])
+async def test_an_authenticated_request_runs_its_statements_on_the_drivers_cursor(
+    client: httpx.AsyncClient, registry: Registry, request_kind: Request
+) -> None:
+    """The account, memberships and visibility reads too (metadata/prepared.py)."""
+    token = await token_for(client, "jimo", "repository:jimo/app:pull,push")
+    with As(client, bearer(token)):
+        await push_image(client, "jimo/app", "base")
+        await request_kind(client, 0)
+        with through_sqlalchemy() as seen:
+            await request_kind(client, 1)
+    assert seen == []

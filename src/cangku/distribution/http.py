@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -25,6 +26,13 @@ async def request_body(request: Request) -> AsyncIterator[bytes]:
                 yield chunk
     except ClientDisconnect:
         raise UploadAborted("the client disconnected during the upload") from None
+
+
+def request_path(request: Request) -> str:
+    """The request's path, percent-encoded, for a `Link` header pointing back at this route
+    (RFC 8288; OCI dist-spec "Listing Tags"). From the ASGI scope: `request.url` would build
+    and parse a whole URL (~13 µs, a tenth of a listing page's CPU) only to read its path."""
+    return quote(request.scope["path"])
 
 
 def content_length(request: Request) -> int | None:

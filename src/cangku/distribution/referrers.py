@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cangku.content.mediatypes import OCI_INDEX
-from cangku.distribution.http import warning
+from cangku.distribution.http import request_path, warning
 from cangku.registry import Registry
 
 # Clients refuse larger indexes (oras-go, containerd: 4 MiB), so no page is larger.
@@ -40,7 +40,7 @@ async def list_referrers(request: Request, registry: Registry, name: str, digest
         query = {"last": page.next_last}
         if artifact_type is not None:
             query["artifactType"] = artifact_type
-        headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
+        headers["Link"] = f'<{request_path(request)}?{urlencode(query)}>; rel="next"'
     if page.trimmed:
         headers["Warning"] = warning(
             f"annotations left out of {', '.join(page.trimmed[:3])}: larger than a page"

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cangku.distribution.http import page_size
+from cangku.distribution.http import page_size, request_path
 from cangku.registry import Registry
 from cangku.registry.records import Page
 
@@ -27,4 +27,4 @@ def next_link(request: Request, page: Page, limit: int | None) -> dict[str, str]
     query = urlencode(
         {"n": limit if limit is not None else len(page.items), "last": page.next_last}
     )
-    return {"Link": f'<{request.url.path}?{query}>; rel="next"'}
+    return {"Link": f'<{request_path(request)}?{query}>; rel="next"'}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
+from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import access_tokens, organization_members, organizations, users
 from cangku.metadata.upserts import upsert
 
@@ -79,15 +80,19 @@ TOUCH_TOKEN = (
     .where(access_tokens.c.id == bindparam("token_id"))
     .values(last_used_at=bindparam("used_at"))
 )
-ACCOUNT_STATE = select(
-    users.c.id, users.c.is_admin, users.c.disabled, users.c.credentials_changed_at
-).where(users.c.name == bindparam("name"))
-TOKEN_SCOPE = select(access_tokens.c.scope).where(
-    access_tokens.c.id == bindparam("token_id"),
-    access_tokens.c.user_id == bindparam("user_id"),
-    access_tokens.c.revoked_at.is_(None),
+ACCOUNT_STATE = Prepared(
+    select(users.c.id, users.c.is_admin, users.c.disabled, users.c.credentials_changed_at).where(
+        users.c.name == bindparam("name")
+    )
 )
-MEMBERSHIPS = (
+TOKEN_SCOPE = Prepared(
+    select(access_tokens.c.scope).where(
+        access_tokens.c.id == bindparam("token_id"),
+        access_tokens.c.user_id == bindparam("user_id"),
+        access_tokens.c.revoked_at.is_(None),
+    )
+)
+MEMBERSHIPS = Prepared(
     select(organizations.c.name, organization_members.c.role)
     .select_from(
         organization_members.join(
@@ -163,7 +168,7 @@ def stored_password(connection: Connection, name: str) -> StoredPassword | None:
 
 
 def account_state(connection: Connection, name: str) -> AccountState | None:
-    row = connection.execute(ACCOUNT_STATE, {"name": name}).first()
+    row = ACCOUNT_STATE.first(connection, {"name": name})
     if row is None:
         return None
     return AccountState(row.id, row.is_admin, row.disabled, row.credentials_changed_at)
@@ -230,7 +235,7 @@ def list_organizations(connection: Connection) -> dict[str, dict[str, str]]:
 
 def memberships(connection: Connection, user_id: int) -> list[tuple[str, str]]:
     """(organization, role) pairs of a user."""
-    return [(row.name, row.role) for row in connection.execute(MEMBERSHIPS, {"user_id": user_id})]
+    return [(row.name, row.role) for row in MEMBERSHIPS.rows(connection, {"user_id": user_id})]
 
 
 # -- personal access tokens ------------------------------------------------------------------
@@ -304,4 +309,4 @@ def touch_token(connection: Connection, token_id: str, now: float) -> None:
 
 def token_scope(connection: Connection, token_id: str, user_id: int) -> str | None:
     """The scope of the user's active token `token_id`, None when revoked or not theirs."""
-    return connection.scalar(TOKEN_SCOPE, {"token_id": token_id, "user_id": user_id})
+    return TOKEN_SCOPE.scalar(connection, {"token_id": token_id, "user_id": user_id})  # type: ignore[no-any-return]

@@ -22,10 +22,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import blobs, manifest_references, repositories, repository_blobs
 
 # The hot paths' statements, built once (pushes are many small transactions).
-BLOB_SIZE_IN_REPOSITORY = (
+BLOB_SIZE_IN_REPOSITORY = Prepared(
     select(blobs.c.size)
     .select_from(
         repositories.join(
@@ -36,12 +37,12 @@ BLOB_SIZE_IN_REPOSITORY = (
         repositories.c.name == bindparam("name"), repository_blobs.c.digest == bindparam("digest")
     )
 )
-_BLOB_SIZE = select(blobs.c.size).where(blobs.c.digest == bindparam("digest"))
-_INSERT_BLOB = insert(blobs)
-_TOUCH_BLOB = (
+_BLOB_SIZE = Prepared(select(blobs.c.size).where(blobs.c.digest == bindparam("digest")))
+_INSERT_BLOB = Prepared(insert(blobs))
+_TOUCH_BLOB = Prepared(
     update(blobs).where(blobs.c.digest == bindparam("b_digest")).values(created_at=bindparam("now"))
 )
-_TOUCH_LINK = (
+_TOUCH_LINK = Prepared(
     update(repository_blobs)
     .where(
         repository_blobs.c.repository_id == bindparam("b_repository_id"),
@@ -49,41 +50,43 @@ _TOUCH_LINK = (
     )
     .values(created_at=bindparam("now"))
 )
-_INSERT_LINK = insert(repository_blobs)
-_LINKED_BLOBS = select(repository_blobs.c.digest).where(
-    repository_blobs.c.repository_id == bindparam("repository_id"),
-    repository_blobs.c.digest.in_(bindparam("digests", expanding=True)),
+_INSERT_LINK = Prepared(insert(repository_blobs))
+_LINKED_BLOBS = Prepared(
+    select(repository_blobs.c.digest).where(
+        repository_blobs.c.repository_id == bindparam("repository_id"),
+        repository_blobs.c.digest.in_(bindparam("digests", expanding=True)),
+    )
 )
 
 
 def size_in_repository(connection: Connection, name: str, digest: str) -> int | None:
     """The size in bytes of blob `digest` if repository `name` holds it, else None."""
-    return connection.scalar(BLOB_SIZE_IN_REPOSITORY, {"name": name, "digest": digest})
+    return BLOB_SIZE_IN_REPOSITORY.scalar(connection, {"name": name, "digest": digest})  # type: ignore[no-any-return]
 
 
 def recorded_size(connection: Connection, digest: str) -> int | None:
     """The size in bytes of a recorded blob (held by any repository or none); None if the
     registry has no row for it."""
-    return connection.scalar(_BLOB_SIZE, {"digest": digest})
+    return _BLOB_SIZE.scalar(connection, {"digest": digest})  # type: ignore[no-any-return]
 
 
 def record(connection: Connection, digest: str, size: int, now: float, *, known: bool) -> None:
     """Insert the blob's row, or (`known`) restart its garbage-collection grace period."""
     if known:
-        connection.execute(_TOUCH_BLOB, {"b_digest": digest, "now": now})
+        _TOUCH_BLOB.run(connection, {"b_digest": digest, "now": now})
     else:
-        connection.execute(_INSERT_BLOB, {"digest": digest, "size": size, "created_at": now})
+        _INSERT_BLOB.run(connection, {"digest": digest, "size": size, "created_at": now})
 
 
 def link(connection: Connection, repository_id: int, digest: str, now: float) -> None:
     """Repository `repository_id` holds the blob from `now` on (an existing link is
     touched, which restarts its grace period)."""
-    touched = connection.execute(
-        _TOUCH_LINK, {"b_repository_id": repository_id, "b_digest": digest, "now": now}
+    touched = _TOUCH_LINK.run(
+        connection, {"b_repository_id": repository_id, "b_digest": digest, "now": now}
     )
-    if not touched.rowcount:
-        connection.execute(
-            _INSERT_LINK, {"repository_id": repository_id, "digest": digest, "created_at": now}
+    if not touched:
+        _INSERT_LINK.run(
+            connection, {"repository_id": repository_id, "digest": digest, "created_at": now}
         )
 
 
@@ -101,7 +104,7 @@ def unlink(connection: Connection, repository_id: int, digest: str) -> bool:
 def linked(connection: Connection, repository_id: int, digests: list[str]) -> set[str]:
     """Which of `digests` the repository holds."""
     parameters = {"repository_id": repository_id, "digests": digests}
-    return set(connection.scalars(_LINKED_BLOBS, parameters).all())
+    return set(_LINKED_BLOBS.scalars(connection, parameters))
 
 
 def holders(connection: Connection, digest: str, limit: int) -> list[str]:

@@ -8,19 +8,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import event_deliveries, events
 
 _INSERT = insert(events)
+_INSERT_PREPARED = Prepared(_INSERT)
+# The event worker's fan-out runs these after every push that recorded events.
+_NOT_FANNED_OUT = Prepared(
+    select(events.c.id, events.c.type, events.c.repository, events.c.created_at, events.c.payload)
+    .where(events.c.fanned_out.is_(None))
+    .order_by(events.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_MARK_FANNED_OUT = Prepared(
+    update(events)
+    .where(events.c.id.in_(bindparam("event_ids", expanding=True)))
+    .values(fanned_out=True)
+)
 
 
 def insert_events(connection: Connection, rows: list[dict[str, object]]) -> None:
     """Append these outbox rows (event_id, type, repository, created_at, payload), in order,
-    in one statement (none: no statement)."""
+    in one `executemany` (one round trip; none: no statement)."""
     if rows:
-        connection.execute(_INSERT, rows)
+        _INSERT_PREPARED.run_many(connection, rows)
 
 
 def after(connection: Connection, last_id: int, limit: int) -> list[Row[Any]]:
@@ -29,24 +44,15 @@ def after(connection: Connection, last_id: int, limit: int) -> list[Row[Any]]:
     return list(connection.execute(query))
 
 
-def not_fanned_out(connection: Connection, limit: int) -> list[Row[Any]]:
+def not_fanned_out(connection: Connection, limit: int) -> list[Any]:
     """Up to `limit` committed events without their deliveries yet, oldest first, locked to
     the end of the transaction; rows another replica holds are skipped (PostgreSQL
     `FOR UPDATE SKIP LOCKED`), so two replicas never add the same deliveries."""
-    query = (
-        select(
-            events.c.id, events.c.type, events.c.repository, events.c.created_at, events.c.payload
-        )
-        .where(events.c.fanned_out.is_(None))
-        .order_by(events.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return list(connection.execute(query))
+    return _NOT_FANNED_OUT.rows(connection, {"limit": limit})
 
 
 def mark_fanned_out(connection: Connection, event_ids: list[int]) -> None:
-    connection.execute(update(events).where(events.c.id.in_(event_ids)).values(fanned_out=True))
+    _MARK_FANNED_OUT.run(connection, {"event_ids": event_ids})
 
 
 def insert_deliveries(connection: Connection, rows: list[dict[str, object]]) -> None:

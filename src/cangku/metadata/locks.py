@@ -39,6 +39,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
+from cangku.metadata.prepared import Prepared
+
 # The first int4 of every advisory key we take; the second names the thing.
 LIFECYCLE = 0x636B0001
 NAMESPACE = 0x636B0002
@@ -49,8 +51,9 @@ COLLECTOR = 0x636B0006  # session-level: one garbage collection at a time (regis
 
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout that ran out
 
-_EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:kind, :key)")
-_SHARED = text("SELECT pg_advisory_xact_lock_shared(:kind, :key)")
+# The first statements of every PostgreSQL write transaction: on the driver's cursor.
+_EXCLUSIVE = Prepared(text("SELECT pg_advisory_xact_lock(:kind, :key)"))
+_SHARED = Prepared(text("SELECT pg_advisory_xact_lock_shared(:kind, :key)"))
 
 
 def key_of(name: str) -> int:
@@ -74,7 +77,7 @@ def hold(
         return
     if lifecycle is not None:
         statement = _SHARED if lifecycle == "shared" else _EXCLUSIVE
-        connection.execute(statement, {"kind": LIFECYCLE, "key": 0})
+        statement.run(connection, {"kind": LIFECYCLE, "key": 0})
     for kind, names in (
         (NAMESPACE, namespaces),
         (REPOSITORY, repositories),
@@ -82,7 +85,7 @@ def hold(
         (COUNTER, counters),
     ):
         for key in sorted({key_of(name) for name in names}):
-            connection.execute(_EXCLUSIVE, {"kind": kind, "key": key})
+            _EXCLUSIVE.run(connection, {"kind": kind, "key": key})
 
 
 def namespace_of(repository: str) -> str:

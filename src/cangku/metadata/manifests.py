@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import manifest_references, manifests, repositories, tags
 
 # The hot read paths, built once: building a statement costs more than running it.
@@ -23,12 +24,12 @@ _MANIFEST_COLUMNS = (
     manifests.c.size,
     manifests.c.content,
 )
-MANIFEST_BY_DIGEST = (
+MANIFEST_BY_DIGEST = Prepared(
     select(*_MANIFEST_COLUMNS)
     .select_from(manifests.join(repositories, repositories.c.id == manifests.c.repository_id))
     .where(repositories.c.name == bindparam("name"), manifests.c.digest == bindparam("digest"))
 )
-MANIFEST_BY_TAG = (
+MANIFEST_BY_TAG = Prepared(
     select(*_MANIFEST_COLUMNS)
     .select_from(
         tags.join(repositories, repositories.c.id == tags.c.repository_id).join(
@@ -41,17 +42,21 @@ MANIFEST_BY_TAG = (
     )
     .where(repositories.c.name == bindparam("name"), tags.c.name == bindparam("tag"))
 )
-_PRESENT_MANIFESTS = select(manifests.c.digest).where(
-    manifests.c.repository_id == bindparam("repository_id"),
-    manifests.c.digest.in_(bindparam("digests", expanding=True)),
+_PRESENT_MANIFESTS = Prepared(
+    select(manifests.c.digest).where(
+        manifests.c.repository_id == bindparam("repository_id"),
+        manifests.c.digest.in_(bindparam("digests", expanding=True)),
+    )
 )
-_STORED_MEDIA_TYPE = select(manifests.c.media_type).where(
-    manifests.c.repository_id == bindparam("repository_id"),
-    manifests.c.digest == bindparam("digest"),
+_STORED_MEDIA_TYPE = Prepared(
+    select(manifests.c.media_type).where(
+        manifests.c.repository_id == bindparam("repository_id"),
+        manifests.c.digest == bindparam("digest"),
+    )
 )
-_INSERT_MANIFEST = insert(manifests)
-_INSERT_REFERENCES = insert(manifest_references)
-_CLEAR_UNTAGGED = (
+_INSERT_MANIFEST = Prepared(insert(manifests))
+_INSERT_REFERENCES = Prepared(insert(manifest_references))
+_CLEAR_UNTAGGED = Prepared(
     update(manifests)
     .where(
         manifests.c.repository_id == bindparam("b_repository_id"),
@@ -62,26 +67,26 @@ _CLEAR_UNTAGGED = (
 )
 
 
-def by_digest(connection: Connection, name: str, digest: str) -> Row[Any, Any, Any, Any] | None:
+def by_digest(connection: Connection, name: str, digest: str) -> Any:
     """(digest, media_type, size, content) of a manifest of repository `name`, or None."""
-    return connection.execute(MANIFEST_BY_DIGEST, {"name": name, "digest": digest}).first()
+    return MANIFEST_BY_DIGEST.first(connection, {"name": name, "digest": digest})
 
 
-def by_tag(connection: Connection, name: str, tag: str) -> Row[Any, Any, Any, Any] | None:
+def by_tag(connection: Connection, name: str, tag: str) -> Any:
     """(digest, media_type, size, content) of the manifest tag `tag` points at, or None."""
-    return connection.execute(MANIFEST_BY_TAG, {"name": name, "tag": tag}).first()
+    return MANIFEST_BY_TAG.first(connection, {"name": name, "tag": tag})
 
 
 def present(connection: Connection, repository_id: int, digests: list[str]) -> set[str]:
     """Which of `digests` the repository holds as manifests."""
     parameters = {"repository_id": repository_id, "digests": digests}
-    return set(connection.scalars(_PRESENT_MANIFESTS, parameters).all())
+    return set(_PRESENT_MANIFESTS.scalars(connection, parameters))
 
 
 def stored_media_type(connection: Connection, repository_id: int, digest: str) -> str | None:
     """The media type the repository holds the manifest as; None when it is not there."""
     parameters = {"repository_id": repository_id, "digest": digest}
-    return connection.scalar(_STORED_MEDIA_TYPE, parameters)
+    return _STORED_MEDIA_TYPE.scalar(connection, parameters)  # type: ignore[no-any-return]
 
 
 def insert_manifest(
@@ -98,8 +103,8 @@ def insert_manifest(
     references: set[tuple[str, str]],
 ) -> None:
     """A new manifest row and its `(kind, target digest)` references ("blob"/"manifest")."""
-    connection.execute(
-        _INSERT_MANIFEST,
+    _INSERT_MANIFEST.run(
+        connection,
         {
             "repository_id": repository_id,
             "digest": digest,
@@ -114,8 +119,8 @@ def insert_manifest(
         },
     )
     if references:
-        connection.execute(
-            _INSERT_REFERENCES,
+        _INSERT_REFERENCES.run_many(
+            connection,
             [
                 {
                     "repository_id": repository_id,
@@ -149,7 +154,7 @@ def delete_manifest(connection: Connection, repository_id: int, digest: str) -> 
 
 def clear_untagged_since(connection: Connection, repository_id: int, digest: str) -> None:
     """A tagged manifest is kept: the `gc.untagged` clock starts again if it loses the tag."""
-    connection.execute(_CLEAR_UNTAGGED, {"b_repository_id": repository_id, "b_digest": digest})
+    _CLEAR_UNTAGGED.run(connection, {"b_repository_id": repository_id, "b_digest": digest})
 
 
 def referrers(

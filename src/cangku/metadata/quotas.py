@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.blobs import held_blobs, used_by_a_manifest_of
+from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import (
     blobs,
     manifest_references,
@@ -275,12 +276,14 @@ def namespace_holds(connection: Connection, namespace: str, digest: str) -> bool
 
 # On every blob upload request and every push's transaction (registry/blobs.py, usage.py):
 # built once (building it costs more than running it).
-QUOTA_LIMIT = select(quotas.c.limit_bytes).where(quotas.c.namespace == bindparam("quota_namespace"))
+QUOTA_LIMIT = Prepared(
+    select(quotas.c.limit_bytes).where(quotas.c.namespace == bindparam("quota_namespace"))
+)
 
 
 def quota_limit(connection: Connection, namespace: str) -> int | None:
     """The namespace's quota in bytes, None without one."""
-    limit = connection.scalar(QUOTA_LIMIT, {"quota_namespace": namespace})
+    limit = QUOTA_LIMIT.scalar(connection, {"quota_namespace": namespace})
     return None if limit is None else int(limit)
 
 

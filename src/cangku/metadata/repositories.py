@@ -14,16 +14,17 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import manifests, repositories
 
 # Built once: building a statement costs more than running it on the hot paths.
-REPOSITORY_ID = select(repositories.c.id).where(repositories.c.name == bindparam("name"))
+REPOSITORY_ID = Prepared(select(repositories.c.id).where(repositories.c.name == bindparam("name")))
 _INSERT_REPOSITORY = insert(repositories).returning(repositories.c.id)
 
 
 def repository_id(connection: Connection, name: str) -> int | None:
     """The id of repository `name`; None when it has never been pushed to."""
-    return connection.scalar(REPOSITORY_ID, {"name": name})
+    return REPOSITORY_ID.scalar(connection, {"name": name})  # type: ignore[no-any-return]
 
 
 def ensure_repository(

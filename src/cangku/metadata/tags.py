@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import tag_history, tag_policies, tags
 from cangku.metadata.upserts import upsert
 
@@ -143,6 +144,14 @@ _DELETE_TAG = delete(tags).where(
     tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag")
 )
 _INSERT_HISTORY = insert(tag_history)
+# The push's statements, run on the driver's cursor (metadata/prepared.py).
+_PREPARED_POLICY_ROWS = Prepared(_POLICY_ROWS)
+_PREPARED_STATES = Prepared(_TAG_STATES)
+_PREPARED_STATES_AND_LINES = {
+    prefix: Prepared(lines) for prefix, lines in _STATES_AND_LINES.items()
+}
+_PREPARED_POINT_TAGS = {name: Prepared(statement) for name, statement in _POINT_TAGS.items()}
+_PREPARED_INSERT_HISTORY = Prepared(_INSERT_HISTORY)
 _HISTORY = (
     select(tag_history)
     .where(
@@ -196,8 +205,8 @@ def policy_rows(
 ) -> list[Row[Any, Any, Any]]:
     """The `tag_policies` rows (scope, floating, immutable_versions) of repository
     `repository` and of namespace `namespace`: at most two, in one statement."""
-    return list(
-        connection.execute(_POLICY_ROWS, {"repository": repository, "namespace": namespace}).all()
+    return _PREPARED_POLICY_ROWS.rows(
+        connection, {"repository": repository, "namespace": namespace}
     )
 
 
@@ -233,8 +242,8 @@ def states_and_newest_releases(
     (release keys in [low, high), spelt with `prefix`) and "latest" (release keys in
     `every`, one row per spelling). One statement, one index seek per line row:
     (the states, the lines' rows)."""
-    rows = connection.execute(
-        _STATES_AND_LINES[prefix],
+    rows = _PREPARED_STATES_AND_LINES[prefix].rows(
+        connection,
         {
             "repository_id": repository_id,
             "names": list(names),
@@ -245,7 +254,7 @@ def states_and_newest_releases(
             "all_low": every[0],
             "all_high": every[1],
         },
-    ).all()
+    )
     return (
         [row for row in rows if row.line == "state"],
         [row for row in rows if row.line != "state"],
@@ -257,9 +266,7 @@ def states(
 ) -> list[Row[Any, Any, Any]]:
     """(name, manifest_digest, client_managed) of those of the tags `names` that exist: one
     statement."""
-    return list(
-        connection.execute(_TAG_STATES, {"repository_id": repository_id, "names": list(names)})
-    )
+    return _PREPARED_STATES.rows(connection, {"repository_id": repository_id, "names": list(names)})
 
 
 def digest_of(connection: Connection, repository_id: int, tag: str) -> str | None:
@@ -269,9 +276,9 @@ def digest_of(connection: Connection, repository_id: int, tag: str) -> str | Non
 
 def point_tags(connection: Connection, rows: list[dict[str, object]]) -> None:
     """Point these tags where the rows say (all `tags` columns given: see
-    `registry.tags.version_columns`), creating those that do not exist: one statement,
-    however many of each."""
-    connection.execute(_POINT_TAGS[connection.dialect.name], rows)
+    `registry.tags.version_columns`), creating those that do not exist: one statement
+    (one `executemany`), however many of each."""
+    _PREPARED_POINT_TAGS[connection.dialect.name].run_many(connection, rows)
 
 
 def clear_client_managed(connection: Connection, repository_id: int, tag: str) -> None:
@@ -285,9 +292,9 @@ def delete_tag(connection: Connection, repository_id: int, tag: str) -> None:
 
 
 def insert_history(connection: Connection, changes: list[dict[str, object]]) -> None:
-    """Append these `tag_history` rows, in order, in one statement (none: no statement)."""
+    """Append these `tag_history` rows, in order, in one `executemany` (none: no statement)."""
     if changes:
-        connection.execute(_INSERT_HISTORY, changes)
+        _PREPARED_INSERT_HISTORY.run_many(connection, changes)
 
 
 def history_page(

@@ -9,10 +9,11 @@ from __future__ import annotations
 from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
+from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import upload_sessions
 
 # On every upload start (registry/uploads.py): built once.
-COUNT_OWNED = (
+COUNT_OWNED = Prepared(
     select(func.count())
     .select_from(upload_sessions)
     .where(upload_sessions.c.owner == bindparam("owner_name"))
@@ -21,7 +22,7 @@ COUNT_OWNED = (
 
 def count_owned(connection: Connection, owner: str) -> int:
     """How many sessions `owner` (a user's name, or `address:<ip>`) holds open."""
-    return int(connection.scalar(COUNT_OWNED, {"owner_name": owner}) or 0)
+    return int(COUNT_OWNED.scalar(connection, {"owner_name": owner}) or 0)
 
 
 def insert_session(

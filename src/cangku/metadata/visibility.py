@@ -12,15 +12,16 @@ from sqlalchemy import ColumnElement, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from cangku.metadata.namespaces import in_namespace
+from cangku.metadata.prepared import Prepared
 from cangku.metadata.proxy_cache import in_mirrors
 from cangku.metadata.schema import repositories
 
-PUBLIC = select(repositories.c.public).where(repositories.c.name == bindparam("name"))
+PUBLIC = Prepared(select(repositories.c.public).where(repositories.c.name == bindparam("name")))
 
 
 def chosen_public(connection: Connection, repository: str) -> bool | None:
     """True or False as chosen for the repository; None when nobody chose or it has no row."""
-    public = connection.scalar(PUBLIC, {"name": repository})
+    public = PUBLIC.scalar(connection, {"name": repository})
     return None if public is None else bool(public)
 
 

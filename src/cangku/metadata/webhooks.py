@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select
+from sqlalchemy import Row, bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 
+from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import event_deliveries, webhooks
 
 
@@ -31,12 +32,19 @@ def in_scope(connection: Connection, namespace: str, repository: str | None) -> 
     return list(connection.execute(query.order_by(webhooks.c.id)))
 
 
-def of_namespaces(connection: Connection, namespaces: list[str]) -> list[Row[Any]]:
+# After every push that recorded events (the event worker's fan-out): built once.
+_OF_NAMESPACES = Prepared(
+    select(webhooks)
+    .where(webhooks.c.namespace.in_(bindparam("namespaces", expanding=True)))
+    .order_by(webhooks.c.id)
+)
+
+
+def of_namespaces(connection: Connection, namespaces: list[str]) -> list[Any]:
     """Every endpoint (namespace-wide and per repository) of these namespaces."""
     if not namespaces:
         return []
-    query = select(webhooks).where(webhooks.c.namespace.in_(namespaces)).order_by(webhooks.c.id)
-    return list(connection.execute(query))
+    return _OF_NAMESPACES.rows(connection, {"namespaces": namespaces})
 
 
 def by_ids(connection: Connection, ids: list[int]) -> list[Row[Any]]:
