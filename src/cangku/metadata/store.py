@@ -415,7 +415,14 @@ def _rehearse(connection: Connection, work: Callable[[Connection], T]) -> T:
 def create_database_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_pre_ping=True)
+        # Many rows to INSERT go as one multi-row VALUES statement (SQLAlchemy's
+        # "insertmanyvalues", as its psycopg2 dialect does by default): psycopg 3 runs an
+        # executemany as one execution per row on the server, so a version push's four tag
+        # history rows and four events were eight executions (issue 20). Statements with
+        # ON CONFLICT are left out by SQLAlchemy; metadata/tags.py `point_tags` does its own.
+        engine.dialect.use_insertmanyvalues_wo_returning = True
+        return engine
     engine = create_engine(
         parsed,
         # Connections move between the event loop and worker threads (never concurrently).
