@@ -9,7 +9,7 @@ from alembic.config import Config
 from sqlalchemy import text
 
 from cangku.metadata.store import MIGRATIONS, create_database_engine
-from cangku.registry.tags import newest_release, version_page
+from cangku.registry.tags import newest_release, version_columns, version_page
 
 A, B, C = (f"sha256:{letter * 64}" for letter in "abc")
 BEFORE = {
@@ -85,3 +85,75 @@ def test_existing_version_tags_are_indexed_by_the_migration(
             assert len(version_page(connection, 8, 1000, "0.0.1000")[0]) == 1000
     finally:
         engine.dispose()
+
+
+def _index_sql(engine, name: str) -> str:
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
+        else:
+            query = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
+        return str(connection.execute(text(query), {"name": name}).scalar_one())
+
+
+def test_the_version_indexes_hold_version_tags_only_after_0017(
+    data_dir: Path, database_url: str
+) -> None:
+    """Migration 0017: other tags (floating, plain) are no longer written to the two version
+    indexes; the floating-tag reads still find their rows, through those indexes."""
+    engine = create_database_engine(database_url)
+    try:
+        upgrade(engine, "0016")
+        assert "NOT NULL" not in _index_sql(engine, "ix_tags_release").upper()
+        with engine.begin() as connection:
+            connection.execute(
+                text("INSERT INTO repositories (id, name, created_at) VALUES (7, 'jimo/old', 0)")
+            )
+            for updated_at, (tag, digest) in enumerate(BEFORE.items()):
+                connection.execute(
+                    text(
+                        "INSERT INTO tags (repository_id, name, manifest_digest, updated_at, "
+                        "version_prefix, version_key, release_key) "
+                        "VALUES (7, :tag, :digest, :updated_at, :prefix, :key, :release)"
+                    ),
+                    {"tag": tag, "digest": digest, "updated_at": updated_at, **_columns(tag)},
+                )
+        upgrade(engine, "0017")
+        for name, column in (
+            ("ix_tags_release", "release_key"),
+            ("ix_tags_version", "version_key"),
+        ):
+            assert f"{column} IS NOT NULL" in _index_sql(engine, name)
+        with engine.begin() as connection:
+            best = newest_release(connection, 7, "latest")
+            assert best is not None and (best.tag, best.digest) == ("2.0.0_build7", A)
+            page, _ = version_page(connection, 7, 10, None)
+            assert [tag for tag, _ in page] == [
+                "2.1.0-rc.1",
+                "2.0.0_build7",
+                "2.0.0",
+                "v1.9.3",
+                "1.9.2",
+            ]
+            plan = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
+            rows = connection.execute(
+                text(
+                    plan + "SELECT name FROM tags WHERE repository_id = 7 AND version_prefix = '' "
+                    "AND release_key >= :low AND release_key < :high "
+                    "ORDER BY release_key DESC LIMIT 1"
+                ),
+                {"low": b"\x01", "high": b"\xff"},
+            ).all()
+            if engine.dialect.name == "sqlite":  # the planner's choice, on PostgreSQL by cost
+                assert "ix_tags_release" in " ".join(str(row[-1]) for row in rows), rows
+    finally:
+        engine.dispose()
+
+
+def _columns(tag: str) -> dict[str, object]:
+    found = version_columns(tag)
+    return {
+        "prefix": found["version_prefix"],
+        "key": found["version_key"],
+        "release": found["release_key"],
+    }

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -120,10 +121,26 @@ tags = Table(
     Column("client_managed", Boolean),
     # With the name, "the first N tags on a manifest" stops after N entries.
     Index("ix_tags_manifest", "repository_id", "manifest_digest", "name"),
+    # Version tags only (migration 0017): other tags are not written to them, and every
+    # query that reads them bounds the key, which implies it is not NULL.
     Index(
-        "ix_tags_release", "repository_id", "version_prefix", "release_key", "updated_at", "name"
+        "ix_tags_release",
+        "repository_id",
+        "version_prefix",
+        "release_key",
+        "updated_at",
+        "name",
+        postgresql_where=text("release_key IS NOT NULL"),
+        sqlite_where=text("release_key IS NOT NULL"),
     ),
-    Index("ix_tags_version", "repository_id", "version_key", "name"),
+    Index(
+        "ix_tags_version",
+        "repository_id",
+        "version_key",
+        "name",
+        postgresql_where=text("version_key IS NOT NULL"),
+        sqlite_where=text("version_key IS NOT NULL"),
+    ),
 )
 
 # Every move of a tag: by a push, a delete, or the floating-tag policy. new_digest is NULL

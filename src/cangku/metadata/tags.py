@@ -8,6 +8,7 @@ issue 20): their cost does not grow with the number of versions a repository hol
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     Row,
     Select,
+    String,
     bindparam,
     cast,
     delete,
@@ -87,35 +89,57 @@ _TAG_STATES = select(tags.c.name, tags.c.manifest_digest, tags.c.client_managed)
     tags.c.repository_id == bindparam("repository_id"),
     tags.c.name.in_(bindparam("names", expanding=True)),
 )
-# A pushed release's tags' states and its three lines' newest releases in one statement
-# (the push's only read of tags), keyed by the version's prefix: one seek per line and
-# spelling — MAJOR.MINOR, MAJOR, then `latest` of both spellings — each row labelled by
-# `line` with a NULL client_managed; and the states, labelled "state".
-_STATES_AND_LINES = {
-    prefix: union_all(
-        *(
-            select(*line.c, cast(null(), Boolean).label("client_managed"))
-            for line in (
-                _newest_release_of(prefix, "minor_low", "minor_high", "minor").subquery(),
-                _newest_release_of(prefix, "major_low", "major_high", "major").subquery(),
-                _newest_release_of("", "all_low", "all_high", "latest").subquery(),
-                _newest_release_of("v", "all_low", "all_high", "latest").subquery(),
-            )
-        ),
-        select(
-            literal("state").label("line"),
-            tags.c.name,
-            tags.c.manifest_digest,
-            cast(null(), LargeBinary).label("release_key"),
-            cast(null(), Float).label("updated_at"),
-            tags.c.client_managed,
-        ).where(
+
+
+# The release ranked next above a pushed one (rank: release key, updated_at, name), spelt
+# with `prefix`, other than the pushed tag itself: one seek in ix_tags_release, reading only
+# the index's columns. A release's lines are contiguous ranges of release keys, so this one
+# row tells which of the pushed release's lines (MAJOR.MINOR, MAJOR, all) have a newer one.
+def _next_release_above(prefix: str) -> Select[str, bytes]:
+    return (
+        select(literal(prefix).label("line"), tags.c.release_key)
+        .where(
             tags.c.repository_id == bindparam("repository_id"),
-            tags.c.name.in_(bindparam("names", expanding=True)),
-        ),
+            tags.c.version_prefix == prefix,
+            tuple_(tags.c.release_key, tags.c.updated_at, tags.c.name)
+            > tuple_(
+                bindparam("key", type_=LargeBinary),
+                bindparam("now", type_=Float),
+                bindparam("tag"),
+            ),
+            tags.c.release_key < bindparam("high", type_=LargeBinary),
+            tags.c.name != bindparam("tag"),
+        )
+        .order_by(tags.c.release_key, tags.c.updated_at, tags.c.name)
+        .limit(1)
     )
-    for prefix in ("", "v")
-}
+
+
+# A pushed release's tags' states and the next release above it of each spelling in one
+# statement (the push's only read of tags): a row per spelling that has one, labelled by
+# its prefix with a NULL client_managed; and the states, labelled "state".
+_STATES_AND_ABOVE = union_all(
+    *(
+        select(
+            line.c.line,
+            cast(null(), String).label("name"),
+            cast(null(), String).label("manifest_digest"),
+            line.c.release_key,
+            cast(null(), Boolean).label("client_managed"),
+        )
+        for line in (_next_release_above("").subquery(), _next_release_above("v").subquery())
+    ),
+    select(
+        literal("state").label("line"),
+        tags.c.name,
+        tags.c.manifest_digest,
+        cast(null(), LargeBinary).label("release_key"),
+        tags.c.client_managed,
+    ).where(
+        tags.c.repository_id == bindparam("repository_id"),
+        tags.c.name.in_(bindparam("names", expanding=True)),
+    ),
+)
 
 
 def _upsert(dialect_insert: Any) -> Any:
@@ -147,9 +171,7 @@ _INSERT_HISTORY = insert(tag_history)
 # The push's statements, run on the driver's cursor (metadata/prepared.py).
 _PREPARED_POLICY_ROWS = Prepared(_POLICY_ROWS)
 _PREPARED_STATES = Prepared(_TAG_STATES)
-_PREPARED_STATES_AND_LINES = {
-    prefix: Prepared(lines) for prefix, lines in _STATES_AND_LINES.items()
-}
+_PREPARED_STATES_AND_ABOVE = Prepared(_STATES_AND_ABOVE)
 _PREPARED_POINT_TAGS = {name: Prepared(statement) for name, statement in _POINT_TAGS.items()}
 _PREPARED_INSERT_HISTORY = Prepared(_INSERT_HISTORY)
 _HISTORY = (
@@ -228,36 +250,33 @@ def newest_releases_of_line(
     return list(connection.execute(_NEWEST_RELEASE_OF_BOTH, parameters).all())
 
 
-def states_and_newest_releases(
+def states_and_releases_above(
     connection: Connection,
     repository_id: int,
     names: Sequence[str],
-    prefix: str,
-    minor: tuple[bytes, bytes],
-    major: tuple[bytes, bytes],
-    every: tuple[bytes, bytes],
-) -> tuple[list[Row[Any, Any, Any]], list[Row[Any, Any, Any, Any, Any]]]:
-    """`states` of the tags `names`, and the newest release (line, name, manifest_digest,
-    release_key, updated_at) of a pushed release's three lines: "minor" and "major"
-    (release keys in [low, high), spelt with `prefix`) and "latest" (release keys in
-    `every`, one row per spelling). One statement, one index seek per line row:
-    (the states, the lines' rows)."""
-    rows = _PREPARED_STATES_AND_LINES[prefix].rows(
+    rank: tuple[bytes, float, str],
+    high: bytes,
+) -> tuple[list[Row[Any, Any, Any]], dict[str, bytes]]:
+    """`states` of the tags `names`, and of each spelling ("" and "v") the release key of the
+    lowest-ranked release above `rank` (release key, updated_at, name: the pushed release as
+    its write will leave it) with a release key below `high`, other than the tag named in
+    `rank`. One statement: one index seek per spelling (ix_tags_release, its columns only).
+    Returns (the states, prefix → that release key, for the spellings that have one)."""
+    key, now, tag = rank
+    rows = _PREPARED_STATES_AND_ABOVE.rows(
         connection,
         {
             "repository_id": repository_id,
             "names": list(names),
-            "minor_low": minor[0],
-            "minor_high": minor[1],
-            "major_low": major[0],
-            "major_high": major[1],
-            "all_low": every[0],
-            "all_high": every[1],
+            "key": key,
+            "now": now,
+            "tag": tag,
+            "high": high,
         },
     )
     return (
         [row for row in rows if row.line == "state"],
-        [row for row in rows if row.line != "state"],
+        {row.line: row.release_key for row in rows if row.line != "state"},
     )
 
 
@@ -274,11 +293,36 @@ def digest_of(connection: Connection, repository_id: int, tag: str) -> str | Non
     return connection.scalar(_TAG_DIGEST, {"repository_id": repository_id, "tag": tag})
 
 
+@functools.lru_cache(maxsize=8)
+def _point_many_tags(count: int) -> Prepared:
+    # `count` rows of bound parameters `<column>_<row>` in one VALUES list (PostgreSQL).
+    rows = [
+        {column.name: bindparam(f"{column.name}_{index}", type_=column.type) for column in tags.c}
+        for index in range(count)
+    ]
+    return Prepared(_upsert(lambda table: postgresql.insert(table).values(rows)))
+
+
 def point_tags(connection: Connection, rows: list[dict[str, object]]) -> None:
     """Point these tags where the rows say (all `tags` columns given: see
     `registry.tags.version_columns`), creating those that do not exist: one statement
     (one `executemany`), however many of each."""
-    _PREPARED_POINT_TAGS[connection.dialect.name].run_many(connection, rows)
+    dialect = connection.dialect.name
+    if (
+        dialect == "postgresql"
+        and len(rows) > 1
+        and len({row["name"] for row in rows}) == len(rows)
+    ):
+        # psycopg runs an executemany as one execution per row, and SQLAlchemy's multi-row
+        # INSERT leaves out statements with ON CONFLICT (a VALUES list that names a row twice
+        # fails there: sqlalchemy#13130); these rows name distinct tags, so one VALUES list,
+        # one execution.
+        parameters = {
+            f"{key}_{index}": value for index, row in enumerate(rows) for key, value in row.items()
+        }
+        _point_many_tags(len(rows)).run(connection, parameters)
+        return
+    _PREPARED_POINT_TAGS[dialect].run_many(connection, rows)
 
 
 def clear_client_managed(connection: Connection, repository_id: int, tag: str) -> None:

@@ -231,11 +231,14 @@ def push_tag(
         else ()
     )
     # The tag's own state and its floating tags' in one statement; for a release whose
-    # floating tags move, with its lines' newest releases in that same statement.
-    newest: tuple[Release | None, Release | None, Release | None] | None = None
+    # floating tags move, with the releases ranked next above it in that same statement.
+    # The pushed tag is ranked as the write will leave it (changed now), so that all the
+    # tags are written together after this one read.
+    now = time.time()
+    outranked: tuple[bool, bool, bool] | None = None
     if version is not None and floating_tags:
-        states, newest = _states_and_newest_releases(
-            connection, repository_id, [tag, *floating_tags], version
+        states, outranked = _states_and_outranked(
+            connection, repository_id, [tag, *floating_tags], version, (tag, now)
         )
     else:
         states = tag_states(connection, repository_id, [tag, *floating_tags])
@@ -251,16 +254,12 @@ def push_tag(
     if policy.floating and version is None and not managed and is_floating_tag(tag):
         warning = _overrides_policy(connection, repository_id, name, tag, digest)
         managed = warning is not None
-    now = time.time()
     reason = "pushed; client-managed from now on" if warning else "pushed"
     moves: list[_Move] = [(tag, previous, reason, managed, None)]
-    if version is not None and newest is not None:
-        # Read before the write, and rank the pushed tag as the write will leave it (changed
-        # now), so that all the tags are written together.
-        pushed = (version.precedence_key(), now, tag)
-        for floating, best in zip(floating_tags, newest, strict=True):
+    if outranked is not None:
+        for floating, newer in zip(floating_tags, outranked, strict=True):
             # Lines nest: not the newest of MAJOR.MINOR, not the newest of the wider ones.
-            if best is not None and best.tag != tag and best.rank > pushed:
+            if newer:
                 break
             floating_state = states.get(floating)
             if floating_state is not None and floating_state.client_managed:
@@ -273,33 +272,37 @@ def push_tag(
     return warning
 
 
-def _states_and_newest_releases(
-    connection: Connection, repository_id: int, names: list[str], version: Version
-) -> tuple[dict[str, TagState], tuple[Release | None, Release | None, Release | None]]:
-    """`tag_states` of `names`, and the newest release of `version`'s MAJOR.MINOR line,
-    MAJOR line and of all releases: one statement."""
-    minor, major = line_key(version.major, version.minor), line_key(version.major)
-    state_rows, rows = tag_rows.states_and_newest_releases(
-        connection,
-        repository_id,
-        names,
-        version.prefix,
-        (minor, minor + LINE_END),
-        (major, major + LINE_END),
-        ALL_KEYS,
+def _states_and_outranked(
+    connection: Connection,
+    repository_id: int,
+    names: list[str],
+    version: Version,
+    pushed: tuple[str, float],
+) -> tuple[dict[str, TagState], tuple[bool, bool, bool]]:
+    """`tag_states` of `names`, and whether another release outranks release `version`
+    (pushed as tag `pushed[0]` at time `pushed[1]`) in its MAJOR.MINOR line, its MAJOR line
+    and among all releases (SemVer 2.0 precedence; of equals, the one changed last, then the
+    name): one statement, one index seek per spelling.
+
+    A line is a contiguous range of release keys that holds the pushed one, so the release
+    ranked next above it, of its own spelling, outranks it in exactly the lines whose range
+    holds that release's key; `latest` follows both spellings, so any release above it, of
+    either, outranks it there."""
+    tag, now = pushed
+    state_rows, above = tag_rows.states_and_releases_above(
+        connection, repository_id, names, (version.precedence_key(), now, tag), ALL_KEYS[1]
     )
     states = {
         row.name: TagState(row.manifest_digest, bool(row.client_managed)) for row in state_rows
     }
-
-    def best(line: str) -> Release | None:
-        found = [row for row in rows if row.line == line]
-        if not found:
-            return None
-        row = max(found, key=lambda row: (row.release_key, row.updated_at, row.name))
-        return Release(row.name, row.manifest_digest, (row.release_key, row.updated_at, row.name))
-
-    return states, (best("minor"), best("major"), best("latest"))
+    same = above.get(version.prefix)
+    minor_high = line_key(version.major, version.minor) + LINE_END
+    major_high = line_key(version.major) + LINE_END
+    return states, (
+        same is not None and same < minor_high,
+        same is not None and same < major_high,
+        bool(above),
+    )
 
 
 def remove_tags(
