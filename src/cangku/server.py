@@ -108,6 +108,10 @@ THREAD_SEND_MIN = 1024 * 1024
 # A sending thread that finds no room in the socket for this many seconds ends, and the event
 # loop waits for room instead: a client that stops reading holds no thread.
 THREAD_SEND_WAIT = 0.5
+# At most this many sends run in threads of their own at once (per process); more go through
+# `loop.sendfile`, so that slow readers cannot take every thread the process may start (the
+# database's workers need them too).
+MAX_SEND_THREADS = 32
 
 
 class BatchPool:
@@ -584,7 +588,11 @@ class ZeroCopyCycle(RequestResponseCycle):
             self._abandon()
             return False
         try:
-            if count >= THREAD_SEND_MIN and self.transport.get_write_buffer_size() == 0:
+            if (
+                count >= THREAD_SEND_MIN
+                and _FileSender.active < MAX_SEND_THREADS
+                and self.transport.get_write_buffer_size() == 0
+            ):
                 sent = await _FileSender(self.transport, file.fileno()).send(offset, count)
             else:
                 loop = asyncio.get_running_loop()
@@ -625,6 +633,10 @@ class _FileSender:
     waits for it to be. Not one of anyio's worker threads: the send lasts as long as the
     client reads, and slow clients must not take the threads every other request needs."""
 
+    # Senders between their start and their end, in this process (MAX_SEND_THREADS); counted
+    # on the event loops' threads only.
+    active = 0
+
     def __init__(self, transport: asyncio.Transport, file: int) -> None:
         # `file`: a descriptor (duplicated here; the caller keeps and closes its own).
         self.socket = cast(socket.socket, transport.get_extra_info("socket")).dup()
@@ -640,6 +652,7 @@ class _FileSender:
         stops at its next call."""
         loop = asyncio.get_running_loop()
         sent = 0
+        _FileSender.active += 1
         try:
             while sent < count:
                 moved, ended = await self._in_thread(loop, offset + sent, count - sent)
@@ -652,6 +665,7 @@ class _FileSender:
                 self.socket.shutdown(socket.SHUT_RDWR)
             raise
         finally:
+            _FileSender.active -= 1
             with self.lock:
                 self.abandoned = True
                 if not self.running:
@@ -688,8 +702,15 @@ class _FileSender:
             with contextlib.suppress(RuntimeError):  # The loop closed: nobody awaits it.
                 loop.call_soon_threadsafe(settle, outcome)
 
+        thread = threading.Thread(target=run, name="cangku-sendfile", daemon=True)
+        # Running from before its start (it may end before `start` returns), and not running
+        # if it could not start, so that `send` closes the duplicates then.
         self.running = True
-        threading.Thread(target=run, name="cangku-sendfile", daemon=True).start()
+        try:
+            thread.start()
+        except BaseException:
+            self.running = False
+            raise
         return future
 
     async def _writable(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -7,6 +7,7 @@ cover the threaded-read fallback; these run uvicorn with our protocol on a loopb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import http.client
 import logging
@@ -16,6 +17,7 @@ import socket
 import struct
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -465,3 +467,89 @@ async def test_stopping_the_server_mid_send_closes_a_stalled_connection(
         except ConnectionResetError:
             received = -1
     assert received < len(data)
+
+
+def _open_descriptors() -> dict[str, str]:
+    found = {}
+    for descriptor in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            found[descriptor] = os.readlink(f"/proc/self/fd/{descriptor}")
+    return found
+
+
+async def test_a_sending_thread_that_cannot_start_leaves_no_descriptor_and_no_hung_client(
+    port: int, blob: tuple[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of threads: the duplicated socket and file are closed at once and the connection
+    ends (before, both stayed open and the client waited after the response head)."""
+    digest, _ = blob
+
+    class Unstartable(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    # Only server.py's threads fail to start (the test's own still do).
+    monkeypatch.setattr(
+        server, "threading", types.SimpleNamespace(Thread=Unstartable, Lock=threading.Lock)
+    )
+    before = _open_descriptors()
+    with socket.socket() as raw:
+        raw.settimeout(10)
+        raw.connect(("127.0.0.1", port))
+        raw.sendall(f"GET /v2/{NAME}/blobs/{digest} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+
+        def read_to_the_end() -> None:
+            while raw.recv(1 << 20):
+                pass
+
+        await asyncio.to_thread(read_to_the_end)  # TimeoutError if the server left it open.
+    await asyncio.sleep(0.2)
+    # Sockets and blob files (the database's files open lazily meanwhile, for good).
+    left = {
+        fd: target
+        for fd, target in _open_descriptors().items()
+        if fd not in before and (target.startswith("socket:") or "/blobs/" in target)
+    }
+    assert not left, left
+
+
+async def test_sending_threads_are_bounded_and_further_pulls_still_complete(
+    port: int, blob: tuple[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slow readers hold a sending thread each only up to MAX_SEND_THREADS; the others are
+    sent from the event loop, and every pull completes."""
+    monkeypatch.setattr(server, "MAX_SEND_THREADS", 2)
+    digest, data = blob
+    clients = []
+    for _ in range(6):
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(30)
+        raw.connect(("127.0.0.1", port))
+        raw.sendall(f"GET /v2/{NAME}/blobs/{digest} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        clients.append(raw)
+
+    def sending_threads() -> int:
+        return sum(thread.name == "cangku-sendfile" for thread in threading.enumerate())
+
+    def read_all(raw: socket.socket) -> bytes:
+        received = bytearray()
+        while not received.endswith(data):
+            chunk = raw.recv(64 * 1024)
+            assert chunk, "the server closed the connection mid-blob"
+            received += chunk
+            time.sleep(0.001)  # A slow reader, never stalled for THREAD_SEND_WAIT.
+        return bytes(received)
+
+    try:
+        readers = [asyncio.create_task(asyncio.to_thread(read_all, raw)) for raw in clients]
+        peak = 0
+        while not all(reader.done() for reader in readers):
+            peak = max(peak, sending_threads())
+            await asyncio.sleep(0.01)
+        for reader in readers:
+            assert reader.result().endswith(data)
+    finally:
+        for raw in clients:
+            raw.close()
+    assert 1 <= peak <= 2
