@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select, text
 
 from cangku.metadata import Connection
+from cangku.metadata import repositories as repository_rows
 from cangku.metadata.schema import repositories
 from cangku.registry import Registry
 from tests.databases import POSTGRES_ADMIN_URL
@@ -37,4 +38,14 @@ async def test_reads_keep_the_connections_prepared_statements(registry: Registry
     assert await store.read(_prepared) == 1
     # A write in between (committed) keeps them too; so does the read after it.
     await store.write(lambda connection: connection.execute(_QUERY).all())
+    assert await store.read(_prepared) == 1
+
+
+async def test_reads_that_run_only_prepared_statements_keep_them_too(registry: Registry) -> None:
+    # The hot reads run on the driver's cursor (metadata/prepared.py): they must end with a
+    # COMMIT as well, not leave psycopg's implicit transaction to the pool's ROLLBACK.
+    store = registry.metadata
+    for _ in range(8):
+        found = await store.read(lambda c: repository_rows.repository_id(c, "jimo/none"))
+        assert found is None
     assert await store.read(_prepared) == 1

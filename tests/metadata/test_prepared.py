@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection as SAConnection
 from sqlalchemy.exc import IntegrityError
 
 from cangku.metadata import Connection, MetadataStore
+from cangku.metadata import prepared as prepared_module
 from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import repositories, tags, users
 from tests.databases import fresh_database, same_database
@@ -245,3 +246,32 @@ def test_a_named_parameter_left_out_is_refused(tmp_path: Path) -> None:
             assert Prepared(with_default).rows(connection, {"name": "b"}) == []
     finally:
         store.engine.dispose()
+
+
+async def test_the_plans_kept_per_statement_stay_bounded_whatever_the_list_lengths(
+    store: MetadataStore,
+) -> None:
+    # The lengths of IN lists come from request bodies (a manifest's descriptors): a plan kept
+    # for each new length grew without bound (1,500 lengths held 119 MB).
+    repository_id = await fill(store)
+    prepared = Prepared(_TAGS)
+
+    def run_every_length(connection: Connection) -> list[list[Any]]:
+        return [
+            prepared.rows(
+                connection,
+                {
+                    "repository_id": repository_id,
+                    "names": ["a", *(f"absent-{index}" for index in range(length)), "c"],
+                    "limit": 9,
+                },
+            )
+            for length in range(0, 2 * prepared_module.MAX_PLANS + 300, 3)
+        ]
+
+    with sqlalchemy_execute_refused():
+        answers = await store.read(run_every_length)
+    assert all([row.name for row in rows] == ["a", "c"] for rows in answers)
+    (compiled,) = [found for _dialect, found in prepared._by_dialect.values()]
+    assert 0 < len(compiled.plans) <= prepared_module.MAX_PLANS
+    assert all(sum(shape) <= prepared_module.MAX_PLANNED_VALUES for shape in compiled.plans)

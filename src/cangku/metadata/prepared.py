@@ -39,6 +39,12 @@ Parameters = Mapping[str, Any]
 # expanding list or None, the literal value, the bind processor or None).
 _Slot = tuple[str | None, int | None, Any, Callable[[Any], Any] | None]
 _NO_PARAMETERS: Parameters = {}
+# The plans kept per compiled statement: one per shape (lengths of its `IN` lists) up to
+# MAX_PLANS, for lists of up to MAX_PLANNED_VALUES values in all. Longer or further shapes
+# are planned on each call, as SQLAlchemy does for every call: the lengths come from request
+# bodies (a manifest's descriptors), and a cache per length would grow with each new one.
+MAX_PLANS = 128
+MAX_PLANNED_VALUES = 256
 
 
 class _Probe:
@@ -119,7 +125,8 @@ class _Compiled:
         # `%(name)s`) a dict: `names` is empty for the former.
         names = () if self.positional else ordered
         plan = (state.statement, tuple(slots), names)
-        self.plans[shape] = plan
+        if sum(shape) <= MAX_PLANNED_VALUES and len(self.plans) < MAX_PLANS:
+            self.plans[shape] = plan
         return plan
 
     @staticmethod

@@ -213,7 +213,9 @@ class MetadataStore:
 
     def _read_now(self, work: Callable[[Connection], T]) -> T:
         with self.engine.connect() as connection:
-            value = work(connection.execution_options(sqlite_autocommit=True))
+            if self.is_sqlite:
+                connection = connection.execution_options(sqlite_autocommit=True)
+            value = work(connection)
             # A read ends with COMMIT, not the pool's ROLLBACK: it wrote nothing, so both end
             # it alike, but psycopg forgets every prepared statement of the connection on a
             # ROLLBACK (DEALLOCATE ALL), and each read did that to the pool: the next
