@@ -305,8 +305,8 @@ def _point_many_tags(count: int) -> Prepared:
 
 def point_tags(connection: Connection, rows: list[dict[str, object]]) -> None:
     """Point these tags where the rows say (all `tags` columns given: see
-    `registry.tags.version_columns`), creating those that do not exist: one statement
-    (one `executemany`), however many of each."""
+    `registry.tags.version_columns`), creating those that do not exist: one statement,
+    however many of each (an `executemany`; on PostgreSQL one multi-row execution)."""
     dialect = connection.dialect.name
     if (
         dialect == "postgresql"
@@ -315,8 +315,7 @@ def point_tags(connection: Connection, rows: list[dict[str, object]]) -> None:
     ):
         # psycopg runs an executemany as one execution per row, and SQLAlchemy's multi-row
         # INSERT leaves out statements with ON CONFLICT (a VALUES list that names a row twice
-        # fails there: sqlalchemy#13130); these rows name distinct tags, so one VALUES list,
-        # one execution.
+        # fails there); these rows name distinct tags, so one VALUES list, one execution.
         parameters = {
             f"{key}_{index}": value for index, row in enumerate(rows) for key, value in row.items()
         }
