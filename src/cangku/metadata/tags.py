@@ -58,22 +58,14 @@ _TAG_DIGEST = select(tags.c.manifest_digest).where(
 
 # The newest release of a line: one seek in ix_tags_release. Among releases of equal
 # precedence (they differ in build metadata) the one changed last wins.
-def _newest_release_of(
-    prefix: str | BindParameter[str], low: str = "low", high: str = "high", line: str = ""
-) -> Select[str, str, str, bytes, float]:
+def _newest_release_of(prefix: str | BindParameter[str]) -> Select[str, str, bytes, float]:
     return (
-        select(
-            literal(line).label("line"),
-            tags.c.name,
-            tags.c.manifest_digest,
-            tags.c.release_key,
-            tags.c.updated_at,
-        )
+        select(tags.c.name, tags.c.manifest_digest, tags.c.release_key, tags.c.updated_at)
         .where(
             tags.c.repository_id == bindparam("repository_id"),
             tags.c.version_prefix == prefix,
-            tags.c.release_key >= bindparam(low),
-            tags.c.release_key < bindparam(high),
+            tags.c.release_key >= bindparam("low"),
+            tags.c.release_key < bindparam("high"),
         )
         .order_by(tags.c.release_key.desc(), tags.c.updated_at.desc(), tags.c.name.desc())
         .limit(1)
@@ -240,8 +232,8 @@ def write_policy(connection: Connection, scope: str, name: str, values: dict[str
 
 def newest_releases_of_line(
     connection: Connection, repository_id: int, prefix: str | None, low: bytes, high: bytes
-) -> list[Row[Any, Any, Any, Any, Any]]:
-    """The newest release tag (line, name, manifest_digest, release_key, updated_at) whose release
+) -> list[Row[Any, Any, Any, Any]]:
+    """The newest release tag (name, manifest_digest, release_key, updated_at) whose release
     key lies in [low, high), spelt with `prefix` ("" or "v"), or of each spelling when
     `prefix` is None: at most two rows, one index seek each (ix_tags_release)."""
     parameters = {"repository_id": repository_id, "low": low, "high": high}
