@@ -15,7 +15,7 @@ import pytest
 from cangku.config import ProxySettings
 from cangku.metadata.proxy_cache import mirror_repositories
 from cangku.registry import Registry
-from tests.api.helpers import OCI_MANIFEST, push_image
+from tests.api.helpers import OCI_MANIFEST, pull_image, push_image
 from tests.api.proxy_upstream import Gate, Mirror, mirror_of_upstream
 
 REVALIDATE = 300.0
@@ -104,3 +104,39 @@ async def test_blob_bytes_from_the_upstream_are_counted_once_verified(setup: Set
         assert (await setup.mirror.get(path)).status_code == 200  # cached: nothing fetched
     fetched = setup.stats.upstreams["docker.io"].fetched_bytes - manifest_bytes
     assert fetched == sum(layer["size"] for layer in layers)
+
+
+async def test_a_warm_pull_asks_neither_the_upstream_nor_the_database(setup: Setup) -> None:
+    """Issue 13's warm pull: within `revalidate`, the manifest by tag and every blob come
+    from the cache with no upstream request and no database write (hits and last use are
+    batched in memory); on SQLite not even a read (the read cache). What it counted is
+    exact once flushed."""
+    await push_image(setup.upstream, "library/alpine", "3")
+    name = "docker.io/library/alpine"
+    await pull_image(setup.mirror, name, "3")  # cold: fetched and cached
+    await pull_image(setup.mirror, name, "3")  # warms the read cache
+    metadata = setup.registry.metadata
+    transactions: list[str] = []
+    observer = metadata.on_transaction
+
+    def record(kind: str, seconds: float) -> None:
+        transactions.append(kind)
+        if observer is not None:
+            observer(kind, seconds)
+
+    metadata.on_transaction = record
+    requests = len(setup.gate.requests)
+    hits = setup.stats.upstreams["docker.io"].hits
+    try:
+        for _ in range(3):
+            await pull_image(setup.mirror, name, "3")
+    finally:
+        metadata.on_transaction = observer
+    assert setup.gate.requests[requests:] == []
+    assert "write" not in transactions
+    if metadata.is_sqlite:
+        assert transactions == []
+    assert setup.stats.upstreams["docker.io"].hits == hits + 3
+    await setup.registry.pulls.flush()
+    rows = await metadata.read(lambda c: mirror_repositories(c, "docker.io"))
+    assert [(r.name, r.hits, r.misses) for r in rows] == [(name, 4, 1)]
