@@ -23,8 +23,10 @@ dockerd's `registry-mirrors` would) and Distribution with `proxy.remoteurl`. For
   warm ratio towards 1;
 - warm pull: the same again, now from the cache, `--warm` times per round (5 by default),
   the median counting: one warm pull of the 200 MiB lasts ~0.1 s, so a single scheduling
-  hiccup on the shared machine would move a single sample by half; the rounds' ratios are
-  printed beside the medians' (each round's caches ran seconds apart);
+  hiccup on the shared machine would move a single sample by half; both caches of a round
+  run side by side once cold-pulled, and their warm pulls alternate (A, B, B, A, ...), so
+  a change in the machine's load lands on both; the rounds' ratios are printed beside the
+  medians';
 - 8 concurrent cold pulls (a fresh cache again): the wall time until all eight finished,
   and the blob bytes the upstream sent (from its access log, `http.response.written`) as a
   multiple of the image's size: 1.0 means one transfer per blob.
@@ -439,23 +441,32 @@ def main() -> None:
             kinds = ["cangku", "distribution"]
             if round_number % 2:
                 kinds.reverse()
+            caches: dict[str, Server] = {}
             for kind in kinds:
-                server = cache(kind, root, upstream)
+                server = caches[kind] = cache(kind, root, upstream)
                 servers.append(server)
                 server.start()
                 cpu = server.cpu_seconds()
-                cold = pull(server.url)
-                cpu_cold = server.cpu_seconds() - cpu
-                # A warm pull is short (~0.1 s): the median of several, CPU per pull.
-                warm = statistics.median(pull(server.url) for _ in range(arguments.warm))
-                cpu_warm = (server.cpu_seconds() - cpu - cpu_cold) / arguments.warm
+                results[kind]["cold"].append(pull(server.url))
+                results[kind]["cpu_cold"].append(server.cpu_seconds() - cpu)
+            # Warm pulls are short (~0.1 s): several, the median counting, the two caches'
+            # pulls alternating (A, B, B, A, ...) so that a change in the machine's load
+            # lands on both rather than on one cache's block of pulls.
+            warm_times: dict[str, list[float]] = {kind: [] for kind in kinds}
+            warm_cpu = dict.fromkeys(kinds, 0.0)
+            for repetition in range(arguments.warm):
+                for kind in kinds if repetition % 2 == 0 else kinds[::-1]:
+                    server = caches[kind]
+                    cpu = server.cpu_seconds()
+                    warm_times[kind].append(pull(server.url))
+                    warm_cpu[kind] += server.cpu_seconds() - cpu
+            for kind in kinds:
+                server = caches[kind]
                 pull(server.url, verify=True)  # what the cache kept is right
                 server.stop()
                 row = results[kind]
-                row["cold"].append(cold)
-                row["warm"].append(warm)
-                row["cpu_cold"].append(cpu_cold)
-                row["cpu_warm"].append(cpu_warm)
+                row["warm"].append(statistics.median(warm_times[kind]))
+                row["cpu_warm"].append(warm_cpu[kind] / arguments.warm)
                 cold8 = sent = failed = 0.0
                 if not arguments.skip_concurrent:
                     server = cache(kind, root, upstream)
@@ -474,8 +485,9 @@ def main() -> None:
                     row["bytes8"].append(sent / image_bytes)
                     row["failed8"].append(failed)
                 log(
-                    f"round {round_number + 1} {kind}: cold {cold:.3f}s (cpu {cpu_cold:.2f}s) "
-                    f"warm {warm:.3f}s (cpu {cpu_warm:.3f}s) 8xcold {cold8:.2f}s "
+                    f"round {round_number + 1} {kind}: cold {row['cold'][-1]:.3f}s "
+                    f"(cpu {row['cpu_cold'][-1]:.2f}s) warm {row['warm'][-1]:.3f}s "
+                    f"(cpu {row['cpu_warm'][-1]:.3f}s) 8xcold {cold8:.2f}s "
                     f"upstream {sent / image_bytes:.2f}x the image, {failed} failed blob GETs"
                 )
         print(f"client: {CLIENT}, warm pulls per round: {arguments.warm}")
