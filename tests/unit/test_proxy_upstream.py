@@ -275,3 +275,40 @@ async def test_a_blob_is_read_from_a_real_connection_in_pieces_larger_than_64_ki
         await server.wait_closed()
     assert length == sum(sizes) == len(body)
     assert max(sizes) > 64 * 1024, sizes
+
+
+async def test_a_blob_from_a_real_connection_arrives_in_pieces_larger_than_asyncios_256_kib() -> (
+    None
+):
+    # Every piece of a blob goes through h11, httpx and the cache's flight: asyncio's
+    # 256 KiB reads made a 40 MiB blob 160 of them (docs/performance.md "S3 and mirror pulls
+    # (session 8)"). A loopback upstream writing the whole answer at once.
+    blob = bytes(range(256)) * (64 * 1024)  # 16 MiB
+    digest = Digest.of(blob)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(blob)}\r\n\r\n"
+        )
+        writer.write(head.encode() + blob)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    upstream = Upstream(UpstreamSettings(name="hub.test", url=f"http://127.0.0.1:{port}"))
+    try:
+        response, length = await upstream.get_blob("library/alpine", digest)
+        await asyncio.sleep(0.2)  # the whole answer waits in the socket
+        pieces = [len(piece) async for piece in response.aiter_bytes()]
+        await response.aclose()
+    finally:
+        await upstream.client.aclose()
+        server.close()
+        await server.wait_closed()
+
+    assert length == len(blob) and sum(pieces) == len(blob)
+    assert max(pieces) > 256 * 1024
+    assert max(pieces) <= 1024 * 1024
