@@ -675,7 +675,7 @@ def contents_sharing_a_fan_out_directory(count: int) -> list[bytes]:
 async def test_blobs_of_one_fan_out_directory_make_it_once(
     filesystem_storage: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A mkdir that finds the directory costs a rename's worth of system time per blob
+    # A mkdir that finds the directory cost more system time than the rename, per blob
     # (docs/performance.md, "Image pushers after the page cache has grown").
     made: list[str] = []
     real_mkdir = os.mkdir

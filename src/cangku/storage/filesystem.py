@@ -199,9 +199,9 @@ class FilesystemStorage:
             os.replace(source, target)
         except FileNotFoundError:
             # The first blob of its fan-out directory. Made only then: a mkdir that finds
-            # the directory costs as much as the rename, once per blob (it locks the parent
-            # for a create; docs/performance.md, "Image pushers after the page cache has
-            # grown"). `source` is this request's own file, so the directory is what lacks.
+            # the directory (it locks the parent for a create) cost more system time than
+            # the rename, once per blob (docs/performance.md, "Image pushers after the page
+            # cache has grown"). `source` is this request's own file: the directory lacks.
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
         if self.fsync:
