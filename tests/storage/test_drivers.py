@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -657,6 +658,62 @@ async def test_blob_is_not_visible_under_blobs_while_it_streams_in(
 
     assert seen_mid_stream == [[]] * len(split(DATA, 1100))
     assert files_under(data_root / "blobs") == [filesystem_storage.blob_path(digest)]
+
+
+def contents_sharing_a_fan_out_directory(count: int) -> list[bytes]:
+    """Distinct contents whose sha256 digests begin with the same two hex digits."""
+    found: list[bytes] = []
+    for index in range(100_000):
+        content = f"blob {index}".encode()
+        if Digest.of(content).hex[:2] == "00":
+            found.append(content)
+            if len(found) == count:
+                return found
+    raise AssertionError("not enough contents found")
+
+
+async def test_blobs_of_one_fan_out_directory_make_it_once(
+    filesystem_storage: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A mkdir that finds the directory cost more system time than the rename, per blob
+    # (docs/performance.md, "Image pushers after the page cache has grown").
+    made: list[str] = []
+    real_mkdir = os.mkdir
+
+    def counting_mkdir(path: str | os.PathLike[str], *args: int) -> None:
+        made.append(os.fspath(path))
+        real_mkdir(path, *args)
+
+    monkeypatch.setattr(os, "mkdir", counting_mkdir)
+    first, second, third = contents_sharing_a_fan_out_directory(3)
+    fan_out = filesystem_storage.blob_path(Digest.of(first)).parent
+
+    await filesystem_storage.write_blob(stream(first), Digest.of(first), len(first))
+    assert made[-1] == os.fspath(fan_out)  # With its parents, the first time.
+    made.clear()
+    await filesystem_storage.write_blob(stream(second), Digest.of(second), len(second))
+    upload_id = await new_upload(filesystem_storage, third)
+    await filesystem_storage.commit_upload(upload_id, Digest.of(third))
+
+    assert made == []
+    for content in (first, second, third):
+        assert filesystem_storage.blob_path(Digest.of(content)).read_bytes() == content
+
+
+async def test_a_fan_out_directory_removed_meanwhile_is_made_again(
+    filesystem_storage: FilesystemStorage, data_root: Path
+) -> None:
+    first, second = contents_sharing_a_fan_out_directory(2)
+    await filesystem_storage.write_blob(stream(first), Digest.of(first), len(first))
+    fan_out = filesystem_storage.blob_path(Digest.of(first)).parent
+    filesystem_storage.blob_path(Digest.of(first)).unlink()
+    fan_out.rmdir()  # E.g. an operator's cleanup.
+    upload_id = await new_upload(filesystem_storage, second)
+
+    await filesystem_storage.commit_upload(upload_id, Digest.of(second))
+
+    assert filesystem_storage.blob_path(Digest.of(second)).read_bytes() == second
+    assert files_under(data_root / "uploads") == []
 
 
 async def test_open_answers_an_open_file_that_outlives_a_delete(

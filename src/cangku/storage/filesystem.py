@@ -187,7 +187,6 @@ class FilesystemStorage:
         target = self.blob_path(digest)
         if self.fsync:
             await anyio.to_thread.run_sync(os.fsync, file.fileno())
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
             # Already stored (verified when it was written): keep it, never rewrite shared
             # bytes, but restart its age, which garbage collection reads for unrecorded files.
@@ -196,7 +195,15 @@ class FilesystemStorage:
             return
         except FileNotFoundError:
             pass  # Not stored, or garbage collection deleted it a moment ago.
-        os.replace(source, target)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            # The first blob of its fan-out directory. Made only then: a mkdir that finds
+            # the directory (it locks the parent for a create) cost more system time than
+            # the rename, once per blob (docs/performance.md, "Image pushers after the page
+            # cache has grown"). `source` is this request's own file: the directory lacks.
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
         if self.fsync:
             await anyio.to_thread.run_sync(_fsync_directory, target.parent)
 
