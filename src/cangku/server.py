@@ -211,6 +211,10 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         self._direct_left = 0
         self._coalescing: asyncio.TimerHandle | None = None
         self._offered = RECEIVE_BUFFER  # Bytes the last get_buffer offered.
+        # Where the zero-copy extension works (see _start_asgi_task): fixed per connection.
+        self._zero_copy = transport.get_extra_info("sslcontext") is None and isinstance(
+            self.loop, asyncio.BaseEventLoop
+        )
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -241,9 +245,12 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             # own before this returns, so the buffer is free for the next read.
             self.data_received(self._receive_view[:nbytes])  # type: ignore[arg-type]
         # A read cut short by the room we gave (a batch's staged start, its last bytes) says
-        # nothing of the client's pace: only one that took less than offered is slow.
+        # nothing of the client's pace: only one that took less than offered is slow. (A
+        # request without a body to come, as most small ones, is not looked at further.)
         if nbytes < COALESCE_BELOW and nbytes < self._offered:
-            self._coalesce_reads()
+            cycle = self.cycle
+            if cycle is not None and cycle.more_body:
+                self._coalesce_reads()
 
     def _coalesce_reads(self) -> None:
         """After a small read of a body that goes on, let the next bytes pile up in the
@@ -381,15 +388,11 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         # uvicorn builds its own cycle class; becoming ours just before the application runs
         # covers every request, pipelined ones too (uvicorn starts those here later). The
         # extension is offered only to a cycle that did become ours.
-        plain_tcp = self.transport.get_extra_info("sslcontext") is None
         if type(cycle) is RequestResponseCycle:  # Not through on_headers_complete: ours now.
             cycle.__class__ = ZeroCopyCycle
             cast(ZeroCopyCycle, cycle).start_body()
-        if (
-            isinstance(cycle, ZeroCopyCycle)
-            and plain_tcp
-            and isinstance(self.loop, asyncio.BaseEventLoop)
-        ):
+        # Plain TCP on asyncio's own loop (connection_made).
+        if self._zero_copy and isinstance(cycle, ZeroCopyCycle):
             cycle.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
         super()._start_asgi_task(cycle, app)
 

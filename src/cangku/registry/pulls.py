@@ -321,13 +321,16 @@ class CountedManifests:
         if reader.method == "HEAD":
             if reference != manifest.digest:
                 self.counter.note_resolution(self.name, reference, manifest.digest, reader.address)
-        elif counts_as_pull(reader.method, reader.user_agent) and is_acceptable(
-            manifest.media_type, reader.accepted
+        elif (
+            # counts_as_pull, inline: this runs on every manifest GET.
+            reader.method == "GET"
+            and not (reader.user_agent or "").lower().startswith(INSPECTION_AGENTS)
+            and is_acceptable(manifest.media_type, reader.accepted)
         ):
             counter = self.counter
-            counter.record(
-                self.name, reference, manifest.digest, reader.address, counter.children_of(manifest)
-            )
+            # Only an index has children (children_of would say [] after the same test).
+            children = counter.children_of(manifest) if manifest.media_type in INDEXES else ()
+            counter.record(self.name, reference, manifest.digest, reader.address, children)
         return manifest
 
     async def delete(self, reference: str, context: RequestContext) -> None:
