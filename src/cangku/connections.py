@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,17 +82,17 @@ class ConnectionLimits:
 
 class Deadline:
     """A one-shot timer for a deadline that moves on every request: `arm(delay)` and
-    `disarm()` only set `due` (loop time, seconds; None: disarmed); a TimerHandle is
+    disarming (setting `due` to None) only set `due` (loop time, seconds); a TimerHandle is
     scheduled only when none is pending at or before `due`. When that handle fires early
     (the deadline moved on since) it is scheduled again at `due`; `callback` runs once the
     loop time reaches `due`.
 
     Each request arms the header deadline, disarms it, arms the body deadline and disarms
     it: as TimerHandles that were four heap operations and three handles per request
-    (~3 µs of a ~60 µs small request, docs/performance.md "Manifest GET against c4986c2");
+    (docs/performance.md, "Manifest GET against c4986c2 (session 8)");
     as deadlines, a handle per timeout period per connection."""
 
-    __slots__ = ("_callback", "_handle", "_loop", "due")
+    __slots__ = ("_callback", "_handle", "_loop", "_when", "clock", "due")
 
     # Handles may fire up to the clock's resolution before their time: a deadline this close
     # counts as reached (its timeouts are whole seconds).
@@ -101,23 +102,19 @@ class Deadline:
         self._loop = loop
         self._callback = callback
         self._handle: asyncio.TimerHandle | None = None
+        self._when = 0.0  # The pending handle's time.
         self.due: float | None = None
-
-    @property
-    def armed(self) -> bool:
-        return self.due is not None
+        self.clock = loop_clock(loop)
 
     def arm(self, delay: float) -> None:
         """Run the callback `delay` seconds from now, unless disarmed or re-armed before."""
-        due = self.due = self._loop.time() + delay
+        due = self.due = self.clock() + delay
         handle = self._handle
-        if handle is None or handle.when() > due:
+        if handle is None or self._when > due:
             if handle is not None:
                 handle.cancel()
             self._handle = self._loop.call_at(due, self._fire)
-
-    def disarm(self) -> None:
-        self.due = None
+            self._when = due
 
     def close(self) -> None:
         """Disarm and drop the pending handle (the connection is gone)."""
@@ -131,11 +128,20 @@ class Deadline:
         due = self.due
         if due is None:
             return
-        if due - self._loop.time() > self.SLACK:
+        if due - self.clock() > self.SLACK:
             self._handle = self._loop.call_at(due, self._fire)
+            self._when = due
             return
         self.due = None
         self._callback()
+
+
+def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """`loop.time`, or for asyncio's own loops the clock it reads (`time.monotonic`, the
+    same values) without a Python call around it: the guards read it a few times a request."""
+    if isinstance(loop, asyncio.BaseEventLoop) and type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 class LimitedConfig(uvicorn.Config):
@@ -156,8 +162,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         )
         self._header_deadline = Deadline(self.loop, self._header_timed_out)
         self._body_deadline = Deadline(self.loop, self._body_timed_out)
+        self._clock = self._header_deadline.clock
         self._awaiting_body = False
-        self._last_read_at = self.loop.time()
+        self._last_read_at = self._clock()
         # While the rest of a body answered early is dropped: since when, and until when.
         self._discard_started = self._discard_until = 0.0
         host = self.client[0] if self.client else ""
@@ -181,28 +188,28 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if not self._header_deadline.armed:
-            self._arm_header_timer()
+        if self._header_deadline.due is None:  # Not armed.
+            self._header_deadline.arm(self.limits.header_timeout)
 
     def on_headers_complete(self) -> None:
-        self._header_deadline.disarm()
+        self._header_deadline.due = None  # Disarmed.
         super().on_headers_complete()
         # httptools calls on_message_complete for a request without a body before any
         # body timer could matter; for one with a body, wait for its bytes from here.
         self._awaiting_body = True
-        self._last_read_at = self.loop.time()
-        self._arm_body_timer()
+        self._last_read_at = self._clock()
+        self._body_deadline.arm(self.limits.body_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         # Any bytes from the client count as progress of a body (chunk framing too): a time
         # stamp per read, where re-arming a timer per body piece cost a TimerHandle each.
-        self._last_read_at = self.loop.time()
+        self._last_read_at = self._clock()
         super().data_received(data)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._awaiting_body = False
-        self._body_deadline.disarm()
+        self._body_deadline.due = None  # Disarmed.
         cycle = self.cycle
         if (
             cycle is not None

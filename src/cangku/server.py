@@ -318,7 +318,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             return  # No new request: an upgrade, which uvicorn handles.
         if type(cycle) is RequestResponseCycle:  # Pipelined: not started (_start_asgi_task).
             cycle.__class__ = ZeroCopyCycle
-            cast(ZeroCopyCycle, cycle).start_body()
+            cycle.start_body()  # type: ignore[attr-defined]  # (no typing.cast: a call)
         if not self.parser.should_upgrade():
             length, chunked = _body_framing(self.headers)
             if chunked:
@@ -390,7 +390,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         # extension is offered only to a cycle that did become ours.
         if type(cycle) is RequestResponseCycle:  # Not through on_headers_complete: ours now.
             cycle.__class__ = ZeroCopyCycle
-            cast(ZeroCopyCycle, cycle).start_body()
+            cycle.start_body()  # type: ignore[attr-defined]  # (no typing.cast: a call)
         # Plain TCP on asyncio's own loop (connection_made).
         if self._zero_copy and isinstance(cycle, ZeroCopyCycle):
             cycle.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
