@@ -243,7 +243,11 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         else:
             # The parser copies what it keeps (URL, headers, body pieces) into bytes of their
             # own before this returns, so the buffer is free for the next read.
-            self.data_received(self._receive_view[:nbytes])  # type: ignore[arg-type]
+            data: bytes = self._receive_view[:nbytes]  # type: ignore[assignment]
+            if self._first_data:
+                self.data_received(data)  # Ours: the first read may be a TLS handshake.
+            else:
+                GuardedHttpProtocol.data_received(self, data)  # The rest: a call less each.
         # A read cut short by the room we gave (a batch's staged start, its last bytes) says
         # nothing of the client's pace: only one that took less than offered is slow. (A
         # request without a body to come, as most small ones, is not looked at further.)
