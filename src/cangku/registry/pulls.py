@@ -55,13 +55,6 @@ MAX_INDEXES_REMEMBERED = 1024
 INSPECTION_AGENTS = ("skopeo/",)
 
 
-def counts_as_pull(method: str, user_agent: str | None) -> bool:
-    """Whether a successful manifest request is a pull: a GET, not from an inspection tool."""
-    if method != "GET":
-        return False
-    return not (user_agent or "").lower().startswith(INSPECTION_AGENTS)
-
-
 @dataclass(frozen=True, slots=True)
 class RepositoryPulls:
     """A repository's pulls: in total, per tag and per manifest digest (a digest's count
@@ -322,7 +315,8 @@ class CountedManifests:
             if reference != manifest.digest:
                 self.counter.note_resolution(self.name, reference, manifest.digest, reader.address)
         elif (
-            # counts_as_pull, inline: this runs on every manifest GET.
+            # A pull: a GET, not from an inspection tool, of what its Accept allows (inline,
+            # not a function: this runs on every manifest GET).
             reader.method == "GET"
             and not (reader.user_agent or "").lower().startswith(INSPECTION_AGENTS)
             and is_acceptable(manifest.media_type, reader.accepted)
