@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +80,70 @@ class ConnectionLimits:
         return not any(address in network for network in self.exempt)
 
 
+class Deadline:
+    """A one-shot timer for a deadline that moves on every request: `arm(delay)` and
+    disarming (setting `due` to None) only set `due` (loop time, seconds); a TimerHandle is
+    scheduled only when none is pending at or before `due`. When that handle fires early
+    (the deadline moved on since) it is scheduled again at `due`; `callback` runs once the
+    loop time reaches `due`.
+
+    Each request arms the header deadline, disarms it, arms the body deadline and disarms
+    it: as TimerHandles that were four heap operations and three handles per request
+    (docs/performance.md, "Manifest GET against c4986c2 (session 8)");
+    as deadlines, a handle per timeout period per connection."""
+
+    __slots__ = ("_callback", "_handle", "_loop", "_when", "clock", "due")
+
+    # Handles may fire up to the clock's resolution before their time: a deadline this close
+    # counts as reached (its timeouts are whole seconds).
+    SLACK = 0.001
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+        self._when = 0.0  # The pending handle's time.
+        self.due: float | None = None
+        self.clock = loop_clock(loop)
+
+    def arm(self, delay: float) -> None:
+        """Run the callback `delay` seconds from now, unless disarmed or re-armed before."""
+        due = self.due = self.clock() + delay
+        handle = self._handle
+        if handle is None or self._when > due:
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(due, self._fire)
+            self._when = due
+
+    def close(self) -> None:
+        """Disarm and drop the pending handle (the connection is gone)."""
+        self.due = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        due = self.due
+        if due is None:
+            return
+        if due - self.clock() > self.SLACK:
+            self._handle = self._loop.call_at(due, self._fire)
+            self._when = due
+            return
+        self.due = None
+        self._callback()
+
+
+def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """`loop.time`, or for asyncio's own loops the clock it reads (`time.monotonic`, the
+    same values) without a Python call around it: the guards read it a few times a request."""
+    if isinstance(loop, asyncio.BaseEventLoop) and type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
+
+
 class LimitedConfig(uvicorn.Config):
     """uvicorn's configuration, carrying the connection limits to each protocol instance."""
 
@@ -94,10 +160,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.limits: ConnectionLimits = getattr(
             self.config, "connection_limits", ConnectionLimits()
         )
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
+        self._header_deadline = Deadline(self.loop, self._header_timed_out)
+        self._body_deadline = Deadline(self.loop, self._body_timed_out)
+        self._clock = self._header_deadline.clock
         self._awaiting_body = False
-        self._last_read_at = self.loop.time()
+        self._last_read_at = self._clock()
         # While the rest of a body answered early is dropped: since when, and until when.
         self._discard_started = self._discard_until = 0.0
         host = self.client[0] if self.client else ""
@@ -121,32 +188,28 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._header_timer is None:
-            self._arm_header_timer()
+        if self._header_deadline.due is None:  # Not armed.
+            self._header_deadline.arm(self.limits.header_timeout)
 
     def on_headers_complete(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._header_deadline.due = None  # Disarmed.
         super().on_headers_complete()
         # httptools calls on_message_complete for a request without a body before any
         # body timer could matter; for one with a body, wait for its bytes from here.
         self._awaiting_body = True
-        self._last_read_at = self.loop.time()
-        self._arm_body_timer()
+        self._last_read_at = self._clock()
+        self._body_deadline.arm(self.limits.body_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         # Any bytes from the client count as progress of a body (chunk framing too): a time
         # stamp per read, where re-arming a timer per body piece cost a TimerHandle each.
-        self._last_read_at = self.loop.time()
+        self._last_read_at = self._clock()
         super().data_received(data)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._awaiting_body = False
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._body_deadline.due = None  # Disarmed.
         cycle = self.cycle
         if (
             cycle is not None
@@ -176,12 +239,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     # -- timers ----------------------------------------------------------------------------
     def _arm_header_timer(self) -> None:
-        self._header_timer = self.loop.call_later(
-            self.limits.header_timeout, self._header_timed_out
-        )
+        self._header_deadline.arm(self.limits.header_timeout)
 
     def _header_timed_out(self) -> None:
-        self._header_timer = None
         if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
@@ -193,14 +253,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _arm_body_timer(self, delay: float | None = None) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-        self._body_timer = self.loop.call_later(
-            self.limits.body_idle_timeout if delay is None else delay, self._body_timed_out
-        )
+        self._body_deadline.arm(self.limits.body_idle_timeout if delay is None else delay)
 
     def _body_timed_out(self) -> None:
-        self._body_timer = None
         if not self._awaiting_body or self.transport.is_closing():
             return
         cycle = self.cycle
@@ -240,7 +295,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _cancel_timers(self) -> None:
-        for timer in (getattr(self, "_header_timer", None), getattr(self, "_body_timer", None)):
-            if timer is not None:
-                timer.cancel()
-        self._header_timer = self._body_timer = None
+        for deadline in (
+            getattr(self, "_header_deadline", None),
+            getattr(self, "_body_deadline", None),
+        ):
+            if deadline is not None:
+                deadline.close()

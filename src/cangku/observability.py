@@ -582,13 +582,17 @@ class ObservedApp:
                     await self.app(scope, app_receive, send_logged)
         finally:
             seconds = time.perf_counter() - started
-            route = route_name(scope)
+            # route_name and method_label, their common case inline (every request).
+            route = scope.get("cangku.route")
+            if not isinstance(route, str):
+                route = route_name(scope)
             if upload:
                 self.metrics.uploads_in_progress.dec()  # type: ignore[union-attr]
             if self.metrics is not None:
-                self.metrics.observe_request(
+                method = scope["method"]
+                self.metrics.requests.observe(
                     route,
-                    method_label(scope["method"]),
+                    method if method in KNOWN_METHODS else "OTHER",
                     state["status"],
                     seconds,
                     state["received"],

@@ -211,6 +211,10 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         self._direct_left = 0
         self._coalescing: asyncio.TimerHandle | None = None
         self._offered = RECEIVE_BUFFER  # Bytes the last get_buffer offered.
+        # Where the zero-copy extension works (see _start_asgi_task): fixed per connection.
+        self._zero_copy = transport.get_extra_info("sslcontext") is None and isinstance(
+            self.loop, asyncio.BaseEventLoop
+        )
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -239,11 +243,18 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         else:
             # The parser copies what it keeps (URL, headers, body pieces) into bytes of their
             # own before this returns, so the buffer is free for the next read.
-            self.data_received(self._receive_view[:nbytes])  # type: ignore[arg-type]
+            data: bytes = self._receive_view[:nbytes]  # type: ignore[assignment]
+            if self._first_data:
+                self.data_received(data)  # Ours: the first read may be a TLS handshake.
+            else:
+                GuardedHttpProtocol.data_received(self, data)  # The rest: a call less each.
         # A read cut short by the room we gave (a batch's staged start, its last bytes) says
-        # nothing of the client's pace: only one that took less than offered is slow.
+        # nothing of the client's pace: only one that took less than offered is slow. (A
+        # request without a body to come, as most small ones, is not looked at further.)
         if nbytes < COALESCE_BELOW and nbytes < self._offered:
-            self._coalesce_reads()
+            cycle = self.cycle
+            if cycle is not None and cycle.more_body:
+                self._coalesce_reads()
 
     def _coalesce_reads(self) -> None:
         """After a small read of a body that goes on, let the next bytes pile up in the
@@ -311,7 +322,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             return  # No new request: an upgrade, which uvicorn handles.
         if type(cycle) is RequestResponseCycle:  # Pipelined: not started (_start_asgi_task).
             cycle.__class__ = ZeroCopyCycle
-            cast(ZeroCopyCycle, cycle).start_body()
+            cycle.start_body()  # type: ignore[attr-defined]  # (no typing.cast: a call)
         if not self.parser.should_upgrade():
             length, chunked = _body_framing(self.headers)
             if chunked:
@@ -381,15 +392,11 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         # uvicorn builds its own cycle class; becoming ours just before the application runs
         # covers every request, pipelined ones too (uvicorn starts those here later). The
         # extension is offered only to a cycle that did become ours.
-        plain_tcp = self.transport.get_extra_info("sslcontext") is None
         if type(cycle) is RequestResponseCycle:  # Not through on_headers_complete: ours now.
             cycle.__class__ = ZeroCopyCycle
-            cast(ZeroCopyCycle, cycle).start_body()
-        if (
-            isinstance(cycle, ZeroCopyCycle)
-            and plain_tcp
-            and isinstance(self.loop, asyncio.BaseEventLoop)
-        ):
+            cycle.start_body()  # type: ignore[attr-defined]  # (no typing.cast: a call)
+        # Plain TCP on asyncio's own loop (connection_made).
+        if self._zero_copy and isinstance(cycle, ZeroCopyCycle):
             cycle.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
         super()._start_asgi_task(cycle, app)
 

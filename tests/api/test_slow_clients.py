@@ -4,6 +4,7 @@ a body idle timeout and a per-address connection cap, each with a bounded slow c
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import socket
@@ -317,3 +318,65 @@ def test_trusted_proxies_are_exempt_from_the_cap(app: ASGIApp) -> None:
 async def httpx_client(port: int) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
         yield client
+
+
+async def test_a_header_deadline_moved_by_many_requests_still_cuts_off_a_trickler(
+    app: ASGIApp, data_dir: Path
+) -> None:
+    # The deadlines are re-armed lazily (connections.Deadline): after requests that each
+    # moved them on, a request that trickles its headers is still cut off in time.
+    async with serving(app, data_dir, keep_alive=BOUND) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(5):
+            writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await read_one_response(reader)).startswith(b"HTTP/1.1 200 ")
+            await asyncio.sleep(HEADER_TIMEOUT / 4)  # The first deadline would have passed.
+        started = time.monotonic()
+        writer.write(b"GET /v2/ HTTP/1.1\r\n")
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for byte in b"X-Slow: " + b"a" * 100:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.2)
+
+        trickling = asyncio.create_task(trickle())
+        received, _ = await read_until_closed(reader)
+        elapsed = time.monotonic() - started
+        trickling.cancel()
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert HEADER_TIMEOUT * 0.9 <= elapsed < BOUND
+
+
+async def test_keep_alive_requests_schedule_no_guard_timers_of_their_own(
+    app: ASGIApp, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each request moves the header and body deadlines; as TimerHandles that was three
+    # call_at (and three cancels) per request, ~3 µs of a small request's CPU. Only
+    # uvicorn's own keep-alive timer (one per response) remains, and the client's own.
+    requests = 50
+    async with serving(
+        app, data_dir, keep_alive=BOUND, header_timeout=60.0, body_idle_timeout=60.0
+    ) as port:
+        loop = asyncio.get_running_loop()
+        scheduled: list[str] = []
+        call_at = loop.call_at
+
+        def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+            scheduled.append(getattr(callback, "__qualname__", repr(callback)))
+            return call_at(when, callback, *args, **kwargs)
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")  # The connection's own timers.
+        assert (await read_one_response(reader)).startswith(b"HTTP/1.1 200 ")
+        monkeypatch.setattr(loop, "call_at", counting_call_at)
+        for _ in range(requests):
+            writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await read_one_response(reader)).startswith(b"HTTP/1.1 200 ")
+        monkeypatch.undo()
+        writer.close()
+    guards = [name for name in scheduled if "Deadline" in name or name.endswith("_timed_out")]
+    assert scheduled.count("HttpToolsProtocol.timeout_keep_alive_handler") == requests
+    assert len(guards) <= 2, collections.Counter(scheduled)

@@ -107,7 +107,10 @@ def request_context(request: Request) -> RequestContext:
 def client_address(request: Request, unknown: str = "-") -> str:
     """The client's address as the access control resolves it: behind trusted proxies the
     one they forwarded for (auth/access.py), else the peer; `unknown` without a peer."""
-    checked = caller_of(request)
-    if checked is not None:
-        return checked[0].client_address(request)
-    return request.client.host if request.client else unknown
+    scope = request.scope
+    access: AccessControl | None = scope.get("cangku.access")
+    if access is not None and scope.get("cangku.caller") is not None:
+        return access.client_address(request)
+    # `request.client` would build an Address tuple (twice) to read its host.
+    client = scope.get("client")
+    return client[0] if client else unknown

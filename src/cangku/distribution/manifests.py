@@ -54,20 +54,31 @@ async def put_manifest(request: Request, registry: Registry, name: str, referenc
 
 
 async def get_manifest(request: Request, registry: Registry, name: str, reference: str) -> Response:
-    headers = request.headers
-    # Clients send one Accept header per media type (docker, skopeo): read them all.
-    accepted = parse_accept(",".join(headers.getlist("accept")))
+    scope = request.scope
+    method: str = scope["method"]
+    # One pass over the raw headers (ASGI names them in lower case), as Starlette's
+    # `getlist("accept")` and `get("user-agent")` would read them, without two scans and
+    # their objects: this runs on every manifest GET (docs/performance.md, "Manifest GET
+    # against c4986c2"). Clients send one Accept header per media type (docker, skopeo):
+    # all of them count; the first User-Agent is the one.
+    accept: list[str] = []
+    user_agent: str | None = None
+    for key, value in scope["headers"]:
+        if key == b"accept":
+            accept.append(value.decode("latin-1"))
+        elif key == b"user-agent" and user_agent is None:
+            user_agent = value.decode("latin-1")
+    accepted = parse_accept(",".join(accept))
     # Issue 17: this client's GET is a pull, counted by the wrapper the reader installs
     # (registry/pulls.py, CountedManifests), in memory only.
-    method = request.method
     reader = Reader(
         # Resolved as the access control does: behind one proxy, clients stay apart.
         client_address(request, ""),
         method,
-        headers.get("user-agent") if method == "GET" else None,
+        user_agent if method == "GET" else None,
         accepted,
     )
-    manifest = await registry.repository(name, reader).manifests.get(reference)
+    manifest = await registry.pulled_manifests(name, reader).get(reference)
     if not is_acceptable(manifest.media_type, accepted):
         raise ManifestUnknown(
             f"the manifest is a {manifest.media_type}, which the Accept header does not allow",

@@ -76,6 +76,36 @@ ROUTES: list[tuple[re.Pattern[str], str, Methods]] = [
     (re.compile(r"/v2/_catalog"), "v2.catalog", {"GET": (catalog.list_repositories, CATALOG)}),
 ]
 
+Route = tuple[re.Pattern[str], str, Methods]
+# Each pattern ends in a literal segment and at most one `[^/]+` (or `/?`), which fixes the
+# path's second-to-last segment: the routes a path can reach, in ROUTES' order, by that
+# segment ("/v2/" and "/v2/_catalog": "v2"; ".../blobs/uploads": "blobs"; ".../uploads/"
+# and ".../uploads/<id>": "uploads"). Other paths try every route. Without it, `GET /v2/`
+# failed six regular expressions before its own, a blob HEAD three.
+_SECOND_TO_LAST: dict[str, tuple[str, ...]] = {
+    "manifests": ("v2.manifest",),
+    "uploads": ("v2.upload_start", "v2.upload"),
+    "blobs": ("v2.upload_start", "v2.blob"),
+    "tags": ("v2.tags",),
+    "referrers": ("v2.referrers",),
+    "v2": ("v2.base", "v2.catalog"),
+}
+_BY_SEGMENT: dict[str, list[Route]] = {
+    segment: [route for route in ROUTES if route[1] in names]
+    for segment, names in _SECOND_TO_LAST.items()
+}
+
+
+def routes_for(path: str) -> list[Route]:
+    """The routes `path` may match, in ROUTES' order (tests/unit/test_route_order.py checks
+    that the first match is the same as over all of ROUTES)."""
+    parts = path.rsplit("/", 2)
+    if len(parts) == 3:
+        candidates = _BY_SEGMENT.get(parts[1])
+        if candidates is not None:
+            return candidates
+    return ROUTES
+
 
 class DistributionApp:
     """The ASGI app behind /v2: routes, checks access, calls one handler, maps domain errors
@@ -103,7 +133,7 @@ class DistributionApp:
     async def handle(self, request: Request) -> Response:
         path = request.scope["path"]
         head = request.method == "HEAD"
-        for pattern, route_name, methods in ROUTES:
+        for pattern, route_name, methods in routes_for(path):
             match = pattern.fullmatch(path)
             if match is None:
                 continue

@@ -55,13 +55,6 @@ MAX_INDEXES_REMEMBERED = 1024
 INSPECTION_AGENTS = ("skopeo/",)
 
 
-def counts_as_pull(method: str, user_agent: str | None) -> bool:
-    """Whether a successful manifest request is a pull: a GET, not from an inspection tool."""
-    if method != "GET":
-        return False
-    return not (user_agent or "").lower().startswith(INSPECTION_AGENTS)
-
-
 @dataclass(frozen=True, slots=True)
 class RepositoryPulls:
     """A repository's pulls: in total, per tag and per manifest digest (a digest's count
@@ -321,13 +314,17 @@ class CountedManifests:
         if reader.method == "HEAD":
             if reference != manifest.digest:
                 self.counter.note_resolution(self.name, reference, manifest.digest, reader.address)
-        elif counts_as_pull(reader.method, reader.user_agent) and is_acceptable(
-            manifest.media_type, reader.accepted
+        elif (
+            # A pull: a GET, not from an inspection tool, of what its Accept allows (inline,
+            # not a function: this runs on every manifest GET).
+            reader.method == "GET"
+            and not (reader.user_agent or "").lower().startswith(INSPECTION_AGENTS)
+            and is_acceptable(manifest.media_type, reader.accepted)
         ):
             counter = self.counter
-            counter.record(
-                self.name, reference, manifest.digest, reader.address, counter.children_of(manifest)
-            )
+            # Only an index has children (children_of would say [] after the same test).
+            children = counter.children_of(manifest) if manifest.media_type in INDEXES else ()
+            counter.record(self.name, reference, manifest.digest, reader.address, children)
         return manifest
 
     async def delete(self, reference: str, context: RequestContext) -> None:

@@ -25,6 +25,7 @@ from cangku.registry.blobs import Blobs
 from cangku.registry.context import IN_PROCESS, RequestContext
 from cangku.registry.core import MAX_PAGE_SIZE, Core
 from cangku.registry.manifests import MAX_TAGS_PER_PUSH, Manifests, known_repository_id
+from cangku.registry.protocols import ManifestService
 from cangku.registry.pulls import CountedManifests, PullCounter, Reader, forget_repository
 from cangku.registry.records import Page, Visibility
 from cangku.registry.referrers import MAX_REFERRERS_PER_PAGE, Referrers
@@ -145,6 +146,12 @@ class Registry:
                 handle.referrers,
             )
         return handle
+
+    def pulled_manifests(self, name: str, reader: Reader) -> ManifestService:
+        """`repository(name, reader).manifests`, without a handle built around it for the
+        one service a manifest GET uses (a frozen dataclass of six fields per request).
+        NAME_INVALID as `repository`."""
+        return CountedManifests(self.repository(name).manifests, self.pulls, name, reader)
 
     # -- shortcuts to one repository's blobs ----------------------------------------------
     async def stat_blob(self, name: str, digest: str) -> tuple[Digest, int]:
