@@ -4,11 +4,13 @@ names not pushed locally; a local repository always wins; pushes are never rerou
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cangku.app import create_app
 from cangku.config import Settings
@@ -133,3 +135,41 @@ async def test_an_upload_status_is_never_rerouted(mirror: httpx.AsyncClient) -> 
     assert start.status_code == 202
     status = await mirror.get(start.headers["location"])
     assert status.status_code == 204, status.text
+
+
+async def test_a_routed_read_keeps_its_route_label_and_its_requested_path_in_the_log(
+    client: httpx.AsyncClient,
+    registry: Registry,
+    data_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The rewriting works on a copy of the scope; what the routing below records on it
+    (the route's name) still reaches the metrics, and the access log keeps the path the
+    client asked for (review, session 8: routed reads were counted as `unmatched`)."""
+    await push_image(client, "docker.io/library/alpine", "3")
+    settings = Settings(
+        data=data_dir,
+        auth={"open": True},
+        proxy={"upstreams": UPSTREAMS},
+        metrics={"enabled": True},
+    )
+    caplog.set_level(logging.INFO, logger="cangku.access")
+    async with _client(create_app(settings, registry)) as observed:
+        for path in (
+            "/v2/library/alpine/manifests/3?ns=docker.io",  # containerd's ns
+            "/v2/library/alpine/manifests/3",  # the default upstream
+            "/v2/docker.io/library/alpine/manifests/3",  # the prefix: not rewritten
+        ):
+            assert (await _get(observed, path)).status_code == 200, path
+        metrics = (await observed.get("/metrics")).text
+
+    counted = {
+        (sample.labels["route"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "cangku_http_requests_total" and sample.labels["method"] == "GET"
+    }
+    assert counted.get(("v2.manifest", "200")) == 3
+    assert ("unmatched", "200") not in counted
+    logged = [record.getMessage() for record in caplog.records if record.name == "cangku.access"]
+    assert sum(line.startswith("GET /v2/library/alpine/manifests/3 200") for line in logged) == 2

@@ -34,6 +34,8 @@ NAMESPACE_HEADER = b"oci-namespace"
 # The scope key holding the name the client used, when the path was rewritten: the access
 # control accepts tokens for it and names it in challenges (auth/access.py).
 REQUESTED_NAME = "cangku.requested_name"
+# The keys a rewritten scope changes: never copied back to the request's own scope.
+_REWRITTEN = frozenset({"path", "raw_path", REQUESTED_NAME})
 
 
 class UpstreamRouting:
@@ -59,9 +61,24 @@ class UpstreamRouting:
             await self.app(scope, receive, send)
             return
         upstream, answer_header = namespace
+        outer = scope
         if not name.startswith(f"{upstream}/"):
             path = f"/v2/{upstream}/{name}{rest}"
             scope = {**scope, "path": path, "raw_path": path.encode(), REQUESTED_NAME: name}
+        try:
+            await self._call(scope, receive, send, upstream, answer_header)
+        finally:
+            if scope is not outer:
+                # What the routing below records for the layers above (the route's name for
+                # the metrics, the user for the access log) lands on the rewritten copy;
+                # the requested path stays what the client sent.
+                for key, value in scope.items():
+                    if key not in _REWRITTEN:
+                        outer[key] = value
+
+    async def _call(
+        self, scope: Scope, receive: Receive, send: Send, upstream: str, answer_header: bool
+    ) -> None:
         if not answer_header:
             await self.app(scope, receive, send)
             return
