@@ -716,6 +716,33 @@ async def test_a_fan_out_directory_removed_meanwhile_is_made_again(
     assert files_under(data_root / "uploads") == []
 
 
+@pytest.mark.parametrize("commit", ["write_blob", "commit_upload"])
+async def test_with_fsync_every_directory_made_for_a_blob_has_its_entry_flushed(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch, commit: str
+) -> None:
+    # A crash must not lose a blob the database records: the blob's entry in its fan-out
+    # directory, and the entries of the directories made for it (review, session 8).
+    storage = FilesystemStorage(data_root, fsync=True)
+    flushed: list[Path] = []
+    monkeypatch.setattr(filesystem, "_fsync_directory", flushed.append)
+    first, second = contents_sharing_a_fan_out_directory(2)
+    fan_out = storage.blob_path(Digest.of(first)).parent
+
+    async def publish(content: bytes) -> None:
+        if commit == "write_blob":
+            await storage.write_blob(stream(content), Digest.of(content), len(content))
+        else:
+            upload_id = await new_upload(storage, content)
+            await storage.commit_upload(upload_id, Digest.of(content))
+
+    await publish(first)  # blobs/sha256 and blobs/sha256/00 are made for it.
+    assert flushed == [fan_out, fan_out.parent, fan_out.parent.parent]
+    flushed.clear()
+    await publish(second)  # Its directory exists: only the blob's own entry.
+    assert flushed == [fan_out]
+    assert storage.blob_path(Digest.of(second)).read_bytes() == second
+
+
 async def test_open_answers_an_open_file_that_outlives_a_delete(
     filesystem_storage: FilesystemStorage,
 ) -> None:

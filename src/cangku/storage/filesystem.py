@@ -195,6 +195,7 @@ class FilesystemStorage:
             return
         except FileNotFoundError:
             pass  # Not stored, or garbage collection deleted it a moment ago.
+        made: list[Path] = []
         try:
             os.replace(source, target)
         except FileNotFoundError:
@@ -202,10 +203,13 @@ class FilesystemStorage:
             # the directory (it locks the parent for a create) cost more system time than
             # the rename, once per blob (docs/performance.md, "Image pushers after the page
             # cache has grown"). `source` is this request's own file: the directory lacks.
-            target.parent.mkdir(parents=True, exist_ok=True)
+            made = _make_directories(target.parent, self.blobs_dir)
             os.replace(source, target)
         if self.fsync:
-            await anyio.to_thread.run_sync(_fsync_directory, target.parent)
+            # The blob's entry, then (innermost first) the entry of each directory made for
+            # it: a crash must not lose a blob the database already records.
+            for directory in [target.parent, *(made_one.parent for made_one in made)]:
+                await anyio.to_thread.run_sync(_fsync_directory, directory)
 
     # -- upload sessions -------------------------------------------------------------------
     async def create_upload(self, upload_id: str, algorithm: str = "sha256") -> None:
@@ -432,6 +436,23 @@ def _hash_file(path: Path, algorithm: str) -> _Hash:
         while data := file.read(READ_CHUNK * 4):
             hasher.update(data)
     return hasher
+
+
+def _make_directories(directory: Path, root: Path) -> list[Path]:
+    """Make `directory` and its missing parents below `root` (which exists); the ones this
+    call made, innermost first. Another request making one meanwhile is fine."""
+    missing: list[Path] = []
+    while directory != root and not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    made: list[Path] = []
+    for one in reversed(missing):
+        try:
+            one.mkdir()
+            made.append(one)
+        except FileExistsError:
+            pass
+    return made[::-1]
 
 
 def _fsync_directory(directory: Path) -> None:
