@@ -56,9 +56,10 @@ from cangku.storage.base import BlobContent, Stream, closing_chunks
 
 log = logging.getLogger("cangku.proxy")
 
-# Chunks (as the upstream connection delivers them, up to 1 MiB: one recv(),
-# upstream.UPSTREAM_READ_BYTES) queued for a leader slower than the upstream; beyond that
-# the transfer waits for it, so memory stays bounded (<= 4 MiB a leader).
+# Chunks (as the upstream connection delivers them: over plain HTTP up to 1 MiB, one
+# recv(), upstream.UPSTREAM_READ_BYTES; over TLS one record, at most 16 KiB) queued for a
+# leader slower than the upstream; beyond that the transfer waits for it, so memory stays
+# bounded (<= 4 MiB a leader).
 LEADER_QUEUE = 4
 # The most bytes handed to the server in one send when the leader is behind.
 COALESCE_BYTES = 1024 * 1024

@@ -271,7 +271,10 @@ def _read_larger_pieces(response: httpx.Response) -> None:
 
     Reached through httpcore's `network_stream` response extension and anyio's asyncio
     stream (`_stream`, `_transport`: private, both pinned in pyproject.toml); anything else
-    (another backend, the tests' in-process transport) is left as it is, reading as before."""
+    (another backend, the tests' in-process transport) is left as it is, reading as before.
+    Plain HTTP only: over TLS the stream is anyio's TLSStream and each piece is one
+    decrypted TLS record (at most 16 KiB) whatever the socket reads, so an `https://`
+    upstream (Docker Hub, ghcr.io, quay.io) reads as before (review, session 8)."""
     stream = response.extensions.get("network_stream")
     transport = getattr(getattr(stream, "_stream", None), "_transport", None)
     if isinstance(transport, asyncio.Transport) and hasattr(transport, "max_size"):
