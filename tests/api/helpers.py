@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import select
 
+from cangku.app import create_app
+from cangku.config import Settings
 from cangku.metadata.schema import blobs
+from cangku.metadata.store import MetadataStore
 from cangku.registry import Registry
+from cangku.storage.base import BlobStorage
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -151,3 +157,21 @@ def random_config() -> bytes:
     return json.dumps(
         {"architecture": "amd64", "os": "linux", "salt": os.urandom(8).hex()}
     ).encode()
+
+
+@contextlib.asynccontextmanager
+async def open_registry_client(
+    storage: BlobStorage, database_url: str, data_dir: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process client of the registry API without accounts, on `storage` and a
+    metadata store of its own (closed afterwards)."""
+    metadata = MetadataStore.open(database_url)
+    try:
+        app = create_app(Settings(data=data_dir, auth={"open": True}), Registry(storage, metadata))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://registry.test"
+        ) as client:
+            yield client
+    finally:
+        await metadata.close()

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from cangku.app import create_app
-from cangku.config import Settings
 from cangku.content.digest import Digest
-from cangku.metadata.store import MetadataStore
-from cangku.registry import Registry
 from cangku.storage.base import BlobStorage
 from cangku.storage.memory import MemoryStorage
 from cangku.storage.s3 import S3Storage
-from tests.api.helpers import error_code, push_blob
+from tests.api.helpers import error_code, open_registry_client, push_blob
 from tests.s3 import remove_everything, s3_settings
 
 NAME = "jimo/app"
@@ -38,15 +35,10 @@ def storage(request: pytest.FixtureRequest) -> Iterator[BlobStorage]:
 
 @pytest.fixture
 async def client(
-    storage: BlobStorage, database_url: str, data_dir: object
+    storage: BlobStorage, database_url: str, data_dir: Path
 ) -> AsyncIterator[httpx.AsyncClient]:
-    metadata = MetadataStore.open(database_url)
-    registry = Registry(storage, metadata)
-    app = create_app(Settings(data=data_dir, auth={"open": True}), registry)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
+    async with open_registry_client(storage, database_url, data_dir) as client:
         yield client
-    await metadata.close()
 
 
 async def fetch(client: httpx.AsyncClient, path: str, headers: dict[str, str]) -> httpx.Response:

@@ -7,16 +7,13 @@ database. On the real Ceph RGW (tests/s3.py)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from cangku.app import create_app
-from cangku.config import Settings
-from cangku.metadata.store import MetadataStore
-from cangku.registry import Registry
 from cangku.storage.s3 import S3Storage
-from tests.api.helpers import push_blob
+from tests.api.helpers import open_registry_client, push_blob
 from tests.s3 import remove_everything, s3_settings
 
 NAME = "jimo/app"
@@ -33,14 +30,10 @@ def storage(request: pytest.FixtureRequest) -> Iterator[S3Storage]:
 
 @pytest.fixture
 async def client(
-    storage: S3Storage, database_url: str, data_dir: object
+    storage: S3Storage, database_url: str, data_dir: Path
 ) -> AsyncIterator[httpx.AsyncClient]:
-    metadata = MetadataStore.open(database_url)
-    app = create_app(Settings(data=data_dir, auth={"open": True}), Registry(storage, metadata))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
+    async with open_registry_client(storage, database_url, data_dir) as client:
         yield client
-    await metadata.close()
 
 
 async def test_a_blob_pull_asks_the_object_store_once_and_a_head_not_at_all(

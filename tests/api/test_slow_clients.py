@@ -77,27 +77,35 @@ async def read_until_closed(reader: asyncio.StreamReader) -> tuple[bytes, float]
     return received, time.monotonic() - started
 
 
+async def trickle_headers_until_closed(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[bytes, float]:
+    """Start a request and trickle its headers, one byte every 0.2 s (each well within any
+    idle timeout), until the server closes: what it answered, and the seconds it took."""
+    started = time.monotonic()
+    writer.write(b"GET /v2/ HTTP/1.1\r\n")
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            for byte in b"X-Slow: " + b"a" * 100:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.2)
+
+    trickling = asyncio.create_task(trickle())
+    received, _ = await read_until_closed(reader)
+    elapsed = time.monotonic() - started
+    trickling.cancel()
+    writer.close()
+    return received, elapsed
+
+
 async def test_a_client_trickling_its_headers_gets_408_and_is_disconnected(
     app: ASGIApp, data_dir: Path
 ) -> None:
     async with serving(app, data_dir) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        started = time.monotonic()
-        writer.write(b"GET /v2/ HTTP/1.1\r\n")
-
-        async def trickle() -> None:
-            # One header byte every 0.2 s: each arrives well within any idle timeout.
-            with contextlib.suppress(ConnectionError):
-                for byte in b"X-Slow: " + b"a" * 100:
-                    writer.write(bytes([byte]))
-                    await writer.drain()
-                    await asyncio.sleep(0.2)
-
-        trickling = asyncio.create_task(trickle())
-        received, _ = await read_until_closed(reader)
-        elapsed = time.monotonic() - started
-        trickling.cancel()
-        writer.close()
+        received, elapsed = await trickle_headers_until_closed(reader, writer)
     assert received.startswith(b"HTTP/1.1 408 ")
     # The server's clock starts when it accepts, a moment before `started`: hence the 0.9.
     assert HEADER_TIMEOUT * 0.9 <= elapsed < BOUND
@@ -331,21 +339,7 @@ async def test_a_header_deadline_moved_by_many_requests_still_cuts_off_a_trickle
             writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await read_one_response(reader)).startswith(b"HTTP/1.1 200 ")
             await asyncio.sleep(HEADER_TIMEOUT / 4)  # The first deadline would have passed.
-        started = time.monotonic()
-        writer.write(b"GET /v2/ HTTP/1.1\r\n")
-
-        async def trickle() -> None:
-            with contextlib.suppress(ConnectionError):
-                for byte in b"X-Slow: " + b"a" * 100:
-                    writer.write(bytes([byte]))
-                    await writer.drain()
-                    await asyncio.sleep(0.2)
-
-        trickling = asyncio.create_task(trickle())
-        received, _ = await read_until_closed(reader)
-        elapsed = time.monotonic() - started
-        trickling.cancel()
-        writer.close()
+        received, elapsed = await trickle_headers_until_closed(reader, writer)
     assert received.startswith(b"HTTP/1.1 408 ")
     assert HEADER_TIMEOUT * 0.9 <= elapsed < BOUND
 

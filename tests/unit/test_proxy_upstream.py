@@ -243,48 +243,10 @@ async def test_a_blob_answer_without_a_valid_content_length_is_an_upstream_error
         await upstream.get_blob("jimo/private", BLOB_DIGEST)
 
 
-async def test_a_blob_is_read_from_a_real_connection_in_pieces_larger_than_64_kib() -> None:
-    # httpcore reads 64 KiB at a time by default: every chunk of a blob took a trip through
-    # h11, httpx and the cache's flight (docs/performance.md "Pull-through cache"). The
-    # upstream client reads what one recv() gives instead. A loopback server sends 4 MiB at
-    # once; by the time the body is read, the socket holds more than 64 KiB of it.
-    body = bytes(range(256)) * (16 * 1024)
-    digest = Digest.of(body)
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body)
-        )
-        writer.write(body)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    upstream = Upstream(UpstreamSettings(name="local", url=f"http://127.0.0.1:{port}"))
-    try:
-        response, length = await upstream.get_blob("library/alpine", digest)
-        await asyncio.sleep(0.2)  # the sender fills the socket's buffer meanwhile
-        sizes = [len(chunk) async for chunk in response.aiter_bytes()]
-        await response.aclose()
-    finally:
-        await upstream.close()
-        server.close()
-        await server.wait_closed()
-    assert length == sum(sizes) == len(body)
-    assert max(sizes) > 64 * 1024, sizes
-
-
-async def test_a_blob_from_a_real_connection_arrives_in_pieces_larger_than_asyncios_256_kib() -> (
-    None
-):
-    # Every piece of a blob goes through h11, httpx and the cache's flight: asyncio's
-    # 256 KiB reads made a 40 MiB blob 160 of them (docs/performance.md "S3 and mirror pulls
-    # (session 8)"). A loopback upstream writing the whole answer at once.
-    blob = bytes(range(256)) * (64 * 1024)  # 16 MiB
-    digest = Digest.of(blob)
+async def pieces_from_a_loopback_upstream(blob: bytes) -> tuple[int, list[int]]:
+    """GET `blob` through `Upstream.get_blob` from a loopback server that writes the whole
+    answer at once, reading the body only once the socket holds much of it: the
+    Content-Length and the size of each piece the body came in."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -300,15 +262,36 @@ async def test_a_blob_from_a_real_connection_arrives_in_pieces_larger_than_async
     port = server.sockets[0].getsockname()[1]
     upstream = Upstream(UpstreamSettings(name="hub.test", url=f"http://127.0.0.1:{port}"))
     try:
-        response, length = await upstream.get_blob("library/alpine", digest)
-        await asyncio.sleep(0.2)  # the whole answer waits in the socket
+        response, length = await upstream.get_blob("library/alpine", Digest.of(blob))
+        await asyncio.sleep(0.2)  # the sender fills the socket's buffer meanwhile
         pieces = [len(piece) async for piece in response.aiter_bytes()]
         await response.aclose()
     finally:
-        await upstream.client.aclose()
+        await upstream.close()
         server.close()
         await server.wait_closed()
+    return length, pieces
 
+
+async def test_a_blob_is_read_from_a_real_connection_in_pieces_larger_than_64_kib() -> None:
+    # httpcore reads 64 KiB at a time by default: every chunk of a blob took a trip through
+    # h11, httpx and the cache's flight (docs/performance.md "Pull-through cache"). The
+    # upstream client reads what one recv() gives instead. A loopback server sends 4 MiB at
+    # once; by the time the body is read, the socket holds more than 64 KiB of it.
+    body = bytes(range(256)) * (16 * 1024)
+    length, pieces = await pieces_from_a_loopback_upstream(body)
+    assert length == sum(pieces) == len(body)
+    assert max(pieces) > 64 * 1024, pieces
+
+
+async def test_a_blob_from_a_real_connection_arrives_in_pieces_larger_than_asyncios_256_kib() -> (
+    None
+):
+    # Every piece of a blob goes through h11, httpx and the cache's flight: asyncio's
+    # 256 KiB reads made a 40 MiB blob 160 of them (docs/performance.md "S3 and mirror pulls
+    # (session 8)"). A loopback upstream writing the whole answer (16 MiB) at once.
+    blob = bytes(range(256)) * (64 * 1024)
+    length, pieces = await pieces_from_a_loopback_upstream(blob)
     assert length == len(blob) and sum(pieces) == len(blob)
     assert max(pieces) > 256 * 1024
     assert max(pieces) <= 1024 * 1024
