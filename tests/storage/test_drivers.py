@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -714,6 +715,19 @@ async def test_a_fan_out_directory_removed_meanwhile_is_made_again(
 
     assert filesystem_storage.blob_path(Digest.of(second)).read_bytes() == second
     assert files_under(data_root / "uploads") == []
+
+
+async def test_a_blobs_directory_removed_whole_is_made_again(
+    filesystem_storage: FilesystemStorage, data_root: Path
+) -> None:
+    # As the eager mkdir(parents=True) did: an operator's `rm -rf data/blobs` loses the
+    # stored blobs, not the ability to store new ones.
+    content = b"after the cleanup"
+    shutil.rmtree(data_root / "blobs")
+
+    await filesystem_storage.write_blob(stream(content), Digest.of(content), len(content))
+
+    assert filesystem_storage.blob_path(Digest.of(content)).read_bytes() == content
 
 
 @pytest.mark.parametrize("commit", ["write_blob", "commit_upload"])

@@ -203,7 +203,7 @@ class FilesystemStorage:
             # the directory (it locks the parent for a create) cost more system time than
             # the rename, once per blob (docs/performance.md, "Image pushers after the page
             # cache has grown"). `source` is this request's own file: the directory lacks.
-            made = _make_directories(target.parent, self.blobs_dir)
+            made = _make_directories(target.parent)
             os.replace(source, target)
         if self.fsync:
             # The blob's entry, then (innermost first) the entry of each directory made for
@@ -438,11 +438,12 @@ def _hash_file(path: Path, algorithm: str) -> _Hash:
     return hasher
 
 
-def _make_directories(directory: Path, root: Path) -> list[Path]:
-    """Make `directory` and its missing parents below `root` (which exists); the ones this
-    call made, innermost first. Another request making one meanwhile is fine."""
+def _make_directories(directory: Path) -> list[Path]:
+    """Make `directory` and its missing parents, as `mkdir(parents=True, exist_ok=True)`;
+    the ones this call made, innermost first. Another request making one meanwhile is fine
+    (that request flushes its entry)."""
     missing: list[Path] = []
-    while directory != root and not directory.is_dir():
+    while directory != directory.parent and not directory.is_dir():
         missing.append(directory)
         directory = directory.parent
     made: list[Path] = []
