@@ -8,8 +8,10 @@ one prefix per test run, so runs and tests never see each other's objects.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +63,13 @@ def remove_everything(storage: S3Storage) -> None:
         keys: list[Any] = [{"Key": entry["Key"]} for entry in page.get("Contents", [])]
         if keys:
             client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
+@contextlib.contextmanager
+def s3_storage(*, redirect: bool = False) -> Iterator[S3Storage]:
+    """S3 on the test store under a prefix of its own, emptied afterwards."""
+    storage = S3Storage.from_settings(s3_settings(redirect=redirect))
+    try:
+        yield storage
+    finally:
+        remove_everything(storage)

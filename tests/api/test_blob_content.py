@@ -15,7 +15,7 @@ from cangku.storage.base import BlobStorage
 from cangku.storage.memory import MemoryStorage
 from cangku.storage.s3 import S3Storage
 from tests.api.helpers import error_code, open_registry_client, push_blob
-from tests.s3 import remove_everything, s3_settings
+from tests.s3 import s3_storage
 
 NAME = "jimo/app"
 DATA = os.urandom(3000)
@@ -26,11 +26,8 @@ def storage(request: pytest.FixtureRequest) -> Iterator[BlobStorage]:
     if request.param == "memory":
         yield MemoryStorage()
         return
-    storage = S3Storage.from_settings(s3_settings(redirect=request.param == "s3-redirect"))
-    try:
+    with s3_storage(redirect=request.param == "s3-redirect") as storage:
         yield storage
-    finally:
-        remove_everything(storage)
 
 
 @pytest.fixture

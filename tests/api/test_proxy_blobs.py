@@ -25,7 +25,6 @@ from cangku.proxy import blobs as proxy_blobs
 from cangku.registry import Registry
 from cangku.storage.base import BlobStorage, Stream
 from cangku.storage.filesystem import FilesystemStorage
-from cangku.storage.s3 import S3Storage
 from tests.api import proxy_upstream as upstream_gate
 from tests.api.helpers import (
     OCI_CONFIG,
@@ -38,7 +37,7 @@ from tests.api.helpers import (
     sha256,
 )
 from tests.api.proxy_upstream import Mirror, mirror_of_upstream
-from tests.s3 import remove_everything, s3_settings
+from tests.s3 import s3_storage
 
 UPSTREAM_CHUNK = 64 * 1024
 
@@ -100,11 +99,8 @@ def storage(
     if request.param == "filesystem":
         yield FilesystemStorage(data_dir)
         return
-    storage = S3Storage.from_settings(s3_settings())
-    try:
+    with s3_storage() as storage:
         yield storage
-    finally:
-        remove_everything(storage)
 
 
 @pytest.fixture

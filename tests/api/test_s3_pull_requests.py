@@ -14,18 +14,15 @@ import pytest
 
 from cangku.storage.s3 import S3Storage
 from tests.api.helpers import open_registry_client, push_blob
-from tests.s3 import remove_everything, s3_settings
+from tests.s3 import s3_storage
 
 NAME = "jimo/app"
 
 
 @pytest.fixture(params=[False, True], ids=["s3", "s3-redirect"])
 def storage(request: pytest.FixtureRequest) -> Iterator[S3Storage]:
-    storage = S3Storage.from_settings(s3_settings(redirect=request.param))
-    try:
+    with s3_storage(redirect=request.param) as storage:
         yield storage
-    finally:
-        remove_everything(storage)
 
 
 @pytest.fixture

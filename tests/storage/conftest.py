@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from cangku.storage.base import BlobStorage
 from cangku.storage.filesystem import FilesystemStorage
 from cangku.storage.memory import MemoryStorage
 from cangku.storage.s3 import S3Storage
-from tests.s3 import remove_everything, s3_settings
+from tests.s3 import s3_storage
 
 
 @pytest.fixture
@@ -45,16 +44,6 @@ def storage(
     else:
         with s3_storage(redirect=request.param == "s3-redirect") as storage:
             yield storage
-
-
-@contextlib.contextmanager
-def s3_storage(*, redirect: bool = False) -> Iterator[S3Storage]:
-    """S3 on the test store (tests/s3.py) under a prefix of its own, emptied afterwards."""
-    storage = S3Storage.from_settings(s3_settings(redirect=redirect))
-    try:
-        yield storage
-    finally:
-        remove_everything(storage)
 
 
 @pytest.fixture
