@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from cangku.metadata.store import MIGRATIONS, create_database_engine
 from cangku.registry.tags import newest_release, version_columns, version_page
@@ -29,6 +29,22 @@ def upgrade(engine, revision: str) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def assert_releases_of_before(connection: Connection) -> None:
+    """Repository 7 holds BEFORE's tags: `latest` and the version page read them in order."""
+    # 2.0.0 and 2.0.0_build7 rank the same; the one changed last wins.
+    latest = newest_release(connection, 7, "latest")
+    assert latest is not None and (latest.tag, latest.digest) == ("2.0.0_build7", A)
+    versions, more = version_page(connection, 7, 10, None)
+    assert [tag for tag, _ in versions] == [
+        "2.1.0-rc.1",
+        "2.0.0_build7",
+        "2.0.0",
+        "v1.9.3",
+        "1.9.2",
+    ]
+    assert more is None
 
 
 def test_existing_version_tags_are_indexed_by_the_migration(
@@ -65,18 +81,7 @@ def test_existing_version_tags_are_indexed_by_the_migration(
             assert newest_release(connection, 7, "1") == newest_release(connection, 7, "1.9")
             assert newest_release(connection, 7, "1").tag == "1.9.2"  # type: ignore[union-attr]
             assert newest_release(connection, 7, "v1").tag == "v1.9.3"  # type: ignore[union-attr]
-            # 2.0.0 and 2.0.0_build7 rank the same; the one changed last wins.
-            latest = newest_release(connection, 7, "latest")
-            assert latest is not None and (latest.tag, latest.digest) == ("2.0.0_build7", A)
-            versions, more = version_page(connection, 7, 10, None)
-            assert [tag for tag, _ in versions] == [
-                "2.1.0-rc.1",
-                "2.0.0_build7",
-                "2.0.0",
-                "v1.9.3",
-                "1.9.2",
-            ]
-            assert more is None
+            assert_releases_of_before(connection)
             other = connection.execute(
                 text("SELECT count(*) FROM tags WHERE version_key IS NULL")
             ).scalar()
@@ -125,16 +130,7 @@ def test_the_version_indexes_hold_version_tags_only_after_0017(
         ):
             assert f"{column} IS NOT NULL" in _index_sql(engine, name)
         with engine.begin() as connection:
-            best = newest_release(connection, 7, "latest")
-            assert best is not None and (best.tag, best.digest) == ("2.0.0_build7", A)
-            page, _ = version_page(connection, 7, 10, None)
-            assert [tag for tag, _ in page] == [
-                "2.1.0-rc.1",
-                "2.0.0_build7",
-                "2.0.0",
-                "v1.9.3",
-                "1.9.2",
-            ]
+            assert_releases_of_before(connection)
             plan = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
             rows = connection.execute(
                 text(
