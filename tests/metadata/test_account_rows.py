@@ -3,26 +3,12 @@ users, browser sessions, visibility and what a namespace holds."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import insert, select
 
 from cangku.metadata import Connection, MetadataStore, namespaces, visibility, web_sessions
 from cangku.metadata import accounts as rows
 from cangku.metadata.schema import quotas, repositories, tag_policies
-from tests.databases import fresh_database
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    with fresh_database(tmp_path) as url:
-        opened = MetadataStore.open(url)
-        try:
-            yield opened
-        finally:
-            await opened.close()
 
 
 async def test_a_user_update_without_a_field_is_refused_and_changes_nothing(

@@ -3,7 +3,7 @@ the same results as `Connection.execute`, in the caller's transaction, errors tr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from cangku.metadata import Connection, MetadataStore
 from cangku.metadata import prepared as prepared_module
 from cangku.metadata.prepared import Prepared
 from cangku.metadata.schema import repositories, tags, users
-from tests.databases import fresh_database, same_database
+from tests.databases import same_database
 
 _REPOSITORY = insert(repositories).values(name=bindparam("name"), created_at=bindparam("at"))
 _TAG = insert(tags).values(
@@ -42,16 +42,6 @@ _TAGS = (
 _MANAGED = select(tags.c.name).where(tags.c.client_managed == True)  # noqa: E712
 _REPOSITORY_ID = select(repositories.c.id).where(repositories.c.name == bindparam("name"))
 _RENAME = update(repositories).where(repositories.c.name == bindparam("old")).values(name="renamed")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    with fresh_database(tmp_path) as url:
-        opened = MetadataStore.open(url)
-        try:
-            yield opened
-        finally:
-            await opened.close()
 
 
 @contextmanager

@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,7 +29,7 @@ from cangku.metadata.schema import (
 from cangku.metadata.schema import (
     quotas as quota_table,
 )
-from tests.databases import POSTGRES_ADMIN_URL, fresh_database
+from tests.databases import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.skipif(
     not POSTGRES_ADMIN_URL, reason="SQLite runs one write at a time: no race to lose"
@@ -40,14 +39,10 @@ Write = Callable[[Connection, int], None]  # (connection, value): sets the value
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    with fresh_database(tmp_path) as url:
-        opened = MetadataStore.open(url)
-        try:
-            await opened.write(prepare)
-            yield opened
-        finally:
-            await opened.close()
+async def store(store: MetadataStore) -> MetadataStore:
+    """tests/metadata/conftest.py's store, prepared as `prepare` says."""
+    await store.write(prepare)
+    return store
 
 
 def prepare(connection: Connection) -> None:
