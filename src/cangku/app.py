@@ -252,8 +252,8 @@ def create_app(
 
 class RegistryApp:
     """Sends /v2 straight to the distribution API (the hot path) and the rest to the site;
-    over TLS, adds `Strict-Transport-Security` to every response (`StrictTransportSecurity`,
-    here in the same call: a middleware layer of its own cost every request a coroutine)."""
+    over TLS, adds `Strict-Transport-Security` to every response (`sending_hsts`, here in
+    the same call: a middleware layer of its own cost every request a coroutine)."""
 
     def __init__(self, distribution: ASGIApp, site: ASGIApp) -> None:
         self.distribution = distribution
@@ -264,7 +264,7 @@ class RegistryApp:
             await self.site(scope, receive, send)
             return
         if scope.get("scheme") == "https":
-            send = StrictTransportSecurity.sending(send)
+            send = sending_hsts(send)
         path = scope["path"]
         if path == "/v2" or path.startswith("/v2/"):
             await self.distribution(scope, receive, send)
@@ -272,31 +272,19 @@ class RegistryApp:
             await self.site(scope, receive, send)
 
 
-class StrictTransportSecurity:
-    """`Strict-Transport-Security` on every response served over TLS (RFC 6797 section 7.1:
-    never over plain HTTP, where an attacker could have added or removed it).
+# RFC 6797: a year, for this host only.
+HSTS_HEADER = (b"strict-transport-security", b"max-age=31536000")
 
-    Behind a TLS-terminating proxy the proxy is the HTTPS server and sets it there."""
 
-    HEADER = (b"strict-transport-security", b"max-age=31536000")
+def sending_hsts(send: Send) -> Send:
+    """`send`, adding `Strict-Transport-Security` to the response's start: for every response
+    served over TLS (RFC 6797 section 7.1: never over plain HTTP, where an attacker could
+    have added or removed it). Behind a TLS-terminating proxy the proxy is the HTTPS server
+    and sets it there."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    async def send_with_header(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), HSTS_HEADER]
+        await send(message)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("scheme") != "https":
-            await self.app(scope, receive, send)
-            return
-
-        await self.app(scope, receive, self.sending(send))
-
-    @classmethod
-    def sending(cls, send: Send) -> Send:
-        """`send`, adding the header to the response's start."""
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), cls.HEADER]
-            await send(message)
-
-        return send_with_header
+    return send_with_header
