@@ -218,12 +218,6 @@ class Metrics:
         self._db_read = self.db_transaction.labels("read")
         self._db_write = self.db_transaction.labels("write")
 
-    def observe_request(
-        self, route: str, method: str, status: int, seconds: float, received: int, sent: int
-    ) -> None:
-        """One answered request (on the event loop thread)."""
-        self.requests.observe(route, method, status, seconds, received, sent)
-
     def observe_transaction(self, kind: str, seconds: float) -> None:
         """Called by MetadataStore, from whichever thread ran the transaction."""
         (self._db_write if kind == "write" else self._db_read).observe(seconds)

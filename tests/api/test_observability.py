@@ -242,8 +242,8 @@ async def test_every_record_of_a_request_carries_its_request_id(
 def test_latency_buckets_count_less_than_or_equal() -> None:
     metrics = Metrics()
     for seconds in (0.0005, 0.00051, 500.0):
-        metrics.observe_request("v2.blob", "GET", 200, seconds, 10, 20)
-    metrics.observe_request("v2.blob", "GET", 404, 0.002, 0, 5)
+        metrics.requests.observe("v2.blob", "GET", 200, seconds, 10, 20)
+    metrics.requests.observe("v2.blob", "GET", 404, 0.002, 0, 5)
     text = metrics.exposition().decode()
     bucket = "cangku_http_request_duration_seconds_bucket"
     labels = {"route": "v2.blob", "method": "GET"}
