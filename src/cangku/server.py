@@ -92,9 +92,15 @@ assert RECEIVE_BUFFER <= BODY_BATCH
 STAGED_MAX = 64 * 1024
 assert STAGED_MAX <= RECEIVE_BUFFER
 # A read mid-body smaller than this pauses reading for COALESCE_DELAY seconds, so that the
-# next read takes what came meanwhile (at 40 MB/s, ~200 KB) instead of each small write.
+# next read takes what came meanwhile instead of each small write. dockerd sends each layer
+# at the pace its gzip makes it, 6-16 MB/s per layer with five at once on a busy machine:
+# 20 ms gather 120-320 KB (5 ms: one or two of its 32 KiB chunks). Each read costs ~130
+# Python calls on the event loop (the pause and resume re-register the socket with the
+# selector, a timer, two loop iterations), so 9 reads per MB instead of 25 at 8 MB/s save
+# ~2,000 calls per MB; the last read of a body waits at most the delay (docs/performance.md,
+# "docker push: dockerd's stream (session 9)").
 COALESCE_BELOW = 256 * 1024
-COALESCE_DELAY = 0.005
+COALESCE_DELAY = 0.020
 # Whole batches kept for reuse per event-loop thread (BODY_BATCH bytes each): a fresh 1 MiB
 # buffer costs ~200 page faults per MB pushed (the allocator hands such sizes back to the
 # kernel when freed), a reused one none. One upload in flight holds up to ~10.
@@ -210,6 +216,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         # Bytes of the current request's body still to come past the parser (0: none).
         self._direct_left = 0
         self._coalescing: asyncio.TimerHandle | None = None
+        self._paused_before = False  # The next read follows a coalescing pause.
         self._offered = RECEIVE_BUFFER  # Bytes the last get_buffer offered.
         # Where the zero-copy extension works (see _start_asgi_task): fixed per connection.
         self._zero_copy = transport.get_extra_info("sslcontext") is None and isinstance(
@@ -249,9 +256,12 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             else:
                 GuardedHttpProtocol.data_received(self, data)  # The rest: a call less each.
         # A read cut short by the room we gave (a batch's staged start, its last bytes) says
-        # nothing of the client's pace: only one that took less than offered is slow. (A
-        # request without a body to come, as most small ones, is not looked at further.)
-        if nbytes < COALESCE_BELOW and nbytes < self._offered:
+        # nothing of the client's pace: only one that took less than offered is slow. So is
+        # one that took less than offered after a pause, however large: without a pause
+        # after it, the next read would take one write of the client's. (A request without
+        # a body to come, as most small ones, is not looked at further.)
+        paused_before, self._paused_before = self._paused_before, False
+        if nbytes < self._offered and (nbytes < COALESCE_BELOW or paused_before):
             cycle = self.cycle
             if cycle is not None and cycle.more_body:
                 self._coalesce_reads()
@@ -285,6 +295,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             and not self.transport.is_closing()
         ):
             self.flow.resume_reading()
+            self._paused_before = True
 
     def _direct_received(self, nbytes: int) -> None:
         """`nbytes` of a direct body were read into where `get_buffer` said (never more than
@@ -477,6 +488,23 @@ class ZeroCopyCycle(RequestResponseCycle):
         """Copy a piece of the body that the parser produced into the batches (`left`: the
         bytes of a direct body still to come before it; None for a chunked body, whose
         length nobody knows); True if a batch filled."""
+        batch = self.batch
+        filled = self.batch_filled
+        end = filled + len(piece)
+        if (
+            batch is not None
+            and end < len(batch)
+            and not (self.response_complete or self.disconnected)
+        ):
+            # The common case on a chunked stream (dockerd sends 32 KiB chunks, ~30 per MB):
+            # the piece fits in the batch being filled and does not fill it. One copy, no
+            # views, no calls per piece beyond this one.
+            batch[filled:end] = piece
+            self.batch_filled = end
+            added = end - filled
+            self.body_pending += added
+            self.body_seen += added
+            return False
         full = False
         view = memoryview(piece)
         while view and not (self.response_complete or self.disconnected):

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import sys
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -538,3 +539,89 @@ async def test_a_read_cut_short_by_the_room_it_was_given_never_pauses_reading(
     assert (status, digest.decode()) == (200, sha256(data).removeprefix("sha256:"))
     assert server.STAGED_MAX in offered  # Each batch's start was staged.
     assert paused_after_full_reads == []
+
+
+# Calls (Python and C, as `sys.setprofile` sees them) that one body piece of a chunked stream
+# may cost in `on_body`, the piece fitting in the batch being filled. dockerd sends 32 KiB
+# chunks, ~30 per MB (docs/performance.md, "docker push: dockerd's stream (session 9)").
+CALLS_PER_PIECE = 5  # 8 before the fast path in copy_into_batches.
+
+
+async def test_a_chunked_stream_costs_few_calls_per_piece(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A piece that fits in the batch being filled is copied into it without a view, a
+    slice object's call or a helper per piece; the body still arrives whole."""
+    calls: list[int] = []
+    on_body = server.ZeroCopyHttpProtocol.on_body
+
+    def counting(protocol: server.ZeroCopyHttpProtocol, body: bytes) -> None:
+        count = 0
+
+        def profile(frame: object, event: str, arg: object) -> None:
+            nonlocal count
+            if event in ("call", "c_call"):
+                count += 1
+
+        sys.setprofile(profile)
+        try:
+            on_body(protocol, body)
+        finally:
+            sys.setprofile(None)
+        calls.append(count - 1)  # Less the setprofile(None) call itself.
+
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "on_body", counting)
+    recorder = Recorder()
+    piece = 32 * 1024
+    data = os.urandom(4 * BODY_BATCH)
+    async with serving(recorder, data_dir) as port:
+        reader, writer = await connect(port)
+        writer.write(
+            b"PUT /stream HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunked(data, [piece] * (len(data) // piece))
+        )
+        await writer.drain()
+        status, _, digest = await read_response(reader)
+        writer.close()
+    assert (status, digest.decode()) == (200, sha256(data).removeprefix("sha256:"))
+    # Pieces that open or fill a batch take the longer way: one in 32 here.
+    typical = sorted(calls)[len(calls) // 2]
+    assert typical <= CALLS_PER_PIECE, sorted(calls)
+
+
+async def test_a_stream_as_slow_as_dockerd_is_read_in_reads_of_a_hundred_kilobytes_and_more(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dockerd writes a layer in 32 KiB chunks at the pace its gzip makes them (6-16 MB/s
+    per layer on a busy machine): past a body's first batch, each read waits COALESCE_DELAY
+    for the next chunks, so that reads take 128 KiB or more, not one or two chunks."""
+    reads: list[int] = []
+    buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
+
+    def counting(protocol: server.ZeroCopyHttpProtocol, nbytes: int) -> None:
+        reads.append(nbytes)
+        buffer_updated(protocol, nbytes)
+
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", counting)
+    recorder = Recorder()
+    piece = 32 * 1024
+    data = os.urandom(4 * BODY_BATCH)
+    async with serving(recorder, data_dir) as port:
+        reader, writer = await connect(port)
+        writer.write(b"PUT /slow HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for offset in range(0, len(data), piece):
+            writer.write(b"%x\r\n" % piece + data[offset : offset + piece] + b"\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.002)  # ~16 MB/s at most (sleeps run long, never short).
+        writer.write(b"0\r\n\r\n")
+        status, _, digest = await read_response(reader)
+        writer.close()
+    assert (status, digest.decode()) == (200, sha256(data).removeprefix("sha256:"))
+    seen, later = 0, []
+    for nbytes in reads[1:]:  # (The first read is the request's head.)
+        if seen >= BODY_BATCH:
+            later.append(nbytes)
+        seen += nbytes
+    assert later
+    # 5 ms pauses, or none after a large read: 65-80 KiB on average.
+    assert sum(later) / len(later) >= 128 * 1024, str(later)
