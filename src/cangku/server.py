@@ -112,6 +112,9 @@ THREAD_SEND_WAIT = 0.5
 # `loop.sendfile`, so that slow readers cannot take every thread the process may start (the
 # database's workers need them too).
 MAX_SEND_THREADS = 32
+# A response body this small (bytes) goes out in one write with the status line and headers:
+# copying it costs less than the second send (a syscall, and on loopback the whole delivery).
+JOIN_BODY_MAX = 64 * 1024
 
 
 class BatchPool:
@@ -405,6 +408,9 @@ class ZeroCopyCycle(RequestResponseCycle):
     """One request/response, answering `http.response.zerocopysend` with `os.sendfile`, and
     receiving the body in batches (`ZeroCopyHttpProtocol.on_body`)."""
 
+    # The status line and headers, built and waiting for the body (see _hold_head).
+    held_head: bytes | None = None
+
     def start_body(self) -> None:
         # The parser's body pieces, kept as they came (uvicorn's bytearray would copy each
         # one in, and copy them all out again for every message); or, for a direct or a
@@ -561,7 +567,19 @@ class ZeroCopyCycle(RequestResponseCycle):
         )
 
     async def send(self, message: Any) -> None:
-        if message["type"] != ZERO_COPY_SEND:
+        kind = message["type"]
+        if kind == "http.response.start" and not self.response_started:
+            await self._hold_head(message)
+            return
+        if self.held_head is not None:
+            if kind == "http.response.body" and len(message.get("body", b"")) <= JOIN_BODY_MAX:
+                await self._send_with_head(message)
+                if self.response_complete and self.in_batches:
+                    self.drop_body()
+                return
+            # Anything else (a large body, a zero-copy send) goes out after the head.
+            self._flush_head()
+        if kind != ZERO_COPY_SEND:
             await super().send(message)
             if self.response_complete and self.in_batches:
                 self.drop_body()
@@ -575,6 +593,50 @@ class ZeroCopyCycle(RequestResponseCycle):
             return
         more_body = bool(message.get("more_body", False))
         await self.send({"type": "http.response.body", "body": b"", "more_body": more_body})
+
+    async def _caught(self, message: Any) -> _CaughtWrites:
+        """uvicorn's send of `message`, with what it writes to (and whether it closes) the
+        transport caught instead of done. Its one wait (for a paused transport) comes first,
+        here, so that it runs to the end in this step: nothing else sees the stand-in."""
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        caught = _CaughtWrites()
+        transport, self.transport = self.transport, cast(asyncio.Transport, caught)
+        try:
+            await super().send(message)
+        finally:
+            self.transport = transport
+        return caught
+
+    async def _hold_head(self, message: Any) -> None:
+        """Build the status line and headers (uvicorn's checks and framing) and hold them
+        back, so that a small body goes out in the same write: one `sendto` and one TCP
+        segment per small response instead of two. Held no longer than this step of the
+        event loop: a body that does not come in it (a streamed response waiting for its
+        first bytes, an application reading the request body first) finds the head sent."""
+        caught = await self._caught(message)
+        if caught.writes:
+            self.held_head = b"".join(caught.writes)
+            asyncio.get_running_loop().call_soon(self._flush_head)
+
+    async def _send_with_head(self, message: Any) -> None:
+        """A body of at most JOIN_BODY_MAX bytes (or none: HEAD, 204, 304), in one write with
+        the held head."""
+        caught = await self._caught(message)
+        head, self.held_head = cast(bytes, self.held_head), None
+        if not self.disconnected and not self.transport.is_closing():
+            self.transport.write(head + b"".join(caught.writes) if caught.writes else head)
+        if caught.closed:
+            self.transport.close()
+
+    def _flush_head(self) -> None:
+        """Write the held head, if it is still held (and anyone is left to read it)."""
+        head = self.held_head
+        if head is None:
+            return
+        self.held_head = None
+        if not self.disconnected and not self.transport.is_closing():
+            self.transport.write(head)
 
     async def _send_file(self, message: Any) -> bool:
         """Send the file range; False if the connection is gone (closed here or by the peer)."""
@@ -626,6 +688,23 @@ class ZeroCopyCycle(RequestResponseCycle):
     def _abandon(self) -> None:
         self.disconnected = True  # Later sends are no-ops, as after a client disconnect.
         self.transport.close()
+
+
+class _CaughtWrites:
+    """Stands in for the transport while uvicorn's send builds a response: keeps what it
+    writes, notes a close."""
+
+    __slots__ = ("closed", "writes")
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class _FileSender:
