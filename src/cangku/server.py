@@ -398,9 +398,12 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         if type(cycle) is RequestResponseCycle:  # Not through on_headers_complete: ours now.
             cycle.__class__ = ZeroCopyCycle
             cycle.start_body()  # type: ignore[attr-defined]  # (no typing.cast: a call)
-        # Plain TCP on asyncio's own loop (connection_made).
-        if self._zero_copy and isinstance(cycle, ZeroCopyCycle):
-            cycle.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
+        if isinstance(cycle, ZeroCopyCycle):
+            # For _hold_head: asyncio.get_running_loop() costs a getpid syscall on Python 3.11.
+            cycle.loop = self.loop
+            # Plain TCP on asyncio's own loop (connection_made).
+            if self._zero_copy:
+                cycle.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
         super()._start_asgi_task(cycle, app)
 
 
@@ -410,6 +413,7 @@ class ZeroCopyCycle(RequestResponseCycle):
 
     # The status line and headers, built and waiting for the body (see _hold_head).
     held_head: bytes | None = None
+    loop: asyncio.AbstractEventLoop  # The connection's (set before the application runs).
 
     def start_body(self) -> None:
         # The parser's body pieces, kept as they came (uvicorn's bytearray would copy each
@@ -617,7 +621,7 @@ class ZeroCopyCycle(RequestResponseCycle):
         caught = await self._caught(message)
         if caught.writes:
             self.held_head = b"".join(caught.writes)
-            asyncio.get_running_loop().call_soon(self._flush_head)
+            self.loop.call_soon(self._flush_head)
 
     async def _send_with_head(self, message: Any) -> None:
         """A body of at most JOIN_BODY_MAX bytes (or none: HEAD, 204, 304), in one write with

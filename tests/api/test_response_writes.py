@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from asyncio import selector_events
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -210,3 +211,21 @@ async def test_a_client_gone_before_the_answer_leaves_the_server_serving(
         exchange, port, b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n", b"body"
     )
     assert got.endswith(b"small body")
+
+
+async def test_holding_the_head_asks_asyncio_for_no_loop(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio.get_running_loop() is a getpid syscall per call on Python 3.11."""
+    callers: list[str] = []
+    real = asyncio.get_running_loop
+
+    def get_running_loop() -> asyncio.AbstractEventLoop:
+        callers.append(sys._getframe(1).f_globals["__name__"])
+        return real()
+
+    monkeypatch.setattr(asyncio, "get_running_loop", get_running_loop)
+    request = b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n"
+    got = await asyncio.to_thread(exchange, port, request, b"body")
+    assert got.endswith(b"small body")
+    assert [caller for caller in callers if caller.startswith("cangku")] == []
