@@ -520,18 +520,23 @@ async def readiness_problem(registry: Registry) -> str | None:
 
 class RequestIds:
     """Where request ids come from: 16 hex digits, a random prefix of 32 bits per process and
-    a count of its requests (32 bits, wrapping). An id needs to be unique, not unguessable:
-    drawing 64 random bits per request cost a `getrandom` syscall each (docs/performance.md,
-    "Small requests: syscalls (session 9)"). A forked child draws a prefix of its own."""
+    its count of requests times a random odd number, modulo 2**32 (a bijection: unique for
+    2**32 requests; the multiplier keeps the ids from showing clients how busy the server
+    is, without being a secret). An id needs to be unique, not unguessable: drawing 64
+    random bits per request cost a `getrandom` syscall each (docs/performance.md, "Small
+    requests: syscalls (session 9)"). A forked child draws its own prefix and multiplier."""
 
     def __init__(self) -> None:
         self.prefix = ""
+        self.step = 1
         self.count: Iterator[int] = itertools.count()
         self.reseed()
 
     def reseed(self) -> None:
-        """A new random prefix (4 bytes from os.urandom), counting from 0."""
-        self.prefix = os.urandom(4).hex()
+        """A new random prefix and odd multiplier (8 bytes from os.urandom), counting from 0."""
+        drawn = os.urandom(8)
+        self.prefix = drawn[:4].hex()
+        self.step = int.from_bytes(drawn[4:]) | 1
         self.count = itertools.count()
 
 
@@ -561,7 +566,8 @@ class ObservedApp:
         started = time.perf_counter()
         # 16 hex digits: the process's random prefix and its count of requests (see
         # new_request_ids). Inline: this runs for every request.
-        request_id = _request_ids.prefix + format(next(_request_ids.count) & 0xFFFFFFFF, "08x")
+        ids = _request_ids
+        request_id = ids.prefix + format(next(ids.count) * ids.step & 0xFFFFFFFF, "08x")
         # Not reset afterwards: each request runs in a task (and context) of its own, and
         # uvicorn's own record of an unhandled error comes after the app returned.
         REQUEST_ID.set(request_id)

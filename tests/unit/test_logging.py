@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -164,6 +165,9 @@ async def test_request_ids_are_unique_without_a_random_draw_each(
     assert all(re.fullmatch(r"[0-9a-f]{16}", one) for one in ids)  # The format as before.
     assert len(set(ids)) == 1000
     assert len({one[:8] for one in ids}) == 1  # One process, one prefix.
+    # Not a plain count: consecutive ids do not tell clients how many requests came between.
+    steps = {(int(b[8:], 16) - int(a[8:], 16)) % 2**32 for a, b in itertools.pairwise(ids)}
+    assert steps != {1}
 
 
 def test_a_forked_child_draws_request_ids_of_its_own() -> None:
