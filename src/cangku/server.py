@@ -572,15 +572,43 @@ class ZeroCopyCycle(RequestResponseCycle):
 
     async def send(self, message: Any) -> None:
         kind = message["type"]
-        if kind == "http.response.start" and not self.response_started:
-            await self._hold_head(message)
-            return
-        if self.held_head is not None:
-            if kind == "http.response.body" and len(message.get("body", b"")) <= JOIN_BODY_MAX:
-                await self._send_with_head(message)
-                if self.response_complete and self.in_batches:
-                    self.drop_body()
+        held = self.held_head
+        if (kind == "http.response.start" and not self.response_started) or (
+            held is not None
+            and kind == "http.response.body"
+            and len(message.get("body", b"")) <= JOIN_BODY_MAX
+        ):
+            # The head is built, and held back so that a small body (at most JOIN_BODY_MAX
+            # bytes, or none: HEAD, 204, 304) goes out in the same write: one `sendto` and
+            # one TCP segment per small response instead of two. Held no longer than this
+            # step of the event loop: a body that does not come in it (a streamed response
+            # waiting for its first bytes, an application reading the request body first)
+            # finds the head sent (_flush_head). uvicorn's send does the checks and the
+            # framing, writing to a stand-in; its one wait (for a paused transport) comes
+            # first, here, so that it runs to the end in this step: nothing else sees the
+            # stand-in. Inline, without helpers: this runs twice for every response.
+            if self.flow.write_paused and not self.disconnected:
+                await self.flow.drain()
+            caught = _CaughtWrites()
+            transport, self.transport = self.transport, cast(asyncio.Transport, caught)
+            try:
+                await super().send(message)
+            finally:
+                self.transport = transport
+            if held is None:
+                if caught:
+                    self.held_head = b"".join(caught)
+                    self.loop.call_soon(self._flush_head)
                 return
+            self.held_head = None
+            if not self.disconnected and not transport.is_closing():
+                transport.write(held + b"".join(caught) if caught else held)
+            if caught.closed:
+                transport.close()
+            if self.response_complete and self.in_batches:
+                self.drop_body()
+            return
+        if held is not None:
             # Anything else (a large body, a zero-copy send) goes out after the head.
             self._flush_head()
         if kind != ZERO_COPY_SEND:
@@ -597,41 +625,6 @@ class ZeroCopyCycle(RequestResponseCycle):
             return
         more_body = bool(message.get("more_body", False))
         await self.send({"type": "http.response.body", "body": b"", "more_body": more_body})
-
-    async def _caught(self, message: Any) -> _CaughtWrites:
-        """uvicorn's send of `message`, with what it writes to (and whether it closes) the
-        transport caught instead of done. Its one wait (for a paused transport) comes first,
-        here, so that it runs to the end in this step: nothing else sees the stand-in."""
-        if self.flow.write_paused and not self.disconnected:
-            await self.flow.drain()
-        caught = _CaughtWrites()
-        transport, self.transport = self.transport, cast(asyncio.Transport, caught)
-        try:
-            await super().send(message)
-        finally:
-            self.transport = transport
-        return caught
-
-    async def _hold_head(self, message: Any) -> None:
-        """Build the status line and headers (uvicorn's checks and framing) and hold them
-        back, so that a small body goes out in the same write: one `sendto` and one TCP
-        segment per small response instead of two. Held no longer than this step of the
-        event loop: a body that does not come in it (a streamed response waiting for its
-        first bytes, an application reading the request body first) finds the head sent."""
-        caught = await self._caught(message)
-        if caught.writes:
-            self.held_head = b"".join(caught.writes)
-            self.loop.call_soon(self._flush_head)
-
-    async def _send_with_head(self, message: Any) -> None:
-        """A body of at most JOIN_BODY_MAX bytes (or none: HEAD, 204, 304), in one write with
-        the held head."""
-        caught = await self._caught(message)
-        head, self.held_head = cast(bytes, self.held_head), None
-        if not self.disconnected and not self.transport.is_closing():
-            self.transport.write(head + b"".join(caught.writes) if caught.writes else head)
-        if caught.closed:
-            self.transport.close()
 
     def _flush_head(self) -> None:
         """Write the held head, if it is still held (and anyone is left to read it)."""
@@ -694,18 +687,12 @@ class ZeroCopyCycle(RequestResponseCycle):
         self.transport.close()
 
 
-class _CaughtWrites:
+class _CaughtWrites(list[bytes]):
     """Stands in for the transport while uvicorn's send builds a response: keeps what it
-    writes, notes a close."""
+    writes (list.append: no Python frame), notes a close."""
 
-    __slots__ = ("closed", "writes")
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
+    closed = False
+    write = list.append
 
     def close(self) -> None:
         self.closed = True
