@@ -142,6 +142,11 @@ def configure_logging(settings: Settings) -> None:
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # Neither format shows the process or thread: a record need not look them up (the pid
+    # was a getpid syscall per record, one per request for the access line).
+    logging.logProcesses = False
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     # uvicorn's loggers write through their own handlers unless told to propagate here.
     for name in ("uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
@@ -513,6 +518,32 @@ async def readiness_problem(registry: Registry) -> str | None:
 # ------------------------------------------------------------------------ per request
 
 
+class RequestIds:
+    """Where request ids come from: 16 hex digits, a random prefix of 32 bits per process and
+    its count of requests times a random odd number, modulo 2**32 (a bijection: unique for
+    2**32 requests; the multiplier keeps the ids from showing clients how busy the server
+    is, without being a secret). An id needs to be unique, not unguessable: drawing 64
+    random bits per request cost a `getrandom` syscall each (docs/performance.md, "Small
+    requests: syscalls (session 9)"). A forked child draws its own prefix and multiplier."""
+
+    def __init__(self) -> None:
+        self.prefix = ""
+        self.step = 1
+        self.count: Iterator[int] = itertools.count()
+        self.reseed()
+
+    def reseed(self) -> None:
+        """A new random prefix and odd multiplier (8 bytes from os.urandom), counting from 0."""
+        drawn = os.urandom(8)
+        self.prefix = drawn[:4].hex()
+        self.step = int.from_bytes(drawn[4:]) | 1
+        self.count = itertools.count()
+
+
+_request_ids = RequestIds()
+os.register_at_fork(after_in_child=_request_ids.reseed)
+
+
 class ObservedApp:
     """Around every HTTP request: its id (header `X-Request-Id`, and in every log record),
     the access line, the metrics, and with tracing on its span.
@@ -533,8 +564,10 @@ class ObservedApp:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        # 64 random bits as 16 hex digits; os.urandom directly, not a UUID object (~2 µs less).
-        request_id = os.urandom(8).hex()
+        # 16 hex digits: the process's random prefix and its count of requests (see
+        # new_request_ids). Inline: this runs for every request.
+        ids = _request_ids
+        request_id = ids.prefix + format(next(ids.count) * ids.step & 0xFFFFFFFF, "08x")
         # Not reset afterwards: each request runs in a task (and context) of its own, and
         # uvicorn's own record of an unhandled error comes after the app returned.
         REQUEST_ID.set(request_id)

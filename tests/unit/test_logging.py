@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, cast
 
 import pytest
 
@@ -107,3 +110,77 @@ def test_the_access_line_leaves_out_the_query_string() -> None:
     (line,) = captured
     assert "hunter2" not in line.getMessage()
     assert "hunter2" not in JsonFormatter().format(line)
+
+
+def test_serving_logs_no_process_or_thread_lookups_per_record(
+    root_handlers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for flag in ("logProcesses", "logThreads", "logMultiprocessing"):
+        monkeypatch.setattr(logging, flag, getattr(logging, flag))  # Restored afterwards.
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    configure_logging(Settings(log_format="text"))
+    looked_up: list[str] = []
+
+    def getpid() -> int:
+        looked_up.append("getpid")
+        return 1
+
+    monkeypatch.setattr("os.getpid", getpid)
+    logging.getLogger("cangku.access").warning("GET /v2/ 200")
+    assert looked_up == []  # A getpid syscall per record (the access line: per request).
+    assert stream.getvalue().rstrip().endswith("cangku.access GET /v2/ 200")
+
+
+async def request_ids(app: ObservedApp, count: int) -> list[str]:
+    ids = []
+
+    async def answer(scope: object, receive: object, send: Callable[..., Awaitable[None]]) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            headers = dict(cast(list[tuple[bytes, bytes]], message["headers"]))
+            ids.append(headers[b"x-request-id"].decode())
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b""}
+
+    app.app = answer
+    for _ in range(count):
+        scope = {"type": "http", "method": "GET", "path": "/v2/", "query_string": b""}
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    return ids
+
+
+async def test_request_ids_are_unique_without_a_random_draw_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_draws(size: int) -> bytes:
+        raise AssertionError("a getrandom syscall per request")
+
+    monkeypatch.setattr("os.urandom", no_draws)
+    ids = await request_ids(ObservedApp(cast(Any, None)), 1000)
+    assert all(re.fullmatch(r"[0-9a-f]{16}", one) for one in ids)  # The format as before.
+    assert len(set(ids)) == 1000
+    assert len({one[:8] for one in ids}) == 1  # One process, one prefix.
+    # Not a plain count: consecutive ids do not tell clients how many requests came between.
+    steps = {(int(b[8:], 16) - int(a[8:], 16)) % 2**32 for a, b in itertools.pairwise(ids)}
+    assert steps != {1}
+
+
+def test_a_forked_child_draws_request_ids_of_its_own() -> None:
+    from cangku import observability
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(write, observability._request_ids.prefix.encode())
+        os._exit(0)
+    os.close(write)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(child, 0)
+    assert re.fullmatch(r"[0-9a-f]{8}", theirs)
+    assert theirs != observability._request_ids.prefix
