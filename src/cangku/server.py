@@ -618,7 +618,9 @@ class ZeroCopyCycle(RequestResponseCycle):
             if self.flow.write_paused and not self.disconnected:
                 await self.flow.drain()
             caught = _CaughtWrites()
-            transport, self.transport = self.transport, cast(asyncio.Transport, caught)
+            caught.head = held or b""
+            transport = caught.transport = self.transport
+            self.transport = cast(asyncio.Transport, caught)
             try:
                 await super().send(message)
             finally:
@@ -629,10 +631,12 @@ class ZeroCopyCycle(RequestResponseCycle):
                     self.loop.call_soon(self._flush_head)
                 return
             self.held_head = None
-            if not self.disconnected and not transport.is_closing():
+            # A close wrote it all already: uvicorn closes before it calls on_response,
+            # which starts a pipelined request unless the transport is closing, and it
+            # must be by then (RFC 9112 section 9.6: no request after a `Connection:
+            # close` answer is processed).
+            if not caught.closed and not self.disconnected and not transport.is_closing():
                 transport.write(held + b"".join(caught) if caught else held)
-            if caught.closed:
-                transport.close()
             if self.response_complete and self.in_batches:
                 self.drop_body()
             return
@@ -716,14 +720,21 @@ class ZeroCopyCycle(RequestResponseCycle):
 
 
 class _CaughtWrites(list[bytes]):
-    """Stands in for the transport while uvicorn's send builds a response: keeps what it
-    writes (list.append: no Python frame), notes a close."""
+    """Stands in for `transport` while uvicorn's send builds a response: keeps what it
+    writes (list.append: no Python frame). A close writes the held head (`head`) and what
+    it kept to the transport, and closes it, at once (see ZeroCopyCycle.send)."""
 
     closed = False
     write = list.append
+    head = b""
+    transport: asyncio.Transport
 
     def close(self) -> None:
         self.closed = True
+        transport = self.transport
+        if not transport.is_closing():
+            transport.write(b"".join([self.head, *self]))
+        transport.close()
 
 
 class _FileSender:

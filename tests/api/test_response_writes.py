@@ -42,11 +42,15 @@ class App:
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.seen: list[str] = []  # "METHOD /path" of each request the app was called for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         path = scope["path"]
+        self.seen.append(f"{scope['method']} {path}")
+        if path == "/boom":
+            raise RuntimeError("fails before answering: uvicorn's 500, which closes")
         status = {"/empty": 204, "/unchanged": 304}.get(path, 200)
         if path == "/echo":
             body = b""
@@ -62,6 +66,8 @@ class App:
         else:
             body = b""
         headers = [(b"content-length", str(len(body)).encode())] if status == 200 else []
+        if path == "/closing":
+            headers.append((b"connection", b"close"))
         if path == "/streamed":
             headers = []  # uvicorn frames it with chunked encoding.
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -165,6 +171,23 @@ async def test_a_closing_response_is_written_whole_before_the_close(
     got = await asyncio.to_thread(exchange, port, request, b"never")  # Read to the close.
     assert got.endswith(b"\r\n\r\nsmall body") and b"connection: close\r\n" in got
     assert writes == [got]
+
+
+@pytest.mark.parametrize("path", ["/closing", "/boom"])
+async def test_no_pipelined_request_runs_after_an_answer_that_closes(
+    port: int, app: App, path: str
+) -> None:
+    # The server closes (the application's `connection: close`, uvicorn's 500): the request
+    # pipelined behind is not processed (RFC 9112 section 9.6), so a client that retries it
+    # elsewhere does not do it twice.
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+        + b"DELETE /victim HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    got = await asyncio.to_thread(exchange, port, request, b"never")  # Read to the close.
+    await asyncio.sleep(0.2)  # Time for a wrongly started request to reach the app.
+    assert b"connection: close\r\n" in got and got.count(b"HTTP/1.1 ") == 1
+    assert app.seen == [f"GET {path}"]
 
 
 async def test_pipelined_small_requests_get_one_write_each_in_order(
