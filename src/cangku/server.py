@@ -91,16 +91,21 @@ assert RECEIVE_BUFFER <= BODY_BATCH
 # promised a large body hold 1 MiB for a byte (100 connections: +100 MiB).
 STAGED_MAX = 64 * 1024
 assert STAGED_MAX <= RECEIVE_BUFFER
-# A read mid-body smaller than this pauses reading for COALESCE_DELAY seconds, so that the
-# next read takes what came meanwhile instead of each small write. dockerd sends each layer
-# at the pace its gzip makes it, 6-16 MB/s per layer with five at once on a busy machine:
-# 20 ms gather 120-320 KB (5 ms: one or two of its 32 KiB chunks). Each read costs ~130
-# Python calls on the event loop (the pause and resume re-register the socket with the
-# selector, a timer, two loop iterations), so 9 reads per MB instead of 25 at 8 MB/s save
-# ~2,000 calls per MB; the last read of a body waits at most the delay (docs/performance.md,
-# "docker push: dockerd's stream (session 9)").
+# A read mid-body smaller than this pauses reading for a while, so that the next read takes
+# what came meanwhile instead of each small write. dockerd sends each layer at the pace its
+# gzip makes it, 6-16 MB/s per layer with five at once on a busy machine: 20 ms gather
+# 120-320 KB (5 ms: one or two of its 32 KiB chunks). Each read costs ~130 Python calls on
+# the event loop (the pause and resume re-register the socket with the selector, a timer,
+# two loop iterations), so 9 reads per MB instead of 25 at 8 MB/s save ~2,000 calls per MB;
+# the last read of a body waits at most the delay (docs/performance.md, "docker push:
+# dockerd's stream (session 9)").
 COALESCE_BELOW = 256 * 1024
+# The pause: as long as the client took to send COALESCE_BELOW in the last one, within
+# COALESCE_DELAY_FAST..COALESCE_DELAY. A fast client may be held back by the socket's
+# receive buffer rather than its own pace, and long pauses would cap it at a buffer per
+# pause (a 512 KiB buffer: ~25 MB/s at 20 ms); its full buffer shortens the next pause.
 COALESCE_DELAY = 0.020
+COALESCE_DELAY_FAST = 0.005
 # Whole batches kept for reuse per event-loop thread (BODY_BATCH bytes each): a fresh 1 MiB
 # buffer costs ~200 page faults per MB pushed (the allocator hands such sizes back to the
 # kernel when freed), a reused one none. One upload in flight holds up to ~10.
@@ -220,6 +225,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         self._direct_left = 0
         self._coalescing: asyncio.TimerHandle | None = None
         self._paused_before = False  # The next read follows a coalescing pause.
+        self._coalesce_delay = COALESCE_DELAY  # The next pause's (seconds).
         self._offered = RECEIVE_BUFFER  # Bytes the last get_buffer offered.
         # Where the zero-copy extension works (see _start_asgi_task): fixed per connection.
         self._zero_copy = transport.get_extra_info("sslcontext") is None and isinstance(
@@ -258,21 +264,24 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
                 self.data_received(data)  # Ours: the first read may be a TLS handshake.
             else:
                 GuardedHttpProtocol.data_received(self, data)  # The rest: a call less each.
+        if self._paused_before:
+            # What a pause gathered says the client's pace, and so the next pause's length.
+            self._paused_before = False
+            delay = self._coalesce_delay * COALESCE_BELOW / max(nbytes, 1)
+            self._coalesce_delay = min(max(delay, COALESCE_DELAY_FAST), COALESCE_DELAY)
         # A read cut short by the room we gave (a batch's staged start, its last bytes) says
-        # nothing of the client's pace: only one that took less than offered is slow. So is
-        # one that took less than offered after a pause, however large: without a pause
-        # after it, the next read would take one write of the client's. (A request without
-        # a body to come, as most small ones, is not looked at further.)
-        paused_before, self._paused_before = self._paused_before, False
-        if nbytes < self._offered and (nbytes < COALESCE_BELOW or paused_before):
+        # nothing of the client's pace: only one that took less than offered is slow. (A
+        # request without a body to come, as most small ones, is not looked at further.)
+        if nbytes < COALESCE_BELOW and nbytes < self._offered:
             cycle = self.cycle
             if cycle is not None and cycle.more_body:
                 self._coalesce_reads()
 
     def _coalesce_reads(self) -> None:
         """After a small read of a body that goes on, let the next bytes pile up in the
-        socket for COALESCE_DELAY before reading them: a slow stream (docker push) then costs
-        one wake-up per ~100 KiB instead of one per write of the client."""
+        socket for a while (COALESCE_DELAY, or COALESCE_DELAY_FAST for a faster client)
+        before reading them: a slow stream (docker push) then costs one wake-up per ~100 KiB
+        or more instead of one per write of the client."""
         cycle = self.cycle
         if (
             not isinstance(cycle, ZeroCopyCycle)
@@ -285,7 +294,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         ):
             return
         self.flow.pause_reading()
-        self._coalescing = self.loop.call_later(COALESCE_DELAY, self._coalesced, cycle)
+        self._coalescing = self.loop.call_later(self._coalesce_delay, self._coalesced, cycle)
 
     def _coalesced(self, cycle: ZeroCopyCycle) -> None:
         self._coalescing = None

@@ -625,3 +625,68 @@ async def test_a_stream_as_slow_as_dockerd_is_read_in_reads_of_a_hundred_kilobyt
     assert later
     # 5 ms pauses, or none after a large read: 65-80 KiB on average.
     assert sum(later) / len(later) >= 128 * 1024, str(later)
+
+
+async def test_a_fast_client_behind_a_small_receive_buffer_is_not_held_by_long_pauses(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client faster than the socket's receive buffer lets through (here 256 KiB, as set
+    by a host with low `tcp_rmem`) reads as less than offered after every pause: long pauses
+    each time would cap it at a buffer per COALESCE_DELAY (~25 MB/s; measured 61-111 MB/s
+    against 330-510 with 5 ms pauses). A pause that gathered COALESCE_BELOW or more is
+    followed by a shorter one, down to COALESCE_DELAY_FAST."""
+    after_pauses: list[tuple[int, float, float]] = []  # (bytes gathered, pause, next pause)
+    connection_made = server.ZeroCopyHttpProtocol.connection_made
+    buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
+
+    def small_buffer(protocol: server.ZeroCopyHttpProtocol, transport: asyncio.Transport) -> None:
+        transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024
+        )
+        connection_made(protocol, transport)
+
+    def recording(protocol: server.ZeroCopyHttpProtocol, nbytes: int) -> None:
+        paused, delay = protocol._paused_before, protocol._coalesce_delay
+        buffer_updated(protocol, nbytes)
+        if paused:
+            after_pauses.append((nbytes, delay, protocol._coalesce_delay))
+
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "connection_made", small_buffer)
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", recording)
+
+    size, piece = 32 * BODY_BATCH, 32 * 1024
+    # Another process (as a real client is): a blocking write per chunk, as fast as the
+    # socket takes them, then the server's answer (the body's sha256) on stdout.
+    client = f"""
+import socket, sys
+raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+raw.sendall(b"PUT /fast HTTP/1.1\\r\\nHost: t\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n")
+chunk = b"%x\\r\\n" % {piece} + b"x" * {piece} + b"\\r\\n"
+for _ in range({size // piece}):
+    raw.sendall(chunk)
+raw.sendall(b"0\\r\\n\\r\\n")
+answer = b""
+while received := raw.recv(65536):
+    answer += received
+    if answer.endswith(b"{sha256(b"x" * size).removeprefix("sha256:")}"):
+        break
+sys.stdout.write(answer.decode())
+"""
+    async with serving(Recorder(), data_dir) as port:
+        pushed = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", client, str(port), stdout=asyncio.subprocess.PIPE
+        )
+        answer, _ = await pushed.communicate()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.endswith(sha256(b"x" * size).removeprefix("sha256:").encode())
+    gathered_much = [
+        (nbytes, delay, following)
+        for nbytes, delay, following in after_pauses
+        if nbytes >= server.COALESCE_BELOW
+    ]
+    assert gathered_much, after_pauses  # The buffer let through more than that per pause.
+    assert all(
+        following < delay or following == server.COALESCE_DELAY_FAST
+        for _, delay, following in gathered_much
+    ), gathered_much
