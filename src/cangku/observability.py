@@ -521,8 +521,9 @@ async def readiness_problem(registry: Registry) -> str | None:
 class RequestIds:
     """Where request ids come from: 16 hex digits, a random prefix of 32 bits per process and
     its count of requests times a random odd number, modulo 2**32 (a bijection: unique for
-    2**32 requests; the multiplier keeps the ids from showing clients how busy the server
-    is, without being a secret). An id needs to be unique, not unguessable: drawing 64
+    2**32 requests). The multiplier only makes neighbouring ids differ in more than their
+    last digits; it hides nothing: a few ids give away the multiplier, and with it how many
+    requests the process served. An id needs to be unique, not unguessable: drawing 64
     random bits per request cost a `getrandom` syscall each (docs/performance.md, "Small
     requests: syscalls (session 9)"). A forked child draws its own prefix and multiplier."""
 
