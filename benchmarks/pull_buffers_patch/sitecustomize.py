@@ -1,0 +1,69 @@
+"""Experiment-only socket settings for `benchmarks/pull_buffers.py` (docs/performance.md,
+"Pull socket buffers (session 9)"). On PYTHONPATH, Python imports this module at start-up;
+each setting applies only when its environment variable is set, so a server started without
+them is the tree as it is:
+
+- PULLBUF_SNDBUF: SO_SNDBUF (bytes; the kernel doubles it) on the client's socket of every
+  threaded zero-copy send (`server._FileSender`), which ends the kernel's autotuning for it.
+- PULLBUF_CHUNK: at most this many bytes per `os.sendfile` call in `_send_until_stalled`.
+- PULLBUF_RCVBUF: SO_RCVBUF (bytes) on boto3's connections to the S3 store.
+- PULLBUF_AHEAD: `storage.s3.STREAM_AHEAD`, chunks read ahead of the client.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+from typing import Any
+
+if sndbuf := int(os.environ.get("PULLBUF_SNDBUF", "0")):
+    import cangku.server as server
+
+    created = server._FileSender.__init__
+
+    def with_sndbuf(self: Any, transport: Any, file: int) -> None:
+        created(self, transport, file)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+
+    server._FileSender.__init__ = with_sndbuf  # type: ignore[method-assign]
+
+if chunk := int(os.environ.get("PULLBUF_CHUNK", "0")):
+    import cangku.server as server
+
+    def until_stalled(out: int, file: int, offset: int, count: int) -> tuple[int, bool]:
+        poller = select.poll()
+        poller.register(out, select.POLLOUT)
+        sent = 0
+        while sent < count:
+            try:
+                moved = os.sendfile(out, file, offset + sent, min(chunk, count - sent))
+            except BlockingIOError:
+                if not poller.poll(server.THREAD_SEND_WAIT * 1000):
+                    return sent, False
+                continue
+            if moved == 0:
+                return sent, True
+            sent += moved
+        return sent, False
+
+    server._send_until_stalled = until_stalled
+
+if ahead := int(os.environ.get("PULLBUF_AHEAD", "0")):
+    import cangku.storage.s3 as s3
+
+    s3.STREAM_AHEAD = ahead
+
+if rcvbuf := int(os.environ.get("PULLBUF_RCVBUF", "0")):
+    import cangku.storage.s3 as s3
+
+    made = s3.client_from_settings
+
+    def with_rcvbuf(settings: Any) -> Any:
+        client = made(settings)
+        # botocore passes these to urllib3 for every new connection (private, experiment only).
+        options = client._endpoint.http_session._socket_options
+        options.append((socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf))
+        return client
+
+    s3.client_from_settings = with_rcvbuf
