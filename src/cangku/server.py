@@ -56,6 +56,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, ClassVar, cast
 
+import anyio
 import httptools
 import uvicorn
 from starlette.types import ASGIApp
@@ -646,12 +647,14 @@ class ZeroCopyCycle(RequestResponseCycle):
                 raise RuntimeError("Stream sending needs a Content-Length, not chunked encoding.")
             if count > self.expected_content_length:
                 raise RuntimeError("Response content longer than Content-Length")
-            if self.disconnected or self.scope["method"] == "HEAD":
+            if self.disconnected:
                 return
             if self.transport.is_closing():  # Closed, and connection_lost not yet called.
                 self._abandon()
                 return
-            if (
+            if self.scope["method"] == "HEAD":
+                sent = count  # The head only (RFC 9110 9.3.2), as for ZERO_COPY_SEND.
+            elif (
                 count >= THREAD_SEND_MIN
                 and _FileSender.active < MAX_SEND_THREADS
                 and self.transport.get_write_buffer_size() == 0
@@ -670,6 +673,8 @@ class ZeroCopyCycle(RequestResponseCycle):
         finally:
             if not taken:
                 source.close()
+        if self.disconnected:  # The client went away meanwhile.
+            return
         if sent < count:
             self.logger.warning(
                 "a streamed body ended %d bytes early; closing the connection", count - sent
@@ -681,10 +686,11 @@ class ZeroCopyCycle(RequestResponseCycle):
     async def _write_stream(self, source: BlockingSource, count: int) -> int:
         """Read `source` in a worker thread per piece and write each through uvicorn (which
         waits while the client's socket has no room); the bytes sent."""
-        loop = asyncio.get_running_loop()
         sent = 0
         while sent < count and not self.disconnected:
-            piece = await loop.run_in_executor(None, source.read, min(STREAM_PIECE, count - sent))
+            # anyio's, not loop.run_in_executor: cancelled, it still waits for the read, so
+            # that the source is never closed (below) while a thread reads it.
+            piece = await anyio.to_thread.run_sync(source.read, min(STREAM_PIECE, count - sent))
             if not piece:
                 break
             sent += len(piece)

@@ -32,8 +32,8 @@ from cangku.registry import Registry
 from cangku.storage.base import BlobStorage, Stream
 from cangku.storage.memory import MemoryStorage
 from tests.api.helpers import push_blob
+from tests.api.test_zero_copy_server import requests_on_one_connection, short_pull
 from tests.api.test_zero_copy_server import serve as _serve
-from tests.api.test_zero_copy_server import short_pull
 from tests.s3 import s3_storage
 
 serve = contextlib.asynccontextmanager(_serve)
@@ -111,6 +111,17 @@ async def test_whole_and_ranged_pulls_are_sent_from_the_read_thread(
     status, _, body = await asyncio.to_thread(get, port, path, {"Range": "bytes=10-99"})
     assert status == 206 and body == data[10:100]
     assert relayed == [len(data), end + 1 - start]
+    # One keep-alive connection carries streamed responses one after another.
+    answers = await asyncio.to_thread(
+        requests_on_one_connection,
+        port,
+        [("GET", path, {}), ("GET", path, {"Range": "bytes=5-1048580"}), ("GET", path, {})],
+    )
+    assert [(status, body) for status, _, body in answers] == [
+        (200, data),
+        (206, data[5:1048581]),
+        (200, data),
+    ]
 
 
 async def test_a_client_leaving_mid_body_stops_the_thread_and_closes_the_store_body(
@@ -123,7 +134,7 @@ async def test_a_client_leaving_mid_body_stops_the_thread_and_closes_the_store_b
     real_open = type(storage).open
 
     async def watched_open(self: BlobStorage, digest: Digest, start: int, end: int) -> Any:
-        content = await real_open(self, digest, start, end)  # type: ignore[arg-type]
+        content = await real_open(self, digest, start, end)
         assert isinstance(content, Stream) and content.source is not None
         source = content.source
 
