@@ -21,10 +21,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from cangku import server
 from cangku.app import create_app
-from cangku.asgi import BlockingSource
+from cangku.asgi import STREAM_SEND, BlockingSource
 from cangku.config import Settings
 from cangku.content.digest import Digest
 from cangku.metadata.store import MetadataStore
@@ -35,6 +36,7 @@ from tests.api.helpers import push_blob
 from tests.api.test_zero_copy_server import requests_on_one_connection, short_pull
 from tests.api.test_zero_copy_server import serve as _serve
 from tests.s3 import s3_storage
+from tests.tls import make_tls_files
 
 serve = contextlib.asynccontextmanager(_serve)
 NAME = "jimo/streams"
@@ -224,3 +226,61 @@ async def test_a_store_body_failing_or_ending_mid_body_aborts_the_response(
     else:
         raised = [r.exc_info[1] for r in caplog.records if r.exc_info]
         assert error in raised, messages
+
+
+async def test_over_tls_a_streamed_blob_goes_through_the_event_loop(
+    storage: BlobStorage,
+    data_dir: Path,
+    database_url: str,
+    tmp_path: Path,
+    relayed: list[int],
+) -> None:
+    """TLS encrypts in the transport: the server offers no stream sending there."""
+    tls = make_tls_files(tmp_path / "tls", [])
+    metadata = MetadataStore.open(database_url)
+    app = create_app(Settings(data=data_dir, auth={"open": True}), Registry(storage, metadata))
+    offered: list[bool] = []
+
+    async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+        offered.append(STREAM_SEND in scope.get("extensions", {}))
+        await app(scope, receive, send)
+
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    try:
+        async with serve(recording, data_dir, tls) as port:
+            base_url = f"https://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base_url, verify=tls.context()) as client:
+                digest = await push_blob(client, NAME, data)
+                whole = await client.get(f"/v2/{NAME}/blobs/{digest}")
+                ranged = await client.get(
+                    f"/v2/{NAME}/blobs/{digest}", headers={"Range": "bytes=7-"}
+                )
+    finally:
+        await metadata.close()
+    assert whole.status_code == 200 and whole.content == data
+    assert ranged.status_code == 206 and ranged.content == data[7:]
+    assert offered and not any(offered)
+    assert relayed == []
+
+
+async def test_a_streamed_head_sends_the_head_only_and_ends_the_response(
+    tmp_path: Path, relayed: list[int]
+) -> None:
+    bodies: list[Failing] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        body = Failing(2 * 1024 * 1024, None)
+        bodies.append(body)
+        headers = [(b"content-length", str(body.left).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": STREAM_SEND, "source": body, "count": body.left})
+
+    async with serve(app, tmp_path / "data") as port:
+        # The second HEAD is answered only if the first one's response ended.
+        answers = await asyncio.to_thread(
+            requests_on_one_connection, port, [("HEAD", "/", {}), ("HEAD", "/", {})]
+        )
+    assert [(status, body) for status, _, body in answers] == [(200, b""), (200, b"")]
+    assert answers[0][1]["content-length"] == str(2 * 1024 * 1024)
+    assert [(body.shut, body.left) for body in bodies] == [(True, 2 * 1024 * 1024)] * 2
+    assert relayed == []
