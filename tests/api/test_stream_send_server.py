@@ -284,3 +284,15 @@ async def test_a_streamed_head_sends_the_head_only_and_ends_the_response(
     assert answers[0][1]["content-length"] == str(2 * 1024 * 1024)
     assert [(body.shut, body.left) for body in bodies] == [(True, 2 * 1024 * 1024)] * 2
     assert relayed == []
+
+
+async def test_the_access_log_counts_the_bytes_of_a_streamed_pull(
+    port: int, relayed: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    digest = await push(port, data)
+    with caplog.at_level(logging.INFO, logger="cangku.access"):
+        status, _, body = await asyncio.to_thread(get, port, f"/v2/{NAME}/blobs/{digest}", {})
+    assert status == 200 and body == data and relayed == [len(data)]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "cangku.access"]
+    assert line.startswith(f"GET /v2/{NAME}/blobs/{digest} 200 {len(data)} "), line
