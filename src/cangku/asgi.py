@@ -15,7 +15,8 @@ ZERO_COPY_SEND = "http.response.zerocopysend"
 # event loop per piece; docs/performance.md, "S3 pulls: sending from the read thread
 # (session 9)"). Offered where ZERO_COPY_SEND is. Message:
 # `{"type": STREAM_SEND, "source": BlockingSource, "count": int}` (bytes). The server owns
-# the source from then on and closes it, sent or not.
+# the source from then on and closes it, sent or not, and ends the response (no body may
+# follow it).
 STREAM_SEND = "http.response.streamsend"
 
 
