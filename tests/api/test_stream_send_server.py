@@ -293,6 +293,13 @@ async def test_the_access_log_counts_the_bytes_of_a_streamed_pull(
     digest = await push(port, data)
     with caplog.at_level(logging.INFO, logger="cangku.access"):
         status, _, body = await asyncio.to_thread(get, port, f"/v2/{NAME}/blobs/{digest}", {})
+        # The line is written once the sending thread has handed the response back to the
+        # event loop, which may be just after the client has the last byte.
+        for _ in range(100):
+            lines = [r.getMessage() for r in caplog.records if r.name == "cangku.access"]
+            if lines:
+                break
+            await asyncio.sleep(0.02)
     assert status == 200 and body == data and relayed == [len(data)]
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "cangku.access"]
+    (line,) = lines
     assert line.startswith(f"GET /v2/{NAME}/blobs/{digest} 200 {len(data)} "), line
