@@ -8,7 +8,6 @@ them is the tree as it is:
 - PULLBUF_CHUNK: at most this many bytes per `os.sendfile` call in `_send_until_stalled`.
 - PULLBUF_RCVBUF: SO_RCVBUF (bytes) on boto3's connections to the S3 store.
 - PULLBUF_AHEAD: `storage.s3.STREAM_AHEAD`, chunks read ahead of the client.
-- PULLBUF_NO_STREAM_SEND: S3 bodies through the event loop, not sent by the read thread.
 """
 
 from __future__ import annotations
@@ -68,10 +67,3 @@ if rcvbuf := int(os.environ.get("PULLBUF_RCVBUF", "0")):
         return client
 
     s3.client_from_settings = with_rcvbuf
-
-if os.environ.get("PULLBUF_NO_STREAM_SEND"):
-    # The path before "S3 pulls: sending from the read thread (session 9)": blobs.py never
-    # sees the extension, so S3 bodies go through the event loop as chunks again.
-    import cangku.distribution.blobs as blobs
-
-    blobs.STREAM_SEND = "cangku.experiment.off"  # type: ignore[misc]

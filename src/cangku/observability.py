@@ -53,7 +53,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cangku.asgi import STREAM_SEND, ZERO_COPY_SEND
+from cangku.asgi import ZERO_COPY_SEND
 from cangku.config import Settings, split_listen
 from cangku.metadata import events as event_rows
 from cangku.proxy.stats import CacheStats
@@ -593,7 +593,7 @@ class ObservedApp:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             elif message["type"] == "http.response.body":
                 state["bytes"] += len(message.get("body", b""))
-            elif message["type"] in (ZERO_COPY_SEND, STREAM_SEND):
+            elif message["type"] == ZERO_COPY_SEND:
                 # Handed to the server, as for bodies; blobs.py always gives the count.
                 state["bytes"] += message["count"]
             await send(message)

@@ -56,14 +56,13 @@ import threading
 from collections import OrderedDict
 from typing import Any, ClassVar, cast
 
-import anyio
 import httptools
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn._types import ASGI3Application, ASGIReceiveEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from cangku.asgi import STREAM_SEND, ZERO_COPY_SEND, BlockingSource, ReceivedBody
+from cangku.asgi import ZERO_COPY_SEND, ReceivedBody
 from cangku.config import Settings
 from cangku.connections import ConnectionLimits, GuardedHttpProtocol, LimitedConfig
 
@@ -127,8 +126,6 @@ MAX_SEND_THREADS = 32
 # A response body this small (bytes) goes out in one write with the status line and headers:
 # copying it costs less than the second send (a syscall, and on loopback the whole delivery).
 JOIN_BODY_MAX = 64 * 1024
-# The bytes a streamed body (asgi.STREAM_SEND) is read and sent in: storage/s3.py's READ_CHUNK.
-STREAM_PIECE = 1024 * 1024
 
 
 class BatchPool:
@@ -426,9 +423,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             cycle.loop = self.loop
             # Plain TCP on asyncio's own loop (connection_made).
             if self._zero_copy:
-                extensions = cycle.scope.setdefault("extensions", {})
-                extensions[ZERO_COPY_SEND] = {}
-                extensions[STREAM_SEND] = {}
+                cycle.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
         super()._start_asgi_task(cycle, app)
 
 
@@ -655,12 +650,8 @@ class ZeroCopyCycle(RequestResponseCycle):
                 self.drop_body()
             return
         if held is not None:
-            # Anything else (a large body, a zero-copy or a streamed send) goes out after
-            # the head.
+            # Anything else (a large body, a zero-copy send) goes out after the head.
             self._flush_head()
-        if kind == STREAM_SEND:
-            await self._send_stream(message)
-            return
         if kind != ZERO_COPY_SEND:
             await super().send(message)
             if self.response_complete and self.in_batches:
@@ -731,72 +722,6 @@ class ZeroCopyCycle(RequestResponseCycle):
             return False
         self.expected_content_length -= sent
         return True
-
-    async def _send_stream(self, message: Any) -> None:
-        """Send `count` bytes read from `source` (asgi.STREAM_SEND), then end the response; the
-        source is closed in every case. Large bodies go from a thread of their own
-        (`_StreamSender`), the rest through uvicorn's writes. A source that fails or ends early
-        drops the connection, so that the client sees a broken transfer and never a short
-        complete one; its error (not the client's going away) is raised."""
-        source: BlockingSource = message["source"]
-        count: int = message["count"]
-        taken = False  # By a sender's thread, which closes it.
-        try:
-            if not self.response_started or self.response_complete:
-                raise RuntimeError(f"Unexpected ASGI message '{STREAM_SEND}' at this point.")
-            if self.chunked_encoding:
-                raise RuntimeError("Stream sending needs a Content-Length, not chunked encoding.")
-            if count > self.expected_content_length:
-                raise RuntimeError("Response content longer than Content-Length")
-            if self.disconnected:
-                return
-            if self.transport.is_closing():  # Closed, and connection_lost not yet called.
-                self._abandon()
-                return
-            if self.scope["method"] == "HEAD":
-                sent = count  # The head only (RFC 9110 9.3.2), as for ZERO_COPY_SEND.
-            elif (
-                count >= THREAD_SEND_MIN
-                and _FileSender.active < MAX_SEND_THREADS
-                and self.transport.get_write_buffer_size() == 0
-            ):
-                taken = True
-                sent = await _StreamSender(self.transport, source).send(count)
-                self.expected_content_length -= sent
-            else:
-                sent = await self._write_stream(source, count)
-        except (ConnectionError, TimeoutError):
-            self._abandon()  # The client went away: nobody is left to answer.
-            return
-        except Exception:
-            self._abandon()
-            raise
-        finally:
-            if not taken:
-                source.close()
-        if self.disconnected:  # The client went away meanwhile.
-            return
-        if sent < count:
-            self.logger.warning(
-                "a streamed body ended %d bytes early; closing the connection", count - sent
-            )
-            self._abandon()
-            return
-        await super().send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _write_stream(self, source: BlockingSource, count: int) -> int:
-        """Read `source` in a worker thread per piece and write each through uvicorn (which
-        waits while the client's socket has no room); the bytes sent."""
-        sent = 0
-        while sent < count and not self.disconnected:
-            # anyio's, not loop.run_in_executor: cancelled, it still waits for the read, so
-            # that the source is never closed (below) while a thread reads it.
-            piece = await anyio.to_thread.run_sync(source.read, min(STREAM_PIECE, count - sent))
-            if not piece:
-                break
-            sent += len(piece)
-            await super().send({"type": "http.response.body", "body": piece, "more_body": True})
-        return sent
 
     def _abandon(self) -> None:
         self.disconnected = True  # Later sends are no-ops, as after a client disconnect.
@@ -926,97 +851,6 @@ class _FileSender:
             await ready
         finally:
             loop.remove_writer(descriptor)
-
-
-class _StreamSender:
-    """Reads a blocking source and sends what it reads to a connection's socket, both from one
-    thread of its own: the event loop takes part only at the start and the end (no copy into
-    the transport's buffer, no callbacks per piece; docs/performance.md, "S3 pulls: sending
-    from the read thread (session 9)"). At most one piece (STREAM_PIECE) is held: the source
-    is read only once the socket took the piece before it.
-
-    The socket is used through a duplicate of its descriptor, as in `_FileSender`; the thread
-    closes it and the source when it ends. Unlike `_FileSender`, the thread stays while the
-    client reads slowly (as the reader thread of storage/s3.py's `_pumped` did): the source's
-    read position lives in it."""
-
-    def __init__(self, transport: asyncio.Transport, source: BlockingSource) -> None:
-        self.socket = cast(socket.socket, transport.get_extra_info("socket")).dup()
-        self.source = source
-        self.stop = threading.Event()
-
-    async def send(self, count: int) -> int:
-        """Send up to `count` bytes of the source; the bytes sent, fewer if it ended early.
-        Raises what the source raised, or OSError (the client went away: a ConnectionError).
-        Cancelled mid-send, it shuts the socket down, so that the thread stops at its next
-        send."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
-
-        def settle(outcome: int | BaseException) -> None:
-            if future.done():  # Cancelled meanwhile.
-                return
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
-
-        def run() -> None:
-            outcome: int | BaseException
-            try:
-                outcome = _relay(self.source, self.socket, count, self.stop)
-            except BaseException as error:  # Raised to the awaiting task.
-                outcome = error
-            finally:
-                with contextlib.suppress(Exception):
-                    self.source.close()
-                self.socket.close()
-            with contextlib.suppress(RuntimeError):  # The loop closed: nobody awaits it.
-                loop.call_soon_threadsafe(settle, outcome)
-
-        thread = threading.Thread(target=run, name="cangku-stream-send", daemon=True)
-        try:
-            thread.start()
-        except BaseException:
-            self.socket.close()
-            self.source.close()
-            raise
-        _FileSender.active += 1  # Both kinds of sender count against MAX_SEND_THREADS.
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self.stop.set()
-            with contextlib.suppress(OSError):
-                self.socket.shutdown(socket.SHUT_RDWR)
-            raise
-        finally:
-            _FileSender.active -= 1
-
-
-def _relay(source: BlockingSource, out: socket.socket, count: int, stop: threading.Event) -> int:
-    """Read `source` in STREAM_PIECE pieces and send each to the non-blocking socket `out`,
-    waiting (poll(2)) while it has no room, until `count` bytes went or the source ended: the
-    bytes sent. Raises what `source.read` raises, OSError from the socket (a reset or closed
-    peer), ConnectionAbortedError once `stop` is set."""
-    poller = select.poll()
-    poller.register(out, select.POLLOUT)
-    sent = 0
-    while sent < count:
-        piece = source.read(min(STREAM_PIECE, count - sent))
-        if not piece:
-            return sent
-        view = memoryview(piece)
-        while view:
-            if stop.is_set():
-                raise ConnectionAbortedError("the response was cancelled")
-            try:
-                moved = out.send(view)
-            except BlockingIOError:
-                poller.poll(THREAD_SEND_WAIT * 1000)
-                continue
-            view = view[moved:]
-            sent += moved
-    return sent
 
 
 def _send_until_stalled(out: int, file: int, offset: int, count: int) -> tuple[int, bool]:

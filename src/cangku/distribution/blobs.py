@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from cangku.asgi import STREAM_SEND, ZERO_COPY_SEND
+from cangku.asgi import ZERO_COPY_SEND
 from cangku.content.digest import Digest
 from cangku.content.errors import RangeInvalid, RegistryError
 from cangku.distribution.http import request_context, warning
@@ -138,16 +138,6 @@ class BlobResponse(Response):
                 else:
                     file, start, end = content.file, content.offset, content.offset + content.length
                     await _until_disconnect(receive, lambda: _send_file(file, start, end, send))
-        elif content.source is not None and STREAM_SEND in scope.get("extensions", {}):
-            # The server reads the source and sends it from a thread of its own, and closes it;
-            # `chunks` never started, so there is nothing of them to close.
-            message = {"type": STREAM_SEND, "source": content.source, "count": content.length}
-            try:
-                await self._send_start(send)
-            except BaseException:
-                content.source.close()
-                raise
-            await _until_disconnect(receive, lambda: send(message))
         else:
             try:
                 await self._send_start(send)

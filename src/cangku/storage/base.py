@@ -12,7 +12,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from cangku.asgi import BlockingSource
 from cangku.content.digest import Digest
 from cangku.content.errors import BlobUploadInvalid
 
@@ -58,16 +57,9 @@ async def closing_chunks(chunks: AsyncIterator[bytes]) -> AsyncIterator[AsyncIte
 
 @dataclass(frozen=True)
 class Stream:
-    """The bytes as an async iterator; the receiver iterates it to the end or closes it.
-
-    `source`, if given, is the same `length` bytes as a blocking source (asgi.STREAM_SEND):
-    a receiver may hand it to the server instead of iterating `chunks` (which it must then
-    neither iterate nor need to close: nothing of them has started). Whoever takes the
-    source closes it."""
+    """The bytes as an async iterator; the receiver iterates it to the end or closes it."""
 
     chunks: AsyncIterator[bytes]
-    source: BlockingSource | None = None
-    length: int = 0
 
     async def aclose(self) -> None:
         close = getattr(self.chunks, "aclose", None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
@@ -34,8 +33,7 @@ class MemoryStorage:
         entry = self.blobs.get(digest)
         if entry is None:
             raise BlobUnknown("blob unknown to registry", str(digest))
-        data = entry[0][start:end]
-        return Stream(_once(data), source=io.BytesIO(data), length=len(data))
+        return Stream(_once(entry[0][start:end]))
 
     async def read(
         self, digest: Digest, start: int = 0, end: int | None = None

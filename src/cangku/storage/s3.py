@@ -205,8 +205,7 @@ class S3Storage:
         body = await self._get(self.blob_key(digest), start, end)
         if body is None:
             raise BlobUnknown("blob unknown to registry", str(digest))
-        # The body as a source too: the server may send it from the thread that reads it.
-        return Stream(self._stream(body, end - start), source=body, length=end - start)
+        return Stream(self._stream(body, end - start))
 
     async def read(
         self, digest: Digest, start: int = 0, end: int | None = None
