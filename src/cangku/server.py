@@ -396,6 +396,16 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
                 return
         super().data_received(data)
 
+    def send_400_response(self, msg: str) -> None:
+        if self.transport in _FileSender.sending:
+            # A request pipelined behind a response that a thread is sending on this socket
+            # came in malformed: a 400 written now would land inside the thread's bytes, a
+            # corrupt body that looks whole. Closing instead lets the thread end the body
+            # (its own descriptor keeps the connection), then the connection ends.
+            self.transport.close()
+            return
+        super().send_400_response(msg)
+
     def _note_tls_probe(self) -> None:
         address = self.client[0] if self.client else "unknown"
         probers = ZeroCopyHttpProtocol.tls_probers
@@ -761,9 +771,12 @@ class _FileSender:
     # Senders between their start and their end, in this process (MAX_SEND_THREADS); counted
     # on the event loops' threads only.
     active = 0
+    # The transports whose socket a thread is sending on now (see send_400_response).
+    sending: ClassVar[set[asyncio.Transport]] = set()
 
     def __init__(self, transport: asyncio.Transport, file: int) -> None:
         # `file`: a descriptor (duplicated here; the caller keeps and closes its own).
+        self.transport = transport
         self.socket = cast(socket.socket, transport.get_extra_info("socket")).dup()
         self.file = os.dup(file)
         self.running = False  # A thread is sending (it closes the socket if `abandoned`).
@@ -778,6 +791,7 @@ class _FileSender:
         loop = asyncio.get_running_loop()
         sent = 0
         _FileSender.active += 1
+        _FileSender.sending.add(self.transport)
         try:
             while sent < count:
                 moved, ended = await self._in_thread(loop, offset + sent, count - sent)
@@ -791,6 +805,7 @@ class _FileSender:
             raise
         finally:
             _FileSender.active -= 1
+            _FileSender.sending.discard(self.transport)
             with self.lock:
                 self.abandoned = True
                 if not self.running:

@@ -297,6 +297,37 @@ async def test_pipelined_requests_are_answered_in_order(
     assert sum(sendfile_calls) == 10 + len(data) + 5
 
 
+async def test_a_malformed_request_pipelined_behind_a_threaded_send_never_lands_in_its_body(
+    port: int,
+) -> None:
+    """A thread sends the blob on the socket (_FileSender) while a request pipelined behind
+    it arrives malformed: the server's 400 must not be written into the middle of the body
+    (a corrupt blob that looks whole); the body ends whole, then the connection closes."""
+    data = os.urandom(16 * 1024 * 1024)  # More than the socket buffers hold.
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        digest = await push_blob(client, NAME, data)
+    request = f"GET /v2/{NAME}/blobs/{digest} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+
+    def pull() -> bytes:
+        with socket.socket() as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # The send stalls.
+            raw.settimeout(30)
+            raw.connect(("127.0.0.1", port))
+            raw.sendall(request)
+            received = bytearray(raw.recv(4096))
+            time.sleep(0.3)  # Mid-send, then a valid request and a malformed one.
+            raw.sendall(request + b"\x00not http \r\n\r\n")
+            while chunk := raw.recv(1 << 20):
+                received += chunk
+            return bytes(received)
+
+    received = await asyncio.to_thread(pull)
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert rest[: len(data)] == data
+    assert b"HTTP/1.1 400" not in rest[: len(data)]
+
+
 async def test_the_access_log_counts_the_bytes_of_a_zero_copy_pull(
     port: int, blob: tuple[str, bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
