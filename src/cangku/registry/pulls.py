@@ -121,32 +121,20 @@ class PullCounter:
                     child_of_pull = True
                 else:
                     tag = remembered[0]
-        # Each counter's [pulls, last pulled at], updated in place; written out three times
-        # rather than looped over a list of keys built per call (this runs on every pull).
         pending = self._pending
-        entry = pending.get(key := (repository, DIGEST, digest))
-        if entry is None:
-            pending[key] = [1, now]
-        else:
-            entry[0] += 1
-            if now > entry[1]:
-                entry[1] = now
+        keys = [(repository, DIGEST, digest)]
         if not child_of_pull:
-            entry = pending.get(key := (repository, TOTAL, ""))
+            keys.append((repository, TOTAL, ""))
+            if tag is not None:
+                keys.append((repository, TAG, tag))
+        for key in keys:
+            entry = pending.get(key)
             if entry is None:
                 pending[key] = [1, now]
             else:
                 entry[0] += 1
                 if now > entry[1]:
                     entry[1] = now
-            if tag is not None:
-                entry = pending.get(key := (repository, TAG, tag))
-                if entry is None:
-                    pending[key] = [1, now]
-                else:
-                    entry[0] += 1
-                    if now > entry[1]:
-                        entry[1] = now
         for child in children:
             self._remember((client, repository, child), None, now)
         if len(pending) >= MAX_PENDING and (self._flushing is None or self._flushing.done()):
