@@ -429,11 +429,12 @@ async def test_batches_the_application_keeps_are_never_read_into_again(data_dir:
     assert all(isinstance(body, ReceivedBody) for body in kept)
 
 
-async def test_a_slow_stream_is_read_in_fewer_larger_reads(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past its first batch, a body arriving in small writes is read after COALESCE_DELAY
-    pauses, many writes at a time (one wake-up each), and still arrives whole."""
+async def read_sizes_of_a_paced_stream(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, data: bytes, piece: int, pause: float
+) -> list[int]:
+    """Send `data` as a chunked body of `piece`-byte chunks, one every `pause` seconds (at
+    most: sleeps run long, never short), check that the application got it whole, and
+    return the size of each read the server made (the request's head first)."""
     reads: list[int] = []
     buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
 
@@ -442,20 +443,30 @@ async def test_a_slow_stream_is_read_in_fewer_larger_reads(
         buffer_updated(protocol, nbytes)
 
     monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", counting)
-    recorder = Recorder()
-    piece, pieces = 8 * 1024, 3 * BODY_BATCH // (8 * 1024)
-    data = os.urandom(piece * pieces)
-    async with serving(recorder, data_dir) as port:
+    async with serving(Recorder(), data_dir) as port:
         reader, writer = await connect(port)
         writer.write(b"PUT /slow HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
         for offset in range(0, len(data), piece):
             writer.write(b"%x\r\n" % piece + data[offset : offset + piece] + b"\r\n")
             await writer.drain()
-            await asyncio.sleep(0.0005)  # ~16 MB/s: slower than the server reads.
+            await asyncio.sleep(pause)
         writer.write(b"0\r\n\r\n")
         status, _, digest = await read_response(reader)
         writer.close()
     assert (status, digest.decode()) == (200, sha256(data).removeprefix("sha256:"))
+    return reads
+
+
+async def test_a_slow_stream_is_read_in_fewer_larger_reads(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its first batch, a body arriving in small writes is read after COALESCE_DELAY
+    pauses, many writes at a time (one wake-up each), and still arrives whole."""
+    piece, pieces = 8 * 1024, 3 * BODY_BATCH // (8 * 1024)
+    # ~16 MB/s: slower than the server reads.
+    reads = await read_sizes_of_a_paced_stream(
+        data_dir, monkeypatch, os.urandom(piece * pieces), piece, 0.0005
+    )
     # The first batch as it comes (one read per write, about); the rest in fewer reads.
     assert len(reads) < pieces * 2 // 3, (len(reads), pieces)
 
@@ -595,35 +606,17 @@ async def test_a_stream_as_slow_as_dockerd_is_read_in_reads_of_a_hundred_kilobyt
     """dockerd writes a layer in 32 KiB chunks at the pace its gzip makes them (6-16 MB/s
     per layer on a busy machine): past a body's first batch, each read waits COALESCE_DELAY
     for the next chunks, so that reads take 128 KiB or more, not one or two chunks."""
-    reads: list[int] = []
-    buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
-
-    def counting(protocol: server.ZeroCopyHttpProtocol, nbytes: int) -> None:
-        reads.append(nbytes)
-        buffer_updated(protocol, nbytes)
-
-    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", counting)
-    recorder = Recorder()
-    piece = 32 * 1024
-    data = os.urandom(4 * BODY_BATCH)
-    async with serving(recorder, data_dir) as port:
-        reader, writer = await connect(port)
-        writer.write(b"PUT /slow HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for offset in range(0, len(data), piece):
-            writer.write(b"%x\r\n" % piece + data[offset : offset + piece] + b"\r\n")
-            await writer.drain()
-            await asyncio.sleep(0.002)  # ~16 MB/s at most (sleeps run long, never short).
-        writer.write(b"0\r\n\r\n")
-        status, _, digest = await read_response(reader)
-        writer.close()
-    assert (status, digest.decode()) == (200, sha256(data).removeprefix("sha256:"))
+    # 32 KiB chunks at ~16 MB/s at most.
+    reads = await read_sizes_of_a_paced_stream(
+        data_dir, monkeypatch, os.urandom(4 * BODY_BATCH), 32 * 1024, 0.002
+    )
     seen, later = 0, []
     for nbytes in reads[1:]:  # (The first read is the request's head.)
         if seen >= BODY_BATCH:
             later.append(nbytes)
         seen += nbytes
     assert later
-    # 5 ms pauses, or none after a large read: 65-80 KiB on average.
+    # With fixed 5 ms pauses, 65-80 KiB on average.
     assert sum(later) / len(later) >= 128 * 1024, str(later)
 
 
