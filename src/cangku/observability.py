@@ -566,7 +566,7 @@ class ObservedApp:
             return
         started = time.perf_counter()
         # 16 hex digits: the process's random prefix and its count of requests (see
-        # new_request_ids). Inline: this runs for every request.
+        # RequestIds). Inline: this runs for every request.
         ids = _request_ids
         request_id = ids.prefix + format(next(ids.count) * ids.step & 0xFFFFFFFF, "08x")
         # Not reset afterwards: each request runs in a task (and context) of its own, and

@@ -262,10 +262,13 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             else:
                 GuardedHttpProtocol.data_received(self, data)  # The rest: a call less each.
         if self._paused_before:
-            # What a pause gathered says the client's pace, and so the next pause's length.
+            # What a pause gathered says the client's pace, and so the next pause's length;
+            # unless the read was cut short by the room we gave it, below COALESCE_BELOW:
+            # then it says only that the client sent at least that much.
             self._paused_before = False
-            delay = self._coalesce_delay * COALESCE_BELOW / max(nbytes, 1)
-            self._coalesce_delay = min(max(delay, COALESCE_DELAY_FAST), COALESCE_DELAY)
+            if nbytes < self._offered or nbytes >= COALESCE_BELOW:
+                delay = self._coalesce_delay * COALESCE_BELOW / max(nbytes, 1)
+                self._coalesce_delay = min(max(delay, COALESCE_DELAY_FAST), COALESCE_DELAY)
         # A read cut short by the room we gave (a batch's staged start, its last bytes) says
         # nothing of the client's pace: only one that took less than offered is slow. (A
         # request without a body to come, as most small ones, is not looked at further.)
@@ -276,7 +279,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
 
     def _coalesce_reads(self) -> None:
         """After a small read of a body that goes on, let the next bytes pile up in the
-        socket for a while (COALESCE_DELAY, or COALESCE_DELAY_FAST for a faster client)
+        socket for a while (COALESCE_DELAY_FAST to COALESCE_DELAY, by the client's pace)
         before reading them: a slow stream (docker push) then costs one wake-up per ~100 KiB
         or more instead of one per write of the client."""
         cycle = self.cycle
