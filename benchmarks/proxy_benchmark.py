@@ -118,15 +118,8 @@ class Server:
                 env=env,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v2/", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not start: {self.log_path.read_text()[-2000:]}")
+        if not answers_v2(self.url):
+            raise RuntimeError(f"{self.name} did not start: {self.log_path.read_text()[-2000:]}")
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server process (and its reaped children)."""
@@ -260,6 +253,19 @@ def pull_curl(url: str) -> float:
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(fetch, blobs))
     return time.perf_counter() - started
+
+
+def answers_v2(url: str, seconds: float = 30) -> bool:
+    """Whether the registry at `url` answers `GET /v2/` with 200 within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v2/", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def http_get(url: str, buffer: bytearray, accept: str | None = None) -> tuple[int, int, bytes]:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import boto3
 import httpx
-from proxy_benchmark import http_get
+from proxy_benchmark import answers_v2, http_get
 from s3_ranges import store_cpu_seconds
 
 HERE = Path(__file__).resolve().parent
@@ -116,13 +116,7 @@ def start(argv: list[str], settings: dict[str, str], log: Path) -> subprocess.Po
 
 def push(url: str, blob: bytes, digest: str) -> None:
     """POST then PUT (Distribution 2.8 takes no body on the POST)."""
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/v2/", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    answers_v2(url)  # (If it never does, the POST below says so.)
     answer = httpx.post(f"{url}/v2/pullbuf/blobs/uploads/", timeout=60)
     location = answer.headers["location"]
     location = location if location.startswith("http") else url + location

@@ -13,7 +13,6 @@ them is the tree as it is:
 from __future__ import annotations
 
 import os
-import select
 import socket
 from typing import Any
 
@@ -31,20 +30,17 @@ if sndbuf := int(os.environ.get("PULLBUF_SNDBUF", "0")):
 if chunk := int(os.environ.get("PULLBUF_CHUNK", "0")):
     import cangku.server as server
 
+    whole = server._send_until_stalled
+
     def until_stalled(out: int, file: int, offset: int, count: int) -> tuple[int, bool]:
-        poller = select.poll()
-        poller.register(out, select.POLLOUT)
+        # The server's own loop, asked for at most `chunk` bytes per os.sendfile call.
         sent = 0
         while sent < count:
-            try:
-                moved = os.sendfile(out, file, offset + sent, min(chunk, count - sent))
-            except BlockingIOError:
-                if not poller.poll(server.THREAD_SEND_WAIT * 1000):
-                    return sent, False
-                continue
-            if moved == 0:
-                return sent, True
+            wanted = min(chunk, count - sent)
+            moved, ended = whole(out, file, offset + sent, wanted)
             sent += moved
+            if ended or moved < wanted:  # The file ended, or the socket stalled.
+                return sent, ended
         return sent, False
 
     server._send_until_stalled = until_stalled
