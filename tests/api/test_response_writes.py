@@ -20,8 +20,6 @@ from starlette.types import Receive, Scope, Send
 
 from tests.api.test_zero_copy_server import serve
 
-JOIN_BODY_MAX = 64 * 1024  # The body of /large is larger.
-
 Writes = list[bytes]
 
 
@@ -42,7 +40,8 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Writes:
 
 
 class App:
-    """Answers each path its own way; `release` lets the /slow body go."""
+    """Answers "small body" (with `connection: close` on /closing); /boom fails before
+    answering; `release` lets the /slow body go."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
@@ -55,33 +54,13 @@ class App:
         self.seen.append(f"{scope['method']} {path}")
         if path == "/boom":
             raise RuntimeError("fails before answering: uvicorn's 500, which closes")
-        status = {"/empty": 204, "/unchanged": 304}.get(path, 200)
-        if path == "/echo":
-            body = b""
-            more = True
-            while more:
-                message = await receive()
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
-        elif path == "/large":
-            body = b"L" * (JOIN_BODY_MAX + 1)
-        elif status == 200:
-            body = b"small body"
-        else:
-            body = b""
-        headers = [(b"content-length", str(len(body)).encode())] if status == 200 else []
+        body = b"small body"
+        headers = [(b"content-length", str(len(body)).encode())]
         if path == "/closing":
             headers.append((b"connection", b"close"))
-        if path == "/streamed":
-            headers = []  # uvicorn frames it with chunked encoding.
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         if path == "/slow":
             await self.release.wait()  # The head must not wait for this.
-        if path == "/streamed":
-            await send({"type": "http.response.body", "body": b"one", "more_body": True})
-            await asyncio.sleep(0)
-            await send({"type": "http.response.body", "body": b"two", "more_body": False})
-            return
         await send({"type": "http.response.body", "body": body})
 
 
@@ -123,7 +102,7 @@ async def test_the_head_is_sent_while_the_body_is_still_awaited(
 
 
 async def test_a_client_gone_before_the_answer_leaves_the_server_serving(
-    port: int, app: App, writes: Writes
+    port: int, app: App
 ) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         raw.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
