@@ -22,6 +22,11 @@ long as it likes; a few hundred such connections exhaust the server. These hooks
   503 with `Retry-After` on the next one, closed at once. Addresses in
   `auth.trusted_proxies` are exempt: every client behind a reverse proxy shares its address.
 
+uvicorn's own keep-alive timeout (`timeout_keep_alive`: a connection idle between requests
+closes) is kept, as a `Deadline` too: uvicorn scheduled a TimerHandle per response and the
+next request cancelled it, ~3 µs of a small request's CPU here (docs/performance.md, "The
+keep-alive timer (session 10)").
+
 The hooks override uvicorn's httptools protocol callbacks (pinned in pyproject.toml;
 tests/api/test_slow_clients.py drives them through a real socket).
 """
@@ -161,6 +166,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.config, "connection_limits", ConnectionLimits()
         )
         self._header_deadline = Deadline(self.loop, self._header_timed_out)
+        self._keep_alive = Deadline(self.loop, self.timeout_keep_alive_handler)
         self._body_deadline = Deadline(self.loop, self._body_timed_out)
         self._clock = self._header_deadline.clock
         self._awaiting_body = False
@@ -215,18 +221,27 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             cycle is not None
             and cycle.response_complete
             and not self.pipeline
-            and self.timeout_keep_alive_task is None
+            and self._keep_alive.due is None
             and not self.transport.is_closing()
         ):
             # The end of a body answered before it came (dropped meanwhile): the connection
-            # is idle from here, as after a response; its bytes cancelled uvicorn's timer.
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
+            # is idle from here, as after a response; its bytes disarmed the keep-alive.
+            self._keep_alive.arm(self.timeout_keep_alive)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self._awaiting_body and not self.transport.is_closing():
+        # uvicorn 0.54's, with the keep-alive timeout armed as a Deadline, not a TimerHandle
+        # per response.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._keep_alive.due = None
+        self.flow.resume_reading()
+        if self.pipeline:  # The next pipelined request, waiting for this answer.
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._keep_alive.arm(self.timeout_keep_alive)
+        if self._awaiting_body:
             # Answered before the body was all there (401, 404, 413): the rest is read and
             # dropped so that the connection can serve a next request, but for no longer than
             # that request's headers may take, nor with pauses longer than the keep-alive
@@ -238,6 +253,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._arm_body_timer(min(self.timeout_keep_alive, self.limits.header_timeout))
 
     # -- timers ----------------------------------------------------------------------------
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn's hook, called for every read and when the connection is lost.
+        self._keep_alive.due = None
+
     def _arm_header_timer(self) -> None:
         self._header_deadline.arm(self.limits.header_timeout)
 
@@ -298,6 +317,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         for deadline in (
             getattr(self, "_header_deadline", None),
             getattr(self, "_body_deadline", None),
+            getattr(self, "_keep_alive", None),
         ):
             if deadline is not None:
                 deadline.close()

@@ -1,23 +1,29 @@
-"""How responses reach the socket (cangku/server.py `ZeroCopyCycle`): a head is never held
-back while its body is awaited, a client gone before the answer leaves the server serving,
-and no request pipelined behind an answer that closes the connection is processed.
+"""How responses reach the socket (cangku/server.py `ZeroCopyCycle`).
 
-(Session 9 wrote a small response's head and body in one write; on a single keep-alive
-connection that cost ~20 % of manifest GETs per second, and it was taken out:
-docs/performance.md, "Small requests: syscalls (session 9)".)"""
+While other requests are under way in the process (a busy server), a small response's status
+line and headers go out in the same write as its body: one `sendto` and one TCP segment. A
+request alone gets its head first and its body in a second write (on one keep-alive
+connection the single write cost ~20 % of manifest GETs per second: docs/performance.md,
+"Small requests: syscalls (session 9)" and "Joined writes when busy (session 10)"). A head
+is never held past the event-loop step that built it, a client gone before the answer
+leaves the server serving, and no request pipelined behind an answer that closes the
+connection is processed."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from asyncio import selector_events
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.types import Receive, Scope, Send
 
+from cangku.server import JOIN_BODY_MAX
 from tests.api.test_zero_copy_server import serve
 
 Writes = list[bytes]
@@ -40,8 +46,8 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Writes:
 
 
 class App:
-    """Answers "small body" (with `connection: close` on /closing); /boom fails before
-    answering; `release` lets the /slow body go."""
+    """Answers each path its own way (see the branches); /boom fails before answering;
+    `release` lets the /slow body go."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
@@ -54,13 +60,26 @@ class App:
         self.seen.append(f"{scope['method']} {path}")
         if path == "/boom":
             raise RuntimeError("fails before answering: uvicorn's 500, which closes")
-        body = b"small body"
-        headers = [(b"content-length", str(len(body)).encode())]
+        status = {"/empty": 204, "/unchanged": 304}.get(path, 200)
+        if path == "/large":
+            body = b"L" * (JOIN_BODY_MAX + 1)
+        elif status == 200:
+            body = b"small body"
+        else:
+            body = b""
+        headers = [(b"content-length", str(len(body)).encode())] if status == 200 else []
         if path == "/closing":
             headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if path == "/streamed":
+            headers = []  # uvicorn frames it with chunked encoding.
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         if path == "/slow":
             await self.release.wait()  # The head must not wait for this.
+        if path == "/streamed":
+            await send({"type": "http.response.body", "body": b"one", "more_body": True})
+            await asyncio.sleep(0)
+            await send({"type": "http.response.body", "body": b"two", "more_body": False})
+            return
         await send({"type": "http.response.body", "body": body})
 
 
@@ -131,3 +150,149 @@ async def test_no_pipelined_request_runs_after_an_answer_that_closes(
     await asyncio.sleep(0.2)  # Time for a wrongly started request to reach the app.
     assert b"connection: close\r\n" in got and got.count(b"HTTP/1.1 ") == 1
     assert app.seen == [f"GET {path}"]
+
+
+@contextmanager
+def another_request_under_way(port: int, app: App, writes: Writes) -> Iterator[None]:
+    """A /slow request on a connection of its own, its head received and its body held: the
+    server is busy while the block runs. Its writes are left out of `writes`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert raw.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+        writes.clear()
+        yield
+        app.release.set()
+        assert raw.recv(65536) == b"small body"
+
+
+def responses(writes: Writes) -> Writes:
+    return [data for data in writes if data.startswith(b"HTTP/1.1")]
+
+
+async def test_a_request_alone_gets_its_head_first_and_its_body_in_a_second_write(
+    port: int, writes: Writes
+) -> None:
+    got = await asyncio.to_thread(
+        exchange, port, b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n", b"body"
+    )
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert writes == [head + b"\r\n\r\n", body] and body == b"small body"
+
+
+async def test_a_busy_server_writes_a_small_response_in_one_write(
+    port: int, app: App, writes: Writes
+) -> None:
+    def busy_exchange() -> bytes:
+        with another_request_under_way(port, app, writes):
+            got = exchange(port, b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n", b"body")
+            assert writes == [got]
+            return got
+
+    got = await asyncio.to_thread(busy_exchange)
+    assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"\r\n\r\nsmall body")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("HEAD", "/small", 200), ("GET", "/empty", 204), ("GET", "/unchanged", 304)],
+)
+async def test_a_busy_server_writes_a_response_without_a_body_as_one_write_of_its_head(
+    port: int, app: App, writes: Writes, method: str, path: str, status: int
+) -> None:
+    request = f"{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+
+    def busy_exchange() -> tuple[bytes, Writes]:
+        with another_request_under_way(port, app, writes):
+            return exchange(port, request, b"\r\n\r\n"), list(writes)
+
+    got, seen = await asyncio.to_thread(busy_exchange)
+    assert got.startswith(f"HTTP/1.1 {status} ".encode())
+    assert seen == [got]
+    if method == "HEAD":
+        assert b"content-length: 10\r\n" in got
+
+
+async def test_a_large_body_follows_its_head_uncopied_even_when_busy(
+    port: int, app: App, writes: Writes
+) -> None:
+    request = b"GET /large HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+    def busy_exchange() -> tuple[bytes, Writes]:
+        with another_request_under_way(port, app, writes):
+            return exchange(port, request, b"never"), list(writes)  # Read to the close.
+
+    got, seen = await asyncio.to_thread(busy_exchange)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert body == b"L" * (JOIN_BODY_MAX + 1)
+    assert seen == [head + b"\r\n\r\n", body]
+
+
+async def test_a_streamed_body_starts_with_its_head_and_stays_chunked_when_busy(
+    port: int, app: App, writes: Writes
+) -> None:
+    request = b"GET /streamed HTTP/1.1\r\nHost: t\r\n\r\n"
+
+    def busy_exchange() -> tuple[bytes, Writes]:
+        with another_request_under_way(port, app, writes):
+            return exchange(port, request, b"0\r\n\r\n"), list(writes)
+
+    got, seen = await asyncio.to_thread(busy_exchange)
+    assert got.endswith(b"transfer-encoding: chunked\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
+    first = responses(seen)
+    assert len(first) == 1 and first[0].endswith(b"\r\n\r\n3\r\none\r\n")
+    assert len(seen) == 2
+
+
+async def test_a_busy_server_writes_a_closing_response_whole_before_the_close(
+    port: int, app: App, writes: Writes
+) -> None:
+    request = b"GET /closing HTTP/1.1\r\nHost: t\r\n\r\n"
+
+    def busy_exchange() -> tuple[bytes, Writes]:
+        with another_request_under_way(port, app, writes):
+            return exchange(port, request, b"never"), list(writes)  # Read to the close.
+
+    got, seen = await asyncio.to_thread(busy_exchange)
+    assert got.endswith(b"\r\n\r\nsmall body") and b"connection: close\r\n" in got
+    assert seen == [got]
+
+
+async def test_pipelined_small_requests_get_one_write_each_in_order_when_busy(
+    port: int, app: App, writes: Writes
+) -> None:
+    request = (
+        b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"HEAD /small HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /empty HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+
+    def busy_exchange() -> tuple[bytes, Writes]:
+        with another_request_under_way(port, app, writes):
+            return exchange(port, request, b"never"), list(writes)
+
+    got, seen = await asyncio.to_thread(busy_exchange)
+    assert len(seen) == 3 and b"".join(seen) == got
+    assert [w.split(b" ", 2)[1] for w in seen] == [b"200", b"200", b"204"]
+    assert seen[0].endswith(b"small body")
+
+
+async def test_holding_the_head_asks_asyncio_for_no_loop(
+    port: int, app: App, writes: Writes
+) -> None:
+    """asyncio.get_running_loop() is a getpid syscall per call on Python 3.11."""
+    callers: list[str] = []
+    real = asyncio.get_running_loop
+
+    def get_running_loop() -> asyncio.AbstractEventLoop:
+        callers.append(sys._getframe(1).f_globals["__name__"])
+        return real()
+
+    def busy_exchange() -> tuple[bytes, Writes]:
+        with another_request_under_way(port, app, writes), pytest.MonkeyPatch.context() as patch:
+            patch.setattr(asyncio, "get_running_loop", get_running_loop)
+            got = exchange(port, b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n", b"body")
+            return got, list(writes)
+
+    got, seen = await asyncio.to_thread(busy_exchange)
+    assert seen == [got] and got.endswith(b"small body")  # The head was held.
+    assert [caller for caller in callers if caller.startswith("cangku")] == []
