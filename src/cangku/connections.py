@@ -194,6 +194,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # A request under way is not idle: the keep-alive may have been armed by the end of
+        # an answered body that came in the same read as this request (on_message_complete).
+        self._keep_alive.due = None
         if self._header_deadline.due is None:  # Not armed.
             self._header_deadline.arm(self.limits.header_timeout)
 

@@ -123,9 +123,6 @@ THREAD_SEND_WAIT = 0.5
 # `loop.sendfile`, so that slow readers cannot take every thread the process may start (the
 # database's workers need them too).
 MAX_SEND_THREADS = 32
-# Requests of these methods carry no body in practice: their framing is not looked at (a body
-# sent anyway reaches the application through the parser, in pieces, as any small one).
-BODILESS_METHODS = frozenset(("GET", "HEAD"))
 # A response body this small (bytes) goes out in one write with the status line and headers:
 # copying it costs less than the second send (a syscall, and on loopback the whole delivery).
 JOIN_BODY_MAX = 64 * 1024
@@ -352,8 +349,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         if type(cycle) is RequestResponseCycle:  # Pipelined: not started (_start_asgi_task).
             cycle.__class__ = ZeroCopyCycle
             cycle.start_body()  # type: ignore[attr-defined]  # (no typing.cast: a call)
-        # A GET's or HEAD's body, which no client sends, would take the parser's way.
-        if cycle.scope["method"] not in BODILESS_METHODS and not self.parser.should_upgrade():
+        if not self.parser.should_upgrade():
             length, chunked = _body_framing(self.headers)
             if chunked:
                 # Its pieces copied into pooled batches (joining them took a fresh buffer).
@@ -655,6 +651,13 @@ class ZeroCopyCycle(RequestResponseCycle):
             # stand-in. Inline, without helpers: this runs twice for every response.
             if self.flow.write_paused and not self.disconnected:
                 await self.flow.drain()
+                if held is not None and self.held_head is None:
+                    # The flush wrote the head while we waited (not seen, but cheap to rule
+                    # out): the body goes as any other, after it.
+                    await super().send(message)
+                    if self.response_complete and self.in_batches:
+                        self.drop_body()
+                    return
             caught = _CaughtWrites()
             caught.head = held or b""
             transport = caught.transport = self.transport

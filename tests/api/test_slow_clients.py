@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cangku.config import Settings
 from cangku.connections import LimitedConfig
@@ -269,6 +269,39 @@ async def test_a_body_answered_early_then_finished_is_closed_by_the_keep_alive_t
     assert head.startswith(b"HTTP/1.1 404 ")
     assert received == b""
     assert elapsed < BOUND
+
+
+async def test_a_request_after_the_rest_of_an_answered_body_is_not_cut_by_the_keep_alive(
+    data_dir: Path,
+) -> None:
+    # The end of a body answered early arms the keep-alive timeout; the next request, in the
+    # same read, must disarm it, or a slow answer is cut off after `keep_alive` (the review
+    # of session 10 found this, older than the keep-alive deadline).
+    keep_alive = 0.3
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await asyncio.sleep(keep_alive * 3)
+        status = 401 if scope["method"] == "POST" else 200
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-length", b"2")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serving(app, data_dir, keep_alive=keep_alive, header_timeout=30.0) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        assert (await read_one_response(reader)).startswith(b"HTTP/1.1 401 ")
+        # The rest of the answered body and the next request, in one write (one read).
+        writer.write(b"0123456789" + b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_one_response(reader)).startswith(b"HTTP/1.1 200 ")
+        writer.close()
 
 
 @pytest.mark.parametrize("size", BODY_SIZES)
