@@ -377,14 +377,28 @@ async def test_a_header_deadline_moved_by_many_requests_still_cuts_off_a_trickle
     assert HEADER_TIMEOUT * 0.9 <= elapsed < BOUND
 
 
-async def test_keep_alive_requests_schedule_no_timers_of_their_own(
-    app: ASGIApp, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("busy", [False, True])
+async def test_keep_alive_requests_schedule_no_timers_of_their_own_while_busy(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, busy: bool
 ) -> None:
-    # Each request moves the header and body deadlines and the keep-alive timeout; as
+    # Each request moves the header and body deadlines and the keep-alive timeout. As
     # TimerHandles that was four call_at (and four cancels) per request, ~3 µs of a small
-    # request's CPU each time. As deadlines, a connection's timers are scheduled once per
-    # timeout period at most, not per request.
+    # request's CPU each time; as deadlines, a connection's timers are scheduled once per
+    # timeout period at most. A request alone keeps uvicorn's keep-alive TimerHandle (one
+    # per response: faster on one connection, measured), only while another request is
+    # under way (busy) is it a deadline too.
     requests = 50
+    release = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/held":
+            await release.wait()
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
     async with serving(
         app, data_dir, keep_alive=BOUND, header_timeout=60.0, body_idle_timeout=60.0
     ) as port:
@@ -396,18 +410,27 @@ async def test_keep_alive_requests_schedule_no_timers_of_their_own(
             scheduled.append(getattr(callback, "__qualname__", repr(callback)))
             return call_at(when, callback, *args, **kwargs)
 
+        held_reader, held_writer = await asyncio.open_connection("127.0.0.1", port)
+        if busy:  # Under way, on a connection of its own, until the end.
+            held_writer.write(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")  # The connection's own timers.
+        writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")  # The connection's own timers.
         assert (await read_one_response(reader)).startswith(b"HTTP/1.1 200 ")
         monkeypatch.setattr(loop, "call_at", counting_call_at)
         for _ in range(requests):
-            writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await read_one_response(reader)).startswith(b"HTTP/1.1 200 ")
         monkeypatch.undo()
+        release.set()
+        if busy:
+            assert (await read_one_response(held_reader)).startswith(b"HTTP/1.1 200 ")
         writer.close()
+        held_writer.close()
+    keep_alive = scheduled.count("HttpToolsProtocol.timeout_keep_alive_handler")
+    assert keep_alive == (0 if busy else requests), collections.Counter(scheduled)
     # What remains is the client's own and at most one per deadline (none re-arms earlier).
-    ours = [name for name in scheduled if "Deadline" in name or "keep_alive" in name]
-    assert len(ours) <= 3, collections.Counter(scheduled)
+    guards = [name for name in scheduled if "Deadline" in name]
+    assert len(guards) <= 3, collections.Counter(scheduled)
 
 
 async def test_a_connection_left_idle_after_many_requests_is_closed_after_keep_alive(
