@@ -336,3 +336,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         ):
             if deadline is not None:
                 deadline.close()
+        # uvicorn's keep-alive TimerHandle (a request alone, on_response_complete): uvicorn
+        # cancels it only on a clean close, and pending it keeps the protocol alive.
+        task = getattr(self, "timeout_keep_alive_task", None)
+        if task is not None:
+            task.cancel()
+            self.timeout_keep_alive_task = None

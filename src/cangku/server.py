@@ -794,7 +794,8 @@ class _HeldHeads:
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # Weak, as the registry's key: a loop that ended (tests start many) is let go.
+        self.loop = weakref.ref(loop)
         self.cycles: list[ZeroCopyCycle] = []
 
     @classmethod
@@ -806,7 +807,9 @@ class _HeldHeads:
 
     def add(self, cycle: ZeroCopyCycle) -> None:
         if not self.cycles:
-            self.loop.call_soon(self.flush)
+            loop = self.loop()
+            if loop is not None:  # Always: `send` runs on that loop.
+                loop.call_soon(self.flush)
         self.cycles.append(cycle)
 
     def flush(self) -> None:

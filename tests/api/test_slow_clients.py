@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import os
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from cangku.config import Settings
 from cangku.connections import LimitedConfig
@@ -431,6 +434,27 @@ async def test_keep_alive_requests_schedule_no_timers_of_their_own_while_busy(
     # What remains is the client's own and at most one per deadline (none re-arms earlier).
     guards = [name for name in scheduled if "Deadline" in name]
     assert len(guards) <= 3, collections.Counter(scheduled)
+
+
+async def test_a_connection_reset_after_an_answer_leaves_no_protocol_behind(
+    app: ASGIApp, data_dir: Path
+) -> None:
+    # A request alone arms uvicorn's keep-alive TimerHandle, which holds the protocol (its
+    # parser, cycle, transport) until it fires; uvicorn cancels it only on a clean close.
+    async with serving(app, data_dir, keep_alive=60.0) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_one_response(reader)).startswith(b"HTTP/1.1 200 ")
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # A reset (RST), not a clean close.
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            gc.collect()
+            alive = [o for o in gc.get_objects() if isinstance(o, HttpToolsProtocol)]
+            if not alive:
+                break
+        assert alive == []
 
 
 async def test_a_connection_left_idle_after_many_requests_is_closed_after_keep_alive(
