@@ -165,6 +165,19 @@ def another_request_under_way(port: int, app: App, writes: Writes) -> Iterator[N
         assert raw.recv(65536) == b"small body"
 
 
+async def busy_exchange(
+    port: int, app: App, writes: Writes, request: bytes, until: bytes
+) -> tuple[bytes, Writes]:
+    """`exchange` while another request is under way: what came back, and the server's
+    writes for it."""
+
+    def run() -> tuple[bytes, Writes]:
+        with another_request_under_way(port, app, writes):
+            return exchange(port, request, until), list(writes)
+
+    return await asyncio.to_thread(run)
+
+
 def responses(writes: Writes) -> Writes:
     return [data for data in writes if data.startswith(b"HTTP/1.1")]
 
@@ -182,14 +195,10 @@ async def test_a_request_alone_gets_its_head_first_and_its_body_in_a_second_writ
 async def test_a_busy_server_writes_a_small_response_in_one_write(
     port: int, app: App, writes: Writes
 ) -> None:
-    def busy_exchange() -> bytes:
-        with another_request_under_way(port, app, writes):
-            got = exchange(port, b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n", b"body")
-            assert writes == [got]
-            return got
-
-    got = await asyncio.to_thread(busy_exchange)
+    request = b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n"
+    got, seen = await busy_exchange(port, app, writes, request, b"body")
     assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"\r\n\r\nsmall body")
+    assert seen == [got]
 
 
 @pytest.mark.parametrize(
@@ -201,11 +210,7 @@ async def test_a_busy_server_writes_a_response_without_a_body_as_one_write_of_it
 ) -> None:
     request = f"{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
 
-    def busy_exchange() -> tuple[bytes, Writes]:
-        with another_request_under_way(port, app, writes):
-            return exchange(port, request, b"\r\n\r\n"), list(writes)
-
-    got, seen = await asyncio.to_thread(busy_exchange)
+    got, seen = await busy_exchange(port, app, writes, request, b"\r\n\r\n")
     assert got.startswith(f"HTTP/1.1 {status} ".encode())
     assert seen == [got]
     if method == "HEAD":
@@ -217,11 +222,7 @@ async def test_a_large_body_follows_its_head_uncopied_even_when_busy(
 ) -> None:
     request = b"GET /large HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 
-    def busy_exchange() -> tuple[bytes, Writes]:
-        with another_request_under_way(port, app, writes):
-            return exchange(port, request, b"never"), list(writes)  # Read to the close.
-
-    got, seen = await asyncio.to_thread(busy_exchange)
+    got, seen = await busy_exchange(port, app, writes, request, b"never")  # Read to the close.
     head, _, body = got.partition(b"\r\n\r\n")
     assert body == b"L" * (JOIN_BODY_MAX + 1)
     assert seen == [head + b"\r\n\r\n", body]
@@ -232,11 +233,7 @@ async def test_a_streamed_body_starts_with_its_head_and_stays_chunked_when_busy(
 ) -> None:
     request = b"GET /streamed HTTP/1.1\r\nHost: t\r\n\r\n"
 
-    def busy_exchange() -> tuple[bytes, Writes]:
-        with another_request_under_way(port, app, writes):
-            return exchange(port, request, b"0\r\n\r\n"), list(writes)
-
-    got, seen = await asyncio.to_thread(busy_exchange)
+    got, seen = await busy_exchange(port, app, writes, request, b"0\r\n\r\n")
     assert got.endswith(b"transfer-encoding: chunked\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
     first = responses(seen)
     assert len(first) == 1 and first[0].endswith(b"\r\n\r\n3\r\none\r\n")
@@ -248,11 +245,7 @@ async def test_a_busy_server_writes_a_closing_response_whole_before_the_close(
 ) -> None:
     request = b"GET /closing HTTP/1.1\r\nHost: t\r\n\r\n"
 
-    def busy_exchange() -> tuple[bytes, Writes]:
-        with another_request_under_way(port, app, writes):
-            return exchange(port, request, b"never"), list(writes)  # Read to the close.
-
-    got, seen = await asyncio.to_thread(busy_exchange)
+    got, seen = await busy_exchange(port, app, writes, request, b"never")  # Read to the close.
     assert got.endswith(b"\r\n\r\nsmall body") and b"connection: close\r\n" in got
     assert seen == [got]
 
@@ -266,11 +259,7 @@ async def test_pipelined_small_requests_get_one_write_each_in_order_when_busy(
         b"GET /empty HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     )
 
-    def busy_exchange() -> tuple[bytes, Writes]:
-        with another_request_under_way(port, app, writes):
-            return exchange(port, request, b"never"), list(writes)
-
-    got, seen = await asyncio.to_thread(busy_exchange)
+    got, seen = await busy_exchange(port, app, writes, request, b"never")
     assert len(seen) == 3 and b"".join(seen) == got
     assert [w.split(b" ", 2)[1] for w in seen] == [b"200", b"200", b"204"]
     assert seen[0].endswith(b"small body")
