@@ -235,7 +235,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # uvicorn 0.54's, with the keep-alive timeout armed as a Deadline, not a TimerHandle
         # per response, while other requests are under way. A request alone arms uvicorn's
         # TimerHandle as before: with the deadline there too, GETs on one keep-alive
-        # connection were 7-10 % fewer per second (docs/performance.md, "The keep-alive
+        # connection were 3-12 % fewer per second (docs/performance.md, "The keep-alive
         # timer (session 10)"), as when session 9 joined a lone request's head and body:
         # on this VM, reaching the event loop's wait a few µs sooner after an answer costs.
         self.server_state.total_requests += 1
