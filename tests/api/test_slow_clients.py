@@ -451,7 +451,11 @@ async def test_a_connection_reset_after_an_answer_leaves_no_protocol_behind(
         for _ in range(50):
             await asyncio.sleep(0.02)
             gc.collect()
-            alive = [o for o in gc.get_objects() if isinstance(o, HttpToolsProtocol)]
+            alive = [
+                o
+                for o in gc.get_objects()
+                if isinstance(o, HttpToolsProtocol) and o.server and o.server[1] == port
+            ]
             if not alive:
                 break
         assert alive == []
@@ -471,4 +475,4 @@ async def test_a_connection_left_idle_after_many_requests_is_closed_after_keep_a
         assert await asyncio.wait_for(reader.read(), BOUND) == b""  # Closed by the server.
         elapsed = time.monotonic() - started
         writer.close()
-    assert keep_alive * 0.9 <= elapsed < keep_alive + 0.5
+    assert keep_alive * 0.9 <= elapsed < BOUND / 2  # Closed, and not before its time.
