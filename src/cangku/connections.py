@@ -268,6 +268,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # uvicorn's hook, called for every read and when the connection is lost: either way
         # of arming the keep-alive (on_response_complete) is undone.
         self._keep_alive.due = None
+        # uvicorn's own (a call less: this runs for every read).
         if self.timeout_keep_alive_task is not None:
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
@@ -338,7 +339,4 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 deadline.close()
         # uvicorn's keep-alive TimerHandle (a request alone, on_response_complete): uvicorn
         # cancels it only on a clean close, and pending it keeps the protocol alive.
-        task = getattr(self, "timeout_keep_alive_task", None)
-        if task is not None:
-            task.cancel()
-            self.timeout_keep_alive_task = None
+        HttpToolsProtocol._unset_keepalive_if_required(self)

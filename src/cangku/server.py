@@ -815,7 +815,7 @@ class _HeldHeads:
     def flush(self) -> None:
         cycles, self.cycles = self.cycles, []
         for cycle in cycles:
-            if cycle.held_head is not None:
+            if cycle.held_head is not None:  # Mostly taken by its body: no call then.
                 cycle._flush_head()
 
 
