@@ -107,6 +107,12 @@ COALESCE_BELOW = 256 * 1024
 # pause (a 512 KiB buffer: ~25 MB/s at 20 ms); its full buffer shortens the next pause.
 COALESCE_DELAY = 0.020
 COALESCE_DELAY_FAST = 0.005
+# Bytes per second from which a body's sender counts as fast and is never paused: a pause
+# lets a fast client's bytes wait in a full socket buffer, and the body's last read waits
+# the whole pause, which on 8 MiB PATCHes at ~600 MB/s was ~10 % of each. dockerd's gzip
+# streams come at 6-16 MB/s; clients sending from memory or disk at hundreds of MB/s
+# (docs/performance.md, "Fast senders are not paused (session 11)").
+FAST_SENDER = 64_000_000
 # Whole batches kept for reuse per event-loop thread (BODY_BATCH bytes each): a fresh 1 MiB
 # buffer costs ~200 page faults per MB pushed (the allocator hands such sizes back to the
 # kernel when freed), a reused one none. One upload in flight holds up to ~10.
@@ -227,6 +233,7 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         self._coalescing: asyncio.TimerHandle | None = None
         self._paused_before = False  # The next read follows a coalescing pause.
         self._coalesce_delay = COALESCE_DELAY  # The next pause's (seconds).
+        self._body_since = 0.0  # When a body read in batches began (loop clock, seconds).
         self._offered = RECEIVE_BUFFER  # Bytes the last get_buffer offered.
         self._held_heads = _HeldHeads.of(self.loop)
         # Where the zero-copy extension works (see _start_asgi_task): fixed per connection.
@@ -286,7 +293,8 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         """After a small read of a body that goes on, let the next bytes pile up in the
         socket for a while (COALESCE_DELAY_FAST to COALESCE_DELAY, by the client's pace)
         before reading them: a slow stream (docker push) then costs one wake-up per ~100 KiB
-        or more instead of one per write of the client."""
+        or more instead of one per write of the client. A fast sender (FAST_SENDER) is read
+        as its bytes come."""
         cycle = self.cycle
         if (
             not isinstance(cycle, ZeroCopyCycle)
@@ -296,6 +304,8 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             or cycle.disconnected
             or self.flow.read_paused
             or self._coalescing is not None
+            # A fast sender: the body so far came at FAST_SENDER bytes a second or more.
+            or cycle.body_seen >= (self._clock() - self._body_since) * FAST_SENDER
         ):
             return
         self.flow.pause_reading()
@@ -356,9 +366,11 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             if chunked:
                 # Its pieces copied into pooled batches (joining them took a fresh buffer).
                 cast(ZeroCopyCycle, cycle).in_batches = True
+                self._body_since = self._clock()
             elif length >= DIRECT_BODY_MIN:
                 self._direct_left = length
                 cast(ZeroCopyCycle, cycle).in_batches = True
+                self._body_since = self._clock()
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle

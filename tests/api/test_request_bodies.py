@@ -627,7 +627,9 @@ async def test_a_fast_client_behind_a_small_receive_buffer_is_not_held_by_long_p
     by a host with low `tcp_rmem`) reads as less than offered after every pause: long pauses
     each time would cap it at a buffer per COALESCE_DELAY (~25 MB/s; measured 61-111 MB/s
     against 330-510 with 5 ms pauses). A pause that gathered COALESCE_BELOW or more is
-    followed by a shorter one, down to COALESCE_DELAY_FAST."""
+    followed by a shorter one, down to COALESCE_DELAY_FAST. (FAST_SENDER raised out of
+    reach: this is for a sender slower than it, whose pauses the buffer still cuts short.)"""
+    monkeypatch.setattr(server, "FAST_SENDER", 10**15)
     after_pauses: list[tuple[int, float, float]] = []  # (bytes gathered, pause, next pause)
     connection_made = server.ZeroCopyHttpProtocol.connection_made
     buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
@@ -683,3 +685,56 @@ sys.stdout.write(answer.decode())
         following < delay or following == server.COALESCE_DELAY_FAST
         for _, delay, following in gathered_much
     ), gathered_much
+
+
+async def test_a_fast_sender_is_never_paused(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that comes at FAST_SENDER bytes a second or more is read as it comes: no
+    coalescing pause, whose wait a fast client spends blocked on a full socket buffer, and
+    whose last one holds the body's end (8 MiB PATCHes at ~600 MB/s went ~30 % slower).
+    FAST_SENDER lowered to 16 MB/s so that a loaded machine still finds this sender fast;
+    a sender below it is paused (the paced streams above)."""
+    monkeypatch.setattr(server, "FAST_SENDER", 16_000_000)
+    reads: list[int] = []
+    paused: list[int] = []
+    buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
+
+    def recording(protocol: server.ZeroCopyHttpProtocol, nbytes: int) -> None:
+        buffer_updated(protocol, nbytes)
+        reads.append(nbytes)
+        if protocol._coalescing is not None:
+            paused.append(nbytes)
+
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", recording)
+    size, piece = 32 * BODY_BATCH, 64 * 1024
+    digest = sha256(b"y" * size).removeprefix("sha256:")
+    # Another process (as a real client is), slower than the server reads (so that reads
+    # find the socket drained, and are small) and far faster than FAST_SENDER: a 64 KiB
+    # write every ~0.5 ms, ~100 MB/s.
+    client = f"""
+import socket, sys, time
+raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+raw.sendall(b"PUT /fast HTTP/1.1\\r\\nHost: t\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n")
+chunk = b"%x\\r\\n" % {piece} + b"y" * {piece} + b"\\r\\n"
+for _ in range({size // piece}):
+    raw.sendall(chunk)
+    time.sleep(0.0005)
+raw.sendall(b"0\\r\\n\\r\\n")
+answer = b""
+while received := raw.recv(65536):
+    answer += received
+    if answer.endswith(b"{digest}"):
+        break
+sys.stdout.write(answer.decode())
+"""
+    async with serving(Recorder(), data_dir) as port:
+        pushed = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", client, str(port), stdout=asyncio.subprocess.PIPE
+        )
+        answer, _ = await pushed.communicate()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.endswith(digest.encode())
+    assert paused == [], paused
+    # Reads smaller than COALESCE_BELOW past the first batch: each would have paused before.
+    assert sum(nbytes < server.COALESCE_BELOW for nbytes in reads[32:]) > 100, reads
