@@ -133,6 +133,8 @@ MAX_SEND_THREADS = 32
 # A response body this small (bytes) goes out in one write with the status line and headers:
 # copying it costs less than the second send (a syscall, and on loopback the whole delivery).
 JOIN_BODY_MAX = 64 * 1024
+# Answers that never carry a body (RFC 9110 section 6.4.1), whose head is not held.
+BODILESS_STATUSES = frozenset((204, 304))
 
 
 class BatchPool:
@@ -648,13 +650,16 @@ class ZeroCopyCycle(RequestResponseCycle):
             and not self.response_started
             # Other requests under way: the server is busy, and the join pays.
             and len(self.tasks) > 1
+            # A body to join: the head of a HEAD, 204 or 304 answer is its one write anyway.
+            and self.scope["method"] != "HEAD"
+            and message["status"] not in BODILESS_STATUSES
         ) or (
             held is not None
             and kind == "http.response.body"
             and len(message.get("body", b"")) <= JOIN_BODY_MAX
         ):
             # While the server is busy, the head is built and held back so that a small body
-            # (at most JOIN_BODY_MAX bytes, or none: HEAD, 204, 304) goes out in the same
+            # (at most JOIN_BODY_MAX bytes, an empty one included) goes out in the same
             # write: one `sendto` and one TCP segment per small response instead of two,
             # ~5 µs of a manifest GET's CPU at 16 connections. A request alone is not joined:
             # the head sent first wakes its client while the body follows, and on one

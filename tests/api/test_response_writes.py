@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from starlette.types import Receive, Scope, Send
 
+from cangku import server
 from cangku.server import JOIN_BODY_MAX
 from tests.api.test_zero_copy_server import serve
 
@@ -31,14 +32,16 @@ Writes = list[bytes]
 
 @pytest.fixture
 def writes(monkeypatch: pytest.MonkeyPatch) -> Writes:
-    """Every write to a socket transport of the server, in order."""
+    """Every write of bytes to a socket transport of the server, in order (an empty write
+    sends nothing: asyncio returns at once; uvicorn makes one for an empty body)."""
     seen: Writes = []
     # asyncio's socket transport (private, untyped): the loop `cangku serve` runs.
     transport_class: Any = getattr(selector_events, "_SelectorSocketTransport")  # noqa: B009
     real: Callable[..., None] = transport_class.write
 
     def recorded(transport: Any, data: bytes) -> None:
-        seen.append(bytes(data))
+        if data:
+            seen.append(bytes(data))
         real(transport, data)
 
     monkeypatch.setattr(transport_class, "write", recorded)
@@ -206,13 +209,30 @@ async def test_a_busy_server_writes_a_small_response_in_one_write(
     [("HEAD", "/small", 200), ("GET", "/empty", 204), ("GET", "/unchanged", 304)],
 )
 async def test_a_busy_server_writes_a_response_without_a_body_as_one_write_of_its_head(
-    port: int, app: App, writes: Writes, method: str, path: str, status: int
+    port: int,
+    app: App,
+    writes: Writes,
+    method: str,
+    path: str,
+    status: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Written as uvicorn builds it, not held: there is no body to join it with (holding
+    it cost HEAD ~5 % of its requests per second at 16 and 64 connections)."""
+    held: list[str] = []  # The method of each request whose head was held.
+    add = server._HeldHeads.add
+
+    def recording(heads: server._HeldHeads, cycle: server.ZeroCopyCycle) -> None:
+        held.append(cycle.scope["method"])
+        add(heads, cycle)
+
+    monkeypatch.setattr(server._HeldHeads, "add", recording)
     request = f"{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
 
     got, seen = await busy_exchange(port, app, writes, request, b"\r\n\r\n")
     assert got.startswith(f"HTTP/1.1 {status} ".encode())
     assert seen == [got]
+    assert held == []
     if method == "HEAD":
         assert b"content-length: 10\r\n" in got
 
