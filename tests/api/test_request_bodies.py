@@ -620,6 +620,39 @@ async def test_a_stream_as_slow_as_dockerd_is_read_in_reads_of_a_hundred_kilobyt
     assert sum(later) / len(later) >= 128 * 1024, str(later)
 
 
+async def send_chunked_from_another_process(
+    port: int, size: int, piece: int, *, pause: float
+) -> None:
+    """PUT `size` bytes of "x" as a chunked body from another process (as a real client
+    is): a blocking write per `piece`-byte chunk, with `pause` seconds after each (0: as
+    fast as the socket takes them); check that the answer carries the body's sha256."""
+    digest = sha256(b"x" * size).removeprefix("sha256:")
+    client = f"""
+import socket, sys, time
+raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+raw.sendall(b"PUT /fast HTTP/1.1\\r\\nHost: t\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n")
+chunk = b"%x\\r\\n" % {piece} + b"x" * {piece} + b"\\r\\n"
+for _ in range({size // piece}):
+    raw.sendall(chunk)
+    if {pause}:
+        time.sleep({pause})
+raw.sendall(b"0\\r\\n\\r\\n")
+answer = b""
+while received := raw.recv(65536):
+    answer += received
+    if answer.endswith(b"{digest}"):
+        break
+sys.stdout.write(answer.decode())
+"""
+    pushed = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", client, str(port), stdout=asyncio.subprocess.PIPE
+    )
+    answer, _ = await pushed.communicate()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert answer.endswith(digest.encode()), answer[-200:]
+
+
 async def test_a_fast_client_behind_a_small_receive_buffer_is_not_held_by_long_pauses(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -650,31 +683,8 @@ async def test_a_fast_client_behind_a_small_receive_buffer_is_not_held_by_long_p
     monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", recording)
 
     size, piece = 32 * BODY_BATCH, 32 * 1024
-    # Another process (as a real client is): a blocking write per chunk, as fast as the
-    # socket takes them, then the server's answer (the body's sha256) on stdout.
-    client = f"""
-import socket, sys
-raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
-raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-raw.sendall(b"PUT /fast HTTP/1.1\\r\\nHost: t\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n")
-chunk = b"%x\\r\\n" % {piece} + b"x" * {piece} + b"\\r\\n"
-for _ in range({size // piece}):
-    raw.sendall(chunk)
-raw.sendall(b"0\\r\\n\\r\\n")
-answer = b""
-while received := raw.recv(65536):
-    answer += received
-    if answer.endswith(b"{sha256(b"x" * size).removeprefix("sha256:")}"):
-        break
-sys.stdout.write(answer.decode())
-"""
     async with serving(Recorder(), data_dir) as port:
-        pushed = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", client, str(port), stdout=asyncio.subprocess.PIPE
-        )
-        answer, _ = await pushed.communicate()
-    assert answer.startswith(b"HTTP/1.1 200 ")
-    assert answer.endswith(sha256(b"x" * size).removeprefix("sha256:").encode())
+        await send_chunked_from_another_process(port, size, piece, pause=0.0)
     gathered_much = [
         (nbytes, delay, following)
         for nbytes, delay, following in after_pauses
@@ -707,34 +717,10 @@ async def test_a_fast_sender_is_never_paused(
             paused.append(nbytes)
 
     monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", recording)
-    size, piece = 32 * BODY_BATCH, 64 * 1024
-    digest = sha256(b"y" * size).removeprefix("sha256:")
-    # Another process (as a real client is), slower than the server reads (so that reads
-    # find the socket drained, and are small) and far faster than FAST_SENDER: a 64 KiB
-    # write every ~0.5 ms, ~100 MB/s.
-    client = f"""
-import socket, sys, time
-raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
-raw.sendall(b"PUT /fast HTTP/1.1\\r\\nHost: t\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n")
-chunk = b"%x\\r\\n" % {piece} + b"y" * {piece} + b"\\r\\n"
-for _ in range({size // piece}):
-    raw.sendall(chunk)
-    time.sleep(0.0005)
-raw.sendall(b"0\\r\\n\\r\\n")
-answer = b""
-while received := raw.recv(65536):
-    answer += received
-    if answer.endswith(b"{digest}"):
-        break
-sys.stdout.write(answer.decode())
-"""
+    # Slower than the server reads (so that reads find the socket drained, and are small)
+    # and far faster than FAST_SENDER: a 64 KiB write every ~0.5 ms, ~100 MB/s.
     async with serving(Recorder(), data_dir) as port:
-        pushed = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", client, str(port), stdout=asyncio.subprocess.PIPE
-        )
-        answer, _ = await pushed.communicate()
-    assert answer.startswith(b"HTTP/1.1 200 ")
-    assert answer.endswith(digest.encode())
+        await send_chunked_from_another_process(port, 32 * BODY_BATCH, 64 * 1024, pause=0.0005)
     assert paused == [], paused
     # Reads smaller than COALESCE_BELOW past the first batch: each would have paused before.
     assert sum(nbytes < server.COALESCE_BELOW for nbytes in reads[32:]) > 100, reads
