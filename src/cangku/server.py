@@ -109,9 +109,10 @@ COALESCE_DELAY = 0.020
 COALESCE_DELAY_FAST = 0.005
 # Bytes per second from which a body's sender counts as fast and is never paused: a pause
 # lets a fast client's bytes wait in a full socket buffer, and the body's last read waits
-# the whole pause, which on 8 MiB PATCHes at ~600 MB/s was ~10 % of each. dockerd's gzip
-# streams come at 6-16 MB/s; clients sending from memory or disk at hundreds of MB/s
-# (docs/performance.md, "Fast senders are not paused (session 11)").
+# the whole pause: the benchmark's 8 MiB PATCHes took 17-20 ms each instead of ~12 (64 MiB
+# chunked: 406-458 against 649-650 MiB/s). dockerd's gzip streams come at 6-16 MB/s;
+# clients sending from memory or disk at hundreds of MB/s (docs/performance.md, "Fast
+# senders are not paused (session 11)").
 FAST_SENDER = 64_000_000
 # Whole batches kept for reuse per event-loop thread (BODY_BATCH bytes each): a fresh 1 MiB
 # buffer costs ~200 page faults per MB pushed (the allocator hands such sizes back to the
