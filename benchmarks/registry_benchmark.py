@@ -253,6 +253,15 @@ class Registry:
                 system += int(fields[12])
         return user / CLOCK_TICKS, system / CLOCK_TICKS
 
+    def minor_faults(self) -> int:
+        """Minor page faults of the server and its descendants so far (/proc/PID/stat): each
+        is a page of memory the process touched for the first time (or again after reclaim)."""
+        faults = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                faults += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+        return faults
+
     def rss_peak_kib(self) -> tuple[int, int]:
         """(VmHWM of the main process, sum of VmHWM over it and its descendants) in KiB."""
         values: list[int] = []
@@ -1328,16 +1337,18 @@ class Bench:
                     os.sync()
                     free_before = free_memory_mib()
                     user_before, system_before = registry.cpu_split()
+                    faults_before = registry.minor_faults()
                     pushes[registry.name].append(timed_docker(["push", ref]))
                     user_after, system_after = registry.cpu_split()
                     megabytes = push_row.megabytes or 1
                     user = (user_after - user_before) * 1000 / megabytes
                     system = (system_after - system_before) * 1000 / megabytes
+                    faults = (registry.minor_faults() - faults_before) / megabytes
                     push_cpu[registry.name].append(user + system)
                     log(
                         f"docker push {registry.name}: {pushes[registry.name][-1]:.2f} s, "
-                        f"server CPU ms/MB user+system {user:.2f}+{system:.2f} "
-                        f"(free {free_before} MiB)"
+                        f"server CPU ms/MB user+system {user:.2f}+{system:.2f}, "
+                        f"minor faults/MB {faults:.0f} (free {free_before} MiB)"
                     )
                 except Exception as error:
                     push_row.notes[registry.name] = f"error: {error}"[:200]
