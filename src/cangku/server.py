@@ -236,7 +236,10 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         self._coalescing: asyncio.TimerHandle | None = None
         self._paused_before = False  # The next read follows a coalescing pause.
         self._coalesce_delay = COALESCE_DELAY  # The next pause's (seconds).
-        self._body_since = 0.0  # When a body read in batches began (loop clock, seconds).
+        # When the first bytes of a body read in batches came (loop clock, seconds): not when
+        # its headers did, which a client sending `Expect: 100-continue` (curl, from 1 MiB)
+        # or an application slow to ask for the body would count against the sender's pace.
+        self._body_since = 0.0
         self._offered = RECEIVE_BUFFER  # Bytes the last get_buffer offered.
         self._held_heads = _HeldHeads.of(self.loop)
         # Where the zero-copy extension works (see _start_asgi_task): fixed per connection.
@@ -336,6 +339,8 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         self._unset_keepalive_if_required()
         self._direct_left -= nbytes
         cycle = cast(ZeroCopyCycle, self.cycle)
+        if not cycle.body_seen:
+            self._body_since = self._clock()
         if cycle.batch is None:  # Read into the shared buffer (direct_buffer).
             full = cycle.stage(self._receive_view[:nbytes], self._direct_left)
         else:
@@ -369,11 +374,9 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
             if chunked:
                 # Its pieces copied into pooled batches (joining them took a fresh buffer).
                 cast(ZeroCopyCycle, cycle).in_batches = True
-                self._body_since = self._clock()
             elif length >= DIRECT_BODY_MIN:
                 self._direct_left = length
                 cast(ZeroCopyCycle, cycle).in_batches = True
-                self._body_since = self._clock()
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
@@ -387,6 +390,8 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
             return  # As uvicorn: answered already, the rest of the body is dropped.
         if cycle.in_batches:
+            if not cycle.body_seen:
+                self._body_since = self._clock()
             full = cycle.copy_into_batches(body, direct or None)
         else:
             full = cycle.add_body(body) >= BODY_BATCH

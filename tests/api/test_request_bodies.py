@@ -623,17 +623,19 @@ async def test_a_stream_as_slow_as_dockerd_is_read_in_reads_of_a_hundred_kilobyt
 
 
 async def send_chunked_from_another_process(
-    port: int, size: int, piece: int, *, pause: float
+    port: int, size: int, piece: int, *, pause: float, before_body: float = 0.0
 ) -> None:
     """PUT `size` bytes of "x" as a chunked body from another process (as a real client
-    is): a blocking write per `piece`-byte chunk, with `pause` seconds after each (0: as
-    fast as the socket takes them); check that the answer carries the body's sha256."""
+    is): the headers, `before_body` seconds of nothing, then a blocking write per
+    `piece`-byte chunk, with `pause` seconds after each (0: as fast as the socket takes
+    them); check that the answer carries the body's sha256."""
     digest = sha256(b"x" * size).removeprefix("sha256:")
     client = f"""
 import socket, sys, time
 raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 raw.sendall(b"PUT /fast HTTP/1.1\\r\\nHost: t\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n")
+time.sleep({before_body})
 chunk = b"%x\\r\\n" % {piece} + b"x" * {piece} + b"\\r\\n"
 for _ in range({size // piece}):
     raw.sendall(chunk)
@@ -726,3 +728,28 @@ async def test_a_fast_sender_is_never_paused(
     assert paused == [], paused
     # Reads smaller than COALESCE_BELOW past the first batch: each would have paused before.
     assert sum(nbytes < server.COALESCE_BELOW for nbytes in reads[32:]) > 100, reads
+
+
+async def test_a_fast_sender_is_rated_from_its_first_body_byte(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender's pace counts from the body's first byte, not from its headers: a client
+    waiting for `100 Continue` (curl does from 1 MiB) or an application slow to ask for the
+    body leave a gap that is not the sender's. Here 0.3 s between the headers and a body
+    sent at ~100 MB/s: counted from the headers, its first 16 MiB would rate below the
+    16 MB/s FAST_SENDER of this test and be paused."""
+    monkeypatch.setattr(server, "FAST_SENDER", 16_000_000)
+    paused: list[int] = []
+    buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
+
+    def recording(protocol: server.ZeroCopyHttpProtocol, nbytes: int) -> None:
+        buffer_updated(protocol, nbytes)
+        if protocol._coalescing is not None:
+            paused.append(nbytes)
+
+    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", recording)
+    async with serving(Recorder(), data_dir) as port:
+        await send_chunked_from_another_process(
+            port, 32 * BODY_BATCH, 64 * 1024, pause=0.0005, before_body=0.3
+        )
+    assert paused == [], paused
