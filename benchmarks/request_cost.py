@@ -1,7 +1,7 @@
 """What one small request costs the server: CPU per request of each kind, builds side by side.
 
     .venv/bin/python benchmarks/request_cost.py [--cangku PROGRAM ...] [--auth] [--rounds 3]
-        [--requests 2000] [--only KIND,...] [--profile DIR]
+        [--requests 2000] [--only KIND,...] [--profile DIR] [--opcodes]
 
 Starts one `cangku serve` per `--cangku` program (default: this tree's `.venv/bin/cangku`;
 e.g. `/work/bench-old/.venv/bin/cangku` for an older build) on free loopback ports, each with
@@ -22,6 +22,15 @@ as registry_benchmark.py's paged tags row asks for; the 300 tags are pushed befo
 
 `--auth` starts the servers with authentication (not `--open`): every request carries a bearer
 token for `bench/cost` fetched once from /auth/token with the initial admin's password.
+`--opcodes` counts Python bytecode instructions per request instead of CPU time: the servers
+run with `benchmarks/opcodes/` first on PYTHONPATH (its sitecustomize counts the event loop
+thread's instructions, per function) and, besides the table, each kind's functions with the
+most instructions per request are listed per build (first round; for the upload kinds, of
+the whole loop: its POSTs and PUTs). A count does not move with
+the machine's load, so a few hundred requests tell two builds apart where CPU time needs
+rounds; it misses C code and other threads. A `--cangku` wrapper that sets PYTHONPATH must
+keep what is there.
+
 `--profile DIR` records each kind's loop with py-spy (`-f raw`, and `--profile-options`,
 default `--nonblocking`), one file per
 server and kind, in the first round only; `py-spy` must be on PATH or beside the interpreter.
@@ -72,8 +81,13 @@ SESSION_BATCH = 32
 LISTED_TAGS = 300
 
 
+OPCODE_COUNTER = Path(__file__).resolve().parent / "opcodes"
+
+
 class Server:
-    def __init__(self, label: str, program: str, root: Path, auth: bool) -> None:
+    def __init__(
+        self, label: str, program: str, root: Path, auth: bool, opcodes: bool = False
+    ) -> None:
         self.label = label
         self.port = free_loopback_port()
         self.data = root / label / "data"
@@ -81,6 +95,17 @@ class Server:
         self.log_path = root / label / "server.log"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("CANGKU_")}
         environment["CANGKU_LOG_LEVEL"] = "warning"
+        # --opcodes: where benchmarks/opcodes/sitecustomize.py writes its readings.
+        self.opcodes_dir: Path | None = None
+        self.readings = 0
+        self.functions: dict[str, int] = {}  # Per function, at the last reading.
+        if opcodes:
+            self.opcodes_dir = root / label / "opcodes"
+            self.opcodes_dir.mkdir()
+            environment["BENCH_OPCODES_DIR"] = str(self.opcodes_dir)
+            environment["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(OPCODE_COUNTER), environment.get("PYTHONPATH")])
+            )
         argv = [program, "serve", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data)]
         if not auth:
             argv.append("--open")
@@ -114,6 +139,14 @@ class Server:
         if auth:
             self.headers = {"Authorization": f"Bearer {self.fetch_token()}"}
         self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        if self.opcodes_dir is not None:
+            self.process.send_signal(signal.SIGUSR2)  # Start counting.
+            # A request between the signals: both pending at once, Python would run the
+            # handler of SIGUSR1 (the lower number) first, a reading before the start.
+            self.expect(200, "GET", "/v2/")
+            self.meter()
+            if not self.functions:
+                raise RuntimeError(f"{self.label}: no instructions counted (--opcodes)")
 
     def fetch_token(self) -> str:
         password_file = self.data / "initial-admin-password"
@@ -181,6 +214,23 @@ class Server:
             raise RuntimeError(f"{self.label}: {method} {target}: HTTP {response.status}")
         return response
 
+    def meter(self) -> float:
+        """What a loop of requests is measured by, so far: CPU seconds, or with --opcodes
+        the main thread's bytecode instructions (a reading of sitecustomize's counts)."""
+        if self.opcodes_dir is None:
+            return self.cpu_seconds()
+        self.readings += 1
+        reading = self.opcodes_dir / f"{self.process.pid}-{self.readings}.json"
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while not reading.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.label}: no opcode reading {reading.name}")
+            time.sleep(0.01)
+        counts = json.loads(reading.read_text())
+        self.functions = counts["functions"]
+        return float(counts["total"])
+
     def cpu_seconds(self) -> float:
         """CPU time of all the server's threads so far: the first field of each thread's
         /proc/PID/task/TID/schedstat (nanoseconds on the CPU), not /proc/PID/stat's 10 ms
@@ -245,7 +295,8 @@ class Fixture:
 def measure_kind(
     server: Server, kind: str, count: int, fixture: Fixture, round_index: int
 ) -> tuple[float, float, int]:
-    """(server CPU seconds, wall seconds, requests) of `count` requests of `kind`."""
+    """(server CPU seconds or instructions: Server.meter, wall seconds, requests) of `count`
+    requests of `kind`."""
     accept = {"Accept": OCI_MANIFEST}
     simple: dict[str, Callable[[], object]] = {
         "base": lambda: server.expect(200, "GET", "/v2/"),
@@ -264,13 +315,13 @@ def measure_kind(
     }
     if kind in simple:
         call = simple[kind]
-        cpu, wall = server.cpu_seconds(), time.perf_counter()
+        cpu, wall = server.meter(), time.perf_counter()
         for _ in range(count):
             call()
-        return server.cpu_seconds() - cpu, time.perf_counter() - wall, count
+        return server.meter() - cpu, time.perf_counter() - wall, count
     if kind == "manifest-put":
         headers = {"Content-Type": OCI_MANIFEST}
-        cpu, wall = server.cpu_seconds(), time.perf_counter()
+        cpu, wall = server.meter(), time.perf_counter()
         for index in range(count):
             server.expect(
                 201,
@@ -279,7 +330,7 @@ def measure_kind(
                 fixture.manifest,
                 headers,
             )
-        return server.cpu_seconds() - cpu, time.perf_counter() - wall, count
+        return server.meter() - cpu, time.perf_counter() - wall, count
     # The upload kinds: sessions started in batches, then finished; only the kind's own
     # requests are inside the measured interval.
     size = 1024 * 1024 if kind == "upload-put-1m" else 1024
@@ -291,19 +342,19 @@ def measure_kind(
         batch = min(SESSION_BATCH, count - done)
         blobs = [os.urandom(size) for _ in range(batch)]
         digests = [sha256_digest(blob) for blob in blobs]
-        cpu, wall = server.cpu_seconds(), time.perf_counter()
+        cpu, wall = server.meter(), time.perf_counter()
         locations = [
             server.expect(202, "POST", f"/v2/{REPOSITORY}/blobs/uploads/").headers["Location"]
             for _ in range(batch)
         ]
         if kind == "upload-post":
-            total_cpu += server.cpu_seconds() - cpu
+            total_cpu += server.meter() - cpu
             total_wall += time.perf_counter() - wall
-        cpu, wall = server.cpu_seconds(), time.perf_counter()
+        cpu, wall = server.meter(), time.perf_counter()
         for location, blob, digest in zip(locations, blobs, digests, strict=True):
             server.expect(201, "PUT", with_digest(location, digest), blob)
         if kind != "upload-post":
-            total_cpu += server.cpu_seconds() - cpu
+            total_cpu += server.meter() - cpu
             total_wall += time.perf_counter() - wall
         done += batch
     return total_cpu, total_wall, done
@@ -324,6 +375,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=2000, help="per kind and round")
     parser.add_argument("--only", help="comma-separated kinds")
+    parser.add_argument(
+        "--opcodes", action="store_true", help="bytecode instructions instead of CPU time"
+    )
     parser.add_argument("--profile", type=Path, help="directory for py-spy raw profiles")
     parser.add_argument(
         "--profile-options",
@@ -338,11 +392,14 @@ def main() -> None:
     kinds = [k for k in KINDS if args.only is None or k in args.only.split(",")]
     root = Path(tempfile.mkdtemp(prefix="cangku-request-cost-"))
     servers = [
-        Server(label, program, root, args.auth)
+        Server(label, program, root, args.auth, args.opcodes)
         for label, program in zip(labels, programs, strict=True)
     ]
     fixture = Fixture()
+    unit = "instructions" if args.opcodes else "µs CPU"
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    # --opcodes: instructions per request of each function, first round.
+    functions: dict[tuple[str, str], dict[str, float]] = {}
     try:
         for server in servers:
             server.wait_until_ready(args.auth)
@@ -365,17 +422,25 @@ def main() -> None:
                         )
                         time.sleep(1.0)
                     server.reconnect()
+                    before = server.functions if args.opcodes else {}
                     cpu, wall, count = measure_kind(
                         server, kind, args.requests, fixture, round_index
                     )
+                    if args.opcodes and round_index == 0:
+                        functions[(server.label, kind)] = {
+                            name: (total - before.get(name, 0)) / count
+                            for name, total in server.functions.items()
+                            if total > before.get(name, 0)
+                        }
                     if profiler is not None:
                         profiler.send_signal(signal.SIGINT)
                         profiler.wait(timeout=30)
-                    per_request = (cpu / count * 1e6, wall / count * 1e6)
+                    scale = 1 if args.opcodes else 1e6
+                    per_request = (cpu / count * scale, wall / count * 1e6)
                     results.setdefault((server.label, kind), []).append(per_request)
                     print(
                         f"round {round_index + 1} {server.label:>10} {kind:>14}: "
-                        f"{per_request[0]:8.1f} µs CPU, {per_request[1]:8.1f} µs wall",
+                        f"{per_request[0]:8.1f} {unit}, {per_request[1]:8.1f} µs wall",
                         flush=True,
                     )
         print(f"load average after: {os.getloadavg()}")
@@ -384,7 +449,8 @@ def main() -> None:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
     mode = "bearer token" if args.auth else "--open"
-    print(f"\nserver CPU µs per request, median of {args.rounds} rounds ({mode}; all rounds):\n")
+    measured = "bytecode instructions" if args.opcodes else "server CPU µs"
+    print(f"\n{measured} per request, median of {args.rounds} rounds ({mode}; all rounds):\n")
     print("| request | " + " | ".join(labels) + " |")
     print("|---|" + "---:|" * len(labels))
     for kind in kinds:
@@ -394,6 +460,25 @@ def main() -> None:
             rounds = ", ".join(f"{v:.0f}" for v in values)
             cells.append(f"{statistics.median(values):.0f} ({rounds})")
         print(f"| {kind} | " + " | ".join(cells) + " |")
+    for kind in kinds if args.opcodes else []:
+        print_functions(kind, labels, functions)
+
+
+def print_functions(
+    kind: str, labels: list[str], functions: dict[tuple[str, str], dict[str, float]], top: int = 20
+) -> None:
+    """The functions with the most instructions per request in any build, side by side."""
+    names: set[str] = set()
+    for label in labels:
+        per_function = functions.get((label, kind), {})
+        names.update(sorted(per_function, key=per_function.__getitem__, reverse=True)[:top])
+    print(f"\n{kind}: bytecode instructions per request, by function (first round)\n")
+    print("| function | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    last = functions.get((labels[-1], kind), {})
+    for name in sorted(names, key=lambda n: -last.get(n, 0)):
+        cells = [f"{functions.get((label, kind), {}).get(name, 0):.0f}" for label in labels]
+        print(f"| `{name}` | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
