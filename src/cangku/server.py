@@ -237,8 +237,9 @@ class ZeroCopyHttpProtocol(GuardedHttpProtocol, asyncio.BufferedProtocol):
         self._paused_before = False  # The next read follows a coalescing pause.
         self._coalesce_delay = COALESCE_DELAY  # The next pause's (seconds).
         # When the first bytes of a body read in batches came (loop clock, seconds): not when
-        # its headers did, which a client sending `Expect: 100-continue` (curl, from 1 MiB)
-        # or an application slow to ask for the body would count against the sender's pace.
+        # its headers did, so that a client waiting for `100 Continue` (curl, from 1 MiB) is
+        # not rated by that wait. (Time the application leaves a whole batch waiting, with
+        # reading paused, still counts against the sender.)
         self._body_since = 0.0
         self._offered = RECEIVE_BUFFER  # Bytes the last get_buffer offered.
         self._held_heads = _HeldHeads.of(self.loop)

@@ -622,26 +622,41 @@ async def test_a_stream_as_slow_as_dockerd_is_read_in_reads_of_a_hundred_kilobyt
     assert sum(later) / len(later) >= 128 * 1024, str(later)
 
 
-async def send_chunked_from_another_process(
-    port: int, size: int, piece: int, *, pause: float, before_body: float = 0.0
+async def send_body_from_another_process(
+    port: int,
+    size: int,
+    piece: int,
+    *,
+    pause: float,
+    before_body: float = 0.0,
+    chunked: bool = True,
 ) -> None:
-    """PUT `size` bytes of "x" as a chunked body from another process (as a real client
-    is): the headers, `before_body` seconds of nothing, then a blocking write per
-    `piece`-byte chunk, with `pause` seconds after each (0: as fast as the socket takes
-    them); check that the answer carries the body's sha256."""
+    """PUT `size` bytes of "x" from another process (as a real client is), as a chunked
+    body or with a Content-Length: the headers, `before_body` seconds of nothing, then a
+    blocking write per `piece`-byte piece (a chunk each if chunked), with `pause` seconds
+    after each (0: as fast as the socket takes them); check that the answer carries the
+    body's sha256."""
     digest = sha256(b"x" * size).removeprefix("sha256:")
+    if chunked:
+        framing, piece_bytes, end = (
+            "Transfer-Encoding: chunked",
+            f"b'%x\\r\\n' % {piece} + b'x' * {piece} + b'\\r\\n'",
+            "b'0\\r\\n\\r\\n'",
+        )
+    else:
+        framing, piece_bytes, end = f"Content-Length: {size}", f"b'x' * {piece}", "b''"
     client = f"""
 import socket, sys, time
 raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-raw.sendall(b"PUT /fast HTTP/1.1\\r\\nHost: t\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n")
+raw.sendall(b"PUT /fast HTTP/1.1\\r\\nHost: t\\r\\n{framing}\\r\\n\\r\\n")
 time.sleep({before_body})
-chunk = b"%x\\r\\n" % {piece} + b"x" * {piece} + b"\\r\\n"
+chunk = {piece_bytes}
 for _ in range({size // piece}):
     raw.sendall(chunk)
     if {pause}:
         time.sleep({pause})
-raw.sendall(b"0\\r\\n\\r\\n")
+raw.sendall({end})
 answer = b""
 while received := raw.recv(65536):
     answer += received
@@ -688,7 +703,7 @@ async def test_a_fast_client_behind_a_small_receive_buffer_is_not_held_by_long_p
 
     size, piece = 32 * BODY_BATCH, 32 * 1024
     async with serving(Recorder(), data_dir) as port:
-        await send_chunked_from_another_process(port, size, piece, pause=0.0)
+        await send_body_from_another_process(port, size, piece, pause=0.0)
     gathered_much = [
         (nbytes, delay, following)
         for nbytes, delay, following in after_pauses
@@ -724,32 +739,39 @@ async def test_a_fast_sender_is_never_paused(
     # Slower than the server reads (so that reads find the socket drained, and are small)
     # and far faster than FAST_SENDER: a 64 KiB write every ~0.5 ms, ~100 MB/s.
     async with serving(Recorder(), data_dir) as port:
-        await send_chunked_from_another_process(port, 32 * BODY_BATCH, 64 * 1024, pause=0.0005)
+        await send_body_from_another_process(port, 32 * BODY_BATCH, 64 * 1024, pause=0.0005)
     assert paused == [], paused
     # Reads smaller than COALESCE_BELOW past the first batch: each would have paused before.
     assert sum(nbytes < server.COALESCE_BELOW for nbytes in reads[32:]) > 100, reads
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
 async def test_a_fast_sender_is_rated_from_its_first_body_byte(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, chunked: bool
 ) -> None:
     """The sender's pace counts from the body's first byte, not from its headers: a client
-    waiting for `100 Continue` (curl does from 1 MiB) or an application slow to ask for the
-    body leave a gap that is not the sender's. Here 0.3 s between the headers and a body
-    sent at ~100 MB/s: counted from the headers, its first 16 MiB would rate below the
-    16 MB/s FAST_SENDER of this test and be paused."""
+    that waits for `100 Continue` before it sends the body (curl does from 1 MiB) leaves a
+    gap that is not its pace. Here 0.3 s between the headers and a body sent at ~100 MB/s:
+    counted from the headers, its first ~5 MB would rate below this test's 16 MB/s
+    FAST_SENDER and be paused. Chunked (the parser's path) and with a Content-Length (read
+    directly into batches)."""
     monkeypatch.setattr(server, "FAST_SENDER", 16_000_000)
+    reads: list[int] = []
     paused: list[int] = []
     buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
 
     def recording(protocol: server.ZeroCopyHttpProtocol, nbytes: int) -> None:
         buffer_updated(protocol, nbytes)
+        reads.append(nbytes)
         if protocol._coalescing is not None:
             paused.append(nbytes)
 
     monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", recording)
     async with serving(Recorder(), data_dir) as port:
-        await send_chunked_from_another_process(
-            port, 32 * BODY_BATCH, 64 * 1024, pause=0.0005, before_body=0.3
+        await send_body_from_another_process(
+            port, 32 * BODY_BATCH, 64 * 1024, pause=0.0005, before_body=0.3, chunked=chunked
         )
     assert paused == [], paused
+    # Reads smaller than COALESCE_BELOW past the first batch: each would have paused a slow
+    # sender, so the pace was looked at.
+    assert sum(nbytes < server.COALESCE_BELOW for nbytes in reads[32:]) > 100, reads
