@@ -26,10 +26,11 @@ token for `bench/cost` fetched once from /auth/token with the initial admin's pa
 run with `benchmarks/opcodes/` first on PYTHONPATH (its sitecustomize counts the event loop
 thread's instructions, per function) and, besides the table, each kind's functions with the
 most instructions per request are listed per build (first round; for the upload kinds, of
-the whole loop: its POSTs and PUTs). A count does not move with
-the machine's load, so a few hundred requests tell two builds apart where CPU time needs
-rounds; it misses C code and other threads. A `--cangku` wrapper that sets PYTHONPATH must
-keep what is there.
+the whole loop: its POSTs and PUTs). A count moves far less with the machine's load than CPU
+time (rounds of 300 requests agree within ~1 %: what the event loop does on its own timers
+and polls, counted too, grows with the loop's wall time), so a few hundred requests tell
+two builds apart where CPU time needs rounds; it misses C code and other threads. A
+`--cangku` wrapper that sets PYTHONPATH must keep what is there.
 
 `--profile DIR` records each kind's loop with py-spy (`-f raw`, and `--profile-options`,
 default `--nonblocking`), one file per
@@ -99,6 +100,7 @@ class Server:
         self.opcodes_dir: Path | None = None
         self.readings = 0
         self.functions: dict[str, int] = {}  # Per function, at the last reading.
+        self.thread_cpu: dict[str, int] = {}  # Nanoseconds per thread id, last read.
         if opcodes:
             self.opcodes_dir = root / label / "opcodes"
             self.opcodes_dir.mkdir()
@@ -234,12 +236,14 @@ class Server:
     def cpu_seconds(self) -> float:
         """CPU time of all the server's threads so far: the first field of each thread's
         /proc/PID/task/TID/schedstat (nanoseconds on the CPU), not /proc/PID/stat's 10 ms
-        ticks, which are ±4 % of a 3,000-request loop."""
-        total = 0
+        ticks, which are ±4 % of a 3,000-request loop. A thread that has ended (anyio's
+        workers end after 10 s idle) keeps its last reading: gone from /proc, its time
+        would drop out of the sum. (A thread that starts and ends between two readings is
+        missed.)"""
         for schedstat in Path(f"/proc/{self.process.pid}/task").glob("*/schedstat"):
             with contextlib.suppress(OSError, ValueError, IndexError):
-                total += int(schedstat.read_text().split()[0])
-        return total / 1e9
+                self.thread_cpu[schedstat.parent.name] = int(schedstat.read_text().split()[0])
+        return sum(self.thread_cpu.values()) / 1e9
 
     def stop(self) -> None:
         if self.connection is not None:
@@ -422,7 +426,11 @@ def main() -> None:
                         )
                         time.sleep(1.0)
                     server.reconnect()
-                    before = server.functions if args.opcodes else {}
+                    before: dict[str, int] = {}
+                    if args.opcodes and round_index == 0:
+                        # What came before (the fixture, the reconnect) is not the kind's.
+                        server.meter()
+                        before = server.functions
                     cpu, wall, count = measure_kind(
                         server, kind, args.requests, fixture, round_index
                     )

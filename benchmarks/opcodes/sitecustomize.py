@@ -7,10 +7,13 @@ the main thread (the event loop's) executes, from its next function call on; eac
 writes the counts so far to `BENCH_OPCODES_DIR/<pid>-<n>.json` for the n-th reading (a
 temporary file renamed) as `{"total": instructions, "functions": {"file:qualname": n}}`.
 
-A count of instructions does not depend on the machine's load, where CPU time on a shared
-machine moves by several per cent between runs: it tells which build does more Python work
-per request, and where. It misses what C code does (a builtin call is one instruction) and
-other threads (SQLite's writer). Counting makes the process 10-50x slower.
+A count of instructions moves far less with the machine's load than CPU time, which on a
+shared machine moves by several per cent between runs: it tells which build does more
+Python work per request, and where. Not exactly: what the event loop runs on its own (timer
+ticks, polls, periodic flushes) is counted too and grows with the wall time, which counting
+stretches (rounds of 300 requests agree within ~1 %). It misses what C code does (a builtin
+call is one instruction) and other threads (SQLite's writer). Counting makes the process
+10-50x slower.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def _install(directory: str) -> None:
         return instruction
 
     def start(signum: int, frame: FrameType | None) -> None:
+        # Python 3.12 turns instruction events on only if a frame asks for them already.
+        sys._getframe().f_trace_opcodes = True
         sys.settrace(call)
 
     def read(signum: int, frame: FrameType | None) -> None:
