@@ -14,6 +14,7 @@ import sys
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -716,45 +717,14 @@ async def test_a_fast_client_behind_a_small_receive_buffer_is_not_held_by_long_p
     ), gathered_much
 
 
-async def test_a_fast_sender_is_never_paused(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A body that comes at FAST_SENDER bytes a second or more is read as it comes: no
-    coalescing pause, whose wait a fast client spends blocked on a full socket buffer, and
-    whose last one holds the body's end (8 MiB PATCHes at ~600 MB/s went ~30 % slower).
-    FAST_SENDER lowered to 16 MB/s so that a loaded machine still finds this sender fast;
-    a sender below it is paused (the paced streams above)."""
-    monkeypatch.setattr(server, "FAST_SENDER", 16_000_000)
-    reads: list[int] = []
-    paused: list[int] = []
-    buffer_updated = server.ZeroCopyHttpProtocol.buffer_updated
-
-    def recording(protocol: server.ZeroCopyHttpProtocol, nbytes: int) -> None:
-        buffer_updated(protocol, nbytes)
-        reads.append(nbytes)
-        if protocol._coalescing is not None:
-            paused.append(nbytes)
-
-    monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", recording)
-    # Slower than the server reads (so that reads find the socket drained, and are small)
-    # and far faster than FAST_SENDER: a 64 KiB write every ~0.5 ms, ~100 MB/s.
-    async with serving(Recorder(), data_dir) as port:
-        await send_body_from_another_process(port, 32 * BODY_BATCH, 64 * 1024, pause=0.0005)
-    assert paused == [], paused
-    # Reads smaller than COALESCE_BELOW past the first batch: each would have paused before.
-    assert sum(nbytes < server.COALESCE_BELOW for nbytes in reads[32:]) > 100, reads
-
-
-@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
-async def test_a_fast_sender_is_rated_from_its_first_body_byte(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch, chunked: bool
-) -> None:
-    """The sender's pace counts from the body's first byte, not from its headers: a client
-    that waits for `100 Continue` before it sends the body (curl does from 1 MiB) leaves a
-    gap that is not its pace. Here 0.3 s between the headers and a body sent at ~100 MB/s:
-    counted from the headers, its first ~5 MB would rate below this test's 16 MB/s
-    FAST_SENDER and be paused. Chunked (the parser's path) and with a Content-Length (read
-    directly into batches)."""
+async def reads_of_a_fast_sender(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, **sending: Any
+) -> tuple[list[int], list[int]]:
+    """(every read's size, the sizes of the reads after which reading was paused) of a body
+    of 32 batches sent from another process as a 64 KiB write every ~0.5 ms: ~100 MB/s,
+    slower than the server reads (so that reads find the socket drained, and are small)
+    and far faster than FAST_SENDER, lowered to 16 MB/s here so that a loaded machine still
+    finds this sender fast. `sending`: send_body_from_another_process's keywords."""
     monkeypatch.setattr(server, "FAST_SENDER", 16_000_000)
     reads: list[int] = []
     paused: list[int] = []
@@ -769,8 +739,36 @@ async def test_a_fast_sender_is_rated_from_its_first_body_byte(
     monkeypatch.setattr(server.ZeroCopyHttpProtocol, "buffer_updated", recording)
     async with serving(Recorder(), data_dir) as port:
         await send_body_from_another_process(
-            port, 32 * BODY_BATCH, 64 * 1024, pause=0.0005, before_body=0.3, chunked=chunked
+            port, 32 * BODY_BATCH, 64 * 1024, pause=0.0005, **sending
         )
+    return reads, paused
+
+
+async def test_a_fast_sender_is_never_paused(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that comes at FAST_SENDER bytes a second or more is read as it comes: no
+    coalescing pause, whose wait a fast client spends blocked on a full socket buffer, and
+    whose last one holds the body's end (8 MiB PATCHes at ~600 MB/s went ~30 % slower).
+    A sender below it is paused (the paced streams above)."""
+    reads, paused = await reads_of_a_fast_sender(data_dir, monkeypatch)
+    assert paused == [], paused
+    # Reads smaller than COALESCE_BELOW past the first batch: each would have paused before.
+    assert sum(nbytes < server.COALESCE_BELOW for nbytes in reads[32:]) > 100, reads
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+async def test_a_fast_sender_is_rated_from_its_first_body_byte(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, chunked: bool
+) -> None:
+    """The sender's pace counts from the body's first byte, not from its headers: a client
+    that waits for `100 Continue` before it sends the body (curl does from 1 MiB) leaves a
+    gap that is not its pace. Here 0.3 s between the headers and the body: counted from the
+    headers, its first ~5 MB would rate below FAST_SENDER and be paused. Chunked (the
+    parser's path) and with a Content-Length (read directly into batches)."""
+    reads, paused = await reads_of_a_fast_sender(
+        data_dir, monkeypatch, before_body=0.3, chunked=chunked
+    )
     assert paused == [], paused
     # Reads smaller than COALESCE_BELOW past the first batch: each would have paused a slow
     # sender, so the pace was looked at.
