@@ -244,23 +244,25 @@ class Registry:
 
     def cpu_split(self) -> tuple[float, float]:
         """(user, system) CPU seconds of the server and its descendants so far."""
-        user = system = 0
-        for pid in self.pids():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                # Fields after the parenthesized command: utime and stime are 14th and 15th.
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                user += int(fields[11])
-                system += int(fields[12])
+        user, system, _ = self._stat_totals()
         return user / CLOCK_TICKS, system / CLOCK_TICKS
 
     def minor_faults(self) -> int:
-        """Minor page faults of the server and its descendants so far (/proc/PID/stat): each
-        is a page of memory the process touched for the first time (or again after reclaim)."""
-        faults = 0
+        """Minor page faults of the server and its descendants so far: each is a page of
+        memory the process touched for the first time (or again after reclaim)."""
+        return self._stat_totals()[2]
+
+    def _stat_totals(self) -> tuple[int, int, int]:
+        """(utime, stime in clock ticks, minflt) summed over the server and its descendants,
+        from /proc/PID/stat: fields 14, 15 and 10, counted after the parenthesized command."""
+        user = system = faults = 0
         for pid in self.pids():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                faults += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-        return faults
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                user += int(fields[11])
+                system += int(fields[12])
+                faults += int(fields[7])
+        return user, system, faults
 
     def rss_peak_kib(self) -> tuple[int, int]:
         """(VmHWM of the main process, sum of VmHWM over it and its descendants) in KiB."""
