@@ -29,6 +29,22 @@ async def test_head_version_check_answers_like_get(client: httpx.AsyncClient) ->
     assert response.content == b""
 
 
+async def test_every_v2_answer_carries_the_api_version_once(client: httpx.AsyncClient) -> None:
+    # The router adds the header to whatever a handler answered: success, upload, error.
+    started = await client.post("/v2/jimo/app/blobs/uploads/")
+    answers = [
+        await client.get("/v2/"),
+        started,
+        await client.get(started.headers["Location"]),
+        await client.get(f"/v2/jimo/app/blobs/{UNKNOWN}"),
+        await client.get("/v2/jimo/app/tags/list"),
+        await client.delete("/v2/"),
+    ]
+    assert [answer.status_code for answer in answers] == [200, 202, 204, 404, 404, 405]
+    for answer in answers:
+        assert answer.headers.get_list("Docker-Distribution-API-Version") == ["registry/2.0"]
+
+
 @pytest.mark.parametrize(
     "path", ["/v2/", "/v2/_catalog", "/v2/jimo/app/tags/list", "/v2/jimo/app/referrers/{digest}"]
 )

@@ -13,7 +13,8 @@ from cangku.content.errors import BlobUploadInvalid, PaginationNumberInvalid, Si
 from cangku.registry.context import REQUEST_ID, RequestContext
 from cangku.storage.base import UploadAborted
 
-API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+# Docker Registry HTTP API V2, "API Version Check"; the router adds it to every /v2 answer.
+API_VERSION_RAW = (b"docker-distribution-api-version", b"registry/2.0")
 CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d{1,19})-(\d{1,19})$")
 DIGITS = re.compile(r"^\d{1,19}$")
 

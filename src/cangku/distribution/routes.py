@@ -19,7 +19,7 @@ from cangku.auth.access import CATALOG, AccessControl
 from cangku.auth.permissions import DELETE, PULL, PUSH
 from cangku.content.errors import NameUnknown, RegistryError, Unsupported
 from cangku.distribution import base, blobs, catalog, manifests, referrers, tags, uploads
-from cangku.distribution.http import API_VERSION_HEADER, upload_location
+from cangku.distribution.http import API_VERSION_RAW, upload_location
 from cangku.http_errors import render_error
 from cangku.proxy.routing import REQUESTED_NAME
 from cangku.registry import Registry
@@ -118,7 +118,9 @@ class DistributionApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         response = await self.handle(request)
-        response.headers.update(API_VERSION_HEADER)
+        # On every answer under /v2, once (no handler sets it). Appended to the raw list:
+        # `headers.update` looks for the name among the others first (~130 instructions).
+        response.raw_headers.append(API_VERSION_RAW)
         if scope["method"] == "HEAD":
             # RFC 9110 §9.3.2: HEAD is GET without the body (the headers, lengths included).
             async def send_headers_only(message: Message) -> None:
