@@ -382,6 +382,9 @@ def main() -> None:
     parser.add_argument(
         "--opcodes", action="store_true", help="bytecode instructions instead of CPU time"
     )
+    parser.add_argument(
+        "--top", type=int, default=20, help="functions per kind in the --opcodes table"
+    )
     parser.add_argument("--profile", type=Path, help="directory for py-spy raw profiles")
     parser.add_argument(
         "--profile-options",
@@ -469,7 +472,7 @@ def main() -> None:
             cells.append(f"{statistics.median(values):.0f} ({rounds})")
         print(f"| {kind} | " + " | ".join(cells) + " |")
     for kind in kinds if args.opcodes else []:
-        print_functions(kind, labels, functions)
+        print_functions(kind, labels, functions, args.top)
 
 
 def print_functions(
