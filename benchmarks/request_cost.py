@@ -1,7 +1,7 @@
 """What one small request costs the server: CPU per request of each kind, builds side by side.
 
     .venv/bin/python benchmarks/request_cost.py [--cangku PROGRAM ...] [--auth] [--rounds 3]
-        [--requests 2000] [--only KIND,...] [--profile DIR] [--opcodes]
+        [--requests 2000] [--only KIND,...] [--profile DIR] [--opcodes [--top 20]]
 
 Starts one `cangku serve` per `--cangku` program (default: this tree's `.venv/bin/cangku`;
 e.g. `/work/bench-old/.venv/bin/cangku` for an older build) on free loopback ports, each with
@@ -371,6 +371,13 @@ def py_spy() -> str:
     return found
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cangku", action="append", help="a cangku program (repeatable)")
@@ -383,7 +390,7 @@ def main() -> None:
         "--opcodes", action="store_true", help="bytecode instructions instead of CPU time"
     )
     parser.add_argument(
-        "--top", type=int, default=20, help="functions per kind in the --opcodes table"
+        "--top", type=positive, default=20, help="functions per kind in the --opcodes table"
     )
     parser.add_argument("--profile", type=Path, help="directory for py-spy raw profiles")
     parser.add_argument(

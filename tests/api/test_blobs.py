@@ -29,18 +29,25 @@ async def test_head_version_check_answers_like_get(client: httpx.AsyncClient) ->
     assert response.content == b""
 
 
-async def test_every_v2_answer_carries_the_api_version_once(client: httpx.AsyncClient) -> None:
-    # The router adds the header to whatever a handler answered: success, upload, error.
+async def test_every_v2_answer_carries_the_api_version_once(
+    client: httpx.AsyncClient, data_dir: Path
+) -> None:
+    # The router adds the header to whatever a handler answered: success, upload, error;
+    # and so does a blob GET that answers an error in place of the blob (its file is gone).
     started = await client.post("/v2/jimo/app/blobs/uploads/")
+    vanished = await push_blob(client, "jimo/app", b"its file is deleted")
+    next((data_dir / "blobs").rglob(vanished.removeprefix("sha256:"))).unlink()
     answers = [
         await client.get("/v2/"),
         started,
         await client.get(started.headers["Location"]),
         await client.get(f"/v2/jimo/app/blobs/{UNKNOWN}"),
-        await client.get("/v2/jimo/app/tags/list"),
+        await client.get("/v2/jimo/nothing/tags/list"),
         await client.delete("/v2/"),
+        await client.get(f"/v2/jimo/app/blobs/{vanished}"),
     ]
-    assert [answer.status_code for answer in answers] == [200, 202, 204, 404, 404, 405]
+    statuses = [answer.status_code for answer in answers]
+    assert statuses == [200, 202, 204, 404, 404, 405, 404]
     for answer in answers:
         assert answer.headers.get_list("Docker-Distribution-API-Version") == ["registry/2.0"]
 

@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from cangku.asgi import ZERO_COPY_SEND
 from cangku.content.digest import Digest
 from cangku.content.errors import RangeInvalid, RegistryError
-from cangku.distribution.http import request_context, warning
+from cangku.distribution.http import API_VERSION_RAW, request_context, warning
 from cangku.http_errors import render_error
 from cangku.registry import Registry
 from cangku.registry.protocols import BlobService
@@ -118,8 +118,11 @@ class BlobResponse(Response):
             content = await self.blobs.open(self.digest, self.start, self.end)
         except RegistryError as error:
             # Nothing sent yet: a blob gone meanwhile (BLOB_UNKNOWN), or a mirror's upstream
-            # failing (TOOMANYREQUESTS, UNAVAILABLE) is still a proper error response.
-            await render_error(error)(scope, receive, send)
+            # failing (TOOMANYREQUESTS, UNAVAILABLE) is still a proper error response, with
+            # the router's API version header, which this response carries.
+            answer = render_error(error)
+            answer.raw_headers.append(API_VERSION_RAW)
+            await answer(scope, receive, send)
             return
         if isinstance(content, Redirect):
             await _redirect(content.url, scope, receive, send)
@@ -193,6 +196,7 @@ async def _redirect(url: str, scope: Scope, receive: Receive, send: Send) -> Non
         status_code=307,
         headers={"Location": url, "Content-Length": "0", "Cache-Control": "no-store"},
     )
+    response.raw_headers.append(API_VERSION_RAW)  # As the router adds to every /v2 answer.
     await response(scope, receive, send)
 
 

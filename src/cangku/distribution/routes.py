@@ -118,7 +118,8 @@ class DistributionApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         response = await self.handle(request)
-        # On every answer under /v2, once (no handler sets it). Appended to the raw list:
+        # On every answer under /v2, once: handlers must not set it (a response sent in
+        # place of the returned one adds it itself: blobs.py). Appended to the raw list:
         # `headers.update` looks for the name among the others first (~130 instructions).
         response.raw_headers.append(API_VERSION_RAW)
         if scope["method"] == "HEAD":

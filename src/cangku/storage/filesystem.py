@@ -291,8 +291,12 @@ class FilesystemStorage:
         """The session's file, opened in `mode` and locked against every other request for
         it, of this process and of others; BlobUploadUnknown, leaving no lock behind, if
         there is no such session (else every request with a made-up id would leave one)."""
-        if not os.path.exists(path):
-            raise BlobUploadUnknown("unknown upload")
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            # Only these: another error (EACCES, EIO, ESTALE on NFS) is the server's, and a
+            # 404 would make the client give up an upload that exists.
+            raise BlobUploadUnknown("unknown upload") from None
         async with self._upload_lock(upload_id):
             try:
                 file = cast(BinaryIO, open(path, mode))  # noqa: SIM115 - closed below
