@@ -107,8 +107,8 @@ class FilesystemStorage:
             probe.unlink(missing_ok=True)
 
     # -- paths -----------------------------------------------------------------------------
-    # Built as str: a Path join costs ~100 bytecode instructions; as Paths, a small blob's
-    # POST and PUT ran ~1,150 more of them on the event loop, of ~15,200
+    # Built as str: a Path join costs ~100 bytecode instructions; as Paths, the PUT that
+    # finishes a small blob's upload ran ~1,150 more of them on the event loop, of ~15,200
     # (`benchmarks/request_cost.py --opcodes`).
     def blob_path(self, digest: Digest) -> Path:
         return Path(self._blob_file(digest))
