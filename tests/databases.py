@@ -1,12 +1,20 @@
 """The metadata database a test runs on: SQLite in the test's data directory, or, with
 CANGKU_TEST_POSTGRES set to a PostgreSQL URL of a role that may create databases, a fresh
 PostgreSQL database per test, dropped afterwards (`.ci/run` runs the API and account tests
-both ways)."""
+both ways).
+
+A database is migrated to the newest schema as a copy of one migrated once per test run (a
+file copy on SQLite, `CREATE DATABASE ... TEMPLATE` on PostgreSQL): migrating each test's
+own took ~0.1 s on SQLite and ~0.4 s on PostgreSQL, minutes of a CI run. Tests of the
+migrations themselves ask for an empty one (`migrated=False`)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,30 +24,90 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from cangku.metadata.store import MetadataStore, sqlite_url
+from cangku.metadata.store import MetadataStore, create_database_engine, migrate, sqlite_url
 
 POSTGRES_ADMIN_URL = os.environ.get("CANGKU_TEST_POSTGRES")
 
+# The migrated originals, made on first use: a SQLite file, a PostgreSQL database's name.
+_sqlite_template: Path | None = None
+_postgres_template: str | None = None
+
 
 @contextlib.contextmanager
-def fresh_database(data_dir: Path) -> Iterator[str]:
-    """The URL of an empty metadata database for one test."""
+def fresh_database(data_dir: Path, *, migrated: bool = True) -> Iterator[str]:
+    """The URL of a metadata database of the test's own: at the newest schema, or, with
+    `migrated=False`, empty."""
     if not POSTGRES_ADMIN_URL:
+        if migrated:
+            shutil.copyfile(_migrated_sqlite(), data_dir / "cangku.db")
         yield sqlite_url(data_dir)
         return
     name = f"cangku_test_{uuid.uuid4().hex}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        template = f' TEMPLATE "{_migrated_postgres(admin)}"' if migrated else ""
+        _create(admin, f'CREATE DATABASE "{name}"{template}')
         try:
-            yield (
-                make_url(POSTGRES_ADMIN_URL)
-                .set(database=name)
-                .render_as_string(hide_password=False)
-            )
+            yield _url_of(name)
         finally:
             _drop(admin, name)
+    finally:
+        admin.dispose()
+
+
+def _url_of(name: str) -> str:
+    assert POSTGRES_ADMIN_URL
+    return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def _migrated_sqlite() -> Path:
+    global _sqlite_template
+    if _sqlite_template is None:
+        directory = Path(tempfile.mkdtemp(prefix="cangku-test-template-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        engine = create_database_engine(sqlite_url(directory))
+        migrate(engine)
+        engine.dispose()  # The last connection's close folds the WAL into the file.
+        if (directory / "cangku.db-wal").exists():
+            raise RuntimeError("the migrated SQLite template kept a WAL file: not copyable")
+        _sqlite_template = directory / "cangku.db"
+    return _sqlite_template
+
+
+def _migrated_postgres(admin: Engine) -> str:
+    global _postgres_template
+    if _postgres_template is None:
+        name = f"cangku_test_template_{uuid.uuid4().hex}"
+        _create(admin, f'CREATE DATABASE "{name}"')
+        atexit.register(_drop_template, name)
+        engine = create_database_engine(_url_of(name))
+        migrate(engine)
+        engine.dispose()
+        with admin.connect() as connection:
+            # A copy needs the template without sessions; autovacuum does not open one in a
+            # database that allows none (but for wraparound, which a test run never nears).
+            connection.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+        _postgres_template = name
+    return _postgres_template
+
+
+def _create(admin: Engine, statement: str) -> None:
+    # A copy fails while another session is in its template; retried as _drop is.
+    for attempt in range(5):
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(statement))
+            return
+        except OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _drop_template(name: str) -> None:
+    admin = create_engine(POSTGRES_ADMIN_URL or "", isolation_level="AUTOCOMMIT")
+    try:
+        _drop(admin, name)
     finally:
         admin.dispose()
 

@@ -6,6 +6,7 @@ embedded SQLite database it still does, at start.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,19 @@ from cangku.metadata.store import (
     schema_revision,
     sqlite_url,
 )
-from tests.databases import POSTGRES_ADMIN_URL
+from tests.databases import POSTGRES_ADMIN_URL, fresh_database
 
 postgresql_only = pytest.mark.skipif(
     not POSTGRES_ADMIN_URL, reason="a shared database: PostgreSQL (CANGKU_TEST_POSTGRES)"
 )
+
+
+@pytest.fixture
+def database_url(data_dir: Path) -> Iterator[str]:
+    """An empty database (not the conftest's migrated one): these tests migrate it."""
+    data_dir.mkdir()
+    with fresh_database(data_dir, migrated=False) as url:
+        yield url
 
 
 def _config(tmp_path: Path, database_url: str) -> Path:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, text
 
 from cangku.metadata.store import MIGRATIONS, create_database_engine
 from cangku.registry.tags import newest_release, version_columns, version_page
+from tests.databases import fresh_database
 
 A, B, C = (f"sha256:{letter * 64}" for letter in "abc")
 BEFORE = {
@@ -21,6 +24,14 @@ BEFORE = {
     "latest": B,
     "stable": A,
 }
+
+
+@pytest.fixture
+def database_url(data_dir: Path) -> Iterator[str]:
+    """An empty database (not the conftest's migrated one): these tests migrate it."""
+    data_dir.mkdir()
+    with fresh_database(data_dir, migrated=False) as url:
+        yield url
 
 
 def upgrade(engine, revision: str) -> None:

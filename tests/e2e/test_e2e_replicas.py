@@ -120,7 +120,7 @@ def cluster(
     nginx = require_client("nginx")
     assert admin and settings.secret_access_key is not None
     storage = S3Storage.from_settings(settings)
-    with fresh_database(tmp_path) as database_url:
+    with fresh_database(tmp_path, migrated=False) as database_url:
         config = tmp_path / "replicas.yaml"
         config.write_text(
             f"database_url: {database_url}\n"
