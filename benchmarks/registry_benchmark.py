@@ -1323,6 +1323,7 @@ class Bench:
         # A registry that already has a layer is not sent it again, so every repetition pushes
         # a freshly built image with new random layers.
         base = self.docker_import_base()
+        engine = dockerd_pid()  # Its CPU per push is logged beside the server's.
         refs: list[dict[str, str]] = []
         pushes: dict[str, list[float]] = {r.name: [] for r in self.registries}
         for repetition in range(s.docker_repetitions):
@@ -1340,10 +1341,10 @@ class Bench:
                     free_before = free_memory_mib()
                     user_before, system_before = registry.cpu_split()
                     faults_before = registry.minor_faults()
-                    dockerd_before = dockerd_cpu_seconds()
+                    dockerd_before = None if engine is None else process_cpu_seconds(engine)
                     pushes[registry.name].append(timed_docker(["push", ref]))
                     user_after, system_after = registry.cpu_split()
-                    dockerd_after = dockerd_cpu_seconds()
+                    dockerd_after = None if engine is None else process_cpu_seconds(engine)
                     megabytes = push_row.megabytes or 1
                     user = (user_after - user_before) * 1000 / megabytes
                     system = (system_after - system_before) * 1000 / megabytes
@@ -1352,7 +1353,7 @@ class Bench:
                     # The client's side of the push (dockerd gzips every layer): the wall
                     # time is shared between it and the server on the same cores.
                     client = (
-                        f"{dockerd_after - dockerd_before:.2f} s"
+                        f"{(dockerd_after - dockerd_before) * 1000 / megabytes:.1f} ms/MB"
                         if dockerd_before is not None and dockerd_after is not None
                         else "unknown"
                     )
@@ -1498,17 +1499,38 @@ def machine_info(registries: list[Registry]) -> list[str]:
     ]
 
 
-def dockerd_cpu_seconds() -> float | None:
-    """User + system CPU seconds of the local dockerd so far (all its threads; field 14 and
-    15 of /proc/PID/stat), or None if no process named dockerd is found."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            text = stat.read_text()
-            if text[text.index("(") + 1 : text.rindex(")")] != "dockerd":
-                continue
-            fields = text.rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return None
+def dockerd_pid() -> int | None:
+    """The local engine's PID: the one in /var/run/docker.pid if it is a dockerd, else the
+    only process named dockerd; None if there is none, or several (engines in containers)."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(Path("/var/run/docker.pid").read_text())
+        if process_name(pid) == "dockerd":
+            return pid
+    found = [
+        int(stat.parent.name)
+        for stat in Path("/proc").glob("[0-9]*/stat")
+        if process_name(int(stat.parent.name)) == "dockerd"
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def process_name(pid: int) -> str | None:
+    """The command name in /proc/PID/stat (between the first "(" and the last ")")."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.find("(") + 1 : text.rfind(")")]
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far, all its threads (fields 14 and 15
+    of /proc/PID/stat); None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def free_memory_mib() -> int:

@@ -66,8 +66,10 @@ def _migrated_sqlite() -> Path:
         directory = Path(tempfile.mkdtemp(prefix="cangku-test-template-"))
         atexit.register(shutil.rmtree, directory, ignore_errors=True)
         engine = create_database_engine(sqlite_url(directory))
-        migrate(engine)
-        engine.dispose()  # The last connection's close folds the WAL into the file.
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()  # The last connection's close folds the WAL into the file.
         if (directory / "cangku.db-wal").exists():
             raise RuntimeError("the migrated SQLite template kept a WAL file: not copyable")
         _sqlite_template = directory / "cangku.db"
@@ -81,11 +83,14 @@ def _migrated_postgres(admin: Engine) -> str:
         _create(admin, f'CREATE DATABASE "{name}"')
         atexit.register(_drop_template, name)
         engine = create_database_engine(_url_of(name))
-        migrate(engine)
-        engine.dispose()
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()  # A session left in the template would fail every copy.
         with admin.connect() as connection:
-            # A copy needs the template without sessions; autovacuum does not open one in a
-            # database that allows none (but for wraparound, which a test run never nears).
+            # Keeps clients out of the template, as a copy fails while a session is in it.
+            # An autovacuum worker may still enter; CREATE DATABASE stops it, and _create
+            # retries.
             connection.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
         _postgres_template = name
     return _postgres_template

@@ -25,8 +25,17 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def database_url(data_dir: Path) -> Iterator[str]:
+    """A database at the newest schema, the test's own."""
     data_dir.mkdir()
     with fresh_database(data_dir) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database_url(data_dir: Path) -> Iterator[str]:
+    """An empty database, for the tests of the migrations themselves."""
+    data_dir.mkdir()
+    with fresh_database(data_dir, migrated=False) as url:
         yield url
 
 

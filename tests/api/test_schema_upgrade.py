@@ -6,7 +6,6 @@ embedded SQLite database it still does, at start.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,19 +24,11 @@ from cangku.metadata.store import (
     schema_revision,
     sqlite_url,
 )
-from tests.databases import POSTGRES_ADMIN_URL, fresh_database
+from tests.databases import POSTGRES_ADMIN_URL
 
 postgresql_only = pytest.mark.skipif(
     not POSTGRES_ADMIN_URL, reason="a shared database: PostgreSQL (CANGKU_TEST_POSTGRES)"
 )
-
-
-@pytest.fixture
-def database_url(data_dir: Path) -> Iterator[str]:
-    """An empty database (not the conftest's migrated one): these tests migrate it."""
-    data_dir.mkdir()
-    with fresh_database(data_dir, migrated=False) as url:
-        yield url
 
 
 def _config(tmp_path: Path, database_url: str) -> Path:
@@ -56,17 +47,17 @@ def _revision(url: str) -> str | None:
 
 @postgresql_only
 def test_serve_refuses_an_empty_shared_database_and_db_upgrade_makes_it_usable(
-    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, empty_database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = _config(tmp_path, database_url)
+    config = _config(tmp_path, empty_database_url)
     settings = load_settings(config)
     assert serve_forever(settings) == 2
     assert "run `cangku db upgrade`" in capsys.readouterr().err
-    assert _revision(database_url) is None  # The server did not migrate it.
+    assert _revision(empty_database_url) is None  # The server did not migrate it.
 
     assert cli.main(["db", "upgrade", "--config", str(config)]) == 0
     assert f"to {head_revision()}" in capsys.readouterr().out
-    assert _revision(database_url) == head_revision()
+    assert _revision(empty_database_url) == head_revision()
     registry = build_registry(settings)  # What serve starts with: accepted now.
     registry.metadata.engine.dispose()
 
@@ -76,9 +67,9 @@ def test_serve_refuses_an_empty_shared_database_and_db_upgrade_makes_it_usable(
 
 @postgresql_only
 def test_serve_refuses_an_older_schema_and_says_what_to_run(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, empty_database_url: str
 ) -> None:
-    engine = create_engine(database_url)
+    engine = create_engine(empty_database_url)
     try:
         alembic = _alembic_config()
         with engine.begin() as connection:
@@ -86,21 +77,21 @@ def test_serve_refuses_an_older_schema_and_says_what_to_run(
             command.upgrade(alembic, "0010")
     finally:
         engine.dispose()
-    settings = load_settings(_config(tmp_path, database_url))
+    settings = load_settings(_config(tmp_path, empty_database_url))
     with pytest.raises(SchemaMismatch, match=r"at revision 0010, this cangku needs .*db upgrade"):
         build_registry(settings)
-    assert _revision(database_url) == "0010"
-    assert cli.main(["db", "upgrade", "--config", str(_config(tmp_path, database_url))]) == 0
-    assert _revision(database_url) == head_revision()
+    assert _revision(empty_database_url) == "0010"
+    assert cli.main(["db", "upgrade", "--config", str(_config(tmp_path, empty_database_url))]) == 0
+    assert _revision(empty_database_url) == head_revision()
 
 
 @postgresql_only
 def test_serve_refuses_a_schema_newer_than_its_migrations(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, empty_database_url: str
 ) -> None:
-    config = _config(tmp_path, database_url)
+    config = _config(tmp_path, empty_database_url)
     assert cli.main(["db", "upgrade", "--config", str(config)]) == 0
-    engine = create_engine(database_url)
+    engine = create_engine(empty_database_url)
     try:
         with engine.begin() as connection:
             connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))

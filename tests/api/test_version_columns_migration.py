@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, text
 
 from cangku.metadata.store import MIGRATIONS, create_database_engine
 from cangku.registry.tags import newest_release, version_columns, version_page
-from tests.databases import fresh_database
 
 A, B, C = (f"sha256:{letter * 64}" for letter in "abc")
 BEFORE = {
@@ -24,14 +21,6 @@ BEFORE = {
     "latest": B,
     "stable": A,
 }
-
-
-@pytest.fixture
-def database_url(data_dir: Path) -> Iterator[str]:
-    """An empty database (not the conftest's migrated one): these tests migrate it."""
-    data_dir.mkdir()
-    with fresh_database(data_dir, migrated=False) as url:
-        yield url
 
 
 def upgrade(engine, revision: str) -> None:
@@ -59,9 +48,9 @@ def assert_releases_of_before(connection: Connection) -> None:
 
 
 def test_existing_version_tags_are_indexed_by_the_migration(
-    data_dir: Path, database_url: str
+    data_dir: Path, empty_database_url: str
 ) -> None:
-    engine = create_database_engine(database_url)
+    engine = create_database_engine(empty_database_url)
     try:
         upgrade(engine, "0006")
         with engine.begin() as connection:
@@ -113,11 +102,11 @@ def _index_sql(engine, name: str) -> str:
 
 
 def test_the_version_indexes_hold_version_tags_only_after_0017(
-    data_dir: Path, database_url: str
+    data_dir: Path, empty_database_url: str
 ) -> None:
     """Migration 0017: other tags (floating, plain) are no longer written to the two version
     indexes; the floating-tag reads still find their rows, through those indexes."""
-    engine = create_database_engine(database_url)
+    engine = create_database_engine(empty_database_url)
     try:
         upgrade(engine, "0016")
         assert "NOT NULL" not in _index_sql(engine, "ix_tags_release").upper()
