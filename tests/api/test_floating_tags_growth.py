@@ -2,9 +2,10 @@
 
 Each step a client can take on a version repository (push a release, an old patch, a
 pre-release, a floating tag; delete a version; read the version tree and a tag's history) is
-measured at 200 and at 2,000 existing versions, counting what the database does: the SQL
-statements, and the work inside them (SQLite: virtual-machine instructions, which grow with
-the rows a statement scans; PostgreSQL: the rows the statements return). Both must stay flat.
+measured at 600 and at 3,000 existing versions (`SMALL`, `LARGE`), counting what the
+database does: the SQL statements, and the work inside them (SQLite: virtual-machine
+instructions, which grow with the rows a statement scans; PostgreSQL: the rows the statements
+return). Both must stay flat.
 """
 
 from __future__ import annotations
