@@ -8,8 +8,8 @@ file copy on SQLite, `CREATE DATABASE ... TEMPLATE` on PostgreSQL): migrating ea
 own took ~0.1 s on SQLite and ~0.4 s on PostgreSQL, minutes of a CI run. Tests of the
 migrations themselves ask for an empty one (`migrated=False`).
 
-On PostgreSQL the copy itself takes 0.2-0.5 s, more than half of a typical test's setup, so
-the next test's copy is made in a background thread while the current test runs."""
+On PostgreSQL the copy itself takes 0.2-0.5 s, up to most of a typical test's setup, so the
+next test's copy is made in a background thread while the current test runs."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +36,7 @@ POSTGRES_ADMIN_URL = os.environ.get("CANGKU_TEST_POSTGRES")
 _sqlite_template: Path | None = None
 _postgres_template: str | None = None
 # PostgreSQL: the copy of the template the next test gets, being made in the background.
-_copying = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-database-copy")
+_copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-database-copy")
 _next_copy: Future[str] | None = None
 
 
@@ -69,16 +69,13 @@ def _new_name() -> str:
 
 
 def _take_migrated_copy(admin: Engine) -> str:
-    """A fresh copy of the migrated template, and the start of the next test's copy."""
+    """A fresh copy of the migrated template, and the start of the next test's copy.
+    A copy that failed fails one test: the next one starts a copy of its own."""
     global _next_copy
     template = _migrated_postgres(admin)
-    if _next_copy is None:
-        # Registered after the template's drop, so it runs first (atexit runs in reverse).
-        atexit.register(_drop_unused_copy)
-        name = _copy_of(template)
-    else:
-        name = _next_copy.result()
-    _next_copy = _copying.submit(_copy_of, template)
+    pending, _next_copy = _next_copy, None
+    name = _copy_of(template) if pending is None else pending.result()
+    _next_copy = _copier.submit(_copy_of, template)
     return name
 
 
@@ -93,9 +90,16 @@ def _copy_of(template: str) -> str:
 
 
 def _drop_unused_copy() -> None:
+    # concurrent.futures joins its thread before atexit's handlers run: the copy is done.
     if _next_copy is not None and _next_copy.exception() is None:
         _drop_database(_next_copy.result())
-    _copying.shutdown()
+
+
+def _at_exit_of_this_process(drop: Callable[[], None]) -> None:
+    """Runs `drop` at exit, but not in a child forked from this process (it would drop the
+    parent's databases)."""
+    owner = os.getpid()
+    atexit.register(lambda: drop() if os.getpid() == owner else None)
 
 
 def _url_of(name: str) -> str:
@@ -124,7 +128,9 @@ def _migrated_postgres(admin: Engine) -> str:
     if _postgres_template is None:
         name = f"cangku_test_template_{uuid.uuid4().hex}"
         _create(admin, f'CREATE DATABASE "{name}"')
-        atexit.register(_drop_database, name)
+        _at_exit_of_this_process(lambda: _drop_database(name))
+        # Registered after the template's drop, so it runs first (atexit runs in reverse).
+        _at_exit_of_this_process(_drop_unused_copy)
         engine = create_database_engine(_url_of(name))
         try:
             migrate(engine)
