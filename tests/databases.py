@@ -49,8 +49,7 @@ def fresh_database(data_dir: Path, *, migrated: bool = True) -> Iterator[str]:
             shutil.copyfile(_migrated_sqlite(), data_dir / "cangku.db")
         yield sqlite_url(data_dir)
         return
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
+    with _admin_engine() as admin:
         if migrated:
             name = _take_migrated_copy(admin)
         else:
@@ -60,6 +59,15 @@ def fresh_database(data_dir: Path, *, migrated: bool = True) -> Iterator[str]:
             yield _url_of(name)
         finally:
             _drop(admin, name)
+
+
+@contextlib.contextmanager
+def _admin_engine() -> Iterator[Engine]:
+    """An engine on the administrative URL, outside transactions (CREATE and DROP DATABASE
+    run only there)."""
+    admin = create_engine(POSTGRES_ADMIN_URL or "", isolation_level="AUTOCOMMIT")
+    try:
+        yield admin
     finally:
         admin.dispose()
 
@@ -81,11 +89,8 @@ def _take_migrated_copy(admin: Engine) -> str:
 
 def _copy_of(template: str) -> str:
     name = _new_name()
-    admin = create_engine(POSTGRES_ADMIN_URL or "", isolation_level="AUTOCOMMIT")
-    try:
+    with _admin_engine() as admin:
         _create(admin, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    finally:
-        admin.dispose()
     return name
 
 
@@ -159,11 +164,8 @@ def _create(admin: Engine, statement: str) -> None:
 
 
 def _drop_database(name: str) -> None:
-    admin = create_engine(POSTGRES_ADMIN_URL or "", isolation_level="AUTOCOMMIT")
-    try:
+    with _admin_engine() as admin:
         _drop(admin, name)
-    finally:
-        admin.dispose()
 
 
 def _drop(admin: Engine, name: str) -> None:
