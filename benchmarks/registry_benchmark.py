@@ -864,6 +864,14 @@ class Bench:
     big_file: BlobFile | None = None
     docker_refs: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # workloads that stopped early
+    ballast: PageCacheBallast | None = None  # with --full-page-cache
+
+    def before_push_sample(self) -> None:
+        """Keep free memory as filled (--full-page-cache), then sync: the kernel writing
+        back an earlier run's gigabytes would otherwise slow whichever server runs next."""
+        if self.ballast is not None:
+            self.ballast.top_up()
+        os.sync()
 
     def selected(self, key: str) -> bool:
         if not self.only:
@@ -894,9 +902,10 @@ class Bench:
             for registry in self.in_turn(repetition):
                 if registry.name in row.notes:
                     continue  # it already failed this row
-                # Start from clean page cache state: the kernel writing back an earlier run's
-                # gigabytes would otherwise slow whichever server runs next.
-                os.sync()
+                if row.megabytes:
+                    self.before_push_sample()
+                else:
+                    os.sync()  # see before_push_sample
                 try:
                     free_before = free_memory_mib()
                     user_before, system_before = registry.cpu_split()
@@ -1337,7 +1346,7 @@ class Bench:
                 if registry.name in push_row.notes:
                     continue
                 try:
-                    os.sync()
+                    self.before_push_sample()
                     free_before = free_memory_mib()
                     user_before, system_before = registry.cpu_split()
                     faults_before = registry.minor_faults()
@@ -1542,6 +1551,88 @@ def free_memory_mib() -> int:
     return 0
 
 
+@dataclass
+class PageCacheBallast:
+    """Files of zeros whose page cache takes the machine's free memory, as blobs do on a
+    server that has been up for a while (`--full-page-cache`). Pushes then land in
+    page-cache pages that reclaim frees, not in never-used memory: on a VM whose balloon
+    reports free pages to the host, a never-used page costs any writer ~3 ms of system time
+    per MiB (docs/performance.md, "Sessions 16 and 17").
+
+    The fill fades: a DAMON `pageout` scheme on such a VM reclaims page cache left alone
+    for a minute, and free memory grows back (~20 MiB/s here). `top_up()` before each push
+    sample writes new files until free memory is down to `KEEP_FREE_MIB` again, deleting
+    the oldest files first to stay within `cap_mib` on disk (what the delete frees, the
+    loop fills). Rewriting old files would not do: their pages may still be cached, and
+    then nothing is taken from free memory. Writes are 64 KiB, like a server's: a fill in
+    8 MiB writes left 3.6 GB free, one in 64 KiB writes 375 MiB (large writes take large
+    folios, "Cold memory" in docs/performance.md)."""
+
+    directory: Path
+    cap_mib: int
+    files: list[tuple[Path, int]] = field(default_factory=list)  # oldest first, MiB each
+    named: int = 0  # files made so far, for their names
+
+    KEEP_FREE_MIB = 384  # kswapd's high watermark here is ~115 MiB
+    FILE_MIB = 1024
+    CHECK_MIB = 64  # free memory is read after every CHECK_MIB written
+    WRITE_KIB = 64
+
+    @classmethod
+    def fill(cls, directory: Path) -> PageCacheBallast:
+        """Fill free memory with files under `directory`, which the caller removes with the
+        rest of the run. Raises RuntimeError if the disk has less room than the machine's
+        memory, 4 GiB to rotate the files and 10 GiB for the rows."""
+        memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MiB
+        cap_mib = memory_mib + 4 * 1024
+        room = shutil.disk_usage(directory).free // MiB
+        if room < cap_mib + 10 * 1024:
+            raise RuntimeError(
+                f"--full-page-cache: up to {cap_mib} MiB of ballast, {room} MiB free on disk"
+            )
+        ballast = cls(directory=directory / "page-cache-ballast", cap_mib=cap_mib)
+        ballast.directory.mkdir()
+        ballast.write_until_free("filled")
+        return ballast
+
+    def top_up(self) -> None:
+        """Bring free memory down to `KEEP_FREE_MIB` if it has grown past 1.5 times that."""
+        if free_memory_mib() > self.KEEP_FREE_MIB * 3 // 2:
+            self.write_until_free("topped up")
+
+    def write_until_free(self, verb: str) -> None:
+        """Write new files until free memory is at most `KEEP_FREE_MIB`, or `cap_mib` has
+        been written (a bound, in case something else keeps freeing memory); fsync each."""
+        block = bytes(self.WRITE_KIB * 1024)
+        writes_per_check = self.CHECK_MIB * 1024 // self.WRITE_KIB
+        free_before, started = free_memory_mib(), time.monotonic()
+        written = deleted = 0
+        while free_memory_mib() > self.KEEP_FREE_MIB and written < self.cap_mib:
+            while self.files and self.on_disk_mib() + self.FILE_MIB > self.cap_mib:
+                path, mib = self.files.pop(0)
+                path.unlink()
+                deleted += mib
+            self.named += 1
+            path = self.directory / f"{self.named:06d}"
+            size = 0
+            with path.open("wb") as ballast:
+                while size < self.FILE_MIB and free_memory_mib() > self.KEEP_FREE_MIB:
+                    for _ in range(writes_per_check):
+                        ballast.write(block)
+                    size += self.CHECK_MIB
+                ballast.flush()
+                os.fsync(ballast.fileno())
+            self.files.append((path, size))
+            written += size
+        log(
+            f"page cache: {verb} {written} MiB (deleted {deleted} MiB) in "
+            f"{time.monotonic() - started:.1f} s, free {free_before} -> {free_memory_mib()} MiB"
+        )
+
+    def on_disk_mib(self) -> int:
+        return sum(mib for _, mib in self.files)
+
+
 def load_average() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -1668,6 +1759,14 @@ def parse_arguments() -> argparse.Namespace:
         help="command template with {port} and {data}; 'reference' runs a second reference",
     )
     parser.add_argument("--output", type=Path, help="also write the report to this file")
+    parser.add_argument(
+        "--full-page-cache",
+        action="store_true",
+        help="fill free memory with page cache first (files of zeros) and keep it full "
+        "before each push sample: the state of a server that has been up "
+        "for a while; without it, a VM whose free memory went back to the host measures "
+        "the cost of touching never-used memory",
+    )
     return parser.parse_args()
 
 
@@ -1686,9 +1785,16 @@ def main() -> int:
     registries = make_registries(root, arguments.cangku_cmd)
     bench = Bench(settings=settings, registries=registries, workdir=root, only=only)
     try:
+        page_cache = "as found"
+        if arguments.full_page_cache:
+            bench.ballast = PageCacheBallast.fill(root)
+            page_cache = "filled first and kept full before each push sample (`--full-page-cache`)"
         for registry in registries:
             registry.start()
         info = machine_info(registries)
+        info.append(
+            f"- page cache: {page_cache}; free memory before the rows: {free_memory_mib()} MiB"
+        )
         print("\n".join(info), file=sys.stderr)
         for step in (
             bench.blob_push_rows,

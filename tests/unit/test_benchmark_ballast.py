@@ -1,0 +1,105 @@
+"""The benchmark's `--full-page-cache` ballast: it writes until free memory is down, rotates
+its files within a cap on disk, and stops at the cap when memory never comes down."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "registry_benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def registry_benchmark() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("registry_benchmark", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+MiB = 1 << 20
+
+
+def small_ballast(module: ModuleType, directory: Path) -> Any:
+    """A ballast in MiB-sized steps: keep 10 MiB free, 2 MiB files, at most 12 MiB on disk."""
+
+    class SmallBallast(module.PageCacheBallast):  # type: ignore[name-defined]
+        KEEP_FREE_MIB = 10
+        FILE_MIB = 2
+        CHECK_MIB = 1
+        WRITE_KIB = 256
+
+    directory.mkdir()
+    return SmallBallast(directory=directory, cap_mib=12)
+
+
+class FakeMemory:
+    """Free memory that each MiB the ballast writes takes, and that deleting its files does
+    not give back (DAMON reclaimed their pages long before)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.free_at_reset = 0
+        self.written_at_reset = 0
+        self.sizes: dict[str, int] = {}  # every file ever seen, its largest size
+
+    def reset(self, free_mib: int) -> None:
+        self.free_at_reset = free_mib
+        self.written_at_reset = sum(self.sizes.values())
+
+    def __call__(self) -> int:
+        for path in self.directory.iterdir():
+            self.sizes[path.name] = max(self.sizes.get(path.name, 0), path.stat().st_size)
+        return self.free_at_reset - (sum(self.sizes.values()) - self.written_at_reset) // MiB
+
+
+def test_writes_until_free_memory_is_down_and_rotates_within_the_cap(
+    registry_benchmark: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ballast = small_ballast(registry_benchmark, tmp_path / "ballast")
+    memory = FakeMemory(ballast.directory)
+    monkeypatch.setattr(registry_benchmark, "free_memory_mib", memory)
+    memory.reset(13)
+    ballast.write_until_free("filled")
+    assert memory() == 10
+    assert [(path.name, size) for path, size in ballast.files] == [("000001", 2), ("000002", 1)]
+
+    # Free memory grew back by 10 MiB: the top-up writes 10 MiB of new files, deleting the
+    # oldest first so that no more than 12 MiB are on disk.
+    memory.reset(20)
+    ballast.top_up()
+    assert memory() == 10
+    on_disk = sorted(path.name for path in ballast.directory.iterdir())
+    assert on_disk == [path.name for path, _ in ballast.files]
+    assert on_disk[0] == "000002"
+    assert sum(path.stat().st_size for path in ballast.directory.iterdir()) <= 12 * MiB
+
+
+def test_a_top_up_is_skipped_while_free_memory_is_low(
+    registry_benchmark: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ballast = small_ballast(registry_benchmark, tmp_path / "ballast")
+    monkeypatch.setattr(registry_benchmark, "free_memory_mib", lambda: 15)  # 1.5 x 10
+    ballast.top_up()
+    assert list(ballast.directory.iterdir()) == []
+
+
+def test_stops_at_the_cap_when_free_memory_never_comes_down(
+    registry_benchmark: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ballast = small_ballast(registry_benchmark, tmp_path / "ballast")
+    monkeypatch.setattr(registry_benchmark, "free_memory_mib", lambda: 10_000)
+    ballast.write_until_free("filled")
+    assert ballast.named == 6  # 12 MiB in files of 2
+    assert sum(path.stat().st_size for path in ballast.directory.iterdir()) == 12 * MiB
