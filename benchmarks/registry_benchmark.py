@@ -867,8 +867,8 @@ class Bench:
     ballast: PageCacheBallast | None = None  # with --full-page-cache
 
     def before_push_sample(self) -> None:
-        """Keep free memory as filled (--full-page-cache), then sync: the kernel writing
-        back an earlier run's gigabytes would otherwise slow whichever server runs next."""
+        """Top the page cache up (--full-page-cache), then sync: the kernel writing back an
+        earlier run's gigabytes would otherwise slow whichever server runs next."""
         if self.ballast is not None:
             self.ballast.top_up()
         os.sync()
@@ -1345,8 +1345,8 @@ class Bench:
                 refs[repetition][registry.name] = ref
                 if registry.name in push_row.notes:
                     continue
+                self.before_push_sample()  # outside the try: its errors are not a push's
                 try:
-                    self.before_push_sample()
                     free_before = free_memory_mib()
                     user_before, system_before = registry.cpu_split()
                     faults_before = registry.minor_faults()
@@ -1564,16 +1564,19 @@ class PageCacheBallast:
     sample writes new files until free memory is down to `KEEP_FREE_MIB` again, deleting
     the oldest files first to stay within `cap_mib` on disk (what the delete frees, the
     loop fills). Rewriting old files would not do: their pages may still be cached, and
-    then nothing is taken from free memory. Writes are 64 KiB, like a server's: a fill in
-    8 MiB writes left 3.6 GB free, one in 64 KiB writes 375 MiB (large writes take large
-    folios, "Cold memory" in docs/performance.md)."""
+    then nothing is taken from free memory. Writes are 64 KiB: a fill in 8 MiB writes left
+    3.6 GiB free, one in 64 KiB writes 375 MiB (large writes take large folios, "Cold
+    memory" in docs/performance.md)."""
 
     directory: Path
     cap_mib: int
     files: list[tuple[Path, int]] = field(default_factory=list)  # oldest first, MiB each
-    named: int = 0  # files made so far, for their names
+    made: int = 0  # files made so far, for their names
 
-    KEEP_FREE_MIB = 384  # kswapd's high watermark here is ~115 MiB
+    # Free memory to leave: above kswapd's high watermark (~115 MiB here), so the ballast
+    # itself does not make the kernel reclaim, and little enough that a push sample soon
+    # writes into pages that reclaim frees.
+    KEEP_FREE_MIB = 384
     FILE_MIB = 1024
     CHECK_MIB = 64  # free memory is read after every CHECK_MIB written
     WRITE_KIB = 64
@@ -1582,7 +1585,9 @@ class PageCacheBallast:
     def fill(cls, directory: Path) -> PageCacheBallast:
         """Fill free memory with files under `directory`, which the caller removes with the
         rest of the run. Raises RuntimeError if the disk has less room than the machine's
-        memory, 4 GiB to rotate the files and 10 GiB for the rows."""
+        memory, 4 GiB to rotate the files and 10 GiB for the rows, or if free memory did
+        not come down (e.g. a cgroup's memory limit reclaims the files' pages); OSError if
+        `directory` exists or a write fails."""
         memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MiB
         cap_mib = memory_mib + 4 * 1024
         room = shutil.disk_usage(directory).free // MiB
@@ -1593,43 +1598,55 @@ class PageCacheBallast:
         ballast = cls(directory=directory / "page-cache-ballast", cap_mib=cap_mib)
         ballast.directory.mkdir()
         ballast.write_until_free("filled")
+        free = free_memory_mib()
+        if not 0 < free <= 2 * cls.KEEP_FREE_MIB:
+            raise RuntimeError(f"--full-page-cache: {free} MiB still free after the fill")
         return ballast
 
     def top_up(self) -> None:
-        """Bring free memory down to `KEEP_FREE_MIB` if it has grown past 1.5 times that."""
+        """Bring free memory down to `KEEP_FREE_MIB` once it has grown past 1.5 times that
+        (not every few MiB DAMON frees between two samples is worth a top-up)."""
         if free_memory_mib() > self.KEEP_FREE_MIB * 3 // 2:
             self.write_until_free("topped up")
 
     def write_until_free(self, verb: str) -> None:
-        """Write new files until free memory is at most `KEEP_FREE_MIB`, or `cap_mib` has
-        been written (a bound, in case something else keeps freeing memory); fsync each."""
+        """Write new files, fsync'd, until free memory is at most `KEEP_FREE_MIB`. Writes at
+        most twice the excess free memory found at the start, and a file more: if free
+        memory does not come down (something else frees as fast), it stops there and logs
+        it rather than write on for ever."""
+        assert self.FILE_MIB % self.CHECK_MIB == 0 and self.CHECK_MIB * 1024 % self.WRITE_KIB == 0
         block = bytes(self.WRITE_KIB * 1024)
         writes_per_check = self.CHECK_MIB * 1024 // self.WRITE_KIB
-        free_before, started = free_memory_mib(), time.monotonic()
+        free = free_before = free_memory_mib()
+        limit_mib = 2 * max(0, free_before - self.KEEP_FREE_MIB) + self.FILE_MIB
+        started = time.monotonic()
         written = deleted = 0
-        while free_memory_mib() > self.KEEP_FREE_MIB and written < self.cap_mib:
+        while free > self.KEEP_FREE_MIB and written < limit_mib:
             while self.files and self.on_disk_mib() + self.FILE_MIB > self.cap_mib:
                 path, mib = self.files.pop(0)
                 path.unlink()
                 deleted += mib
-            self.named += 1
-            path = self.directory / f"{self.named:06d}"
+            self.made += 1
+            path = self.directory / f"{self.made:06d}"
+            self.files.append((path, 0))
             size = 0
-            with path.open("wb") as ballast:
-                while size < self.FILE_MIB and free_memory_mib() > self.KEEP_FREE_MIB:
+            with path.open("wb", buffering=0) as ballast:
+                while size < self.FILE_MIB and free > self.KEEP_FREE_MIB:
                     for _ in range(writes_per_check):
                         ballast.write(block)
                     size += self.CHECK_MIB
-                ballast.flush()
+                    self.files[-1] = (path, size)
+                    free = free_memory_mib()
                 os.fsync(ballast.fileno())
-            self.files.append((path, size))
             written += size
         log(
             f"page cache: {verb} {written} MiB (deleted {deleted} MiB) in "
             f"{time.monotonic() - started:.1f} s, free {free_before} -> {free_memory_mib()} MiB"
+            + ("" if free <= self.KEEP_FREE_MIB else "; free memory did not come down, stopped")
         )
 
     def on_disk_mib(self) -> int:
+        """MiB in the ballast's files now (as written, whole `CHECK_MIB` steps)."""
         return sum(mib for _, mib in self.files)
 
 

@@ -4,6 +4,8 @@ its files within a cap on disk, and stops at the cap when memory never comes dow
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,11 +97,36 @@ def test_a_top_up_is_skipped_while_free_memory_is_low(
     assert list(ballast.directory.iterdir()) == []
 
 
-def test_stops_at_the_cap_when_free_memory_never_comes_down(
+def test_stops_after_twice_the_excess_when_free_memory_never_comes_down(
     registry_benchmark: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ballast = small_ballast(registry_benchmark, tmp_path / "ballast")
-    monkeypatch.setattr(registry_benchmark, "free_memory_mib", lambda: 10_000)
+    calls = iter(range(1000))
+
+    def stays_at_20_mib() -> int:
+        next(calls)  # a loop without its bound fails here (StopIteration) rather than hang
+        return 20
+
+    monkeypatch.setattr(registry_benchmark, "free_memory_mib", stays_at_20_mib)
     ballast.write_until_free("filled")
-    assert ballast.named == 6  # 12 MiB in files of 2
-    assert sum(path.stat().st_size for path in ballast.directory.iterdir()) == 12 * MiB
+    assert ballast.made == 11  # 2 x (20 - 10) MiB and a file more, in files of 2 MiB
+    assert sum(path.stat().st_size for path in ballast.directory.iterdir()) <= 12 * MiB
+
+
+def test_fill_refuses_a_disk_without_room_and_a_memory_that_stays_free(
+    registry_benchmark: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MiB
+    disk = shutil.disk_usage(tmp_path)
+    little_room = disk._replace(free=(memory_mib + 4 * 1024 + 10 * 1024 - 1) * MiB)
+    monkeypatch.setattr(registry_benchmark.shutil, "disk_usage", lambda _: little_room)
+    with pytest.raises(RuntimeError, match="free on disk"):
+        registry_benchmark.PageCacheBallast.fill(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+    room = disk._replace(free=(memory_mib + 4 * 1024 + 10 * 1024) * MiB)
+    monkeypatch.setattr(registry_benchmark.shutil, "disk_usage", lambda _: room)
+    # Free memory "comes down" to 0 only when /proc/meminfo cannot be read.
+    monkeypatch.setattr(registry_benchmark, "free_memory_mib", lambda: 0)
+    with pytest.raises(RuntimeError, match="0 MiB still free"):
+        registry_benchmark.PageCacheBallast.fill(tmp_path)
