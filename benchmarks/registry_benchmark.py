@@ -1565,7 +1565,7 @@ class PageCacheBallast:
     the oldest files first to stay within `cap_mib` on disk (what the delete frees, the
     loop fills). Rewriting old files would not do: their pages may still be cached, and
     then nothing is taken from free memory. Writes are 64 KiB: a fill in 8 MiB writes left
-    3.6 GiB free, one in 64 KiB writes 375 MiB (large writes take large folios, "Cold
+    3.5 GiB free, one in 64 KiB writes 375 MiB (large writes take large folios, "Cold
     memory" in docs/performance.md)."""
 
     directory: Path
