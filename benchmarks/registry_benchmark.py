@@ -1486,10 +1486,8 @@ def machine_info(registries: list[Registry]) -> list[str]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    memory = "unknown"
-    with contextlib.suppress(OSError, IndexError):
-        kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
-        memory = f"{kib / 1024 / 1024:.1f} GiB"
+    total_mib = meminfo_mib("MemTotal")
+    memory = f"{total_mib / 1024:.1f} GiB" if total_mib else "unknown"
     cangku_version = "unknown"
     with contextlib.suppress(Exception):
         from importlib.metadata import version
@@ -1542,13 +1540,18 @@ def process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def free_memory_mib() -> int:
-    """MemFree of /proc/meminfo in MiB (0 if unreadable)."""
+def meminfo_mib(name: str) -> int:
+    """Field `name` of /proc/meminfo (e.g. "MemTotal") in MiB (0 if unreadable)."""
     with contextlib.suppress(OSError, IndexError, ValueError):
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemFree:"):
+            if line.startswith(f"{name}:"):
                 return int(line.split()[1]) // 1024
     return 0
+
+
+def free_memory_mib() -> int:
+    """MemFree of /proc/meminfo in MiB (0 if unreadable)."""
+    return meminfo_mib("MemFree")
 
 
 @dataclass
@@ -1588,8 +1591,7 @@ class PageCacheBallast:
         memory, 4 GiB to rotate the files and 10 GiB for the rows, or if free memory did
         not come down (e.g. a cgroup's memory limit reclaims the files' pages); OSError if
         `directory` exists or a write fails."""
-        memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MiB
-        cap_mib = memory_mib + 4 * 1024
+        cap_mib = meminfo_mib("MemTotal") + 4 * 1024
         room = shutil.disk_usage(directory).free // MiB
         if room < cap_mib + 10 * 1024:
             raise RuntimeError(

@@ -4,7 +4,6 @@ its files within a cap on disk, and stops at the cap when memory never comes dow
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -116,7 +115,7 @@ def test_stops_after_twice_the_excess_when_free_memory_never_comes_down(
 def test_fill_refuses_a_disk_without_room_and_a_memory_that_stays_free(
     registry_benchmark: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MiB
+    memory_mib = registry_benchmark.meminfo_mib("MemTotal")
     disk = shutil.disk_usage(tmp_path)
     little_room = disk._replace(free=(memory_mib + 4 * 1024 + 10 * 1024 - 1) * MiB)
     monkeypatch.setattr(registry_benchmark.shutil, "disk_usage", lambda _: little_room)
