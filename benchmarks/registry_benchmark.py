@@ -17,6 +17,10 @@ their ratio is reference/cangku so that higher still means cangku is faster.
 `--cangku-cmd TEMPLATE` (or env CANGKU_BENCH_CMD) replaces the cangku command line;
 `{port}` and `{data}` are substituted. The value `reference` starts a second copy of the
 reference registry in cangku's place, which is how the script itself is validated.
+
+`--floor` adds a third contender to the blob push rows, benchmarks/floor_sink.py: the least
+CPU per MB a Python server spends to receive, hash and store a blob on this machine.
+`--full-page-cache` measures with memory full of page cache (see PageCacheBallast).
 """
 
 from __future__ import annotations
@@ -172,7 +176,7 @@ def write_reference_config(path: Path, data_dir: Path, port: int) -> None:
 
 @dataclass
 class Registry:
-    name: str  # "reference" or "cangku"
+    name: str  # "reference", "cangku" or "floor" (--floor)
     argv: list[str]
     port: int
     workdir: Path
@@ -287,6 +291,17 @@ class Registry:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
+
+
+def make_floor(root: Path) -> Registry:
+    """benchmarks/floor_sink.py as a contender on the blob push rows (--floor)."""
+    workdir = root / "floor"
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    port = free_loopback_port()
+    sink = Path(__file__).resolve().parent / "floor_sink.py"
+    argv = [sys.executable, str(sink), "--listen", f"127.0.0.1:{port}", "--data", str(data)]
+    return Registry(name="floor", argv=argv, port=port, workdir=workdir)
 
 
 def make_registries(root: Path, cangku_cmd: str) -> list[Registry]:
@@ -865,6 +880,7 @@ class Bench:
     docker_refs: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # workloads that stopped early
     ballast: PageCacheBallast | None = None  # with --full-page-cache
+    floor: Registry | None = None  # with --floor: a third contender on the blob push rows
 
     def before_push_sample(self) -> None:
         """Top the page cache up (--full-page-cache), then sync: the kernel writing back an
@@ -890,16 +906,24 @@ class Bench:
         self.rows.append(row)
         return row
 
-    def measure(self, row: Row, repetitions: int, measure: Callable[[Registry], float]) -> None:
-        """Median over repetitions, interleaving registries so both see the same machine state."""
-        samples: dict[str, list[float]] = {r.name: [] for r in self.registries}
-        cpu: dict[str, list[float]] = {r.name: [] for r in self.registries}
+    def measure(
+        self,
+        row: Row,
+        repetitions: int,
+        measure: Callable[[Registry], float],
+        contenders: list[Registry] | None = None,
+    ) -> None:
+        """Median over repetitions, interleaving the contenders (by default the two
+        registries) so that all see the same machine state."""
+        contenders = self.registries if contenders is None else contenders
+        samples: dict[str, list[float]] = {r.name: [] for r in contenders}
+        cpu: dict[str, list[float]] = {r.name: [] for r in contenders}
         for repetition in range(repetitions):
             # Per sample, for the log: user and system ms/MB and the machine's free memory
             # before it. System time per MB jumps (2-3 ms/MB) when the page cache grows into
             # memory the host took back (docs/performance.md, "Cold memory"); this shows it.
             split: list[str] = []
-            for registry in self.in_turn(repetition):
+            for registry in self.in_turn(repetition, contenders):
                 if registry.name in row.notes:
                     continue  # it already failed this row
                 if row.megabytes:
@@ -937,9 +961,11 @@ class Bench:
             if values:
                 row.cpu_ms_per_mb[name] = statistics.median(values)
 
-    def in_turn(self, repetition: int) -> list[Registry]:
-        """The registries in alternating order, so neither always goes first."""
-        return self.registries if repetition % 2 == 0 else self.registries[::-1]
+    def in_turn(self, repetition: int, contenders: list[Registry] | None = None) -> list[Registry]:
+        """The registries (or `contenders`) in alternating order, so that none always goes
+        first."""
+        contenders = self.registries if contenders is None else contenders
+        return contenders if repetition % 2 == 0 else contenders[::-1]
 
     def check_alive(self, registry: Registry) -> None:
         if registry.process is not None and registry.process.poll() is not None:
@@ -989,7 +1015,8 @@ class Bench:
                             )
                         return blob.size / MiB / (time.monotonic() - started)
 
-                self.measure(row, reps, measure)
+                contenders = self.registries + ([self.floor] if self.floor else [])
+                self.measure(row, reps, measure, contenders)
 
     def blob_pull_rows(self) -> None:
         _, big = self.blob_files()
@@ -1704,6 +1731,8 @@ def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> st
                 for name in ("reference", "cangku")
             )
         lines.append(f"| {row.label} | {cells[0]} | {cells[1]} | {ratio} | {cpu} |")
+    if bench.floor is not None:
+        lines += render_floor(bench.rows, footnotes)
     lines += ["", "Server RSS peak (VmHWM; main process + descendants):", ""]
     for name, (main, total) in rss.items():
         lines.append(f"- {name}: {main / 1024:.0f} MiB (with descendants: {total / 1024:.0f} MiB)")
@@ -1746,6 +1775,13 @@ def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> st
         "- reference config: filesystem storage, delete enabled, log level warn, no blob "
         "descriptor cache; cangku: `--open`, log level warning (neither logs each request).",
     ]
+    if bench.floor is not None:
+        lines.append(
+            "- floor (`--floor`): benchmarks/floor_sink.py, a third contender interleaved on "
+            "the blob push rows; what it spends per MB is work no registry skips on this "
+            "machine in the same memory state (receive, sha256, 32 KiB writes into the page "
+            "cache, rename)."
+        )
     if bench.failures:
         lines += ["", "Workloads that stopped early:"]
         lines += [f"- {text}" for text in bench.failures]
@@ -1753,6 +1789,35 @@ def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> st
         lines += ["", "Footnotes:"]
         lines += [f"{i}. {text}" for i, text in enumerate(footnotes, start=1)]
     return "\n".join(lines) + "\n"
+
+
+def render_floor(rows: list[Row], footnotes: list[str]) -> list[str]:
+    """The floor's rows: its throughput and CPU per MB, and each contender's CPU as a share of
+    the reference's (issue 18 asks cangku for <= 0.5)."""
+    lines = [
+        "",
+        "The floor (`--floor`): receive, sha256, 32 KiB writes, rename; nothing else.",
+        "",
+        "| workload | floor | server CPU ms/MB: floor | CPU share of the reference's: "
+        "floor / cangku |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        if "floor" not in row.values and "floor" not in row.notes:
+            continue
+        cell = format_value(row.values.get("floor"))
+        if "floor" in row.notes:
+            footnotes.append(f"{row.label} / floor: {row.notes['floor']}")
+            cell += f" [{len(footnotes)}]"
+        cpu = row.cpu_ms_per_mb
+        reference = cpu.get("reference")
+        shares = " / ".join(
+            f"{cpu[name] / reference:.2f}" if reference and name in cpu else "n/a"
+            for name in ("floor", "cangku")
+        )
+        floor_cpu = f"{cpu['floor']:.2f}" if "floor" in cpu else "n/a"
+        lines.append(f"| {row.label} | {cell} | {floor_cpu} | {shares} |")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1779,6 +1844,12 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, help="also write the report to this file")
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run benchmarks/floor_sink.py on the blob push rows, interleaved: the least "
+        "CPU per MB a Python server spends to receive, hash and store a blob here",
+    )
+    parser.add_argument(
         "--full-page-cache",
         action="store_true",
         help="fill free memory with page cache first (files of zeros) and keep it full "
@@ -1803,12 +1874,14 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="cangku-bench-"))
     registries = make_registries(root, arguments.cangku_cmd)
     bench = Bench(settings=settings, registries=registries, workdir=root, only=only)
+    if arguments.floor:
+        bench.floor = make_floor(root)
     try:
         page_cache = "as found"
         if arguments.full_page_cache:
             bench.ballast = PageCacheBallast.fill(root)
             page_cache = "filled first and kept full before each push sample (`--full-page-cache`)"
-        for registry in registries:
+        for registry in registries + ([bench.floor] if bench.floor else []):
             registry.start()
         info = machine_info(registries)
         info.append(
@@ -1843,7 +1916,7 @@ def main() -> int:
         return 130
     finally:
         bench.docker_cleanup()
-        for registry in registries:
+        for registry in registries + ([bench.floor] if bench.floor else []):
             registry.stop()
         shutil.rmtree(root, ignore_errors=True)
         log(f"removed {root}")

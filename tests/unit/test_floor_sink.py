@@ -1,0 +1,103 @@
+"""The benchmark's floor (`registry_benchmark.py --floor`): the sink stores what the
+benchmark's own blob pushes send under the verified digest, refuses a wrong digest, and the
+report gives each contender's CPU as a share of the reference's."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+
+
+def load(name: str) -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def registry_benchmark() -> Iterator[ModuleType]:
+    yield from load("registry_benchmark")
+
+
+@pytest.fixture(scope="module")
+def floor_sink() -> Iterator[ModuleType]:
+    yield from load("floor_sink")
+
+
+@pytest.fixture
+def sink(floor_sink: ModuleType, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    data = tmp_path / "floor"
+    server = floor_sink.FloorSink(("127.0.0.1", 0), data)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", data
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_the_benchmarks_pushes_land_under_their_verified_digest(
+    registry_benchmark: ModuleType, sink: tuple[str, Path], tmp_path: Path
+) -> None:
+    base, data = sink
+    blob = registry_benchmark.BlobFile.create(tmp_path / "blob.bin", 3 * 1024 * 1024 + 5)
+    with registry_benchmark.new_client() as client:
+        mono, _ = registry_benchmark.push_blob_monolithic(client, base, "bench/blobs", blob)
+        # 1 MiB PATCHes: the sink appends each one and keeps the hash going between them.
+        chunked = registry_benchmark.push_blob_chunked(
+            client, base, "bench/blobs", blob, 1024 * 1024
+        )
+    assert mono != chunked  # each push carries its own suffix
+    for digest in (mono, chunked):
+        stored = (data / "blobs" / digest.removeprefix("sha256:")).read_bytes()
+        assert f"sha256:{hashlib.sha256(stored).hexdigest()}" == digest
+        assert len(stored) > blob.size
+    assert list((data / "uploads").iterdir()) == []  # every session renamed into blobs/
+
+
+def test_a_wrong_digest_is_refused_and_nothing_is_stored(sink: tuple[str, Path]) -> None:
+    base, data = sink
+    with httpx.Client(trust_env=False) as client:
+        started = client.post(f"{base}/v2/bench/blobs/blobs/uploads/")
+        assert started.status_code == 202
+        upload = started.headers["Location"]
+        wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+        response = client.put(f"{base}{upload}", params={"digest": wrong}, content=b"bytes")
+        assert response.status_code == 400
+        assert b"DIGEST_INVALID" in response.content
+        assert client.put(f"{base}{upload}", params={"digest": wrong}).status_code == 404
+    assert list((data / "blobs").iterdir()) == []
+    assert list((data / "uploads").iterdir()) == []
+
+
+def test_the_report_gives_each_contenders_cpu_as_a_share_of_the_references(
+    registry_benchmark: ModuleType,
+) -> None:
+    row = registry_benchmark.Row(key="mono-64", label="monolithic 64", megabytes=67.1)
+    row.values = {"reference": 200.0, "cangku": 400.0, "floor": 600.0}
+    row.cpu_ms_per_mb = {"reference": 4.0, "cangku": 2.0, "floor": 1.2}
+    skipped = registry_benchmark.Row(key="tags", label="tags list")  # the floor never ran it
+    skipped.values = {"reference": 10.0, "cangku": 5.0}
+    footnotes: list[str] = []
+    lines = registry_benchmark.render_floor([row, skipped], footnotes)
+    assert lines[-1] == "| monolithic 64 | 600 | 1.20 | 0.30 / 0.50 |"
+    assert not any("tags list" in line for line in lines)
+    assert footnotes == []
