@@ -97,6 +97,9 @@ class Settings:
     layer_size: int
     docker_layers: int
     docker_layer_size: int
+    # blob_repetitions: 5 in a full run (3 before session 18). A 64 MiB sample's system time
+    # varies with where its pages come from: 0.60-2.83 ms/MB over cangku's samples in one
+    # state of memory (docs/performance.md, "Sessions 16 and 17"); a median of 3 followed it.
     # docker push/pull samples per registry: the docker rows' wall times carry dockerd's gzip
     # and the VM's page-cache cost on the same two cores, and one dear sample of three moves
     # the median (docs/performance.md, "Cold memory").
@@ -131,7 +134,7 @@ class Settings:
             small_blob=64 * MiB,
             big_blob=512 * MiB,
             patch_chunk=8 * MiB,
-            blob_repetitions=3,
+            blob_repetitions=5,
             wrk_seconds=4,
             load_repetitions=3,
             listing_seconds=4.0,
