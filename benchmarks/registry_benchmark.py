@@ -965,10 +965,12 @@ class Bench:
                 row.cpu_ms_per_mb[name] = statistics.median(values)
 
     def in_turn(self, repetition: int, contenders: list[Registry] | None = None) -> list[Registry]:
-        """The registries (or `contenders`) in alternating order, so that none always goes
-        first."""
+        """The registries (or `contenders`) rotated by one place per repetition, so that each
+        takes each place in turn: two alternate which goes first; of three (--floor), none
+        is always in the middle, as reversing the order every other time would leave one."""
         contenders = self.registries if contenders is None else contenders
-        return contenders if repetition % 2 == 0 else contenders[::-1]
+        shift = repetition % len(contenders)
+        return contenders[shift:] + contenders[:shift]
 
     def check_alive(self, registry: Registry) -> None:
         if registry.process is not None and registry.process.poll() is not None:

@@ -101,3 +101,20 @@ def test_the_report_gives_each_contenders_cpu_as_a_share_of_the_references(
     assert lines[-1] == "| monolithic 64 | 600 | 1.20 | 0.30 / 0.50 |"
     assert not any("tags list" in line for line in lines)
     assert footnotes == []
+
+
+def test_each_contender_takes_each_place_in_turn(registry_benchmark: ModuleType) -> None:
+    bench = registry_benchmark.Bench(
+        settings=registry_benchmark.Settings.build(quick=True),
+        registries=["reference", "cangku"],  # only their order matters here
+        workdir=Path("."),
+        only=None,
+    )
+    assert [bench.in_turn(r) for r in range(2)] == [
+        ["reference", "cangku"],
+        ["cangku", "reference"],
+    ]
+    three = ["reference", "cangku", "floor"]
+    orders = [bench.in_turn(r, three) for r in range(3)]
+    for place in range(3):
+        assert sorted(order[place] for order in orders) == sorted(three)
