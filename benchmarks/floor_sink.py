@@ -11,7 +11,9 @@ It speaks only what the benchmark's blob pushes send (OCI distribution-spec, "Pu
 blobs"): `GET /v2/`; `POST .../blobs/uploads/`; `PATCH` and `PUT ?digest=` on the upload's
 URL, bodies framed by Content-Length. No metadata, no repositories, no authentication, no
 crash recovery, one thread per connection doing all of its work: not a registry, and never
-to be exposed beyond loopback.
+to be exposed beyond loopback. It also keeps each session's hash in memory and skips what a
+registry does per request besides the bytes (authentication, a database, Content-Range
+checks): what it spends per MB is what this minimal pipeline costs here.
 
     python benchmarks/floor_sink.py --listen 127.0.0.1:5999 --data /tmp/floor
 """
@@ -50,7 +52,7 @@ class Upload:
 
 
 class FloorSink(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+    """The server: upload sessions by id, and the data directory (`uploads/`, `blobs/`)."""
 
     def __init__(self, address: tuple[str, int], data: Path) -> None:
         super().__init__(address, FloorHandler)
@@ -62,6 +64,9 @@ class FloorSink(http.server.ThreadingHTTPServer):
 
 
 class FloorHandler(http.server.BaseHTTPRequestHandler):
+    """One connection's requests. A request refused before its body was read closes the
+    connection: the unread body must not be taken for the next request."""
+
     protocol_version = "HTTP/1.1"  # keep-alive, as the benchmark's clients use
     server: FloorSink
 
@@ -77,7 +82,7 @@ class FloorHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         started = START_PATH.fullmatch(self.path.split("?", 1)[0])
         if started is None or self.body_length() != 0:
-            self.answer(404 if started is None else 400)
+            self.refuse(404 if started is None else 400)
             return
         upload_id = uuid.uuid4().hex
         upload = Upload(self.server.data / "uploads" / upload_id)
@@ -86,17 +91,17 @@ class FloorHandler(http.server.BaseHTTPRequestHandler):
         self.answer(202, upload_location=(started["name"], upload_id, upload))
 
     def do_PATCH(self) -> None:
-        found = self.upload()
+        found = self.find_upload_or_refuse()
         if found is None:
             return
         name, upload_id, upload = found
         with upload.lock:
-            if not self.receive_into(upload):
+            if not self.still_open(upload_id) or not self.receive_into(upload):
                 return
         self.answer(202, upload_location=(name, upload_id, upload))
 
     def do_PUT(self) -> None:
-        found = self.upload()
+        found = self.find_upload_or_refuse()
         if found is None:
             return
         name, upload_id, upload = found
@@ -104,7 +109,7 @@ class FloorHandler(http.server.BaseHTTPRequestHandler):
         digest = query.get("digest", [""])[-1]
         wanted = SHA256_DIGEST.fullmatch(digest)
         with upload.lock:
-            if not self.receive_into(upload):
+            if not self.still_open(upload_id) or not self.receive_into(upload):
                 return
             upload.file.close()
             with self.server.uploads_lock:
@@ -122,18 +127,31 @@ class FloorHandler(http.server.BaseHTTPRequestHandler):
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def upload(self) -> tuple[str, str, Upload] | None:
+    def find_upload_or_refuse(self) -> tuple[str, str, Upload] | None:
+        """(repository name, session id, session) of the request's URL, or None once it has
+        answered 404."""
         matched = UPLOAD_PATH.fullmatch(self.path.split("?", 1)[0])
         upload = None
         if matched is not None:
             with self.server.uploads_lock:
                 upload = self.server.uploads.get(matched["id"])
         if matched is None or upload is None:
-            self.answer(404)
+            self.refuse(404)
             return None
         return matched["name"], matched["id"], upload
 
+    def still_open(self, upload_id: str) -> bool:
+        """Under the session's lock: whether a PUT finished it meanwhile (else 404)."""
+        with self.server.uploads_lock:
+            if upload_id in self.server.uploads:
+                return True
+        self.refuse(404)
+        return False
+
     def body_length(self) -> int | None:
+        """The body's length in bytes (0 without Content-Length); None when the body is
+        framed otherwise (chunked: the benchmark never sends it) or the length is no
+        number."""
         if self.headers.get("Transfer-Encoding"):
             return None  # the benchmark's pushes never send chunked bodies
         try:
@@ -146,8 +164,7 @@ class FloorHandler(http.server.BaseHTTPRequestHandler):
         """Stream the request's body into the upload: the floor's whole per-byte work."""
         length = self.body_length()
         if length is None:
-            self.close_connection = True
-            self.answer(411)
+            self.refuse(400)
             return False
         buffer = getattr(self, "buffer", None)
         if buffer is None:
@@ -161,10 +178,17 @@ class FloorHandler(http.server.BaseHTTPRequestHandler):
             piece = buffer[:received]
             upload.hasher.update(piece)
             for start in range(0, received, FILE_WRITE):
-                upload.file.write(piece[start : start + FILE_WRITE])
+                part = piece[start : start + FILE_WRITE]
+                if upload.file.write(part) != len(part):  # unbuffered: say a full disk
+                    raise OSError(f"short write to {upload.path}")
             left -= received
         upload.size += length
         return True
+
+    def refuse(self, status: int) -> None:
+        """Answer `status` before the request's body was read, and close the connection."""
+        self.close_connection = True
+        self.answer(status)
 
     def answer(
         self,
@@ -173,6 +197,7 @@ class FloorHandler(http.server.BaseHTTPRequestHandler):
         body: bytes = b"",
         upload_location: tuple[str, str, Upload] | None = None,
     ) -> None:
+        """Send `status` with `body`, and for an upload session its Location and Range."""
         self.send_response(status)
         if upload_location is not None:
             name, upload_id, upload = upload_location
@@ -187,12 +212,12 @@ class FloorHandler(http.server.BaseHTTPRequestHandler):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--listen", required=True, help="127.0.0.1:PORT (loopback only)")
+    parser.add_argument("--listen", required=True, help="127.0.0.1:PORT (loopback, IPv4)")
     parser.add_argument("--data", required=True, type=Path)
     arguments = parser.parse_args()
     host, _, port = arguments.listen.rpartition(":")
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        parser.error("the floor sink listens on loopback only")
+    if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+        parser.error("--listen takes 127.0.0.1:PORT: the floor sink listens on loopback only")
     with FloorSink((host, int(port)), arguments.data) as server:
         server.serve_forever()
 

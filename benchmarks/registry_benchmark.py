@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import hashlib
 import http.client
+import itertools
 import json
 import multiprocessing
 import multiprocessing.synchronize
@@ -83,6 +84,10 @@ class Settings:
     small_blob: int  # bytes
     big_blob: int
     patch_chunk: int
+    # Samples per blob push and pull row: 5 in a full run (3 before session 18). A 64 MiB
+    # sample's system time varies with where its pages come from: 0.60-2.83 ms/MB over
+    # cangku's samples in one state of memory (docs/performance.md, "Sessions 16 and 17");
+    # a median of 3 followed it.
     blob_repetitions: int
     wrk_seconds: int
     load_repetitions: int  # for the time-bounded rows (manifests, listings)
@@ -97,9 +102,6 @@ class Settings:
     layer_size: int
     docker_layers: int
     docker_layer_size: int
-    # blob_repetitions: 5 in a full run (3 before session 18). A 64 MiB sample's system time
-    # varies with where its pages come from: 0.60-2.83 ms/MB over cangku's samples in one
-    # state of memory (docs/performance.md, "Sessions 16 and 17"); a median of 3 followed it.
     # docker push/pull samples per registry: the docker rows' wall times carry dockerd's gzip
     # and the VM's page-cache cost on the same two cores, and one dear sample of three moves
     # the median (docs/performance.md, "Cold memory").
@@ -892,6 +894,25 @@ class Bench:
             self.ballast.top_up()
         os.sync()
 
+    @property
+    def push_contenders(self) -> list[Registry]:
+        """The registries, and the floor with --floor: who runs the blob push rows."""
+        return self.registries + ([self.floor] if self.floor is not None else [])
+
+    def disk_needed_mib(self) -> int:
+        """What the rows keep on disk, roughly (MiB): every blob push sample's blob in each
+        contender, and 8 GiB for the image, docker and other rows."""
+        s = self.settings
+        pushed = 2 * s.blob_repetitions * (s.small_blob + s.big_blob) // MiB
+        return len(self.push_contenders) * pushed + 8 * 1024
+
+    def stop_floor(self) -> None:
+        """After the blob push rows: the floor and the blobs it kept go, so that the rows
+        after them find the machine as they would without --floor."""
+        if self.floor is not None:
+            self.floor.stop()
+            shutil.rmtree(self.floor.workdir / "data", ignore_errors=True)
+
     def selected(self, key: str) -> bool:
         if not self.only:
             return True
@@ -949,7 +970,8 @@ class Bench:
                     row.notes[registry.name] = f"error: {error}"[:200]
                     log(f"{row.label} / {registry.name}: {row.notes[registry.name]}")
                     traceback.print_exc(file=sys.stderr)
-                    self.check_alive(registry)
+                    if registry is not self.floor:  # a dead floor ends only its own samples
+                        self.check_alive(registry)
             log(
                 f"{row.label} rep {repetition + 1}: "
                 + ", ".join(
@@ -965,12 +987,13 @@ class Bench:
                 row.cpu_ms_per_mb[name] = statistics.median(values)
 
     def in_turn(self, repetition: int, contenders: list[Registry] | None = None) -> list[Registry]:
-        """The registries (or `contenders`) rotated by one place per repetition, so that each
-        takes each place in turn: two alternate which goes first; of three (--floor), none
-        is always in the middle, as reversing the order every other time would leave one."""
+        """The registries (or `contenders`) in each of their orders in turn: two alternate
+        which goes first; three (--floor) take every place and follow each other in every
+        way over six repetitions, where reversing the order every other time would keep one
+        in the middle, and rotating it would keep who follows whom."""
         contenders = self.registries if contenders is None else contenders
-        shift = repetition % len(contenders)
-        return contenders[shift:] + contenders[:shift]
+        orders = list(itertools.permutations(contenders))
+        return list(orders[repetition % len(orders)])
 
     def check_alive(self, registry: Registry) -> None:
         if registry.process is not None and registry.process.poll() is not None:
@@ -1020,8 +1043,7 @@ class Bench:
                             )
                         return blob.size / MiB / (time.monotonic() - started)
 
-                contenders = self.registries + ([self.floor] if self.floor else [])
-                self.measure(row, reps, measure, contenders)
+                self.measure(row, reps, measure, self.push_contenders)
 
     def blob_pull_rows(self) -> None:
         _, big = self.blob_files()
@@ -1617,17 +1639,18 @@ class PageCacheBallast:
     WRITE_KIB = 64
 
     @classmethod
-    def fill(cls, directory: Path) -> PageCacheBallast:
+    def fill(cls, directory: Path, rows_mib: int) -> PageCacheBallast:
         """Fill free memory with files under `directory`, which the caller removes with the
         rest of the run. Raises RuntimeError if the disk has less room than the machine's
-        memory, 4 GiB to rotate the files and 10 GiB for the rows, or if free memory did
-        not come down (e.g. a cgroup's memory limit reclaims the files' pages); OSError if
-        `directory` exists or a write fails."""
+        memory, 4 GiB to rotate the files and `rows_mib` (MiB) for what the rows keep, or if
+        free memory did not come down (e.g. a cgroup's memory limit reclaims the files'
+        pages); OSError if `directory` exists or a write fails."""
         cap_mib = meminfo_mib("MemTotal") + 4 * 1024
         room = shutil.disk_usage(directory).free // MiB
-        if room < cap_mib + 10 * 1024:
+        if room < cap_mib + rows_mib:
             raise RuntimeError(
-                f"--full-page-cache: up to {cap_mib} MiB of ballast, {room} MiB free on disk"
+                f"--full-page-cache: up to {cap_mib} MiB of ballast and {rows_mib} MiB for "
+                f"the rows, {room} MiB free on disk"
             )
         ballast = cls(directory=directory / "page-cache-ballast", cap_mib=cap_mib)
         ballast.directory.mkdir()
@@ -1753,7 +1776,7 @@ def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> st
         "free memory before it: system time rises by 2-3 ms/MB when a page cache growing "
         "into free memory touches pages the host took back (docs/performance.md, "
         '"Cold memory").',
-        "- every row runs the registries interleaved, alternating which goes first (each run "
+        "- every row runs the registries interleaved, in each order in turn (each run "
         "after a `sync`, so no run pays for an earlier one's writeback), and "
         "reports the median of the repetitions.",
         f"- blob push: httpx in the benchmark process, {s.blob_repetitions} uploads per "
@@ -1783,9 +1806,9 @@ def render(bench: Bench, info: list[str], rss: dict[str, tuple[int, int]]) -> st
     if bench.floor is not None:
         lines.append(
             "- floor (`--floor`): benchmarks/floor_sink.py, a third contender interleaved on "
-            "the blob push rows; what it spends per MB is work no registry skips on this "
-            "machine in the same memory state (receive, sha256, 32 KiB writes into the page "
-            "cache, rename)."
+            "the blob push rows (stopped, its blobs deleted, after them): receive, sha256, "
+            "32 KiB writes into the page cache, rename, and nothing else; what this minimal "
+            "pipeline costs per MB on this machine in the same state of memory."
         )
     if bench.failures:
         lines += ["", "Workloads that stopped early:"]
@@ -1884,9 +1907,9 @@ def main() -> int:
     try:
         page_cache = "as found"
         if arguments.full_page_cache:
-            bench.ballast = PageCacheBallast.fill(root)
+            bench.ballast = PageCacheBallast.fill(root, bench.disk_needed_mib())
             page_cache = "filled first and kept full before each push sample (`--full-page-cache`)"
-        for registry in registries + ([bench.floor] if bench.floor else []):
+        for registry in bench.push_contenders:
             registry.start()
         info = machine_info(registries)
         info.append(
@@ -1895,6 +1918,7 @@ def main() -> int:
         print("\n".join(info), file=sys.stderr)
         for step in (
             bench.blob_push_rows,
+            bench.stop_floor,
             bench.blob_pull_rows,
             bench.manifest_rows,
             bench.image_push_row,
@@ -1921,7 +1945,7 @@ def main() -> int:
         return 130
     finally:
         bench.docker_cleanup()
-        for registry in registries + ([bench.floor] if bench.floor else []):
+        for registry in bench.push_contenders:
             registry.stop()
         shutil.rmtree(root, ignore_errors=True)
         log(f"removed {root}")

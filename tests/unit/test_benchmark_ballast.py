@@ -117,15 +117,16 @@ def test_fill_refuses_a_disk_without_room_and_a_memory_that_stays_free(
 ) -> None:
     memory_mib = registry_benchmark.meminfo_mib("MemTotal")
     disk = shutil.disk_usage(tmp_path)
-    little_room = disk._replace(free=(memory_mib + 4 * 1024 + 10 * 1024 - 1) * MiB)
+    rows_mib = 12 * 1024
+    little_room = disk._replace(free=(memory_mib + 4 * 1024 + rows_mib - 1) * MiB)
     monkeypatch.setattr(registry_benchmark.shutil, "disk_usage", lambda _: little_room)
     with pytest.raises(RuntimeError, match="free on disk"):
-        registry_benchmark.PageCacheBallast.fill(tmp_path)
+        registry_benchmark.PageCacheBallast.fill(tmp_path, rows_mib)
     assert list(tmp_path.iterdir()) == []
 
-    room = disk._replace(free=(memory_mib + 4 * 1024 + 10 * 1024) * MiB)
+    room = disk._replace(free=(memory_mib + 4 * 1024 + rows_mib) * MiB)
     monkeypatch.setattr(registry_benchmark.shutil, "disk_usage", lambda _: room)
     # Free memory "comes down" to 0 only when /proc/meminfo cannot be read.
     monkeypatch.setattr(registry_benchmark, "free_memory_mib", lambda: 0)
     with pytest.raises(RuntimeError, match="0 MiB still free"):
-        registry_benchmark.PageCacheBallast.fill(tmp_path)
+        registry_benchmark.PageCacheBallast.fill(tmp_path, rows_mib)

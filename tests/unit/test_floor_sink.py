@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from types import ModuleType
 
 import httpx
 import pytest
+
+from cangku.storage import filesystem
 
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
 
@@ -88,6 +91,54 @@ def test_a_wrong_digest_is_refused_and_nothing_is_stored(sink: tuple[str, Path])
     assert list((data / "uploads").iterdir()) == []
 
 
+def test_a_refused_request_closes_its_connection_so_its_body_is_never_a_request(
+    sink: tuple[str, Path],
+) -> None:
+    base, _ = sink
+    port = int(base.rsplit(":", 1)[1])
+    smuggled = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(
+            b"POST /v2/bench/blobs/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n"
+            + f"Content-Length: {len(smuggled)}\r\n\r\n".encode()
+            + smuggled
+        )
+        answered = b""
+        while chunk := connection.recv(65536):  # ends when the sink closes the connection
+            answered += chunk
+    assert answered.startswith(b"HTTP/1.1 400 ")
+    assert answered.count(b"HTTP/1.1 ") == 1
+
+
+def test_a_put_without_a_digest_stores_nothing(sink: tuple[str, Path]) -> None:
+    base, data = sink
+    with httpx.Client(trust_env=False) as client:
+        upload = client.post(f"{base}/v2/bench/blobs/blobs/uploads/").headers["Location"]
+        assert client.put(f"{base}{upload}", content=b"bytes").status_code == 400
+    assert list((data / "blobs").iterdir()) == []
+
+
+def test_the_floor_writes_as_cangku_writes(floor_sink: ModuleType) -> None:
+    # The comparison's premise: the same bytes per write() into the page cache.
+    assert floor_sink.FILE_WRITE == filesystem.FILE_WRITE
+
+
+def test_the_floor_runs_the_blob_push_rows_only_with_floor(
+    registry_benchmark: ModuleType, tmp_path: Path
+) -> None:
+    bench = registry_benchmark.Bench(
+        settings=registry_benchmark.Settings.build(quick=True),
+        registries=["reference", "cangku"],
+        workdir=tmp_path,
+        only=None,
+    )
+    assert bench.push_contenders == ["reference", "cangku"]
+    without = bench.disk_needed_mib()
+    bench.floor = registry_benchmark.make_floor(tmp_path)
+    assert [r.name for r in bench.push_contenders[2:]] == ["floor"]
+    assert bench.disk_needed_mib() > without  # the floor keeps its blobs too
+
+
 def test_the_report_gives_each_contenders_cpu_as_a_share_of_the_references(
     registry_benchmark: ModuleType,
 ) -> None:
@@ -103,7 +154,9 @@ def test_the_report_gives_each_contenders_cpu_as_a_share_of_the_references(
     assert footnotes == []
 
 
-def test_each_contender_takes_each_place_in_turn(registry_benchmark: ModuleType) -> None:
+def test_each_contender_takes_each_place_and_follows_each_other(
+    registry_benchmark: ModuleType,
+) -> None:
     bench = registry_benchmark.Bench(
         settings=registry_benchmark.Settings.build(quick=True),
         registries=["reference", "cangku"],  # only their order matters here
@@ -115,6 +168,7 @@ def test_each_contender_takes_each_place_in_turn(registry_benchmark: ModuleType)
         ["cangku", "reference"],
     ]
     three = ["reference", "cangku", "floor"]
-    orders = [bench.in_turn(r, three) for r in range(3)]
+    orders = [tuple(bench.in_turn(r, three)) for r in range(6)]
+    assert len(set(orders)) == 6  # every order once in six repetitions
     for place in range(3):
-        assert sorted(order[place] for order in orders) == sorted(three)
+        assert sorted(order[place] for order in orders) == sorted(three * 2)
