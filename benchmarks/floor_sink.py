@@ -188,7 +188,7 @@ class FloorHandler(http.server.BaseHTTPRequestHandler):
     def refuse(self, status: int) -> None:
         """Answer `status` before the request's body was read, and close the connection."""
         self.close_connection = True
-        self.answer(status)
+        self.answer(status, close=True)
 
     def answer(
         self,
@@ -196,9 +196,13 @@ class FloorHandler(http.server.BaseHTTPRequestHandler):
         *,
         body: bytes = b"",
         upload_location: tuple[str, str, Upload] | None = None,
+        close: bool = False,
     ) -> None:
-        """Send `status` with `body`, and for an upload session its Location and Range."""
+        """Send `status` with `body`, and for an upload session its Location and Range;
+        `close` says the connection ends after it (RFC 9112 section 9.6)."""
         self.send_response(status)
+        if close:
+            self.send_header("Connection", "close")
         if upload_location is not None:
             name, upload_id, upload = upload_location
             self.send_header("Location", f"/v2/{name}/blobs/uploads/{upload_id}")

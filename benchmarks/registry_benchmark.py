@@ -911,7 +911,9 @@ class Bench:
         after them find the machine as they would without --floor."""
         if self.floor is not None:
             self.floor.stop()
-            shutil.rmtree(self.floor.workdir / "data", ignore_errors=True)
+            data = self.floor.workdir / "data"
+            shutil.rmtree(data, ignore_errors=True)
+            log(f"floor stopped; {data} {'still there' if data.exists() else 'removed'}")
 
     def selected(self, key: str) -> bool:
         if not self.only:

@@ -107,6 +107,7 @@ def test_a_refused_request_closes_its_connection_so_its_body_is_never_a_request(
         while chunk := connection.recv(65536):  # ends when the sink closes the connection
             answered += chunk
     assert answered.startswith(b"HTTP/1.1 400 ")
+    assert b"\r\nConnection: close\r\n" in answered
     assert answered.count(b"HTTP/1.1 ") == 1
 
 
@@ -172,3 +173,26 @@ def test_each_contender_takes_each_place_and_follows_each_other(
     assert len(set(orders)) == 6  # every order once in six repetitions
     for place in range(3):
         assert sorted(order[place] for order in orders) == sorted(three * 2)
+
+
+def test_after_the_push_rows_the_floor_stops_and_its_blobs_go(
+    registry_benchmark: ModuleType, tmp_path: Path
+) -> None:
+    bench = registry_benchmark.Bench(
+        settings=registry_benchmark.Settings.build(quick=True),
+        registries=[],
+        workdir=tmp_path,
+        only=None,
+    )
+    floor = bench.floor = registry_benchmark.make_floor(tmp_path)
+    floor.start()  # the real sink, in a process of its own, as the benchmark runs it
+    try:
+        blob = registry_benchmark.BlobFile.create(tmp_path / "blob.bin", 1024 * 1024)
+        with registry_benchmark.new_client() as client:
+            registry_benchmark.push_blob_monolithic(client, floor.base, "bench/blobs", blob)
+        assert any((floor.workdir / "data" / "blobs").iterdir())
+        bench.stop_floor()
+        assert floor.process.poll() is not None
+        assert not (floor.workdir / "data").exists()
+    finally:
+        floor.stop()
