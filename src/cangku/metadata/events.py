@@ -24,6 +24,18 @@ _NOT_FANNED_OUT = Prepared(
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
+# The event worker polls with these twice a second, busy or idle (events/delivery.py).
+_AN_EVENT_NOT_FANNED_OUT = Prepared(
+    select(events.c.id).where(events.c.fanned_out.is_(None)).limit(1)
+)
+_A_DELIVERY_DUE = Prepared(
+    select(event_deliveries.c.id)
+    .where(
+        event_deliveries.c.state == "pending",
+        event_deliveries.c.next_attempt_at <= bindparam("now"),
+    )
+    .limit(1)
+)
 _MARK_FANNED_OUT = Prepared(
     update(events)
     .where(events.c.id.in_(bindparam("event_ids", expanding=True)))
@@ -202,13 +214,7 @@ def count(connection: Connection) -> tuple[int, int]:
 def work_waiting(connection: Connection, now: float) -> tuple[bool, bool]:
     """(an event not handed out yet, a delivery due at `now`): two index lookups, so an
     idle worker polls with reads and takes no write transaction."""
-    unfanned = select(events.c.id).where(events.c.fanned_out.is_(None)).limit(1)
-    due = (
-        select(event_deliveries.c.id)
-        .where(event_deliveries.c.state == "pending", event_deliveries.c.next_attempt_at <= now)
-        .limit(1)
-    )
     return (
-        connection.execute(unfanned).first() is not None,
-        connection.execute(due).first() is not None,
+        _AN_EVENT_NOT_FANNED_OUT.first(connection) is not None,
+        _A_DELIVERY_DUE.first(connection, {"now": now}) is not None,
     )
