@@ -18,8 +18,8 @@ their ratio is reference/cangku so that higher still means cangku is faster.
 `{port}` and `{data}` are substituted. The value `reference` starts a second copy of the
 reference registry in cangku's place, which is how the script itself is validated.
 
-`--floor` adds a third contender to the blob push rows, benchmarks/floor_sink.py: the least
-CPU per MB a Python server spends to receive, hash and store a blob on this machine.
+`--floor` adds a third contender to the blob push rows, benchmarks/floor_sink.py: what a
+minimal Python pipeline (receive, sha256, 32 KiB writes, rename) spends per MB on this machine.
 `--full-page-cache` measures with memory full of page cache (see PageCacheBallast).
 """
 
@@ -1876,8 +1876,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--floor",
         action="store_true",
-        help="also run benchmarks/floor_sink.py on the blob push rows, interleaved: the least "
-        "CPU per MB a Python server spends to receive, hash and store a blob here",
+        help="also run benchmarks/floor_sink.py on the blob push rows, interleaved: what a "
+        "minimal Python pipeline (receive, sha256, 32 KiB writes, rename) spends per MB here",
     )
     parser.add_argument(
         "--full-page-cache",

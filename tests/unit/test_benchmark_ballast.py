@@ -3,31 +3,12 @@ its files within a cap on disk, and stops at the cap when memory never comes dow
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-
-BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "registry_benchmark.py"
-
-
-@pytest.fixture(scope="module")
-def registry_benchmark() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("registry_benchmark", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
-
 
 MiB = 1 << 20
 

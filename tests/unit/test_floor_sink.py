@@ -5,9 +5,7 @@ report gives each contender's CPU as a share of the reference's."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,30 +15,6 @@ import httpx
 import pytest
 
 from cangku.storage import filesystem
-
-BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
-
-
-def load(name: str) -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
-
-
-@pytest.fixture(scope="module")
-def registry_benchmark() -> Iterator[ModuleType]:
-    yield from load("registry_benchmark")
-
-
-@pytest.fixture(scope="module")
-def floor_sink() -> Iterator[ModuleType]:
-    yield from load("floor_sink")
 
 
 @pytest.fixture
